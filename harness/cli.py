@@ -1,0 +1,159 @@
+"""Command line: `python -m harness {bench,list,metrics}`. Bad input is one line on stderr and exit status 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from harness.errors import UsageError
+
+
+def _positive_or_all(raw: str) -> int | None:
+    if raw.lower() in ("all", "none", "full"):
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of examples or 'all', got {raw!r}") from None
+
+
+def _method_args(pairs: list[str] | None, config_file: str | None) -> dict:
+    args: dict = {}
+    if config_file:
+        try:
+            with open(config_file) as f:
+                loaded = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise UsageError(f"cannot read --method-config {config_file}: {e}") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"--method-config {config_file} must hold a JSON object of settings")
+        args.update(loaded)
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--method-arg expects key=value, got {pair!r}")
+        args[key.strip()] = value.strip()
+    return args
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, status 2, as everything else
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harness.runner import BenchConfig
+    d = BenchConfig()
+    p = _Parser(prog="python -m harness", description="Continual-learning benchmark harness for LLMs.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    b = sub.add_parser("bench", help="run one method over one task order")
+    b.add_argument("--method", default=d.method, help=f"method name (default {d.method}; see `list`)")
+    b.add_argument("--order", default=d.order, help=f"task order: 1-6 (O-LoRA) or offline1..3 (default {d.order})")
+    b.add_argument("--seed", type=int, default=d.seed)
+    b.add_argument("--train-per-task", type=_positive_or_all, default=d.train_per_task,
+                   help=f"training examples per task, stratified by label ('all' for every row; default {d.train_per_task})")
+    b.add_argument("--test-per-task", type=_positive_or_all, default=d.test_per_task,
+                   help=f"test examples per task, stratified by label (default {d.test_per_task})")
+    b.add_argument("--out", default=None, help="run directory (default runs/<method>-<order>-s<seed>)")
+    b.add_argument("--model", default=d.model, help="embedded model name, hub id or local path (default smollm2-135m)")
+    b.add_argument("--data-dir", default=os.environ.get("CL_DATA_DIR"),
+                   help="O-LoRA CL_Benchmark directory for orders 1-6 (default: $CL_DATA_DIR)")
+    b.add_argument("--eval", default=d.eval, choices=["rank", "generate"],
+                   help="rank: score every label; generate: greedy decoding + exact match (default rank)")
+    b.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16"], help="bf16 = CPU autocast (default fp32)")
+    b.add_argument("--method-arg", action="append", metavar="KEY=VALUE", help="a method setting (repeatable)")
+    b.add_argument("--method-config", metavar="JSON", help="a JSON file of method settings")
+    b.add_argument("--max-input-tokens", type=int, default=d.max_input_tokens,
+                   help=f"inputs are truncated to this many tokens (default {d.max_input_tokens})")
+    b.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    b.add_argument("--device", default=d.device, help="torch device (default cpu)")
+    b.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    b.add_argument("--allow-download", action="store_true", help="let transformers fetch a model from the hub")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub.add_parser("list", help="list methods, tasks and orders")
+
+    m = sub.add_parser("metrics", help="print AA, BWT, FM, FWT of a matrix.csv or run directory")
+    m.add_argument("path")
+    m.add_argument("--json", action="store_true", help="print one JSON object with keys AA, BWT, FM, FWT")
+    return p
+
+
+def cmd_bench(a) -> int:
+    from harness import metrics
+    from harness.runner import BenchConfig, run_bench
+    if a.train_per_task is not None and a.train_per_task <= 0:
+        raise UsageError(f"--train-per-task must be a positive number of examples, got {a.train_per_task}")
+    if a.test_per_task is not None and a.test_per_task <= 0:
+        raise UsageError(f"--test-per-task must be a positive number of examples, got {a.test_per_task}")
+    cfg = BenchConfig(method=a.method, order=a.order, seed=a.seed, train_per_task=a.train_per_task,
+                      test_per_task=a.test_per_task, out=a.out, model=a.model, data_dir=a.data_dir, eval=a.eval,
+                      dtype=a.dtype, method_args=_method_args(a.method_arg, a.method_config),
+                      max_input_tokens=a.max_input_tokens, eval_batch_size=a.eval_batch_size, overwrite=a.overwrite,
+                      allow_download=a.allow_download, device=a.device, progress=not a.quiet)
+    out = run_bench(cfg)
+    R = metrics.read_matrix(os.path.join(out, "matrix.csv"))
+    print(f"\nAccuracy matrix (%), rows = after training on, columns = evaluated task — {out}/matrix.csv")
+    print(R.to_string(float_format=lambda v: f"{v:6.2f}"))
+    print()
+    print(metrics.format_metrics(metrics.compute(R)))
+    with open(os.path.join(out, "method.json")) as f:
+        card = json.load(f)
+    t = card["timing"]
+    print(f"\n{card['name']}: {card['trainable_parameters']:,} trainable parameters; "
+          f"train {t['train_seconds']:.0f} s, eval {t['eval_seconds']:.0f} s")
+    return 0
+
+
+def cmd_list(a) -> int:
+    import tasks
+    from methods import discover
+    print("Methods:")
+    for name, cls in discover().items():
+        tid = "uses task id at test" if cls.USES_TASK_ID_AT_TEST else "no task id at test"
+        print(f"  {name:<12} {cls.DESCRIPTION} [{tid}]")
+    print("\nTasks:")
+    for name, task in tasks.all_tasks(os.environ.get("CL_DATA_DIR")).items():
+        labels = ", ".join(task.labels) if task.labels else "labels from labels.json"
+        print(f"  {name:<13} {task.family:<10} {task.source}\n  {'':<13} labels: {labels}")
+    print("\nOrders:")
+    for name, order in tasks.ORDERS.items():
+        print(f"  {name:<13} {' -> '.join(order)}")
+    return 0
+
+
+def cmd_metrics(a) -> int:
+    from harness import metrics
+    path = os.path.join(a.path, "matrix.csv") if os.path.isdir(a.path) else a.path
+    if not os.path.isfile(path):
+        raise UsageError(f"no matrix.csv at {a.path}")
+    try:
+        R = metrics.read_matrix(path)
+    except (ValueError, KeyError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    values = metrics.compute(R)
+    if a.json:
+        print(json.dumps({k: values[k] for k in ("AA", "BWT", "FM", "FWT")}))
+    else:
+        print(metrics.format_metrics(values))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        a = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or argparse's own one-line error (status 2)
+        return int(e.code or 0)
+    try:
+        return {"bench": cmd_bench, "list": cmd_list, "metrics": cmd_metrics}[a.command](a)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `... | head`
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted: the run directory keeps every finished task; rerun the same command to resume",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,133 @@
+"""Evaluation: rank classification over the task's label set (default) and greedy generation with exact
+match (O-LoRA's protocol). Both run through a Scorer, the one thing a method exposes for test time:
+a forward over the prompt (returning its last logits and KV cache) and a forward over continuation tokens.
+The prompt is encoded once per example; every candidate label is scored from the same cache."""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from harness.prompting import Encoded
+
+EVAL_MODES = ("rank", "generate")
+
+
+class Scorer(Protocol):
+    def prompt_forward(self, input_ids, attention_mask, position_ids) -> tuple[torch.Tensor, object]: ...
+    def continue_forward(self, input_ids, attention_mask, position_ids, past) -> torch.Tensor: ...
+
+
+class CausalLMScorer:
+    """Scorer for any causal LM, peft-wrapped or not."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def prompt_forward(self, input_ids, attention_mask, position_ids):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :], out.past_key_values
+
+    def continue_forward(self, input_ids, attention_mask, position_ids, past):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=past, use_cache=True)
+        return out.logits
+
+
+def left_pad(seqs: list[tuple[int, ...]], pad_id: int):
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    # Positions count real tokens only, so a left-padded prompt is encoded as it would be alone.
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, pos
+
+
+def _batches(items: list[Encoded], batch_size: int):
+    # Sorting by length keeps padding (wasted compute) low; results are mapped back to input order.
+    order = sorted(range(len(items)), key=lambda i: len(items[i].prompt_ids))
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+@torch.no_grad()
+def rank_predictions(scorer: Scorer, examples: list[Encoded], candidates: list[tuple[int, ...]], pad_id: int,
+                     batch_size: int = 16, progress=None) -> list[int]:
+    """Index of the candidate with the highest total log-probability (label tokens + end token)."""
+    n_cand = len(candidates)
+    width = max(len(c) for c in candidates)
+    cont = torch.full((n_cand, width - 1), pad_id, dtype=torch.long)     # inputs: all but each last token
+    target = torch.full((n_cand, width - 1), 0, dtype=torch.long)       # targets: all but each first token
+    cont_mask = torch.zeros((n_cand, width - 1), dtype=torch.long)
+    for c, ids in enumerate(candidates):
+        cont[c, : len(ids) - 1] = torch.tensor(ids[:-1])
+        target[c, : len(ids) - 1] = torch.tensor(ids[1:])
+        cont_mask[c, : len(ids) - 1] = 1
+    first = torch.tensor([c[0] for c in candidates])
+    preds = [0] * len(examples)
+    for idx in _batches(examples, batch_size):
+        ids, mask, pos = left_pad([examples[i].prompt_ids for i in idx], pad_id)
+        b = len(idx)
+        last_logits, past = scorer.prompt_forward(ids, mask, pos)
+        scores = torch.log_softmax(last_logits.float(), -1)[:, first]               # [b, C]
+        if width > 1:
+            past.batch_repeat_interleave(n_cand)
+            full_mask = torch.cat([mask.repeat_interleave(n_cand, 0), cont_mask.repeat(b, 1)], dim=1)
+            cont_pos = mask.sum(-1, keepdim=True).repeat_interleave(n_cand, 0) + torch.arange(width - 1)
+            logits = scorer.continue_forward(cont.repeat(b, 1), full_mask, cont_pos, past)
+            logp = torch.log_softmax(logits.float(), -1).gather(-1, target.repeat(b, 1).unsqueeze(-1)).squeeze(-1)
+            scores = scores + (logp * cont_mask.repeat(b, 1)).sum(-1).view(b, n_cand)
+        for j, i in enumerate(idx):
+            preds[i] = int(scores[j].argmax())
+        if progress is not None:
+            progress.update(b)
+    return preds
+
+
+@torch.no_grad()
+def generate_predictions(scorer: Scorer, examples: list[Encoded], end_id: int, pad_id: int, max_new_tokens: int,
+                         batch_size: int = 16, progress=None) -> list[list[int]]:
+    """Greedy generation through the scorer's cache, stopping at the end token; returns generated ids."""
+    outs: list[list[int]] = [[] for _ in examples]
+    for idx in _batches(examples, batch_size):
+        ids, mask, pos = left_pad([examples[i].prompt_ids for i in idx], pad_id)
+        logits, past = scorer.prompt_forward(ids, mask, pos)
+        done = torch.zeros(len(idx), dtype=torch.bool)
+        next_pos = mask.sum(-1, keepdim=True)
+        for _ in range(max_new_tokens):
+            tok = logits.argmax(-1)
+            for j, i in enumerate(idx):
+                if not done[j]:
+                    outs[i].append(int(tok[j]))
+            done |= tok == end_id
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones((len(idx), 1), dtype=torch.long)], dim=1)
+            logits = scorer.continue_forward(tok.unsqueeze(-1), mask, next_pos, past)[:, -1, :]
+            next_pos = next_pos + 1
+        if progress is not None:
+            progress.update(len(idx))
+    return outs
+
+
+def accuracy(scorer: Scorer, examples: list[Encoded], candidates: list[tuple[int, ...]], labels: tuple[str, ...],
+             encoder, mode: str = "rank", batch_size: int = 16, progress=None) -> float:
+    """Accuracy in percent on encoded test examples."""
+    if not examples:
+        raise ValueError("no test examples")
+    pad_id = encoder.tok.pad_token_id
+    if mode == "rank":
+        preds = rank_predictions(scorer, examples, candidates, pad_id, batch_size, progress)
+        hits = sum(p == ex.label_index for p, ex in zip(preds, examples))
+    elif mode == "generate":
+        max_new = max(len(c) for c in candidates) + 2
+        gens = generate_predictions(scorer, examples, encoder.end_id, pad_id, max_new, batch_size, progress)
+        norm = [label.strip().casefold() for label in labels]
+        hits = sum(encoder.decode_answer(g).casefold() == norm[ex.label_index] for g, ex in zip(gens, examples))
+    else:
+        raise ValueError(f"unknown evaluation mode {mode!r}")
+    return 100.0 * hits / len(examples)

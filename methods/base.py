@@ -1,0 +1,137 @@
+"""The method interface: a NAME, a few settings, and the hooks of the shared training loop.
+
+The runner calls, in order: setup() once (after measuring the untouched backbone), then per task
+before_task -> training_examples -> [training_loss -> after_step -> should_stop]* -> after_task, then
+scorer(task) for every task it evaluates. Override only the hooks you need (see seq_lora.py, replay.py)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.errors import UsageError
+from harness.evaluation import CausalLMScorer
+from harness.prompting import Encoded
+from harness.training import answer_loss
+
+
+@dataclass
+class TaskContext:
+    """What a method is told about the stage it is trained on (never file paths)."""
+    index: int                    # 0-based position in the stream
+    name: str                     # task name ("all" for a joint stage)
+    tasks: list[str]              # the task(s) of this stage
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def parse_value(raw: str, default):
+    if isinstance(default, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, str):
+        return raw
+    return json.loads(raw)
+
+
+class Method:
+    NAME: str = ""                       # set on every concrete method; discovery registers it
+    DESCRIPTION: str = ""
+    USES_TASK_ID_AT_TEST: bool = False   # does test time need to know which task an input is from?
+    KEEPS: str = "nothing from past tasks"   # what the method stores from past tasks (data, states)
+    JOINT: bool = False                  # trains once on the union of the stream's tasks (an upper bound)
+    # name -> (default, what it controls). Subclasses add to their parents' settings.
+    SETTINGS: dict = {
+        "lr": (1e-3, "learning rate (AdamW, no weight decay)"),
+        "epochs": (1, "passes over each task's training examples"),
+        "batch_size": (8, "examples per optimizer step"),
+        "grad_clip": (1.0, "gradient-norm clipping"),
+    }
+
+    def __init__(self, model, tokenizer, settings: dict | None = None, seed: int = 0):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.settings = self.resolve_settings(settings or {})
+        self.diagnostics: dict = {}
+
+    # --- settings --------------------------------------------------------------------------------
+    @classmethod
+    def all_settings(cls) -> dict:
+        merged: dict = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(getattr(klass, "SETTINGS", {}) or {})
+        return merged
+
+    @classmethod
+    def resolve_settings(cls, overrides: dict) -> dict:
+        known = cls.all_settings()
+        values = {k: v[0] for k, v in known.items()}
+        for key, raw in overrides.items():
+            if key not in known:
+                raise UsageError(f"method {cls.NAME!r} has no setting {key!r}; its settings: {', '.join(sorted(known))}")
+            try:
+                values[key] = parse_value(raw, known[key][0]) if isinstance(raw, str) else raw
+            except ValueError as e:
+                raise UsageError(f"bad value {raw!r} for setting {key!r} of {cls.NAME!r}: {e}") from None
+        return values
+
+    # --- hooks -----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Wrap the backbone (add adapters); called once, after the base row is measured."""
+
+    def before_task(self, task: TaskContext) -> None:
+        pass
+
+    def training_examples(self, task: TaskContext, examples: list[Encoded]) -> list[Encoded]:
+        return examples
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def training_loss(self, batch: dict, task: TaskContext) -> tuple[torch.Tensor, dict]:
+        """Return (loss to minimise, named parts to log)."""
+        loss = answer_loss(self.model, batch)
+        return loss, {}
+
+    def after_step(self, task: TaskContext, step: int) -> None:
+        pass
+
+    def should_stop(self, task: TaskContext, step: int) -> bool:
+        return False
+
+    def after_task(self, task: TaskContext, examples: list[Encoded]) -> None:
+        pass
+
+    def scorer(self, task_name: str):
+        """What evaluation runs for a test example of `task_name` (methods without task id ignore it)."""
+        return CausalLMScorer(self.model)
+
+    def evaluation_key(self, task_name: str):
+        """A key naming the test-time model, when it is unchanged since a previous evaluation (the runner
+        reuses scores for equal keys); None means evaluate again."""
+        return None
+
+    # --- state (resume after the last finished task) --------------------------------------------
+    def state_dict(self) -> dict:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def load_state_dict(self, state: dict) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
+    # --- the method card --------------------------------------------------------------------------
+    def card(self) -> dict:
+        trainable = sum(p.numel() for p in self.trainable_parameters() if p.requires_grad)
+        return {"name": self.NAME, "description": self.DESCRIPTION, "trainable_parameters": trainable,
+                "uses_task_id_at_test": self.USES_TASK_ID_AT_TEST, "keeps_from_past_tasks": self.KEEPS,
+                "joint_training": self.JOINT, "settings": self.settings, "diagnostics": self.diagnostics}

@@ -1,0 +1,63 @@
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from harness import metrics
+from tests.conftest import ROOT
+
+# A 3-task stream with a base row, computed by hand below.
+#            t1    t2    t3
+# base       10    20    30
+# t1         80    25    35
+# t2         60    90    40
+# t3         70    50    85
+R = pd.DataFrame([[10, 20, 30], [80, 25, 35], [60, 90, 40], [70, 50, 85]],
+                 index=["base", "t1", "t2", "t3"], columns=["t1", "t2", "t3"], dtype=float)
+
+
+def test_metrics_against_hand_computation():
+    v = metrics.compute(R)
+    assert v["AA"] == pytest.approx((70 + 50 + 85) / 3)
+    # BWT = mean over i<T of R[T][i] - R[i][i] = ((70-80) + (50-90)) / 2
+    assert v["BWT"] == pytest.approx(-25.0)
+    # FM = mean over i<T of max_{i<=l<T} R[l][i] - R[T][i]: t1: max(80, 60) - 70 = 10; t2: 90 - 50 = 40
+    assert v["FM"] == pytest.approx(25.0)
+    # FWT = mean over i>1 of R[i-1][i] - R[0][i]: t2: 25 - 20 = 5; t3: 40 - 30 = 10
+    assert v["FWT"] == pytest.approx(7.5)
+
+
+def test_fm_differs_from_minus_bwt_when_accuracy_peaks_late():
+    # t1 peaks after t2 (95), not right after it was learned (80): FM counts the peak, BWT does not.
+    R2 = pd.DataFrame([[80, 20, 10], [95, 90, 10], [70, 60, 85]], index=["t1", "t2", "t3"],
+                      columns=["t1", "t2", "t3"], dtype=float)
+    v = metrics.compute(R2)
+    assert v["BWT"] == pytest.approx(((70 - 80) + (60 - 90)) / 2)      # -20
+    assert v["FM"] == pytest.approx(((95 - 70) + (90 - 60)) / 2)       # 27.5
+    assert v["FM"] != pytest.approx(-v["BWT"])
+    assert v["FWT"] is None  # no base row
+
+
+def test_single_trained_row_has_only_aa():
+    R3 = pd.DataFrame([[10, 20], [70, 80]], index=["base", "all"], columns=["a", "b"], dtype=float)
+    v = metrics.compute(R3)
+    assert v == {"AA": 75.0, "BWT": None, "FM": None, "FWT": None}
+
+
+def test_metrics_cli_json_reads_matrix_csv(tmp_path):
+    path = tmp_path / "matrix.csv"
+    path.write_text("after,t1,t2,t3\nbase,10,20,30\nt1,80,25,35\nt2,60,90,40\nt3,70,50,85\n")
+    out = subprocess.run([sys.executable, "-m", "harness", "metrics", str(tmp_path), "--json"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    values = json.loads(out)
+    assert set(values) == {"AA", "BWT", "FM", "FWT"}
+    assert values["BWT"] == -25.0 and values["FM"] == 25.0 and values["FWT"] == 7.5
+
+
+def test_metrics_cli_rejects_a_non_matrix(tmp_path):
+    bad = tmp_path / "x.csv"
+    bad.write_text("a,b\n1,2\n")
+    p = subprocess.run([sys.executable, "-m", "harness", "metrics", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr

@@ -1,0 +1,115 @@
+import json
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+from harness.runner import BenchConfig, run_bench
+from harness.models import tiny_model
+from methods import discover
+from tests.conftest import ROOT
+
+ORDER = "bbc,hutto_amazon"
+
+
+def config(out, **kw):
+    base = dict(method="seq_lora", order=ORDER, seed=3, train_per_task=8, test_per_task=6, out=str(out),
+                model="tiny-llama", max_input_tokens=16, progress=False, method_args={"lr": "0.01"})
+    base.update(kw)
+    return BenchConfig(**base)
+
+
+def run(tmp_path, name, tokenizer, **kw):
+    model = tiny_model(tokenizer, seed=0)
+    out = run_bench(config(tmp_path / name, **kw), model_and_tokenizer=(model, tokenizer))
+    return out, model
+
+
+def test_two_task_stream_writes_a_complete_run_directory(tmp_path, tokenizer):
+    out, _ = run(tmp_path, "r", tokenizer)
+    for name in ("config.json", "matrix.csv", "metrics.json", "method.json", "log.jsonl", "status.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    lines = open(os.path.join(out, "matrix.csv")).read().splitlines()
+    assert lines[0] == "after,bbc,hutto_amazon"
+    assert [ln.split(",")[0] for ln in lines[1:]] == ["base", "bbc", "hutto_amazon"]
+    assert all(len(cell.split(".")[1]) == 2 for ln in lines[1:] for cell in ln.split(",")[1:])
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["seed"] == 3 and cfg["packages"]["torch"] and cfg["tasks"] == ["bbc", "hutto_amazon"]
+    card = json.load(open(os.path.join(out, "method.json")))
+    assert card["name"] == "seq_lora" and card["trainable_parameters"] > 0
+    assert card["uses_task_id_at_test"] is False and "keeps_from_past_tasks" in card
+    assert set(json.load(open(os.path.join(out, "metrics.json")))) == {"AA", "BWT", "FM", "FWT"}
+    events = [json.loads(ln)["event"] for ln in open(os.path.join(out, "log.jsonl"))]
+    assert events[0] == "run_start" and events[-1] == "run_end"
+    assert events.count("task_start") == 2 and events.count("evaluation") == 3 and "step" in events
+
+
+def test_same_seed_same_matrix(tmp_path, tokenizer):
+    a, _ = run(tmp_path, "a", tokenizer)
+    b, _ = run(tmp_path, "b", tokenizer)
+    assert open(os.path.join(a, "matrix.csv")).read() == open(os.path.join(b, "matrix.csv")).read()
+
+
+def test_seq_lora_changes_the_adapter_not_the_backbone(tmp_path, tokenizer):
+    pristine = tiny_model(tokenizer, seed=0).state_dict()
+    out, model = run(tmp_path, "r", tokenizer)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(float(p.abs().sum()) > 0 for p in lora_b)  # B starts at zero: training moved it
+    for name, value in model.named_parameters():
+        if "lora_" not in name:
+            key = name.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(value, pristine[key]), name
+
+
+def test_interrupted_run_resumes_to_the_same_matrix(tmp_path, tokenizer, monkeypatch):
+    full, _ = run(tmp_path, "full", tokenizer)
+    cls = discover()["seq_lora"]
+    original = cls.after_task
+
+    def crash_on_second(self, task, examples):
+        if task.index == 1:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, task, examples)
+
+    monkeypatch.setattr(cls, "after_task", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "resumed", tokenizer)
+    status = json.load(open(tmp_path / "resumed" / "status.json"))
+    assert status["state"] == "running" and set(status["rows"]) == {"base", "bbc"}
+    assert not (tmp_path / "resumed" / "matrix.csv").exists()   # never looks finished when it is not
+    monkeypatch.setattr(cls, "after_task", original)
+    resumed, _ = run(tmp_path, "resumed", tokenizer)
+    assert open(os.path.join(resumed, "matrix.csv")).read() == open(os.path.join(full, "matrix.csv")).read()
+    events = [json.loads(ln) for ln in open(os.path.join(resumed, "log.jsonl"))]
+    assert sum(e["event"] == "task_start" and e["task"] == "bbc" for e in events) == 1  # bbc not retrained
+
+
+def test_replay_memory_is_bounded_and_mixed_in(tmp_path, tokenizer):
+    out, _ = run(tmp_path, "r", tokenizer, method="replay", order="bbc,hutto_amazon,trec",
+                 method_args={"memory_size": "6"})
+    card = json.load(open(os.path.join(out, "method.json")))
+    assert card["diagnostics"]["replayed_per_task"] == {"bbc": 0, "hutto_amazon": 6, "trec": 6}
+    assert card["diagnostics"]["memory"] == {"bbc": 2, "hutto_amazon": 2, "trec": 2}
+    assert "6" in card["keeps_from_past_tasks"]
+
+
+def test_zero_shot_rows_equal_the_base_row(tmp_path, tokenizer):
+    out, _ = run(tmp_path, "z", tokenizer, method="zero_shot", method_args={})
+    R = pd.read_csv(os.path.join(out, "matrix.csv"), index_col=0)
+    assert (R.loc["hutto_amazon"] == R.loc["base"]).all()
+
+
+def test_a_method_file_dropped_into_methods_is_discovered_and_runs(tmp_path, tokenizer):
+    path = os.path.join(ROOT, "methods", "dropped_probe_for_tests.py")
+    with open(path, "w") as f:
+        f.write("from methods.base import Method\n\n\n"
+                "class Probe(Method):\n    NAME = 'dropped_probe'\n    DESCRIPTION = 'test probe'\n\n"
+                "    def trainable_parameters(self):\n        return []\n")
+    try:
+        assert "dropped_probe" in discover()
+        out, _ = run(tmp_path, "p", tokenizer, method="dropped_probe", method_args={})
+        assert json.load(open(os.path.join(out, "method.json")))["name"] == "dropped_probe"
+    finally:
+        os.remove(path)
+    assert "dropped_probe" not in discover()
