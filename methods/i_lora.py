@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import random
+
+import torch
+
+from harness.errors import UsageError
+from harness.evaluation import CausalLMScorer
+from harness.training import answer_loss, collate
+from methods._adapters import MultiLoRAMethod
+
+
+class Reservoir:
+    """Uniform reservoir sampling (Vitter's algorithm R), seeded and bounded: after n items each one is held
+    with probability size/n."""
+
+    def __init__(self, size: int, seed):
+        self.size, self.items, self.seen = size, [], 0
+        self.rng = random.Random(f"{seed}:reservoir")
+
+    def add(self, items) -> None:
+        for item in items:
+            self.seen += 1
+            if len(self.items) < self.size:
+                self.items.append(item)
+            else:
+                j = self.rng.randrange(self.seen)
+                if j < self.size:
+                    self.items[j] = item
+
+    def sample(self, n: int) -> list:
+        return self.rng.sample(self.items, min(n, len(self.items)))
+
+    def state(self) -> dict:
+        return {"items": list(self.items), "seen": self.seen, "rng": self.rng.getstate()}
+
+    def load(self, state: dict) -> None:
+        self.items, self.seen = list(state["items"]), state["seen"]
+        self.rng.setstate(state["rng"])
+
+
+class ILoRA(MultiLoRAMethod):
+    """I-LoRA (Ren et al. 2024), after the reference code (which47/LLMCL, method/ILORA.py): two LoRA copies
+    on one backbone, a fast one that is trained and a slow one that is evaluated.
+
+    - After every optimizer step: slow <- a * slow + (1 - a) * fast, with a = min(1 - 1/(step + 1), ema_alpha).
+      The coefficient a weighs the SLOW (old) side: with the reference's ema_alpha 0.25 the slow copy keeps a
+      quarter of itself and takes three quarters of the fast copy at every step. (The warm-up term only bites
+      for ema_alpha > 0.5: from step 1 on it is >= 0.5.) The slow copy starts as a copy of the fast one.
+    - A reservoir buffer (buffer_size, default 500, seeded): every training batch enters it before replay is
+      drawn, as in the reference. From the second task on, each step also draws a replay batch of the same
+      size, and the loss is (CE(current) + CE(replay)) / 2 + consistency_weight * MSE(fast hidden states,
+      target) over all layers' hidden states of the replayed inputs (padding excluded), the target coming
+      from the slow copy without gradient: `slow` (default) uses its hidden states; `max` reproduces the
+      reference code, whose target is elementwise max(fast, slow), so only units where slow > fast are pulled.
+    - Test time: the slow copy, no task id."""
+    NAME = "i_lora"
+    DESCRIPTION = ("I-LoRA: fast and slow LoRA copies (EMA interpolation), reservoir replay with a hidden-state "
+                   "consistency loss; the slow copy is evaluated")
+    FIRST_ADAPTER = "fast"
+    SETTINGS = {
+        "ema_alpha": (0.25, "cap of the EMA weight a on the slow side: slow <- a*slow + (1-a)*fast"),
+        "buffer_size": (500, "reservoir replay buffer size (labelled training examples, all tasks)"),
+        "consistency_weight": (1.0, "weight of the hidden-state MSE between fast and slow on replayed inputs"),
+        "consistency_target": ("slow", "slow: the slow copy's hidden states; max: elementwise max(fast, slow) "
+                                       "as the reference code does"),
+    }
+
+    @classmethod
+    def resolve_settings(cls, overrides):
+        values = super().resolve_settings(overrides)
+        if values["consistency_target"] not in ("slow", "max"):
+            raise UsageError(f"consistency_target must be slow or max, not {values['consistency_target']!r}")
+        return values
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.buffer = Reservoir(int(self.settings["buffer_size"]), self.seed)
+        self.KEEPS = (f"a reservoir of up to {self.settings['buffer_size']} labelled training examples (all tasks "
+                      "seen) and a slow EMA copy of the LoRA")
+        self._cons_log: list[float] = []
+
+    def setup(self):
+        super().setup()
+        self.add_adapter("slow")
+        fast = self.adapter_parameters("fast")
+        with torch.no_grad():
+            for name, p in self.adapter_parameters("slow").items():
+                p.copy_(fast[name.replace(".slow.", ".fast.")])
+        self.activate(["fast"], "fast")
+
+    def training_loss(self, batch, task):
+        self.buffer.add(batch["examples"])
+        self.activate(["fast"], "fast")
+        current = answer_loss(self.model, batch)
+        if task.index == 0:   # the reference replays from the second task on
+            return current, {}
+        replay = collate(self.buffer.sample(len(batch["examples"])), self.tokenizer.pad_token_id)
+        self.activate(["slow"], "fast")
+        with torch.no_grad():
+            _, slow_out = answer_loss(self.model, replay, return_outputs=True)
+        self.activate(["fast"], "fast")
+        replay_loss, fast_out = answer_loss(self.model, replay, return_outputs=True)
+        fast_h, slow_h = torch.stack(fast_out.hidden_states), torch.stack(slow_out.hidden_states)
+        if self.settings["consistency_target"] == "slow":
+            target = slow_h
+        else:
+            target = torch.where(fast_h > slow_h, fast_h, slow_h)
+        mask = replay["attention_mask"][None, :, :, None].to(fast_h.dtype)
+        consistency = (((fast_h - target) ** 2) * mask).sum() / (mask.sum() * fast_h.shape[0] * fast_h.shape[-1])
+        self._cons_log.append(float(consistency.detach()))
+        loss = (current + replay_loss) / 2 + float(self.settings["consistency_weight"]) * consistency
+        return loss, {"current_loss": current.detach(), "replay_loss": replay_loss.detach(),
+                      "consistency": consistency.detach()}
+
+    def ema_weight(self, step: int) -> float:
+        return min(1 - 1 / (step + 1), float(self.settings["ema_alpha"]))
+
+    @torch.no_grad()
+    def after_step(self, task, step):
+        a = self.ema_weight(step)
+        fast = self.adapter_parameters("fast")
+        for name, slow in self.adapter_parameters("slow").items():
+            slow.mul_(a).add_(fast[name.replace(".slow.", ".fast.")], alpha=1 - a)
+
+    def after_task(self, task, examples):
+        log = self._cons_log or [0.0]
+        self.diagnostics.setdefault("consistency_loss_mean", {})[task.name] = round(sum(log) / len(log), 6)
+        self._cons_log = []
+        self.diagnostics["buffer"] = {"held": len(self.buffer.items), "seen": self.buffer.seen}
+
+    def scorer(self, task_name):
+        self.activate(["slow"], self.trainable)   # the slow copy is the one evaluated
+        return CausalLMScorer(self.model)
+
+    def state_dict(self):
+        return {**super().state_dict(), "buffer": self.buffer.state()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.buffer.load(state["buffer"])
+        self.activate(["fast"], "fast")

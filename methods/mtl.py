@@ -1,0 +1,10 @@
+from methods._lora import LoRAMethod
+
+
+class MTL(LoRAMethod):
+    """Multi-task learning: one LoRA (r=8, alpha=32, dropout 0.1 on q_proj, v_proj) trained once on the union
+    of all the stream's tasks (the runner passes the union as one stage, row `all`)."""
+    NAME = "mtl"
+    DESCRIPTION = "multi-task training of one LoRA on all tasks at once: an upper bound, not a CL method"
+    KEEPS = "every task's training data, all at once (joint training)"
+    JOINT = True
