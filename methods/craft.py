@@ -1,0 +1,338 @@
+"""CRAFT: continual learning in low-rank interventions on hidden representations, steered by a KL signal.
+
+The backbone is frozen; everything learned lives in LoReFT interventions (pyreft), organised in groups
+of tasks that share an output space. Three stages per task, each one a named setting that can be
+switched off for ablations:
+
+1. Route. The task's signature is the frozen backbone's next-token distribution at the answer position,
+   averaged over a probe of its training prompts (prompts list the label options, so tasks that share
+   an output space get near-identical signatures). The task joins the group whose signature is nearest
+   by KL(task || group), if that KL is under `route_threshold`; otherwise it opens a new group.
+   (Measured under the plain backbone: measuring under a group's intervention would pull every task
+   towards that group's labels.)
+2. Train. The task's intervention starts from its group's state. Loss = task loss
+   + beta * KL(prior || current), the KL of answer-position distributions on the group's anchor prompts
+   (a few unlabeled prompts kept from each earlier task of the group), where `prior` is the group's
+   state before this task (its distributions are computed once per task and cached: the backbone is
+   frozen). The same KL decides convergence: stop when the task loss has settled, or when the KL
+   reaches `forgetting_budget`.
+3. Merge. The task's edit is folded into the group's shared one: a LoReFT edit is affine
+   (h + M h + c), so the two interpolate exactly, (1-a) * group + a * task, and the result is turned back
+   into a LoReFT intervention of the same rank (SVD; truncation error recorded). a is the largest value
+   on a grid whose KL against the prior on the group's anchors stays within the budget.
+
+Paper-silent choices (all settings below): thresholds, beta, the budget, the merge grid, layers, rank,
+positions. What CRAFT keeps from past tasks: `anchors_per_task` unlabeled prompts per task (no labels),
+one signature (a distribution over the vocabulary) per group, and one intervention per group.
+"""
+from __future__ import annotations
+
+import copy
+import random
+
+import torch
+
+from harness.evaluation import CausalLMScorer, left_pad
+from harness.training import answer_loss
+from methods._reft import HookedModel, InterventionSet, interpolate, position_mask
+from methods.base import Method
+
+EPS = 1e-10
+
+
+def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last dimension, from log-probabilities."""
+    return (p_log.exp() * (p_log - q_log)).sum(-1)
+
+
+class Group:
+    def __init__(self, gid: int, state: InterventionSet):
+        self.gid = gid
+        self.state = state
+        self.tasks: list[str] = []
+        self.signature_log: torch.Tensor | None = None   # log of the mean answer distribution of its tasks
+        self.signatures: list[torch.Tensor] = []
+        self.anchors: list[tuple[int, ...]] = []        # unlabeled prompt ids of its tasks
+
+    def add_signature(self, sig_log: torch.Tensor) -> None:
+        self.signatures.append(sig_log)
+        mean = torch.stack([s.exp() for s in self.signatures]).mean(0)
+        self.signature_log = mean.clamp_min(EPS).log()
+
+
+class CRAFT(Method):
+    NAME = "craft"
+    DESCRIPTION = ("LoReFT interventions on a frozen backbone, grouped by KL routing, trained under a KL "
+                   "regulariser and KL-based stopping, folded into the group by a KL-chosen merge")
+    SETTINGS = {
+        "lr": (4e-3, "learning rate of the interventions"),
+        "epochs": (1, "maximum passes over a task's examples (convergence may stop earlier)"),
+        "layers": ("auto", "comma-separated decoder layers to intervene on; auto = 4 evenly spaced layers"),
+        "rank": (4, "LoReFT rank r of every intervention"),
+        "first_positions": (0, "intervene on the first k prompt tokens"),
+        "last_positions": (4, "intervene on the last k prompt tokens"),
+        "routing": ("kl", "kl: join the nearest group under route_threshold; single: one group for all tasks; "
+                          "per_task: a new group per task (routing ablations)"),
+        "route_threshold": (0.5, "largest KL(task || group) in nats for a task to join a group"),
+        "probe_size": (16, "training prompts used for a task's signature"),
+        "kl_term": (True, "add beta * KL(prior || current) on the group's anchors to the loss (ablation: false)"),
+        "beta": (1.0, "weight of the KL term"),
+        "forgetting_budget": (0.1, "KL (nats) on the group's anchors at which training stops and that a merge may not exceed"),
+        "anchors_per_task": (16, "unlabeled prompts kept per task for the KL term and the merge"),
+        "anchor_batch": (4, "anchors per training step for the KL term"),
+        "settle_window": (5, "steps compared for the settled-loss test"),
+        "settle_tol": (0.02, "stop when the mean task loss over the last window changed by less than this fraction"),
+        "min_steps": (10, "never stop on a settled loss before this many steps"),
+        "merge": (True, "fold the task into the group by a KL-chosen weight (ablation: false = the task's edit replaces the group's)"),
+        "merge_grid": (5, "candidate merge weights: 1, 1-1/n, ..., 0"),
+        "test_routing": ("kl", "kl: route each test input to the nearest group by the backbone's output distribution "
+                               "(no task id); task_id: use the task's group"),
+    }
+
+    # ---- setup ------------------------------------------------------------------------------------
+    def setup(self):
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        n_layers = self.model.config.num_hidden_layers
+        spec = str(self.settings["layers"])
+        if spec == "auto":
+            k = min(4, n_layers)
+            self.layers = sorted({round((i + 1) * n_layers / (k + 1)) - 1 for i in range(k)}) if n_layers > k \
+                else list(range(n_layers))
+        else:
+            self.layers = [int(x) for x in spec.split(",")]
+        self.dim = self.model.config.hidden_size
+        self.hooks = HookedModel(self.model, self.layers)
+        self.groups: list[Group] = []
+        self.task_group: dict[str, int] = {}
+        self.current: InterventionSet | None = None
+        self.USES_TASK_ID_AT_TEST = self.settings["test_routing"] == "task_id"
+        self.KEEPS = (f"{self.settings['anchors_per_task']} unlabeled prompts per task (no labels), one signature "
+                      "(vocabulary distribution) and one intervention per group")
+        if self.settings["routing"] not in ("kl", "single", "per_task"):
+            from harness.errors import UsageError
+            raise UsageError("craft setting routing must be kl, single or per_task")
+        self.diagnostics = {"layers": self.layers, "routing": {}, "training": {}, "merge": {}, "groups": {}}
+
+    def _new_state(self, salt: int) -> InterventionSet:
+        return InterventionSet(self.layers, self.dim, int(self.settings["rank"]), seed=self.seed * 7919 + salt)
+
+    # ---- forward helpers ---------------------------------------------------------------------------
+    def _prompt_mask(self, mask: torch.Tensor, prompt_end: torch.Tensor) -> torch.Tensor:
+        return position_mask(mask, prompt_end, int(self.settings["first_positions"]), int(self.settings["last_positions"]))
+
+    def _answer_logprobs(self, prompts: list[tuple[int, ...]], state: InterventionSet | None, grad: bool = False):
+        """log p(next token) at the answer position for each prompt, under `state` (None = backbone)."""
+        ids, mask, pos = left_pad(prompts, self.tokenizer.pad_token_id)
+        ctx = torch.enable_grad() if grad else torch.no_grad()
+        with ctx:
+            if state is None:
+                out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
+            else:
+                rows = torch.zeros(len(prompts), dtype=torch.long)
+                pmask = self._prompt_mask(mask, torch.full((len(prompts),), ids.shape[1]))
+                with self.hooks.active([state], rows, pmask):
+                    out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
+        return torch.log_softmax(out.logits[:, -1].float(), -1)
+
+    def _batched_logprobs(self, prompts, state, batch: int = 16):
+        return torch.cat([self._answer_logprobs(prompts[i:i + batch], state) for i in range(0, len(prompts), batch)])
+
+    def _signature(self, prompts) -> torch.Tensor:
+        probs = self._batched_logprobs(prompts, None).exp().mean(0)
+        return probs.clamp_min(EPS).log()
+
+    # ---- stage 1: route ----------------------------------------------------------------------------
+    def before_task(self, task):
+        self.diagnostics["training"][task.name] = {"kl_trace": [], "loss_trace": []}
+
+    def training_examples(self, task, examples):
+        rng = random.Random(f"{self.seed}:craft:{task.name}")
+        probe = [ex.prompt_ids for ex in rng.sample(examples, min(len(examples), int(self.settings["probe_size"])))]
+        sig = self._signature(probe)
+        divergences = {g.gid: round(float(kl(sig, g.signature_log)), 4) for g in self.groups}
+        mode = self.settings["routing"]
+        if mode == "single" and self.groups:
+            chosen, reason = self.groups[0], "routing=single"
+        elif mode == "kl" and divergences and min(divergences.values()) <= float(self.settings["route_threshold"]):
+            gid = min(divergences, key=divergences.get)
+            chosen, reason = self.groups[gid], f"nearest group under threshold {self.settings['route_threshold']}"
+        else:
+            chosen = Group(len(self.groups), self._new_state(salt=len(self.groups)))
+            self.groups.append(chosen)
+            reason = "first task" if len(self.groups) == 1 else (
+                "routing=per_task" if mode == "per_task" else "no group under threshold")
+        self.diagnostics["routing"][task.name] = {"kl_to_groups": divergences, "group": chosen.gid, "reason": reason}
+        self.task_group[task.name] = chosen.gid
+        self._group = chosen
+        self._signature_new = sig
+
+        # Stage 2 set-up: start from the group's state; cache the prior's distributions on its anchors.
+        self.current = copy.deepcopy(chosen.state)
+        self.current.train()
+        self._prior_state = copy.deepcopy(chosen.state)
+        use_kl = bool(self.settings["kl_term"]) and chosen.anchors
+        self._anchor_prompts = list(chosen.anchors) if chosen.anchors else []
+        self._prior_logp = self._batched_logprobs(self._anchor_prompts, self._prior_state) if self._anchor_prompts else None
+        self._use_kl = bool(use_kl)
+        self._anchor_cursor = 0
+        self._losses: list[float] = []
+        self._kls: list[float] = []
+        self._stop = None
+        anchors = rng.sample(examples, min(len(examples), int(self.settings["anchors_per_task"])))
+        self._new_anchors = [ex.prompt_ids for ex in anchors]
+        return examples
+
+    def trainable_parameters(self):
+        return list(self.current.parameters()) if self.current is not None else []
+
+    # ---- stage 2: train -------------------------------------------------------------------------
+    def _anchor_kl(self) -> torch.Tensor:
+        n = int(self.settings["anchor_batch"])
+        idx = [(self._anchor_cursor + i) % len(self._anchor_prompts) for i in range(min(n, len(self._anchor_prompts)))]
+        self._anchor_cursor += len(idx)
+        cur = self._answer_logprobs([self._anchor_prompts[i] for i in idx], self.current, grad=True)
+        return kl(self._prior_logp[idx], cur).mean()
+
+    def training_loss(self, batch, task):
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        answer_len = torch.tensor([len(ex.answer_ids) for ex in batch["examples"]])
+        pmask = self._prompt_mask(mask, ids.shape[1] - answer_len)
+        with self.hooks.active([self.current], torch.zeros(len(ids), dtype=torch.long), pmask):
+            task_loss = answer_loss(self.model, batch)
+        parts = {"task_loss": task_loss.item()}
+        loss = task_loss
+        if self._anchor_prompts:
+            anchor_kl = self._anchor_kl()
+            parts["kl"] = anchor_kl.item()
+            self._kls.append(parts["kl"])
+            if self._use_kl:
+                loss = loss + float(self.settings["beta"]) * anchor_kl
+        self._losses.append(parts["task_loss"])
+        return loss, parts
+
+    def should_stop(self, task, step):
+        trace = self.diagnostics["training"][task.name]
+        trace["loss_trace"].append(round(self._losses[-1], 5))
+        if self._kls:
+            trace["kl_trace"].append(round(self._kls[-1], 6))
+        budget = float(self.settings["forgetting_budget"])
+        if self._use_kl and self._kls and self._kls[-1] >= budget:
+            self._stop = (step, f"KL {self._kls[-1]:.4f} reached the forgetting budget {budget}")
+            return True
+        w = int(self.settings["settle_window"])
+        if step >= max(int(self.settings["min_steps"]), 2 * w):
+            prev = sum(self._losses[-2 * w:-w]) / w
+            last = sum(self._losses[-w:]) / w
+            if abs(prev - last) < float(self.settings["settle_tol"]) * max(prev, 1e-8):
+                self._stop = (step, f"task loss settled ({prev:.4f} -> {last:.4f} over {w}-step windows)")
+                return True
+        return False
+
+    # ---- stage 3: merge -------------------------------------------------------------------------
+    def after_task(self, task, examples):
+        group = self._group
+        trace = self.diagnostics["training"][task.name]
+        steps = len(self._losses)
+        trace["stop_step"], trace["stop_reason"] = self._stop or (steps, "epochs done")
+        self.current.eval()
+        info: dict = {"group": group.gid}
+        if not self.settings["merge"] or not group.tasks:
+            # First task of a group (nothing to protect) or merge ablated: the task's edit is the group's.
+            group.state = copy.deepcopy(self.current)
+            info.update(weight=1.0, reason="merge=false" if group.tasks else "first task of its group")
+            if self._anchor_prompts:
+                info["kl_after"] = round(float(kl(self._prior_logp, self._batched_logprobs(self._anchor_prompts, group.state)).mean()), 6)
+        else:
+            budget = float(self.settings["forgetting_budget"])
+            n = max(1, int(self.settings["merge_grid"]))
+            tried = []
+            chosen = None
+            for k in range(n + 1):
+                a = 1.0 - k / n
+                merged, err = interpolate(self._prior_state, self.current, a)
+                kl_a = float(kl(self._prior_logp, self._batched_logprobs(self._anchor_prompts, merged)).mean())
+                tried.append({"weight": round(a, 4), "kl": round(kl_a, 6), "truncation_error": round(err, 6)})
+                if kl_a <= budget:
+                    chosen = (a, merged, kl_a)
+                    break
+            if chosen is None:   # not even a = 0 fits (cannot happen up to truncation): keep the prior
+                chosen = (0.0, copy.deepcopy(self._prior_state), tried[-1]["kl"])
+            a, merged, kl_after = chosen
+            group.state = merged
+            info.update(weight=round(a, 4), kl_before=tried[0]["kl"], kl_after=round(kl_after, 6), tried=tried)
+        self.diagnostics["merge"][task.name] = info
+        group.tasks.append(task.name)
+        group.add_signature(self._signature_new)
+        group.anchors.extend(self._new_anchors)
+        self.diagnostics["groups"] = {g.gid: g.tasks for g in self.groups}
+        self.current = None
+
+    # ---- test time ----------------------------------------------------------------------------------
+    def scorer(self, task_name):
+        return CraftScorer(self, task_name)
+
+    def route_inputs(self, ids, mask, pos) -> torch.Tensor:
+        """Group index per row: the nearest group by KL(input's backbone distribution || group signature).
+        No threshold here: a single input's distribution is noisier than a task's averaged signature
+        (measured: median KL to its own task's signature 0.08-0.56 nats), so a threshold would send
+        seen-task inputs to the bare backbone."""
+        with torch.no_grad():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
+        logp = torch.log_softmax(out.logits[:, -1].float(), -1)
+        sigs = torch.stack([g.signature_log for g in self.groups])   # every group has a task after after_task
+        d = torch.stack([kl(logp, s[None, :].expand_as(logp)) for s in sigs], dim=1)   # [B, G]
+        return d.argmin(1)
+
+    # ---- state -------------------------------------------------------------------------------------
+    def state_dict(self):
+        return {"groups": [{"gid": g.gid, "state": g.state.plain_state(), "tasks": g.tasks,
+                            "signatures": g.signatures, "anchors": g.anchors} for g in self.groups],
+                "task_group": self.task_group, "diagnostics": self.diagnostics}
+
+    def load_state_dict(self, state):
+        self.groups = []
+        for saved in state["groups"]:
+            g = Group(saved["gid"], self._new_state(salt=saved["gid"]))
+            g.state.load_plain_state(saved["state"])
+            g.tasks, g.anchors = list(saved["tasks"]), list(saved["anchors"])
+            for s in saved["signatures"]:
+                g.add_signature(s)
+            self.groups.append(g)
+        self.task_group = dict(state["task_group"])
+        self.diagnostics = state["diagnostics"]
+
+    def card(self):
+        card = super().card()
+        per_task = sum(p.numel() for p in self._new_state(0).parameters() if p.requires_grad)
+        lora = 0
+        for name, module in self.model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.split(".")[-1] in ("q_proj", "v_proj"):
+                lora += 8 * (module.in_features + module.out_features)
+        card["trainable_parameters"] = per_task
+        card["trainable_ratio_to_seq_lora"] = round(per_task / lora, 4) if lora else None
+        card["parameters_kept"] = per_task * len(self.groups)
+        card["uses_task_id_at_test"] = self.settings["test_routing"] == "task_id"
+        return card
+
+
+class CraftScorer(CausalLMScorer):
+    """The prompt is encoded under the intervention of the input's group; continuation tokens are not edited."""
+
+    def __init__(self, method: CRAFT, task_name: str):
+        super().__init__(method.model)
+        self.m = method
+        self.task_name = task_name
+
+    def prompt_forward(self, input_ids, attention_mask, position_ids):
+        m = self.m
+        if not m.groups:
+            return super().prompt_forward(input_ids, attention_mask, position_ids)
+        if m.settings["test_routing"] == "task_id":
+            gid = m.task_group.get(self.task_name, -1)
+            rows = torch.full((len(input_ids),), gid, dtype=torch.long)
+        else:
+            rows = m.route_inputs(input_ids, attention_mask, position_ids)
+        pmask = m._prompt_mask(attention_mask, torch.full((len(input_ids),), input_ids.shape[1]))
+        with m.hooks.active([g.state for g in m.groups], rows, pmask):
+            return super().prompt_forward(input_ids, attention_mask, position_ids)
