@@ -92,10 +92,7 @@ def load_model(model: str = DEFAULT_MODEL, device: str = "cpu", allow_download: 
         folder, filename = embedded_file(model)
         net = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
     else:
-        if not allow_download and not os.path.isdir(model):
-            # A hub id without download permission still works if it is in the local cache.
-            pass
-        try:
+        try:  # without --allow-download a hub id still loads if it is in the local cache
             net = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, local_files_only=not allow_download)
         except OSError as e:
             hint = "" if allow_download else " (downloads are off: pass --allow-download on a machine with network)"

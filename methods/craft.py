@@ -106,6 +106,7 @@ class CRAFT(Method):
         self.groups: list[Group] = []
         self.task_group: dict[str, int] = {}
         self.current: InterventionSet | None = None
+        self._route_cache: dict = {}
         self.USES_TASK_ID_AT_TEST = self.settings["test_routing"] == "task_id"
         self.KEEPS = (f"{self.settings['anchors_per_task']} unlabeled prompts per task (no labels), one signature "
                       "(vocabulary distribution) and one intervention per group")
@@ -276,10 +277,17 @@ class CRAFT(Method):
         """Group index per row: the nearest group by KL(input's backbone distribution || group signature).
         No threshold here: a single input's distribution is noisier than a task's averaged signature
         (measured: median KL to its own task's signature 0.08-0.56 nats), so a threshold would send
-        seen-task inputs to the bare backbone."""
-        with torch.no_grad():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
-        logp = torch.log_softmax(out.logits[:, -1].float(), -1)
+        seen-task inputs to the bare backbone. The backbone is frozen, so each prompt's distribution is
+        computed once per run and cached: routing then costs nothing after the first evaluation."""
+        keys = [tuple(row[m.bool()].tolist()) for row, m in zip(ids, mask)]
+        missing = [i for i, k in enumerate(keys) if k not in self._route_cache]
+        if missing:
+            with torch.no_grad():
+                out = self.model(input_ids=ids[missing], attention_mask=mask[missing], position_ids=pos[missing],
+                                 logits_to_keep=1)
+            for i, lp in zip(missing, torch.log_softmax(out.logits[:, -1].float(), -1)):
+                self._route_cache[keys[i]] = lp
+        logp = torch.stack([self._route_cache[k] for k in keys])
         sigs = torch.stack([g.signature_log for g in self.groups])   # every group has a task after after_task
         d = torch.stack([kl(logp, s[None, :].expand_as(logp)) for s in sigs], dim=1)   # [B, G]
         return d.argmin(1)
@@ -323,6 +331,7 @@ class CraftScorer(CausalLMScorer):
         super().__init__(method.model)
         self.m = method
         self.task_name = task_name
+        self.fresh = True
 
     def prompt_forward(self, input_ids, attention_mask, position_ids):
         m = self.m
@@ -333,6 +342,13 @@ class CraftScorer(CausalLMScorer):
             rows = torch.full((len(input_ids),), gid, dtype=torch.long)
         else:
             rows = m.route_inputs(input_ids, attention_mask, position_ids)
+            # Where this task's inputs went, in the latest evaluation (cumulative over its batches).
+            counts = m.diagnostics.setdefault("test_routing", {}).setdefault(self.task_name, {})
+            if self.fresh:
+                counts.clear()
+                self.fresh = False
+            for g in rows.tolist():
+                counts[str(g)] = counts.get(str(g), 0) + 1
         pmask = m._prompt_mask(attention_mask, torch.full((len(input_ids),), input_ids.shape[1]))
         with m.hooks.active([g.state for g in m.groups], rows, pmask):
             return super().prompt_forward(input_ids, attention_mask, position_ids)
