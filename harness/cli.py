@@ -103,7 +103,7 @@ def cmd_bench(a) -> int:
         card = json.load(f)
     t = card["timing"]
     print(f"\n{card['name']}: {card['trainable_parameters']:,} trainable parameters; "
-          f"train {t['train_seconds']:.0f} s, eval {t['eval_seconds']:.0f} s")
+          f"train {t['train_seconds']:.0f} s, eval {t['eval_seconds']:.0f} s, wall {t['wall_seconds']:.0f} s")
     return 0
 
 

@@ -30,7 +30,8 @@ def configure_offline(allow_download: bool = False) -> None:
 def set_threads(n: int | None = None) -> None:
     import torch
     # Two threads is the fastest setting measured on the 2-core machines; more only adds contention.
-    torch.set_num_threads(n or min(2, os.cpu_count() or 1))
+    # CL_THREADS=1 suits two jobs side by side (oversubscribed OpenMP threads spin against each other).
+    torch.set_num_threads(n or int(os.environ.get("CL_THREADS", 0)) or min(2, os.cpu_count() or 1))
 
 
 def embedded_file(name: str) -> tuple[str, str]:

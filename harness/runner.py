@@ -197,7 +197,8 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
     atomic_write(run.file("matrix.csv"), matrix_csv(R))
     write_json(run.file("metrics.json"), values)
     card = method.card()
-    card["timing"] = {"train_seconds": round(sum(rows[r].get("train_seconds", 0) for r in order_rows), 2),
+    card["timing"] = {"wall_seconds": round(time.time() - status["started"], 1),
+                      "train_seconds": round(sum(rows[r].get("train_seconds", 0) for r in order_rows), 2),
                       "eval_seconds": round(sum(rows[r]["eval_seconds"] for r in order_rows), 2),
                       "per_stage": {r: {k: rows[r].get(k) for k in ("train_seconds", "eval_seconds", "steps")}
                                     for r in order_rows}}
