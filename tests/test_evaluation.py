@@ -68,3 +68,16 @@ def test_prompt_has_instruction_options_input_and_answer(tokenizer):
     assert "five six" not in text and text.rstrip().endswith("assistant")    # truncated; chat template
     assert "Answer:" in text
     assert enc.answer_ids("negative")[-1] == tokenizer.eos_token_id
+
+
+def test_rank_on_the_real_model_matches_full_sequence_scoring(smollm):
+    """The embedded SmolLM2 with its chat template: cached candidate scoring = one sequence per label."""
+    import tasks
+    model, tok = smollm
+    enc = PromptEncoder(tok)
+    data = tasks.load_task("bbc", None, 5, 5, seed=1)
+    examples, cands = enc.encode(data, "test"), enc.candidates(data)
+    preds = rank_predictions(CausalLMScorer(model), examples, cands, tok.pad_token_id, batch_size=3)
+    for ex, pred in zip(examples, preds):
+        scores = full_sequence_scores(model, ex.prompt_ids, cands)
+        assert pred == max(range(len(cands)), key=scores.__getitem__)
