@@ -32,6 +32,7 @@ import random
 
 import torch
 
+from harness.errors import UsageError
 from harness.evaluation import CausalLMScorer, left_pad
 from harness.training import answer_loss
 from methods._reft import HookedModel, InterventionSet, interpolate, position_mask
@@ -89,6 +90,14 @@ class CRAFT(Method):
                                "(no task id); task_id: use the task's group"),
     }
 
+    @classmethod
+    def resolve_settings(cls, overrides):
+        values = super().resolve_settings(overrides)   # checked before the model loads: bad input fails fast
+        for key, allowed in (("routing", ("kl", "single", "per_task")), ("test_routing", ("kl", "task_id"))):
+            if values[key] not in allowed:
+                raise UsageError(f"craft setting {key} must be one of {', '.join(allowed)}, not {values[key]!r}")
+        return values
+
     # ---- setup ------------------------------------------------------------------------------------
     def setup(self):
         for p in self.model.parameters():
@@ -110,9 +119,6 @@ class CRAFT(Method):
         self.USES_TASK_ID_AT_TEST = self.settings["test_routing"] == "task_id"
         self.KEEPS = (f"{self.settings['anchors_per_task']} unlabeled prompts per task (no labels), one signature "
                       "(vocabulary distribution) and one intervention per group")
-        if self.settings["routing"] not in ("kl", "single", "per_task"):
-            from harness.errors import UsageError
-            raise UsageError("craft setting routing must be kl, single or per_task")
         self.diagnostics = {"layers": self.layers, "routing": {}, "training": {}, "merge": {}, "groups": {}}
 
     def _new_state(self, salt: int) -> InterventionSet:

@@ -77,3 +77,7 @@ def test_list_names_methods_tasks_orders(capsys):
     for word in ("seq_lora", "replay", "zero_shot", "trec", "hutto_amazon", "dbpedia", "offline1", "offline3"):
         assert word in out
     assert "dbpedia -> amazon -> yahoo -> agnews" in out
+
+
+def test_bad_craft_setting_fails_before_the_model_loads(capsys):
+    fails(capsys, ["bench", "--method", "craft", "--method-arg", "routing=sometimes"], "routing must be one of")
