@@ -35,6 +35,7 @@ import torch
 from harness.errors import UsageError
 from harness.evaluation import CausalLMScorer, left_pad
 from harness.training import answer_loss
+from methods._lora import LoRAMethod
 from methods._reft import HookedModel, InterventionSet, interpolate, position_mask
 from methods.base import Method
 
@@ -319,10 +320,11 @@ class CRAFT(Method):
     def card(self):
         card = super().card()
         per_task = sum(p.numel() for p in self._new_state(0).parameters() if p.requires_grad)
-        lora = 0
-        for name, module in self.model.named_modules():
-            if isinstance(module, torch.nn.Linear) and name.split(".")[-1] in ("q_proj", "v_proj"):
-                lora += 8 * (module.in_features + module.out_features)
+        # seq_lora's size on this backbone, from the LoRA defaults it uses (not a copy of them)
+        lora_settings = LoRAMethod.all_settings()
+        rank, targets = lora_settings["r"][0], lora_settings["target_modules"][0].split(",")
+        lora = sum(rank * (m.in_features + m.out_features) for name, m in self.model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in targets)
         card["trainable_parameters"] = per_task
         card["trainable_ratio_to_seq_lora"] = round(per_task / lora, 4) if lora else None
         card["parameters_kept"] = per_task * len(self.groups)
