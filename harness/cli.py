@@ -1,4 +1,4 @@
-"""Command line: `python -m harness {bench,list,metrics}`. Bad input is one line on stderr and exit status 2."""
+"""Command line: `python -m harness {bench,sweep,tables,general,list,metrics}`. Bad input is one line on stderr and exit status 2."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +37,41 @@ def _method_args(pairs: list[str] | None, config_file: str | None) -> dict:
     return args
 
 
+def add_run_options(b) -> None:
+    """Options that fix what a run measures; `sweep` passes them on to every run."""
+    from harness.runner import BenchConfig
+    d = BenchConfig()
+    b.add_argument("--train-per-task", type=_positive_or_all, default=d.train_per_task,
+                   help=f"training examples per task, stratified by label ('all' for every row; default {d.train_per_task})")
+    b.add_argument("--test-per-task", type=_positive_or_all, default=d.test_per_task,
+                   help=f"test examples per task, stratified by label (default {d.test_per_task})")
+    b.add_argument("--model", default=d.model, help="embedded model name, hub id or local path (default smollm2-135m)")
+    b.add_argument("--data-dir", default=os.environ.get("CL_DATA_DIR"),
+                   help="O-LoRA CL_Benchmark directory for orders 1-6 (default: $CL_DATA_DIR)")
+    b.add_argument("--eval", default=d.eval, choices=["rank", "generate"],
+                   help="rank: score every label; generate: greedy decoding + exact match (default rank)")
+    b.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16"], help="bf16 = CPU autocast (default fp32)")
+    b.add_argument("--max-input-tokens", type=int, default=d.max_input_tokens,
+                   help=f"inputs are truncated to this many tokens (default {d.max_input_tokens})")
+    b.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    b.add_argument("--device", default=d.device, help="torch device (default cpu)")
+    b.add_argument("--allow-download", action="store_true", help="let transformers fetch a model from the hub")
+
+
+def run_options(a) -> list[str]:
+    """The parsed run options as command-line arguments, every one spelled out (a sweep's runs are then
+    reproducible from their own config.json whatever the defaults become)."""
+    out = ["--train-per-task", "all" if a.train_per_task is None else str(a.train_per_task),
+           "--test-per-task", "all" if a.test_per_task is None else str(a.test_per_task),
+           "--model", a.model, "--eval", a.eval, "--dtype", a.dtype, "--max-input-tokens", str(a.max_input_tokens),
+           "--eval-batch-size", str(a.eval_batch_size), "--device", a.device]
+    if a.data_dir:
+        out += ["--data-dir", os.path.abspath(a.data_dir)]
+    if a.allow_download:
+        out.append("--allow-download")
+    return out
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: one line, status 2, as everything else
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -52,26 +87,42 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--method", default=d.method, help=f"method name (default {d.method}; see `list`)")
     b.add_argument("--order", default=d.order, help=f"task order: 1-6 (O-LoRA) or offline1..3 (default {d.order})")
     b.add_argument("--seed", type=int, default=d.seed)
-    b.add_argument("--train-per-task", type=_positive_or_all, default=d.train_per_task,
-                   help=f"training examples per task, stratified by label ('all' for every row; default {d.train_per_task})")
-    b.add_argument("--test-per-task", type=_positive_or_all, default=d.test_per_task,
-                   help=f"test examples per task, stratified by label (default {d.test_per_task})")
     b.add_argument("--out", default=None, help="run directory (default runs/<method>-<order>-s<seed>)")
-    b.add_argument("--model", default=d.model, help="embedded model name, hub id or local path (default smollm2-135m)")
-    b.add_argument("--data-dir", default=os.environ.get("CL_DATA_DIR"),
-                   help="O-LoRA CL_Benchmark directory for orders 1-6 (default: $CL_DATA_DIR)")
-    b.add_argument("--eval", default=d.eval, choices=["rank", "generate"],
-                   help="rank: score every label; generate: greedy decoding + exact match (default rank)")
-    b.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16"], help="bf16 = CPU autocast (default fp32)")
+    add_run_options(b)
     b.add_argument("--method-arg", action="append", metavar="KEY=VALUE", help="a method setting (repeatable)")
     b.add_argument("--method-config", metavar="JSON", help="a JSON file of method settings")
-    b.add_argument("--max-input-tokens", type=int, default=d.max_input_tokens,
-                   help=f"inputs are truncated to this many tokens (default {d.max_input_tokens})")
-    b.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    b.add_argument("--device", default=d.device, help="torch device (default cpu)")
     b.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    b.add_argument("--allow-download", action="store_true", help="let transformers fetch a model from the hub")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.add_argument("--base-cache", metavar="JSON",
+                   help="reuse the untouched backbone's scores from this file and add to it (sweeps share one)")
+    b.add_argument("--stop-after-task", type=int, metavar="K",
+                   help="train the first K tasks, then stop; the run stays unfinished and the same command "
+                        "without this flag resumes it (splits a long run over sittings)")
+
+    s = sub.add_parser("sweep", help="run a grid of methods x orders x seeds, skipping finished runs")
+    s.add_argument("--methods", required=True,
+                   help="comma-separated methods; fix settings with name:key=value[:key=value] "
+                        "(e.g. seq_lora,craft,craft:routing=single)")
+    s.add_argument("--orders", required=True, help="comma-separated orders (e.g. offline1,offline2,1,2)")
+    s.add_argument("--seeds", default="1", help="comma-separated seeds (default 1)")
+    s.add_argument("--runs", default="runs/sweep", help="folder of run directories (default runs/sweep)")
+    s.add_argument("--jobs", type=int, default=1,
+                   help="runs side by side, each with cores/jobs threads (default 1; 2 suits a 2-core machine)")
+    add_run_options(s)
+    s.add_argument("--dry-run", action="store_true", help="print the grid and what is left, run nothing")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    t = sub.add_parser("tables", help="turn a folder of runs into tables, figures and results/README.md")
+    t.add_argument("--runs", default="runs/sweep", help="folder of run directories (default runs/sweep)")
+    t.add_argument("--out", default="results", help="where tables and figures go (default results)")
+    t.add_argument("--no-figures", action="store_true", help="tables only")
+
+    g = sub.add_parser("general", help="general-ability retention of finished runs (held-out tasks, via lm-eval)")
+    g.add_argument("paths", nargs="*", help="run directories (default: every finished run under --runs)")
+    g.add_argument("--runs", default="runs/sweep", help="folder of run directories (default runs/sweep)")
+    g.add_argument("--tasks", default=None, help="held-out tasks, comma-separated (default sms_spam,hutto_movie)")
+    g.add_argument("--per-task", type=int, default=None, help="test examples per held-out task (default 50)")
+    g.add_argument("--redo", action="store_true", help="measure runs that already have general.json again")
 
     sub.add_parser("list", help="list methods, tasks and orders")
 
@@ -83,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_bench(a) -> int:
     from harness import metrics
+    from harness.rundir import RunDir
     from harness.runner import BenchConfig, run_bench
     if a.train_per_task is not None and a.train_per_task <= 0:
         raise UsageError(f"--train-per-task must be a positive number of examples, got {a.train_per_task}")
@@ -92,8 +144,15 @@ def cmd_bench(a) -> int:
                       test_per_task=a.test_per_task, out=a.out, model=a.model, data_dir=a.data_dir, eval=a.eval,
                       dtype=a.dtype, method_args=_method_args(a.method_arg, a.method_config),
                       max_input_tokens=a.max_input_tokens, eval_batch_size=a.eval_batch_size, overwrite=a.overwrite,
-                      allow_download=a.allow_download, device=a.device, progress=not a.quiet)
+                      allow_download=a.allow_download, device=a.device, progress=not a.quiet,
+                      stop_after_task=a.stop_after_task, base_cache=a.base_cache)
+    if a.stop_after_task is not None and a.stop_after_task < 0:
+        raise UsageError(f"--stop-after-task must be 0 or more, got {a.stop_after_task}")
     out = run_bench(cfg)
+    if not RunDir(out).is_finished():
+        print(f"{out}: unfinished (stopped after {a.stop_after_task} task(s)); run again without "
+              "--stop-after-task to finish it")
+        return 0
     R = metrics.read_matrix(os.path.join(out, "matrix.csv"))
     print(f"\nAccuracy matrix (%), rows = after training on, columns = evaluated task — {out}/matrix.csv")
     print(R.to_string(float_format=lambda v: f"{v:6.2f}"))
@@ -104,6 +163,62 @@ def cmd_bench(a) -> int:
     t = card["timing"]
     print(f"\n{card['name']}: {card['trainable_parameters']:,} trainable parameters; "
           f"train {t['train_seconds']:.0f} s, eval {t['eval_seconds']:.0f} s, wall {t['wall_seconds']:.0f} s")
+    return 0
+
+
+def cmd_sweep(a) -> int:
+    from harness import sweep
+    if a.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {a.jobs}")
+    for n, flag in ((a.train_per_task, "--train-per-task"), (a.test_per_task, "--test-per-task")):
+        if n is not None and n <= 0:
+            raise UsageError(f"{flag} must be a positive number of examples, got {n}")
+    if a.data_dir and not os.path.isdir(a.data_dir):
+        raise UsageError(f"--data-dir {a.data_dir} is not a directory")
+    cells = sweep.plan(a.runs, sweep.split_list(a.methods, "methods"), sweep.split_list(a.orders, "orders"),
+                       sweep.split_list(a.seeds, "seeds"))
+    options = run_options(a)
+    if a.dry_run:
+        for cell in cells:
+            print(f"{sweep.cell_state(cell):>8}  {cell.out}")
+        return 0
+    command = "python -m harness " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else " ".join(sys.argv)
+    result = sweep.run_sweep(a.runs, cells, options, a.jobs, progress=not a.quiet, command=command)
+    print(sweep.summarize(result, len(cells)))
+    return 1 if result.failed else 0
+
+
+def cmd_tables(a) -> int:
+    from harness.tables import write_tables
+    info = write_tables(a.runs, a.out, figures=not a.no_figures)
+    print(f"{info['runs']} finished run(s) from {a.runs} -> {a.out}: {len(info['files'])} file(s) "
+          f"(tables: {', '.join(f for f in info['files'] if f.endswith('.md'))})")
+    if info["unfinished"]:
+        print(f"{len(info['unfinished'])} unfinished run(s) left out (rerun their sweep to finish them)")
+    return 0
+
+
+def cmd_general(a) -> int:
+    from tqdm.auto import tqdm
+
+    from harness import general
+    from harness.rundir import RunDir
+    names = tuple(general.GENERAL_TASKS if not a.tasks else [n.strip() for n in a.tasks.split(",") if n.strip()])
+    import tasks as task_registry
+    for n in names:
+        task_registry.get_task(n)
+    per_task = a.per_task or general.DEFAULT_PER_TASK
+    if per_task <= 0:
+        raise UsageError(f"--per-task must be positive, got {per_task}")
+    paths = a.paths or sorted(root for root, _, files in os.walk(a.runs) if "status.json" in files)
+    if not paths:
+        raise UsageError(f"no run directories under {a.runs}")
+    todo = [p for p in paths if RunDir(p).is_finished() and (a.redo or not os.path.isfile(os.path.join(p, "general.json")))]
+    cache: dict = {}
+    for path in tqdm(todo, desc="general ability", unit="run"):
+        r = general.run_general(path, names, per_task, cache)
+        tqdm.write(f"{path}: before {r['before']:.2f} after {r['after']:.2f} change {r['change']:+.2f}")
+    print(f"general ability measured on {len(todo)} run(s); {len(paths) - len(todo)} skipped (unfinished or done)")
     return 0
 
 
@@ -147,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, or argparse's own one-line error (status 2)
         return int(e.code or 0)
     try:
-        return {"bench": cmd_bench, "list": cmd_list, "metrics": cmd_metrics}[a.command](a)
+        return {"bench": cmd_bench, "sweep": cmd_sweep, "tables": cmd_tables, "general": cmd_general,
+                "list": cmd_list, "metrics": cmd_metrics}[a.command](a)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -47,17 +47,19 @@ def left_pad(seqs: list[tuple[int, ...]], pad_id: int):
     return ids, mask, pos
 
 
-def _batches(items: list[Encoded], batch_size: int):
+def _batches_of(prompts: list[tuple[int, ...]], batch_size: int):
     # Sorting by length keeps padding (wasted compute) low; results are mapped back to input order.
-    order = sorted(range(len(items)), key=lambda i: len(items[i].prompt_ids))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     for start in range(0, len(order), batch_size):
         yield order[start:start + batch_size]
 
 
 @torch.no_grad()
-def rank_predictions(scorer: Scorer, examples: list[Encoded], candidates: list[tuple[int, ...]], pad_id: int,
-                     batch_size: int = 16, progress=None) -> list[int]:
-    """Index of the candidate with the highest total log-probability (label tokens + end token)."""
+def candidate_logprobs(scorer: Scorer, prompts: list[tuple[int, ...]], candidates: list[tuple[int, ...]],
+                       pad_id: int, batch_size: int = 16, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every prompt and candidate continuation: (total log-probability [N, C], greedy [N, C] = whether
+    greedy decoding would produce exactly that continuation). One prompt forward per example; every
+    candidate is scored from its KV cache."""
     n_cand = len(candidates)
     width = max(len(c) for c in candidates)
     cont = torch.full((n_cand, width - 1), pad_id, dtype=torch.long)     # inputs: all but each last token
@@ -68,24 +70,37 @@ def rank_predictions(scorer: Scorer, examples: list[Encoded], candidates: list[t
         target[c, : len(ids) - 1] = torch.tensor(ids[1:])
         cont_mask[c, : len(ids) - 1] = 1
     first = torch.tensor([c[0] for c in candidates])
-    preds = [0] * len(examples)
-    for idx in _batches(examples, batch_size):
-        ids, mask, pos = left_pad([examples[i].prompt_ids for i in idx], pad_id)
+    out = torch.zeros((len(prompts), n_cand))
+    greedy_out = torch.zeros((len(prompts), n_cand), dtype=torch.bool)
+    for idx in _batches_of(prompts, batch_size):
+        ids, mask, pos = left_pad([prompts[i] for i in idx], pad_id)
         b = len(idx)
         last_logits, past = scorer.prompt_forward(ids, mask, pos)
         scores = torch.log_softmax(last_logits.float(), -1)[:, first]               # [b, C]
+        greedy = last_logits.argmax(-1, keepdim=True) == first[None, :]             # [b, C]
         if width > 1:
             past.batch_repeat_interleave(n_cand)
             full_mask = torch.cat([mask.repeat_interleave(n_cand, 0), cont_mask.repeat(b, 1)], dim=1)
             cont_pos = mask.sum(-1, keepdim=True).repeat_interleave(n_cand, 0) + torch.arange(width - 1)
-            logits = scorer.continue_forward(cont.repeat(b, 1), full_mask, cont_pos, past)
-            logp = torch.log_softmax(logits.float(), -1).gather(-1, target.repeat(b, 1).unsqueeze(-1)).squeeze(-1)
-            scores = scores + (logp * cont_mask.repeat(b, 1)).sum(-1).view(b, n_cand)
+            logits = scorer.continue_forward(cont.repeat(b, 1), full_mask, cont_pos, past).float()
+            tgt, cm = target.repeat(b, 1), cont_mask.repeat(b, 1)
+            logp = torch.log_softmax(logits, -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+            scores = scores + (logp * cm).sum(-1).view(b, n_cand)
+            hit = (logits.argmax(-1) == tgt) | (cm == 0)
+            greedy = greedy & hit.all(-1).view(b, n_cand)
         for j, i in enumerate(idx):
-            preds[i] = int(scores[j].argmax())
+            out[i], greedy_out[i] = scores[j], greedy[j]
         if progress is not None:
             progress.update(b)
-    return preds
+    return out, greedy_out
+
+
+def rank_predictions(scorer: Scorer, examples: list[Encoded], candidates: list[tuple[int, ...]], pad_id: int,
+                     batch_size: int = 16, progress=None) -> list[int]:
+    """Index of the candidate with the highest total log-probability (label tokens + end token)."""
+    scores, _ = candidate_logprobs(scorer, [ex.prompt_ids for ex in examples], candidates, pad_id, batch_size,
+                                   progress)
+    return scores.argmax(-1).tolist()
 
 
 @torch.no_grad()
@@ -93,7 +108,7 @@ def generate_predictions(scorer: Scorer, examples: list[Encoded], end_id: int, p
                          batch_size: int = 16, progress=None) -> list[list[int]]:
     """Greedy generation through the scorer's cache, stopping at the end token; returns generated ids."""
     outs: list[list[int]] = [[] for _ in examples]
-    for idx in _batches(examples, batch_size):
+    for idx in _batches_of([ex.prompt_ids for ex in examples], batch_size):
         ids, mask, pos = left_pad([examples[i].prompt_ids for i in idx], pad_id)
         logits, past = scorer.prompt_forward(ids, mask, pos)
         done = torch.zeros(len(idx), dtype=torch.bool)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shutil
+import tempfile
 
 from harness.errors import UsageError
 
@@ -45,6 +47,49 @@ def embedded_file(name: str) -> tuple[str, str]:
     return folder, filename
 
 
+def cache_root() -> str:
+    return os.environ.get("CL_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "cl-harness")
+
+
+def embedded_cache(name: str) -> str:
+    """A plain transformers copy (fp32 safetensors + tokenizer) of an embedded GGUF model, made on first use.
+
+    De-quantizing the GGUF file takes ~30 s on these machines, a sixth of a small run; loading the copy takes
+    ~1 s. The copy is keyed by the GGUF file's size and mtime and the transformers version, and holds exactly
+    the tensors the GGUF load produced (a test compares the two)."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    folder, filename = embedded_file(name)
+    st = os.stat(os.path.join(folder, filename))
+    path = os.path.join(cache_root(), f"{name}-{st.st_size}-{int(st.st_mtime)}-tf{transformers.__version__}")
+    if os.path.isfile(os.path.join(path, ".complete")):
+        return path
+    _quiet()
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    net = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    os.makedirs(cache_root(), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=cache_root(), prefix=".tmp-")
+    try:
+        # transformers refuses save_pretrained on a GGUF-loaded model ("not serializable"), though its
+        # tensors are plain fp32 after loading: write them and the config directly.
+        from safetensors.torch import save_model
+        config = net.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        save_model(net, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        tok.save_pretrained(tmp)
+        open(os.path.join(tmp, ".complete"), "w").close()
+        try:
+            os.replace(tmp, path)      # atomic: a reader sees no copy or a whole one
+        except OSError:                # another process made it first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
 def _quiet():
     """transformers prints a tqdm bar per GGUF tensor; the harness shows its own progress."""
     from transformers.utils import logging as hf_logging
@@ -56,8 +101,7 @@ def load_tokenizer(model: str = DEFAULT_MODEL, allow_download: bool = False):
     from transformers import AutoTokenizer
     _quiet()
     if model in (TINY_MODEL, *EMBEDDED_MODELS):
-        folder, filename = embedded_file(DEFAULT_MODEL if model == TINY_MODEL else model)
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        tok = AutoTokenizer.from_pretrained(embedded_cache(DEFAULT_MODEL if model == TINY_MODEL else model))
     else:
         tok = AutoTokenizer.from_pretrained(model, local_files_only=not allow_download)
     tok.model_max_length = MAX_LENGTH
@@ -90,8 +134,7 @@ def load_model(model: str = DEFAULT_MODEL, device: str = "cpu", allow_download: 
     if model == TINY_MODEL:
         net = tiny_model(tok)
     elif model in EMBEDDED_MODELS:
-        folder, filename = embedded_file(model)
-        net = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+        net = AutoModelForCausalLM.from_pretrained(embedded_cache(model), dtype=torch.float32)
     else:
         try:  # without --allow-download a hub id still loads if it is in the local cache
             net = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, local_files_only=not allow_download)

@@ -35,18 +35,23 @@ class PromptEncoder:
             return text
         return self.tok.decode(ids[: self.max_input_tokens]) + " ..."
 
-    def prompt_ids(self, task: TaskData, text: str) -> tuple[int, ...]:
+    def prompt_string(self, task: TaskData, text: str) -> str:
+        """The prompt as text (chat template applied, special tokens spelled out), for lm-eval's tasks."""
         body = prompt_text(task.instruction, task.labels, self._truncate(text))
         if self.chat:
-            rendered = self.tok.apply_chat_template([{"role": "user", "content": body}],
-                                                    add_generation_prompt=True, tokenize=False)
-            return tuple(self.tok(rendered, add_special_tokens=False).input_ids)
-        return tuple(self.tok(body).input_ids)
+            return self.tok.apply_chat_template([{"role": "user", "content": body}],
+                                                add_generation_prompt=True, tokenize=False)
+        return body
+
+    def prompt_ids(self, task: TaskData, text: str) -> tuple[int, ...]:
+        return tuple(self.tok(self.prompt_string(task, text), add_special_tokens=not self.chat).input_ids)
+
+    def answer_string(self, label: str) -> str:
+        # Base models continue "Answer:" with a space; chat models start a fresh assistant turn.
+        return label if self.chat else " " + label
 
     def answer_ids(self, label: str) -> tuple[int, ...]:
-        # Base models continue "Answer:" with a space; chat models start a fresh assistant turn.
-        text = label if self.chat else " " + label
-        return tuple(self.tok(text, add_special_tokens=False).input_ids) + (self.end_id,)
+        return tuple(self.tok(self.answer_string(label), add_special_tokens=False).input_ids) + (self.end_id,)
 
     def candidates(self, task: TaskData) -> list[tuple[int, ...]]:
         return [self.answer_ids(label) for label in task.labels]

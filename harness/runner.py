@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import platform
 import random
@@ -48,6 +49,8 @@ class BenchConfig:
     allow_download: bool = False
     device: str = "cpu"
     progress: bool = True
+    stop_after_task: int | None = None   # train this many stages, then leave the run unfinished (resumable)
+    base_cache: str | None = None        # JSON file of backbone scores shared by the runs of a sweep
 
     def default_out(self) -> str:
         return os.path.join("runs", f"{self.method}-{self.order}-s{self.seed}")
@@ -71,6 +74,27 @@ def seed_everything(seed: int) -> None:
         np.random.seed(seed % (2**32))
     except ImportError:
         pass
+
+
+def base_cache_key(cfg: BenchConfig, task: str) -> str:
+    # Everything that decides a backbone score: not the seed (the test subsample does not depend on it).
+    return "|".join(str(x) for x in (cfg.model, task, cfg.data_dir or "", cfg.test_per_task, cfg.eval, cfg.dtype,
+                                     cfg.max_input_tokens, cfg.eval_batch_size))
+
+
+def read_base_cache(path: str | None) -> dict:
+    if not path or not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError:
+        return {}
+
+
+def write_base_cache(path: str, entries: dict) -> None:
+    merged = {**read_base_cache(path), **entries}
+    atomic_write(path, json.dumps(merged, indent=1, sort_keys=True) + "\n")
 
 
 def _say(msg: str, progress: bool = True) -> None:
@@ -106,7 +130,7 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
                                 "dropped": d.dropped, "labels": list(d.labels)} for d in data},
               "settings": settings, "packages": package_versions(),
               "command": " ".join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    for volatile in ("overwrite", "progress"):
+    for volatile in ("overwrite", "progress", "stop_after_task", "base_cache"):
         config.pop(volatile)
     status = run.prepare(config, cfg.overwrite) or run.status()
     rows: dict = status["rows"]
@@ -147,8 +171,17 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
 
     seed_everything(cfg.seed)
     if "base" not in rows:
+        # The untouched backbone scores the same in every run of a setup; a sweep shares them in one file.
+        shared = read_base_cache(cfg.base_cache)
+        keys = {n: base_cache_key(cfg, n) for n in names}
+        for name in names:
+            if keys[name] in shared:
+                cache[("backbone", name)] = shared[keys[name]]
         base_scorer = CausalLMScorer(model)
         rows["base"] = evaluate("base", lambda n: base_scorer, lambda n: "backbone")
+        rows["base"]["reused"] = sorted(n for n in names if keys[n] in shared)
+        if cfg.base_cache:
+            write_base_cache(cfg.base_cache, {keys[n]: rows["base"]["accuracy"][n] for n in names})
         status["rows"] = rows
         run.save_status(status)
     else:
@@ -166,6 +199,10 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
         row = "all" if method_cls.JOINT else stage[0]
         if row in rows:
             continue
+        if cfg.stop_after_task is not None and k >= cfg.stop_after_task:
+            run.log("stopped", after_stages=k, reason="--stop-after-task")
+            _say(f"stopped after {k} stage(s) as asked; rerun without --stop-after-task to finish", cfg.progress)
+            return out
         seed_everything(cfg.seed * 1000 + k)   # per stage, so a resumed run matches an uninterrupted one
         ctx = TaskContext(index=k, name=row, tasks=list(stage), labels={n: labels[n] for n in stage})
         own = [ex for n in stage for ex in train[n]]

@@ -46,6 +46,9 @@ class MultiLoRAMethod(LoRAMethod):
     def trainable_parameters(self):
         return list(self.adapter_parameters(self.trainable).values())
 
+    def parameters_kept(self) -> int:
+        return sum(self.adapter_size(a) for a in self.adapters)
+
     def adapter_size(self, name: str) -> int:
         return sum(p.numel() for p in self.adapter_parameters(name).values())
 

@@ -47,6 +47,7 @@ class Method:
     USES_TASK_ID_AT_TEST: bool = False   # does test time need to know which task an input is from?
     KEEPS: str = "nothing from past tasks"   # what the method stores from past tasks (data, states)
     JOINT: bool = False                  # trains once on the union of the stream's tasks (an upper bound)
+    BOUND: bool = False                  # a reference point, not a continual learner (tables show it apart)
     # name -> (default, what it controls). Subclasses add to their parents' settings.
     SETTINGS: dict = {
         "lr": (1e-3, "learning rate (AdamW, no weight decay)"),
@@ -129,9 +130,14 @@ class Method:
             for name, value in state.items():
                 params[name].copy_(value)
 
+    def parameters_kept(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters() if p.requires_grad)
+
     # --- the method card --------------------------------------------------------------------------
     def card(self) -> dict:
         trainable = sum(p.numel() for p in self.trainable_parameters() if p.requires_grad)
         return {"name": self.NAME, "description": self.DESCRIPTION, "trainable_parameters": trainable,
+                # parameters stored beside the backbone at the end of the stream (adapters, states)
+                "parameters_kept": self.parameters_kept(),
                 "uses_task_id_at_test": self.USES_TASK_ID_AT_TEST, "keeps_from_past_tasks": self.KEEPS,
-                "joint_training": self.JOINT, "settings": self.settings, "diagnostics": self.diagnostics}
+                "joint_training": self.JOINT, "bound": self.BOUND, "settings": self.settings, "diagnostics": self.diagnostics}

@@ -8,3 +8,4 @@ class MTL(LoRAMethod):
     DESCRIPTION = "multi-task training of one LoRA on all tasks at once: an upper bound, not a CL method"
     KEEPS = "every task's training data, all at once (joint training)"
     JOINT = True
+    BOUND = True

@@ -9,6 +9,7 @@ class PerTask(MultiLoRAMethod):
     DESCRIPTION = ("per-task fine-tuning: one separate LoRA per task, chosen by the task id at test "
                    "(uses task identity; a bound, not a CL method)")
     USES_TASK_ID_AT_TEST = True
+    BOUND = True
     KEEPS = "one frozen LoRA adapter per past task, selected by task id at test"
 
     def before_task(self, task):

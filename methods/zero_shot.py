@@ -5,6 +5,7 @@ class ZeroShot(Method):
     """The untouched backbone: the lower bound every table shows apart from the CL methods."""
     NAME = "zero_shot"
     DESCRIPTION = "no training; the backbone as it ships (a bound, not a CL method)"
+    BOUND = True
 
     def trainable_parameters(self):
         return []

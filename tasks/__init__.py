@@ -32,11 +32,12 @@ def all_tasks(data_dir: str | None = None) -> dict[str, Task]:
 
 
 def get_order(order: str) -> list[str]:
-    """A named order, or a comma-separated list of task names (a custom stream)."""
+    """A named order, or task names joined by commas or '+' (a custom stream; '+' suits folder names and
+    the comma-separated lists of `sweep --orders`)."""
     if order in ORDERS:
         return list(ORDERS[order])
-    if "," in order:
-        names = [n.strip() for n in order.split(",") if n.strip()]
+    if "," in order or "+" in order:
+        names = [n.strip() for n in order.replace("+", ",").split(",") if n.strip()]
         known = all_tasks()
         unknown = [n for n in names if n not in known]
         if unknown:
@@ -45,7 +46,7 @@ def get_order(order: str) -> list[str]:
             raise UsageError(f"order {order!r} names a task twice")
         return names
     raise UsageError(f"unknown order {order!r}; known orders: {', '.join(ORDERS)} "
-                     "(or a comma-separated list of task names)")
+                     "(or task names joined by ',' or '+')")
 
 
 def get_task(name: str, data_dir: str | None = None) -> Task:

@@ -1,0 +1,155 @@
+"""General-ability retention (as TRACE measures it): accuracy on held-out tasks that are not in the stream,
+before the stream (the backbone) and after it (the backbone with the method), through lm-eval's machinery.
+
+- `MethodLM` is an lm-eval `LM` whose answers are the method's test-time model: every request is scored
+  through `method.scorer(task)`, the same door the harness's own evaluator uses (so CRAFT's routing,
+  per_task's adapter choice and I-LoRA's slow copy all apply).
+- The held-out tasks are lm-eval `multiple_choice` tasks built from local files (the offline task packages),
+  with the harness's prompt, so "before" is comparable with the stream's zero-shot row.
+- On the embedded setup the held-out tasks are sms_spam and hutto_movie: in no order offline1-3 or 1-3."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections import defaultdict
+
+import torch
+
+from harness.errors import UsageError
+from harness.evaluation import CausalLMScorer, candidate_logprobs
+
+GENERAL_TASKS = ("sms_spam", "hutto_movie")
+DEFAULT_PER_TASK = 50
+TASK_PREFIX = "clh_general_"
+
+
+def _lm_base():
+    from lm_eval.api.model import LM
+    return LM
+
+
+class MethodLM(_lm_base()):
+    """lm-eval model over a method's test-time scorer. Only log-likelihood requests (multiple choice)."""
+
+    def __init__(self, scorer_for, tokenizer, batch_size: int = 16):
+        super().__init__()
+        self.scorer_for = scorer_for      # task name -> Scorer
+        self.tok = tokenizer
+        self.batch_size = batch_size
+
+    def _ids(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tok(text, add_special_tokens=False).input_ids)
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        results: list = [None] * len(requests)
+        # Requests that share a task and a set of continuations (a multiple-choice question's options)
+        # are scored together: one prompt forward per context, every option from its KV cache.
+        contexts: dict = defaultdict(lambda: defaultdict(list))   # task -> context -> [(request index, cont)]
+        for i, req in enumerate(requests):
+            context, continuation = req.args
+            task = (getattr(req, "task_name", None) or "").removeprefix(TASK_PREFIX)
+            contexts[task][context].append((i, continuation))
+        for task, by_context in contexts.items():
+            groups: dict = defaultdict(list)
+            for context, items in by_context.items():
+                groups[tuple(sorted({c for _, c in items}))].append((context, items))
+            scorer = self.scorer_for(task)
+            for options, members in groups.items():
+                candidates = [self._ids(c) for c in options]
+                if any(not c for c in candidates):
+                    raise ValueError("empty continuation")
+                prompts = [self._ids(ctx) or (self.tok.eos_token_id,) for ctx, _ in members]
+                scores, greedy = candidate_logprobs(scorer, prompts, candidates, self.tok.pad_token_id,
+                                                    self.batch_size)
+                col = {c: k for k, c in enumerate(options)}
+                for row, (_, items) in enumerate(members):
+                    for i, cont in items:
+                        results[i] = (float(scores[row, col[cont]]), bool(greedy[row, col[cont]]))
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError("MethodLM scores multiple-choice tasks only")
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError("MethodLM scores multiple-choice tasks only")
+
+
+def build_tasks(names, per_task: int, encoder, folder: str, data_dir: str | None = None) -> list[dict]:
+    """lm-eval task configs (dicts) over JSONL files written to `folder` from the local task data."""
+    import tasks as task_registry
+    configs = []
+    for name in names:
+        data = task_registry.load_task(name, data_dir, 1, per_task, 0)
+        path = os.path.join(folder, f"{name}.jsonl")
+        with open(path, "w") as f:
+            for ex in data.test:
+                f.write(json.dumps({"prompt": encoder.prompt_string(data, ex.text),
+                                    "choices": [encoder.answer_string(lab) + encoder.tok.eos_token
+                                                for lab in data.labels],
+                                    "label": data.labels.index(ex.label)}) + "\n")
+        configs.append({
+            "task": TASK_PREFIX + name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": path}},
+            "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "prompt",
+            "doc_to_choice": "choices", "doc_to_target": "label", "target_delimiter": "",
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        })
+    return configs
+
+
+def evaluate(scorer_for, tokenizer, encoder, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_TASK,
+             data_dir: str | None = None, batch_size: int = 16) -> dict[str, float]:
+    """Accuracy (%) per held-out task, through lm_eval.simple_evaluate."""
+    import lm_eval
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    lm = MethodLM(scorer_for, tokenizer, batch_size)
+    with tempfile.TemporaryDirectory(prefix="clh-general-") as folder:
+        configs = build_tasks(names, per_task, encoder, folder, data_dir)
+        out = lm_eval.simple_evaluate(model=lm, tasks=configs, num_fewshot=0, bootstrap_iters=0,
+                                      log_samples=False, verbosity="ERROR")
+    return {name: round(100.0 * out["results"][TASK_PREFIX + name]["acc,none"], 2) for name in names}
+
+
+def held_out(names, stream_tasks) -> list[str]:
+    return [n for n in names if n not in set(stream_tasks)]
+
+
+def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_TASK, before_cache: dict | None = None,
+                progress: bool = True) -> dict:
+    """Measure a finished run's general-ability retention; writes general.json into the run directory."""
+    from harness.models import configure_offline, load_model, set_threads
+    from harness.prompting import PromptEncoder
+    from harness.rundir import RunDir, write_json
+    from methods import get_method
+    run = RunDir(run_path)
+    status = run.status()
+    if not status or status.get("state") != "finished":
+        raise UsageError(f"{run_path} is not a finished run")
+    with open(run.file("config.json")) as f:
+        config = json.load(f)
+    configure_offline(config.get("allow_download", False))
+    set_threads()
+    names = held_out(names, config["tasks"])
+    if not names:
+        raise UsageError(f"every general-ability task is in the stream of {run_path}")
+    model, tok = load_model(config["model"], config.get("device", "cpu"))
+    encoder = PromptEncoder(tok, config["max_input_tokens"])
+    key = (config["model"], config["max_input_tokens"], tuple(names), per_task)
+    cache = before_cache if before_cache is not None else {}
+    if key not in cache:   # the backbone before any training: the same for every run of a setup
+        backbone = CausalLMScorer(model)
+        cache[key] = evaluate(lambda task: backbone, tok, encoder, names, per_task, config.get("data_dir"))
+    before = cache[key]
+    method = get_method(config["method"])(model, tok, config["settings"], config["seed"])
+    method.setup()
+    method.load_state_dict(torch.load(run.file(status["checkpoint"]), weights_only=False))
+    after = evaluate(method.scorer, tok, encoder, names, per_task, config.get("data_dir"))
+    mean = lambda d: round(sum(d.values()) / len(d), 2)  # noqa: E731
+    result = {"tasks": {n: {"before": before[n], "after": after[n], "change": round(after[n] - before[n], 2)}
+                        for n in names},
+              "before": mean(before), "after": mean(after), "change": round(mean(after) - mean(before), 2),
+              "per_task": per_task, "measured_with": "lm-eval simple_evaluate, multiple_choice acc, 0-shot",
+              "skipped_in_stream": [n for n in GENERAL_TASKS if n not in names]}
+    write_json(run.file("general.json"), result)
+    return result

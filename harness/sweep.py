@@ -1,0 +1,191 @@
+"""A grid of runs (methods x orders x seeds) into one folder, one run directory per cell.
+
+Each cell runs `python -m harness bench` in its own process (a crash or a leak stays in its cell), so a
+sweep is just many resumable runs: a finished cell is skipped, an unfinished one resumes after its last
+finished task, and a killed sweep restarted with the same command only does what is missing."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+
+from harness.errors import UsageError
+from harness.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method plus fixed settings, written `craft` or `craft:routing=single:merge=false` on the command line."""
+    name: str
+    args: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "MethodSpec":
+        name, *pairs = [p.strip() for p in text.strip().split(":")]
+        args = []
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise UsageError(f"method spec {text!r}: expected name:key=value[:key=value], got {pair!r}")
+            args.append((key, value))
+        return cls(name, tuple(args))
+
+    @property
+    def label(self) -> str:
+        """Folder-safe name: `craft+routing=single+merge=false`."""
+        return "+".join([self.name] + [f"{k}={v}" for k, v in self.args])
+
+
+@dataclass
+class Cell:
+    method: MethodSpec
+    order: str
+    seed: int
+    out: str
+    base_cache: str       # shared by the sweep's runs: the untouched backbone is scored once per task
+
+    def command(self, run_options: list[str]) -> list[str]:
+        cmd = [sys.executable, "-m", "harness", "bench", "--method", self.method.name, "--order", self.order,
+               "--seed", str(self.seed), "--out", self.out, "--quiet", *run_options,
+               "--base-cache", self.base_cache]
+        for key, value in self.method.args:
+            cmd += ["--method-arg", f"{key}={value}"]
+        return cmd
+
+
+@dataclass
+class SweepResult:
+    skipped: list[Cell] = field(default_factory=list)
+    finished: list[Cell] = field(default_factory=list)
+    failed: list[tuple[Cell, str]] = field(default_factory=list)
+
+
+def split_list(raw: str, what: str) -> list[str]:
+    items = [x.strip() for x in raw.split(",") if x.strip()]
+    if not items:
+        raise UsageError(f"--{what} is empty")
+    return items
+
+
+def plan(runs: str, methods: list[str], orders: list[str], seeds: list[str]) -> list[Cell]:
+    """Cells in the order they run: seed-major, so a sweep cut short still covers every method and order."""
+    import tasks
+    from methods import get_method
+    specs = [MethodSpec.parse(m) for m in methods]
+    for spec in specs:   # fail on a typo now, not an hour into the sweep
+        get_method(spec.name).resolve_settings(dict(spec.args))
+    for order in orders:
+        tasks.get_order(order)
+    try:
+        seed_values = [int(s) for s in seeds]
+    except ValueError:
+        raise UsageError(f"--seeds must be integers, got {','.join(seeds)}") from None
+    return [Cell(spec, order, seed, os.path.join(runs, spec.label, order, f"seed{seed}"),
+                 os.path.join(runs, "base-cache.json"))
+            for seed in seed_values for order in orders for spec in specs]
+
+
+def cell_state(cell: Cell) -> str:
+    """'finished', 'partial' (resumable) or 'new'."""
+    try:
+        status = RunDir(cell.out).status()
+    except UsageError:
+        return "new"
+    if status is None:
+        return "new"
+    return "finished" if status.get("state") == "finished" else "partial"
+
+
+def run_sweep(runs: str, cells: list[Cell], run_options: list[str], jobs: int = 1, progress: bool = True,
+              command: str = "") -> SweepResult:
+    os.makedirs(os.path.join(runs, "logs"), exist_ok=True)
+    # Every sweep command that touched this folder, so results/README.md can say how to regenerate it.
+    with open(os.path.join(runs, "sweeps.jsonl"), "a") as f:
+        f.write(json.dumps({"command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "jobs": jobs,
+                            "cells": len(cells), "run_options": run_options}) + "\n")
+    result = SweepResult()
+    todo = []
+    for cell in cells:
+        (result.skipped if cell_state(cell) == "finished" else todo).append(cell)
+    env = dict(os.environ)
+    # Jobs side by side share the cores: one thread each unless the user says otherwise (oversubscribed
+    # OpenMP threads spin against each other and slow every job 2-4x on the 2-core machines).
+    if jobs > 1 and "CL_THREADS" not in env:
+        env["CL_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+
+    lock = threading.Lock()
+    children: set[subprocess.Popen] = set()
+    stopping = threading.Event()
+    bar = tqdm(total=len(cells), initial=len(result.skipped), desc="sweep", unit="run", disable=not progress,
+               dynamic_ncols=True)
+    if result.skipped:
+        tqdm.write(f"{len(result.skipped)} of {len(cells)} run(s) already finished: skipped", file=sys.stderr)
+
+    def one(cell: Cell) -> None:
+        if stopping.is_set():
+            return
+        state = cell_state(cell)
+        log_path = os.path.join(runs, "logs", f"{cell.method.label}-{cell.order}-seed{cell.seed}.log")
+        with open(log_path, "a") as log:
+            log.write(f"$ {shlex.join(cell.command(run_options))}\n")
+            log.flush()
+            proc = subprocess.Popen(cell.command(run_options), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+            with lock:
+                children.add(proc)
+            code = proc.wait()
+            with lock:
+                children.discard(proc)
+        with lock:
+            if code == 0 and cell_state(cell) == "finished":
+                result.finished.append(cell)
+                verb = "resumed and finished" if state == "partial" else "finished"
+            else:
+                result.failed.append((cell, log_path))
+                verb = f"FAILED (exit {code}; see {log_path})"
+            if not stopping.is_set():
+                tqdm.write(f"{cell.out}: {verb}", file=sys.stderr)
+            bar.update(1)
+
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
+        for future in [pool.submit(one, c) for c in todo]:
+            future.result()
+    except KeyboardInterrupt:
+        stopping.set()
+        with lock:
+            for proc in children:
+                os.killpg(proc.pid, signal.SIGINT)
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        raise
+    pool.shutdown(wait=True)
+    bar.close()
+    return result
+
+
+def summarize(result: SweepResult, total: int) -> str:
+    lines = [f"sweep: {len(result.finished)} run(s) done now, {len(result.skipped)} skipped (already finished), "
+             f"{len(result.failed)} failed, of {total}"]
+    for cell, log in result.failed:
+        lines.append(f"  failed: {cell.out} (log: {log})")
+    return "\n".join(lines)
+
+
+def sweep_commands(runs: str) -> list[dict]:
+    try:
+        with open(os.path.join(runs, "sweeps.jsonl")) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []

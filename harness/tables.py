@@ -1,0 +1,432 @@
+"""Run directories -> the results section: tables (Markdown and LaTeX booktabs), figures, results/README.md.
+
+Reads only finished runs (status.json says so) and never invents a number: a cell without a run is "–".
+Runs are grouped by method *label*: the method name plus the settings the run fixed (craft [routing=single])."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from harness import metrics as metrics_mod
+from harness.errors import UsageError
+from harness.rundir import atomic_write
+
+MISSING = "–"
+# Blocks of orders shown side by side, as in O-LoRA's Table 1; other orders get a block each.
+ORDER_BLOCKS = [("Orders 1-3", ["1", "2", "3"]), ("Orders 4-6", ["4", "5", "6"]),
+                ("Offline orders", ["offline1", "offline2", "offline3"])]
+# Rows in this order where present; anything else follows alphabetically.
+METHOD_ORDER = ["seq_lora", "replay", "inc_lora", "o_lora", "i_lora", "craft", "zero_shot", "per_task", "mtl"]
+SETUP_KEYS = ("model", "train_per_task", "test_per_task", "eval", "dtype", "max_input_tokens")
+
+
+@dataclass
+class Run:
+    path: str
+    method: str
+    label: str
+    order: str
+    seed: int
+    tasks: list[str]
+    setup: tuple
+    matrix: pd.DataFrame
+    metrics: dict
+    card: dict
+    config: dict
+    general: dict | None = None
+
+    @property
+    def bound(self) -> bool:
+        return bool(self.card.get("bound"))
+
+    @property
+    def final(self) -> pd.Series:
+        return metrics_mod.trained_rows(self.matrix).iloc[-1]
+
+
+def method_label(method: str, method_args: dict) -> str:
+    if not method_args:
+        return method
+    return f"{method} [" + ", ".join(f"{k}={v}" for k, v in sorted(method_args.items())) + "]"
+
+
+def load_runs(root: str) -> tuple[list[Run], list[str]]:
+    """Every finished run under root, and the paths of unfinished ones."""
+    if not os.path.isdir(root):
+        raise UsageError(f"no runs folder at {root}")
+    finished, unfinished = [], []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        if "status.json" not in files:
+            continue
+        with open(os.path.join(folder, "status.json")) as f:
+            status = json.load(f)
+        if status.get("state") != "finished":
+            unfinished.append(folder)
+            continue
+        with open(os.path.join(folder, "config.json")) as f:
+            config = json.load(f)
+        with open(os.path.join(folder, "method.json")) as f:
+            card = json.load(f)
+        matrix = metrics_mod.read_matrix(os.path.join(folder, "matrix.csv"))
+        general = None
+        if os.path.isfile(os.path.join(folder, "general.json")):
+            with open(os.path.join(folder, "general.json")) as f:
+                general = json.load(f)
+        finished.append(Run(
+            path=folder, method=config["method"], label=method_label(config["method"], config.get("method_args") or {}),
+            order=str(config["order"]), seed=int(config["seed"]), tasks=list(config["tasks"]),
+            setup=tuple(config.get(k) for k in SETUP_KEYS), matrix=matrix,
+            metrics=metrics_mod.compute(matrix), card=card, config=config, general=general))
+    return finished, unfinished
+
+
+def check_one_setup(runs: list[Run]) -> tuple:
+    setups = sorted({r.setup for r in runs}, key=str)
+    if len(setups) > 1:
+        described = "; ".join(", ".join(f"{k}={v}" for k, v in zip(SETUP_KEYS, s)) for s in setups)
+        raise UsageError(f"the runs mix {len(setups)} setups ({described}); numbers from different sizes or "
+                         "models must not share a table: point --runs at a folder with one setup")
+    return setups[0]
+
+
+# ---- numbers --------------------------------------------------------------------------------------------
+def mean_std(values: list[float]) -> tuple[float | None, float | None, int]:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return None, None, 0
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)
+
+
+def fmt(values: list[float], digits: int = 2) -> str:
+    """mean ± std over the values (std only with two or more), or the missing mark."""
+    m, s, n = mean_std(values)
+    if m is None:
+        return MISSING
+    return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s is not None else "")
+
+
+def blocks_for(orders: set[str]) -> list[tuple[str, list[str]]]:
+    out = [(title, members) for title, members in ORDER_BLOCKS if orders & set(members)]
+    known = {o for _, members in ORDER_BLOCKS for o in members}
+    out += [(f"Order {o}", [o]) for o in sorted(orders - known)]
+    return out
+
+
+def sort_labels(labels: set[str]) -> list[str]:
+    def key(label):
+        base = label.split(" [")[0]
+        rank = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
+        return rank, base, label != base, label
+    return sorted(labels, key=key)
+
+
+def by(runs: list[Run], **match) -> list[Run]:
+    return [r for r in runs if all(getattr(r, k) == v for k, v in match.items())]
+
+
+def block_average(runs: list[Run], label: str, members: list[str]) -> list[float]:
+    """AA averaged over the block's orders, one value per seed that ran every order (else empty)."""
+    out = []
+    for seed in sorted({r.seed for r in by(runs, label=label)}):
+        per_order = [by(runs, label=label, order=o, seed=seed) for o in members]
+        if all(per_order):
+            out.append(statistics.fmean(rs[0].metrics["AA"] for rs in per_order))
+    return out
+
+
+def order_dispersion(runs: list[Run], label: str, members: list[str]) -> dict | None:
+    """DESIGN.md: OPD_i = max over orders - min over orders of R[T][i] (seed-mean); AOPD mean, MOPD max."""
+    finals = {}
+    for o in members:
+        rs = by(runs, label=label, order=o)
+        if not rs:
+            return None
+        finals[o] = pd.concat([r.final for r in rs], axis=1).mean(axis=1)
+    if len(finals) < 2:
+        return None
+    tasks = sorted(set.intersection(*(set(f.index) for f in finals.values())))
+    opd = {t: max(f[t] for f in finals.values()) - min(f[t] for f in finals.values()) for t in tasks}
+    aa = [statistics.fmean(float(f[t]) for t in f.index) for f in finals.values()]
+    return {"AA_mean": statistics.fmean(aa), "AA_std": statistics.stdev(aa) if len(aa) > 1 else None,
+            "AOPD": statistics.fmean(opd.values()), "MOPD": max(opd.values()), "OPD": opd}
+
+
+# ---- tables ---------------------------------------------------------------------------------------------
+@dataclass
+class Table:
+    name: str
+    title: str
+    groups: list[tuple[str, int]]          # (title, number of columns) over the data columns
+    columns: list[str]
+    sections: list[tuple[str | None, list[list[str]]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        # One header row in Markdown: a column name that repeats across groups carries its group's title.
+        repeated = {c for c in self.columns if self.columns.count(c) > 1}
+        head = ["Method"] + [f"{g}: {c}" if c in repeated and g else c
+                             for (g, _), c in zip(self._group_per_column(), self.columns)]
+        lines = [f"### {self.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for section, rows in self.sections:
+            if section:
+                lines.append(f"| *{section}* |" + " |" * len(self.columns))
+            lines += ["| " + " | ".join(row) + " |" for row in rows]
+        if self.notes:
+            lines += [""] + [f"{n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def _group_per_column(self):
+        out = []
+        for g, n in self.groups:
+            out += [(g, n)] * n
+        return out
+
+    def latex(self) -> str:
+        def esc(text: str) -> str:
+            return (text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%")
+                    .replace("&", r"\&").replace("#", r"\#").replace(" ± ", r" $\pm$ ").replace(MISSING, "--")
+                    .replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$").replace("Δ", r"$\Delta$"))
+        ncols = len(self.columns)
+        lines = [f"% {self.title}", r"\begin{tabular}{l" + "r" * ncols + "}", r"\toprule"]
+        if any(g for g, _ in self.groups):
+            cells, rules, start = [""], [], 2
+            for g, n in self.groups:
+                cells.append(rf"\multicolumn{{{n}}}{{c}}{{{esc(g)}}}" if n > 1 else esc(g))
+                if g:
+                    rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
+                start += n
+            lines += [" & ".join(cells) + r" \\", " ".join(rules)]
+        lines.append(" & ".join(["Method"] + [esc(c) for c in self.columns]) + r" \\")
+        lines.append(r"\midrule")
+        for i, (section, rows) in enumerate(self.sections):
+            if i:
+                lines.append(r"\midrule")
+            if section:
+                lines.append(rf"\multicolumn{{{ncols + 1}}}{{l}}{{\emph{{{esc(section)}}}}} \\")
+            lines += [" & ".join(esc(c) for c in row) + r" \\" for row in rows]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+
+
+def split_sections(runs: list[Run], labels: list[str], make_row) -> list[tuple[str | None, list[list[str]]]]:
+    bounds = {r.label for r in runs if r.bound}
+    cl = [lab for lab in labels if lab not in bounds]
+    bd = [lab for lab in labels if lab in bounds]
+    sections = [(None, [make_row(lab) for lab in cl])] if cl else []
+    if bd:
+        sections.append(("Bounds (not continual learners: no training, task id at test, or joint training)",
+                         [make_row(lab) for lab in bd]))
+    return sections
+
+
+def main_table(runs: list[Run]) -> Table:
+    blocks = blocks_for({r.order for r in runs})
+    columns, groups = [], []
+    for title, members in blocks:
+        cols = members + ([f"Avg ({title})"] if len(members) > 1 else [])
+        columns += cols
+        groups.append((title, len(cols)))
+
+    def row(label):
+        cells = [label]
+        for _, members in blocks:
+            cells += [fmt([r.metrics["AA"] for r in by(runs, label=label, order=o)]) for o in members]
+            if len(members) > 1:
+                cells.append(fmt(block_average(runs, label, members)))
+        return cells
+    seeds = sorted({r.seed for r in runs})
+    return Table("main", "Average accuracy AA (%) after the last task, per order", groups, columns,
+                 split_sections(runs, sort_labels({r.label for r in runs}), row),
+                 [f"AA = {metrics_mod.METRICS['AA'].description}. Mean ± std over seeds {seeds} where several ran; "
+                  f"Avg = mean over the block's orders (per seed, then over seeds), only when every order ran. "
+                  f"{MISSING} = no finished run."])
+
+
+def forgetting_table(runs: list[Run]) -> Table:
+    blocks = blocks_for({r.order for r in runs})
+    names = ["BWT ↑", "FM ↓", "FWT ↑"]
+    have_general = any(r.general for r in runs)
+    columns, groups = [], []
+    for title, _ in blocks:
+        cols = names + (["GEN Δ"] if have_general else [])
+        columns += cols
+        groups.append((title, len(cols)))
+
+    def row(label):
+        cells = [label]
+        for _, members in blocks:
+            rs = [r for r in by(runs, label=label) if r.order in members]
+            cells += [fmt([r.metrics[m] for r in rs]) for m in ("BWT", "FM", "FWT")]
+            if have_general:
+                cells.append(fmt([r.general["change"] for r in rs if r.general]))
+        return cells
+    notes = [f"{m} = {metrics_mod.METRICS[m].description}." for m in ("BWT", "FM", "FWT")]
+    notes.append("Mean ± std over every run (orders x seeds) of the block.")
+    if have_general:
+        notes.append("GEN Δ = change in accuracy (points) on held-out general-ability tasks, after the stream "
+                     "minus before (the backbone), measured through lm-eval; see general.json in each run.")
+    return Table("forgetting", "Forgetting and transfer", groups, columns,
+                 split_sections(runs, sort_labels({r.label for r in runs}), row), notes)
+
+
+def robustness_table(runs: list[Run]) -> Table:
+    blocks = [(t, m) for t, m in blocks_for({r.order for r in runs}) if len(m) > 1]
+    columns, groups = [], []
+    for title, _ in blocks:
+        columns += ["AA mean", "AA std", "AOPD", "MOPD"]
+        groups.append((title, 4))
+
+    def row(label):
+        cells = [label]
+        for _, members in blocks:
+            d = order_dispersion(runs, label, members)
+            if d is None:
+                cells += [MISSING] * 4
+            else:
+                cells += [f"{d['AA_mean']:.2f}", MISSING if d["AA_std"] is None else f"{d['AA_std']:.2f}",
+                          f"{d['AOPD']:.2f}", f"{d['MOPD']:.2f}"]
+        return cells
+    return Table("robustness", "Order robustness across the orders of a block", groups, columns,
+                 split_sections(runs, sort_labels({r.label for r in runs}), row),
+                 ["AA mean/std: over the block's orders of the seed-mean AA. OPD_i = max over orders - min over "
+                  "orders of the seed-mean final accuracy R[T][i] of task i; AOPD = mean_i OPD_i, MOPD = max_i "
+                  f"OPD_i (lower = more robust). {MISSING} = some order of the block has no finished run."])
+
+
+def cost_table(runs: list[Run]) -> Table:
+    columns = ["trainable params", "params kept", "kept per task", "train s/task", "eval s/run", "wall s/run",
+               "task id at test"]
+
+    def row(label):
+        rs = by(runs, label=label)
+        card = rs[0].card
+        kept = [r.card.get("parameters_kept", r.card["trainable_parameters"]) for r in rs]
+        per_task = [k / len(r.tasks) for k, r in zip(kept, rs)]
+        train = [r.card["timing"]["train_seconds"] / len(r.tasks) for r in rs]
+        return [label, f"{card['trainable_parameters']:,}", f"{max(kept):,}", f"{statistics.fmean(per_task):,.0f}",
+                fmt(train, 1), fmt([r.card["timing"]["eval_seconds"] for r in rs], 1),
+                fmt([r.card["timing"]["wall_seconds"] for r in rs], 1),
+                "yes" if card.get("uses_task_id_at_test") else "no"]
+    keeps = {}
+    for r in runs:
+        keeps.setdefault(r.label, r.card.get("keeps_from_past_tasks", ""))
+    notes = ["params kept = parameters stored beside the frozen backbone at the end of the stream; kept per task "
+             "= that over the number of tasks. Seconds are means ± std over runs (wall includes model loading).",
+             "What each method keeps from past tasks: " + "; ".join(f"{k}: {v}" for k, v in keeps.items()) + "."]
+    return Table("cost", "Cost: parameters and time", [], columns,
+                 split_sections(runs, sort_labels({r.label for r in runs}), row), notes)
+
+
+def ablation_table(runs: list[Run], method: str = "craft", references=("seq_lora", "replay")) -> Table | None:
+    variants = sort_labels({r.label for r in runs if r.method == method})
+    if len(variants) < 2:
+        return None
+    orders = sorted({r.order for r in runs if r.method == method},
+                    key=lambda o: [o for _, m in ORDER_BLOCKS for o in m].index(o)
+                    if o in [x for _, m in ORDER_BLOCKS for x in m] else 99)
+    columns, groups = [], []
+    for o in orders:
+        columns += ["AA ↑", "BWT ↑", "FM ↓"]
+        groups.append((f"Order {o}", 3))
+    columns += ["trainable params"]
+    groups.append(("", 1))
+
+    def row(label):
+        cells = [label]
+        for o in orders:
+            rs = by(runs, label=label, order=o)
+            cells += [fmt([r.metrics[m] for r in rs]) for m in ("AA", "BWT", "FM")]
+        rs = by(runs, label=label)
+        cells.append(f"{rs[0].card['trainable_parameters']:,}" if rs else MISSING)
+        return cells
+    sections = [(None, [row(v) for v in variants])]
+    refs = [r for r in references if by(runs, label=r)]
+    if refs:
+        sections.append(("References", [row(r) for r in refs]))
+    return Table("ablations", f"{method} and its ablations (settings in brackets)", groups, columns, sections,
+                 ["Mean ± std over seeds."])
+
+
+def all_tables(runs: list[Run]) -> list[Table]:
+    tables = [main_table(runs), forgetting_table(runs), robustness_table(runs), cost_table(runs)]
+    ablation = ablation_table(runs)
+    if ablation:
+        tables.append(ablation)
+    return tables
+
+
+# ---- writing --------------------------------------------------------------------------------------------
+def runs_csv(runs: list[Run], root: str) -> str:
+    rows = [{"run": os.path.relpath(r.path, root), "method": r.method, "label": r.label, "order": r.order,
+             "seed": r.seed, **{k: r.metrics[k] for k in ("AA", "BWT", "FM", "FWT")},
+             "general_change": r.general["change"] if r.general else None,
+             "trainable_parameters": r.card["trainable_parameters"],
+             "parameters_kept": r.card.get("parameters_kept"), "wall_seconds": r.card["timing"]["wall_seconds"],
+             "created": r.config.get("created")} for r in runs]
+    return pd.DataFrame(rows).sort_values(["label", "order", "seed"]).to_csv(index=False, lineterminator="\n")
+
+
+def write_tables(root: str, out: str, figures: bool = True) -> dict:
+    runs, unfinished = load_runs(root)
+    if not runs:
+        raise UsageError(f"no finished run under {root}" + (f" ({len(unfinished)} unfinished)" if unfinished else ""))
+    setup = check_one_setup(runs)
+    os.makedirs(out, exist_ok=True)
+    tables = all_tables(runs)
+    md = []
+    for t in tables:
+        atomic_write(os.path.join(out, f"{t.name}.md"), t.markdown())
+        atomic_write(os.path.join(out, f"{t.name}.tex"), t.latex())
+        md.append(t.markdown())
+    atomic_write(os.path.join(out, "runs.csv"), runs_csv(runs, root))
+    written = [f"{t.name}.md" for t in tables] + [f"{t.name}.tex" for t in tables] + ["runs.csv"]
+    if figures:
+        from harness import figures as figs
+        written += figs.write_figures(runs, os.path.join(out, "figures"))
+    from harness.sweep import sweep_commands
+    readme = results_readme(runs, unfinished, setup, root, out, sweep_commands(root), md)
+    atomic_write(os.path.join(out, "README.md"), readme)
+    return {"runs": len(runs), "unfinished": unfinished, "files": written + ["README.md"]}
+
+
+def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md) -> str:
+    s = dict(zip(SETUP_KEYS, setup))
+    created = sorted(r.config.get("created", "") for r in runs)
+    data = {}
+    for r in runs:
+        for task, sizes in r.config.get("data", {}).items():
+            data.setdefault(task, (sizes["train"], sizes["test"]))
+    packages = runs[0].config.get("packages", {})
+    lines = ["# Results", "",
+             "Generated by `python -m harness tables` from the run directories under "
+             f"`{os.path.relpath(root, os.path.dirname(os.path.abspath(out)) or '.')}`; do not edit by hand.", "",
+             "## Where these numbers come from", "",
+             f"- Model: `{s['model']}`; evaluation `{s['eval']}`, `{s['dtype']}`, inputs cut to "
+             f"{s['max_input_tokens']} tokens.",
+             f"- Per task: {s['train_per_task']} training and {s['test_per_task']} test examples (stratified by "
+             "label; the test subsample is the same for every seed). Actual sizes: " +
+             ", ".join(f"{t} {a}/{b}" for t, (a, b) in sorted(data.items())) + ".",
+             f"- {len(runs)} finished runs: methods {', '.join(sort_labels({r.label for r in runs}))}; orders "
+             f"{', '.join(sorted({r.order for r in runs}))}; seeds {', '.join(map(str, sorted({r.seed for r in runs})))}.",
+             f"- Run dates: {created[0]} to {created[-1]}. Packages: " +
+             ", ".join(f"{k} {v}" for k, v in packages.items() if v) + ".",
+             "- Every run is listed, with its metrics, in `runs.csv`."]
+    if unfinished:
+        lines.append(f"- Unfinished runs, not in any table ({len(unfinished)}): " +
+                     ", ".join(f"`{os.path.relpath(u, root)}`" for u in unfinished) + ".")
+    lines += ["", "## Regenerate", "", "The sweep command(s) that wrote these runs (a rerun skips finished runs "
+              "and resumes unfinished ones), then the tables:", "", "```"]
+    lines += [c["command"] for c in sweeps] or ["# (no sweeps.jsonl: the runs were made with `python -m harness bench`)"]
+    lines += [f"python -m harness tables --runs {os.path.relpath(root)} --out {os.path.relpath(out)}", "```", "",
+              "## Tables", "", "Each table is also in this folder as Markdown (`*.md`) and LaTeX booktabs (`*.tex`).", ""]
+    lines += tables_md
+    lines += ["## Figures", "", "`figures/`: `heatmaps/` (the accuracy matrix of every run), `stream-<order>` "
+              "(each task's accuracy along the stream, per method, seed mean), `aa_vs_params` (AA against "
+              "trainable parameters); PNG and PDF each.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""The sweep: skips finished runs, resumes an unfinished one after its last finished task, runs the rest."""
+import json
+import os
+
+import pytest
+
+from harness.cli import main
+from harness.errors import UsageError
+from harness.sweep import MethodSpec, cell_state, plan
+
+TINY = ["--model", "tiny-llama", "--train-per-task", "4", "--test-per-task", "3", "--max-input-tokens", "8"]
+ORDER = "bbc+hutto_amazon"
+
+
+def events(path):
+    return [json.loads(line) for line in open(os.path.join(path, "log.jsonl"))]
+
+
+def test_method_specs_and_plan(tmp_path):
+    spec = MethodSpec.parse("craft:routing=single:merge=false")
+    assert spec.name == "craft" and dict(spec.args) == {"routing": "single", "merge": "false"}
+    assert spec.label == "craft+routing=single+merge=false"
+    cells = plan(str(tmp_path), ["seq_lora", "zero_shot"], ["offline1", "offline2"], ["1", "2"])
+    # seed-major: a sweep cut short has covered every method and order once
+    assert [(c.method.name, c.order, c.seed) for c in cells[:4]] == [
+        ("seq_lora", "offline1", 1), ("zero_shot", "offline1", 1), ("seq_lora", "offline2", 1),
+        ("zero_shot", "offline2", 1)]
+    with pytest.raises(UsageError, match="no setting 'nope'"):
+        plan(str(tmp_path), ["craft:nope=1"], ["offline1"], ["1"])
+    with pytest.raises(UsageError, match="unknown order"):
+        plan(str(tmp_path), ["seq_lora"], ["9"], ["1"])
+    with pytest.raises(UsageError, match="expected name:key=value"):
+        MethodSpec.parse("craft:routing")
+
+
+def test_sweep_skips_finished_resumes_unfinished_and_runs_the_rest(tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    finished = os.path.join(runs, "zero_shot", ORDER, "seed1")
+    partial = os.path.join(runs, "seq_lora", ORDER, "seed1")
+    # A finished cell, and a cell killed between its tasks (stopped after task 1, as a kill would leave it).
+    assert main(["bench", "--method", "zero_shot", "--order", ORDER, "--out", finished, "--quiet", *TINY]) == 0
+    assert main(["bench", "--method", "seq_lora", "--order", ORDER, "--out", partial, "--quiet",
+                 "--stop-after-task", "1", *TINY]) == 0
+    assert cell_state(plan(runs, ["seq_lora"], [ORDER], ["1"])[0]) == "partial"
+    finished_mtime = os.path.getmtime(os.path.join(finished, "status.json"))
+
+    code = main(["sweep", "--methods", "seq_lora,zero_shot,replay:memory_size=2", "--orders", ORDER,
+                 "--seeds", "1", "--runs", runs, "--quiet", *TINY])
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, captured.err
+    assert "2 run(s) done now, 1 skipped" in out
+    assert os.path.getmtime(os.path.join(finished, "status.json")) == finished_mtime   # untouched
+    log = events(partial)
+    starts = [e for e in log if e["event"] == "run_start"]
+    assert [s["resumed"] for s in starts] == [False, True]
+    assert [e["task"] for e in log if e["event"] == "task_start"] == ["bbc", "hutto_amazon"]   # bbc once
+    fresh = os.path.join(runs, "replay+memory_size=2", ORDER, "seed1")
+    assert json.load(open(os.path.join(fresh, "config.json")))["method_args"] == {"memory_size": "2"}
+    for cell in plan(runs, ["seq_lora", "zero_shot", "replay:memory_size=2"], [ORDER], ["1"]):
+        assert cell_state(cell) == "finished"
+    # a second identical command does nothing
+    assert main(["sweep", "--methods", "seq_lora,zero_shot,replay:memory_size=2", "--orders", ORDER,
+                 "--seeds", "1", "--runs", runs, "--quiet", *TINY]) == 0
+    assert "0 run(s) done now, 3 skipped" in capsys.readouterr().out
+    assert len(open(os.path.join(runs, "sweeps.jsonl")).read().splitlines()) == 2
+
+
+def test_sweep_reports_a_failed_run_and_goes_on(tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    blocker = os.path.join(runs, "seq_lora", ORDER, "seed1")
+    os.makedirs(blocker)
+    open(os.path.join(blocker, "stray.txt"), "w").write("not a run")   # bench refuses this folder
+    code = main(["sweep", "--methods", "seq_lora,zero_shot", "--orders", ORDER, "--runs", runs, "--quiet", *TINY])
+    out = capsys.readouterr().out
+    assert code == 1 and "1 failed" in out and "failed: " + blocker in out
+    assert cell_state(plan(runs, ["zero_shot"], [ORDER], ["1"])[0]) == "finished"

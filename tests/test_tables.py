@@ -1,0 +1,134 @@
+"""Tables from hand-made run directories with known matrices: every number checked by hand."""
+import json
+import os
+
+import pytest
+
+from harness.errors import UsageError
+from harness.rundir import write_json
+from harness.tables import load_runs, order_dispersion, write_tables
+
+TASKS = ["a", "b"]
+
+
+def make_run(root, label, method, order, seed, rows, args=None, params=100, bound=False, finished=True,
+             general=None, model="tiny-llama"):
+    """rows: {"base": [..], "a": [..], "b": [..]} accuracies over TASKS."""
+    path = os.path.join(root, label, order, f"seed{seed}")
+    os.makedirs(path)
+    lines = ["after," + ",".join(TASKS)] + [f"{r}," + ",".join(f"{v:.2f}" for v in vals) for r, vals in rows.items()]
+    with open(os.path.join(path, "matrix.csv"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    write_json(os.path.join(path, "config.json"), {
+        "method": method, "method_args": args or {}, "order": order, "seed": seed, "tasks": TASKS,
+        "model": model, "train_per_task": 8, "test_per_task": 4, "eval": "rank", "dtype": "fp32",
+        "max_input_tokens": 16, "created": f"2026-11-2{seed}T10:00:00",
+        "data": {t: {"train": 8, "test": 4} for t in TASKS}, "packages": {"torch": "2.13.0"}})
+    write_json(os.path.join(path, "method.json"), {
+        "name": method, "trainable_parameters": params, "parameters_kept": params * 2, "bound": bound,
+        "uses_task_id_at_test": bound, "keeps_from_past_tasks": "nothing",
+        "timing": {"wall_seconds": 10.0 * seed, "train_seconds": 4.0, "eval_seconds": 2.0}})
+    write_json(os.path.join(path, "status.json"), {"state": "finished" if finished else "running", "rows": {}})
+    if general is not None:
+        write_json(os.path.join(path, "general.json"), {"change": general})
+    return path
+
+
+def seq(final_a, final_b, first_a=80.0, base=(50.0, 40.0)):
+    """A two-task stream: after a, a = first_a, b = 45; after b, (final_a, final_b)."""
+    return {"base": list(base), "a": [first_a, 45.0], "b": [final_a, final_b]}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = str(tmp_path / "runs")
+    # seq_lora: orders 1 and 2 (two seeds on order 1), orders 1-3 block incomplete (no order 3)
+    make_run(root, "seq_lora", "seq_lora", "1", 1, seq(60.0, 90.0), general=-2.0)
+    make_run(root, "seq_lora", "seq_lora", "1", 2, seq(70.0, 80.0), general=-4.0)
+    make_run(root, "seq_lora", "seq_lora", "2", 1, seq(50.0, 70.0))
+    # craft on all of orders 1-3, one seed; plus an ablation
+    make_run(root, "craft", "craft", "1", 1, seq(80.0, 80.0), params=10)
+    make_run(root, "craft", "craft", "2", 1, seq(70.0, 60.0), params=10)
+    make_run(root, "craft", "craft", "3", 1, seq(75.0, 85.0), params=10)
+    make_run(root, "craft+merge=false", "craft", "1", 1, seq(40.0, 90.0), args={"merge": "false"}, params=10)
+    make_run(root, "zero_shot", "zero_shot", "1", 1, {"base": [50.0, 40.0], "a": [50.0, 40.0], "b": [50.0, 40.0]},
+             params=0, bound=True)
+    make_run(root, "o_lora", "o_lora", "1", 1, seq(0.0, 0.0), finished=False)
+    return root
+
+
+def test_main_table_numbers_match_hand_computation(runs, tmp_path):
+    out = str(tmp_path / "results")
+    info = write_tables(runs, out, figures=False)
+    assert info["runs"] == 8 and len(info["unfinished"]) == 1
+    md = open(os.path.join(out, "main.md")).read()
+    seq_row = next(ln for ln in md.splitlines() if ln.startswith("| seq_lora |"))
+    cells = [c.strip() for c in seq_row.strip("|").split("|")]
+    # order 1: AA per seed = (60+90)/2 = 75 and (70+80)/2 = 75 -> 75.00 ± 0.00; order 2: (50+70)/2 = 60
+    assert cells[1:5] == ["75.00 ± 0.00", "60.00", "–", "–"]   # order 3 missing -> Avg missing too
+    craft_row = next(ln for ln in md.splitlines() if ln.startswith("| craft |"))
+    cells = [c.strip() for c in craft_row.strip("|").split("|")]
+    # 80, 65, 80 -> avg 75
+    assert cells[1:5] == ["80.00", "65.00", "80.00", "75.00"]
+    # bounds are a section of their own, after the CL methods
+    lines = md.splitlines()
+    assert lines.index(next(ln for ln in lines if "Bounds" in ln)) < lines.index(
+        next(ln for ln in lines if ln.startswith("| zero_shot |")))
+    assert "o_lora" not in md          # unfinished: in no table
+    tex = open(os.path.join(out, "main.tex")).read()
+    assert r"\toprule" in tex and r"\bottomrule" in tex and r"seq\_lora & 75.00 $\pm$ 0.00 & 60.00 & -- & --" in tex
+    assert r"\multicolumn{4}{c}{Orders 1-3}" in tex
+
+
+def test_forgetting_robustness_and_ablation_tables(runs, tmp_path):
+    out = str(tmp_path / "results")
+    write_tables(runs, out, figures=False)
+    md = open(os.path.join(out, "forgetting.md")).read()
+    row = [c.strip() for c in next(ln for ln in md.splitlines() if ln.startswith("| seq_lora |")).strip("|").split("|")]
+    # BWT per run = final_a - 80: -20, -10, -30 -> mean -20, std 10. FM = max(80) - final_a = same magnitude.
+    # FWT = R[a][b] - base[b] = 45 - 40 = 5 for every run. GEN change: -2, -4 (runs without general.json skipped).
+    assert row[1:5] == ["-20.00 ± 10.00", "20.00 ± 10.00", "5.00 ± 0.00", "-3.00 ± 1.41"]
+    rob = open(os.path.join(out, "robustness.md")).read()
+    row = [c.strip() for c in next(ln for ln in rob.splitlines() if ln.startswith("| craft |")).strip("|").split("|")]
+    # final accuracies: a: 80, 70, 75 -> OPD 10; b: 80, 60, 85 -> OPD 25. AOPD 17.5, MOPD 25.
+    # AA per order 80, 65, 80 -> mean 75, std sqrt(75) = 8.66
+    assert row[1:5] == ["75.00", "8.66", "17.50", "25.00"]
+    row = [c.strip() for c in next(ln for ln in rob.splitlines() if ln.startswith("| seq_lora |")).strip("|").split("|")]
+    assert row[1:5] == ["–"] * 4      # order 3 never ran
+    abl = open(os.path.join(out, "ablations.md")).read()
+    assert "| craft [merge=false] |" in abl and "References" in abl
+    row = [c.strip() for c in next(ln for ln in abl.splitlines() if ln.startswith("| craft [merge=false] |"))
+           .strip("|").split("|")]
+    assert row[1:4] == ["65.00", "-40.00", "40.00"] and row[4] == "–"   # order 2: not run
+    cost = open(os.path.join(out, "cost.md")).read()
+    row = [c.strip() for c in next(ln for ln in cost.splitlines() if ln.startswith("| seq_lora |")).strip("|").split("|")]
+    assert row[1:4] == ["100", "200", "100"] and row[4] == "2.0 ± 0.0" and row[6] == "13.3 ± 5.8"
+    readme = open(os.path.join(out, "README.md")).read()
+    assert "8 finished runs" in readme and "o_lora/1/seed1" in readme and "tiny-llama" in readme
+    assert len(open(os.path.join(out, "runs.csv")).read().splitlines()) == 9
+
+
+def test_order_dispersion_formula_directly(runs):
+    finished, _ = load_runs(runs)
+    d = order_dispersion(finished, "craft", ["1", "2", "3"])
+    assert d["OPD"] == {"a": 10.0, "b": 25.0} and d["AOPD"] == 17.5 and d["MOPD"] == 25.0
+
+
+def test_mixed_setups_are_refused_and_figures_are_written(runs, tmp_path):
+    out = str(tmp_path / "results")
+    info = write_tables(runs, out, figures=True)
+    for name in ("figures/heatmaps/craft-1-seed1.png", "figures/heatmaps/craft+merge=false-1-seed1.pdf",
+                 "figures/stream-1.png", "figures/aa_vs_params.pdf"):
+        assert name in info["files"] and os.path.getsize(os.path.join(out, name)) > 1000, name
+    make_run(runs, "replay", "replay", "1", 1, seq(1.0, 1.0), model="other-model")
+    with pytest.raises(UsageError, match="mix 2 setups"):
+        write_tables(runs, out, figures=False)
+
+
+def test_no_finished_run_is_a_clear_error(tmp_path):
+    with pytest.raises(UsageError, match="no runs folder"):
+        write_tables(str(tmp_path / "nothing"), str(tmp_path / "out"))
+    make_run(str(tmp_path / "r"), "seq_lora", "seq_lora", "1", 1, seq(1, 1), finished=False)
+    with pytest.raises(UsageError, match="no finished run"):
+        write_tables(str(tmp_path / "r"), str(tmp_path / "out"))
+    assert json.load(open(tmp_path / "r" / "seq_lora" / "1" / "seed1" / "status.json"))["state"] == "running"
