@@ -16,6 +16,13 @@ CL_DATA_DIR ?=
 OUT ?=
 OVERWRITE ?=
 ARGS ?=
+# make sweep / tables / general options
+METHODS ?= zero_shot,seq_lora,replay,inc_lora,o_lora,i_lora,craft,per_task,mtl
+ORDERS ?= offline1,offline2,offline3
+SEEDS ?= 1,2
+RUNS ?= runs/sweep
+RESULTS ?= results
+JOBS ?= 1
 
 BENCH_ARGS = --method $(METHOD) --order $(ORDER) --seed $(SEED) \
 	$(if $(TRAIN),--train-per-task $(TRAIN)) $(if $(TEST),--test-per-task $(TEST)) \
@@ -26,7 +33,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install bench test perf list clean-venv
+.PHONY: install bench sweep tables general test perf list clean-venv
 
 install: $(STAMP)
 
@@ -41,6 +48,18 @@ $(STAMP): requirements/main.txt requirements/nodeps.txt
 
 bench: $(STAMP)
 	$(BIN)/python -m harness bench $(BENCH_ARGS)
+
+# A grid of runs into $(RUNS); rerunning the same command skips finished runs and resumes unfinished ones.
+sweep: $(STAMP)
+	$(BIN)/python -m harness sweep --methods $(METHODS) --orders $(ORDERS) --seeds $(SEEDS) --runs $(RUNS) \
+		--jobs $(JOBS) $(if $(TRAIN),--train-per-task $(TRAIN)) $(if $(TEST),--test-per-task $(TEST)) \
+		$(if $(MODEL),--model $(MODEL)) $(if $(CL_DATA_DIR),--data-dir $(CL_DATA_DIR)) $(ARGS)
+
+tables: $(STAMP)
+	$(BIN)/python -m harness tables --runs $(RUNS) --out $(RESULTS)
+
+general: $(STAMP)
+	$(BIN)/python -m harness general --runs $(RUNS) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

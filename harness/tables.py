@@ -334,8 +334,8 @@ def ablation_table(runs: list[Run], method: str = "craft", references=("seq_lora
     for o in orders:
         columns += ["AA ↑", "BWT ↑", "FM ↓"]
         groups.append((f"Order {o}", 3))
-    columns += ["trainable params"]
-    groups.append(("", 1))
+    columns += ["trainable params", "wall s/run"]
+    groups.append(("", 2))
 
     def row(label):
         cells = [label]
@@ -344,6 +344,7 @@ def ablation_table(runs: list[Run], method: str = "craft", references=("seq_lora
             cells += [fmt([r.metrics[m] for r in rs]) for m in ("AA", "BWT", "FM")]
         rs = by(runs, label=label)
         cells.append(f"{rs[0].card['trainable_parameters']:,}" if rs else MISSING)
+        cells.append(fmt([r.card["timing"]["wall_seconds"] for r in rs], 0))
         return cells
     sections = [(None, [row(v) for v in variants])]
     refs = [r for r in references if by(runs, label=r)]
