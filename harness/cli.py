@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", default="1", help="comma-separated seeds (default 1)")
     s.add_argument("--runs", default="runs/sweep", help="folder of run directories (default runs/sweep)")
     s.add_argument("--jobs", type=int, default=1,
-                   help="runs side by side, each with cores/jobs threads (default 1; 2 suits a 2-core machine)")
+                   help="runs side by side, each with cores/jobs threads (default 1: on 2 cores one 2-thread "
+                        "job measured faster than two 1-thread jobs)")
     add_run_options(s)
     s.add_argument("--dry-run", action="store_true", help="print the grid and what is left, run nothing")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

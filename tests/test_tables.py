@@ -101,6 +101,7 @@ def test_forgetting_robustness_and_ablation_tables(runs, tmp_path):
            .strip("|").split("|")]
     assert row[1:4] == ["65.00", "-40.00", "40.00"] and row[4] == "–"   # order 2: not run
     cost = open(os.path.join(out, "cost.md")).read()
+    assert cost.splitlines()[2].startswith("| Method | trainable params | params kept |")
     row = [c.strip() for c in next(ln for ln in cost.splitlines() if ln.startswith("| seq_lora |")).strip("|").split("|")]
     assert row[1:4] == ["100", "200", "100"] and row[4] == "2.0 ± 0.0" and row[6] == "13.3 ± 5.8"
     readme = open(os.path.join(out, "README.md")).read()
