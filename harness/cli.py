@@ -58,6 +58,12 @@ def add_run_options(b) -> None:
     b.add_argument("--allow-download", action="store_true", help="let transformers fetch a model from the hub")
 
 
+def check_sizes(a) -> None:
+    for n, flag in ((a.train_per_task, "--train-per-task"), (a.test_per_task, "--test-per-task")):
+        if n is not None and n <= 0:
+            raise UsageError(f"{flag} must be a positive number of examples, got {n}")
+
+
 def run_options(a) -> list[str]:
     """The parsed run options as command-line arguments, every one spelled out (a sweep's runs are then
     reproducible from their own config.json whatever the defaults become)."""
@@ -137,10 +143,7 @@ def cmd_bench(a) -> int:
     from harness import metrics
     from harness.rundir import RunDir
     from harness.runner import BenchConfig, run_bench
-    if a.train_per_task is not None and a.train_per_task <= 0:
-        raise UsageError(f"--train-per-task must be a positive number of examples, got {a.train_per_task}")
-    if a.test_per_task is not None and a.test_per_task <= 0:
-        raise UsageError(f"--test-per-task must be a positive number of examples, got {a.test_per_task}")
+    check_sizes(a)
     cfg = BenchConfig(method=a.method, order=a.order, seed=a.seed, train_per_task=a.train_per_task,
                       test_per_task=a.test_per_task, out=a.out, model=a.model, data_dir=a.data_dir, eval=a.eval,
                       dtype=a.dtype, method_args=_method_args(a.method_arg, a.method_config),
@@ -171,9 +174,7 @@ def cmd_sweep(a) -> int:
     from harness import sweep
     if a.jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {a.jobs}")
-    for n, flag in ((a.train_per_task, "--train-per-task"), (a.test_per_task, "--test-per-task")):
-        if n is not None and n <= 0:
-            raise UsageError(f"{flag} must be a positive number of examples, got {n}")
+    check_sizes(a)
     if a.data_dir and not os.path.isdir(a.data_dir):
         raise UsageError(f"--data-dir {a.data_dir} is not a directory")
     cells = sweep.plan(a.runs, sweep.split_list(a.methods, "methods"), sweep.split_list(a.orders, "orders"),

@@ -36,8 +36,10 @@ def heatmap(run, folder: str) -> list[str]:
     ax.imshow(R.to_numpy(), vmin=0, vmax=100, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(R.columns)), R.columns, rotation=30, ha="right")
     ax.set_yticks(range(len(R.index)), ["backbone" if i == "base" else f"after {i}" for i in R.index])
-    for (i, j), v in ((ij, R.iat[ij]) for ij in ((i, j) for i in range(len(R.index)) for j in range(len(R.columns)))):
-        ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="white" if v < 60 else "black", fontsize=8)
+    for i in range(len(R.index)):
+        for j in range(len(R.columns)):
+            v = R.iat[i, j]
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="white" if v < 60 else "black", fontsize=8)
     ax.set_title(f"{run.label}, order {run.order}, seed {run.seed}", fontsize=9)
     return _save(fig, folder, f"{_safe(run.label)}-{run.order}-seed{run.seed}")
 

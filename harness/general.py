@@ -16,6 +16,7 @@ import tempfile
 from collections import defaultdict
 
 import torch
+from lm_eval.api.model import LM
 
 from harness.errors import UsageError
 from harness.evaluation import CausalLMScorer, candidate_logprobs
@@ -25,12 +26,7 @@ DEFAULT_PER_TASK = 50
 TASK_PREFIX = "clh_general_"
 
 
-def _lm_base():
-    from lm_eval.api.model import LM
-    return LM
-
-
-class MethodLM(_lm_base()):
+class MethodLM(LM):
     """lm-eval model over a method's test-time scorer. Only log-likelihood requests (multiple choice)."""
 
     def __init__(self, scorer_for, tokenizer, batch_size: int = 16):

@@ -327,9 +327,9 @@ def ablation_table(runs: list[Run], method: str = "craft", references=("seq_lora
     variants = sort_labels({r.label for r in runs if r.method == method})
     if len(variants) < 2:
         return None
+    known = [o for _, members in ORDER_BLOCKS for o in members]
     orders = sorted({r.order for r in runs if r.method == method},
-                    key=lambda o: [o for _, m in ORDER_BLOCKS for o in m].index(o)
-                    if o in [x for _, m in ORDER_BLOCKS for x in m] else 99)
+                    key=lambda o: (known.index(o) if o in known else len(known), o))
     columns, groups = [], []
     for o in orders:
         columns += ["AA ↑", "BWT ↑", "FM ↓"]
