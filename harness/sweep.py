@@ -52,6 +52,7 @@ class Cell:
     seed: int
     out: str
     base_cache: str       # shared by the sweep's runs: the untouched backbone is scored once per task
+    settings: dict = field(default_factory=dict)   # the method's resolved settings, as config.json stores them
 
     def command(self, run_options: list[str]) -> list[str]:
         cmd = [sys.executable, "-m", "harness", "bench", "--method", self.method.name, "--order", self.order,
@@ -81,8 +82,9 @@ def plan(runs: str, methods: list[str], orders: list[str], seeds: list[str]) -> 
     import tasks
     from methods import get_method
     specs = [MethodSpec.parse(m) for m in methods]
-    for spec in specs:   # fail on a typo now, not an hour into the sweep
-        get_method(spec.name).resolve_settings(dict(spec.args))
+    # fail on a typo now, not an hour into the sweep
+    settings = {spec: json.loads(json.dumps(get_method(spec.name).resolve_settings(dict(spec.args))))
+                for spec in specs}
     for order in orders:
         tasks.get_order(order)
     try:
@@ -90,23 +92,36 @@ def plan(runs: str, methods: list[str], orders: list[str], seeds: list[str]) -> 
     except ValueError:
         raise UsageError(f"--seeds must be integers, got {','.join(seeds)}") from None
     return [Cell(spec, order, seed, os.path.join(runs, spec.label, order, f"seed{seed}"),
-                 os.path.join(runs, "base-cache.json"))
+                 os.path.join(runs, "base-cache.json"), settings[spec])
             for seed in seed_values for order in orders for spec in specs]
 
 
 def cell_state(cell: Cell) -> str:
-    """'finished', 'partial' (resumable) or 'new'."""
+    """'finished', 'partial' (resumable), 'new', or 'stale': made with other settings than the method's
+    current ones (a default changed since), which neither counts as done nor may be resumed."""
     try:
         status = RunDir(cell.out).status()
     except UsageError:
         return "new"
     if status is None:
         return "new"
+    if cell.settings:
+        try:
+            with open(os.path.join(cell.out, "config.json")) as f:
+                if json.load(f).get("settings") != cell.settings:
+                    return "stale"
+        except (OSError, ValueError):
+            pass
     return "finished" if status.get("state") == "finished" else "partial"
 
 
 def run_sweep(runs: str, cells: list[Cell], run_options: list[str], jobs: int = 1, progress: bool = True,
               command: str = "") -> SweepResult:
+    stale = [c.out for c in cells if cell_state(c) == "stale"]
+    if stale:
+        raise UsageError(f"{len(stale)} run director{'y was' if len(stale) == 1 else 'ies were'} made with other "
+                         "settings than the methods' current ones (a default changed?); move them out of "
+                         f"{runs} or sweep into another --runs: " + ", ".join(stale))
     os.makedirs(os.path.join(runs, "logs"), exist_ok=True)
     # Every sweep command that touched this folder, so results/README.md can say how to regenerate it.
     with open(os.path.join(runs, "sweeps.jsonl"), "a") as f:
@@ -158,6 +173,17 @@ def run_sweep(runs: str, cells: list[Cell], run_options: list[str], jobs: int = 
                 tqdm.write(f"{cell.out}: {verb}", file=sys.stderr)
             bar.update(1)
 
+    # Each run has its own session (a Ctrl-C in the terminal must not hit them mid-write), so the sweep
+    # passes a stop on. SIGTERM too: a sweep started in the background by a non-interactive shell has
+    # SIGINT ignored, and `kill` is how it gets stopped.
+    received = [signal.SIGINT]
+
+    def on_term(signum, frame):
+        received[0] = signum
+        raise KeyboardInterrupt
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_term) if in_main else None
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
         for future in [pool.submit(one, c) for c in todo]:
@@ -166,10 +192,13 @@ def run_sweep(runs: str, cells: list[Cell], run_options: list[str], jobs: int = 
         stopping.set()
         with lock:
             for proc in children:
-                os.killpg(proc.pid, signal.SIGINT)
+                os.killpg(proc.pid, received[0])
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     pool.shutdown(wait=True)
     bar.close()
     return result

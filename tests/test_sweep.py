@@ -1,6 +1,10 @@
 """The sweep: skips finished runs, resumes an unfinished one after its last finished task, runs the rest."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -75,3 +79,63 @@ def test_sweep_reports_a_failed_run_and_goes_on(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 1 and "1 failed" in out and "failed: " + blocker in out
     assert cell_state(plan(runs, ["zero_shot"], [ORDER], ["1"])[0]) == "finished"
+
+
+def _processes_mentioning(text):
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc to find the sweep's runs")
+def test_sigterm_stops_the_sweep_and_its_runs_and_the_same_command_resumes(tmp_path, capsys):
+    """A real kill of a running sweep (SIGTERM: what a background sweep gets), not a planned stop."""
+    runs = str(tmp_path / "runs")
+    order = "bbc+hutto_amazon+trec+hutto_tweets"
+    sizes = ["--model", "tiny-llama", "--train-per-task", "24", "--test-per-task", "12", "--max-input-tokens", "16"]
+    argv = ["sweep", "--methods", "seq_lora", "--orders", order, "--seeds", "1", "--runs", runs, "--quiet", *sizes]
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sweep = subprocess.Popen([sys.executable, "-m", "harness", *argv], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    run = os.path.join(runs, "seq_lora", order, "seed1")
+    deadline = time.time() + 120
+    while time.time() < deadline:   # kill once the run has finished its first task, mid-stream
+        try:
+            if "bbc" in json.load(open(os.path.join(run, "status.json")))["rows"]:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    sweep.send_signal(signal.SIGTERM)
+    _, err = sweep.communicate(timeout=60)
+    assert sweep.returncode == 130, err.decode()
+    time.sleep(0.5)
+    assert _processes_mentioning(run) == []          # the bench run went with it, not orphaned
+    if cell_state(plan(runs, ["seq_lora"], [order], ["1"])[0]) == "finished":
+        pytest.skip("the run finished before the signal landed (machine faster than this test expects)")
+
+    assert main(argv) == 0, capsys.readouterr().err
+    log = events(run)
+    assert [s["resumed"] for s in log if s["event"] == "run_start"] == [False, True]
+    assert [e["task"] for e in log if e["event"] == "task_start"].count("bbc") == 1
+    assert cell_state(plan(runs, ["seq_lora"], [order], ["1"])[0]) == "finished"
+
+
+def test_a_run_made_with_other_settings_is_neither_skipped_nor_resumed(tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    out = os.path.join(runs, "seq_lora", ORDER, "seed1")
+    assert main(["bench", "--method", "seq_lora", "--order", ORDER, "--out", out, "--quiet", *TINY]) == 0
+    cell = plan(runs, ["seq_lora"], [ORDER], ["1"])[0]
+    assert cell_state(cell) == "finished"
+    config = json.load(open(os.path.join(out, "config.json")))
+    config["settings"]["lr"] *= 2          # as if seq_lora's default lr changed after this run
+    json.dump(config, open(os.path.join(out, "config.json"), "w"))
+    assert cell_state(cell) == "stale"
+    code = main(["sweep", "--methods", "seq_lora", "--orders", ORDER, "--runs", runs, "--quiet", *TINY])
+    assert code == 2 and "made with other settings" in capsys.readouterr().err
