@@ -40,9 +40,10 @@ def matrix_csv(R: pd.DataFrame) -> str:
 
 
 class RunDir:
-    # Settings that must match for an unfinished run to be resumed.
+    # Settings that must match for an unfinished run to be resumed ("settings" = the method's resolved
+    # settings: a changed default must not be mixed into a half-done run).
     IDENTITY = ("method", "order", "tasks", "seed", "train_per_task", "test_per_task", "model", "eval",
-                "dtype", "max_input_tokens", "method_args")
+                "dtype", "max_input_tokens", "method_args", "settings")
 
     def __init__(self, path: str):
         self.path = path

@@ -92,6 +92,18 @@ def check_one_setup(runs: list[Run]) -> tuple:
         described = "; ".join(", ".join(f"{k}={v}" for k, v in zip(SETUP_KEYS, s)) for s in setups)
         raise UsageError(f"the runs mix {len(setups)} setups ({described}); numbers from different sizes or "
                          "models must not share a table: point --runs at a folder with one setup")
+    # One row = one method with one set of settings: a default changed between runs would otherwise
+    # average two different methods under one name.
+    by_label: dict[str, dict[str, list[str]]] = {}
+    for r in runs:
+        key = json.dumps(r.config.get("settings"), sort_keys=True)
+        by_label.setdefault(r.label, {}).setdefault(key, []).append(r.path)
+    for label, variants in by_label.items():
+        if len(variants) > 1:
+            groups = " vs ".join(paths[0] + (f" (+{len(paths) - 1} more)" if len(paths) > 1 else "")
+                                 for paths in variants.values())
+            raise UsageError(f"runs of {label} were made with different settings ({groups}); move the stale "
+                             "ones out of the runs folder")
     return setups[0]
 
 

@@ -12,7 +12,7 @@ TASKS = ["a", "b"]
 
 
 def make_run(root, label, method, order, seed, rows, args=None, params=100, bound=False, finished=True,
-             general=None, model="tiny-llama"):
+             general=None, model="tiny-llama", settings=None):
     """rows: {"base": [..], "a": [..], "b": [..]} accuracies over TASKS."""
     path = os.path.join(root, label, order, f"seed{seed}")
     os.makedirs(path)
@@ -23,7 +23,8 @@ def make_run(root, label, method, order, seed, rows, args=None, params=100, boun
         "method": method, "method_args": args or {}, "order": order, "seed": seed, "tasks": TASKS,
         "model": model, "train_per_task": 8, "test_per_task": 4, "eval": "rank", "dtype": "fp32",
         "max_input_tokens": 16, "created": f"2026-11-2{seed}T10:00:00",
-        "data": {t: {"train": 8, "test": 4} for t in TASKS}, "packages": {"torch": "2.13.0"}})
+        "data": {t: {"train": 8, "test": 4} for t in TASKS}, "packages": {"torch": "2.13.0"},
+        "settings": settings or {"lr": 0.001}})
     write_json(os.path.join(path, "method.json"), {
         "name": method, "trainable_parameters": params, "parameters_kept": params * 2, "bound": bound,
         "uses_task_id_at_test": bound, "keeps_from_past_tasks": "nothing",
@@ -124,6 +125,13 @@ def test_mixed_setups_are_refused_and_figures_are_written(runs, tmp_path):
     make_run(runs, "replay", "replay", "1", 1, seq(1.0, 1.0), model="other-model")
     with pytest.raises(UsageError, match="mix 2 setups"):
         write_tables(runs, out, figures=False)
+
+
+def test_one_method_with_two_sets_of_settings_is_refused(runs, tmp_path):
+    # craft on order 3 again under another seed, but after a default changed: not the same method any more
+    make_run(runs, "craft", "craft", "3", 2, seq(75.0, 85.0), params=10, settings={"lr": 0.002})
+    with pytest.raises(UsageError, match="runs of craft were made with different settings"):
+        write_tables(runs, str(tmp_path / "results"), figures=False)
 
 
 def test_no_finished_run_is_a_clear_error(tmp_path):
