@@ -30,7 +30,7 @@ def decoder_layers(model):
 class InterventionSet(torch.nn.Module):
     """One LoReFT intervention per chosen layer: a task's or a group's state."""
 
-    def __init__(self, layers: list[int], dim: int, rank: int, seed: int):
+    def __init__(self, layers: list[int], dim: int, rank: int, seed: int, identity: bool = False):
         super().__init__()
         self.layers = list(layers)
         with torch.random.fork_rng():
@@ -38,6 +38,14 @@ class InterventionSet(torch.nn.Module):
             # dtype explicitly fp32: pyreft 0.1.0 defaults its Linear to bfloat16
             self.edits = torch.nn.ModuleDict({str(l): LoreftIntervention(embed_dim=dim, low_rank_dimension=rank,
                                                                          dtype=torch.float32) for l in layers})
+        if identity:
+            # pyreft draws W at random, so a fresh edit already moves h by R^T (W - R) h; W = R, b = 0 makes
+            # it a no-op that training moves away from (R stays pyreft's random orthonormal draw).
+            with torch.no_grad():
+                for l in self.layers:
+                    iv = self.edit(l)
+                    iv.learned_source.weight.copy_(iv.rotate_layer.weight.T)
+                    iv.learned_source.bias.zero_()
 
     def edit(self, layer: int) -> LoreftIntervention:
         return self.edits[str(layer)]

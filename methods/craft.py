@@ -71,6 +71,8 @@ class CRAFT(Method):
         "epochs": (1, "maximum passes over a task's examples (convergence may stop earlier)"),
         "layers": ("auto", "comma-separated decoder layers to intervene on; auto = 4 evenly spaced layers"),
         "rank": (4, "LoReFT rank r of every intervention"),
+        "init": ("pyreft", "a new group's edit: pyreft = pyreft's random init (not a no-op); identity = W = R, b = 0 "
+                           "(starts as a no-op)"),
         "first_positions": (0, "intervene on the first k prompt tokens"),
         "last_positions": (4, "intervene on the last k prompt tokens"),
         "routing": ("kl", "kl: join the nearest group under route_threshold; single: one group for all tasks; "
@@ -94,7 +96,8 @@ class CRAFT(Method):
     @classmethod
     def resolve_settings(cls, overrides):
         values = super().resolve_settings(overrides)   # checked before the model loads: bad input fails fast
-        for key, allowed in (("routing", ("kl", "single", "per_task")), ("test_routing", ("kl", "task_id"))):
+        for key, allowed in (("routing", ("kl", "single", "per_task")), ("test_routing", ("kl", "task_id")),
+                             ("init", ("pyreft", "identity"))):
             if values[key] not in allowed:
                 raise UsageError(f"craft setting {key} must be one of {', '.join(allowed)}, not {values[key]!r}")
         return values
@@ -123,7 +126,8 @@ class CRAFT(Method):
         self.diagnostics = {"layers": self.layers, "routing": {}, "training": {}, "merge": {}, "groups": {}}
 
     def _new_state(self, salt: int) -> InterventionSet:
-        return InterventionSet(self.layers, self.dim, int(self.settings["rank"]), seed=self.seed * 7919 + salt)
+        return InterventionSet(self.layers, self.dim, int(self.settings["rank"]), seed=self.seed * 7919 + salt,
+                               identity=self.settings["init"] == "identity")
 
     # ---- forward helpers ---------------------------------------------------------------------------
     def _prompt_mask(self, mask: torch.Tensor, prompt_end: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,20 @@ def test_ablation_switches_do_what_they_say(tmp_path, tokenizer):
     assert task_id["uses_task_id_at_test"] is True
 
 
+def test_identity_init_starts_as_a_no_op_and_still_learns():
+    h = torch.randn(6, 32)
+    random_init = InterventionSet([0], dim=32, rank=4, seed=1)
+    identity = InterventionSet([0], dim=32, rank=4, seed=1, identity=True)
+    with torch.no_grad():
+        assert (random_init.edit(0)(h) - h).abs().max() > 0.1      # pyreft's init already edits h
+        assert torch.allclose(identity.edit(0)(h), h, atol=1e-5)
+    # same R as pyreft's draw, so the two differ only in W and b
+    assert torch.equal(identity.edit(0).rotate_layer.weight, random_init.edit(0).rotate_layer.weight)
+    loss = (identity.edit(0)(h) - (h + 1.0)).pow(2).mean()
+    loss.backward()
+    assert identity.edit(0).learned_source.bias.grad.abs().sum() > 0
+
+
 def test_merge_yields_a_valid_loreft_intervention():
     a = InterventionSet([0, 1], dim=32, rank=4, seed=1)
     b = InterventionSet([0, 1], dim=32, rank=4, seed=2)
