@@ -228,9 +228,14 @@ class Table:
 
 def split_sections(runs: list[Run], labels: list[str], make_row) -> list[tuple[str | None, list[list[str]]]]:
     bounds = {r.label for r in runs if r.bound}
-    cl = [lab for lab in labels if lab not in bounds]
+    variants = {r.label for r in runs if r.config.get("method_args") and not r.bound}
+    cl = [lab for lab in labels if lab not in bounds and lab not in variants]
+    va = [lab for lab in labels if lab in variants]
     bd = [lab for lab in labels if lab in bounds]
     sections = [(None, [make_row(lab) for lab in cl])] if cl else []
+    # A method run with fixed settings is an ablation or a sensitivity point, not another method.
+    if va:
+        sections.append(("Variants with fixed settings (ablations)", [make_row(lab) for lab in va]))
     if bd:
         sections.append(("Bounds (not continual learners: no training, task id at test, or joint training)",
                          [make_row(lab) for lab in bd]))

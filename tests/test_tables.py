@@ -71,10 +71,11 @@ def test_main_table_numbers_match_hand_computation(runs, tmp_path):
     cells = [c.strip() for c in craft_row.strip("|").split("|")]
     # 80, 65, 80 -> avg 75
     assert cells[1:5] == ["80.00", "65.00", "80.00", "75.00"]
-    # bounds are a section of their own, after the CL methods
+    # variants (fixed settings) and bounds are sections of their own, after the CL methods
     lines = md.splitlines()
-    assert lines.index(next(ln for ln in lines if "Bounds" in ln)) < lines.index(
-        next(ln for ln in lines if ln.startswith("| zero_shot |")))
+    at = {key: lines.index(next(ln for ln in lines if ln.startswith(key)))
+          for key in ("| craft |", "| *Variants", "| craft [merge=false] |", "| *Bounds", "| zero_shot |")}
+    assert list(at.values()) == sorted(at.values()), at
     assert "o_lora" not in md          # unfinished: in no table
     tex = open(os.path.join(out, "main.tex")).read()
     assert r"\toprule" in tex and r"\bottomrule" in tex and r"seq\_lora & 75.00 $\pm$ 0.00 & 60.00 & -- & --" in tex
