@@ -368,7 +368,8 @@ def ablation_table(runs: list[Run], method: str = "craft", references=("seq_lora
     if refs:
         sections.append(("References", [row(r) for r in refs]))
     return Table("ablations", f"{method} and its ablations (settings in brackets)", groups, columns, sections,
-                 ["Mean ± std over seeds."])
+                 ["AA, BWT, FM: mean ± std over seeds. Trainable params: per run. Wall s/run: mean ± std over "
+                  "all of the row's runs (every order and seed)."])
 
 
 def all_tables(runs: list[Run]) -> list[Table]:
