@@ -287,7 +287,9 @@ def forgetting_table(runs: list[Run]) -> Table:
     notes.append("Mean ± std over every run (orders x seeds) of the block.")
     if have_general:
         notes.append("GEN Δ = change in accuracy (points) on held-out general-ability tasks, after the stream "
-                     "minus before (the backbone), measured through lm-eval; see general.json in each run.")
+                     "minus before (the backbone), measured through lm-eval; mean over the block's runs that have "
+                     f"a general.json ({sum(1 for r in runs if r.general)} of {len(runs)} runs: "
+                     "`python -m harness general` adds the rest).")
     return Table("forgetting", "Forgetting and transfer", groups, columns,
                  split_sections(runs, sort_labels({r.label for r in runs}), row), notes)
 
