@@ -71,6 +71,7 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 method.after_step(task, step)
+                loss = loss.detach()   # only read from here on (float() of a grad tensor warns on every step)
                 recent.append(float(loss))
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(recent[-10:]) / len(recent[-10:]):.3f}")
