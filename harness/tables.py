@@ -20,6 +20,7 @@ MISSING = "–"
 # Blocks of orders shown side by side, as in O-LoRA's Table 1; other orders get a block each.
 ORDER_BLOCKS = [("Orders 1-3", ["1", "2", "3"]), ("Orders 4-6", ["4", "5", "6"]),
                 ("Offline orders", ["offline1", "offline2", "offline3"])]
+KNOWN_ORDERS = [o for _, members in ORDER_BLOCKS for o in members]
 # Rows in this order where present; anything else follows alphabetically.
 METHOD_ORDER = ["seq_lora", "replay", "inc_lora", "o_lora", "i_lora", "craft", "zero_shot", "per_task", "mtl"]
 SETUP_KEYS = ("model", "train_per_task", "test_per_task", "eval", "dtype", "max_input_tokens")
@@ -125,8 +126,7 @@ def fmt(values: list[float], digits: int = 2) -> str:
 
 def blocks_for(orders: set[str]) -> list[tuple[str, list[str]]]:
     out = [(title, members) for title, members in ORDER_BLOCKS if orders & set(members)]
-    known = {o for _, members in ORDER_BLOCKS for o in members}
-    out += [(f"Order {o}", [o]) for o in sorted(orders - known)]
+    out += [(f"Order {o}", [o]) for o in sorted(orders - set(KNOWN_ORDERS))]
     return out
 
 
@@ -228,7 +228,7 @@ class Table:
 
 def split_sections(runs: list[Run], labels: list[str], make_row) -> list[tuple[str | None, list[list[str]]]]:
     bounds = {r.label for r in runs if r.bound}
-    variants = {r.label for r in runs if r.config.get("method_args") and not r.bound}
+    variants = {r.label for r in runs if r.label != r.method and not r.bound}   # the label names fixed settings
     cl = [lab for lab in labels if lab not in bounds and lab not in variants]
     va = [lab for lab in labels if lab in variants]
     bd = [lab for lab in labels if lab in bounds]
@@ -346,9 +346,8 @@ def ablation_table(runs: list[Run], method: str = "craft", references=("seq_lora
     variants = sort_labels({r.label for r in runs if r.method == method})
     if len(variants) < 2:
         return None
-    known = [o for _, members in ORDER_BLOCKS for o in members]
     orders = sorted({r.order for r in runs if r.method == method},
-                    key=lambda o: (known.index(o) if o in known else len(known), o))
+                    key=lambda o: (KNOWN_ORDERS.index(o) if o in KNOWN_ORDERS else len(KNOWN_ORDERS), o))
     columns, groups = [], []
     for o in orders:
         columns += ["AA ↑", "BWT ↑", "FM ↓"]
