@@ -94,4 +94,22 @@ def write_figures(runs, folder: str) -> list[str]:
     for order in sorted({r.order for r in runs}):
         written += stream_curves(runs, order, folder)
     written += aa_vs_params(runs, folder)
+    remove_stale(folder, written)
     return [os.path.relpath(p, os.path.dirname(folder)) for p in written]
+
+
+def remove_stale(folder: str, written: list[str]) -> list[str]:
+    """Delete figures this module once wrote that no run now backs (a run moved away, an order dropped), so
+    that the figures folder always matches the tables. Only its own file names are touched."""
+    keep = {os.path.abspath(p) for p in written}
+    removed = []
+    for sub, pattern in (("heatmaps", ""), ("", "stream-")):
+        where = os.path.join(folder, sub)
+        if not os.path.isdir(where):
+            continue
+        for name in os.listdir(where):
+            path = os.path.abspath(os.path.join(where, name))
+            if name.startswith(pattern) and name.endswith((".png", ".pdf")) and path not in keep:
+                os.remove(path)
+                removed.append(path)
+    return removed

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import statistics
 from dataclasses import dataclass, field
 
@@ -415,6 +416,56 @@ def write_tables(root: str, out: str, figures: bool = True) -> dict:
     return {"runs": len(runs), "unfinished": unfinished, "files": written + ["README.md"]}
 
 
+SWEEP_GRID_OPTIONS = {"--methods", "--orders", "--seeds", "--runs", "--jobs"}   # options with a value
+SWEEP_SWITCHES = {"--dry-run", "--quiet"}
+
+
+def run_options_of(sweeps: list[dict], runs: list[Run]) -> str:
+    """The run options (sizes, data, model) as the user spelled them in the latest sweep command, else as
+    the runs' config.json records them."""
+    for entry in reversed(sweeps):
+        words, kept, skip = shlex.split(entry["command"]), [], False
+        for word in words[words.index("sweep") + 1:] if "sweep" in words else []:
+            if skip:
+                skip = False
+            elif word in SWEEP_GRID_OPTIONS:
+                skip = True
+            elif word.split("=")[0] not in SWEEP_GRID_OPTIONS | SWEEP_SWITCHES:
+                kept.append(word)
+        return shlex.join(kept)
+    c = runs[0].config
+    words = ["--train-per-task", str(c.get("train_per_task") or "all"),
+             "--test-per-task", str(c.get("test_per_task") or "all"), "--model", str(c["model"]),
+             "--eval", str(c["eval"]), "--dtype", str(c["dtype"]), "--max-input-tokens", str(c["max_input_tokens"])]
+    if c.get("data_dir"):
+        words += ["--data-dir", c["data_dir"]]
+    return shlex.join(words)
+
+
+def regenerate_commands(runs: list[Run], root: str, sweeps: list[dict]) -> list[str]:
+    """The fewest `sweep` commands whose grids are exactly the finished runs: methods that share the same
+    orders x seeds go in one command. Derived from the runs, not the sweep history, so a run moved away
+    (or a variant that became the default) is not made again."""
+    def order_key(o):
+        return (KNOWN_ORDERS.index(o) if o in KNOWN_ORDERS else len(KNOWN_ORDERS), o)
+
+    specs, cells = {}, {}
+    for r in runs:
+        specs[r.label] = ":".join([r.method] + [f"{k}={v}" for k, v in r.config.get("method_args", {}).items()])
+        cells.setdefault(r.label, {}).setdefault(r.seed, set()).add(r.order)
+    grids = {}   # (orders, seeds) -> labels
+    for label, by_seed in cells.items():
+        merged = {}   # orders -> seeds that ran exactly those orders
+        for seed, orders in by_seed.items():
+            merged.setdefault(tuple(sorted(orders, key=order_key)), []).append(seed)
+        for orders, seeds in merged.items():
+            grids.setdefault((orders, tuple(sorted(seeds))), []).append(label)
+    options = run_options_of(sweeps, runs)
+    return [f"python -m harness sweep --methods {','.join(specs[x] for x in sort_labels(set(labels)))} "
+            f"--orders {','.join(orders)} --seeds {','.join(map(str, seeds))} --runs {root} {options}".rstrip()
+            for (orders, seeds), labels in sorted(grids.items(), key=lambda g: (g[0][1], -len(g[1]), g[0][0]))]
+
+
 def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md) -> str:
     s = dict(zip(SETUP_KEYS, setup))
     created = sorted(r.config.get("created", "") for r in runs)
@@ -443,9 +494,9 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md) -> str
     if unfinished:
         lines.append(f"- Unfinished runs, not in any table ({len(unfinished)}): " +
                      ", ".join(f"`{os.path.relpath(u, root)}`" for u in unfinished) + ".")
-    lines += ["", "## Regenerate", "", "The sweep command(s) that wrote these runs (a rerun skips finished runs "
-              "and resumes unfinished ones), then the tables:", "", "```"]
-    lines += list(dict.fromkeys(c["command"] for c in sweeps)) or ["# (no sweeps.jsonl: the runs were made with `python -m harness bench`)"]
+    lines += ["", "## Regenerate", "", "Sweep commands that make exactly the runs in these tables (derived from the "
+              "runs themselves; a rerun skips finished runs and resumes unfinished ones), then the tables:", "", "```"]
+    lines += regenerate_commands(runs, root, sweeps)
     lines += [f"python -m harness tables --runs {root} --out {out}", "```", "",
               "## Tables", "", "Each table is also in this folder as Markdown (`*.md`) and LaTeX booktabs (`*.tex`).", ""]
     lines += tables_md

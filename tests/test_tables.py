@@ -111,6 +111,36 @@ def test_forgetting_robustness_and_ablation_tables(runs, tmp_path):
     assert len(open(os.path.join(out, "runs.csv")).read().splitlines()) == 9
 
 
+def test_regenerate_commands_make_exactly_the_runs_in_the_tables(runs, tmp_path):
+    import shlex
+
+    from harness.cli import build_parser
+    from harness.sweep import plan
+    out = str(tmp_path / "results")
+    write_tables(runs, out, figures=False)
+    readme = open(os.path.join(out, "README.md")).read()
+    block = readme.split("## Regenerate")[1].split("```")[1]
+    commands = [c for c in block.strip().splitlines() if c.startswith("python -m harness sweep")]
+    # no sweeps.jsonl: the run options come from config.json
+    assert commands[0] == (f"python -m harness sweep --methods craft:merge=false,zero_shot --orders 1 --seeds 1 "
+                           f"--runs {runs} --train-per-task 8 --test-per-task 4 --model tiny-llama --eval rank "
+                           f"--dtype fp32 --max-input-tokens 16")
+    assert len(commands) == 4   # seq_lora has orders 1,2 on seed 1 but only order 1 on seed 2
+    cells = set()
+    for command in commands:
+        a = build_parser().parse_args(shlex.split(command)[3:])
+        cells |= {c.out for c in plan(a.runs, a.methods.split(","), a.orders.split(","), a.seeds.split(","))}
+    finished, _ = load_runs(runs)
+    assert cells == {r.path for r in finished}   # the unfinished o_lora run is not asked for
+    # with a sweep history, the user's own spelling of the run options is kept, grid options are not
+    with open(os.path.join(runs, "sweeps.jsonl"), "w") as f:
+        f.write(json.dumps({"command": "python -m harness sweep --methods seq_lora --orders 1 --runs old --jobs 2 "
+                                       "--quiet --train-per-task 8 --data-dir ../d --seeds=1"}) + "\n")
+    write_tables(runs, out, figures=False)
+    readme = open(os.path.join(out, "README.md")).read()
+    assert f"--seeds 1 --runs {runs} --train-per-task 8 --data-dir ../d\n" in readme and "--runs old" not in readme
+
+
 def test_order_dispersion_formula_directly(runs):
     finished, _ = load_runs(runs)
     d = order_dispersion(finished, "craft", ["1", "2", "3"])
@@ -123,6 +153,13 @@ def test_mixed_setups_are_refused_and_figures_are_written(runs, tmp_path):
     for name in ("figures/heatmaps/craft-1-seed1.png", "figures/heatmaps/craft+merge=false-1-seed1.pdf",
                  "figures/stream-1.png", "figures/aa_vs_params.pdf"):
         assert name in info["files"] and os.path.getsize(os.path.join(out, name)) > 1000, name
+    # a run moved away takes its figures with it (the order-3 curve too: craft was the only run on it)
+    import shutil
+    shutil.rmtree(os.path.join(runs, "craft", "3"))
+    info = write_tables(runs, out, figures=True)
+    assert not any(os.path.exists(os.path.join(out, "figures", name)) for name in
+                   ("heatmaps/craft-3-seed1.png", "heatmaps/craft-3-seed1.pdf", "stream-3.png", "stream-3.pdf"))
+    assert os.path.exists(os.path.join(out, "figures", "heatmaps", "craft-1-seed1.png"))
     make_run(runs, "replay", "replay", "1", 1, seq(1.0, 1.0), model="other-model")
     with pytest.raises(UsageError, match="mix 2 setups"):
         write_tables(runs, out, figures=False)
