@@ -290,7 +290,10 @@ def forgetting_table(runs: list[Run]) -> Table:
         notes.append("GEN Δ = change in accuracy (points) on held-out general-ability tasks, after the stream "
                      "minus before (the backbone), measured through lm-eval; mean over the block's runs that have "
                      f"a general.json ({sum(1 for r in runs if r.general)} of {len(runs)} runs: "
-                     "`python -m harness general` adds the rest).")
+                     "`python -m harness general` adds the rest). Measured runs per order and seed: " +
+                     ", ".join(f"{o} seed {sd} {sum(1 for r in rs if r.general)}/{len(rs)}"
+                               for (o, sd), rs in sorted(by_order_seed(runs).items(), key=lambda x: x[0][1])
+                               if any(r.general for r in rs)) + ".")
     return Table("forgetting", "Forgetting and transfer", groups, columns,
                  split_sections(runs, sort_labels({r.label for r in runs}), row), notes)
 
@@ -442,6 +445,31 @@ def run_options_of(sweeps: list[dict], runs: list[Run]) -> str:
     return shlex.join(words)
 
 
+def by_order_seed(runs: list[Run]) -> dict:
+    groups: dict = {}
+    for r in sorted(runs, key=lambda r: (KNOWN_ORDERS.index(r.order) if r.order in KNOWN_ORDERS else 99, r.order)):
+        groups.setdefault((r.order, r.seed), []).append(r)
+    return groups
+
+
+def general_commands(runs: list[Run], root: str) -> list[str]:
+    """`general` commands for exactly the runs that have a general.json: a glob where every run of an
+    order and seed has one (and the runs sit in the sweep layout), else the run directories by name."""
+    paths: dict = {}   # (tasks, per_task) -> paths
+    for (order, seed), rs in by_order_seed(runs).items():
+        def key_of(r):
+            return tuple(r.general.get("tasks", ())), r.general.get("per_task")
+        for key in {key_of(r) for r in rs if r.general}:
+            mine = [r for r in rs if r.general and key_of(r) == key]
+            layout = all(os.path.relpath(r.path, root).split(os.sep)[1:] == [order, f"seed{seed}"] for r in rs)
+            paths.setdefault(key, []).extend(
+                [os.path.join(root, "*", order, f"seed{seed}")] if len(mine) == len(rs) and layout
+                else [os.path.join(root, os.path.relpath(r.path, root)) for r in mine])
+    return [" ".join(["python -m harness general"] + (["--tasks", ",".join(tasks)] if tasks else []) +
+                     (["--per-task", str(per_task)] if per_task else []) + ps)
+            for (tasks, per_task), ps in paths.items()]
+
+
 def regenerate_commands(runs: list[Run], root: str, sweeps: list[dict]) -> list[str]:
     """The fewest `sweep` commands whose grids are exactly the finished runs: methods that share the same
     orders x seeds go in one command. Derived from the runs, not the sweep history, so a run moved away
@@ -495,8 +523,9 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md) -> str
         lines.append(f"- Unfinished runs, not in any table ({len(unfinished)}): " +
                      ", ".join(f"`{os.path.relpath(u, root)}`" for u in unfinished) + ".")
     lines += ["", "## Regenerate", "", "Sweep commands that make exactly the runs in these tables (derived from the "
-              "runs themselves; a rerun skips finished runs and resumes unfinished ones), then the tables:", "", "```"]
-    lines += regenerate_commands(runs, root, sweeps)
+              "runs themselves; a rerun skips finished runs and resumes unfinished ones), `general` on the runs that "
+              "have a GEN Δ, then the tables:", "", "```"]
+    lines += regenerate_commands(runs, root, sweeps) + general_commands(runs, root)
     lines += [f"python -m harness tables --runs {root} --out {out}", "```", "",
               "## Tables", "", "Each table is also in this folder as Markdown (`*.md`) and LaTeX booktabs (`*.tex`).", ""]
     lines += tables_md

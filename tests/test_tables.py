@@ -31,7 +31,8 @@ def make_run(root, label, method, order, seed, rows, args=None, params=100, boun
         "timing": {"wall_seconds": 10.0 * seed, "train_seconds": 4.0, "eval_seconds": 2.0}})
     write_json(os.path.join(path, "status.json"), {"state": "finished" if finished else "running", "rows": {}})
     if general is not None:
-        write_json(os.path.join(path, "general.json"), {"change": general})
+        write_json(os.path.join(path, "general.json"), {"change": general, "per_task": 50,
+                                                        "tasks": {"sms_spam": {"change": general}}})
     return path
 
 
@@ -132,6 +133,9 @@ def test_regenerate_commands_make_exactly_the_runs_in_the_tables(runs, tmp_path)
         cells |= {c.out for c in plan(a.runs, a.methods.split(","), a.orders.split(","), a.seeds.split(","))}
     finished, _ = load_runs(runs)
     assert cells == {r.path for r in finished}   # the unfinished o_lora run is not asked for
+    # general: a glob where every run of an order and seed was measured, else the runs by name
+    assert block.strip().splitlines()[-2] == (f"python -m harness general --tasks sms_spam --per-task 50 "
+                                              f"{runs}/seq_lora/1/seed1 {runs}/*/1/seed2")
     # with a sweep history, the user's own spelling of the run options is kept, grid options are not
     with open(os.path.join(runs, "sweeps.jsonl"), "w") as f:
         f.write(json.dumps({"command": "python -m harness sweep --methods seq_lora --orders 1 --runs old --jobs 2 "
