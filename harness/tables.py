@@ -471,7 +471,7 @@ def general_commands(runs: list[Run], root: str) -> list[str]:
 
 
 def regenerate_commands(runs: list[Run], root: str, sweeps: list[dict]) -> list[str]:
-    """The fewest `sweep` commands whose grids are exactly the finished runs: methods that share the same
+    """`sweep` commands whose grids are exactly the finished runs: methods that share the same
     orders x seeds go in one command. Derived from the runs, not the sweep history, so a run moved away
     (or a variant that became the default) is not made again."""
     def order_key(o):
