@@ -22,6 +22,11 @@ MISSING = "–"
 ORDER_BLOCKS = [("Orders 1-3", ["1", "2", "3"]), ("Orders 4-6", ["4", "5", "6"]),
                 ("Offline orders", ["offline1", "offline2", "offline3"])]
 KNOWN_ORDERS = [o for _, members in ORDER_BLOCKS for o in members]
+
+
+def order_rank(order: str) -> tuple:
+    """Sort key: the known orders as the blocks list them, anything else after, alphabetically."""
+    return (KNOWN_ORDERS.index(order) if order in KNOWN_ORDERS else len(KNOWN_ORDERS), order)
 # Rows in this order where present; anything else follows alphabetically.
 METHOD_ORDER = ["seq_lora", "replay", "inc_lora", "o_lora", "i_lora", "craft", "zero_shot", "per_task", "mtl"]
 SETUP_KEYS = ("model", "train_per_task", "test_per_task", "eval", "dtype", "max_input_tokens")
@@ -350,8 +355,7 @@ def ablation_table(runs: list[Run], method: str = "craft", references=("seq_lora
     variants = sort_labels({r.label for r in runs if r.method == method})
     if len(variants) < 2:
         return None
-    orders = sorted({r.order for r in runs if r.method == method},
-                    key=lambda o: (KNOWN_ORDERS.index(o) if o in KNOWN_ORDERS else len(KNOWN_ORDERS), o))
+    orders = sorted({r.order for r in runs if r.method == method}, key=order_rank)
     columns, groups = [], []
     for o in orders:
         columns += ["AA ↑", "BWT ↑", "FM ↓"]
@@ -447,7 +451,7 @@ def run_options_of(sweeps: list[dict], runs: list[Run]) -> str:
 
 def by_order_seed(runs: list[Run]) -> dict:
     groups: dict = {}
-    for r in sorted(runs, key=lambda r: (KNOWN_ORDERS.index(r.order) if r.order in KNOWN_ORDERS else 99, r.order)):
+    for r in sorted(runs, key=lambda r: order_rank(r.order)):
         groups.setdefault((r.order, r.seed), []).append(r)
     return groups
 
@@ -455,10 +459,11 @@ def by_order_seed(runs: list[Run]) -> dict:
 def general_commands(runs: list[Run], root: str) -> list[str]:
     """`general` commands for exactly the runs that have a general.json: a glob where every run of an
     order and seed has one (and the runs sit in the sweep layout), else the run directories by name."""
+    def key_of(r):
+        return tuple(r.general.get("tasks", ())), r.general.get("per_task")
+
     paths: dict = {}   # (tasks, per_task) -> paths
     for (order, seed), rs in by_order_seed(runs).items():
-        def key_of(r):
-            return tuple(r.general.get("tasks", ())), r.general.get("per_task")
         for key in {key_of(r) for r in rs if r.general}:
             mine = [r for r in rs if r.general and key_of(r) == key]
             layout = all(os.path.relpath(r.path, root).split(os.sep)[1:] == [order, f"seed{seed}"] for r in rs)
@@ -474,9 +479,6 @@ def regenerate_commands(runs: list[Run], root: str, sweeps: list[dict]) -> list[
     """`sweep` commands whose grids are exactly the finished runs: methods that share the same
     orders x seeds go in one command. Derived from the runs, not the sweep history, so a run moved away
     (or a variant that became the default) is not made again."""
-    def order_key(o):
-        return (KNOWN_ORDERS.index(o) if o in KNOWN_ORDERS else len(KNOWN_ORDERS), o)
-
     specs, cells = {}, {}
     for r in runs:
         specs[r.label] = ":".join([r.method] + [f"{k}={v}" for k, v in r.config.get("method_args", {}).items()])
@@ -485,7 +487,7 @@ def regenerate_commands(runs: list[Run], root: str, sweeps: list[dict]) -> list[
     for label, by_seed in cells.items():
         merged = {}   # orders -> seeds that ran exactly those orders
         for seed, orders in by_seed.items():
-            merged.setdefault(tuple(sorted(orders, key=order_key)), []).append(seed)
+            merged.setdefault(tuple(sorted(orders, key=order_rank)), []).append(seed)
         for orders, seeds in merged.items():
             grids.setdefault((orders, tuple(sorted(seeds))), []).append(label)
     options = run_options_of(sweeps, runs)
