@@ -130,6 +130,15 @@ def fmt(values: list[float], digits: int = 2) -> str:
     return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s is not None else "")
 
 
+def fmt_spread(values: list[float], digits: int = 1) -> str:
+    """median [min–max] over the values: for timings, where a run slowed by a busy machine should not move the
+    centre the way it moves a mean."""
+    if not values:
+        return MISSING
+    med = f"{statistics.median(values):.{digits}f}"
+    return med if len(values) == 1 else f"{med} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
+
+
 def blocks_for(orders: set[str]) -> list[tuple[str, list[str]]]:
     out = [(title, members) for title, members in ORDER_BLOCKS if orders & set(members)]
     out += [(f"Order {o}", [o]) for o in sorted(orders - set(KNOWN_ORDERS))]
@@ -338,14 +347,15 @@ def cost_table(runs: list[Run]) -> Table:
         per_task = [k / len(r.tasks) for k, r in zip(kept, rs)]
         train = [r.card["timing"]["train_seconds"] / len(r.tasks) for r in rs]
         return [label, f"{card['trainable_parameters']:,}", f"{max(kept):,}", f"{statistics.fmean(per_task):,.0f}",
-                fmt(train, 1), fmt([r.card["timing"]["eval_seconds"] for r in rs], 1),
-                fmt([r.card["timing"]["wall_seconds"] for r in rs], 1),
+                fmt_spread(train), fmt_spread([r.card["timing"]["eval_seconds"] for r in rs]),
+                fmt_spread([r.card["timing"]["wall_seconds"] for r in rs]),
                 "yes" if card.get("uses_task_id_at_test") else "no"]
     keeps = {}
     for r in runs:
         keeps.setdefault(r.label, r.card.get("keeps_from_past_tasks", ""))
     notes = ["params kept = parameters stored beside the frozen backbone at the end of the stream; kept per task "
-             "= that over the number of tasks. Seconds are means ± std over runs (wall includes model loading).",
+             "= that over the number of tasks. Seconds are median [min–max] over runs (wall includes model loading); "
+             "the range spans the orders' different tasks and any run slowed by a busy machine.",
              "What each method keeps from past tasks: " + "; ".join(f"{k}: {v}" for k, v in keeps.items()) + "."]
     return Table("cost", "Cost: parameters and time", [], columns,
                  split_sections(runs, sort_labels({r.label for r in runs}), row), notes)
@@ -370,15 +380,15 @@ def ablation_table(runs: list[Run], method: str = "craft", references=("seq_lora
             cells += [fmt([r.metrics[m] for r in rs]) for m in ("AA", "BWT", "FM")]
         rs = by(runs, label=label)
         cells.append(f"{rs[0].card['trainable_parameters']:,}" if rs else MISSING)
-        cells.append(fmt([r.card["timing"]["wall_seconds"] for r in rs], 0))
+        cells.append(fmt_spread([r.card["timing"]["wall_seconds"] for r in rs], 0))
         return cells
     sections = [(None, [row(v) for v in variants])]
     refs = [r for r in references if by(runs, label=r)]
     if refs:
         sections.append(("References", [row(r) for r in refs]))
     return Table("ablations", f"{method} and its ablations (settings in brackets)", groups, columns, sections,
-                 ["AA, BWT, FM: mean ± std over seeds. Trainable params: per run. Wall s/run: mean ± std over "
-                  "all of the row's runs (every order and seed)."])
+                 ["AA, BWT, FM: mean ± std over seeds. Trainable params: per run. Wall s/run: median [min–max] "
+                  "over all of the row's runs (every order and seed)."])
 
 
 def all_tables(runs: list[Run]) -> list[Table]:

@@ -106,7 +106,7 @@ def test_forgetting_robustness_and_ablation_tables(runs, tmp_path):
     cost = open(os.path.join(out, "cost.md")).read()
     assert cost.splitlines()[2].startswith("| Method | trainable params | params kept |")
     row = [c.strip() for c in next(ln for ln in cost.splitlines() if ln.startswith("| seq_lora |")).strip("|").split("|")]
-    assert row[1:4] == ["100", "200", "100"] and row[4] == "2.0 ± 0.0" and row[6] == "13.3 ± 5.8"
+    assert row[1:4] == ["100", "200", "100"] and row[4] == "2.0 [2.0–2.0]" and row[6] == "10.0 [10.0–20.0]"
     readme = open(os.path.join(out, "README.md")).read()
     assert "8 finished runs" in readme and "o_lora/1/seed1" in readme and "tiny-llama" in readme
     assert len(open(os.path.join(out, "runs.csv")).read().splitlines()) == 9
