@@ -14,6 +14,8 @@ import logging
 import os
 import tempfile
 from collections import defaultdict
+from contextlib import contextmanager
+from functools import partial
 
 import torch
 from lm_eval.api.model import LM
@@ -94,13 +96,33 @@ def build_tasks(names, per_task: int, encoder, folder: str, data_dir: str | None
     return configs
 
 
+@contextmanager
+def quiet_progress():
+    """Silence the per-document bars of lm-eval (it builds requests under a bare tqdm) and of datasets
+    (it generates a split from the JSONL files), so `general` shows one bar: its own, over runs."""
+    import datasets
+    import lm_eval.api.task as lm_task
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    library_tqdm = getattr(lm_task, "tqdm", None)
+    if library_tqdm is not None:
+        lm_task.tqdm = partial(library_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        if library_tqdm is not None:
+            lm_task.tqdm = library_tqdm
+        if bars_were_on:
+            datasets.enable_progress_bars()
+
+
 def evaluate(scorer_for, tokenizer, encoder, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_TASK,
              data_dir: str | None = None, batch_size: int = 16) -> dict[str, float]:
     """Accuracy (%) per held-out task, through lm_eval.simple_evaluate."""
     import lm_eval
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     lm = MethodLM(scorer_for, tokenizer, batch_size)
-    with tempfile.TemporaryDirectory(prefix="clh-general-") as folder:
+    with tempfile.TemporaryDirectory(prefix="clh-general-") as folder, quiet_progress():
         configs = build_tasks(names, per_task, encoder, folder, data_dir)
         out = lm_eval.simple_evaluate(model=lm, tasks=configs, num_fewshot=0, bootstrap_iters=0,
                                       log_samples=False, verbosity="ERROR")

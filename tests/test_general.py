@@ -20,13 +20,17 @@ def harness_accuracy(scorer, tok, name, per_task, max_tokens=16):
     return round(accuracy(scorer, enc.encode(data, "test"), enc.candidates(data), data.labels, enc), 2)
 
 
-def test_lm_eval_multiple_choice_agrees_with_the_rank_evaluator(tokenizer):
+def test_lm_eval_multiple_choice_agrees_with_the_rank_evaluator(tokenizer, capfd):
+    import datasets
     model = tiny_model(tokenizer, seed=1)
     scorer = CausalLMScorer(model)
     got = general.evaluate(lambda task: scorer, tokenizer, PromptEncoder(tokenizer, 16), ("sms_spam", "hutto_movie"),
                            per_task=12)
     for name in ("sms_spam", "hutto_movie"):
         assert got[name] == harness_accuracy(scorer, tokenizer, name, 12), name
+    # lm-eval's and datasets' per-document bars are silenced for the call, and only for the call
+    assert "it/s]" not in capfd.readouterr().err
+    assert datasets.is_progress_bar_enabled()
 
 
 def test_general_measures_a_finished_run_before_and_after(tmp_path, tokenizer):
