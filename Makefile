@@ -20,7 +20,7 @@ ARGS ?=
 METHODS ?= zero_shot,seq_lora,replay,inc_lora,o_lora,i_lora,craft,per_task,mtl
 ORDERS ?= offline1,offline2,offline3
 SEEDS ?= 1,2
-RUNS ?= runs/sweep
+RUNS ?= results/runs
 RESULTS ?= results
 JOBS ?= 1
 

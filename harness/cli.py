@@ -8,6 +8,10 @@ import sys
 
 from harness.errors import UsageError
 
+# The committed sweep lives here: its run records are in git (weights and console logs are not, see
+# .gitignore), so a sweep spread over several machines resumes where the last one stopped.
+RUNS_DEFAULT = "results/runs"
+
 
 def _positive_or_all(raw: str) -> int | None:
     if raw.lower() in ("all", "none", "full"):
@@ -111,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. seq_lora,craft,craft:routing=single)")
     s.add_argument("--orders", required=True, help="comma-separated orders (e.g. offline1,offline2,1,2)")
     s.add_argument("--seeds", default="1", help="comma-separated seeds (default 1)")
-    s.add_argument("--runs", default="runs/sweep", help="folder of run directories (default runs/sweep)")
+    s.add_argument("--runs", default=RUNS_DEFAULT, help="folder of run directories (default results/runs)")
     s.add_argument("--jobs", type=int, default=1,
                    help="runs side by side, each with cores/jobs threads (default 1: on 2 cores one 2-thread "
                         "job measured faster than two 1-thread jobs)")
@@ -120,13 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
     t = sub.add_parser("tables", help="turn a folder of runs into tables, figures and results/README.md")
-    t.add_argument("--runs", default="runs/sweep", help="folder of run directories (default runs/sweep)")
+    t.add_argument("--runs", default=RUNS_DEFAULT, help="folder of run directories (default results/runs)")
     t.add_argument("--out", default="results", help="where tables and figures go (default results)")
     t.add_argument("--no-figures", action="store_true", help="tables only")
 
     g = sub.add_parser("general", help="general-ability retention of finished runs (held-out tasks, via lm-eval)")
     g.add_argument("paths", nargs="*", help="run directories (default: every finished run under --runs)")
-    g.add_argument("--runs", default="runs/sweep", help="folder of run directories (default runs/sweep)")
+    g.add_argument("--runs", default=RUNS_DEFAULT, help="folder of run directories (default results/runs)")
     g.add_argument("--tasks", default=None, help="held-out tasks, comma-separated (default sms_spam,hutto_movie)")
     g.add_argument("--per-task", type=int, default=None, help="test examples per held-out task (default 50)")
     g.add_argument("--redo", action="store_true", help="measure runs that already have general.json again")
@@ -216,6 +220,11 @@ def cmd_general(a) -> int:
     if not paths:
         raise UsageError(f"no run directories under {a.runs}")
     todo = [p for p in paths if RunDir(p).is_finished() and (a.redo or not os.path.isfile(os.path.join(p, "general.json")))]
+    weightless = [p for p in todo if not RunDir(p).has_checkpoint()]
+    if weightless:
+        print(f"{len(weightless)} run(s) have no checkpoint (records kept without weights) and are skipped; rerun "
+              f"them with --overwrite to measure them: {', '.join(weightless)}", file=sys.stderr)
+        todo = [p for p in todo if p not in weightless]
     cache: dict = {}
     for path in tqdm(todo, desc="general ability", unit="run"):
         r = general.run_general(path, names, per_task, cache)

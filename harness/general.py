@@ -144,6 +144,9 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
     status = run.status()
     if not status or status.get("state") != "finished":
         raise UsageError(f"{run_path} is not a finished run")
+    if not run.has_checkpoint():
+        raise UsageError(f"{run_path} has no checkpoint (run records are committed without their weights); "
+                         "rerun it with `python -m harness bench ... --overwrite` to measure its general ability")
     with open(run.file("config.json")) as f:
         config = json.load(f)
     configure_offline(config.get("allow_download", False))

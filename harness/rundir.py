@@ -64,6 +64,11 @@ class RunDir:
         status = self.status()
         return bool(status and status.get("state") == "finished")
 
+    def has_checkpoint(self) -> bool:
+        """Whether the weights its status points at are here (committed records carry none)."""
+        status = self.status() or {}
+        return bool(status.get("checkpoint")) and os.path.isfile(self.file(status["checkpoint"]))
+
     def prepare(self, config: dict, overwrite: bool) -> dict | None:
         """Create or reopen the directory. Returns the saved progress to resume from, or None for a fresh run."""
         if os.path.isdir(self.path) and os.listdir(self.path):

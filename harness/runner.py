@@ -134,6 +134,16 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
         config.pop(volatile)
     status = run.prepare(config, cfg.overwrite) or run.status()
     rows: dict = status["rows"]
+    if status.get("checkpoint") and not os.path.exists(run.file(status["checkpoint"])):
+        # A record kept without its weights (results/runs is committed, checkpoints are not): the trained
+        # stages cannot be continued, so they are trained again; the per-stage seeds make them the same.
+        dropped = [r for r in rows if r != "base"]
+        _say(f"{out}: {status['checkpoint']} is missing; training its {len(dropped)} finished stage(s) again",
+             cfg.progress)
+        run.log("checkpoint_missing", checkpoint=status["checkpoint"], retrained=dropped)
+        rows = {r: v for r, v in rows.items() if r == "base"}
+        status.update(rows=rows, checkpoint=None)
+        run.save_status(status)
     run.log("run_start", resumed=bool(rows), method=cfg.method, order=cfg.order, seed=cfg.seed)
 
     t0 = time.time()

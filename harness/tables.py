@@ -534,9 +534,13 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md) -> str
     if unfinished:
         lines.append(f"- Unfinished runs, not in any table ({len(unfinished)}): " +
                      ", ".join(f"`{os.path.relpath(u, root)}`" for u in unfinished) + ".")
-    lines += ["", "## Regenerate", "", "Sweep commands that make exactly the runs in these tables (derived from the "
-              "runs themselves; a rerun skips finished runs and resumes unfinished ones), `general` on the runs that "
-              "have a GEN Δ, then the tables:", "", "```"]
+    lines += ["", "## Regenerate", "",
+              f"Each run's record (config, accuracy matrix, metrics, method card with timings, `general.json`; not "
+              f"its weights) is under `{root}`, so the last command below alone remakes every table and figure. "
+              "To remake the runs themselves: the sweep commands that make exactly the runs in these tables "
+              "(derived from the runs; a rerun skips finished runs and resumes unfinished ones), `general` on the "
+              "runs that have a GEN Δ (it needs the weights, so it measures runs made on this machine), then the "
+              "tables:", "", "```"]
     lines += regenerate_commands(runs, root, sweeps) + general_commands(runs, root)
     lines += [f"python -m harness tables --runs {root} --out {out}", "```", "",
               "## Tables", "", "Each table is also in this folder as Markdown (`*.md`) and LaTeX booktabs (`*.tex`).", ""]

@@ -3,10 +3,13 @@
 import json
 import os
 
+import pytest
 import torch
 
 import tasks as task_registry
 from harness import general
+from harness.cli import main
+from harness.errors import UsageError
 from harness.evaluation import CausalLMScorer, accuracy
 from harness.models import tiny_model
 from harness.prompting import PromptEncoder
@@ -33,7 +36,7 @@ def test_lm_eval_multiple_choice_agrees_with_the_rank_evaluator(tokenizer, capfd
     assert datasets.is_progress_bar_enabled()
 
 
-def test_general_measures_a_finished_run_before_and_after(tmp_path, tokenizer):
+def test_general_measures_a_finished_run_before_and_after(tmp_path, tokenizer, capsys):
     out = run_bench(BenchConfig(method="seq_lora", order="bbc+trec", seed=2, train_per_task=8, test_per_task=4,
                                 out=str(tmp_path / "r"), model="tiny-llama", max_input_tokens=16, progress=False,
                                 method_args={"lr": "0.05"}), model_and_tokenizer=(tiny_model(tokenizer, seed=0), tokenizer))
@@ -50,3 +53,10 @@ def test_general_measures_a_finished_run_before_and_after(tmp_path, tokenizer):
     assert result["tasks"]["sms_spam"]["after"] == harness_accuracy(method.scorer("sms_spam"), tokenizer, "sms_spam", 10)
     assert result["change"] == round(result["after"] - result["before"], 2)
     assert general.held_out(("sms_spam", "bbc"), ["bbc", "trec"]) == ["sms_spam"]
+    # A committed record carries no weights: `general` says so and the CLI skips it instead of failing the batch
+    os.unlink(os.path.join(out, status["checkpoint"]))
+    os.unlink(os.path.join(out, "general.json"))
+    with pytest.raises(UsageError, match="has no checkpoint"):
+        general.run_general(out, ("sms_spam",), per_task=10)
+    assert main(["general", "--tasks", "sms_spam", "--per-task", "10", out]) == 0
+    assert "have no checkpoint" in capsys.readouterr().err and not os.path.exists(os.path.join(out, "general.json"))

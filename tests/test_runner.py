@@ -26,6 +26,22 @@ def run(tmp_path, name, tokenizer, **kw):
     return out, model
 
 
+def kill_during_second_task(tmp_path, name, tokenizer, monkeypatch):
+    """Run seq_lora until a simulated kill inside its second task, leaving an unfinished run directory."""
+    cls = discover()["seq_lora"]
+    original = cls.after_task
+
+    def crash_on_second(self, task, examples):
+        if task.index == 1:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, task, examples)
+
+    with monkeypatch.context() as m:
+        m.setattr(cls, "after_task", crash_on_second)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path, name, tokenizer)
+
+
 def test_two_task_stream_writes_a_complete_run_directory(tmp_path, tokenizer):
     out, _ = run(tmp_path, "r", tokenizer)
     for name in ("config.json", "matrix.csv", "metrics.json", "method.json", "log.jsonl", "status.json"):
@@ -64,25 +80,27 @@ def test_seq_lora_changes_the_adapter_not_the_backbone(tmp_path, tokenizer):
 
 def test_interrupted_run_resumes_to_the_same_matrix(tmp_path, tokenizer, monkeypatch):
     full, _ = run(tmp_path, "full", tokenizer)
-    cls = discover()["seq_lora"]
-    original = cls.after_task
-
-    def crash_on_second(self, task, examples):
-        if task.index == 1:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, task, examples)
-
-    monkeypatch.setattr(cls, "after_task", crash_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, "resumed", tokenizer)
+    kill_during_second_task(tmp_path, "resumed", tokenizer, monkeypatch)
     status = json.load(open(tmp_path / "resumed" / "status.json"))
     assert status["state"] == "running" and set(status["rows"]) == {"base", "bbc"}
     assert not (tmp_path / "resumed" / "matrix.csv").exists()   # never looks finished when it is not
-    monkeypatch.setattr(cls, "after_task", original)
     resumed, _ = run(tmp_path, "resumed", tokenizer)
     assert open(os.path.join(resumed, "matrix.csv")).read() == open(os.path.join(full, "matrix.csv")).read()
     events = [json.loads(ln) for ln in open(os.path.join(resumed, "log.jsonl"))]
     assert sum(e["event"] == "task_start" and e["task"] == "bbc" for e in events) == 1  # bbc not retrained
+
+
+def test_a_record_without_its_checkpoint_retrains_to_the_same_matrix(tmp_path, tokenizer, monkeypatch):
+    # results/runs is committed without weights: an unfinished record must still resume, by training again.
+    full, _ = run(tmp_path, "full", tokenizer)
+    kill_during_second_task(tmp_path, "record", tokenizer, monkeypatch)
+    status = json.load(open(tmp_path / "record" / "status.json"))
+    os.unlink(tmp_path / "record" / status["checkpoint"])
+    resumed, _ = run(tmp_path, "record", tokenizer)
+    assert open(os.path.join(resumed, "matrix.csv")).read() == open(os.path.join(full, "matrix.csv")).read()
+    events = [json.loads(ln) for ln in open(os.path.join(resumed, "log.jsonl"))]
+    assert [e["retrained"] for e in events if e["event"] == "checkpoint_missing"] == [["bbc"]]
+    assert sum(e["event"] == "task_start" and e["task"] == "bbc" for e in events) == 2
 
 
 def test_replay_memory_is_bounded_and_mixed_in(tmp_path, tokenizer):

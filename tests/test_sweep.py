@@ -139,3 +139,24 @@ def test_a_run_made_with_other_settings_is_neither_skipped_nor_resumed(tmp_path,
     assert cell_state(cell) == "stale"
     code = main(["sweep", "--methods", "seq_lora", "--orders", ORDER, "--runs", runs, "--quiet", *TINY])
     assert code == 2 and "made with other settings" in capsys.readouterr().err
+
+
+def test_the_default_runs_folder_keeps_records_in_git_and_weights_out():
+    # A machine's disk does not outlive its session here; the sweep's records must, or a sweep too big for
+    # one sitting can never finish and the committed tables cannot be remade without rerunning everything.
+    from harness.cli import RUNS_DEFAULT
+    from tests.conftest import ROOT
+    if subprocess.run(["git", "-C", ROOT, "rev-parse"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    run = os.path.join(RUNS_DEFAULT, "seq_lora", "1", "seed1")
+
+    def ignored(path):
+        return subprocess.run(["git", "-C", ROOT, "check-ignore", "--no-index", "-q", path]).returncode == 0
+
+    for kept in ("config.json", "status.json", "matrix.csv", "metrics.json", "method.json", "general.json",
+                 "log.jsonl"):
+        assert not ignored(os.path.join(run, kept)), kept
+    assert not ignored(os.path.join(RUNS_DEFAULT, "base-cache.json"))
+    assert ignored(os.path.join(run, "checkpoint-3.pt"))
+    assert ignored(os.path.join(RUNS_DEFAULT, "logs", "seq_lora-1-seed1.log"))
+    assert ignored(os.path.join("runs", "sweep", "seq_lora", "1", "seed1", "matrix.csv"))   # scratch runs stay out
