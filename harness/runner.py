@@ -134,7 +134,7 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
         config.pop(volatile)
     status = run.prepare(config, cfg.overwrite) or run.status()
     rows: dict = status["rows"]
-    if status.get("checkpoint") and not os.path.exists(run.file(status["checkpoint"])):
+    if status.get("checkpoint") and not run.has_checkpoint():
         # A record kept without its weights (results/runs is committed, checkpoints are not): the trained
         # stages cannot be continued, so they are trained again; the per-stage seeds make them the same.
         dropped = [r for r in rows if r != "base"]
