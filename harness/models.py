@@ -7,6 +7,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 
 from harness.errors import UsageError
 
@@ -91,7 +92,10 @@ def embedded_cache(name: str) -> str:
 
 
 def _quiet():
-    """transformers prints a tqdm bar per GGUF tensor; the harness shows its own progress."""
+    """transformers prints a tqdm bar per GGUF tensor; the harness shows its own progress. peft 0.21 asks every
+    model for `is_gradient_checkpointing`, which transformers deprecates with a FutureWarning per adapter built:
+    noise about a library pair, not about the run, so that one message (only) is silenced."""
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()

@@ -22,3 +22,17 @@ def test_cached_copy_equals_the_gguf_load(smollm):
     assert tok(text).input_ids == gguf_tok(text).input_ids and tok.eos_token_id == gguf_tok.eos_token_id
     path = embedded_cache("smollm2-135m")
     assert os.path.isfile(os.path.join(path, ".complete")) and embedded_cache("smollm2-135m") == path
+
+
+def test_building_an_adapter_prints_no_library_deprecation_noise():
+    # peft asks the model for `is_gradient_checkpointing`, which transformers deprecates with a FutureWarning
+    # on every adapter built: between the progress bars of a sweep it reads like a problem with the run.
+    import warnings
+
+    from harness.models import load_model
+    from methods import get_method
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, tok = load_model("tiny-llama")
+        get_method("seq_lora")(model, tok, {}, seed=0).setup()
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
