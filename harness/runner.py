@@ -66,6 +66,19 @@ def package_versions() -> dict:
     return out
 
 
+def machine_info() -> dict:
+    """The CPU a run's numbers came from. torch picks its kernels by instruction set, so sums (and with them a
+    near-tie prediction) can differ between machines; this says which runs may be compared bit for bit."""
+    name = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return {"cpu": name, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads()}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -128,7 +141,7 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
     config = {**dataclasses.asdict(cfg), "out": out, "tasks": names,
               "data": {d.name: {"train": len(d.train), "test": len(d.test), "full": d.sizes_full,
                                 "dropped": d.dropped, "labels": list(d.labels)} for d in data},
-              "settings": settings, "packages": package_versions(),
+              "settings": settings, "packages": package_versions(), "machine": machine_info(),
               "command": " ".join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     for volatile in ("overwrite", "progress", "stop_after_task", "base_cache"):
         config.pop(volatile)

@@ -506,6 +506,16 @@ def regenerate_commands(runs: list[Run], root: str, sweeps: list[dict]) -> list[
             for (orders, seeds), labels in sorted(grids.items(), key=lambda g: (g[0][1], -len(g[1]), g[0][0]))]
 
 
+def machines_line(runs) -> str:
+    """Which CPUs made the runs (numbers are bit-for-bit comparable only between runs of one kernel set)."""
+    seen: dict[str, int] = {}
+    for r in runs:
+        m = r.config.get("machine")
+        key = f"{m['cpu']} ({m['torch_cpu_capability']}, {m['threads']} threads)" if m else "not recorded"
+        seen[key] = seen.get(key, 0) + 1
+    return "; ".join(f"{k}: {n} run{'s' * (n != 1)}" for k, n in sorted(seen.items()))
+
+
 def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md) -> str:
     s = dict(zip(SETUP_KEYS, setup))
     created = sorted(r.config.get("created", "") for r in runs)
@@ -530,6 +540,7 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md) -> str
              f"- Cost: {sum(r.card['timing']['wall_seconds'] for r in runs) / 3600:.2f} hours of run wall time in all "
              f"(training {sum(r.card['timing']['train_seconds'] for r in runs) / 3600:.2f} h, evaluation "
              f"{sum(r.card['timing']['eval_seconds'] for r in runs) / 3600:.2f} h).",
+             "- CPUs: " + machines_line(runs) + ".",
              "- Every run is listed, with its metrics, in `runs.csv`."]
     if unfinished:
         lines.append(f"- Unfinished runs, not in any table ({len(unfinished)}): " +

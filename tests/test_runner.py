@@ -52,6 +52,7 @@ def test_two_task_stream_writes_a_complete_run_directory(tmp_path, tokenizer):
     assert all(len(cell.split(".")[1]) == 2 for ln in lines[1:] for cell in ln.split(",")[1:])
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert cfg["seed"] == 3 and cfg["packages"]["torch"] and cfg["tasks"] == ["bbc", "hutto_amazon"]
+    assert cfg["machine"]["threads"] == torch.get_num_threads() and cfg["machine"]["torch_cpu_capability"]
     card = json.load(open(os.path.join(out, "method.json")))
     assert card["name"] == "seq_lora" and card["trainable_parameters"] > 0
     assert card["uses_task_id_at_test"] is False and "keeps_from_past_tasks" in card

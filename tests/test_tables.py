@@ -12,7 +12,7 @@ TASKS = ["a", "b"]
 
 
 def make_run(root, label, method, order, seed, rows, args=None, params=100, bound=False, finished=True,
-             general=None, model="tiny-llama", settings=None):
+             general=None, model="tiny-llama", settings=None, machine=None):
     """rows: {"base": [..], "a": [..], "b": [..]} accuracies over TASKS."""
     path = os.path.join(root, label, order, f"seed{seed}")
     os.makedirs(path)
@@ -24,7 +24,7 @@ def make_run(root, label, method, order, seed, rows, args=None, params=100, boun
         "model": model, "train_per_task": 8, "test_per_task": 4, "eval": "rank", "dtype": "fp32",
         "max_input_tokens": 16, "created": f"2026-11-2{seed}T10:00:00",
         "data": {t: {"train": 8, "test": 4} for t in TASKS}, "packages": {"torch": "2.13.0"},
-        "settings": settings or {"lr": 0.001}})
+        "settings": settings or {"lr": 0.001}, **({"machine": machine} if machine else {})})
     write_json(os.path.join(path, "method.json"), {
         "name": method, "trainable_parameters": params, "parameters_kept": params * 2, "bound": bound,
         "uses_task_id_at_test": bound, "keeps_from_past_tasks": "nothing",
@@ -46,7 +46,8 @@ def runs(tmp_path):
     root = str(tmp_path / "runs")
     # seq_lora: orders 1 and 2 (two seeds on order 1), orders 1-3 block incomplete (no order 3)
     make_run(root, "seq_lora", "seq_lora", "1", 1, seq(60.0, 90.0), general=-2.0)
-    make_run(root, "seq_lora", "seq_lora", "1", 2, seq(70.0, 80.0), general=-4.0)
+    make_run(root, "seq_lora", "seq_lora", "1", 2, seq(70.0, 80.0), general=-4.0,
+             machine={"cpu": "Xeon", "torch_cpu_capability": "AVX512", "threads": 2})
     make_run(root, "seq_lora", "seq_lora", "2", 1, seq(50.0, 70.0))
     # craft on all of orders 1-3, one seed; plus an ablation
     make_run(root, "craft", "craft", "1", 1, seq(80.0, 80.0), params=10)
@@ -109,6 +110,7 @@ def test_forgetting_robustness_and_ablation_tables(runs, tmp_path):
     assert row[1:4] == ["100", "200", "100"] and row[4] == "2.0 [2.0–2.0]" and row[6] == "10.0 [10.0–20.0]"
     readme = open(os.path.join(out, "README.md")).read()
     assert "8 finished runs" in readme and "o_lora/1/seed1" in readme and "tiny-llama" in readme
+    assert "- CPUs: Xeon (AVX512, 2 threads): 1 run; not recorded: 7 runs." in readme
     assert len(open(os.path.join(out, "runs.csv")).read().splitlines()) == 9
 
 
