@@ -9,6 +9,7 @@ import math
 import os
 import shlex
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -508,11 +509,8 @@ def regenerate_commands(runs: list[Run], root: str, sweeps: list[dict]) -> list[
 
 def machines_line(runs) -> str:
     """Which CPUs made the runs (numbers are bit-for-bit comparable only between runs of one kernel set)."""
-    seen: dict[str, int] = {}
-    for r in runs:
-        m = r.config.get("machine")
-        key = f"{m['cpu']} ({m['torch_cpu_capability']}, {m['threads']} threads)" if m else "not recorded"
-        seen[key] = seen.get(key, 0) + 1
+    seen = Counter(f"{m['cpu']} ({m['torch_cpu_capability']}, {m['threads']} threads)" if m else "not recorded"
+                   for m in (r.config.get("machine") for r in runs))
     return "; ".join(f"{k}: {n} run{'s' * (n != 1)}" for k, n in sorted(seen.items()))
 
 
