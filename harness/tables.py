@@ -354,8 +354,9 @@ def cost_table(runs: list[Run]) -> Table:
     keeps = {}
     for r in runs:
         keeps.setdefault(r.label, r.card.get("keeps_from_past_tasks", ""))
-    notes = ["params kept = parameters stored beside the frozen backbone at the end of the stream; kept per task "
-             "= that over the number of tasks. Seconds are median [min–max] over runs (wall includes model loading); "
+    notes = ["params kept = parameters stored beside the frozen backbone at the end of the stream, the most over "
+             "the row's runs (it can vary: CRAFT keeps one intervention per group); kept per task = that over the "
+             "number of tasks, mean over runs. Seconds are median [min–max] over runs (wall includes model loading); "
              "the range spans the orders' different tasks and any run slowed by a busy machine.",
              "What each method keeps from past tasks: " + "; ".join(f"{k}: {v}" for k, v in keeps.items()) + "."]
     return Table("cost", "Cost: parameters and time", [], columns,
@@ -366,7 +367,12 @@ def ablation_table(runs: list[Run], method: str = "craft", references=("seq_lora
     variants = sort_labels({r.label for r in runs if r.method == method})
     if len(variants) < 2:
         return None
-    orders = sorted({r.order for r in runs if r.method == method}, key=order_rank)
+    # Like for like: every row only on the (order, seed) cells where some variant ran, so a variant run on
+    # one seed is never set against the full method's mean over more seeds or orders.
+    cells_run = {(r.order, r.seed) for r in runs if r.method == method and r.label != method}
+    scoped = [r for r in runs if (r.order, r.seed) in cells_run]
+    orders = sorted({o for o, _ in cells_run}, key=order_rank)
+    seeds = sorted({s for _, s in cells_run})
     columns, groups = [], []
     for o in orders:
         columns += ["AA ↑", "BWT ↑", "FM ↓"]
@@ -377,19 +383,20 @@ def ablation_table(runs: list[Run], method: str = "craft", references=("seq_lora
     def row(label):
         cells = [label]
         for o in orders:
-            rs = by(runs, label=label, order=o)
+            rs = by(scoped, label=label, order=o)
             cells += [fmt([r.metrics[m] for r in rs]) for m in ("AA", "BWT", "FM")]
-        rs = by(runs, label=label)
+        rs = by(scoped, label=label)
         cells.append(f"{rs[0].card['trainable_parameters']:,}" if rs else MISSING)
         cells.append(fmt_spread([r.card["timing"]["wall_seconds"] for r in rs], 0))
         return cells
     sections = [(None, [row(v) for v in variants])]
-    refs = [r for r in references if by(runs, label=r)]
+    refs = [r for r in references if by(scoped, label=r)]
     if refs:
         sections.append(("References", [row(r) for r in refs]))
     return Table("ablations", f"{method} and its ablations (settings in brackets)", groups, columns, sections,
-                 ["AA, BWT, FM: mean ± std over seeds. Trainable params: per run. Wall s/run: median [min–max] "
-                  "over all of the row's runs (every order and seed)."])
+                 [f"Every row is restricted to the orders and seeds where an ablation ran (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}), so the "
+                  "rows compare the same streams. AA, BWT, FM: mean ± std over those seeds. Trainable params: "
+                  "per run. Wall s/run: median [min–max] over the row's runs in the table."])
 
 
 def all_tables(runs: list[Run]) -> list[Table]:

@@ -103,7 +103,11 @@ def test_forgetting_robustness_and_ablation_tables(runs, tmp_path):
     assert "| craft [merge=false] |" in abl and "References" in abl
     row = [c.strip() for c in next(ln for ln in abl.splitlines() if ln.startswith("| craft [merge=false] |"))
            .strip("|").split("|")]
-    assert row[1:4] == ["65.00", "-40.00", "40.00"] and row[4] == "–"   # order 2: not run
+    assert row[1:4] == ["65.00", "-40.00", "40.00"] and row[4] == "10"
+    # only order 1 seed 1, where the ablation ran: seq_lora's seed-2 run (AA 75, BWT -10) is left out
+    assert "Order 2" not in abl
+    row = [c.strip() for c in next(ln for ln in abl.splitlines() if ln.startswith("| seq_lora |")).strip("|").split("|")]
+    assert row[1:4] == ["75.00", "-20.00", "20.00"]
     cost = open(os.path.join(out, "cost.md")).read()
     assert cost.splitlines()[2].startswith("| Method | trainable params | params kept |")
     row = [c.strip() for c in next(ln for ln in cost.splitlines() if ln.startswith("| seq_lora |")).strip("|").split("|")]
@@ -185,3 +189,4 @@ def test_no_finished_run_is_a_clear_error(tmp_path):
     with pytest.raises(UsageError, match="no finished run"):
         write_tables(str(tmp_path / "r"), str(tmp_path / "out"))
     assert json.load(open(tmp_path / "r" / "seq_lora" / "1" / "seed1" / "status.json"))["state"] == "running"
+
