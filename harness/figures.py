@@ -52,12 +52,13 @@ def stream_curves(runs, order: str, folder: str) -> list[str]:
     tasks = rs[0].tasks
     labels = sorted({r.label for r in rs})
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.0), sharey=True, squeeze=False)
+    colours = _colours(labels)
     for i, task in enumerate(tasks):
         ax = axes[0][i]
         for label in labels:
             mine = [r for r in rs if r.label == label]
             curve = [statistics.fmean(trained_rows(r.matrix)[task].iloc[k] for r in mine) for k in range(len(tasks))]
-            ax.plot(range(1, len(tasks) + 1), curve, marker="o", ms=3, label=label,
+            ax.plot(range(1, len(tasks) + 1), curve, marker="o", ms=3, label=label, color=colours[label],
                     linestyle="--" if mine[0].bound else "-")
         ax.axvline(i + 1, color="grey", lw=0.5)
         ax.set_title(task, fontsize=9)
@@ -70,19 +71,49 @@ def stream_curves(runs, order: str, folder: str) -> list[str]:
     return _save(fig, folder, f"stream-{order}")
 
 
+def _colours(labels) -> dict:
+    # tab20 rather than the 10-colour default: a full grid has more than 10 methods and variants. Its dark
+    # shades first, then the light ones, so that neighbours in the legend are not a pale pair.
+    cmap = plt.get_cmap("tab20")
+    shades = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    return {label: cmap(shades[k % 20]) for k, label in enumerate(sorted(labels))}
+
+
+def _label_heights(points: list[tuple[str, float, float]], gap: float) -> dict:
+    """Where to write each point's label: at its own height, pushed up just enough that labels of points with
+    the same parameter count (one column on the plot) stay at least `gap` apart."""
+    heights = {}
+    for params in {p for _, p, _ in points}:
+        floor = float("-inf")
+        for label, _, aa in sorted((pt for pt in points if pt[1] == params), key=lambda pt: pt[2]):
+            heights[label] = max(aa, floor + gap)
+            floor = heights[label]
+    return heights
+
+
 def aa_vs_params(runs, folder: str) -> list[str]:
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for label in sorted({r.label for r in runs}):
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    labels = sorted({r.label for r in runs})
+    colours = _colours(labels)
+    points = []
+    for label in labels:
         mine = [r for r in runs if r.label == label]
         params = max(mine[0].card["trainable_parameters"], 1)
         aa = statistics.fmean(r.metrics["AA"] for r in mine)
         bound = mine[0].bound
-        ax.scatter([params], [aa], marker="s" if bound else "o", facecolors="none" if bound else None,
-                   edgecolors="C0" if bound else None)
-        ax.annotate(label, (params, aa), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        ax.scatter([params], [aa], marker="s" if bound else "o", color=colours[label],
+                   facecolors="none" if bound else colours[label])
+        points.append((label, params, aa))
+    lo, hi = min(p[2] for p in points), max(p[2] for p in points)
+    heights = _label_heights(points, gap=max(hi - lo, 1.0) * 0.045)
+    for label, params, aa in points:
+        ax.annotate(label, (params, aa), xytext=(params * 1.25, heights[label]), textcoords="data", fontsize=7,
+                    va="center", arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"}
+                    if abs(heights[label] - aa) > 1e-9 else None)
     ax.set_xscale("log")
+    ax.set_xlim(right=max(p[1] for p in points) * 12)     # room for the labels right of the last column
     ax.set_xlabel("trainable parameters (log; zero shown at 1)")
-    ax.set_ylabel("AA (%), mean over orders and seeds")
+    ax.set_ylabel("AA (%), mean over the runs of each row")
     ax.set_title("Average accuracy against trainable parameters (hollow squares: bounds)", fontsize=9)
     return _save(fig, folder, "aa_vs_params")
 

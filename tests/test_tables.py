@@ -190,3 +190,12 @@ def test_no_finished_run_is_a_clear_error(tmp_path):
         write_tables(str(tmp_path / "r"), str(tmp_path / "out"))
     assert json.load(open(tmp_path / "r" / "seq_lora" / "1" / "seed1" / "status.json"))["state"] == "running"
 
+
+
+def test_labels_of_points_in_one_column_of_the_aa_plot_do_not_overlap():
+    from harness.figures import _label_heights
+    points = [("o_lora", 100, 45.0), ("per_task", 100, 45.4), ("inc_lora", 100, 44.8), ("replay", 100, 60.0),
+              ("craft", 10, 45.0)]
+    h = _label_heights(points, gap=1.0)
+    assert h["craft"] == 45.0 and h["replay"] == 60.0 and h["inc_lora"] == 44.8   # nothing to avoid
+    assert h["o_lora"] == 45.8 and h["per_task"] == 46.8                          # pushed up, in AA order
