@@ -273,7 +273,7 @@ def main_table(runs: list[Run]) -> Table:
             if len(members) > 1:
                 cells.append(fmt(block_average(runs, label, members)))
         return cells
-    seeds = sorted({r.seed for r in runs})
+    seeds = ", ".join(map(str, sorted({r.seed for r in runs})))
     return Table("main", "Average accuracy AA (%) after the last task, per order", groups, columns,
                  split_sections(runs, sort_labels({r.label for r in runs}), row),
                  [f"AA = {metrics_mod.METRICS['AA'].description}. Mean ± std over seeds {seeds} where several ran; "
