@@ -373,6 +373,7 @@ def ablation_table(runs: list[Run], method: str = "craft", references=("seq_lora
     scoped = [r for r in runs if (r.order, r.seed) in cells_run]
     orders = sorted({o for o, _ in cells_run}, key=order_rank)
     seeds = sorted({s for _, s in cells_run})
+    seeds_text = ("seeds " if len(seeds) > 1 else "seed ") + ", ".join(map(str, seeds))
     columns, groups = [], []
     for o in orders:
         columns += ["AA ↑", "BWT ↑", "FM ↓"]
@@ -394,7 +395,7 @@ def ablation_table(runs: list[Run], method: str = "craft", references=("seq_lora
     if refs:
         sections.append(("References", [row(r) for r in refs]))
     return Table("ablations", f"{method} and its ablations (settings in brackets)", groups, columns, sections,
-                 [f"Every row is restricted to the orders and seeds where an ablation ran (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}), so the "
+                 [f"Every row is restricted to the orders and seeds where an ablation ran ({seeds_text}), so the "
                   "rows compare the same streams. AA, BWT, FM: mean ± std over those seeds. Trainable params: "
                   "per run. Wall s/run: median [min–max] over the row's runs in the table."])
 
