@@ -191,7 +191,6 @@ def test_no_finished_run_is_a_clear_error(tmp_path):
     assert json.load(open(tmp_path / "r" / "seq_lora" / "1" / "seed1" / "status.json"))["state"] == "running"
 
 
-
 def test_labels_of_points_in_one_column_of_the_aa_plot_do_not_overlap():
     from harness.figures import _label_heights
     points = [("o_lora", 100, 45.0), ("per_task", 100, 45.4), ("inc_lora", 100, 44.8), ("replay", 100, 60.0),
