@@ -15,7 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import tasks  # noqa: E402
-from harness.evaluation import CausalLMScorer, accuracy  # noqa: E402
+from core.scoring import CausalLMScorer  # noqa: E402
+from harness.evaluation import accuracy  # noqa: E402
 from harness.models import autocast, configure_offline, load_model, set_threads  # noqa: E402
 from harness.prompting import PromptEncoder  # noqa: E402
 

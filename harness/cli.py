@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from harness.errors import UsageError
+from core.errors import UsageError
 
 # The committed sweep lives here: its run records are in git (weights and console logs are not, see
 # .gitignore), so a sweep spread over several machines resumes where the last one stopped.

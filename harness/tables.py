@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from core.errors import UsageError
 from harness import metrics as metrics_mod
-from harness.errors import UsageError
 from harness.rundir import atomic_write
 
 MISSING = "–"

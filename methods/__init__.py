@@ -7,8 +7,8 @@ import importlib
 import inspect
 import pkgutil
 
-from harness.errors import UsageError
-from methods.base import Method, TaskContext
+from core.errors import UsageError
+from methods.base import Method
 
 
 def discover() -> dict[str, type[Method]]:
@@ -32,4 +32,4 @@ def get_method(name: str) -> type[Method]:
     return known[name]
 
 
-__all__ = ["Method", "TaskContext", "discover", "get_method"]
+__all__ = ["Method", "discover", "get_method"]

@@ -6,23 +6,13 @@ scorer(task) for every task it evaluates. Override only the hooks you need (see 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 import torch
 
-from harness.errors import UsageError
-from harness.evaluation import CausalLMScorer
-from harness.prompting import Encoded
-from harness.training import answer_loss
-
-
-@dataclass
-class TaskContext:
-    """What a method is told about the stage it is trained on (never file paths)."""
-    index: int                    # 0-based position in the stream
-    name: str                     # task name ("all" for a joint stage)
-    tasks: list[str]              # the task(s) of this stage
-    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+from core.data import Encoded, TaskContext
+from core.errors import UsageError
+from core.loss import answer_loss
+from core.scoring import CausalLMScorer
 
 
 def parse_value(raw: str, default):

@@ -32,9 +32,9 @@ import random
 
 import torch
 
-from harness.errors import UsageError
-from harness.evaluation import CausalLMScorer, left_pad
-from harness.training import answer_loss
+from core.errors import UsageError
+from core.loss import answer_loss
+from core.scoring import CausalLMScorer, left_pad
 from methods._lora import LoRAMethod
 from methods._reft import HookedModel, InterventionSet, interpolate, position_mask
 from methods.base import Method

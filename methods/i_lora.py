@@ -4,9 +4,9 @@ import random
 
 import torch
 
-from harness.errors import UsageError
-from harness.evaluation import CausalLMScorer
-from harness.training import answer_loss, collate
+from core.errors import UsageError
+from core.loss import answer_loss, collate
+from core.scoring import CausalLMScorer
 from methods._adapters import MultiLoRAMethod
 
 

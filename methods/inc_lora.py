@@ -1,4 +1,4 @@
-from harness.errors import UsageError
+from core.errors import UsageError
 from methods.o_lora import OLoRA
 
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.errors import UsageError
-from harness.training import answer_loss
+from core.errors import UsageError
+from core.loss import answer_loss
 from methods._adapters import MultiLoRAMethod
 
 # schedule=long, from the reference repository's logs_and_outputs/long_olora/hyparam.sh (cmnfriend/O-LoRA,

@@ -1,4 +1,4 @@
-from harness.evaluation import CausalLMScorer
+from core.scoring import CausalLMScorer
 from methods._adapters import MultiLoRAMethod
 
 

@@ -1,7 +1,7 @@
 """Task registry and orders: tasks -> stream."""
 from __future__ import annotations
 
-from harness.errors import UsageError
+from core.errors import UsageError
 from tasks.base import Example, LoadContext, Split, Task, TaskData, stratified_sample
 from tasks.literature import DATA_ENV, literature_tasks
 from tasks.offline import offline_tasks

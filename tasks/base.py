@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from harness.errors import UsageError
+from core.errors import UsageError
 
 
 @dataclass(frozen=True)

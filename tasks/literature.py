@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 
-from harness.errors import UsageError
+from core.errors import UsageError
 from tasks.base import Example, LoadContext, Split, Task
 
 DATA_ENV = "CL_DATA_DIR"

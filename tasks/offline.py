@@ -10,7 +10,7 @@ import glob
 import importlib.util
 import os
 
-from harness.errors import UsageError
+from core.errors import UsageError
 from tasks.base import Example, LoadContext, Split, Task, hash_split
 
 TEST_FRACTION = 0.2

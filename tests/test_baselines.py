@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.errors import UsageError
-from harness.evaluation import CausalLMScorer
+from core.data import Encoded, TaskContext
+from core.errors import UsageError
+from core.loss import collate
+from core.scoring import CausalLMScorer
 from harness.models import tiny_model
-from harness.prompting import Encoded
 from harness.runner import BenchConfig, run_bench
-from harness.training import collate
-from methods import TaskContext, get_method
+from methods import get_method
 from methods.i_lora import Reservoir
 
 ORDER = "bbc,hutto_amazon"

@@ -5,8 +5,8 @@ import os
 import pytest
 
 from harness.cli import main
-from harness.runner import BenchConfig, run_bench
 from harness.models import tiny_model
+from harness.runner import BenchConfig, run_bench
 
 TINY = ["--model", "tiny-llama", "--quiet", "--train-per-task", "4", "--test-per-task", "4",
         "--max-input-tokens", "8"]

@@ -1,6 +1,7 @@
 import torch
 
-from harness.evaluation import CausalLMScorer, accuracy, generate_predictions, rank_predictions
+from core.scoring import CausalLMScorer
+from harness.evaluation import accuracy, generate_predictions, rank_predictions
 from harness.prompting import PromptEncoder
 from tasks.base import Example, TaskData
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import tasks as task_registry
+from core.errors import UsageError
+from core.scoring import CausalLMScorer
 from harness import general
 from harness.cli import main
-from harness.errors import UsageError
-from harness.evaluation import CausalLMScorer, accuracy
+from harness.evaluation import accuracy
 from harness.models import tiny_model
 from harness.prompting import PromptEncoder
 from harness.runner import BenchConfig, run_bench

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.runner import BenchConfig, run_bench
 from harness.models import tiny_model
+from harness.runner import BenchConfig, run_bench
 from methods import discover
 from tests.conftest import ROOT
 

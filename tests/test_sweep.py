@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from core.errors import UsageError
 from harness.cli import main
-from harness.errors import UsageError
 from harness.sweep import MethodSpec, cell_state, plan
 
 TINY = ["--model", "tiny-llama", "--train-per-task", "4", "--test-per-task", "3", "--max-input-tokens", "8"]

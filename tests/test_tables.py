@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from harness.errors import UsageError
+from core.errors import UsageError
 from harness.rundir import write_json
 from harness.tables import load_runs, order_dispersion, write_tables
 

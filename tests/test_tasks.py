@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 import tasks
-from harness.errors import UsageError
+from core.errors import UsageError
 from tasks.base import Example, stratified_sample
 from tests.conftest import HAVE_REAL_DATA, REAL_DATA, write_task
 

@@ -1,7 +1,7 @@
 import torch
 
-from harness.prompting import Encoded
-from harness.training import answer_loss, collate
+from core.data import Encoded
+from core.loss import answer_loss, collate
 
 
 def test_answer_loss_equals_the_unpadded_per_example_loss(tiny):

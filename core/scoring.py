@@ -1,0 +1,41 @@
+"""The one thing a method exposes for test time: a Scorer, a forward over the prompt (returning its last
+logits and KV cache) and a forward over continuation tokens; and the left-padded batches both take."""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class Scorer(Protocol):
+    def prompt_forward(self, input_ids, attention_mask, position_ids) -> tuple[torch.Tensor, object]: ...
+    def continue_forward(self, input_ids, attention_mask, position_ids, past) -> torch.Tensor: ...
+
+
+class CausalLMScorer:
+    """Scorer for any causal LM, peft-wrapped or not."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def prompt_forward(self, input_ids, attention_mask, position_ids):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :], out.past_key_values
+
+    def continue_forward(self, input_ids, attention_mask, position_ids, past):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=past, use_cache=True)
+        return out.logits
+
+
+def left_pad(seqs: list[tuple[int, ...]], pad_id: int):
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    # Positions count real tokens only, so a left-padded prompt is encoded as it would be alone.
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, pos
