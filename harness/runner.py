@@ -232,7 +232,7 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
         ctx = TaskContext(index=k, name=row, tasks=list(stage), labels={n: labels[n] for n in stage})
         own = [ex for n in stage for ex in train[n]]
         run.log("task_start", task=row, index=k, train_examples=len(own))
-        method.before_task(ctx)
+        method.before_task(ctx, own)
         examples = method.training_examples(ctx, own)
         fit_stats = fit(method, ctx, examples, seed=cfg.seed * 1000 + k, dtype=cfg.dtype, pad_id=tok.pad_token_id,
                         progress=cfg.progress, log=run.log)

@@ -78,8 +78,8 @@ class Method:
     def setup(self) -> None:
         """Wrap the backbone (add adapters); called once, after the base row is measured."""
 
-    def before_task(self, task: TaskContext) -> None:
-        pass
+    def before_task(self, task: TaskContext, examples: list[Encoded]) -> None:
+        """Called before a task's training, with its own training examples (not yet extended by the method)."""
 
     def training_examples(self, task: TaskContext, examples: list[Encoded]) -> list[Encoded]:
         return examples

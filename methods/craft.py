@@ -157,7 +157,7 @@ class CRAFT(Method):
         return probs.clamp_min(EPS).log()
 
     # ---- stage 1: route ----------------------------------------------------------------------------
-    def before_task(self, task):
+    def before_task(self, task, examples):
         self.diagnostics["training"][task.name] = {"kl_trace": [], "loss_trace": []}
 
     def training_examples(self, task, examples):

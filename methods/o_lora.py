@@ -48,7 +48,7 @@ class OLoRA(MultiLoRAMethod):
             return (0.0 if task.index == 0 else 0.5 if task.index < 9 else 5.0), LONG_LAMBDA2.get(task.name, 0.0)
         return float(self.settings["lambda1"]), float(self.settings["lambda2"])
 
-    def before_task(self, task):
+    def before_task(self, task, examples):
         name = f"task{task.index}"
         self.add_adapter(name)
         self.activate(self.adapters, name)

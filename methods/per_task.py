@@ -12,7 +12,7 @@ class PerTask(MultiLoRAMethod):
     BOUND = True
     KEEPS = "one frozen LoRA adapter per past task, selected by task id at test"
 
-    def before_task(self, task):
+    def before_task(self, task, examples):
         name = f"task{task.index}"
         self.add_adapter(name)
         self.activate([name], name)

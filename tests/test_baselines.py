@@ -78,9 +78,9 @@ def fill(params, gen):
 # --- O-LoRA ---------------------------------------------------------------------------------------------------
 def test_o_lora_orthogonality_term_is_zero_first_then_the_l1_of_a_products(tokenizer):
     m = make("o_lora", tokenizer)
-    m.before_task(ctx(0))
+    m.before_task(ctx(0), [])
     assert float(m.orthogonality_loss()) == 0.0                      # nothing earlier to be orthogonal to
-    m.before_task(ctx(1))
+    m.before_task(ctx(1), [])
     params = dict(m.model.named_parameters())
     by_hand = sum(torch.abs(params[n] @ params[n.replace(".task0.", ".task1.")].T).sum()
                   for n in params if ".lora_A.task0." in n)
@@ -131,7 +131,7 @@ def test_o_lora_state_round_trips_every_adapter(tokenizer):
     gen = torch.Generator().manual_seed(0)
     a = make("o_lora", tokenizer)
     for k in range(3):
-        a.before_task(ctx(k))
+        a.before_task(ctx(k), [])
         fill(a.trainable_parameters(), gen)
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
@@ -140,7 +140,7 @@ def test_o_lora_state_round_trips_every_adapter(tokenizer):
     pa, pb = dict(a.model.named_parameters()), dict(b.model.named_parameters())
     assert set(pa) == set(pb) and all(torch.equal(pa[n], pb[n]) for n in pa)
     assert torch.equal(logits(a.scorer("x")), logits(b.scorer("x")))
-    b.before_task(ctx(3))
+    b.before_task(ctx(3), [])
     assert b.adapters == ["task0", "task1", "task2", "task3"] and b.trainable == "task3"
 
 
@@ -157,8 +157,8 @@ def test_inc_lora_computes_but_does_not_weight_the_orthogonality(tokenizer):
     with pytest.raises(UsageError):
         get_method("inc_lora").resolve_settings({"lambda1": "0.5"})
     m = make("inc_lora", tokenizer)
-    m.before_task(ctx(0))
-    m.before_task(ctx(1))
+    m.before_task(ctx(0), [])
+    m.before_task(ctx(1), [])
     batch = collate([Encoded("t1", (1, 400, 401), (402, tokenizer.eos_token_id), 0)] * 2, tokenizer.pad_token_id)
     loss, parts = m.training_loss(batch, ctx(1))
     assert parts["orthogonality"] > 0 and torch.equal(loss, parts["task_loss"] + 0.0 * parts["orthogonality"])
