@@ -5,10 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# make bench options (also read from the environment)
-METHOD ?= seq_lora
-ORDER ?= offline1
-SEED ?= 1
+# make bench options (also read from the environment); unset ones take the defaults of harness/config.py
+METHOD ?=
+ORDER ?=
+SEED ?=
 TRAIN ?=
 TEST ?=
 MODEL ?=
@@ -24,7 +24,7 @@ RUNS ?= results/runs
 RESULTS ?= results
 JOBS ?= 1
 
-BENCH_ARGS = --method $(METHOD) --order $(ORDER) --seed $(SEED) \
+BENCH_ARGS = $(if $(METHOD),--method $(METHOD)) $(if $(ORDER),--order $(ORDER)) $(if $(SEED),--seed $(SEED)) \
 	$(if $(TRAIN),--train-per-task $(TRAIN)) $(if $(TEST),--test-per-task $(TEST)) \
 	$(if $(MODEL),--model $(MODEL)) $(if $(CL_DATA_DIR),--data-dir $(CL_DATA_DIR)) \
 	$(if $(OUT),--out $(OUT)) $(if $(OVERWRITE),--overwrite) $(ARGS)

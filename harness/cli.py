@@ -2,24 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 
 from core.errors import UsageError
+from harness import config
 
 # The committed sweep lives here: its run records are in git (weights and console logs are not, see
 # .gitignore), so a sweep spread over several machines resumes where the last one stopped.
 RUNS_DEFAULT = "results/runs"
-
-
-def _positive_or_all(raw: str) -> int | None:
-    if raw.lower() in ("all", "none", "full"):
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of examples or 'all', got {raw!r}") from None
 
 
 def _method_args(pairs: list[str] | None, config_file: str | None) -> dict:
@@ -41,73 +34,19 @@ def _method_args(pairs: list[str] | None, config_file: str | None) -> dict:
     return args
 
 
-def add_run_options(b) -> None:
-    """Options that fix what a run measures; `sweep` passes them on to every run."""
-    from harness.runner import BenchConfig
-    d = BenchConfig()
-    b.add_argument("--train-per-task", type=_positive_or_all, default=d.train_per_task,
-                   help=f"training examples per task, stratified by label ('all' for every row; default {d.train_per_task})")
-    b.add_argument("--test-per-task", type=_positive_or_all, default=d.test_per_task,
-                   help=f"test examples per task, stratified by label (default {d.test_per_task})")
-    b.add_argument("--model", default=d.model, help="embedded model name, hub id or local path (default smollm2-135m)")
-    b.add_argument("--data-dir", default=os.environ.get("CL_DATA_DIR"),
-                   help="O-LoRA CL_Benchmark directory for orders 1-6 (default: $CL_DATA_DIR)")
-    b.add_argument("--eval", default=d.eval, choices=["rank", "generate"],
-                   help="rank: score every label; generate: greedy decoding + exact match (default rank)")
-    b.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16"], help="bf16 = CPU autocast (default fp32)")
-    b.add_argument("--max-input-tokens", type=int, default=d.max_input_tokens,
-                   help=f"inputs are truncated to this many tokens (default {d.max_input_tokens})")
-    b.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    b.add_argument("--device", default=d.device, help="torch device (default cpu)")
-    b.add_argument("--allow-download", action="store_true", help="let transformers fetch a model from the hub")
-
-
-def check_sizes(a) -> None:
-    for n, flag in ((a.train_per_task, "--train-per-task"), (a.test_per_task, "--test-per-task")):
-        if n is not None and n <= 0:
-            raise UsageError(f"{flag} must be a positive number of examples, got {n}")
-
-
-def run_options(a) -> list[str]:
-    """The parsed run options as command-line arguments, every one spelled out (a sweep's runs are then
-    reproducible from their own config.json whatever the defaults become)."""
-    out = ["--train-per-task", "all" if a.train_per_task is None else str(a.train_per_task),
-           "--test-per-task", "all" if a.test_per_task is None else str(a.test_per_task),
-           "--model", a.model, "--eval", a.eval, "--dtype", a.dtype, "--max-input-tokens", str(a.max_input_tokens),
-           "--eval-batch-size", str(a.eval_batch_size), "--device", a.device]
-    if a.data_dir:
-        out += ["--data-dir", os.path.abspath(a.data_dir)]
-    if a.allow_download:
-        out.append("--allow-download")
-    return out
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: one line, status 2, as everything else
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness.runner import BenchConfig
-    d = BenchConfig()
     p = _Parser(prog="python -m harness", description="Continual-learning benchmark harness for LLMs.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     b = sub.add_parser("bench", help="run one method over one task order")
-    b.add_argument("--method", default=d.method, help=f"method name (default {d.method}; see `list`)")
-    b.add_argument("--order", default=d.order, help=f"task order: 1-6 (O-LoRA) or offline1..3 (default {d.order})")
-    b.add_argument("--seed", type=int, default=d.seed)
-    b.add_argument("--out", default=None, help="run directory (default runs/<method>-<order>-s<seed>)")
-    add_run_options(b)
+    config.add_options(b, config.BENCH)
     b.add_argument("--method-arg", action="append", metavar="KEY=VALUE", help="a method setting (repeatable)")
     b.add_argument("--method-config", metavar="JSON", help="a JSON file of method settings")
-    b.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    b.add_argument("--quiet", action="store_true", help="no progress bars")
-    b.add_argument("--base-cache", metavar="JSON",
-                   help="reuse the untouched backbone's scores from this file and add to it (sweeps share one)")
-    b.add_argument("--stop-after-task", type=int, metavar="K",
-                   help="train the first K tasks, then stop; the run stays unfinished and the same command "
-                        "without this flag resumes it (splits a long run over sittings)")
 
     s = sub.add_parser("sweep", help="run a grid of methods x orders x seeds, skipping finished runs")
     s.add_argument("--methods", required=True,
@@ -119,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--jobs", type=int, default=1,
                    help="runs side by side, each with cores/jobs threads (default 1: on 2 cores one 2-thread "
                         "job measured faster than two 1-thread jobs)")
-    add_run_options(s)
+    config.add_options(s, config.SWEEP)
     s.add_argument("--dry-run", action="store_true", help="print the grid and what is left, run nothing")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -146,16 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_bench(a) -> int:
     from harness import metrics
     from harness.rundir import RunDir
-    from harness.runner import BenchConfig, run_bench
-    check_sizes(a)
-    cfg = BenchConfig(method=a.method, order=a.order, seed=a.seed, train_per_task=a.train_per_task,
-                      test_per_task=a.test_per_task, out=a.out, model=a.model, data_dir=a.data_dir, eval=a.eval,
-                      dtype=a.dtype, method_args=_method_args(a.method_arg, a.method_config),
-                      max_input_tokens=a.max_input_tokens, eval_batch_size=a.eval_batch_size, overwrite=a.overwrite,
-                      allow_download=a.allow_download, device=a.device, progress=not a.quiet,
-                      stop_after_task=a.stop_after_task, base_cache=a.base_cache)
-    if a.stop_after_task is not None and a.stop_after_task < 0:
-        raise UsageError(f"--stop-after-task must be 0 or more, got {a.stop_after_task}")
+    from harness.runner import run_bench
+    cfg = config.from_args(a, method_args=_method_args(a.method_arg, a.method_config))
     out = run_bench(cfg)
     if not RunDir(out).is_finished():
         print(f"{out}: unfinished (stopped after {a.stop_after_task} task(s)); run again without "
@@ -178,18 +109,19 @@ def cmd_sweep(a) -> int:
     from harness import sweep
     if a.jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {a.jobs}")
-    check_sizes(a)
     if a.data_dir and not os.path.isdir(a.data_dir):
         raise UsageError(f"--data-dir {a.data_dir} is not a directory")
+    typed = config.from_args(a)
+    shared = dataclasses.replace(typed, data_dir=os.path.abspath(a.data_dir) if a.data_dir else None)
     cells = sweep.plan(a.runs, sweep.split_list(a.methods, "methods"), sweep.split_list(a.orders, "orders"),
-                       sweep.split_list(a.seeds, "seeds"))
-    options = run_options(a)
+                       sweep.split_list(a.seeds, "seeds"), shared)
     if a.dry_run:
         for cell in cells:
             print(f"{sweep.cell_state(cell):>8}  {cell.out}")
         return 0
     command = "python -m harness " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else " ".join(sys.argv)
-    result = sweep.run_sweep(a.runs, cells, options, a.jobs, progress=not a.quiet, command=command)
+    result = sweep.run_sweep(a.runs, cells, a.jobs, progress=not a.quiet, command=command,
+                             options=config.given_options(typed))
     print(sweep.summarize(result, len(cells)))
     return 1 if result.failed else 0
 
@@ -235,11 +167,14 @@ def cmd_general(a) -> int:
 
 def cmd_list(a) -> int:
     import tasks
-    from methods import discover
-    print("Methods:")
+    from methods import broken_modules, discover
+    print("Methods (what each keeps and whether it uses the task id, under its default settings):")
     for name, cls in discover().items():
-        tid = "uses task id at test" if cls.USES_TASK_ID_AT_TEST else "no task id at test"
-        print(f"  {name:<12} {cls.DESCRIPTION} [{tid}]")
+        defaults = cls.resolve_settings({})
+        tid = "uses task id at test" if cls.uses_task_id_at_test(defaults) else "no task id at test"
+        print(f"  {name:<12} {cls.DESCRIPTION} [{tid}]\n  {'':<12} keeps: {cls.keeps(defaults)}")
+    for where, error in broken_modules().items():
+        print(f"  {where} could not be imported: {error}")
     print("\nTasks:")
     for name, task in tasks.all_tasks(os.environ.get("CL_DATA_DIR")).items():
         labels = ", ".join(task.labels) if task.labels else "labels from labels.json"

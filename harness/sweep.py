@@ -5,6 +5,7 @@ sweep is just many resumable runs: a finished cell is skipped, an unfinished one
 finished task, and a killed sweep restarted with the same command only does what is missing."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 from core.errors import UsageError
+from harness import config
+from harness.config import BenchConfig
 from harness.rundir import RunDir
 
 
@@ -48,19 +51,15 @@ class MethodSpec:
 @dataclass
 class Cell:
     method: MethodSpec
-    order: str
-    seed: int
-    out: str
-    base_cache: str       # shared by the sweep's runs: the untouched backbone is scored once per task
+    config: BenchConfig   # the whole run, as `bench` will make it
     settings: dict = field(default_factory=dict)   # the method's resolved settings, as config.json stores them
 
-    def command(self, run_options: list[str]) -> list[str]:
-        cmd = [sys.executable, "-m", "harness", "bench", "--method", self.method.name, "--order", self.order,
-               "--seed", str(self.seed), "--out", self.out, "--quiet", *run_options,
-               "--base-cache", self.base_cache]
-        for key, value in self.method.args:
-            cmd += ["--method-arg", f"{key}={value}"]
-        return cmd
+    @property
+    def out(self) -> str:
+        return self.config.out
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "harness", "bench", *config.to_argv(self.config)]
 
 
 @dataclass
@@ -77,8 +76,10 @@ def split_list(raw: str, what: str) -> list[str]:
     return items
 
 
-def plan(runs: str, methods: list[str], orders: list[str], seeds: list[str]) -> list[Cell]:
-    """Cells in the order they run: seed-major, so a sweep cut short still covers every method and order."""
+def plan(runs: str, methods: list[str], orders: list[str], seeds: list[str],
+         shared: BenchConfig | None = None) -> list[Cell]:
+    """Cells in the order they run: seed-major, so a sweep cut short still covers every method and order.
+    `shared` holds the run options every cell takes (sizes, model, data); the cell sets the rest."""
     import tasks
     from methods import get_method
     specs = [MethodSpec.parse(m) for m in methods]
@@ -91,8 +92,13 @@ def plan(runs: str, methods: list[str], orders: list[str], seeds: list[str]) -> 
         seed_values = [int(s) for s in seeds]
     except ValueError:
         raise UsageError(f"--seeds must be integers, got {','.join(seeds)}") from None
-    return [Cell(spec, order, seed, os.path.join(runs, spec.label, order, f"seed{seed}"),
-                 os.path.join(runs, "base-cache.json"), settings[spec])
+    shared = shared or BenchConfig()
+    # The untouched backbone is scored once per task and setup, for all the sweep's runs.
+    base_cache = os.path.join(runs, "base-cache.json")
+    return [Cell(spec, dataclasses.replace(shared, method=spec.name, order=order, seed=seed,
+                                           method_args=dict(spec.args), progress=False, base_cache=base_cache,
+                                           out=os.path.join(runs, spec.label, order, f"seed{seed}")),
+                 settings[spec])
             for seed in seed_values for order in orders for spec in specs]
 
 
@@ -115,8 +121,10 @@ def cell_state(cell: Cell) -> str:
     return "finished" if status.get("state") == "finished" else "partial"
 
 
-def run_sweep(runs: str, cells: list[Cell], run_options: list[str], jobs: int = 1, progress: bool = True,
-              command: str = "") -> SweepResult:
+def run_sweep(runs: str, cells: list[Cell], jobs: int = 1, progress: bool = True, command: str = "",
+              options: dict | None = None) -> SweepResult:
+    """Run the cells not finished yet. `options`: the run options as the user gave them (only those that
+    differ from the defaults), recorded so results/README.md can print the command that remakes the runs."""
     stale = [c.out for c in cells if cell_state(c) == "stale"]
     if stale:
         raise UsageError(f"{len(stale)} run director{'y was' if len(stale) == 1 else 'ies were'} made with other "
@@ -126,7 +134,7 @@ def run_sweep(runs: str, cells: list[Cell], run_options: list[str], jobs: int = 
     # Every sweep command that touched this folder, so results/README.md can say how to regenerate it.
     with open(os.path.join(runs, "sweeps.jsonl"), "a") as f:
         f.write(json.dumps({"command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "jobs": jobs,
-                            "cells": len(cells), "run_options": run_options}) + "\n")
+                            "cells": len(cells), "options": options or {}}) + "\n")
     result = SweepResult()
     todo = []
     for cell in cells:
@@ -151,11 +159,11 @@ def run_sweep(runs: str, cells: list[Cell], run_options: list[str], jobs: int = 
         if stopping.is_set():
             return
         state = cell_state(cell)
-        log_path = os.path.join(runs, "logs", f"{cell.method.label}-{cell.order}-seed{cell.seed}.log")
+        log_path = os.path.join(runs, "logs", f"{cell.method.label}-{cell.config.order}-seed{cell.config.seed}.log")
         with open(log_path, "a") as log:
-            log.write(f"$ {shlex.join(cell.command(run_options))}\n")
+            log.write(f"$ {shlex.join(cell.command())}\n")
             log.flush()
-            proc = subprocess.Popen(cell.command(run_options), stdout=log, stderr=subprocess.STDOUT, env=env,
+            proc = subprocess.Popen(cell.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)
             with lock:
                 children.add(proc)

@@ -6,7 +6,7 @@ from tasks.base import Example, LoadContext, Split, Task, TaskData, stratified_s
 from tasks.literature import DATA_ENV, literature_tasks
 from tasks.offline import offline_tasks
 
-# O-LoRA's orders (DESIGN.md), verbatim.
+# O-LoRA's orders, verbatim (docs/design.md#orders).
 ORDERS: dict[str, list[str]] = {
     "1": ["dbpedia", "amazon", "yahoo", "agnews"],
     "2": ["dbpedia", "amazon", "agnews", "yahoo"],

@@ -11,8 +11,9 @@ from core.data import Encoded, TaskContext
 from core.errors import UsageError
 from core.loss import collate
 from core.scoring import CausalLMScorer
+from harness.config import BenchConfig
 from harness.models import tiny_model
-from harness.runner import BenchConfig, run_bench
+from harness.runner import run_bench
 from methods import get_method
 from methods.i_lora import Reservoir
 

@@ -5,8 +5,9 @@ import os
 import pytest
 
 from harness.cli import main
+from harness.config import BenchConfig
 from harness.models import tiny_model
-from harness.runner import BenchConfig, run_bench
+from harness.runner import run_bench
 
 TINY = ["--model", "tiny-llama", "--quiet", "--train-per-task", "4", "--test-per-task", "4",
         "--max-input-tokens", "8"]
@@ -29,8 +30,9 @@ def test_unknown_method_order_task(capsys, tmp_path):
 
 
 def test_bad_sizes_and_settings(capsys, tmp_path):
-    fails(capsys, ["bench", "--train-per-task", "0", "--out", str(tmp_path / "a")], "--train-per-task must be")
-    fails(capsys, ["bench", "--train-per-task", "x"], "expected a number of examples")
+    fails(capsys, ["bench", "--train-per-task", "0", "--out", str(tmp_path / "a")],
+          "--train-per-task: expected a positive number of examples or 'all', got 0")
+    fails(capsys, ["bench", "--train-per-task", "x"], "expected a number of examples or 'all'")
     fails(capsys, ["bench", "--method-arg", "nonsense=1"], "has no setting 'nonsense'")
     fails(capsys, ["bench", "--method-arg", "lr=fast"], "bad value 'fast' for setting 'lr'")
     fails(capsys, ["bench", "--method-arg", "lr"], "expects key=value")

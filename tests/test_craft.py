@@ -5,9 +5,10 @@ import pytest
 import torch
 
 import tasks
+from harness.config import BenchConfig
 from harness.models import tiny_model
 from harness.prompting import PromptEncoder
-from harness.runner import BenchConfig, run_bench
+from harness.runner import run_bench
 from methods._reft import InterventionSet, interpolate
 from methods.craft import CRAFT, kl
 

@@ -11,10 +11,11 @@ from core.errors import UsageError
 from core.scoring import CausalLMScorer
 from harness import general
 from harness.cli import main
+from harness.config import BenchConfig
 from harness.evaluation import accuracy
 from harness.models import tiny_model
 from harness.prompting import PromptEncoder
-from harness.runner import BenchConfig, run_bench
+from harness.runner import run_bench
 from methods import get_method
 
 

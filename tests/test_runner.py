@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
+from harness.config import BenchConfig
 from harness.models import tiny_model
-from harness.runner import BenchConfig, run_bench
+from harness.runner import run_bench
 from methods import discover
 from tests.conftest import ROOT
 

@@ -9,7 +9,9 @@ import time
 import pytest
 
 from core.errors import UsageError
-from harness.cli import main
+from harness import config
+from harness.cli import build_parser, main
+from harness.config import BenchConfig
 from harness.sweep import MethodSpec, cell_state, plan
 
 TINY = ["--model", "tiny-llama", "--train-per-task", "4", "--test-per-task", "3", "--max-input-tokens", "8"]
@@ -26,9 +28,15 @@ def test_method_specs_and_plan(tmp_path):
     assert spec.label == "craft+routing=single+merge=false"
     cells = plan(str(tmp_path), ["seq_lora", "zero_shot"], ["offline1", "offline2"], ["1", "2"])
     # seed-major: a sweep cut short has covered every method and order once
-    assert [(c.method.name, c.order, c.seed) for c in cells[:4]] == [
+    assert [(c.method.name, c.config.order, c.config.seed) for c in cells[:4]] == [
         ("seq_lora", "offline1", 1), ("zero_shot", "offline1", 1), ("seq_lora", "offline2", 1),
         ("zero_shot", "offline2", 1)]
+    # a cell's command line is its config spelled out: parsed back, it is the same run
+    shared = BenchConfig(train_per_task=None, test_per_task=5, data_dir="/data", eval="generate")
+    cell = plan(str(tmp_path), ["craft:routing=single"], ["offline2"], ["3"], shared)[0]
+    a = build_parser().parse_args(cell.command()[3:])
+    assert config.from_args(a, method_args=dict(p.split("=") for p in a.method_arg)) == cell.config
+    assert (cell.config.test_per_task, cell.config.seed, cell.config.progress) == (5, 3, False)
     with pytest.raises(UsageError, match="no setting 'nope'"):
         plan(str(tmp_path), ["craft:nope=1"], ["offline1"], ["1"])
     with pytest.raises(UsageError, match="unknown order"):
@@ -67,7 +75,10 @@ def test_sweep_skips_finished_resumes_unfinished_and_runs_the_rest(tmp_path, cap
     assert main(["sweep", "--methods", "seq_lora,zero_shot,replay:memory_size=2", "--orders", ORDER,
                  "--seeds", "1", "--runs", runs, "--quiet", *TINY]) == 0
     assert "0 run(s) done now, 3 skipped" in capsys.readouterr().out
-    assert len(open(os.path.join(runs, "sweeps.jsonl")).read().splitlines()) == 2
+    history = [json.loads(line) for line in open(os.path.join(runs, "sweeps.jsonl"))]
+    # the run options the user gave, structured (tables print them back as the command that remakes the runs)
+    assert len(history) == 2 and history[-1]["options"] == config.given_options(config.from_args(
+        build_parser().parse_args(["sweep", "--methods", "x", "--orders", "y", *TINY])))
 
 
 def test_sweep_reports_a_failed_run_and_goes_on(tmp_path, capsys):

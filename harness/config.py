@@ -1,0 +1,216 @@
+"""A run's setup, in one place. Every field of `BenchConfig` carries its command-line help and its role, and
+everything else is derived from them: the options of `bench` and `sweep`, the resume check, the backbone
+score cache's key, the command line a sweep gives each cell, and the setup a table's runs must share.
+Adding an option is one field here.
+
+Roles:
+- identity: which run this is (method, order, seed, method settings). A resumed run must match.
+- setup: what the numbers depend on besides the run's identity (sizes, model, evaluation). A resumed run
+  must match; every run of one table shares it; it keys the untouched backbone's cached scores.
+- environment: where and how it ran (paths, device). Recorded in config.json, compared with nothing.
+- volatile: how this one invocation behaves (progress bars, overwrite). Not recorded."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+from core.errors import UsageError
+from harness.evaluation import EVAL_MODES
+from harness.models import DEFAULT_MODEL, DTYPES
+from harness.prompting import DEFAULT_MAX_INPUT_TOKENS
+from tasks import DEFAULT_ORDER
+
+IDENTITY, SETUP, ENVIRONMENT, VOLATILE = "identity", "setup", "environment", "volatile"
+BENCH, SWEEP = "bench", "sweep"
+DERIVED_IDENTITY = ("tasks", "settings")   # written into config.json by the runner: the order's tasks, resolved settings
+
+
+def positive_or_all(raw: str) -> int | None:
+    if raw.lower() in ("all", "none", "full"):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of examples or 'all', got {raw!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of examples or 'all', got {value}")
+    return value
+
+
+def positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def non_negative_int(raw: str) -> int:
+    value = int(raw) if raw.lstrip("-").isdigit() else None
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive whole number, got {raw!r}")
+    return value
+
+
+def option(default=None, *, role: str, help: str, commands=(BENCH, SWEEP), flag: str | None = "", type=None,
+           choices=None, metavar=None, env: str | None = None, default_factory=None):
+    """A config field. flag "" = derived from the name (--train-per-task); None = not a command-line option."""
+    meta = {"role": role, "help": help, "commands": commands, "flag": flag, "type": type, "choices": choices,
+            "metavar": metavar, "env": env}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class BenchConfig:
+    method: str = option("seq_lora", role=IDENTITY, commands=(BENCH,), help="method name (see `list`)")
+    order: str = option(DEFAULT_ORDER, role=IDENTITY, commands=(BENCH,),
+                        help="task order: 1-6 (O-LoRA) or offline1..3")
+    seed: int = option(1, role=IDENTITY, commands=(BENCH,), type=int, help="training seed")
+    method_args: dict = option(role=IDENTITY, flag=None, default_factory=dict,
+                               help="method settings (--method-arg / --method-config; a sweep's name:key=value)")
+    train_per_task: int | None = option(200, role=SETUP, type=positive_or_all,
+                                        help="training examples per task, stratified by label ('all' for every row)")
+    test_per_task: int | None = option(100, role=SETUP, type=positive_or_all,
+                                       help="test examples per task, stratified by label")
+    model: str = option(DEFAULT_MODEL, role=SETUP, help="embedded model name, hub id or local path")
+    data_dir: str | None = option(None, role=ENVIRONMENT, env="CL_DATA_DIR",
+                                  help="O-LoRA CL_Benchmark directory for orders 1-6 (default: $CL_DATA_DIR)")
+    eval: str = option("rank", role=SETUP, choices=EVAL_MODES,
+                       help="rank: score every label; generate: greedy decoding + exact match")
+    dtype: str = option("fp32", role=SETUP, choices=DTYPES, help="bf16 = CPU autocast")
+    max_input_tokens: int = option(DEFAULT_MAX_INPUT_TOKENS, role=SETUP, type=positive_int,
+                                   help="inputs are truncated to this many tokens")
+    # setup, not environment: batching changes padding, and with it float sums and a near-tie prediction
+    eval_batch_size: int = option(16, role=SETUP, type=positive_int, help="test examples per forward pass")
+    device: str = option("cpu", role=ENVIRONMENT, help="torch device")
+    allow_download: bool = option(False, role=ENVIRONMENT, help="let transformers fetch a model from the hub")
+    out: str | None = option(None, role=ENVIRONMENT, commands=(BENCH,),
+                             help="run directory (default runs/<method>-<order>-s<seed>)")
+    overwrite: bool = option(False, role=VOLATILE, commands=(BENCH,), help="replace a finished run in --out")
+    progress: bool = option(True, role=VOLATILE, commands=(BENCH,), flag="--quiet", help="no progress bars")
+    stop_after_task: int | None = option(None, role=VOLATILE, commands=(BENCH,), type=non_negative_int,
+                                         metavar="K",
+                                         help="train the first K tasks, then stop; the run stays unfinished and "
+                                              "the same command without this flag resumes it")
+    base_cache: str | None = option(None, role=VOLATILE, commands=(BENCH,), metavar="JSON",
+                                    help="reuse the untouched backbone's scores from this file and add to it "
+                                         "(sweeps share one)")
+
+    def default_out(self) -> str:
+        return os.path.join("runs", f"{self.method}-{self.order}-s{self.seed}")
+
+    def recorded(self) -> dict:
+        """What config.json stores of this config (everything but the volatile fields)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["role"] != VOLATILE}
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(BenchConfig)}
+
+
+def names(*roles: str) -> tuple[str, ...]:
+    return tuple(name for name, f in FIELDS.items() if f.metadata["role"] in roles)
+
+
+def flag_of(name: str) -> str | None:
+    flag = FIELDS[name].metadata["flag"]
+    return "--" + name.replace("_", "-") if flag == "" else flag
+
+
+def cli_fields(command: str) -> list[dataclasses.Field]:
+    return [f for f in FIELDS.values() if flag_of(f.name) and command in f.metadata["commands"]]
+
+
+def add_options(parser: argparse.ArgumentParser, command: str) -> None:
+    """The config's options of `command` (bench or sweep), with their defaults in the help."""
+    for f in cli_fields(command):
+        m, flag = f.metadata, flag_of(f.name)
+        if f.type in ("bool", bool) or isinstance(f.default, bool):
+            # a switch: --allow-download sets True; --quiet sets progress to False
+            parser.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
+                                help=m["help"])
+            continue
+        default = os.environ.get(m["env"]) if m["env"] else f.default
+        shown = "all" if f.default is None and m["type"] is positive_or_all else f.default
+        help_text = m["help"] if m["env"] or f.default is None and m["type"] is not positive_or_all \
+            else f"{m['help']} (default {shown})"
+        parser.add_argument(flag, dest=f.name, default=default, type=m["type"], choices=m["choices"],
+                            metavar=m["metavar"], help=help_text)
+
+
+def from_args(args: argparse.Namespace, **fixed) -> BenchConfig:
+    """A config from parsed options; `fixed` sets the fields the command does not take as options."""
+    values = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
+    return BenchConfig(**{**values, **fixed})
+
+
+def _spell(name: str, value) -> list[str]:
+    f = FIELDS[name]
+    flag = flag_of(name)
+    if isinstance(f.default, bool):
+        return [flag] if value != f.default else []
+    if value is None:
+        return [flag, "all"] if f.metadata["type"] is positive_or_all else []
+    return [flag, str(value)]
+
+
+def to_argv(cfg: BenchConfig, command: str = BENCH) -> list[str]:
+    """The command-line arguments that make `cfg` again, every option spelled out (a sweep's runs are then
+    reproducible from their own log whatever the defaults become)."""
+    argv = []
+    for f in cli_fields(command):
+        argv += _spell(f.name, getattr(cfg, f.name))
+    for key, value in cfg.method_args.items():
+        argv += ["--method-arg", f"{key}={value}"]
+    return argv
+
+
+def given_options(cfg: BenchConfig, command: str = SWEEP) -> dict:
+    """The options of `command` whose value differs from the built-in default: what a user has to type to
+    make this setup again (a sweep records them; results/README.md prints them)."""
+    return {f.name: getattr(cfg, f.name) for f in cli_fields(command) if getattr(cfg, f.name) != f.default}
+
+
+def spell_options(options: dict) -> list[str]:
+    """given_options back into command-line words, in the config's field order."""
+    return [word for name in FIELDS if name in options for word in _spell(name, options[name])]
+
+
+def resume_keys() -> tuple[str, ...]:
+    """What must match for an unfinished run to be resumed ("settings" = the method's resolved settings: a
+    changed default must not be mixed into a half-done run)."""
+    return names(IDENTITY, SETUP) + DERIVED_IDENTITY
+
+
+def setup_of(config: dict) -> tuple:
+    """The setup a table's runs must share, from a run's config.json."""
+    return tuple(config.get(name) for name in names(SETUP))
+
+
+def backbone_cache_key(cfg: BenchConfig, task: str, test_fingerprint: str) -> str:
+    """Everything that decides an untouched backbone's score on a task: the setup, and the test examples
+    themselves (a fingerprint, so two data folders with different rows never share a score; the seed does
+    not enter, the test subsample does not depend on it)."""
+    return "|".join([task, test_fingerprint] + [str(getattr(cfg, name)) for name in names(SETUP)])
+
+
+def check(cfg: BenchConfig) -> None:
+    """The checks a config built in Python (not through the CLI's typed options) needs before a model loads."""
+    for name in ("train_per_task", "test_per_task"):
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag_of(name)} must be a positive number of examples, got {value}")
+    for name in ("max_input_tokens", "eval_batch_size"):
+        if getattr(cfg, name) <= 0:
+            raise UsageError(f"{flag_of(name)} must be positive, got {getattr(cfg, name)}")
+    if cfg.eval not in EVAL_MODES:
+        raise UsageError(f"unknown --eval {cfg.eval!r}; choose one of {', '.join(EVAL_MODES)}")
+    if cfg.dtype not in DTYPES:
+        raise UsageError(f"unknown --dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if cfg.stop_after_task is not None and cfg.stop_after_task < 0:
+        raise UsageError(f"--stop-after-task must be 0 or more, got {cfg.stop_after_task}")
