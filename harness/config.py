@@ -27,33 +27,28 @@ BENCH, SWEEP = "bench", "sweep"
 DERIVED_IDENTITY = ("tasks", "settings")   # written into config.json by the runner: the order's tasks, resolved settings
 
 
+def _whole_number(raw: str, minimum: int, expected: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {raw!r}")
+    return value
+
+
 def positive_or_all(raw: str) -> int | None:
     if raw.lower() in ("all", "none", "full"):
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of examples or 'all', got {raw!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of examples or 'all', got {value}")
-    return value
+    return _whole_number(raw, 1, "a positive number of examples or 'all'")
 
 
 def positive_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
+    return _whole_number(raw, 1, "a positive whole number")
 
 
 def non_negative_int(raw: str) -> int:
-    value = int(raw) if raw.lstrip("-").isdigit() else None
-    if value is None or value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive whole number, got {raw!r}")
-    return value
+    return _whole_number(raw, 0, "0 or a positive whole number")
 
 
 def option(default=None, *, role: str, help: str, commands=(BENCH, SWEEP), flag: str | None = "", type=None,

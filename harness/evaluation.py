@@ -4,10 +4,15 @@ a forward over the prompt (returning its last logits and KV cache) and a forward
 The prompt is encoded once per example; every candidate label is scored from the same cache."""
 from __future__ import annotations
 
+import sys
+import time
+
 import torch
+from tqdm.auto import tqdm
 
 from core.data import Encoded
 from core.scoring import Scorer, left_pad
+from harness.models import autocast
 
 EVAL_MODES = ("rank", "generate")
 
@@ -111,3 +116,46 @@ def accuracy(scorer: Scorer, examples: list[Encoded], candidates: list[tuple[int
     else:
         raise ValueError(f"unknown evaluation mode {mode!r}")
     return 100.0 * hits / len(examples)
+
+
+class Evaluator:
+    """Scores every task of a stream after each stage and owns the score cache: a method names its test-time
+    model with `evaluation_key(task)`, and a task whose key was scored before is not scored again."""
+
+    def __init__(self, encoder, tasks: dict, mode: str, batch_size: int, dtype: str, progress: bool = True,
+                 log=None):
+        self.encoder, self.mode, self.batch_size, self.dtype = encoder, mode, batch_size, dtype
+        self.names = list(tasks)
+        self.test = {name: encoder.encode(task, "test") for name, task in tasks.items()}
+        self.candidates = {name: encoder.candidates(task) for name, task in tasks.items()}
+        self.labels = {name: task.labels for name, task in tasks.items()}
+        self.progress, self.log = progress, log
+        self.scores: dict = {}   # (evaluation key, task) -> accuracy
+
+    def remember(self, key, task: str, accuracy: float) -> None:
+        self.scores[(key, task)] = accuracy
+
+    def evaluate(self, row: str, scorer_for, key_for) -> dict:
+        """Accuracy on every task after stage `row`: {"accuracy": {task: %}, "eval_seconds": s}."""
+        started = time.time()
+        result = {}
+        total = sum(len(self.test[n]) for n in self.names)
+        with tqdm(total=total, desc=f"eval after {row}", unit="ex", disable=not self.progress, leave=False) as bar:
+            for name in self.names:
+                key = key_for(name)
+                if key is not None and (key, name) in self.scores:
+                    result[name] = self.scores[(key, name)]
+                    bar.update(len(self.test[name]))
+                    continue
+                with autocast(self.dtype):
+                    acc = accuracy(scorer_for(name), self.test[name], self.candidates[name], self.labels[name],
+                                   self.encoder, self.mode, self.batch_size, bar)
+                result[name] = round(acc, 2)
+                if key is not None:
+                    self.scores[(key, name)] = result[name]
+        seconds = round(time.time() - started, 2)
+        if self.log is not None:
+            self.log("evaluation", after=row, accuracy=result, seconds=seconds)
+        if self.progress:
+            tqdm.write(f"after {row:>14}: " + "  ".join(f"{n}={result[n]:.1f}" for n in self.names), file=sys.stderr)
+        return {"accuracy": result, "eval_seconds": seconds}

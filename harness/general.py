@@ -17,7 +17,6 @@ from collections import defaultdict
 from contextlib import contextmanager
 from functools import partial
 
-import torch
 from lm_eval.api.model import LM
 
 from core.errors import UsageError
@@ -165,7 +164,7 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
     before = cache[key]
     method = get_method(config["method"])(model, tok, config["settings"], config["seed"])
     method.setup()
-    method.load_state_dict(torch.load(run.file(status["checkpoint"]), weights_only=False))
+    method.load_state_dict(run.load_checkpoint())
     after = evaluate(method.scorer, tok, encoder, names, per_task, config.get("data_dir"))
     mean = lambda d: round(sum(d.values()) / len(d), 2)  # noqa: E731
     result = {"tasks": {n: {"before": before[n], "after": after[n], "change": round(after[n] - before[n], 2)}

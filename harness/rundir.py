@@ -3,12 +3,14 @@ after the last finished task), and at the end matrix.csv, metrics.json, method.j
 exactly when status.json says so; that file is written last, and every write is atomic."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
 import time
 
 import pandas as pd
+import torch
 
 from core.errors import UsageError
 from harness.config import resume_keys
@@ -92,6 +94,26 @@ class RunDir:
         write_json(self.file("config.json"), config)
         self.save_status({"state": "running", "rows": {}, "started": time.time()})
         return None
+
+    def save_checkpoint(self, status: dict, index: int, state: dict) -> None:
+        """The method's state after stage `index`, under a fresh name; then the status points at it. A crash
+        at any moment leaves a status whose checkpoint matches its rows."""
+        name = f"checkpoint-{index}.pt"
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write(self.file(name), buf.getvalue())
+        old = status.get("checkpoint")
+        status["checkpoint"] = name
+        self.save_status(status)
+        if old and old != name and os.path.exists(self.file(old)):
+            os.unlink(self.file(old))
+
+    def load_checkpoint(self, map_location=None) -> dict:
+        status = self.status() or {}
+        if not self.has_checkpoint():
+            raise UsageError(f"{self.path} has no checkpoint (run records are committed without their weights)")
+        # weights_only=False: method states hold plain Python objects too (replay's memory, CRAFT's groups)
+        return torch.load(self.file(status["checkpoint"]), map_location=map_location, weights_only=False)
 
     def save_status(self, status: dict) -> None:
         write_json(self.file("status.json"), status)

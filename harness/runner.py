@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import platform
@@ -21,8 +20,8 @@ from core.scoring import CausalLMScorer
 from harness import config
 from harness import metrics as metrics_mod
 from harness.config import BenchConfig
-from harness.evaluation import accuracy
-from harness.models import autocast, configure_offline, load_model, set_threads
+from harness.evaluation import Evaluator
+from harness.models import configure_offline, load_model, set_threads
 from harness.prompting import PromptEncoder
 from harness.rundir import RunDir, atomic_write, matrix_csv, write_json
 from harness.training import fit
@@ -93,6 +92,65 @@ def _say(msg: str, progress: bool = True) -> None:
         tqdm.write(msg, file=sys.stderr)
 
 
+def _record(cfg: BenchConfig, out: str, names: list[str], data, settings: dict) -> dict:
+    """config.json: the config, the data each task actually had, the method's resolved settings, where it ran."""
+    return {**cfg.recorded(), "out": out, "tasks": names,
+            "data": {d.name: {"train": len(d.train), "test": len(d.test), "full": d.sizes_full,
+                              "dropped": d.dropped, "labels": list(d.labels)} for d in data},
+            "settings": settings, "packages": package_versions(), "machine": machine_info(),
+            "command": " ".join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def _open_run(cfg: BenchConfig, run: RunDir, record: dict) -> dict:
+    """Create the run directory or reopen an unfinished one; returns its status (rows finished so far)."""
+    status = run.prepare(record, cfg.overwrite) or run.status()
+    if status.get("checkpoint") and not run.has_checkpoint():
+        # A record kept without its weights (results/runs is committed, checkpoints are not): the trained
+        # stages cannot be continued, so they are trained again; the per-stage seeds make them the same.
+        dropped = [r for r in status["rows"] if r != "base"]
+        _say(f"{run.path}: {status['checkpoint']} is missing; training its {len(dropped)} finished stage(s) again",
+             cfg.progress)
+        run.log("checkpoint_missing", checkpoint=status["checkpoint"], retrained=dropped)
+        status.update(rows={r: v for r, v in status["rows"].items() if r == "base"}, checkpoint=None)
+        run.save_status(status)
+    return status
+
+
+def _measure_backbone(cfg: BenchConfig, model, data, evaluator: Evaluator) -> dict:
+    """The base row. The untouched backbone scores the same in every run of a setup; a sweep shares its
+    scores in one file (cfg.base_cache), keyed by harness.config.backbone_cache_key."""
+    shared = read_base_cache(cfg.base_cache)
+    keys = {d.name: config.backbone_cache_key(cfg, d.name, data_fingerprint(d)) for d in data}
+    for name, key in keys.items():
+        if key in shared:
+            evaluator.remember("backbone", name, shared[key])
+    row = evaluator.evaluate("base", lambda n: CausalLMScorer(model), lambda n: "backbone")
+    row["reused"] = sorted(n for n in keys if keys[n] in shared)
+    if cfg.base_cache:
+        write_base_cache(cfg.base_cache, {keys[n]: row["accuracy"][n] for n in keys})
+    return row
+
+
+def _write_results(run: RunDir, method, rows: dict, names: list[str], status: dict) -> None:
+    """The end of a run: matrix.csv, metrics.json, method.json (the card with timings), then the status that
+    says finished, written last."""
+    order_rows = ["base"] + (["all"] if method.JOINT else names)
+    R = pd.DataFrame([[rows[r]["accuracy"][n] for n in names] for r in order_rows], index=order_rows, columns=names)
+    values = metrics_mod.compute(R)
+    atomic_write(run.file("matrix.csv"), matrix_csv(R))
+    write_json(run.file("metrics.json"), values)
+    card = method.card()
+    card["timing"] = {"wall_seconds": round(time.time() - status["started"], 1),
+                      "train_seconds": round(sum(rows[r].get("train_seconds", 0) for r in order_rows), 2),
+                      "eval_seconds": round(sum(rows[r]["eval_seconds"] for r in order_rows), 2),
+                      "per_stage": {r: {k: rows[r].get(k) for k in ("train_seconds", "eval_seconds", "steps")}
+                                    for r in order_rows}}
+    write_json(run.file("method.json"), card)
+    status.update(state="finished", finished=time.time())
+    run.log("run_end", metrics=values)
+    run.save_status(status)
+
+
 def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
     """Run one method over one order into a run directory; returns its path. Resumes an unfinished run."""
     config.check(cfg)   # everything cheap first: bad input fails in a second, not after the model loads
@@ -110,81 +168,31 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
 
     out = cfg.out or cfg.default_out()
     run = RunDir(out)
-    record = {**cfg.recorded(), "out": out, "tasks": names,
-              "data": {d.name: {"train": len(d.train), "test": len(d.test), "full": d.sizes_full,
-                                "dropped": d.dropped, "labels": list(d.labels)} for d in data},
-              "settings": settings, "packages": package_versions(), "machine": machine_info(),
-              "command": " ".join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    status = run.prepare(record, cfg.overwrite) or run.status()
+    status = _open_run(cfg, run, _record(cfg, out, names, data, settings))
     rows: dict = status["rows"]
-    if status.get("checkpoint") and not run.has_checkpoint():
-        # A record kept without its weights (results/runs is committed, checkpoints are not): the trained
-        # stages cannot be continued, so they are trained again; the per-stage seeds make them the same.
-        dropped = [r for r in rows if r != "base"]
-        _say(f"{out}: {status['checkpoint']} is missing; training its {len(dropped)} finished stage(s) again",
-             cfg.progress)
-        run.log("checkpoint_missing", checkpoint=status["checkpoint"], retrained=dropped)
-        rows = {r: v for r, v in rows.items() if r == "base"}
-        status.update(rows=rows, checkpoint=None)
-        run.save_status(status)
     run.log("run_start", resumed=bool(rows), method=cfg.method, order=cfg.order, seed=cfg.seed)
 
     t0 = time.time()
     model, tok = model_and_tokenizer or load_model(cfg.model, cfg.device, cfg.allow_download)
     encoder = PromptEncoder(tok, cfg.max_input_tokens)
     train = {d.name: encoder.encode(d, "train") for d in data}
-    test = {d.name: encoder.encode(d, "test") for d in data}
-    candidates = {d.name: encoder.candidates(d) for d in data}
-    labels = {d.name: d.labels for d in data}
+    evaluator = Evaluator(encoder, {d.name: d for d in data}, cfg.eval, cfg.eval_batch_size, cfg.dtype,
+                          progress=cfg.progress, log=run.log)
     run.log("model_loaded", seconds=round(time.time() - t0, 2), model=cfg.model)
-
-    cache: dict = {}
-
-    def evaluate(row: str, scorer_for, key_for) -> dict:
-        started = time.time()
-        result = {}
-        total = sum(len(test[n]) for n in names)
-        with tqdm(total=total, desc=f"eval after {row}", unit="ex", disable=not cfg.progress, leave=False) as bar:
-            for name in names:
-                key = key_for(name)
-                if key is not None and (key, name) in cache:
-                    result[name] = cache[(key, name)]
-                    bar.update(len(test[name]))
-                    continue
-                with autocast(cfg.dtype):
-                    acc = accuracy(scorer_for(name), test[name], candidates[name], labels[name], encoder,
-                                   cfg.eval, cfg.eval_batch_size, bar)
-                result[name] = round(acc, 2)
-                if key is not None:
-                    cache[(key, name)] = result[name]
-        seconds = round(time.time() - started, 2)
-        run.log("evaluation", after=row, accuracy=result, seconds=seconds)
-        _say(f"after {row:>14}: " + "  ".join(f"{n}={result[n]:.1f}" for n in names), cfg.progress)
-        return {"accuracy": result, "eval_seconds": seconds}
 
     seed_everything(cfg.seed)
     if "base" not in rows:
-        # The untouched backbone scores the same in every run of a setup; a sweep shares them in one file.
-        shared = read_base_cache(cfg.base_cache)
-        keys = {d.name: config.backbone_cache_key(cfg, d.name, data_fingerprint(d)) for d in data}
-        for name in names:
-            if keys[name] in shared:
-                cache[("backbone", name)] = shared[keys[name]]
-        base_scorer = CausalLMScorer(model)
-        rows["base"] = evaluate("base", lambda n: base_scorer, lambda n: "backbone")
-        rows["base"]["reused"] = sorted(n for n in names if keys[n] in shared)
-        if cfg.base_cache:
-            write_base_cache(cfg.base_cache, {keys[n]: rows["base"]["accuracy"][n] for n in names})
+        rows["base"] = _measure_backbone(cfg, model, data, evaluator)
         status["rows"] = rows
         run.save_status(status)
     else:
         for name, acc in rows["base"]["accuracy"].items():
-            cache[("backbone", name)] = acc
+            evaluator.remember("backbone", name, acc)
 
     method = method_cls(model, tok, settings, cfg.seed)
     method.setup()
     if status.get("checkpoint"):
-        method.load_state_dict(torch.load(run.file(status["checkpoint"]), weights_only=False))
+        method.load_state_dict(run.load_checkpoint())
         _say(f"resuming {out} after {len(rows) - 1} finished stage(s)", cfg.progress)
 
     stages = [names] if method_cls.JOINT else [[n] for n in names]
@@ -197,7 +205,7 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
             _say(f"stopped after {k} stage(s) as asked; rerun without --stop-after-task to finish", cfg.progress)
             return out
         seed_everything(cfg.seed * 1000 + k)   # per stage, so a resumed run matches an uninterrupted one
-        ctx = TaskContext(index=k, name=row, tasks=list(stage), labels={n: labels[n] for n in stage})
+        ctx = TaskContext(index=k, name=row, tasks=list(stage), labels={n: evaluator.labels[n] for n in stage})
         own = [ex for n in stage for ex in train[n]]
         run.log("task_start", task=row, index=k, train_examples=len(own))
         method.before_task(ctx, own)
@@ -206,34 +214,10 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
                         progress=cfg.progress, log=run.log)
         method.after_task(ctx, own)
         run.log("task_end", task=row, **fit_stats, trained_on=len(examples))
-        entry = evaluate(row, method.scorer, method.evaluation_key)
+        entry = evaluator.evaluate(row, method.scorer, method.evaluation_key)
         entry.update(train_seconds=fit_stats["seconds"], steps=fit_stats["steps"], trained_on=len(examples))
         rows[row] = entry
-        # Checkpoint under a fresh name, then point the status at it: a crash at any moment leaves a
-        # status whose checkpoint matches its rows.
-        ckpt = f"checkpoint-{k}.pt"
-        buf = io.BytesIO()
-        torch.save(method.state_dict(), buf)
-        atomic_write(run.file(ckpt), buf.getvalue())
-        old = status.get("checkpoint")
-        status.update(rows=rows, checkpoint=ckpt)
-        run.save_status(status)
-        if old and old != ckpt and os.path.exists(run.file(old)):
-            os.unlink(run.file(old))
+        run.save_checkpoint(status, k, method.state_dict())
 
-    order_rows = ["base"] + (["all"] if method_cls.JOINT else names)
-    R = pd.DataFrame([[rows[r]["accuracy"][n] for n in names] for r in order_rows], index=order_rows, columns=names)
-    values = metrics_mod.compute(R)
-    atomic_write(run.file("matrix.csv"), matrix_csv(R))
-    write_json(run.file("metrics.json"), values)
-    card = method.card()
-    card["timing"] = {"wall_seconds": round(time.time() - status["started"], 1),
-                      "train_seconds": round(sum(rows[r].get("train_seconds", 0) for r in order_rows), 2),
-                      "eval_seconds": round(sum(rows[r]["eval_seconds"] for r in order_rows), 2),
-                      "per_stage": {r: {k: rows[r].get(k) for k in ("train_seconds", "eval_seconds", "steps")}
-                                    for r in order_rows}}
-    write_json(run.file("method.json"), card)
-    status.update(state="finished", finished=time.time())
-    run.log("run_end", metrics=values)
-    run.save_status(status)
+    _write_results(run, method, rows, names, status)
     return out

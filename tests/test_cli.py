@@ -31,8 +31,8 @@ def test_unknown_method_order_task(capsys, tmp_path):
 
 def test_bad_sizes_and_settings(capsys, tmp_path):
     fails(capsys, ["bench", "--train-per-task", "0", "--out", str(tmp_path / "a")],
-          "--train-per-task: expected a positive number of examples or 'all', got 0")
-    fails(capsys, ["bench", "--train-per-task", "x"], "expected a number of examples or 'all'")
+          "--train-per-task: expected a positive number of examples or 'all', got '0'")
+    fails(capsys, ["bench", "--train-per-task", "x"], "expected a positive number of examples or 'all', got 'x'")
     fails(capsys, ["bench", "--method-arg", "nonsense=1"], "has no setting 'nonsense'")
     fails(capsys, ["bench", "--method-arg", "lr=fast"], "bad value 'fast' for setting 'lr'")
     fails(capsys, ["bench", "--method-arg", "lr"], "expects key=value")
