@@ -15,12 +15,15 @@ from harness.models import autocast
 
 def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32", log=None, pad_id: int,
         progress: bool = True) -> dict:
-    """Train `method` on `examples` for one stage; returns step count, final loss and wall time."""
+    """Train `method` on `examples` for one stage; returns step count, final loss and wall time.
+
+    Every step: method.training_loss, backward, clipping, the optimizer step, then method.after_step(task, step)
+    (where a method updates and records what it tracks), then method.should_stop(task, step), which only reads."""
     settings = method.settings
     params = [p for p in method.trainable_parameters() if p.requires_grad]
     if not params or not examples:
         return {"steps": 0, "seconds": 0.0}
-    # weight_decay=0: AdamW's decay would also shrink pyreft's orthogonal parametrisation of R (DESIGN.md).
+    # No weight decay: it would zero pyreft's orthogonal parametrisation of R (docs/design.md#weight-decay).
     opt = torch.optim.AdamW(params, lr=float(settings["lr"]), weight_decay=0.0)
     batch_size = int(settings["batch_size"])
     epochs = int(settings["epochs"])

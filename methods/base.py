@@ -1,8 +1,15 @@
 """The method interface: a NAME, a few settings, and the hooks of the shared training loop.
 
 The runner calls, in order: setup() once (after measuring the untouched backbone), then per task
-before_task -> training_examples -> [training_loss -> after_step -> should_stop]* -> after_task, then
-scorer(task) for every task it evaluates. Override only the hooks you need (see seq_lora.py, replay.py)."""
+  before_task(task, examples)        prepare from the task's own training examples (route, add an adapter)
+  training_examples(task, examples)  what to train on: the task's examples, plus whatever the method adds
+  [training_loss -> after_step -> should_stop]* per optimizer step (harness/training.py): after_step records
+                                     (traces, EMA updates, the stop decision); should_stop only reads the state
+  after_task(task, examples)         with the task's own examples again
+then scorer(task) for every task it evaluates. (A JOINT method gets one stage, the union of the tasks.)
+What a method keeps from past tasks and whether it needs the task id at test time are functions of its
+settings (the classmethods keeps() and uses_task_id_at_test()), read by `harness list` and card().
+Override only the hooks you need (see seq_lora.py, replay.py)."""
 from __future__ import annotations
 
 import json
@@ -34,6 +41,8 @@ def parse_value(raw: str, default):
 class Method:
     NAME: str = ""                       # set on every concrete method; discovery registers it
     DESCRIPTION: str = ""
+    # The answers of uses_task_id_at_test() and keeps() for a method whose answer does not depend on its
+    # settings; a method whose answer does overrides the classmethod. Never assigned on an instance.
     USES_TASK_ID_AT_TEST: bool = False   # does test time need to know which task an input is from?
     KEEPS: str = "nothing from past tasks"   # what the method stores from past tasks (data, states)
     JOINT: bool = False                  # trains once on the union of the stream's tasks (an upper bound)
@@ -74,14 +83,32 @@ class Method:
                 raise UsageError(f"bad value {raw!r} for setting {key!r} of {cls.NAME!r}: {e}") from None
         return values
 
+    @classmethod
+    def settings_or_defaults(cls, settings: dict | None) -> dict:
+        return cls.resolve_settings({}) if settings is None else settings
+
+    @classmethod
+    def uses_task_id_at_test(cls, settings: dict | None = None) -> bool:
+        """Does test time need to know which task an input is from, under these resolved settings
+        (None: the defaults)?"""
+        return cls.USES_TASK_ID_AT_TEST
+
+    @classmethod
+    def keeps(cls, settings: dict | None = None) -> str:
+        """What the method stores from past tasks (data, states), under these resolved settings (None: the
+        defaults)."""
+        return cls.KEEPS
+
     # --- hooks -----------------------------------------------------------------------------------
     def setup(self) -> None:
         """Wrap the backbone (add adapters); called once, after the base row is measured."""
 
     def before_task(self, task: TaskContext, examples: list[Encoded]) -> None:
-        """Called before a task's training, with its own training examples (not yet extended by the method)."""
+        """Called before a task's training, with its own training examples (not yet extended by the method):
+        the place to prepare from them (routing, a new adapter, anything drawn from the examples)."""
 
     def training_examples(self, task: TaskContext, examples: list[Encoded]) -> list[Encoded]:
+        """What to train on for this task: its own examples, plus whatever the method mixes in (replay)."""
         return examples
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -93,9 +120,10 @@ class Method:
         return loss, {}
 
     def after_step(self, task: TaskContext, step: int) -> None:
-        pass
+        """Called after every optimizer step (step counts from 1): update and record what the method tracks."""
 
     def should_stop(self, task: TaskContext, step: int) -> bool:
+        """Stop this task's training now? Called right after after_step; reads the state, changes nothing."""
         return False
 
     def after_task(self, task: TaskContext, examples: list[Encoded]) -> None:
@@ -129,5 +157,6 @@ class Method:
         return {"name": self.NAME, "description": self.DESCRIPTION, "trainable_parameters": trainable,
                 # parameters stored beside the backbone at the end of the stream (adapters, states)
                 "parameters_kept": self.parameters_kept(),
-                "uses_task_id_at_test": self.USES_TASK_ID_AT_TEST, "keeps_from_past_tasks": self.KEEPS,
+                "uses_task_id_at_test": self.uses_task_id_at_test(self.settings),
+                "keeps_from_past_tasks": self.keeps(self.settings),
                 "joint_training": self.JOINT, "bound": self.BOUND, "settings": self.settings, "diagnostics": self.diagnostics}

@@ -104,6 +104,15 @@ class CRAFT(Method):
                 raise UsageError(f"craft setting {key} must be one of {', '.join(allowed)}, not {values[key]!r}")
         return values
 
+    @classmethod
+    def uses_task_id_at_test(cls, settings=None):
+        return cls.settings_or_defaults(settings)["test_routing"] == "task_id"
+
+    @classmethod
+    def keeps(cls, settings=None):
+        return (f"{cls.settings_or_defaults(settings)['anchors_per_task']} unlabeled prompts per task (no labels), "
+                "one signature (vocabulary distribution) and one intervention per group")
+
     # ---- setup ------------------------------------------------------------------------------------
     def setup(self):
         for p in self.model.parameters():
@@ -122,9 +131,6 @@ class CRAFT(Method):
         self.task_group: dict[str, int] = {}
         self.current: InterventionSet | None = None
         self._route_cache: dict = {}
-        self.USES_TASK_ID_AT_TEST = self.settings["test_routing"] == "task_id"
-        self.KEEPS = (f"{self.settings['anchors_per_task']} unlabeled prompts per task (no labels), one signature "
-                      "(vocabulary distribution) and one intervention per group")
         self.diagnostics = {"layers": self.layers, "routing": {}, "training": {}, "merge": {}, "groups": {}}
 
     def _new_state(self, salt: int) -> InterventionSet:
@@ -158,9 +164,9 @@ class CRAFT(Method):
 
     # ---- stage 1: route ----------------------------------------------------------------------------
     def before_task(self, task, examples):
+        """Stage 1, route the task to a group, and stage 2's set-up, both from the task's own examples (it
+        then trains on them as given: no training_examples override). One seeded draw: the probe, then the anchors."""
         self.diagnostics["training"][task.name] = {"kl_trace": [], "loss_trace": []}
-
-    def training_examples(self, task, examples):
         rng = random.Random(f"{self.seed}:craft:{task.name}")
         probe = [ex.prompt_ids for ex in rng.sample(examples, min(len(examples), int(self.settings["probe_size"])))]
         sig = self._signature(probe)
@@ -195,7 +201,6 @@ class CRAFT(Method):
         self._stop = None
         anchors = rng.sample(examples, min(len(examples), int(self.settings["anchors_per_task"])))
         self._new_anchors = [ex.prompt_ids for ex in anchors]
-        return examples
 
     def trainable_parameters(self):
         return list(self.current.parameters()) if self.current is not None else []
@@ -225,23 +230,28 @@ class CRAFT(Method):
         self._losses.append(parts["task_loss"])
         return loss, parts
 
-    def should_stop(self, task, step):
-        trace = self.diagnostics["training"][task.name]
-        trace["loss_trace"].append(round(self._losses[-1], 5))
-        if self._kls:
-            trace["kl_trace"].append(round(self._kls[-1], 6))
+    def _stop_rule(self, step) -> tuple[int, str] | None:
+        """(step, why) when training should stop after `step`, from the traces so far; None to go on."""
         budget = float(self.settings["forgetting_budget"])
         if self._use_kl and self._kls and self._kls[-1] >= budget:
-            self._stop = (step, f"KL {self._kls[-1]:.4f} reached the forgetting budget {budget}")
-            return True
+            return step, f"KL {self._kls[-1]:.4f} reached the forgetting budget {budget}"
         w = int(self.settings["settle_window"])
         if step >= max(int(self.settings["min_steps"]), 2 * w):
             prev = sum(self._losses[-2 * w:-w]) / w
             last = sum(self._losses[-w:]) / w
             if abs(prev - last) < float(self.settings["settle_tol"]) * max(prev, 1e-8):
-                self._stop = (step, f"task loss settled ({prev:.4f} -> {last:.4f} over {w}-step windows)")
-                return True
-        return False
+                return step, f"task loss settled ({prev:.4f} -> {last:.4f} over {w}-step windows)"
+        return None
+
+    def after_step(self, task, step):
+        trace = self.diagnostics["training"][task.name]
+        trace["loss_trace"].append(round(self._losses[-1], 5))
+        if self._kls:
+            trace["kl_trace"].append(round(self._kls[-1], 6))
+        self._stop = self._stop_rule(step)
+
+    def should_stop(self, task, step):
+        return self._stop is not None
 
     # ---- stage 3: merge -------------------------------------------------------------------------
     def after_task(self, task, examples):
@@ -334,7 +344,6 @@ class CRAFT(Method):
         card["trainable_parameters"] = per_task
         card["trainable_ratio_to_seq_lora"] = round(per_task / lora, 4) if lora else None
         card["parameters_kept"] = per_task * len(self.groups)
-        card["uses_task_id_at_test"] = self.settings["test_routing"] == "task_id"
         return card
 
 

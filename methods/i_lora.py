@@ -73,11 +73,14 @@ class ILoRA(MultiLoRAMethod):
             raise UsageError(f"consistency_target must be slow or max, not {values['consistency_target']!r}")
         return values
 
+    @classmethod
+    def keeps(cls, settings=None):
+        return (f"a reservoir of up to {cls.settings_or_defaults(settings)['buffer_size']} labelled training "
+                "examples (all tasks seen) and a slow EMA copy of the LoRA")
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.buffer = Reservoir(int(self.settings["buffer_size"]), self.seed)
-        self.KEEPS = (f"a reservoir of up to {self.settings['buffer_size']} labelled training examples (all tasks "
-                      "seen) and a slow EMA copy of the LoRA")
         self._cons_log: list[float] = []
 
     def setup(self):

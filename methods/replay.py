@@ -14,10 +14,14 @@ class Replay(LoRAMethod):
     DESCRIPTION = "seq_lora plus experience replay from a bounded memory of past labelled examples"
     SETTINGS = {"memory_size": (100, "examples kept from all past tasks together (evenly per task)")}
 
+    @classmethod
+    def keeps(cls, settings=None):
+        return (f"up to {cls.settings_or_defaults(settings)['memory_size']} labelled training examples of past "
+                "tasks (evenly per task)")
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.memory: dict[str, list] = {}
-        self.KEEPS = f"up to {self.settings['memory_size']} labelled training examples of past tasks (evenly per task)"
 
     def training_examples(self, task, examples):
         replayed = [ex for kept in self.memory.values() for ex in kept]

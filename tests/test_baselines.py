@@ -14,7 +14,7 @@ from core.scoring import CausalLMScorer
 from harness.config import BenchConfig
 from harness.models import tiny_model
 from harness.runner import run_bench
-from methods import get_method
+from methods import discover, get_method
 from methods.i_lora import Reservoir
 
 ORDER = "bbc,hutto_amazon"
@@ -260,3 +260,59 @@ def test_joint_and_incremental_runs_leave_the_backbone(tmp_path, tokenizer, monk
         assert list(R.index) == ["base", "bbc", "hutto_amazon"]
         assert all(e["lambda1"] == 0 for e in steps(out))
     assert_backbone_untouched(seen["method"].model, tokenizer)
+
+
+# --- what a method keeps and whether it uses the task id: computed from its settings ---------------------------
+RECORDS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "runs")
+NON_DEFAULT = {"craft": ({"test_routing": "task_id", "anchors_per_task": "5"}, True,
+                         "5 unlabeled prompts per task (no labels), one signature (vocabulary distribution) and one "
+                         "intervention per group"),
+               "replay": ({"memory_size": "7"}, False,
+                          "up to 7 labelled training examples of past tasks (evenly per task)"),
+               "i_lora": ({"buffer_size": "3"}, False,
+                          "a reservoir of up to 3 labelled training examples (all tasks seen) and a slow EMA copy of "
+                          "the LoRA")}
+
+
+def committed_cards() -> list[dict]:
+    cards = []
+    for folder, _, files in sorted(os.walk(RECORDS)):
+        if "method.json" in files:
+            with open(os.path.join(folder, "method.json")) as f:
+                cards.append(json.load(f))
+    return cards
+
+
+@pytest.mark.parametrize("name,settings", [(n, {}) for n in sorted(discover())]
+                         + [(n, s) for n, (s, _, _) in sorted(NON_DEFAULT.items())])
+def test_the_card_says_what_the_classmethods_say(tokenizer, name, settings):
+    cls = get_method(name)
+    method = make(name, tokenizer, **settings)
+    card = method.card()
+    resolved = cls.resolve_settings(settings)
+    assert card["uses_task_id_at_test"] is cls.uses_task_id_at_test(resolved)
+    assert card["keeps_from_past_tasks"] == cls.keeps(resolved)
+    # nothing is set on the instance: the class answers, from the settings
+    assert not {"KEEPS", "USES_TASK_ID_AT_TEST"} & set(vars(method))
+    if settings:
+        _, uses, keeps = NON_DEFAULT[name]
+        assert (card["uses_task_id_at_test"], card["keeps_from_past_tasks"]) == (uses, keeps)
+        assert (cls.uses_task_id_at_test(), cls.keeps()) != (uses, keeps)   # None: the defaults
+    else:
+        assert cls.uses_task_id_at_test() is card["uses_task_id_at_test"]
+        assert cls.keeps() == card["keeps_from_past_tasks"]
+    # method.json keeps exactly the keys (and their order) of the committed records
+    recorded = [c for c in committed_cards() if c["name"] == name]
+    if recorded:
+        assert list(card) + ["timing"] == list(recorded[0])
+
+
+def test_committed_method_cards_agree_with_the_classmethods():
+    cards = committed_cards()
+    if not cards:
+        pytest.skip("no committed run records")
+    for card in cards:
+        cls = get_method(card["name"])
+        settings = cls.resolve_settings(card["settings"])
+        assert cls.uses_task_id_at_test(settings) is card["uses_task_id_at_test"], card["name"]
+        assert cls.keeps(settings) == card["keeps_from_past_tasks"], card["name"]

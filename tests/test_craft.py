@@ -1,15 +1,21 @@
+import copy
 import json
 import os
+import random
 
 import pytest
 import torch
 
 import tasks
+from core.data import TaskContext
+from core.loss import collate
 from harness.config import BenchConfig
 from harness.models import tiny_model
 from harness.prompting import PromptEncoder
 from harness.runner import run_bench
+from harness.training import fit
 from methods._reft import InterventionSet, interpolate
+from methods.base import Method
 from methods.craft import CRAFT, kl
 
 ORDER = "hutto_amazon,bbc,hutto_tweets"
@@ -138,4 +144,60 @@ def test_routing_on_the_real_model_joins_shared_output_spaces(smollm):
     threshold = m.settings["route_threshold"]
     assert float(kl(sig["hutto_tweets"], sig["hutto_amazon"])) < threshold
     assert float(kl(sig["bbc"], sig["hutto_amazon"])) > threshold
+    m.hooks.remove()
+
+
+# ---- the hook contract: route in before_task, record in after_step, should_stop only reads -----------------
+def _craft_and_examples(tokenizer, **settings):
+    settings = {"probe_size": "4", "anchors_per_task": "4", **settings}
+    m = CRAFT(tiny_model(tokenizer, seed=0), tokenizer, settings, seed=2)
+    m.setup()
+    enc = PromptEncoder(tokenizer, 16)
+    return m, enc.encode(tasks.load_task("bbc", None, 8, 4, 1), "train")
+
+
+def test_before_task_routes_and_training_examples_is_left_to_the_default(tokenizer):
+    assert CRAFT.training_examples is Method.training_examples
+    m, examples = _craft_and_examples(tokenizer)
+    task = TaskContext(index=0, name="bbc", tasks=["bbc"])
+    m.before_task(task, examples)
+    assert m.diagnostics["routing"]["bbc"] == {"kl_to_groups": {}, "group": 0, "reason": "first task"}
+    assert m.task_group == {"bbc": 0} and m.current is not None and m.trainable_parameters()
+    # the probe, then the anchors, from one seeded draw (the order the committed runs were made with)
+    rng = random.Random("2:craft:bbc")
+    rng.sample(examples, 4)
+    assert m._new_anchors == [ex.prompt_ids for ex in rng.sample(examples, 4)]
+    assert m.training_examples(task, examples) is examples
+    m.hooks.remove()
+
+
+def test_should_stop_has_no_side_effects_and_after_step_writes_the_traces(tokenizer):
+    # a window of 1 and a huge tolerance: the settled-loss rule fires at step 2
+    m, examples = _craft_and_examples(tokenizer, min_steps="1", settle_window="1", settle_tol="1e9")
+    task = TaskContext(index=0, name="bbc", tasks=["bbc"])
+    m.before_task(task, examples)
+    for step in (1, 2):
+        m.training_loss(collate(examples[4 * (step - 1):4 * step], tokenizer.pad_token_id), task)
+        m.after_step(task, step)
+        before = copy.deepcopy(m.diagnostics)
+        answers = [m.should_stop(task, step) for _ in range(3)]
+        assert answers == [step == 2] * 3
+        assert m.diagnostics == before
+        assert len(m.diagnostics["training"]["bbc"]["loss_trace"]) == step
+    m.after_task(task, examples)
+    trace = m.diagnostics["training"]["bbc"]
+    assert trace["stop_step"] == 2 and trace["stop_reason"].startswith("task loss settled")
+    m.hooks.remove()
+
+
+def test_the_training_loop_calls_after_step_before_should_stop(tokenizer):
+    m, examples = _craft_and_examples(tokenizer, min_steps="1", settle_window="1", settle_tol="1e9",
+                                      batch_size="2")
+    task = TaskContext(index=0, name="bbc", tasks=["bbc"])
+    m.before_task(task, examples)
+    stats = fit(m, task, m.training_examples(task, examples), seed=1, pad_id=tokenizer.pad_token_id, progress=False)
+    m.after_task(task, examples)
+    trace = m.diagnostics["training"]["bbc"]
+    assert stats["steps"] == 2 and len(trace["loss_trace"]) == 2 and trace["kl_trace"] == []
+    assert trace["stop_step"] == 2
     m.hooks.remove()
