@@ -4,18 +4,18 @@ Reads only finished runs (status.json says so) and never invents a number: a cel
 Runs are grouped by method *label*: the method name plus the settings the run fixed (craft [routing=single])."""
 from __future__ import annotations
 
+import itertools
 import json
-import math
 import os
 import shlex
-import statistics
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 
 from core.errors import UsageError
 from harness import metrics as metrics_mod
+from harness.config import SETUP, names, setup_of, spell_options
 from harness.rundir import atomic_write
 
 MISSING = "–"
@@ -23,14 +23,9 @@ MISSING = "–"
 ORDER_BLOCKS = [("Orders 1-3", ["1", "2", "3"]), ("Orders 4-6", ["4", "5", "6"]),
                 ("Offline orders", ["offline1", "offline2", "offline3"])]
 KNOWN_ORDERS = [o for _, members in ORDER_BLOCKS for o in members]
-
-
-def order_rank(order: str) -> tuple:
-    """Sort key: the known orders as the blocks list them, anything else after, alphabetically."""
-    return (KNOWN_ORDERS.index(order) if order in KNOWN_ORDERS else len(KNOWN_ORDERS), order)
 # Rows in this order where present; anything else follows alphabetically.
 METHOD_ORDER = ["seq_lora", "replay", "inc_lora", "o_lora", "i_lora", "craft", "zero_shot", "per_task", "mtl"]
-SETUP_KEYS = ("model", "train_per_task", "test_per_task", "eval", "dtype", "max_input_tokens")
+SETUP_KEYS = names(SETUP)   # what every run of one table shares (harness/config.py gives each field its role)
 
 
 @dataclass
@@ -89,7 +84,7 @@ def load_runs(root: str) -> tuple[list[Run], list[str]]:
         finished.append(Run(
             path=folder, method=config["method"], label=method_label(config["method"], config.get("method_args") or {}),
             order=str(config["order"]), seed=int(config["seed"]), tasks=list(config["tasks"]),
-            setup=tuple(config.get(k) for k in SETUP_KEYS), matrix=matrix,
+            setup=setup_of(config), matrix=matrix,
             metrics=metrics_mod.compute(matrix), card=card, config=config, general=general))
     return finished, unfinished
 
@@ -115,29 +110,14 @@ def check_one_setup(runs: list[Run]) -> tuple:
     return setups[0]
 
 
-# ---- numbers --------------------------------------------------------------------------------------------
-def mean_std(values: list[float]) -> tuple[float | None, float | None, int]:
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return None, None, 0
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)
+# ---- orders and labels ----------------------------------------------------------------------------------
+def order_rank(order: str) -> tuple:
+    """Sort key: the known orders as the blocks list them, anything else after, alphabetically."""
+    return (KNOWN_ORDERS.index(order) if order in KNOWN_ORDERS else len(KNOWN_ORDERS), order)
 
 
-def fmt(values: list[float], digits: int = 2) -> str:
-    """mean ± std over the values (std only with two or more), or the missing mark."""
-    m, s, n = mean_std(values)
-    if m is None:
-        return MISSING
-    return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s is not None else "")
-
-
-def fmt_spread(values: list[float], digits: int = 1) -> str:
-    """median [min–max] over the values: for timings, where a run slowed by a busy machine should not move the
-    centre the way it moves a mean."""
-    if not values:
-        return MISSING
-    med = f"{statistics.median(values):.{digits}f}"
-    return med if len(values) == 1 else f"{med} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
+def block_of(order: str) -> str:
+    return next((title for title, members in ORDER_BLOCKS if order in members), f"Order {order}")
 
 
 def blocks_for(orders: set[str]) -> list[tuple[str, list[str]]]:
@@ -154,284 +134,250 @@ def sort_labels(labels: set[str]) -> list[str]:
     return sorted(labels, key=key)
 
 
-def by(runs: list[Run], **match) -> list[Run]:
-    return [r for r in runs if all(getattr(r, k) == v for k, v in match.items())]
+# ---- the runs as one table ------------------------------------------------------------------------------
+CSV_COLUMNS = ["run", "method", "label", "order", "seed", "AA", "BWT", "FM", "FWT", "general_change",
+               "trainable_parameters", "parameters_kept", "wall_seconds", "created"]
 
 
-def block_average(runs: list[Run], label: str, members: list[str]) -> list[float]:
-    """AA averaged over the block's orders, one value per seed that ran every order (else empty)."""
-    out = []
-    for seed in sorted({r.seed for r in by(runs, label=label)}):
-        per_order = [by(runs, label=label, order=o, seed=seed) for o in members]
-        if all(per_order):
-            out.append(statistics.fmean(rs[0].metrics["AA"] for rs in per_order))
-    return out
+def runs_frame(runs: list[Run], root: str) -> pd.DataFrame:
+    """One row per run, in load order (a label's first row is its first run): every table's numbers and runs.csv
+    come from it. A metric a run cannot have (BWT of joint training) is empty."""
+    return pd.DataFrame([{
+        "run": os.path.relpath(r.path, root), "method": r.method, "label": r.label, "order": r.order,
+        "seed": r.seed, **{k: r.metrics[k] for k in ("AA", "BWT", "FM", "FWT")},
+        "general_change": r.general["change"] if r.general else None,
+        "trainable_parameters": r.card["trainable_parameters"], "parameters_kept": r.card.get("parameters_kept"),
+        "wall_seconds": r.card["timing"]["wall_seconds"], "created": r.config.get("created"),
+        "block": block_of(r.order), "bound": r.bound, "tasks": len(r.tasks),
+        "train_seconds": r.card["timing"]["train_seconds"], "eval_seconds": r.card["timing"]["eval_seconds"],
+        "uses_task_id_at_test": bool(r.card.get("uses_task_id_at_test")),
+        "keeps_from_past_tasks": r.card.get("keeps_from_past_tasks", "")} for r in runs])
+
+
+# ---- numbers --------------------------------------------------------------------------------------------
+def mean_std(grouped) -> pd.Series | pd.DataFrame:
+    """Per group: "mean ± std" (std only over two or more values; NaN skipped), NaN where there is no value."""
+    mean, std = grouped.mean(), grouped.std()
+    text = mean.map("{:.2f}".format) + std.map(lambda s: "" if pd.isna(s) else f" ± {s:.2f}")
+    return text.where(mean.notna())
+
+
+def spread(grouped, digits: int = 1) -> pd.Series:
+    """Per group: "median [min–max]". For timings, where a run slowed by a busy machine should not move the
+    centre the way it moves a mean."""
+    s = grouped.agg(["median", "min", "max", "size"])
+    num = f"{{:.{digits}f}}".format
+    return s["median"].map(num) + (" [" + s["min"].map(num) + "–" + s["max"].map(num) + "]").where(s["size"] > 1, "")
+
+
+def block_average(frame: pd.DataFrame, members: list[str]) -> pd.Series:
+    """AA averaged over the block's orders, per (label, seed); NaN for a seed that missed one of them, so that
+    no average is over fewer (perhaps easier) orders."""
+    aa = frame[frame.order.isin(members)].pivot_table(index=["label", "seed"], columns="order", values="AA")
+    return aa.reindex(columns=members).mean(axis=1, skipna=False)
 
 
 def order_dispersion(runs: list[Run], label: str, members: list[str]) -> dict | None:
-    """DESIGN.md: OPD_i = max over orders - min over orders of R[T][i] (seed-mean); AOPD mean, MOPD max."""
-    finals = {}
-    for o in members:
-        rs = by(runs, label=label, order=o)
-        if not rs:
-            return None
-        finals[o] = pd.concat([r.final for r in rs], axis=1).mean(axis=1)
-    if len(finals) < 2:
+    """OPD_i = max - min over orders of R[T][i] (seed-mean); AOPD mean, MOPD max (docs/design.md#order-dispersion).
+    None unless every order of the block (two or more) has a run."""
+    mine = [r for r in runs if r.label == label and r.order in members]
+    finals = pd.DataFrame([r.final for r in mine], index=[r.order for r in mine]).groupby(level=0).mean()
+    if len(finals) < max(2, len(set(members))):
         return None
-    tasks = sorted(set.intersection(*(set(f.index) for f in finals.values())))
-    opd = {t: max(f[t] for f in finals.values()) - min(f[t] for f in finals.values()) for t in tasks}
-    aa = [statistics.fmean(float(f[t]) for t in f.index) for f in finals.values()]
-    return {"AA_mean": statistics.fmean(aa), "AA_std": statistics.stdev(aa) if len(aa) > 1 else None,
-            "AOPD": statistics.fmean(opd.values()), "MOPD": max(opd.values()), "OPD": opd}
+    shared = finals.dropna(axis=1)         # the tasks every order has
+    opd = shared.max() - shared.min()
+    aa = finals.mean(axis=1)               # each order over its own tasks
+    return {"AA_mean": aa.mean(), "AA_std": aa.std(), "AOPD": opd.mean(), "MOPD": opd.max(), "OPD": opd.to_dict()}
 
 
 # ---- tables ---------------------------------------------------------------------------------------------
+def latex_text(text: str) -> str:
+    return (text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%")
+            .replace("&", r"\&").replace("#", r"\#").replace(" ± ", r" $\pm$ ").replace(MISSING, "--")
+            .replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$").replace("Δ", r"$\Delta$"))
+
+
 @dataclass
 class Table:
     name: str
     title: str
-    groups: list[tuple[str, int]]          # (title, number of columns) over the data columns
-    columns: list[str]
-    sections: list[tuple[str | None, list[list[str]]]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    columns: dict    # (group, heading) -> formatted cell per label, None where nothing ran; group "" = none
+    sections: list[tuple[str | None, list[str]]]    # (title, its labels), in row order
+    notes: list[str]
+
+    def rows(self) -> list[tuple[str | None, list[list[str]]]]:
+        labels = [label for _, labels in self.sections for label in labels]
+        body = pd.DataFrame(self.columns, index=labels).fillna(MISSING)
+        return [(title, [[label, *body.loc[label]] for label in labels]) for title, labels in self.sections]
 
     def markdown(self) -> str:
-        # One header row in Markdown: a column name that repeats across groups carries its group's title.
-        repeated = {c for c in self.columns if self.columns.count(c) > 1}
-        head = ["Method"] + [f"{g}: {c}" if c in repeated and g else c
-                             for (g, _), c in zip(self._group_per_column(), self.columns)]
+        # One header row in Markdown: a heading that repeats across groups carries its group's title.
+        count = Counter(h for _, h in self.columns)
+        head = ["Method"] + [f"{g}: {h}" if count[h] > 1 and g else h for g, h in self.columns]
         lines = [f"### {self.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for section, rows in self.sections:
+        for section, rows in self.rows():
             if section:
                 lines.append(f"| *{section}* |" + " |" * len(self.columns))
             lines += ["| " + " | ".join(row) + " |" for row in rows]
         if self.notes:
-            lines += [""] + [f"{n}" for n in self.notes]
+            lines += [""] + self.notes
         return "\n".join(lines) + "\n"
 
-    def _group_per_column(self):
-        out = []
-        for g, n in self.groups or [("", len(self.columns))]:
-            out += [(g, n)] * n
-        return out
-
     def latex(self) -> str:
-        def esc(text: str) -> str:
-            return (text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%")
-                    .replace("&", r"\&").replace("#", r"\#").replace(" ± ", r" $\pm$ ").replace(MISSING, "--")
-                    .replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$").replace("Δ", r"$\Delta$"))
+        # Booktabs by hand: Styler.to_latex writes neither a row spanning the table (section titles) nor a
+        # \cmidrule under a column group; splicing both into its output would be longer and more fragile.
         ncols = len(self.columns)
         lines = [f"% {self.title}", r"\begin{tabular}{l" + "r" * ncols + "}", r"\toprule"]
-        if any(g for g, _ in self.groups):
+        groups = [(g, len(list(run))) for g, run in itertools.groupby(g for g, _ in self.columns)]
+        if any(g for g, _ in groups):
             cells, rules, start = [""], [], 2
-            for g, n in self.groups:
-                cells.append(rf"\multicolumn{{{n}}}{{c}}{{{esc(g)}}}" if n > 1 else esc(g))
+            for g, n in groups:
+                cells.append(rf"\multicolumn{{{n}}}{{c}}{{{latex_text(g)}}}" if n > 1 else latex_text(g))
                 if g:
                     rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
                 start += n
             lines += [" & ".join(cells) + r" \\", " ".join(rules)]
-        lines.append(" & ".join(["Method"] + [esc(c) for c in self.columns]) + r" \\")
+        lines.append(" & ".join(["Method"] + [latex_text(h) for _, h in self.columns]) + r" \\")
         lines.append(r"\midrule")
-        for i, (section, rows) in enumerate(self.sections):
+        for i, (section, rows) in enumerate(self.rows()):
             if i:
                 lines.append(r"\midrule")
             if section:
-                lines.append(rf"\multicolumn{{{ncols + 1}}}{{l}}{{\emph{{{esc(section)}}}}} \\")
-            lines += [" & ".join(esc(c) for c in row) + r" \\" for row in rows]
+                lines.append(rf"\multicolumn{{{ncols + 1}}}{{l}}{{\emph{{{latex_text(section)}}}}} \\")
+            lines += [" & ".join(latex_text(c) for c in row) + r" \\" for row in rows]
         lines += [r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines) + "\n"
 
 
-def split_sections(runs: list[Run], labels: list[str], make_row) -> list[tuple[str | None, list[list[str]]]]:
-    bounds = {r.label for r in runs if r.bound}
-    variants = {r.label for r in runs if r.label != r.method and not r.bound}   # the label names fixed settings
-    cl = [lab for lab in labels if lab not in bounds and lab not in variants]
-    va = [lab for lab in labels if lab in variants]
-    bd = [lab for lab in labels if lab in bounds]
-    sections = [(None, [make_row(lab) for lab in cl])] if cl else []
-    # A method run with fixed settings is an ablation or a sensitivity point, not another method.
-    if va:
-        sections.append(("Variants with fixed settings (ablations)", [make_row(lab) for lab in va]))
-    if bd:
-        sections.append(("Bounds (not continual learners: no training, task id at test, or joint training)",
-                         [make_row(lab) for lab in bd]))
-    return sections
+def sections_of(frame: pd.DataFrame) -> list[tuple[str | None, list[str]]]:
+    labels = sort_labels(set(frame.label))
+    bounds = set(frame.label[frame.bound])
+    variants = set(frame.label[(frame.label != frame.method) & ~frame.bound])   # the label names fixed settings
+    sections = [(None, [lab for lab in labels if lab not in bounds | variants]),
+                # A method run with fixed settings is an ablation or a sensitivity point, not another method.
+                ("Variants with fixed settings (ablations)", [lab for lab in labels if lab in variants]),
+                ("Bounds (not continual learners: no training, task id at test, or joint training)",
+                 [lab for lab in labels if lab in bounds])]
+    return [(title, labs) for title, labs in sections if labs]
 
 
-def main_table(runs: list[Run]) -> Table:
-    blocks = blocks_for({r.order for r in runs})
-    columns, groups = [], []
-    for title, members in blocks:
-        cols = members + ([f"Avg ({title})"] if len(members) > 1 else [])
-        columns += cols
-        groups.append((title, len(cols)))
-
-    def row(label):
-        cells = [label]
-        for _, members in blocks:
-            cells += [fmt([r.metrics["AA"] for r in by(runs, label=label, order=o)]) for o in members]
-            if len(members) > 1:
-                cells.append(fmt(block_average(runs, label, members)))
-        return cells
-    seeds = ", ".join(map(str, sorted({r.seed for r in runs})))
-    return Table("main", "Average accuracy AA (%) after the last task, per order", groups, columns,
-                 split_sections(runs, sort_labels({r.label for r in runs}), row),
+def main_table(frame: pd.DataFrame) -> Table:
+    per_order = mean_std(frame.groupby(["label", "order"]).AA).unstack()
+    columns = {}
+    for title, members in blocks_for(set(frame.order)):
+        columns |= {(title, o): per_order.get(o) for o in members}
+        if len(members) > 1:
+            columns[(title, f"Avg ({title})")] = mean_std(block_average(frame, members).groupby(level="label"))
+    seeds = ", ".join(map(str, sorted(set(frame.seed))))
+    return Table("main", "Average accuracy AA (%) after the last task, per order", columns, sections_of(frame),
                  [f"AA = {metrics_mod.METRICS['AA'].description}. Mean ± std over seeds {seeds} where several ran; "
                   f"Avg = mean over the block's orders (per seed, then over seeds), only when every order ran. "
                   f"{MISSING} = no finished run."])
 
 
-def forgetting_table(runs: list[Run]) -> Table:
-    blocks = blocks_for({r.order for r in runs})
-    names = ["BWT ↑", "FM ↓", "FWT ↑"]
-    have_general = any(r.general for r in runs)
-    columns, groups = [], []
-    for title, _ in blocks:
-        cols = names + (["GEN Δ"] if have_general else [])
-        columns += cols
-        groups.append((title, len(cols)))
-
-    def row(label):
-        cells = [label]
-        for _, members in blocks:
-            rs = [r for r in by(runs, label=label) if r.order in members]
-            cells += [fmt([r.metrics[m] for r in rs]) for m in ("BWT", "FM", "FWT")]
-            if have_general:
-                cells.append(fmt([r.general["change"] for r in rs if r.general]))
-        return cells
+def forgetting_table(frame: pd.DataFrame) -> Table:
+    measured = frame.general_change.notna()
+    headings = {"BWT": "BWT ↑", "FM": "FM ↓", "FWT": "FWT ↑"}
+    if measured.any():
+        headings["general_change"] = "GEN Δ"
+    per_block = mean_std(frame.groupby(["label", "block"])[list(headings)]).unstack()
+    columns = {(title, heading): per_block.get((value, title))
+               for title, _ in blocks_for(set(frame.order)) for value, heading in headings.items()}
     notes = [f"{m} = {metrics_mod.METRICS[m].description}." for m in ("BWT", "FM", "FWT")]
     notes.append("Mean ± std over every run (orders x seeds) of the block.")
-    if have_general:
+    if measured.any():
+        counts = frame.groupby(["seed", "order"]).general_change.agg(["count", "size"])
+        cells = sorted((seed, order_rank(order), f"{order} seed {seed} {n}/{size}")
+                       for (seed, order), n, size in counts.itertuples() if n)
         notes.append("GEN Δ = change in accuracy (points) on held-out general-ability tasks, after the stream "
                      "minus before (the backbone), measured through lm-eval; mean over the block's runs that have "
-                     f"a general.json ({sum(1 for r in runs if r.general)} of {len(runs)} runs: "
-                     "`python -m harness general` adds the rest). Measured runs per order and seed: " +
-                     ", ".join(f"{o} seed {sd} {sum(1 for r in rs if r.general)}/{len(rs)}"
-                               for (o, sd), rs in sorted(by_order_seed(runs).items(), key=lambda x: x[0][1])
-                               if any(r.general for r in rs)) + ".")
-    return Table("forgetting", "Forgetting and transfer", groups, columns,
-                 split_sections(runs, sort_labels({r.label for r in runs}), row), notes)
+                     f"a general.json ({measured.sum()} of {len(frame)} runs: `python -m harness general` adds "
+                     "the rest). Measured runs per order and seed: " + ", ".join(c[-1] for c in cells) + ".")
+    return Table("forgetting", "Forgetting and transfer", columns, sections_of(frame), notes)
 
 
-def robustness_table(runs: list[Run]) -> Table:
-    blocks = [(t, m) for t, m in blocks_for({r.order for r in runs}) if len(m) > 1]
-    columns, groups = [], []
-    for title, _ in blocks:
-        columns += ["AA mean", "AA std", "AOPD", "MOPD"]
-        groups.append((title, 4))
-
-    def row(label):
-        cells = [label]
-        for _, members in blocks:
-            d = order_dispersion(runs, label, members)
-            if d is None:
-                cells += [MISSING] * 4
-            else:
-                cells += [f"{d['AA_mean']:.2f}", MISSING if d["AA_std"] is None else f"{d['AA_std']:.2f}",
-                          f"{d['AOPD']:.2f}", f"{d['MOPD']:.2f}"]
-        return cells
-    return Table("robustness", "Order robustness across the orders of a block", groups, columns,
-                 split_sections(runs, sort_labels({r.label for r in runs}), row),
+def robustness_table(runs: list[Run], frame: pd.DataFrame) -> Table:
+    columns = {}
+    for title, members in blocks_for(set(frame.order)):
+        if len(members) > 1:
+            dispersion = {label: order_dispersion(runs, label, members) for label in set(frame.label)}
+            for key, heading in (("AA_mean", "AA mean"), ("AA_std", "AA std"), ("AOPD", "AOPD"), ("MOPD", "MOPD")):
+                columns[(title, heading)] = pd.Series({lab: f"{d[key]:.2f}" for lab, d in dispersion.items() if d},
+                                                      dtype=object)
+    return Table("robustness", "Order robustness across the orders of a block", columns, sections_of(frame),
                  ["AA mean/std: over the block's orders of the seed-mean AA. OPD_i = max over orders - min over "
                   "orders of the seed-mean final accuracy R[T][i] of task i; AOPD = mean_i OPD_i, MOPD = max_i "
                   f"OPD_i (lower = more robust). {MISSING} = some order of the block has no finished run."])
 
 
-def cost_table(runs: list[Run]) -> Table:
-    columns = ["trainable params", "params kept", "kept per task", "train s/task", "eval s/run", "wall s/run",
-               "task id at test"]
-
-    def row(label):
-        rs = by(runs, label=label)
-        card = rs[0].card
-        kept = [r.card.get("parameters_kept", r.card["trainable_parameters"]) for r in rs]
-        per_task = [k / len(r.tasks) for k, r in zip(kept, rs)]
-        train = [r.card["timing"]["train_seconds"] / len(r.tasks) for r in rs]
-        return [label, f"{card['trainable_parameters']:,}", f"{max(kept):,}", f"{statistics.fmean(per_task):,.0f}",
-                fmt_spread(train), fmt_spread([r.card["timing"]["eval_seconds"] for r in rs]),
-                fmt_spread([r.card["timing"]["wall_seconds"] for r in rs]),
-                "yes" if card.get("uses_task_id_at_test") else "no"]
-    keeps = {}
-    for r in runs:
-        keeps.setdefault(r.label, r.card.get("keeps_from_past_tasks", ""))
+def cost_table(frame: pd.DataFrame) -> Table:
+    first = frame.drop_duplicates("label").set_index("label")    # a label's first run speaks for its method card
+    kept = frame.parameters_kept.fillna(frame.trainable_parameters)
+    columns = {("", "trainable params"): first.trainable_parameters.map("{:,}".format),
+               ("", "params kept"): kept.groupby(frame.label).max().map("{:,.0f}".format),
+               ("", "kept per task"): (kept / frame.tasks).groupby(frame.label).mean().map("{:,.0f}".format),
+               ("", "train s/task"): spread((frame.train_seconds / frame.tasks).groupby(frame.label)),
+               ("", "eval s/run"): spread(frame.groupby("label").eval_seconds),
+               ("", "wall s/run"): spread(frame.groupby("label").wall_seconds),
+               ("", "task id at test"): first.uses_task_id_at_test.map({True: "yes", False: "no"})}
     notes = ["params kept = parameters stored beside the frozen backbone at the end of the stream, the most over "
              "the row's runs (it can vary: CRAFT keeps one intervention per group); kept per task = that over the "
              "number of tasks, mean over runs. Seconds are median [min–max] over runs (wall includes model loading); "
              "the range spans the orders' different tasks and any run slowed by a busy machine.",
-             "What each method keeps from past tasks: " + "; ".join(f"{k}: {v}" for k, v in keeps.items()) + "."]
-    return Table("cost", "Cost: parameters and time", [], columns,
-                 split_sections(runs, sort_labels({r.label for r in runs}), row), notes)
+             "What each method keeps from past tasks: " +
+             "; ".join(f"{k}: {v}" for k, v in first.keeps_from_past_tasks.items()) + "."]
+    return Table("cost", "Cost: parameters and time", columns, sections_of(frame), notes)
 
 
-def ablation_table(runs: list[Run], method: str = "craft", references=("seq_lora", "replay")) -> Table | None:
-    variants = sort_labels({r.label for r in runs if r.method == method})
+def ablation_table(frame: pd.DataFrame, method: str = "craft", references=("seq_lora", "replay")) -> Table | None:
+    variants = sort_labels(set(frame.label[frame.method == method]))
     if len(variants) < 2:
         return None
     # Like for like: every row only on the (order, seed) cells where some variant ran, so a variant run on
     # one seed is never set against the full method's mean over more seeds or orders.
-    cells_run = {(r.order, r.seed) for r in runs if r.method == method and r.label != method}
-    scoped = [r for r in runs if (r.order, r.seed) in cells_run]
-    orders = sorted({o for o, _ in cells_run}, key=order_rank)
-    seeds = sorted({s for _, s in cells_run})
+    ablated = frame[(frame.method == method) & (frame.label != method)]
+    cells_run = pd.MultiIndex.from_frame(ablated[["order", "seed"]])
+    scoped = frame[pd.MultiIndex.from_frame(frame[["order", "seed"]]).isin(cells_run)]
+    orders = sorted(set(ablated.order), key=order_rank)
+    seeds = sorted(set(ablated.seed))
     seeds_text = ("seeds " if len(seeds) > 1 else "seed ") + ", ".join(map(str, seeds))
-    columns, groups = [], []
-    for o in orders:
-        columns += ["AA ↑", "BWT ↑", "FM ↓"]
-        groups.append((f"Order {o}", 3))
-    columns += ["trainable params", "wall s/run"]
-    groups.append(("", 2))
-
-    def row(label):
-        cells = [label]
-        for o in orders:
-            rs = by(scoped, label=label, order=o)
-            cells += [fmt([r.metrics[m] for r in rs]) for m in ("AA", "BWT", "FM")]
-        rs = by(scoped, label=label)
-        cells.append(f"{rs[0].card['trainable_parameters']:,}" if rs else MISSING)
-        cells.append(fmt_spread([r.card["timing"]["wall_seconds"] for r in rs], 0))
-        return cells
-    sections = [(None, [row(v) for v in variants])]
-    refs = [r for r in references if by(scoped, label=r)]
-    if refs:
-        sections.append(("References", [row(r) for r in refs]))
-    return Table("ablations", f"{method} and its ablations (settings in brackets)", groups, columns, sections,
+    per_order = mean_std(scoped.groupby(["label", "order"])[["AA", "BWT", "FM"]]).unstack()
+    columns = {(f"Order {o}", heading): per_order.get((value, o))
+               for o in orders for value, heading in (("AA", "AA ↑"), ("BWT", "BWT ↑"), ("FM", "FM ↓"))}
+    columns[("", "trainable params")] = (scoped.drop_duplicates("label").set_index("label")
+                                         .trainable_parameters.map("{:,}".format))
+    columns[("", "wall s/run")] = spread(scoped.groupby("label").wall_seconds, 0)
+    refs = [r for r in references if r in set(scoped.label)]
+    sections = [(None, variants)] + ([("References", refs)] if refs else [])
+    return Table("ablations", f"{method} and its ablations (settings in brackets)", columns, sections,
                  [f"Every row is restricted to the orders and seeds where an ablation ran ({seeds_text}), so the "
                   "rows compare the same streams. AA, BWT, FM: mean ± std over those seeds. Trainable params: "
                   "per run. Wall s/run: median [min–max] over the row's runs in the table."])
 
 
-def all_tables(runs: list[Run]) -> list[Table]:
-    tables = [main_table(runs), forgetting_table(runs), robustness_table(runs), cost_table(runs)]
-    ablation = ablation_table(runs)
+def all_tables(runs: list[Run], frame: pd.DataFrame) -> list[Table]:
+    tables = [main_table(frame), forgetting_table(frame), robustness_table(runs, frame), cost_table(frame)]
+    ablation = ablation_table(frame)
     if ablation:
         tables.append(ablation)
     return tables
 
 
 # ---- writing --------------------------------------------------------------------------------------------
-def runs_csv(runs: list[Run], root: str) -> str:
-    rows = [{"run": os.path.relpath(r.path, root), "method": r.method, "label": r.label, "order": r.order,
-             "seed": r.seed, **{k: r.metrics[k] for k in ("AA", "BWT", "FM", "FWT")},
-             "general_change": r.general["change"] if r.general else None,
-             "trainable_parameters": r.card["trainable_parameters"],
-             "parameters_kept": r.card.get("parameters_kept"), "wall_seconds": r.card["timing"]["wall_seconds"],
-             "created": r.config.get("created")} for r in runs]
-    return pd.DataFrame(rows).sort_values(["label", "order", "seed"]).to_csv(index=False, lineterminator="\n")
-
-
 def write_tables(root: str, out: str, figures: bool = True) -> dict:
     runs, unfinished = load_runs(root)
     if not runs:
         raise UsageError(f"no finished run under {root}" + (f" ({len(unfinished)} unfinished)" if unfinished else ""))
     setup = check_one_setup(runs)
     os.makedirs(out, exist_ok=True)
-    tables = all_tables(runs)
-    md = []
-    for t in tables:
-        atomic_write(os.path.join(out, f"{t.name}.md"), t.markdown())
+    frame = runs_frame(runs, root)
+    tables = all_tables(runs, frame)
+    md = [t.markdown() for t in tables]
+    for t, text in zip(tables, md):
+        atomic_write(os.path.join(out, f"{t.name}.md"), text)
         atomic_write(os.path.join(out, f"{t.name}.tex"), t.latex())
-        md.append(t.markdown())
-    atomic_write(os.path.join(out, "runs.csv"), runs_csv(runs, root))
+    atomic_write(os.path.join(out, "runs.csv"), frame[CSV_COLUMNS].sort_values(["label", "order", "seed"])
+                 .to_csv(index=False, lineterminator="\n"))
     written = [f"{t.name}.md" for t in tables] + [f"{t.name}.tex" for t in tables] + ["runs.csv"]
     if figures:
         from harness import figures as figs
@@ -442,30 +388,15 @@ def write_tables(root: str, out: str, figures: bool = True) -> dict:
     return {"runs": len(runs), "unfinished": unfinished, "files": written + ["README.md"]}
 
 
-SWEEP_GRID_OPTIONS = {"--methods", "--orders", "--seeds", "--runs", "--jobs"}   # options with a value
-SWEEP_SWITCHES = {"--dry-run", "--quiet"}
-
-
 def run_options_of(sweeps: list[dict], runs: list[Run]) -> str:
-    """The run options (sizes, data, model) as the user spelled them in the latest sweep command, else as
-    the runs' config.json records them."""
+    """The run options (sizes, data, model) as the user gave them to the latest sweep, else every setup
+    option as the runs' config.json records it (and the data folder, where one was named)."""
     for entry in reversed(sweeps):
-        words, kept, skip = shlex.split(entry["command"]), [], False
-        for word in words[words.index("sweep") + 1:] if "sweep" in words else []:
-            if skip:
-                skip = False
-            elif word in SWEEP_GRID_OPTIONS:
-                skip = True
-            elif word.split("=")[0] not in SWEEP_GRID_OPTIONS | SWEEP_SWITCHES:
-                kept.append(word)
-        return shlex.join(kept)
+        if "options" in entry:
+            return shlex.join(spell_options(entry["options"]))
     c = runs[0].config
-    words = ["--train-per-task", str(c.get("train_per_task") or "all"),
-             "--test-per-task", str(c.get("test_per_task") or "all"), "--model", str(c["model"]),
-             "--eval", str(c["eval"]), "--dtype", str(c["dtype"]), "--max-input-tokens", str(c["max_input_tokens"])]
-    if c.get("data_dir"):
-        words += ["--data-dir", c["data_dir"]]
-    return shlex.join(words)
+    return shlex.join(spell_options({name: c.get(name) for name in SETUP_KEYS + ("data_dir",)
+                                     if name in c and (name != "data_dir" or c[name])}))
 
 
 def by_order_seed(runs: list[Run]) -> dict:

@@ -22,7 +22,7 @@ def make_run(root, label, method, order, seed, rows, args=None, params=100, boun
     write_json(os.path.join(path, "config.json"), {
         "method": method, "method_args": args or {}, "order": order, "seed": seed, "tasks": TASKS,
         "model": model, "train_per_task": 8, "test_per_task": 4, "eval": "rank", "dtype": "fp32",
-        "max_input_tokens": 16, "created": f"2026-11-2{seed}T10:00:00",
+        "max_input_tokens": 16, "eval_batch_size": 16, "created": f"2026-11-2{seed}T10:00:00",
         "data": {t: {"train": 8, "test": 4} for t in TASKS}, "packages": {"torch": "2.13.0"},
         "settings": settings or {"lr": 0.001}, **({"machine": machine} if machine else {})})
     write_json(os.path.join(path, "method.json"), {
@@ -128,10 +128,10 @@ def test_regenerate_commands_make_exactly_the_runs_in_the_tables(runs, tmp_path)
     readme = open(os.path.join(out, "README.md")).read()
     block = readme.split("## Regenerate")[1].split("```")[1]
     commands = [c for c in block.strip().splitlines() if c.startswith("python -m harness sweep")]
-    # no sweeps.jsonl: the run options come from config.json
+    # no sweeps.jsonl: every setup option comes from config.json, spelled out
     assert commands[0] == (f"python -m harness sweep --methods craft:merge=false,zero_shot --orders 1 --seeds 1 "
                            f"--runs {runs} --train-per-task 8 --test-per-task 4 --model tiny-llama --eval rank "
-                           f"--dtype fp32 --max-input-tokens 16")
+                           f"--dtype fp32 --max-input-tokens 16 --eval-batch-size 16")
     assert len(commands) == 4   # seq_lora has orders 1,2 on seed 1 but only order 1 on seed 2
     cells = set()
     for command in commands:
@@ -142,10 +142,11 @@ def test_regenerate_commands_make_exactly_the_runs_in_the_tables(runs, tmp_path)
     # general: a glob where every run of an order and seed was measured, else the runs by name
     assert block.strip().splitlines()[-2] == (f"python -m harness general --tasks sms_spam --per-task 50 "
                                               f"{runs}/seq_lora/1/seed1 {runs}/*/1/seed2")
-    # with a sweep history, the user's own spelling of the run options is kept, grid options are not
+    # with a sweep history, the run options the user gave the latest sweep are kept (as typed: a relative
+    # data folder stays relative), the grid options are not
     with open(os.path.join(runs, "sweeps.jsonl"), "w") as f:
-        f.write(json.dumps({"command": "python -m harness sweep --methods seq_lora --orders 1 --runs old --jobs 2 "
-                                       "--quiet --train-per-task 8 --data-dir ../d --seeds=1"}) + "\n")
+        for options in ({"train_per_task": 99}, {"train_per_task": 8, "data_dir": "../d"}):
+            f.write(json.dumps({"command": "python -m harness sweep --runs old", "options": options}) + "\n")
     write_tables(runs, out, figures=False)
     readme = open(os.path.join(out, "README.md")).read()
     assert f"--seeds 1 --runs {runs} --train-per-task 8 --data-dir ../d\n" in readme and "--runs old" not in readme
@@ -155,6 +156,37 @@ def test_order_dispersion_formula_directly(runs):
     finished, _ = load_runs(runs)
     d = order_dispersion(finished, "craft", ["1", "2", "3"])
     assert d["OPD"] == {"a": 10.0, "b": 25.0} and d["AOPD"] == 17.5 and d["MOPD"] == 25.0
+
+
+def cells_of(path, label):
+    line = next(ln for ln in open(path).read().splitlines() if ln.startswith(f"| {label} |"))
+    return [c.strip() for c in line.strip("|").split("|")][1:]
+
+
+def test_block_average_skips_a_seed_that_missed_an_order(runs, tmp_path):
+    # craft seed 1: AA 80, 65, 80 on orders 1-3. Seed 2 runs orders 1 and 2 only, AA 90 on both.
+    make_run(runs, "craft", "craft", "1", 2, seq(90.0, 90.0), params=10)
+    make_run(runs, "craft", "craft", "2", 2, seq(90.0, 90.0), params=10)
+    out = str(tmp_path / "results")
+    write_tables(runs, out, figures=False)
+    # per order: (80, 90) -> 85 ± 7.07; (65, 90) -> 77.50 ± 17.68; 80. Avg: seed 1 alone, (80+65+80)/3 = 75
+    # (not 82.50 ± 10.61 with seed 2's two-order average, nor 80.83 from the per-order means).
+    assert cells_of(os.path.join(out, "main.md"), "craft")[:4] == ["85.00 ± 7.07", "77.50 ± 17.68", "80.00", "75.00"]
+    make_run(runs, "craft", "craft", "3", 2, seq(60.0, 60.0), params=10)
+    write_tables(runs, out, figures=False)
+    # seed 2 complete: (90+90+60)/3 = 80 -> Avg over seeds (75, 80) = 77.50 ± 3.54
+    assert cells_of(os.path.join(out, "main.md"), "craft")[3] == "77.50 ± 3.54"
+
+
+def test_metrics_no_run_could_compute_are_missing_not_an_error(tmp_path):
+    # joint training evaluates once, after all tasks: BWT, FM and FWT need the stream, so every run lacks them
+    root = str(tmp_path / "runs")
+    make_run(root, "mtl", "mtl", "1", 1, {"base": [50.0, 40.0], "all": [70.0, 60.0]}, bound=True)
+    make_run(root, "mtl", "mtl", "1", 2, {"base": [50.0, 40.0], "all": [80.0, 60.0]}, bound=True)
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    assert cells_of(os.path.join(out, "main.md"), "mtl") == ["67.50 ± 3.54", "–", "–", "–"]
+    assert cells_of(os.path.join(out, "forgetting.md"), "mtl") == ["–", "–", "–"]
 
 
 def test_mixed_setups_are_refused_and_figures_are_written(runs, tmp_path):
