@@ -8,7 +8,8 @@ import torch
 
 
 class Scorer(Protocol):
-    def prompt_forward(self, input_ids, attention_mask, position_ids) -> tuple[torch.Tensor, object]: ...
+    def prefix_forward(self, input_ids) -> object | None: ...
+    def prompt_forward(self, input_ids, attention_mask, position_ids, past=None) -> tuple[torch.Tensor, object]: ...
     def continue_forward(self, input_ids, attention_mask, position_ids, past) -> torch.Tensor: ...
 
 
@@ -18,9 +19,16 @@ class CausalLMScorer:
     def __init__(self, model):
         self.model = model
 
-    def prompt_forward(self, input_ids, attention_mask, position_ids):
+    def prefix_forward(self, input_ids):
+        """Keys/values of a prefix that every prompt the caller scores next begins with (a batch of one), or
+        None where this scorer's model differs between prompts before their shared part ends."""
+        return self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1).past_key_values
+
+    def prompt_forward(self, input_ids, attention_mask, position_ids, past=None):
+        """Last logits and KV cache of the prompts; with `past` (a prefix's cache, expanded to the batch),
+        input_ids are the tokens after the prefix and attention_mask spans prefix and suffix."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         use_cache=True, logits_to_keep=1)
+                         past_key_values=past, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :], out.past_key_values
 
     def continue_forward(self, input_ids, attention_mask, position_ids, past):

@@ -84,6 +84,10 @@ class BenchConfig:
     # setup, not environment: batching changes padding, and with it float sums and a near-tie prediction
     eval_batch_size: int = option(16, role=SETUP, type=positive_int, help="test examples per forward pass")
     device: str = option("cpu", role=ENVIRONMENT, help="torch device")
+    # environment, not setup: the caches change float rounding only (measured: docs/cli.md#caches)
+    cache: str = option("on", role=ENVIRONMENT, choices=("on", "off"),
+                        help="on: encode each task's shared prompt prefix once; off: every cache off, to check "
+                             "that they change nothing beyond float rounding")
     allow_download: bool = option(False, role=ENVIRONMENT, help="let transformers fetch a model from the hub")
     out: str | None = option(None, role=ENVIRONMENT, commands=(BENCH,),
                              help="run directory (default runs/<method>-<order>-s<seed>)")

@@ -4,6 +4,8 @@ a forward over the prompt (returning its last logits and KV cache) and a forward
 The prompt is encoded once per example; every candidate label is scored from the same cache."""
 from __future__ import annotations
 
+import copy
+import os
 import sys
 import time
 
@@ -17,6 +19,52 @@ from harness.models import autocast
 EVAL_MODES = ("rank", "generate")
 
 
+# A shared prefix shorter than this is not worth a forward of its own.
+MIN_SHARED_PREFIX = 8
+
+
+class SharedPrefix:
+    """The tokens every prompt of a call begins with (a task's chat template, instruction and options: 38-73%
+    of its prompt, docs/design.md#speed-and-precision), encoded once per call by the scorer; each batch then
+    encodes only its prompts' own tokens on top of a copy of that cache."""
+
+    def __init__(self, scorer: Scorer, prompts: list[tuple[int, ...]]):
+        common = os.path.commonprefix(prompts)
+        # Every prompt keeps tokens of its own: at least its last (it gives the next-token logits), more where
+        # the scorer edits the last few (CRAFT).
+        own = max(1, getattr(scorer, "min_own_tokens", 1))
+        self.length = max(0, min(len(common), min(len(p) for p in prompts) - own))
+        self.past = None
+        if self.length >= MIN_SHARED_PREFIX and getattr(scorer, "prefix_forward", None) is not None:
+            self.past = scorer.prefix_forward(torch.tensor([common[:self.length]], dtype=torch.long))
+
+    def encode(self, scorer: Scorer, prompts: list[tuple[int, ...]], pad_id: int):
+        """(last logits, KV cache, attention mask over the whole prompts) for a batch of the call's prompts."""
+        if self.past is None:
+            ids, mask, pos = left_pad(prompts, pad_id)
+            logits, past = scorer.prompt_forward(ids, mask, pos)
+            return logits, past, mask
+        ids, own_mask, own_pos = left_pad([p[self.length:] for p in prompts], pad_id)
+        past = copy.deepcopy(self.past)
+        past.batch_repeat_interleave(len(prompts))
+        # Left padding of the own tokens sits between prefix and text: masked, and positions skip it.
+        mask = torch.cat([torch.ones((len(prompts), self.length), dtype=torch.long), own_mask], dim=1)
+        logits, past = scorer.prompt_forward(ids, mask, own_pos + self.length, past)
+        return logits, past, mask
+
+
+def encoder_for(scorer: Scorer, prompts: list[tuple[int, ...]], share_prefix: bool):
+    return SharedPrefix(scorer, prompts) if share_prefix and len(prompts) > 1 else NO_PREFIX
+
+
+class _NoPrefix(SharedPrefix):
+    def __init__(self):
+        self.length, self.past = 0, None
+
+
+NO_PREFIX = _NoPrefix()
+
+
 def _batches_of(prompts: list[tuple[int, ...]], batch_size: int):
     # Sorting by length keeps padding (wasted compute) low; results are mapped back to input order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -26,10 +74,12 @@ def _batches_of(prompts: list[tuple[int, ...]], batch_size: int):
 
 @torch.no_grad()
 def candidate_logprobs(scorer: Scorer, prompts: list[tuple[int, ...]], candidates: list[tuple[int, ...]],
-                       pad_id: int, batch_size: int = 16, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+                       pad_id: int, batch_size: int = 16, progress=None,
+                       share_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """For every prompt and candidate continuation: (total log-probability [N, C], greedy [N, C] = whether
-    greedy decoding would produce exactly that continuation). One prompt forward per example; every
-    candidate is scored from its KV cache."""
+    greedy decoding would produce exactly that continuation). One prompt forward per example (on top of the
+    prompts' shared prefix, encoded once, unless share_prefix is off); every candidate is scored from its
+    KV cache."""
     n_cand = len(candidates)
     width = max(len(c) for c in candidates)
     cont = torch.full((n_cand, width - 1), pad_id, dtype=torch.long)     # inputs: all but each last token
@@ -42,10 +92,10 @@ def candidate_logprobs(scorer: Scorer, prompts: list[tuple[int, ...]], candidate
     first = torch.tensor([c[0] for c in candidates])
     out = torch.zeros((len(prompts), n_cand))
     greedy_out = torch.zeros((len(prompts), n_cand), dtype=torch.bool)
+    prefix = encoder_for(scorer, prompts, share_prefix)
     for idx in _batches_of(prompts, batch_size):
-        ids, mask, pos = left_pad([prompts[i] for i in idx], pad_id)
         b = len(idx)
-        last_logits, past = scorer.prompt_forward(ids, mask, pos)
+        last_logits, past, mask = prefix.encode(scorer, [prompts[i] for i in idx], pad_id)
         scores = torch.log_softmax(last_logits.float(), -1)[:, first]               # [b, C]
         greedy = last_logits.argmax(-1, keepdim=True) == first[None, :]             # [b, C]
         if width > 1:
@@ -66,21 +116,22 @@ def candidate_logprobs(scorer: Scorer, prompts: list[tuple[int, ...]], candidate
 
 
 def rank_predictions(scorer: Scorer, examples: list[Encoded], candidates: list[tuple[int, ...]], pad_id: int,
-                     batch_size: int = 16, progress=None) -> list[int]:
+                     batch_size: int = 16, progress=None, share_prefix: bool = True) -> list[int]:
     """Index of the candidate with the highest total log-probability (label tokens + end token)."""
     scores, _ = candidate_logprobs(scorer, [ex.prompt_ids for ex in examples], candidates, pad_id, batch_size,
-                                   progress)
+                                   progress, share_prefix)
     return scores.argmax(-1).tolist()
 
 
 @torch.no_grad()
 def generate_predictions(scorer: Scorer, examples: list[Encoded], end_id: int, pad_id: int, max_new_tokens: int,
-                         batch_size: int = 16, progress=None) -> list[list[int]]:
+                         batch_size: int = 16, progress=None, share_prefix: bool = True) -> list[list[int]]:
     """Greedy generation through the scorer's cache, stopping at the end token; returns generated ids."""
     outs: list[list[int]] = [[] for _ in examples]
-    for idx in _batches_of([ex.prompt_ids for ex in examples], batch_size):
-        ids, mask, pos = left_pad([examples[i].prompt_ids for i in idx], pad_id)
-        logits, past = scorer.prompt_forward(ids, mask, pos)
+    prompts = [ex.prompt_ids for ex in examples]
+    prefix = encoder_for(scorer, prompts, share_prefix)
+    for idx in _batches_of(prompts, batch_size):
+        logits, past, mask = prefix.encode(scorer, [prompts[i] for i in idx], pad_id)
         done = torch.zeros(len(idx), dtype=torch.bool)
         next_pos = mask.sum(-1, keepdim=True)
         for _ in range(max_new_tokens):
@@ -100,17 +151,18 @@ def generate_predictions(scorer: Scorer, examples: list[Encoded], end_id: int, p
 
 
 def accuracy(scorer: Scorer, examples: list[Encoded], candidates: list[tuple[int, ...]], labels: tuple[str, ...],
-             encoder, mode: str = "rank", batch_size: int = 16, progress=None) -> float:
+             encoder, mode: str = "rank", batch_size: int = 16, progress=None, share_prefix: bool = True) -> float:
     """Accuracy in percent on encoded test examples."""
     if not examples:
         raise ValueError("no test examples")
     pad_id = encoder.tok.pad_token_id
     if mode == "rank":
-        preds = rank_predictions(scorer, examples, candidates, pad_id, batch_size, progress)
+        preds = rank_predictions(scorer, examples, candidates, pad_id, batch_size, progress, share_prefix)
         hits = sum(p == ex.label_index for p, ex in zip(preds, examples))
     elif mode == "generate":
         max_new = max(len(c) for c in candidates) + 2
-        gens = generate_predictions(scorer, examples, encoder.end_id, pad_id, max_new, batch_size, progress)
+        gens = generate_predictions(scorer, examples, encoder.end_id, pad_id, max_new, batch_size, progress,
+                                    share_prefix)
         norm = [label.strip().casefold() for label in labels]
         hits = sum(encoder.decode_answer(g).casefold() == norm[ex.label_index] for g, ex in zip(gens, examples))
     else:
@@ -123,8 +175,9 @@ class Evaluator:
     model with `evaluation_key(task)`, and a task whose key was scored before is not scored again."""
 
     def __init__(self, encoder, tasks: dict, mode: str, batch_size: int, dtype: str, progress: bool = True,
-                 log=None):
+                 log=None, share_prefix: bool = True):
         self.encoder, self.mode, self.batch_size, self.dtype = encoder, mode, batch_size, dtype
+        self.share_prefix = share_prefix
         self.names = list(tasks)
         self.test = {name: encoder.encode(task, "test") for name, task in tasks.items()}
         self.candidates = {name: encoder.candidates(task) for name, task in tasks.items()}
@@ -149,7 +202,7 @@ class Evaluator:
                     continue
                 with autocast(self.dtype):
                     acc = accuracy(scorer_for(name), self.test[name], self.candidates[name], self.labels[name],
-                                   self.encoder, self.mode, self.batch_size, bar)
+                                   self.encoder, self.mode, self.batch_size, bar, self.share_prefix)
                 result[name] = round(acc, 2)
                 if key is not None:
                     self.scores[(key, name)] = result[name]

@@ -177,7 +177,7 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
     encoder = PromptEncoder(tok, cfg.max_input_tokens)
     train = {d.name: encoder.encode(d, "train") for d in data}
     evaluator = Evaluator(encoder, {d.name: d for d in data}, cfg.eval, cfg.eval_batch_size, cfg.dtype,
-                          progress=cfg.progress, log=run.log)
+                          progress=cfg.progress, log=run.log, share_prefix=cfg.cache == "on")
     run.log("model_loaded", seconds=round(time.time() - t0, 2), model=cfg.model)
 
     seed_everything(cfg.seed)

@@ -296,18 +296,24 @@ class CRAFT(Method):
     def scorer(self, task_name):
         return CraftScorer(self, task_name)
 
-    def route_inputs(self, ids, mask, pos) -> torch.Tensor:
+    def route_inputs(self, ids, mask, pos, prefix=None) -> torch.Tensor:
         """Group index per row: the nearest group by KL(input's backbone distribution || group signature).
         No threshold here: a single input's distribution is noisier than a task's averaged signature
         (measured: median KL to its own task's signature 0.08-0.56 nats), so a threshold would send
         seen-task inputs to the bare backbone. The backbone is frozen, so each prompt's distribution is
-        computed once per run and cached: routing then costs nothing after the first evaluation."""
-        keys = [tuple(row[m.bool()].tolist()) for row, m in zip(ids, mask)]
+        computed once per run and cached: routing then costs nothing after the first evaluation.
+        prefix = (its token ids, the backbone's cache of it) when ids hold only the tokens after that prefix."""
+        head, past = prefix or ((), None)
+        own = mask[:, -ids.shape[1]:]
+        keys = [head + tuple(row[m.bool()].tolist()) for row, m in zip(ids, own)]
         missing = [i for i, k in enumerate(keys) if k not in self._route_cache]
         if missing:
+            if past is not None:
+                past = copy.deepcopy(past)
+                past.batch_repeat_interleave(len(missing))
             with torch.no_grad():
                 out = self.model(input_ids=ids[missing], attention_mask=mask[missing], position_ids=pos[missing],
-                                 logits_to_keep=1)
+                                 past_key_values=past, logits_to_keep=1)
             for i, lp in zip(missing, torch.log_softmax(out.logits[:, -1].float(), -1)):
                 self._route_cache[keys[i]] = lp
         logp = torch.stack([self._route_cache[k] for k in keys])
@@ -348,23 +354,35 @@ class CRAFT(Method):
 
 
 class CraftScorer(CausalLMScorer):
-    """The prompt is encoded under the intervention of the input's group; continuation tokens are not edited."""
+    """The prompt is encoded under the intervention of the input's group; continuation tokens are not edited.
+    With first_positions=0 the edits sit on each prompt's last tokens only, so a prefix the prompts share is the
+    frozen backbone's under every group (causal attention: no earlier position sees an edited one) and is
+    encoded once, plainly; the evaluator leaves each prompt at least last_positions tokens of its own."""
 
     def __init__(self, method: CRAFT, task_name: str):
         super().__init__(method.model)
         self.m = method
         self.task_name = task_name
         self.fresh = True
+        self.min_own_tokens = int(method.settings["last_positions"])
+        self.prefix = None
 
-    def prompt_forward(self, input_ids, attention_mask, position_ids):
+    def prefix_forward(self, input_ids):
+        if int(self.m.settings["first_positions"]) > 0:
+            return None   # edits at the start of the prompt: no prefix is the same under every group
+        past = super().prefix_forward(input_ids)
+        self.prefix = (tuple(input_ids[0].tolist()), past)
+        return past
+
+    def prompt_forward(self, input_ids, attention_mask, position_ids, past=None):
         m = self.m
         if not m.groups:
-            return super().prompt_forward(input_ids, attention_mask, position_ids)
+            return super().prompt_forward(input_ids, attention_mask, position_ids, past)
         if m.settings["test_routing"] == "task_id":
             gid = m.task_group.get(self.task_name, -1)
             rows = torch.full((len(input_ids),), gid, dtype=torch.long)
         else:
-            rows = m.route_inputs(input_ids, attention_mask, position_ids)
+            rows = m.route_inputs(input_ids, attention_mask, position_ids, self.prefix if past is not None else None)
             # Where this task's inputs went, in the latest evaluation (cumulative over its batches).
             counts = m.diagnostics.setdefault("test_routing", {}).setdefault(self.task_name, {})
             if self.fresh:
@@ -372,6 +390,7 @@ class CraftScorer(CausalLMScorer):
                 self.fresh = False
             for g in rows.tolist():
                 counts[str(g)] = counts.get(str(g), 0) + 1
-        pmask = m._prompt_mask(attention_mask, torch.full((len(input_ids),), input_ids.shape[1]))
+        width = attention_mask.shape[1]
+        pmask = m._prompt_mask(attention_mask, torch.full((len(input_ids),), width))[:, width - input_ids.shape[1]:]
         with m.hooks.active([g.state for g in m.groups], rows, pmask):
-            return super().prompt_forward(input_ids, attention_mask, position_ids)
+            return super().prompt_forward(input_ids, attention_mask, position_ids, past)

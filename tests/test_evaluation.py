@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from core.scoring import CausalLMScorer
@@ -82,3 +83,36 @@ def test_rank_on_the_real_model_matches_full_sequence_scoring(smollm):
     for ex, pred in zip(examples, preds):
         scores = full_sequence_scores(model, ex.prompt_ids, cands)
         assert pred == max(range(len(cands)), key=scores.__getitem__)
+
+
+@pytest.mark.parametrize("names", [("trec", "bbc", "hutto_amazon")])
+def test_shared_prefix_gives_the_scores_of_full_prompts(tiny, names):
+    """Rank scores and greedy generations with each task's prefix encoded once equal those of whole prompts
+    (fp32, float rounding only), on real prompts of several tasks."""
+    import tasks
+    from harness.evaluation import SharedPrefix, candidate_logprobs
+    model, tok = tiny
+    enc = PromptEncoder(tok, 16)
+    scorer = CausalLMScorer(model)
+    for name in names:
+        data = tasks.load_task(name, None, 4, 12, seed=1)
+        prompts, cands = [ex.prompt_ids for ex in enc.encode(data, "test")], enc.candidates(data)
+        assert SharedPrefix(scorer, prompts).length >= 20    # chat template, instruction, options
+        full, full_greedy = candidate_logprobs(scorer, prompts, cands, tok.pad_token_id, 5, share_prefix=False)
+        shared, shared_greedy = candidate_logprobs(scorer, prompts, cands, tok.pad_token_id, 5, share_prefix=True)
+        assert torch.allclose(full, shared, atol=1e-4) and torch.equal(full_greedy, shared_greedy), name
+        examples = enc.encode(data, "test")
+        assert generate_predictions(scorer, examples, enc.end_id, tok.pad_token_id, 4, 5, share_prefix=False) == \
+            generate_predictions(scorer, examples, enc.end_id, tok.pad_token_id, 4, 5, share_prefix=True)
+
+
+def test_shared_prefix_leaves_each_prompt_the_tokens_its_scorer_edits(tiny):
+    from harness.evaluation import SharedPrefix
+    model, _ = tiny
+    scorer = CausalLMScorer(model)
+    prompts = [tuple(range(30)) + (40, 41), tuple(range(30)) + (50,)]
+    assert SharedPrefix(scorer, prompts).length == 30
+    scorer.min_own_tokens = 4     # CRAFT edits the last 4 prompt tokens: they must not sit in the prefix
+    assert SharedPrefix(scorer, prompts).length == 27
+    scorer.prefix_forward = lambda ids: None    # a scorer that cannot share a prefix encodes whole prompts
+    assert SharedPrefix(scorer, prompts).past is None

@@ -133,3 +133,13 @@ def test_a_method_file_dropped_into_methods_is_discovered_and_runs(tmp_path, tok
     finally:
         os.remove(path)
     assert "dropped_probe" not in discover()
+
+
+@pytest.mark.parametrize("method", sorted(discover()))
+def test_caches_off_give_the_same_matrix(tmp_path, tokenizer, method):
+    """--cache off turns every cache off; a tiny run of each method gives the same accuracy matrix either way."""
+    on, _ = run(tmp_path, "on", tokenizer, method=method, order="bbc,trec,hutto_amazon", method_args={})
+    off, _ = run(tmp_path, "off", tokenizer, method=method, order="bbc,trec,hutto_amazon", method_args={},
+                 cache="off")
+    matrix = [pd.read_csv(os.path.join(out, "matrix.csv"), index_col=0) for out in (on, off)]
+    pd.testing.assert_frame_equal(*matrix)
