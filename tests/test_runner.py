@@ -143,3 +143,16 @@ def test_caches_off_give_the_same_matrix(tmp_path, tokenizer, method):
                  cache="off")
     matrix = [pd.read_csv(os.path.join(out, "matrix.csv"), index_col=0) for out in (on, off)]
     pd.testing.assert_frame_equal(*matrix)
+
+
+@pytest.mark.parametrize("method", sorted(discover()))
+def test_every_method_resumes_after_a_stop_to_the_matrix_of_a_straight_run(tmp_path, tokenizer, method):
+    straight, _ = run(tmp_path, "straight", tokenizer, method=method, order="bbc,trec,hutto_amazon", method_args={})
+    # a fresh process would load a fresh backbone: so does each sitting here
+    split, _ = run(tmp_path, "split", tokenizer, method=method, order="bbc,trec,hutto_amazon", method_args={},
+                   stop_after_task=2)
+    if not discover()[method].JOINT:   # a joint method has one stage: nothing to split
+        assert not os.path.exists(os.path.join(split, "matrix.csv"))
+        run(tmp_path, "split", tokenizer, method=method, order="bbc,trec,hutto_amazon", method_args={})
+    matrix = [pd.read_csv(os.path.join(out, "matrix.csv"), index_col=0) for out in (straight, split)]
+    pd.testing.assert_frame_equal(*matrix)
