@@ -65,7 +65,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 perf: $(STAMP)
-	$(BIN)/python bench/eval_throughput.py
+	$(BIN)/python bench/perf.py
 
 list: $(STAMP)
 	$(BIN)/python -m harness list

@@ -27,7 +27,8 @@ def answer_loss(model, batch: dict, return_outputs: bool = False):
     """Mean cross-entropy of the answer tokens given the prompt."""
     keep = batch["answer_width"] + 1   # the positions that predict the answer tokens, plus the last one
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], logits_to_keep=keep, output_hidden_states=return_outputs)
+                position_ids=batch["position_ids"], past_key_values=batch.get("past_key_values"), logits_to_keep=keep,
+                output_hidden_states=return_outputs)
     logits = out.logits[:, :-1].float()
     target = batch["labels"][:, -(keep - 1):]
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100)

@@ -88,6 +88,9 @@ class BenchConfig:
     cache: str = option("on", role=ENVIRONMENT, choices=("on", "off"),
                         help="on: encode each task's shared prompt prefix once; off: every cache off, to check "
                              "that they change nothing beyond float rounding")
+    cache_mb: int = option(4096, role=ENVIRONMENT, type=positive_int,
+                           help="memory a method may fill with caches of frozen computations (CRAFT: the backbone's "
+                                "keys/values of seen prompts, about 5 MB a prompt)")
     allow_download: bool = option(False, role=ENVIRONMENT, help="let transformers fetch a model from the hub")
     out: str | None = option(None, role=ENVIRONMENT, commands=(BENCH,),
                              help="run directory (default runs/<method>-<order>-s<seed>)")

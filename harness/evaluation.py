@@ -54,6 +54,8 @@ class SharedPrefix:
 
 
 def encoder_for(scorer: Scorer, prompts: list[tuple[int, ...]], share_prefix: bool):
+    if getattr(scorer, "own_encoding", False):
+        return OwnEncoding()   # the scorer keeps its own cache of the prompts (CRAFT's frozen backbone)
     return SharedPrefix(scorer, prompts) if share_prefix and len(prompts) > 1 else NO_PREFIX
 
 
@@ -63,6 +65,11 @@ class _NoPrefix(SharedPrefix):
 
 
 NO_PREFIX = _NoPrefix()
+
+
+class OwnEncoding:
+    def encode(self, scorer, prompts, pad_id):
+        return scorer.encode_prompts(prompts, pad_id)
 
 
 def _batches_of(prompts: list[tuple[int, ...]], batch_size: int):

@@ -189,7 +189,7 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
         for name, acc in rows["base"]["accuracy"].items():
             evaluator.remember("backbone", name, acc)
 
-    method = method_cls(model, tok, settings, cfg.seed)
+    method = method_cls(model, tok, settings, cfg.seed, cache_mb=cfg.cache_mb if cfg.cache == "on" else 0)
     method.setup()
     if status.get("checkpoint"):
         method.load_state_dict(run.load_checkpoint())

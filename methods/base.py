@@ -55,10 +55,13 @@ class Method:
         "grad_clip": (1.0, "gradient-norm clipping"),
     }
 
-    def __init__(self, model, tokenizer, settings: dict | None = None, seed: int = 0):
+    def __init__(self, model, tokenizer, settings: dict | None = None, seed: int = 0, cache_mb: float = 4096):
         self.model = model
         self.tokenizer = tokenizer
         self.seed = seed
+        # memory a method may fill with caches of frozen computations (0: none; results are the same either way
+        # up to float rounding). Not a setting: it does not change what the method is.
+        self.cache_mb = cache_mb
         self.settings = self.resolve_settings(settings or {})
         self.diagnostics: dict = {}
 

@@ -35,6 +35,7 @@ import torch
 from core.errors import UsageError
 from core.loss import answer_loss
 from core.scoring import CausalLMScorer, left_pad
+from methods._backbone_cache import BackboneCache
 from methods._lora import LoRAMethod
 from methods._reft import HookedModel, InterventionSet, interpolate, position_mask
 from methods.base import Method
@@ -131,6 +132,10 @@ class CRAFT(Method):
         self.task_group: dict[str, int] = {}
         self.current: InterventionSet | None = None
         self._route_cache: dict = {}
+        # The frozen backbone over every prompt's unedited head, computed once (edits at the start: no such head).
+        self.backbone = BackboneCache(self.model, int(self.settings["last_positions"]), self.tokenizer.pad_token_id,
+                                      self.cache_mb) if self.cache_mb and not int(self.settings["first_positions"]) \
+            else None
         self.diagnostics = {"layers": self.layers, "routing": {}, "training": {}, "merge": {}, "groups": {}}
 
     def _new_state(self, salt: int) -> InterventionSet:
@@ -143,8 +148,14 @@ class CRAFT(Method):
 
     def _answer_logprobs(self, prompts: list[tuple[int, ...]], state: InterventionSet | None, grad: bool = False):
         """log p(next token) at the answer position for each prompt, under `state` (None = backbone)."""
-        ids, mask, pos = left_pad(prompts, self.tokenizer.pad_token_id)
         ctx = torch.enable_grad() if grad else torch.no_grad()
+        if self.backbone is not None:
+            inputs = self.backbone.batch(prompts)
+            edited = inputs.pop("tail_mask")
+            with ctx, self.hooks.active([state] if state else [], torch.zeros(len(prompts), dtype=torch.long), edited):
+                out = self.model(**inputs, logits_to_keep=1)
+            return torch.log_softmax(out.logits[:, -1].float(), -1)
+        ids, mask, pos = left_pad(prompts, self.tokenizer.pad_token_id)
         with ctx:
             if state is None:
                 out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
@@ -213,11 +224,24 @@ class CRAFT(Method):
         cur = self._answer_logprobs([self._anchor_prompts[i] for i in idx], self.current, grad=True)
         return kl(self._prior_logp[idx], cur).mean()
 
+    def _tail_batch(self, batch) -> tuple[dict, torch.Tensor]:
+        """The batch as its edited prompt tails + answers on top of the cached backbone heads."""
+        examples = batch["examples"]
+        inputs = self.backbone.batch([ex.prompt_ids for ex in examples], [ex.answer_ids for ex in examples])
+        edited = inputs.pop("tail_mask")
+        labels = torch.full_like(inputs["input_ids"], -100)
+        for i, ex in enumerate(examples):
+            labels[i, labels.shape[1] - len(ex.answer_ids):] = torch.tensor(ex.answer_ids)
+        return {**inputs, "labels": labels, "answer_width": batch["answer_width"]}, edited
+
     def training_loss(self, batch, task):
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        answer_len = torch.tensor([len(ex.answer_ids) for ex in batch["examples"]])
-        pmask = self._prompt_mask(mask, ids.shape[1] - answer_len)
-        with self.hooks.active([self.current], torch.zeros(len(ids), dtype=torch.long), pmask):
+        if self.backbone is not None:
+            batch, pmask = self._tail_batch(batch)
+        else:
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            answer_len = torch.tensor([len(ex.answer_ids) for ex in batch["examples"]])
+            pmask = self._prompt_mask(mask, ids.shape[1] - answer_len)
+        with self.hooks.active([self.current], torch.zeros(len(pmask), dtype=torch.long), pmask):
             task_loss = answer_loss(self.model, batch)
         parts = {"task_loss": task_loss.item()}
         loss = task_loss
@@ -291,6 +315,11 @@ class CRAFT(Method):
         group.anchors.extend(self._new_anchors)
         self.diagnostics["groups"] = {g.gid: g.tasks for g in self.groups}
         self.current = None
+        if self.backbone is not None:   # the task's training prompts are not seen again, but for its anchors
+            kept = set(self._new_anchors)
+            self.backbone.drop([ex.prompt_ids for ex in examples if ex.prompt_ids not in kept])
+            self.diagnostics["backbone_cache"] = {"prompts": len(self.backbone.entries), "mb": round(
+                self.backbone.bytes / 2**20, 1), "computed": self.backbone.computed, "reused": self.backbone.reused}
 
     # ---- test time ----------------------------------------------------------------------------------
     def scorer(self, task_name):
@@ -306,17 +335,27 @@ class CRAFT(Method):
         head, past = prefix or ((), None)
         own = mask[:, -ids.shape[1]:]
         keys = [head + tuple(row[m.bool()].tolist()) for row, m in zip(ids, own)]
-        missing = [i for i, k in enumerate(keys) if k not in self._route_cache]
-        if missing:
+
+        def backbone_logprobs(missing):
+            nonlocal past
             if past is not None:
                 past = copy.deepcopy(past)
                 past.batch_repeat_interleave(len(missing))
             with torch.no_grad():
                 out = self.model(input_ids=ids[missing], attention_mask=mask[missing], position_ids=pos[missing],
                                  past_key_values=past, logits_to_keep=1)
-            for i, lp in zip(missing, torch.log_softmax(out.logits[:, -1].float(), -1)):
-                self._route_cache[keys[i]] = lp
-        logp = torch.stack([self._route_cache[k] for k in keys])
+            return torch.log_softmax(out.logits[:, -1].float(), -1)
+        return self.route_prompts(keys, backbone_logprobs)
+
+    def route_prompts(self, prompts: list[tuple[int, ...]], backbone_logprobs=None) -> torch.Tensor:
+        """route_inputs for prompts as token tuples; `backbone_logprobs(rows)` computes the distributions not
+        cached yet (default: through the backbone cache or whole prompts)."""
+        missing = [i for i, k in enumerate(prompts) if k not in self._route_cache]
+        if missing:
+            compute = backbone_logprobs or (lambda rows: self._answer_logprobs([prompts[i] for i in rows], None))
+            for i, lp in zip(missing, compute(missing)):
+                self._route_cache[prompts[i]] = lp
+        logp = torch.stack([self._route_cache[k] for k in prompts])
         sigs = torch.stack([g.signature_log for g in self.groups])   # every group has a task after after_task
         d = torch.stack([kl(logp, s[None, :].expand_as(logp)) for s in sigs], dim=1)   # [B, G]
         return d.argmin(1)
@@ -366,6 +405,37 @@ class CraftScorer(CausalLMScorer):
         self.fresh = True
         self.min_own_tokens = int(method.settings["last_positions"])
         self.prefix = None
+        self.own_encoding = method.backbone is not None   # the evaluator then calls encode_prompts
+
+    def _rows(self, route) -> torch.Tensor:
+        """The group of each input: the task's (test_routing=task_id) or the nearest by `route()`."""
+        m = self.m
+        if m.settings["test_routing"] == "task_id":
+            return torch.full((self.batch_size,), m.task_group.get(self.task_name, -1), dtype=torch.long)
+        rows = route()
+        # Where this task's inputs went, in the latest evaluation (cumulative over its batches).
+        counts = m.diagnostics.setdefault("test_routing", {}).setdefault(self.task_name, {})
+        if self.fresh:
+            counts.clear()
+            self.fresh = False
+        for g in rows.tolist():
+            counts[str(g)] = counts.get(str(g), 0) + 1
+        return rows
+
+    def encode_prompts(self, prompts: list[tuple[int, ...]], pad_id: int):
+        """(last logits, KV cache, attention mask) of the prompts, each under its group's edit, from the cached
+        backbone heads: only each prompt's edited tail is computed."""
+        m = self.m
+        inputs = m.backbone.batch(prompts)
+        edited = inputs.pop("tail_mask")
+        if not m.groups:
+            out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+        else:
+            self.batch_size = len(prompts)
+            rows = self._rows(lambda: m.route_prompts(list(prompts)))
+            with m.hooks.active([g.state for g in m.groups], rows, edited):
+                out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :], out.past_key_values, inputs["attention_mask"]
 
     def prefix_forward(self, input_ids):
         if int(self.m.settings["first_positions"]) > 0:
@@ -378,18 +448,9 @@ class CraftScorer(CausalLMScorer):
         m = self.m
         if not m.groups:
             return super().prompt_forward(input_ids, attention_mask, position_ids, past)
-        if m.settings["test_routing"] == "task_id":
-            gid = m.task_group.get(self.task_name, -1)
-            rows = torch.full((len(input_ids),), gid, dtype=torch.long)
-        else:
-            rows = m.route_inputs(input_ids, attention_mask, position_ids, self.prefix if past is not None else None)
-            # Where this task's inputs went, in the latest evaluation (cumulative over its batches).
-            counts = m.diagnostics.setdefault("test_routing", {}).setdefault(self.task_name, {})
-            if self.fresh:
-                counts.clear()
-                self.fresh = False
-            for g in rows.tolist():
-                counts[str(g)] = counts.get(str(g), 0) + 1
+        self.batch_size = len(input_ids)
+        rows = self._rows(lambda: m.route_inputs(input_ids, attention_mask, position_ids,
+                                                 self.prefix if past is not None else None))
         width = attention_mask.shape[1]
         pmask = m._prompt_mask(attention_mask, torch.full((len(input_ids),), width))[:, width - input_ids.shape[1]:]
         with m.hooks.active([g.state for g in m.groups], rows, pmask):

@@ -201,3 +201,40 @@ def test_the_training_loop_calls_after_step_before_should_stop(tokenizer):
     assert stats["steps"] == 2 and len(trace["loss_trace"]) == 2 and trace["kl_trace"] == []
     assert trace["stop_step"] == 2
     m.hooks.remove()
+
+
+def test_the_backbone_cache_gives_the_loss_gradients_and_scores_of_the_full_forward(tokenizer):
+    """With first_positions=0 only each prompt's last tokens are edited: the cached backbone heads plus the
+    edited tails give the full forward's task loss, anchor KL, gradients and test-time scores (float rounding)."""
+    from harness.evaluation import candidate_logprobs
+    enc = PromptEncoder(tokenizer, 16)
+    data = {n: tasks.load_task(n, None, 8, 6, 1) for n in ("hutto_amazon", "bbc")}
+    train = {n: enc.encode(d, "train") for n, d in data.items()}
+
+    def trained(cache_mb):
+        m = CRAFT(tiny_model(tokenizer, seed=0), tokenizer, {"probe_size": "4", "anchors_per_task": "4",
+                                                             "routing": "single"}, seed=1, cache_mb=cache_mb)
+        m.setup()
+        assert (m.backbone is not None) == bool(cache_mb)
+        for k, name in enumerate(data):   # two tasks: the second trains under the KL on the first one's anchors
+            ctx = TaskContext(k, name, [name])
+            m.before_task(ctx, train[name])
+            fit(m, ctx, train[name][:4], seed=k, pad_id=tokenizer.pad_token_id, progress=False)
+            if k == 0:
+                m.after_task(ctx, train[name])
+        loss, parts = m.training_loss(collate(train["bbc"], tokenizer.pad_token_id), ctx)
+        loss.backward()
+        return m, loss, parts, [p.grad.clone() for p in m.trainable_parameters()]
+
+    cached, loss_c, parts_c, grads_c = trained(64)
+    full, loss_f, parts_f, grads_f = trained(0)
+    assert cached.backbone.reused > 0 and cached.backbone.entries
+    assert loss_c.item() == pytest.approx(loss_f.item(), rel=1e-4) and parts_c["kl"] == pytest.approx(parts_f["kl"], rel=1e-3, abs=1e-6)
+    for gc, gf in zip(grads_c, grads_f):
+        assert torch.allclose(gc, gf, rtol=1e-3, atol=1e-6)
+    cached.after_task(TaskContext(1, "bbc", ["bbc"]), train["bbc"])
+    full.after_task(TaskContext(1, "bbc", ["bbc"]), train["bbc"])
+    test = [ex.prompt_ids for ex in enc.encode(data["bbc"], "test")]
+    scores = [candidate_logprobs(m.scorer("bbc"), test, enc.candidates(data["bbc"]), tokenizer.pad_token_id, 4)[0]
+              for m in (cached, full)]
+    assert torch.allclose(*scores, atol=1e-4)

@@ -1,0 +1,102 @@
+"""The frozen backbone's keys/values over the part of each prompt that no edit reaches, computed once.
+
+CRAFT edits only the last k prompt tokens (first_positions=0) of a frozen backbone. Under causal attention
+no earlier position attends to an edited one, so every earlier position has the backbone's keys/values at
+every layer, in every training step, anchor KL, merge trial and evaluation of a run. This cache holds them
+per prompt; a forward then runs only the last k prompt tokens and what follows them (the answer, the
+candidate labels) on top. About 46 KB per token in fp32 for SmolLM2 (30 layers x 3 KV heads x 64 x K and V),
+so about 5 MB per 110-token prompt: entries are kept until `budget_mb` is full, then new prompts are computed
+each time and not stored (a scan larger than the budget keeps its first part instead of thrashing)."""
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+
+class BackboneCache:
+    def __init__(self, model, edited_tail: int, pad_id: int, budget_mb: float = 4096, dtype=torch.float32):
+        self.model = model
+        self.tail = edited_tail          # the last tokens of every prompt that are edited, so never cached
+        self.pad_id = pad_id
+        self.budget = int(budget_mb * 2**20)
+        self.dtype = dtype               # storage: fp32 keeps results exact; bf16 halves the memory
+        self.entries: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.bytes = 0
+        self.computed = self.reused = 0  # prompts whose head was computed / found, for the diagnostics
+
+    def split(self, prompt: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        cut = max(0, len(prompt) - self.tail)
+        return prompt[:cut], prompt[cut:]
+
+    def drop(self, prompts) -> None:
+        """Forget these prompts' heads (a finished task's training prompts)."""
+        for prompt in prompts:
+            kv = self.entries.pop(self.split(prompt)[0], None)
+            if kv is not None:
+                self.bytes -= sum(k.nbytes + v.nbytes for k, v in kv)
+
+    @torch.no_grad()
+    def _heads(self, heads: list[tuple[int, ...]]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Per head: per layer (keys, values) of shape [kv_heads, len, head_dim], from the cache or computed."""
+        out: list = [self.entries.get(h) for h in heads]
+        missing = sorted({h for h, kv in zip(heads, out) if kv is None and h}, key=len)
+        self.reused += sum(kv is not None for kv in out)
+        for start in range(0, len(missing), 16):
+            chunk = missing[start:start + 16]
+            width = len(chunk[-1])
+            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, h in enumerate(chunk):
+                ids[i, width - len(h):] = torch.tensor(h)
+                mask[i, width - len(h):] = 1
+            past = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                              use_cache=True, logits_to_keep=1).past_key_values
+            for i, h in enumerate(chunk):
+                kv = [(layer.keys[i, :, width - len(h):].to(self.dtype).clone(),
+                       layer.values[i, :, width - len(h):].to(self.dtype).clone()) for layer in past.layers]
+                size = sum(k.nbytes + v.nbytes for k, v in kv)
+                if self.bytes + size <= self.budget:
+                    self.entries[h] = kv
+                    self.bytes += size
+                for j, other in enumerate(heads):
+                    if other == h:
+                        out[j] = kv
+            self.computed += len(chunk)
+        return out
+
+    def batch(self, prompts: list[tuple[int, ...]], extra: list[tuple[int, ...]] | None = None) -> dict:
+        """Model inputs for the prompts' edited tails (+ extra tokens after each prompt, e.g. its answer) on top
+        of the cached heads: input_ids, attention_mask (heads and tails), position_ids, past_key_values, and
+        tail_mask (bool [B, width]: the edited prompt tokens among input_ids). Heads are right-aligned and
+        tails left-padded, so every row ends at the last column."""
+        extra = extra or [()] * len(prompts)
+        heads, tails = zip(*(self.split(p) for p in prompts))
+        kv = self._heads(list(heads))
+        width_h = max(len(h) for h in heads)
+        seqs = [t + e for t, e in zip(tails, extra)]
+        width_t = max(len(s) for s in seqs)
+        ids = torch.full((len(prompts), width_t), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width_h + width_t), dtype=torch.long)
+        tail_mask = torch.zeros((len(prompts), width_t), dtype=torch.bool)
+        for i, (h, t, s) in enumerate(zip(heads, tails, seqs)):
+            ids[i, width_t - len(s):] = torch.tensor(s)
+            mask[i, width_h - len(h):width_h] = 1
+            mask[i, width_h + width_t - len(s):] = 1
+            tail_mask[i, width_t - len(s):width_t - len(s) + len(t)] = True
+        own = mask[:, width_h:]
+        position_ids = (own.cumsum(-1) - 1).clamp(min=0) + torch.tensor([len(h) for h in heads])[:, None]
+        past = None
+        if width_h:
+            layers = []
+            for layer in range(len(next(k for k in kv if k is not None))):
+                shape = next(k for k in kv if k is not None)[layer][0].shape
+                keys = torch.zeros((len(prompts), shape[0], width_h, shape[2]))
+                values = torch.zeros_like(keys)
+                for i, (h, entry) in enumerate(zip(heads, kv)):
+                    if h:
+                        keys[i, :, width_h - len(h):] = entry[layer][0]
+                        values[i, :, width_h - len(h):] = entry[layer][1]
+                layers.append((keys, values))
+            past = DynamicCache(layers)
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids, "past_key_values": past,
+                "tail_mask": tail_mask}
