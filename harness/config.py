@@ -88,6 +88,10 @@ class BenchConfig:
     cache: str = option("on", role=ENVIRONMENT, choices=("on", "off"),
                         help="on: encode each task's shared prompt prefix once; off: every cache off, to check "
                              "that they change nothing beyond float rounding")
+    # environment, not setup: the metrics are the same either way; the unevaluated cells are blank
+    matrix: str = option("full", role=ENVIRONMENT, choices=("full", "needed"),
+                         help="full: score every task after every stage; needed: only the cells AA, BWT, FM and "
+                              "FWT use (the base and last rows, and R[t][i] for i <= t+1)")
     cache_mb: int = option(4096, role=ENVIRONMENT, type=positive_int,
                            help="memory a method may fill with caches of frozen computations (CRAFT: the backbone's "
                                 "keys/values of seen prompts, about 5 MB a prompt)")

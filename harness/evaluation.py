@@ -195,13 +195,14 @@ class Evaluator:
     def remember(self, key, task: str, accuracy: float) -> None:
         self.scores[(key, task)] = accuracy
 
-    def evaluate(self, row: str, scorer_for, key_for) -> dict:
-        """Accuracy on every task after stage `row`: {"accuracy": {task: %}, "eval_seconds": s}."""
+    def evaluate(self, row: str, scorer_for, key_for, tasks: list[str] | None = None) -> dict:
+        """Accuracy on the stream's tasks (or `tasks`) after stage `row`: {"accuracy": {task: %}, "eval_seconds": s}."""
         started = time.time()
         result = {}
-        total = sum(len(self.test[n]) for n in self.names)
+        names = self.names if tasks is None else tasks
+        total = sum(len(self.test[n]) for n in names)
         with tqdm(total=total, desc=f"eval after {row}", unit="ex", disable=not self.progress, leave=False) as bar:
-            for name in self.names:
+            for name in names:
                 key = key_for(name)
                 if key is not None and (key, name) in self.scores:
                     result[name] = self.scores[(key, name)]
@@ -217,5 +218,5 @@ class Evaluator:
         if self.log is not None:
             self.log("evaluation", after=row, accuracy=result, seconds=seconds)
         if self.progress:
-            tqdm.write(f"after {row:>14}: " + "  ".join(f"{n}={result[n]:.1f}" for n in self.names), file=sys.stderr)
+            tqdm.write(f"after {row:>14}: " + "  ".join(f"{n}={result[n]:.1f}" for n in names), file=sys.stderr)
         return {"accuracy": result, "eval_seconds": seconds}

@@ -39,6 +39,8 @@ def heatmap(run, folder: str) -> list[str]:
     for i in range(len(R.index)):
         for j in range(len(R.columns)):
             v = R.iat[i, j]
+            if v != v:   # a cell the run did not evaluate (--matrix needed): left blank
+                continue
             ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="white" if v < 60 else "black", fontsize=8)
     ax.set_title(f"{run.label}, order {run.order}, seed {run.seed}", fontsize=9)
     return _save(fig, folder, f"{_safe(run.label)}-{run.order}-seed{run.seed}")

@@ -76,6 +76,13 @@ def forward_transfer(R: pd.DataFrame) -> float | None:
     return float(sum(A[i - 1][i] - base[i] for i in range(1, T)) / (T - 1))
 
 
+def needed_cells(tasks: list[str], row: int) -> list[str]:
+    """The tasks whose accuracy after stage `row` (1-based; 0 = the backbone) the metrics above read: all of
+    them in the base row (FWT) and the last row (AA), else R[t][i] for i <= t+1 (FM reads the lower triangle,
+    BWT its diagonal, FWT the diagonal above it). A 15-task order then scores 134 trained cells, not 225."""
+    return list(tasks) if row in (0, len(tasks)) else list(tasks[:row + 1])
+
+
 def compute(R: pd.DataFrame) -> dict[str, float | None]:
     out = {}
     for name, metric in METRICS.items():

@@ -135,7 +135,8 @@ def _write_results(run: RunDir, method, rows: dict, names: list[str], status: di
     """The end of a run: matrix.csv, metrics.json, method.json (the card with timings), then the status that
     says finished, written last."""
     order_rows = ["base"] + (["all"] if method.JOINT else names)
-    R = pd.DataFrame([[rows[r]["accuracy"][n] for n in names] for r in order_rows], index=order_rows, columns=names)
+    R = pd.DataFrame([[rows[r]["accuracy"].get(n, float("nan")) for n in names] for r in order_rows],
+                     index=order_rows, columns=names, dtype=float)
     values = metrics_mod.compute(R)
     atomic_write(run.file("matrix.csv"), matrix_csv(R))
     write_json(run.file("metrics.json"), values)
@@ -214,7 +215,8 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
                         progress=cfg.progress, log=run.log)
         method.after_task(ctx, own)
         run.log("task_end", task=row, **fit_stats, trained_on=len(examples))
-        entry = evaluator.evaluate(row, method.scorer, method.evaluation_key)
+        needed = None if cfg.matrix == "full" or method_cls.JOINT else metrics_mod.needed_cells(names, k + 1)
+        entry = evaluator.evaluate(row, method.scorer, method.evaluation_key, needed)
         entry.update(train_seconds=fit_stats["seconds"], steps=fit_stats["steps"], trained_on=len(examples))
         rows[row] = entry
         run.save_checkpoint(status, k, method.state_dict())

@@ -61,3 +61,18 @@ def test_metrics_cli_rejects_a_non_matrix(tmp_path):
     bad.write_text("a,b\n1,2\n")
     p = subprocess.run([sys.executable, "-m", "harness", "metrics", str(bad)], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+
+
+def test_needed_cells_are_what_the_metrics_read():
+    tasks = ["a", "b", "c", "d"]
+    assert [metrics.needed_cells(tasks, row) for row in range(5)] == [
+        tasks, ["a", "b"], ["a", "b", "c"], tasks, tasks]
+    fifteen = [str(i) for i in range(15)]
+    assert sum(len(metrics.needed_cells(fifteen, row)) for row in range(1, 16)) == 134
+    # blank out every other cell of a full matrix: the metrics do not move
+    R = pd.DataFrame([[10, 20, 30, 40], [80, 25, 35, 45], [70, 90, 30, 50], [60, 85, 95, 55], [50, 75, 85, 99]],
+                     index=["base", "a", "b", "c", "d"], columns=tasks, dtype=float)
+    blank = R.copy()
+    for row, name in enumerate(R.index):
+        blank.loc[name, [t for t in tasks if t not in metrics.needed_cells(tasks, row)]] = float("nan")
+    assert blank.isna().sum().sum() == 3 and metrics.compute(blank) == metrics.compute(R)

@@ -156,3 +156,14 @@ def test_every_method_resumes_after_a_stop_to_the_matrix_of_a_straight_run(tmp_p
         run(tmp_path, "split", tokenizer, method=method, order="bbc,trec,hutto_amazon", method_args={})
     matrix = [pd.read_csv(os.path.join(out, "matrix.csv"), index_col=0) for out in (straight, split)]
     pd.testing.assert_frame_equal(*matrix)
+
+
+def test_needed_matrix_gives_the_full_matrix_metrics_and_blanks_the_rest(tmp_path, tokenizer):
+    order = "bbc,trec,hutto_amazon,hutto_tweets"
+    full, _ = run(tmp_path, "full", tokenizer, order=order)
+    needed, _ = run(tmp_path, "needed", tokenizer, order=order, matrix="needed")
+    R = [pd.read_csv(os.path.join(out, "matrix.csv"), index_col=0) for out in (full, needed)]
+    assert R[1].isna().sum().sum() == 3 and pd.isna(R[1].loc["bbc", "hutto_tweets"])
+    pd.testing.assert_frame_equal(R[0].where(R[1].notna()), R[1])
+    full_metrics, needed_metrics = (json.load(open(os.path.join(out, "metrics.json"))) for out in (full, needed))
+    assert full_metrics == needed_metrics
