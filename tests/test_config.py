@@ -1,6 +1,7 @@
 """harness/config.py is the one place a run's setup is defined: the CLI, the sweep's cell commands, the resume
 check and the backbone cache key are all derived from it, so they cannot disagree."""
 import dataclasses
+import os
 
 import pytest
 
@@ -79,3 +80,12 @@ def test_backbone_cache_key_follows_the_setup_and_the_test_rows_not_the_seed_or_
                                             data_fingerprint(data("x", "y")))
     assert key != config.backbone_cache_key(dataclasses.replace(cfg, test_per_task=5), "t",
                                             data_fingerprint(data("x", "y")))
+
+
+def test_docs_list_every_option():
+    """docs/cli.md's option table is written by hand: a field added to BenchConfig must be documented there."""
+    from tests.conftest import ROOT
+    text = open(os.path.join(ROOT, "docs", "cli.md")).read()
+    flags = [config.flag_of(f.name) for f in config.cli_fields(config.BENCH)]
+    missing = [flag for flag in flags if f"`{flag}`" not in text]
+    assert not missing, f"options missing from docs/cli.md: {missing}"
