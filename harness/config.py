@@ -24,7 +24,8 @@ from tasks import DEFAULT_ORDER
 
 IDENTITY, SETUP, ENVIRONMENT, VOLATILE = "identity", "setup", "environment", "volatile"
 BENCH, SWEEP = "bench", "sweep"
-DERIVED_IDENTITY = ("tasks", "settings")   # written into config.json by the runner: the order's tasks, resolved settings
+# written into config.json by the runner: the order's tasks, the method's resolved settings
+DERIVED_IDENTITY = ("tasks", "settings")
 
 
 def _whole_number(raw: str, minimum: int, expected: str) -> int:
