@@ -47,7 +47,7 @@ class Method:
     KEEPS: str = "nothing from past tasks"   # what the method stores from past tasks (data, states)
     JOINT: bool = False                  # trains once on the union of the stream's tasks (an upper bound)
     BOUND: bool = False                  # a reference point, not a continual learner (tables show it apart)
-    # name -> (default, what it controls). Subclasses add to their parents' settings.
+    # name -> (default, what it controls[, the values allowed]). Subclasses add to their parents' settings.
     SETTINGS: dict = {
         "lr": (1e-3, "learning rate (AdamW, no weight decay)"),
         "epochs": (1, "passes over each task's training examples"),
@@ -84,6 +84,10 @@ class Method:
                 values[key] = parse_value(raw, known[key][0]) if isinstance(raw, str) else raw
             except ValueError as e:
                 raise UsageError(f"bad value {raw!r} for setting {key!r} of {cls.NAME!r}: {e}") from None
+            allowed = known[key][2] if len(known[key]) > 2 else None
+            if allowed is not None and values[key] not in allowed:
+                raise UsageError(f"{cls.NAME} setting {key} must be one of {', '.join(map(repr, allowed))}, "
+                                 f"not {values[key]!r}")
         return values
 
     @classmethod

@@ -32,7 +32,6 @@ import random
 
 import torch
 
-from core.errors import UsageError
 from core.loss import answer_loss
 from core.scoring import CausalLMScorer, left_pad
 from methods._backbone_cache import BackboneCache
@@ -73,11 +72,11 @@ class CRAFT(Method):
         "layers": ("auto", "comma-separated decoder layers to intervene on; auto = 4 evenly spaced layers"),
         "rank": (4, "LoReFT rank r of every intervention"),
         "init": ("pyreft", "a new group's edit: pyreft = pyreft's random init (not a no-op); identity = W = R, b = 0 "
-                           "(starts as a no-op)"),
+                           "(starts as a no-op)", ("pyreft", "identity")),
         "first_positions": (0, "intervene on the first k prompt tokens"),
         "last_positions": (4, "intervene on the last k prompt tokens"),
         "routing": ("kl", "kl: join the nearest group under route_threshold; single: one group for all tasks; "
-                          "per_task: a new group per task (routing ablations)"),
+                          "per_task: a new group per task (routing ablations)", ("kl", "single", "per_task")),
         "route_threshold": (0.5, "largest KL(task || group) in nats for a task to join a group"),
         "probe_size": (16, "training prompts used for a task's signature"),
         "kl_term": (True, "add beta * KL(prior || current) on the group's anchors to the loss (ablation: false)"),
@@ -93,17 +92,8 @@ class CRAFT(Method):
         "merge": (True, "fold the task into the group by a KL-chosen weight (ablation: false = the task's edit replaces the group's)"),
         "merge_grid": (5, "candidate merge weights: 1, 1-1/n, ..., 0"),
         "test_routing": ("kl", "kl: route each test input to the nearest group by the backbone's output distribution "
-                               "(no task id); task_id: use the task's group"),
+                               "(no task id); task_id: use the task's group", ("kl", "task_id")),
     }
-
-    @classmethod
-    def resolve_settings(cls, overrides):
-        values = super().resolve_settings(overrides)   # checked before the model loads: bad input fails fast
-        for key, allowed in (("routing", ("kl", "single", "per_task")), ("test_routing", ("kl", "task_id")),
-                             ("init", ("pyreft", "identity"))):
-            if values[key] not in allowed:
-                raise UsageError(f"craft setting {key} must be one of {', '.join(allowed)}, not {values[key]!r}")
-        return values
 
     @classmethod
     def uses_task_id_at_test(cls, settings=None):

@@ -4,7 +4,6 @@ import random
 
 import torch
 
-from core.errors import UsageError
 from core.loss import answer_loss, collate
 from core.scoring import CausalLMScorer
 from methods._adapters import MultiLoRAMethod
@@ -63,15 +62,8 @@ class ILoRA(MultiLoRAMethod):
         "buffer_size": (500, "reservoir replay buffer size (labelled training examples, all tasks)"),
         "consistency_weight": (1.0, "weight of the hidden-state MSE between fast and slow on replayed inputs"),
         "consistency_target": ("slow", "slow: the slow copy's hidden states; max: elementwise max(fast, slow) "
-                                       "as the reference code does"),
+                                       "as the reference code does", ("slow", "max")),
     }
-
-    @classmethod
-    def resolve_settings(cls, overrides):
-        values = super().resolve_settings(overrides)
-        if values["consistency_target"] not in ("slow", "max"):
-            raise UsageError(f"consistency_target must be slow or max, not {values['consistency_target']!r}")
-        return values
 
     @classmethod
     def keeps(cls, settings=None):

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import torch
 
-from core.errors import UsageError
 from core.loss import answer_loss
 from methods._adapters import MultiLoRAMethod
 
@@ -33,15 +32,9 @@ class OLoRA(MultiLoRAMethod):
     SETTINGS = {
         "lambda1": (0.5, "weight of the orthogonality term sum |A_prev A_new^T|"),
         "lambda2": (0.0, "weight of the L2 term on the new adapter (sum of Frobenius norms)"),
-        "schedule": ("", "named per-task preset overriding lambda1/lambda2: 'long' = the reference's long orders"),
+        "schedule": ("", "named per-task preset overriding lambda1/lambda2: 'long' = the reference's long orders",
+                     SCHEDULES),
     }
-
-    @classmethod
-    def resolve_settings(cls, overrides):
-        values = super().resolve_settings(overrides)
-        if values["schedule"] not in SCHEDULES:
-            raise UsageError(f"unknown schedule {values['schedule']!r} for {cls.NAME!r}; choose one of: long")
-        return values
 
     def lambdas(self, task) -> tuple[float, float]:
         if self.settings["schedule"] == "long":

@@ -19,9 +19,9 @@ class Replay(LoRAMethod):
         return (f"up to {cls.settings_or_defaults(settings)['memory_size']} labelled training examples of past "
                 "tasks (evenly per task)")
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.memory: dict[str, list] = {}
+    def setup(self):
+        super().setup()
+        self.memory: dict[str, list] = {}   # task -> its kept examples
 
     def training_examples(self, task, examples):
         replayed = [ex for kept in self.memory.values() for ex in kept]
