@@ -77,8 +77,7 @@ IMPORTANCE_BATCH = 8                                                   # the ref
 
 class AdaptiveSVD(Method):
     NAME = "adaptive_svd"
-    DESCRIPTION = ("Sculpting Subspaces (adaptive SVD): full fine-tuning of the linear layers, each update kept "
-                   "orthogonal to the matrix's top singular directions (count set by importance, growing per task)")
+    DESCRIPTION = "full fine-tuning, each update orthogonal to the matrix's top singular directions (Sculpting Subspaces)"
     SETTINGS = {
         "lr": (1e-5, "learning rate (AdamW, no weight decay); the reference's 1e-5 for full fine-tuning"),
         "target_modules": (TARGETS, "comma-separated linear layers whose weights are trained under the projection"),

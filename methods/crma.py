@@ -58,6 +58,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.errors import UsageError
+from methods._modules import linear_targets, replace_module
 from methods.base import Method
 
 TEST_MIXING = ("last", "mean", "task_id")
@@ -184,12 +185,7 @@ class CRMA(Method):
 
     # --- setup: wrap the targets, one pre-hook that mixes ------------------------------------------------
     def targets(self) -> list[tuple[str, nn.Linear]]:
-        wanted = {m.strip() for m in self.settings["target_modules"].split(",") if m.strip()}
-        found = [(name, module) for name, module in self.model.named_modules()
-                 if name.rsplit(".", 1)[-1] in wanted and isinstance(module, nn.Linear)]
-        if not found:
-            raise UsageError(f"crma: no nn.Linear named {sorted(wanted)} in the model")
-        return found
+        return linear_targets(self.model, self.settings["target_modules"], self.NAME)
 
     def setup(self) -> None:
         for p in self.model.parameters():
@@ -197,8 +193,7 @@ class CRMA(Method):
         self.layers: list[CRMALinear] = []
         for name, linear in self.targets():
             layer = CRMALinear(linear, name, self.settings, self.seed)
-            parent, _, child = name.rpartition(".")
-            setattr(self.model.get_submodule(parent) if parent else self.model, child, layer)
+            replace_module(self.model, name, layer)
             self.layers.append(layer)
         self.device = self.layers[0].base.weight.device
         self.task_logits: nn.Parameter | None = None      # [layers, K, K]; None before the first task

@@ -52,6 +52,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.errors import UsageError
+from methods._modules import linear_targets, replace_module
 from methods.base import Method
 
 
@@ -99,8 +100,7 @@ class CURLinear(nn.Module):
 
 class CURLoRA(Method):
     NAME = "curlora"
-    DESCRIPTION = ("CURLoRA: W + C U R with C, R low-norm columns/rows of the frozen W (inverted-probability "
-                   "sampling); only the r x r U is trained, one U through the stream")
+    DESCRIPTION = "CURLoRA: W + C U R, C and R low-norm columns/rows of the frozen W; only the r x r U trains"
     SETTINGS = {
         "r": (16, "columns and rows drawn per weight (U is r x r); the paper runs 8, 16, 24, the reference 16"),
         "alpha": (1.0, "scale of the update: W + alpha * C U R (the reference's alpha, not divided by r)"),
@@ -110,12 +110,7 @@ class CURLoRA(Method):
     }
 
     def targets(self) -> list[tuple[str, nn.Linear]]:
-        wanted = {m.strip() for m in self.settings["target_modules"].split(",") if m.strip()}
-        found = [(name, module) for name, module in self.model.named_modules()
-                 if name.rsplit(".", 1)[-1] in wanted and isinstance(module, nn.Linear)]
-        if not found:
-            raise UsageError(f"curlora: no nn.Linear named {sorted(wanted)} in the model")
-        return found
+        return linear_targets(self.model, self.settings["target_modules"], self.NAME)
 
     def setup(self) -> None:
         for p in self.model.parameters():
@@ -131,8 +126,7 @@ class CURLoRA(Method):
             columns = torch.multinomial(column_p, r, replacement=replacement, generator=generator)
             rows = torch.multinomial(row_p, r, replacement=replacement, generator=generator)
             layer = CURLinear(linear, columns, rows, float(self.settings["alpha"]))
-            parent, _, child = name.rpartition(".")
-            setattr(self.model.get_submodule(parent) if parent else self.model, child, layer)
+            replace_module(self.model, name, layer)
             self.layers[name] = layer
         self.model.eval()
         self._record_draw()
