@@ -19,19 +19,30 @@ def _method_args(pairs: list[str] | None, config_file: str | None) -> dict:
     args: dict = {}
     if config_file:
         try:
-            with open(config_file) as f:
+            with open(config_file, encoding="utf-8") as f:
                 loaded = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UsageError(f"cannot read --method-config {config_file}: {e}") from None
         if not isinstance(loaded, dict):
             raise UsageError(f"--method-config {config_file} must hold a JSON object of settings")
-        args.update(loaded)
+        # every value as --method-arg would give it, so the method parses and type-checks it the same way
+        # (a null or a list where a number belongs is then a one-line error, not a crash mid-run)
+        args.update({key: value if isinstance(value, str) else json.dumps(value) for key, value in loaded.items()})
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"--method-arg expects key=value, got {pair!r}")
         args[key.strip()] = value.strip()
     return args
+
+
+def _ancestors(path: str) -> list[str]:
+    """The folders above `path`, nearest first."""
+    out, folder = [], os.path.dirname(os.path.abspath(path))
+    while folder != os.path.dirname(folder):
+        out.append(folder)
+        folder = os.path.dirname(folder)
+    return out
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,12 +93,71 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_machine(cfg: config.BenchConfig) -> None:
+    """What bench and sweep check before any folder is made or model loaded: the thread count, the data folder,
+    the device and the model (its config and tokenizer, not its weights)."""
+    from harness.models import check_device, check_model, env_threads
+    env_threads()
+    if cfg.data_dir and not os.path.isdir(cfg.data_dir):
+        raise UsageError(f"data directory {cfg.data_dir!r} (from --data-dir or CL_DATA_DIR) "
+                         + ("is a file, not a directory" if os.path.exists(cfg.data_dir) else "does not exist"))
+    check_device(cfg.device)
+    check_model(cfg.model, cfg.allow_download)
+
+
+def _discard_unstarted(out: str, made_from: str | None) -> None:
+    """After a failed bench: remove the run directory it made if no stage was finished in it (nothing is lost),
+    so no half-made run is left for a later command to refuse or resume. `made_from`: the topmost folder of
+    `out` that did not exist before (None: `out` existed)."""
+    from harness.rundir import RUN_FILES, RunDir
+    try:
+        status = RunDir(out).status()
+    except UsageError:
+        return
+    if not status or status["state"] != "running" or status.get("rows") or status.get("checkpoint"):
+        return
+    for name in RUN_FILES:
+        if os.path.isfile(os.path.join(out, name)):
+            os.unlink(os.path.join(out, name))
+    folder = os.path.abspath(out)
+    while made_from and not os.listdir(folder):
+        os.rmdir(folder)
+        if folder == os.path.abspath(made_from):
+            break
+        folder = os.path.dirname(folder)
+
+
 def cmd_bench(a) -> int:
+    import tasks as task_registry
     from harness import metrics
-    from harness.rundir import RunDir
+    from harness.rundir import RunDir, check_base_cache, check_folder
     from harness.runner import run_bench
+    from harness.sweep import check_seed
+    from methods import get_method
     cfg = config.from_args(a, method_args=_method_args(a.method_arg, a.method_config))
-    out = run_bench(cfg)
+    # everything a user can get wrong, checked before a folder is made or a model loaded
+    config.check(cfg)
+    get_method(cfg.method).resolve_settings(cfg.method_args)
+    task_registry.get_order(cfg.order)
+    check_seed(cfg.seed)
+    if cfg.out is not None:
+        check_folder(cfg.out, "--out")
+    if cfg.base_cache is not None:
+        check_base_cache(cfg.base_cache)
+    _check_machine(cfg)
+    out = cfg.out or cfg.default_out()
+    made_from = None
+    for folder in (out, *_ancestors(out)):
+        if os.path.exists(folder):
+            break
+        made_from = folder
+    fresh = made_from is not None or (os.path.isdir(out) and not os.listdir(out))
+    try:
+        out = run_bench(cfg)
+    except Exception:   # a Ctrl-C is not one: an interrupted run keeps what it has
+        if fresh or cfg.overwrite:
+            _discard_unstarted(out, made_from)
+        raise
     if not RunDir(out).is_finished():
         print(f"{out}: unfinished (stopped after {a.stop_after_task} task(s)); run again without "
               "--stop-after-task to finish it")
@@ -107,14 +177,18 @@ def cmd_bench(a) -> int:
 
 def cmd_sweep(a) -> int:
     from harness import sweep
+    from harness.rundir import check_base_cache, check_folder
     if a.jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {a.jobs}")
     if a.data_dir and not os.path.isdir(a.data_dir):
         raise UsageError(f"--data-dir {a.data_dir} is not a directory")
+    check_folder(a.runs, "--runs")
     typed = config.from_args(a)
     shared = dataclasses.replace(typed, data_dir=os.path.abspath(a.data_dir) if a.data_dir else None)
     cells = sweep.plan(a.runs, sweep.split_list(a.methods, "methods"), sweep.split_list(a.orders, "orders"),
                        sweep.split_list(a.seeds, "seeds"), shared)
+    _check_machine(typed)   # the grid's typos first: they cost nothing; the model's tokenizer loads here
+    check_base_cache(os.path.join(a.runs, "base-cache.json"))
     if a.dry_run:
         for cell in cells:
             print(f"{sweep.cell_state(cell):>8}  {cell.out}")
@@ -127,7 +201,9 @@ def cmd_sweep(a) -> int:
 
 
 def cmd_tables(a) -> int:
+    from harness.rundir import check_folder
     from harness.tables import write_tables
+    check_folder(a.out, "--out")
     info = write_tables(a.runs, a.out, figures=not a.no_figures)
     print(f"{info['runs']} finished run(s) from {a.runs} -> {a.out}: {len(info['files'])} file(s) "
           f"(tables: {', '.join(f for f in info['files'] if f.endswith('.md'))})")
@@ -140,14 +216,22 @@ def cmd_general(a) -> int:
     from tqdm.auto import tqdm
 
     from harness import general
+    from harness.models import check_device, check_model
     from harness.rundir import RunDir
-    names = tuple(general.GENERAL_TASKS if not a.tasks else [n.strip() for n in a.tasks.split(",") if n.strip()])
+    names = tuple(general.GENERAL_TASKS if a.tasks is None else [n.strip() for n in a.tasks.split(",") if n.strip()])
+    if not names:
+        raise UsageError("--tasks is empty")
     import tasks as task_registry
     for n in names:
         task_registry.get_task(n)
-    per_task = a.per_task or general.DEFAULT_PER_TASK
+    per_task = general.DEFAULT_PER_TASK if a.per_task is None else a.per_task
     if per_task <= 0:
         raise UsageError(f"--per-task must be positive, got {per_task}")
+    for path in a.paths:
+        if RunDir(path).status() is None:
+            what = "no such folder" if not os.path.exists(path) else "a file" if not os.path.isdir(path) \
+                else "no status.json"
+            raise UsageError(f"{path} is not a run directory ({what})")
     paths = a.paths or sorted(root for root, _, files in os.walk(a.runs) if "status.json" in files)
     if not paths:
         raise UsageError(f"no run directories under {a.runs}")
@@ -157,6 +241,13 @@ def cmd_general(a) -> int:
         print(f"{len(weightless)} run(s) have no checkpoint (records kept without weights) and are skipped; rerun "
               f"them with --overwrite to measure them: {', '.join(weightless)}", file=sys.stderr)
         todo = [p for p in todo if p not in weightless]
+    for path in todo:   # a damaged record, a model or device not on this machine: now, not after a model loads
+        run_config = general.run_config(path)
+        try:
+            check_model(run_config["model"], run_config.get("allow_download", False))
+            check_device(run_config.get("device", "cpu"))
+        except UsageError as e:
+            raise UsageError(f"{path} (its config.json): {e}") from None
     cache: dict = {}
     for path in tqdm(todo, desc="general ability", unit="run"):
         r = general.run_general(path, names, per_task, cache)
@@ -187,14 +278,13 @@ def cmd_list(a) -> int:
 
 def cmd_metrics(a) -> int:
     from harness import metrics
+    from harness.rundir import RunDir
     path = os.path.join(a.path, "matrix.csv") if os.path.isdir(a.path) else a.path
     if not os.path.isfile(path):
-        raise UsageError(f"no matrix.csv at {a.path}")
-    try:
-        R = metrics.read_matrix(path)
-    except (ValueError, KeyError) as e:
-        raise UsageError(f"cannot read {path}: {e}") from None
-    values = metrics.compute(R)
+        unfinished = os.path.isdir(a.path) and RunDir(a.path).status() is not None
+        raise UsageError(f"{a.path} holds an unfinished run: no matrix.csv yet" if unfinished
+                         else f"no matrix.csv at {a.path}")
+    values = metrics.compute(metrics.read_matrix(path))
     if a.json:
         print(json.dumps({k: values[k] for k in ("AA", "BWT", "FM", "FWT")}))
     else:

@@ -133,6 +133,17 @@ def held_out(names, stream_tasks) -> list[str]:
     return [n for n in names if n not in set(stream_tasks)]
 
 
+def run_config(run_path: str) -> dict:
+    """A run's config.json with what run_general reads of it (checked before any model loads)."""
+    from harness.rundir import RunDir
+    run = RunDir(run_path)
+    config = run.read_json("config.json")
+    missing = [k for k in ("tasks", "model", "max_input_tokens", "method", "settings", "seed") if k not in config]
+    if missing:
+        raise UsageError(f"{run.file('config.json')} is corrupt: it has no {', '.join(missing)}")
+    return config
+
+
 def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_TASK, before_cache: dict | None = None,
                 progress: bool = True) -> dict:
     """Measure a finished run's general-ability retention; writes general.json into the run directory."""
@@ -147,8 +158,7 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
     if not run.has_checkpoint():
         raise UsageError(f"{run_path} has no checkpoint (run records are committed without their weights); "
                          "rerun it with `python -m harness bench ... --overwrite` to measure its general ability")
-    with open(run.file("config.json")) as f:
-        config = json.load(f)
+    config = run_config(run_path)
     configure_offline(config.get("allow_download", False))
     set_threads()
     names = held_out(names, config["tasks"])

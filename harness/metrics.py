@@ -5,11 +5,14 @@ in stream order), columns = tasks in stream order, cells = accuracy in percent. 
 docs/design.md#metrics is R.iloc[row of task t, i]."""
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import pandas as pd
+
+from core.errors import UsageError
 
 BASE_ROW = "base"
 
@@ -91,12 +94,83 @@ def compute(R: pd.DataFrame) -> dict[str, float | None]:
     return out
 
 
+JOINT_ROW = "all"   # a method that trains once on every task at once (mtl) has this one trained row
+
+
+def check_matrix(R: pd.DataFrame, where: str = "matrix") -> None:
+    """Raise ValueError unless R is a matrix the metrics can be computed from: a `base` row first (optional),
+    then either one trained row per task, named and ordered as the columns (the stream), or the single joint
+    row `all`; every cell an accuracy in percent."""
+    tasks = [str(c) for c in R.columns]
+    if not tasks:
+        raise ValueError(f"{where} names no task (its header must be 'after,<task_1>,...,<task_T>')")
+    if len(set(tasks)) != len(tasks) or any(not t or t.startswith("Unnamed:") for t in tasks):
+        raise ValueError(f"{where} has an empty or repeated task name in its header: {', '.join(tasks)}")
+    rows = [str(r) for r in R.index]
+    trained = rows[1:] if rows[:1] == [BASE_ROW] else rows
+    if BASE_ROW in trained:
+        raise ValueError(f"{where}: the '{BASE_ROW}' row must come first, and once")
+    if not trained:
+        raise ValueError(f"{where} has no trained row (an unfinished run?): the metrics need a row after "
+                         f"each task, {', '.join(tasks)}")
+    if trained != [JOINT_ROW]:
+        for i, (row, task) in enumerate(zip(trained, tasks)):
+            if row != task:
+                raise ValueError(f"{where}: trained row {i + 1} is {row!r}, expected {task!r} (one row per task, "
+                                 "in the order of the columns)")
+        if len(trained) < len(tasks):
+            raise ValueError(f"{where} stops after task {trained[-1]!r}: no row after "
+                             f"{', '.join(tasks[len(trained):])} (an unfinished run?)")
+        if len(trained) > len(tasks):
+            raise ValueError(f"{where} has {len(trained)} trained rows for {len(tasks)} tasks "
+                             f"(extra: {', '.join(trained[len(tasks):])})")
+    values = R.to_numpy()
+    offset = 0 if rows[:1] == [BASE_ROW] else 1     # stage of the first row: 0 = the backbone
+    for i, row in enumerate(rows):
+        # --matrix needed leaves the cells no metric reads blank; every other cell is an accuracy
+        needed = set(tasks if trained == [JOINT_ROW] else needed_cells(tasks, i + offset))
+        for j, task in enumerate(tasks):
+            v = values[i, j]
+            blank = v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip())
+            if blank and task not in needed:
+                continue
+            if blank or not (isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= 100):
+                raise ValueError(f"{where}: cell ({row}, {task}) is {'blank' if blank else repr(v)}, "
+                                 "not an accuracy in percent (0-100)")
+
+
 def read_matrix(path: str) -> pd.DataFrame:
-    R = pd.read_csv(path, index_col=0)
-    if R.index.name != "after":
-        raise ValueError(f"{path} is not a matrix.csv (its header must start with 'after')")
-    R.index = R.index.astype(str)
+    """A matrix.csv, checked (check_matrix). Anything else is a UsageError naming the file: one line on the CLI,
+    in `metrics` as in `tables`."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            lines = [row for row in csv.reader(f) if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    if not lines or lines[0][0] != "after":
+        raise UsageError(f"{path} is not a matrix.csv (its header must start with 'after')")
+    header, body = lines[0], lines[1:]
+    for k, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise UsageError(f"{path}: line {k} has {len(row)} fields, the header {len(header)}")
+    R = pd.DataFrame([[_percent(cell) for cell in row[1:]] for row in body], columns=header[1:],
+                     index=pd.Index([row[0] for row in body], name="after"), dtype=object)
+    try:
+        check_matrix(R, path)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     return R.astype(float)
+
+
+def _percent(cell: str):
+    """A cell's number; NaN when blank; the cell itself when it is neither (check_matrix then names it)."""
+    if not cell.strip():
+        return float("nan")
+    try:
+        value = float(cell)
+    except ValueError:
+        return cell
+    return value if math.isfinite(value) else cell
 
 
 def format_metrics(values: dict[str, float | None]) -> str:

@@ -35,7 +35,17 @@ def set_threads(n: int | None = None) -> None:
 
     # Two threads is the fastest setting measured on the 2-core machines; more only adds contention.
     # CL_THREADS=1 suits two jobs side by side (oversubscribed OpenMP threads spin against each other).
-    torch.set_num_threads(n or int(os.environ.get("CL_THREADS", 0)) or min(2, os.cpu_count() or 1))
+    torch.set_num_threads(n or env_threads() or min(2, os.cpu_count() or 1))
+
+
+def env_threads() -> int | None:
+    """CL_THREADS, checked: a positive whole number, or unset."""
+    raw = os.environ.get("CL_THREADS", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise UsageError(f"CL_THREADS must be a positive whole number, got {raw!r}")
+    return int(raw)
 
 
 def embedded_file(name: str) -> tuple[str, str]:
@@ -50,7 +60,13 @@ def embedded_file(name: str) -> tuple[str, str]:
 
 
 def cache_root() -> str:
-    return os.environ.get("CL_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "cl-harness")
+    root = os.environ.get("CL_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "cl-harness")
+    ancestor = root
+    while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise UsageError(f"the model cache {root} (CL_CACHE_DIR) cannot be a folder: {ancestor} is a file")
+    return root
 
 
 def embedded_cache(name: str) -> str:
@@ -108,11 +124,82 @@ def load_tokenizer(model: str = DEFAULT_MODEL, allow_download: bool = False):
     if model in (TINY_MODEL, *EMBEDDED_MODELS):
         tok = AutoTokenizer.from_pretrained(embedded_cache(DEFAULT_MODEL if model == TINY_MODEL else model))
     else:
-        tok = AutoTokenizer.from_pretrained(model, local_files_only=not allow_download)
+        try:
+            tok = AutoTokenizer.from_pretrained(model, local_files_only=not allow_download)
+        except Exception as e:   # transformers raises OSError, ValueError, KeyError... for a folder it cannot use
+            raise UsageError(f"cannot load the tokenizer of model {model!r}{_hint(allow_download, model)}: "
+                             f"{_first_line(e)}") from None
     tok.model_max_length = MAX_LENGTH
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _hint(allow_download: bool, model: str) -> str:
+    """Why a hub id may not load; nothing for a local folder, whose files are what they are."""
+    if allow_download or os.path.isdir(model):
+        return ""
+    return " (downloads are off: pass --allow-download on a machine with network)"
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def check_model(model: str, allow_download: bool = False) -> None:
+    """The cheap part of load_model, run before a run directory is made: the model is one this machine can
+    load (an embedded name with its package, a local folder with a causal LM's config, weights and tokenizer, or
+    a hub id in the local cache). Loading it can still fail (damaged weights); this catches the mistakes."""
+    if model in (TINY_MODEL, *EMBEDDED_MODELS):
+        embedded_file(DEFAULT_MODEL if model == TINY_MODEL else model)
+        cache_root()
+        return
+    choices = f"an embedded model ({', '.join([*EMBEDDED_MODELS, TINY_MODEL])}), a model folder or a hub id"
+    if not model.strip():
+        raise UsageError(f"--model is empty: give {choices}")
+    if os.path.exists(model) and not os.path.isdir(model):
+        raise UsageError(f"--model {model} is a file: give {choices}")
+    if os.path.isdir(model):
+        if not os.path.isfile(os.path.join(model, "config.json")):
+            raise UsageError(f"--model {model} is a folder without a model (no config.json)")
+        if not any(os.path.isfile(os.path.join(model, name)) for name in WEIGHT_FILES):
+            raise UsageError(f"--model {model} holds no weights (none of {', '.join(WEIGHT_FILES)})")
+    else:
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+        if model.startswith(("/", ".", "~")) or model.count("/") > 1:
+            raise UsageError(f"--model {model}: no such folder")
+        try:
+            validate_repo_id(model)
+        except HFValidationError:
+            raise UsageError(f"--model {model!r} is not {choices}") from None
+        if not allow_download and not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            raise UsageError(f"--model {model!r} is neither a local folder nor in the hub cache"
+                             f"{_hint(allow_download, model)}")
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    _quiet()
+    try:
+        cfg = AutoConfig.from_pretrained(model, local_files_only=not allow_download)
+    except Exception as e:   # a broken config.json: OSError, ValueError (unknown model_type), KeyError
+        raise UsageError(f"cannot read the config of model {model!r}{_hint(allow_download, model)}: "
+                         f"{_first_line(e)}") from None
+    if cfg.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UsageError(f"model {model!r} is a {cfg.model_type!r} model, not a causal language model")
+    load_tokenizer(model, allow_download)
+
+
+def check_device(device: str) -> None:
+    """A torch device this machine has (`cpu`, `cuda`, `cuda:1`, `mps`), checked before a run directory is made."""
+    import torch
+    try:
+        torch.empty(0, device=device)
+    except Exception as e:   # RuntimeError for a bad name or a missing GPU; AssertionError: torch built without CUDA
+        raise UsageError(f"--device {device!r} is not usable here: {_first_line(e)}") from None
 
 
 def tiny_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 64):
@@ -143,9 +230,8 @@ def load_model(model: str = DEFAULT_MODEL, device: str = "cpu", allow_download: 
     else:
         try:  # without --allow-download a hub id still loads if it is in the local cache
             net = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, local_files_only=not allow_download)
-        except OSError as e:
-            hint = "" if allow_download else " (downloads are off: pass --allow-download on a machine with network)"
-            raise UsageError(f"cannot load model {model!r}{hint}: {str(e).splitlines()[0]}") from None
+        except Exception as e:   # OSError for missing files; ValueError, RuntimeError, safetensors' errors for bad ones
+            raise UsageError(f"cannot load model {model!r}{_hint(allow_download, model)}: {_first_line(e)}") from None
     net.config.pad_token_id = tok.pad_token_id
     return net.to(device).eval(), tok
 

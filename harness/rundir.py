@@ -16,6 +16,9 @@ from core.errors import UsageError
 from harness.config import resume_keys
 
 
+RUN_FILES = ("config.json", "status.json", "log.jsonl", "matrix.csv", "metrics.json", "method.json")
+
+
 def atomic_write(path: str, data: bytes | str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -36,6 +39,59 @@ def write_json(path: str, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def check_folder(path: str, what: str) -> None:
+    """A folder the harness will create or write into: refused now, in one line, when it cannot be one (an empty
+    name, a regular file, or a path through a regular file), rather than as a traceback once work has begun."""
+    if not path or not path.strip():
+        raise UsageError(f"{what} is empty")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{what} {path} is a file, not a folder")
+    _check_parent(path, what)
+
+
+def _check_parent(path: str, what: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"{what} {path} cannot be made: {parent} is a file")
+
+
+def read_json_file(path: str, what: str = "") -> dict:
+    """A JSON object from a file the harness wrote (or a user edited); a missing, unreadable or corrupt one is
+    a UsageError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"{what or path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"cannot read {what or path}: {e}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{what or path} is corrupt: it holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def check_base_cache(path: str) -> None:
+    """The untouched backbone's shared scores (--base-cache; a sweep's <runs>/base-cache.json): absent, empty, or a
+    JSON object of accuracies. Anything else is refused before a run starts, not silently replaced."""
+    if not path.strip():
+        raise UsageError("--base-cache is empty")
+    if os.path.isdir(path):
+        raise UsageError(f"--base-cache {path} is a folder, not a file")
+    _check_parent(path, "--base-cache")
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    hint = "; remove it (it is rebuilt as runs go)"
+    try:
+        cache = read_json_file(path, f"--base-cache {path}")
+    except UsageError as e:
+        raise UsageError(f"{e}{hint}") from None
+    for key, value in cache.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+            raise UsageError(f"--base-cache {path} is corrupt: {key!r} holds {value!r}, not an accuracy{hint}")
+
+
 def matrix_csv(R: pd.DataFrame) -> str:
     R = R.copy()
     R.index.name = "after"
@@ -50,13 +106,25 @@ class RunDir:
         return os.path.join(self.path, name)
 
     def status(self) -> dict | None:
+        """The run's progress; None when the folder holds no run (or does not exist, or is a file)."""
+        path = self.file("status.json")
         try:
-            with open(self.file("status.json")) as f:
-                return json.load(f)
-        except FileNotFoundError:
+            with open(path, encoding="utf-8") as f:
+                status = json.load(f)
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        except json.JSONDecodeError:
-            raise UsageError(f"{self.file('status.json')} is corrupt; remove the run directory to start over") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UsageError(f"{path} is corrupt ({e}); remove the run directory to start over") from None
+        checkpoint = status.get("checkpoint") if isinstance(status, dict) else None
+        a_file_here = checkpoint is None or isinstance(checkpoint, str) and os.path.basename(checkpoint) == checkpoint
+        if not isinstance(status, dict) or status.get("state") not in ("running", "finished") \
+                or not isinstance(status.get("rows", {}), dict) or not a_file_here:
+            raise UsageError(f"{path} is corrupt (not a run's status: a state running or finished, rows, a checkpoint "
+                             "file name); remove the run directory to start over")
+        return status
+
+    def read_json(self, name: str) -> dict:
+        return read_json_file(self.file(name))
 
     def is_finished(self) -> bool:
         status = self.status()
@@ -69,22 +137,29 @@ class RunDir:
 
     def prepare(self, config: dict, overwrite: bool) -> dict | None:
         """Create or reopen the directory. Returns the saved progress to resume from, or None for a fresh run."""
+        check_folder(self.path, "--out")
+        for name in RUN_FILES:
+            if os.path.isdir(self.file(name)):
+                raise UsageError(f"{self.file(name)} is a folder where the run keeps a file; choose another --out")
         if os.path.isdir(self.path) and os.listdir(self.path):
-            status = self.status()
-            if status is None and not overwrite:
-                raise UsageError(f"output directory {self.path} is not empty and holds no run; "
-                                 "choose another --out or pass --overwrite")
-            if status and status.get("state") == "finished" and not overwrite:
-                raise UsageError(f"output directory {self.path} already holds a finished run; "
-                                 "pass --overwrite to replace it")
-            if overwrite:
+            if overwrite:   # whatever is there, run or not (a corrupt one included)
                 for name in os.listdir(self.path):
                     p = self.file(name)
                     if os.path.isfile(p):
                         os.unlink(p)
             else:
-                with open(self.file("config.json")) as f:
-                    old = json.load(f)
+                status = self.status()
+                if status is None:
+                    raise UsageError(f"output directory {self.path} is not empty and holds no run; "
+                                     "choose another --out or pass --overwrite")
+                if status["state"] == "finished":
+                    raise UsageError(f"output directory {self.path} already holds a finished run; "
+                                     "pass --overwrite to replace it")
+                try:
+                    old = self.read_json("config.json")
+                except UsageError as e:
+                    raise UsageError(f"{e}; remove the run directory to start over, or pass --overwrite") from None
+                self._check_resumable(status)
                 diff = [k for k in resume_keys() if old.get(k) != config.get(k)]
                 if diff:
                     raise UsageError(f"output directory {self.path} holds an unfinished run with different "
@@ -94,6 +169,14 @@ class RunDir:
         write_json(self.file("config.json"), config)
         self.save_status({"state": "running", "rows": {}, "started": time.time()})
         return None
+
+    def _check_resumable(self, status: dict) -> None:
+        """What the runner reads of an unfinished run's status, checked before it loads a model on it."""
+        rows = status.get("rows")
+        if not isinstance(rows, dict) or not isinstance(status.get("started"), (int, float)) \
+                or not all(isinstance(r, dict) and isinstance(r.get("accuracy"), dict) for r in rows.values()):
+            raise UsageError(f"{self.file('status.json')} is corrupt (its rows or start time); remove the run "
+                             "directory to start over, or pass --overwrite")
 
     def save_checkpoint(self, status: dict, index: int, state: dict) -> None:
         """The method's state after stage `index`, under a fresh name; then the status points at it. A crash
@@ -113,7 +196,13 @@ class RunDir:
         if not self.has_checkpoint():
             raise UsageError(f"{self.path} has no checkpoint (run records are committed without their weights)")
         # weights_only=False: method states hold plain Python objects too (replay's memory, CRAFT's groups)
-        return torch.load(self.file(status["checkpoint"]), map_location=map_location, weights_only=False)
+        path = self.file(status["checkpoint"])
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as e:   # torch raises anything from a damaged file: pickle, zip, EOF, value errors
+            why = (str(e).strip().splitlines() or [""])[0]
+            raise UsageError(f"{path} is corrupt ({type(e).__name__}: {why}); delete it and rerun the run's bench "
+                             "command: it trains its finished tasks again") from None
 
     def save_status(self, status: dict) -> None:
         write_json(self.file("status.json"), status)

@@ -69,6 +69,15 @@ class SweepResult:
     failed: list[tuple[Cell, str]] = field(default_factory=list)
 
 
+MAX_SEED = 2**32 - 1   # numpy's range; the runner seeds each stage with seed * 1000 + k, well inside torch's
+
+
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"{flag} must be between 0 and {MAX_SEED}, got {seed}")
+    return seed
+
+
 def split_list(raw: str, what: str) -> list[str]:
     items = [x.strip() for x in raw.split(",") if x.strip()]
     if not items:
@@ -89,26 +98,32 @@ def plan(runs: str, methods: list[str], orders: list[str], seeds: list[str],
     for order in orders:
         tasks.get_order(order)
     try:
-        seed_values = [int(s) for s in seeds]
+        seed_values = [check_seed(int(s), "--seeds") for s in seeds]
     except ValueError:
-        raise UsageError(f"--seeds must be integers, got {','.join(seeds)}") from None
+        raise UsageError(f"--seeds must be whole numbers, got {','.join(seeds)}") from None
     shared = shared or BenchConfig()
     # The untouched backbone is scored once per task and setup, for all the sweep's runs.
     base_cache = os.path.join(runs, "base-cache.json")
-    return [Cell(spec, dataclasses.replace(shared, method=spec.name, order=order, seed=seed,
-                                           method_args=dict(spec.args), progress=False, base_cache=base_cache,
-                                           out=os.path.join(runs, spec.label, order, f"seed{seed}")),
-                 settings[spec])
-            for seed in seed_values for order in orders for spec in specs]
+    cells = [Cell(spec, dataclasses.replace(shared, method=spec.name, order=order, seed=seed,
+                                            method_args=dict(spec.args), progress=False, base_cache=base_cache,
+                                            out=os.path.join(runs, spec.label, order, f"seed{seed}")),
+                  settings[spec])
+             for seed in seed_values for order in orders for spec in specs]
+    # two cells in one folder would run (with --jobs 2: side by side) into the same run directory
+    twice = sorted({c.out for c in cells if sum(d.out == c.out for d in cells) > 1})
+    if twice:
+        raise UsageError(f"the grid names {twice[0]} more than once (a method, order or seed given twice)")
+    return cells
 
 
 def cell_state(cell: Cell) -> str:
-    """'finished', 'partial' (resumable), 'new', or 'stale': made with other settings than the method's
-    current ones (a default changed since), which neither counts as done nor may be resumed."""
+    """'finished', 'partial' (resumable), 'new', 'stale': made with other settings than the method's
+    current ones (a default changed since), which neither counts as done nor may be resumed, or 'corrupt': a
+    status.json no run can be resumed from."""
     try:
         status = RunDir(cell.out).status()
     except UsageError:
-        return "new"
+        return "corrupt"
     if status is None:
         return "new"
     if cell.settings:
@@ -130,6 +145,10 @@ def run_sweep(runs: str, cells: list[Cell], jobs: int = 1, progress: bool = True
         raise UsageError(f"{len(stale)} run director{'y was' if len(stale) == 1 else 'ies were'} made with other "
                          "settings than the methods' current ones (a default changed?); move them out of "
                          f"{runs} or sweep into another --runs: " + ", ".join(stale))
+    corrupt = [c.out for c in cells if cell_state(c) == "corrupt"]
+    if corrupt:
+        raise UsageError(f"{len(corrupt)} run director{'y has' if len(corrupt) == 1 else 'ies have'} a corrupt "
+                         "status.json; remove them to run them again: " + ", ".join(corrupt))
     os.makedirs(os.path.join(runs, "logs"), exist_ok=True)
     # Every sweep command that touched this folder, so results/README.md can say how to regenerate it.
     with open(os.path.join(runs, "sweeps.jsonl"), "a") as f:

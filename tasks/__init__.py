@@ -38,6 +38,8 @@ def get_order(order: str) -> list[str]:
         return list(ORDERS[order])
     if "," in order or "+" in order:
         names = [n.strip() for n in order.replace("+", ",").split(",") if n.strip()]
+        if not names:
+            raise UsageError(f"order {order!r} names no task")
         known = all_tasks()
         unknown = [n for n in names if n not in known]
         if unknown:

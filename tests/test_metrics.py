@@ -1,4 +1,6 @@
+import glob
 import json
+import os
 import subprocess
 import sys
 
@@ -7,6 +9,7 @@ import pytest
 
 from harness import metrics
 from tests.conftest import ROOT
+from tests.test_cli import fails
 
 # A 3-task stream with a base row, computed by hand below.
 #            t1    t2    t3
@@ -76,3 +79,45 @@ def test_needed_cells_are_what_the_metrics_read():
     for row, name in enumerate(R.index):
         blank.loc[name, [t for t in tasks if t not in metrics.needed_cells(tasks, row)]] = float("nan")
     assert blank.isna().sum().sum() == 3 and metrics.compute(blank) == metrics.compute(R)
+
+
+HEADER = "after,t1,t2,t3\n"
+BASE = "base,10,20,30\n"
+MATRICES = {   # what `harness metrics` must refuse, and the words that say why
+    "a header with no rows": (HEADER, "has no trained row"),
+    "only the base row": (HEADER + BASE, "has no trained row"),
+    "rows that stop before the last task": (HEADER + BASE + "t1,80,25,35\nt2,60,90,40\n", "stops after task 't2'"),
+    "a row too many": (HEADER + BASE + "t1,1,2,3\nt2,1,2,3\nt3,1,2,3\nt4,1,2,3\n", "4 trained rows for 3 tasks"),
+    "rows out of the columns' order": (HEADER + BASE + "t2,1,2,3\nt1,1,2,3\nt3,1,2,3\n", "1 is 't2', expected 't1'"),
+    "a non-numeric cell": (HEADER + BASE + "t1,80,x,35\nt2,1,2,3\nt3,1,2,3\n", "cell (t1, t2) is 'x'"),
+    "a blank cell a metric reads": (HEADER + BASE + "t1,80,25,35\nt2,60,,40\nt3,1,2,3\n", "cell (t2, t2) is blank"),
+    "an accuracy over 100": (HEADER + BASE + "t1,80,250,35\nt2,1,2,3\nt3,1,2,3\n", "is 250.0, not an accuracy"),
+    "nan": (HEADER + BASE + "t1,80,nan,35\nt2,1,2,3\nt3,1,2,3\n", "is 'nan', not an accuracy"),
+    "a short line": (HEADER + BASE + "t1,80,25\nt2,1,2,3\nt3,1,2,3\n", "line 3 has 3 fields"),
+    "a task named twice": ("after,t1,t1,t3\n" + BASE + "t1,1,2,3\nt1,1,2,3\nt3,1,2,3\n", "repeated task name"),
+    "base after a trained row": (HEADER + "t1,1,2,3\n" + BASE + "t2,1,2,3\nt3,1,2,3\n", "'base' row must come first"),
+    "a header naming no task": ("after\nbase\n", "names no task"),
+    "no header": ("", "is not a matrix.csv"),
+}
+
+
+@pytest.mark.parametrize("case", MATRICES)
+def test_metrics_refuses_a_matrix_it_cannot_compute(capsys, tmp_path, case):
+    text, pattern = MATRICES[case]
+    (tmp_path / "matrix.csv").write_text(text)
+    fails(capsys, ["metrics", str(tmp_path)], pattern)
+
+
+def test_metrics_reads_a_joint_row_and_blank_cells_no_metric_reads(tmp_path):
+    (tmp_path / "joint.csv").write_text("after,t1,t2\nbase,10,20\nall,70,80\n")
+    assert metrics.compute(metrics.read_matrix(str(tmp_path / "joint.csv")))["AA"] == 75.0
+    # --matrix needed: R[1][3] is read by no metric
+    (tmp_path / "needed.csv").write_text(HEADER + BASE + "t1,80,25,\nt2,60,90,40\nt3,70,50,85\n")
+    assert metrics.compute(metrics.read_matrix(str(tmp_path / "needed.csv"))) == metrics.compute(R)
+
+
+def test_every_committed_matrix_reads():
+    paths = glob.glob(os.path.join(ROOT, "results", "runs", "**", "matrix.csv"), recursive=True)
+    for path in paths:
+        values = metrics.compute(metrics.read_matrix(path))
+        assert values["AA"] is not None, path
