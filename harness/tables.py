@@ -16,7 +16,7 @@ import pandas as pd
 from core.errors import UsageError
 from harness import metrics as metrics_mod
 from harness.config import SETUP, names, setup_of, spell_options
-from harness.rundir import atomic_write
+from harness.rundir import RunDir, atomic_write
 
 MISSING = "–"
 # Blocks of orders shown side by side, as in O-LoRA's Table 1; other orders get a block each.
@@ -67,25 +67,22 @@ def load_runs(root: str) -> tuple[list[Run], list[str]]:
         dirs.sort()
         if "status.json" not in files:
             continue
-        with open(os.path.join(folder, "status.json")) as f:
-            status = json.load(f)
-        if status.get("state") != "finished":
+        run = RunDir(folder)
+        status = run.status()   # a corrupt or ill-shaped one is a one-line UsageError, like every read below
+        if status is None or status["state"] != "finished":
             unfinished.append(folder)
             continue
-        with open(os.path.join(folder, "config.json")) as f:
-            config = json.load(f)
-        with open(os.path.join(folder, "method.json")) as f:
-            card = json.load(f)
-        matrix = metrics_mod.read_matrix(os.path.join(folder, "matrix.csv"))
-        general = None
-        if os.path.isfile(os.path.join(folder, "general.json")):
-            with open(os.path.join(folder, "general.json")) as f:
-                general = json.load(f)
-        finished.append(Run(
-            path=folder, method=config["method"], label=method_label(config["method"], config.get("method_args") or {}),
-            order=str(config["order"]), seed=int(config["seed"]), tasks=list(config["tasks"]),
-            setup=setup_of(config), matrix=matrix,
-            metrics=metrics_mod.compute(matrix), card=card, config=config, general=general))
+        config, card = run.read_json("config.json"), run.read_json("method.json")
+        matrix = metrics_mod.read_matrix(run.file("matrix.csv"))
+        general = run.read_json("general.json") if os.path.isfile(run.file("general.json")) else None
+        try:
+            finished.append(Run(
+                path=folder, method=config["method"],
+                label=method_label(config["method"], config.get("method_args") or {}), order=str(config["order"]),
+                seed=int(config["seed"]), tasks=list(config["tasks"]), setup=setup_of(config), matrix=matrix,
+                metrics=metrics_mod.compute(matrix), card=card, config=config, general=general))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"{run.file('config.json')} is corrupt: {e!r}") from None
     return finished, unfinished
 
 

@@ -230,3 +230,14 @@ def test_labels_of_points_in_one_column_of_the_aa_plot_do_not_overlap():
     h = _label_heights(points, gap=1.0)
     assert h["craft"] == 45.0 and h["replay"] == 60.0 and h["inc_lora"] == 44.8   # nothing to avoid
     assert h["o_lora"] == 45.8 and h["per_task"] == 46.8                          # pushed up, in AA order
+
+
+@pytest.mark.parametrize("name,content", [("method.json", "{not json"), ("status.json", "[1]"),
+                                          ("general.json", "{"), ("config.json", '{"method": "x"}')])
+def test_a_damaged_record_is_one_line_error(runs, tmp_path, name, content):
+    folder = os.path.join(runs, "craft", "1", "seed1")
+    with open(os.path.join(folder, name), "w") as f:
+        f.write(content)
+    with pytest.raises(UsageError) as e:
+        write_tables(runs, str(tmp_path / "out"), figures=False)
+    assert "\\n" not in str(e.value) and folder in str(e.value)
