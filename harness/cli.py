@@ -114,7 +114,9 @@ def _discard_unstarted(out: str, made_from: str | None) -> None:
         status = RunDir(out).status()
     except UsageError:
         return
-    if not status or status["state"] != "running" or status.get("rows") or status.get("checkpoint"):
+    # only the backbone's row (a method's setup failed): nothing trained is lost, its scores are cached
+    if not status or status["state"] != "running" or set(status.get("rows") or {}) - {"base"} \
+            or status.get("checkpoint"):
         return
     for name in RUN_FILES:
         if os.path.isfile(os.path.join(out, name)):

@@ -25,7 +25,7 @@ MIN_SHARED_PREFIX = 8
 
 class SharedPrefix:
     """The tokens every prompt of a call begins with (a task's chat template, instruction and options: 38-73%
-    of its prompt, docs/design.md#speed-and-precision), encoded once per call by the scorer; each batch then
+    of its prompt, docs/cli.md#caches), encoded once per call by the scorer; each batch then
     encodes only its prompts' own tokens on top of a copy of that cache."""
 
     def __init__(self, scorer: Scorer, prompts: list[tuple[int, ...]]):

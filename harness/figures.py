@@ -6,6 +6,7 @@ import os
 import statistics
 
 import matplotlib
+import pandas as pd
 
 matplotlib.use("Agg")   # files only; no screen on these machines
 import matplotlib.pyplot as plt  # noqa: E402
@@ -59,7 +60,7 @@ def stream_curves(runs, order: str, folder: str) -> list[str]:
         ax = axes[0][i]
         for label in labels:
             mine = [r for r in rs if r.label == label]
-            curve = [statistics.fmean(trained_rows(r.matrix)[task].iloc[k] for r in mine) for k in range(len(tasks))]
+            curve = [pd.Series([trained_rows(r.matrix)[task].iloc[k] for r in mine]).mean() for k in range(len(tasks))]
             ax.plot(range(1, len(tasks) + 1), curve, marker="o", ms=3, label=label, color=colours[label],
                     linestyle="--" if mine[0].bound else "-")
         ax.axvline(i + 1, color="grey", lw=0.5)

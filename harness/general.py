@@ -172,7 +172,8 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
         backbone = CausalLMScorer(model)
         cache[key] = evaluate(lambda task: backbone, tok, encoder, names, per_task, config.get("data_dir"))
     before = cache[key]
-    method = get_method(config["method"])(model, tok, config["settings"], config["seed"])
+    cache_mb = config.get("cache_mb", 0) if config.get("cache", "on") == "on" else 0   # the run's own budget
+    method = get_method(config["method"])(model, tok, config["settings"], config["seed"], cache_mb=cache_mb)
     method.setup()
     method.load_state_dict(run.load_checkpoint())
     after = evaluate(method.scorer, tok, encoder, names, per_task, config.get("data_dir"))

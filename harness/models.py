@@ -194,8 +194,11 @@ def check_model(model: str, allow_download: bool = False) -> None:
 
 
 def check_device(device: str) -> None:
-    """A torch device this machine has (`cpu`, `cuda`, `cuda:1`, `mps`), checked before a run directory is made."""
+    """The device, checked before a run directory is made. Only the CPU works end to end today: batches,
+    masks and caches are built on the CPU, so another device would fail at the first forward."""
     import torch
+    if device != "cpu":
+        raise UsageError(f"--device {device!r}: only cpu is supported yet (inputs are built on the CPU)")
     try:
         torch.empty(0, device=device)
     except Exception as e:   # RuntimeError for a bad name or a missing GPU; AssertionError: torch built without CUDA

@@ -15,7 +15,6 @@ import torch
 from core.errors import UsageError
 from harness.config import resume_keys
 
-
 RUN_FILES = ("config.json", "status.json", "log.jsonl", "matrix.csv", "metrics.json", "method.json")
 
 

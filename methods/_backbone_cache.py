@@ -14,7 +14,7 @@ from transformers import DynamicCache
 
 
 class BackboneCache:
-    def __init__(self, model, edited_tail: int, pad_id: int, budget_mb: float = 4096, dtype=torch.float32):
+    def __init__(self, model, edited_tail: int, pad_id: int, budget_mb: float, dtype=torch.float32):
         self.model = model
         self.tail = edited_tail          # the last tokens of every prompt that are edited, so never cached
         self.pad_id = pad_id
@@ -49,8 +49,12 @@ class BackboneCache:
             for i, h in enumerate(chunk):
                 ids[i, width - len(h):] = torch.tensor(h)
                 mask[i, width - len(h):] = 1
-            past = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                              use_cache=True, logits_to_keep=1).past_key_values
+            # fp32 whatever autocast is active: a head computed under bf16 training and reused by an fp32 KL
+            # (or the other way) would make a resumed run differ from a straight one
+            with torch.autocast("cpu", enabled=False):
+                past = self.model(input_ids=ids, attention_mask=mask,
+                                  position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
+                                  logits_to_keep=1).past_key_values
             for i, h in enumerate(chunk):
                 kv = [(layer.keys[i, :, width - len(h):].to(self.dtype).clone(),
                        layer.values[i, :, width - len(h):].to(self.dtype).clone()) for layer in past.layers]

@@ -69,6 +69,7 @@ import torch
 from core.data import Encoded
 from core.errors import UsageError
 from core.loss import collate
+from methods._modules import linear_targets
 from methods.base import Method
 
 TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"   # the reference's LLaMA targets
@@ -109,9 +110,8 @@ class AdaptiveSVD(Method):
                 "protected singular vectors (no data)")
 
     def setup(self):
-        targets = {name.strip() for name in self.settings["target_modules"].split(",")}
-        self.matrices = {name: module.weight for name, module in self.model.named_modules()
-                         if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets}
+        self.matrices = {name: module.weight for name, module in
+                         linear_targets(self.model, self.settings["target_modules"], self.NAME)}
         # whose input/output similarity sets a matrix's importance: its decoder layer (model.layers.3), or itself
         per_layer = self.settings["importance"] == "layer"
         self.unit_of = {name: layer_of(name) if per_layer else name for name in self.matrices}

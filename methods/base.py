@@ -55,7 +55,7 @@ class Method:
         "grad_clip": (1.0, "gradient-norm clipping"),
     }
 
-    def __init__(self, model, tokenizer, settings: dict | None = None, seed: int = 0, cache_mb: float = 4096):
+    def __init__(self, model, tokenizer, settings: dict | None = None, seed: int = 0, cache_mb: float = 0):
         self.model = model
         self.tokenizer = tokenizer
         self.seed = seed

@@ -124,7 +124,8 @@ class CRAFT(Method):
         self._route_cache: dict = {}
         # The frozen backbone over every prompt's unedited head, computed once (edits at the start: no such head).
         self.backbone = BackboneCache(self.model, int(self.settings["last_positions"]), self.tokenizer.pad_token_id,
-                                      self.cache_mb) if self.cache_mb and not int(self.settings["first_positions"]) \
+                                      self.cache_mb) \
+            if self.cache_mb and not int(self.settings["first_positions"]) and int(self.settings["last_positions"]) \
             else None
         self.diagnostics = {"layers": self.layers, "routing": {}, "training": {}, "merge": {}, "groups": {}}
 

@@ -106,7 +106,7 @@ BENCH_REFUSALS = {
     "out inside a file": (["--out", "{tmp}/file/run"], "cannot be made: "),
     "out empty": (["--out", ""], "--out is empty"),
     "data-dir is a file": (["--data-dir", "{tmp}/file"], "is a file, not a directory"),
-    "device unknown": (["--device", "banana"], "--device 'banana' is not usable"),
+    "device not cpu": (["--device", "cuda"], "--device 'cuda': only cpu is supported yet"),
     "seed negative": (["--seed", "-1"], "--seed must be between 0 and"),
     "seed too big": (["--seed", str(2**64)], "--seed must be between 0 and"),
     "order of no task": (["--order", ","], "names no task"),
@@ -253,3 +253,12 @@ def test_general_refuses_a_damaged_finished_run_before_loading_a_model(capsys, t
 def test_tables_refuses_an_out_that_cannot_be_a_folder(capsys, tmp_path, out, pattern):
     _setup(tmp_path)
     fails(capsys, ["tables", "--runs", "results/runs", "--out", out.format(tmp=tmp_path), "--no-figures"], pattern)
+
+
+@pytest.mark.parametrize("method,arg", [("adaptive_svd", "target_modules=q_porj"), ("curlora", "target_modules=nope")])
+def test_a_method_whose_setup_fails_leaves_no_run(capsys, tmp_path, method, arg):
+    """setup() runs after the backbone's row: a bad setting found there still leaves nothing to refuse later."""
+    out = tmp_path / "run"
+    fails(capsys, ["bench", "--method", method, "--method-arg", arg, "--order", "bbc,trec", *TINY, "--out", str(out)],
+          "no nn.Linear named")
+    assert not out.exists()

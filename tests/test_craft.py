@@ -238,3 +238,9 @@ def test_the_backbone_cache_gives_the_loss_gradients_and_scores_of_the_full_forw
     scores = [candidate_logprobs(m.scorer("bbc"), test, enc.candidates(data["bbc"]), tokenizer.pad_token_id, 4)[0]
               for m in (cached, full)]
     assert torch.allclose(*scores, atol=1e-4)
+
+
+def test_no_edited_tail_runs_with_the_cache_on(tmp_path, tokenizer):
+    # edits on the first tokens only: no unedited head to cache, so the full forward runs (it used to crash)
+    out, _, card = craft_run(tmp_path, tokenizer, last_positions="0", first_positions="2")
+    assert os.path.isfile(os.path.join(out, "matrix.csv"))
