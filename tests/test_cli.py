@@ -193,23 +193,23 @@ def test_a_damaged_run_is_refused(capsys, tmp_path, unfinished_run, case):
     assert sorted(os.listdir(run)) == before and "matrix.csv" not in before
 
 
-SWEEP_REFUSALS = {
-    "runs is a file": (["--runs", "{tmp}/file"], "--runs {tmp}/file is a file"),
-    "runs inside a file": (["--runs", "{tmp}/file/runs"], "cannot be made: "),
-    "seed negative": (["--seeds", "-1"], "--seeds must be between 0 and"),
-    "seed twice": (["--seeds", "1,1"], "more than once"),
-    "method twice": (["--methods", "zero_shot,zero_shot"], "more than once"),
-    "model missing": (["--model", "{tmp}/no-model"], "no such folder"),
-    "base cache corrupt": (["--runs", "{tmp}/runs"], "cannot read --base-cache {tmp}/runs/base-cache.json"),
-}
+# (what is wrong, the sweep arguments that say it, what the one-line error says)
+SWEEP_REFUSALS = [
+    ("runs is a file", ["--runs", "{tmp}/file"], "--runs {tmp}/file is a file"),
+    ("runs inside a file", ["--runs", "{tmp}/file/runs"], "cannot be made: "),
+    ("seed negative", ["--seeds", "-1"], "--seeds must be between 0 and"),
+    ("seed twice", ["--seeds", "1,1"], "more than once"),
+    ("method twice", ["--methods", "zero_shot,zero_shot"], "more than once"),
+    ("model missing", ["--model", "{tmp}/no-model"], "no such folder"),
+    ("base cache corrupt", ["--runs", "{tmp}/runs"], "cannot read --base-cache {tmp}/runs/base-cache.json"),
+]
 
 
-@pytest.mark.parametrize("case", SWEEP_REFUSALS)
-def test_sweep_refuses_before_running(capsys, tmp_path, case):
+@pytest.mark.parametrize("case,args,pattern", SWEEP_REFUSALS, ids=[case for case, _, _ in SWEEP_REFUSALS])
+def test_sweep_refuses_before_running(capsys, tmp_path, case, args, pattern):
     _setup(tmp_path)
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "base-cache.json").write_text("{not json")
-    args, pattern = SWEEP_REFUSALS[case]
     argv = ["sweep", "--methods", "zero_shot", "--orders", "bbc+trec", "--runs", str(tmp_path / "grid"),
             "--model", "tiny-llama", "--dry-run", *[a.format(tmp=tmp_path) for a in args]]
     fails(capsys, argv, pattern.format(tmp=tmp_path))
