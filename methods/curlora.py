@@ -101,6 +101,7 @@ class CURLinear(nn.Module):
 class CURLoRA(Method):
     NAME = "curlora"
     DESCRIPTION = "CURLoRA: W + C U R, C and R low-norm columns/rows of the frozen W; only the r x r U trains"
+    KEEPS = "one r x r U per target layer, trained through the stream, and its drawn column/row indices (no data)"
     SETTINGS = {
         "r": (16, "columns and rows drawn per weight (U is r x r); the paper runs 8, 16, 24, the reference 16"),
         "alpha": (1.0, "scale of the update: W + alpha * C U R (the reference's alpha, not divided by r)"),
