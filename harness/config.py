@@ -137,17 +137,16 @@ def add_options(parser: argparse.ArgumentParser, command: str) -> None:
     """The config's options of `command` (bench or sweep), with their defaults in the help."""
     for f in cli_fields(command):
         m, flag = f.metadata, flag_of(f.name)
-        if f.type in ("bool", bool) or isinstance(f.default, bool):
+        if isinstance(f.default, bool):
             # a switch: --allow-download sets True; --quiet sets progress to False
             parser.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
                                 help=m["help"])
             continue
-        default = os.environ.get(m["env"]) if m["env"] else f.default
-        shown = "all" if f.default is None and m["type"] is positive_or_all else f.default
-        help_text = m["help"] if m["env"] or f.default is None and m["type"] is not positive_or_all \
-            else f"{m['help']} (default {shown})"
-        parser.add_argument(flag, dest=f.name, default=default, type=m["type"], choices=m["choices"],
-                            metavar=m["metavar"], help=help_text)
+        help_text = m["help"]
+        if m["env"] is None and f.default is not None:   # an environment default is named in the help itself
+            help_text += f" (default {f.default})"
+        parser.add_argument(flag, dest=f.name, default=os.environ.get(m["env"]) if m["env"] else f.default,
+                            type=m["type"], choices=m["choices"], metavar=m["metavar"], help=help_text)
 
 
 def from_args(args: argparse.Namespace, **fixed) -> BenchConfig:
