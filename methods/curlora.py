@@ -101,7 +101,6 @@ class CURLinear(nn.Module):
 class CURLoRA(Method):
     NAME = "curlora"
     DESCRIPTION = "CURLoRA: W + C U R, C and R low-norm columns/rows of the frozen W; only the r x r U trains"
-    KEEPS = "one r x r U per target layer, trained through the stream, and its drawn column/row indices (no data)"
     SETTINGS = {
         "r": (16, "columns and rows drawn per weight (U is r x r); the paper runs 8, 16, 24, the reference 16"),
         "alpha": (1.0, "scale of the update: W + alpha * C U R (the reference's alpha, not divided by r)"),
@@ -109,6 +108,7 @@ class CURLoRA(Method):
         "replacement": (True, "draw columns/rows with replacement, duplicates kept unscaled (the reference)"),
         "target_modules": ("q_proj,v_proj", "comma-separated nn.Linear names that get C U R (paper: q, k, v)"),
     }
+    KEEPS = "one r x r U per target layer, trained through the stream, and its drawn column/row indices (no data)"
 
     def targets(self) -> list[tuple[str, nn.Linear]]:
         return linear_targets(self.model, self.settings["target_modules"], self.NAME)
