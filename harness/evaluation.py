@@ -28,13 +28,15 @@ class SharedPrefix:
     of its prompt, docs/cli.md#caches), encoded once per call by the scorer; each batch then
     encodes only its prompts' own tokens on top of a copy of that cache."""
 
-    def __init__(self, scorer: Scorer, prompts: list[tuple[int, ...]]):
+    def __init__(self, scorer: Scorer, prompts: list[tuple[int, ...]], share: bool = True):
+        self.length, self.past = 0, None
+        if not share or len(prompts) < 2:
+            return   # whole prompts
         common = os.path.commonprefix(prompts)
         # Every prompt keeps tokens of its own: at least its last (it gives the next-token logits), more where
         # the scorer edits the last few (CRAFT).
         own = max(1, getattr(scorer, "min_own_tokens", 1))
         self.length = max(0, min(len(common), min(len(p) for p in prompts) - own))
-        self.past = None
         if self.length >= MIN_SHARED_PREFIX and getattr(scorer, "prefix_forward", None) is not None:
             self.past = scorer.prefix_forward(torch.tensor([common[:self.length]], dtype=torch.long))
 
@@ -56,15 +58,7 @@ class SharedPrefix:
 def encoder_for(scorer: Scorer, prompts: list[tuple[int, ...]], share_prefix: bool):
     if getattr(scorer, "own_encoding", False):
         return OwnEncoding()   # the scorer keeps its own cache of the prompts (CRAFT's frozen backbone)
-    return SharedPrefix(scorer, prompts) if share_prefix and len(prompts) > 1 else NO_PREFIX
-
-
-class _NoPrefix(SharedPrefix):
-    def __init__(self):
-        self.length, self.past = 0, None
-
-
-NO_PREFIX = _NoPrefix()
+    return SharedPrefix(scorer, prompts, share_prefix)
 
 
 class OwnEncoding:
