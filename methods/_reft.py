@@ -31,7 +31,7 @@ class InterventionSet(torch.nn.Module):
 
     def __init__(self, layers: list[int], dim: int, rank: int, seed: int, identity: bool = False):
         super().__init__()
-        self.layers = list(layers)
+        self.layers, self.dim, self.rank = list(layers), dim, rank
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             # dtype explicitly fp32: pyreft 0.1.0 defaults its Linear to bfloat16
@@ -86,10 +86,13 @@ class InterventionSet(torch.nn.Module):
             torch.nn.Module.load_state_dict(self.edit(l), state[l])
 
 
-def interpolate(a: InterventionSet, b: InterventionSet, weight: float) -> tuple[InterventionSet, float]:
-    """(1 - weight) * a + weight * b in the affine space, as a LoReFT set of a's rank; returns it with the
-    largest relative truncation error over layers."""
-    out = copy.deepcopy(a)
+def interpolate(a: InterventionSet, b: InterventionSet, weight: float,
+                rank: int | None = None) -> tuple[InterventionSet, float]:
+    """(1 - weight) * a + weight * b in the affine space, as a LoReFT set of `rank` (default: a's); returns it
+    with the largest relative truncation error over layers (0 when rank >= rank(a) + rank(b))."""
+    # a new rank needs a new set; set_affine overwrites its R, W and b (the seed only fills the unused part
+    # of the orthogonal parametrisation's base)
+    out = copy.deepcopy(a) if rank in (None, a.rank) else InterventionSet(a.layers, a.dim, rank, seed=0)
     err = 0.0
     for layer in a.layers:
         Ma, ca = a.affine(layer)

@@ -18,12 +18,17 @@ switched off for ablations:
    reaches `forgetting_budget`.
 3. Merge. The task's edit is folded into the group's shared one: a LoReFT edit is affine
    (h + M h + c), so the two interpolate exactly, (1-a) * group + a * task, and the result is turned back
-   into a LoReFT intervention of the same rank (SVD; truncation error recorded). a is the largest value
-   on a grid whose KL against the prior on the group's anchors stays within the budget.
+   into a LoReFT intervention (SVD; truncation error recorded) of rank `merge_rank`: r (the default) is
+   lossy when the two edits' subspaces differ, 2r is exact for two rank-r edits (the group then carries a
+   rank-2r edit, and its later tasks train at that rank). a is the largest value on a grid whose KL against
+   the prior on the group's anchors stays within the budget.
 
 Paper-silent choices (all settings below): thresholds, beta, the budget, the merge grid, layers, rank,
-positions. What CRAFT keeps from past tasks: `anchors_per_task` unlabeled prompts per task (no labels),
-one signature (a distribution over the vocabulary) per group, and one intervention per group.
+positions. What CRAFT keeps from past tasks: `anchors_per_task` unlabeled prompts per task (no labels:
+unlabeled rehearsal data, the counterpart of replay's labelled memory, growing with the stream), one
+signature (a distribution over the vocabulary) per task (a group's is their mean), and one intervention per
+group. parameters_kept counts the interventions and the signatures; the card's diagnostics.kept has each part
+and the anchors (prompts and tokens).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import random
 
 import torch
 
+from core.errors import UsageError
 from core.loss import answer_loss
 from core.scoring import CausalLMScorer, left_pad
 from methods._backbone_cache import BackboneCache
@@ -40,6 +46,7 @@ from methods._reft import HookedModel, InterventionSet, interpolate, position_ma
 from methods.base import Method
 
 EPS = 1e-10
+MERGE_RANKS = ("r", "2r")
 
 
 def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
@@ -68,7 +75,8 @@ class CRAFT(Method):
                    "regulariser and KL-based stopping, folded into the group by a KL-chosen merge")
     SETTINGS = {
         "lr": (4e-3, "learning rate of the interventions"),
-        "epochs": (1, "maximum passes over a task's examples (convergence may stop earlier)"),
+        "epochs": (Method.SETTINGS["epochs"][0], "maximum passes over a task's examples (convergence may stop "
+                                                 "earlier)"),
         "layers": ("auto", "comma-separated decoder layers to intervene on; auto = 4 evenly spaced layers"),
         "rank": (4, "LoReFT rank r of every intervention"),
         "init": ("pyreft", "a new group's edit: pyreft = pyreft's random init (not a no-op); identity = W = R, b = 0 "
@@ -91,9 +99,20 @@ class CRAFT(Method):
         "min_steps": (10, "never stop on a settled loss before this many steps"),
         "merge": (True, "fold the task into the group by a KL-chosen weight (ablation: false = the task's edit replaces the group's)"),
         "merge_grid": (5, "candidate merge weights: 1, 1-1/n, ..., 0"),
+        "merge_rank": ("r", "rank of a merged edit: r = rank (lossy where the two edits' subspaces differ); 2r = "
+                            "exact for two rank-r edits (a group's later tasks then train at 2r)", MERGE_RANKS),
         "test_routing": ("kl", "kl: route each test input to the nearest group by the backbone's output distribution "
                                "(no task id); task_id: use the task's group", ("kl", "task_id")),
     }
+
+    @classmethod
+    def resolve_settings(cls, overrides):
+        values = super().resolve_settings(overrides)
+        first, last = int(values["first_positions"]), int(values["last_positions"])
+        if min(first, last) < 0 or first + last == 0:
+            raise UsageError(f"craft edits the first first_positions and the last last_positions prompt tokens: they "
+                             f"must be >= 0 and not both 0 (got {first} and {last})")
+        return values
 
     @classmethod
     def uses_task_id_at_test(cls, settings=None):
@@ -117,6 +136,11 @@ class CRAFT(Method):
         else:
             self.layers = [int(x) for x in spec.split(",")]
         self.dim = self.model.config.hidden_size
+        rank = int(self.settings["rank"])
+        self.merged_rank = 2 * rank if self.settings["merge_rank"] == "2r" else rank
+        if self.merged_rank > self.dim:
+            raise UsageError(f"craft: merge_rank={self.settings['merge_rank']} is rank {self.merged_rank}, more than "
+                             f"the hidden size {self.dim}")
         self.hooks = HookedModel(self.model, self.layers)
         self.groups: list[Group] = []
         self.task_group: dict[str, int] = {}
@@ -129,8 +153,8 @@ class CRAFT(Method):
             else None
         self.diagnostics = {"layers": self.layers, "routing": {}, "training": {}, "merge": {}, "groups": {}}
 
-    def _new_state(self, salt: int) -> InterventionSet:
-        return InterventionSet(self.layers, self.dim, int(self.settings["rank"]), seed=self.seed * 7919 + salt,
+    def _new_state(self, salt: int, rank: int | None = None) -> InterventionSet:
+        return InterventionSet(self.layers, self.dim, rank or int(self.settings["rank"]), seed=self.seed * 7919 + salt,
                                identity=self.settings["init"] == "identity")
 
     # ---- forward helpers ---------------------------------------------------------------------------
@@ -289,7 +313,7 @@ class CRAFT(Method):
             chosen = None
             for k in range(n + 1):
                 a = 1.0 - k / n
-                merged, err = interpolate(self._prior_state, self.current, a)
+                merged, err = interpolate(self._prior_state, self.current, a, self.merged_rank)
                 kl_a = float(kl(self._prior_logp, self._batched_logprobs(self._anchor_prompts, merged)).mean())
                 tried.append({"weight": round(a, 4), "kl": round(kl_a, 6), "truncation_error": round(err, 6)})
                 if kl_a <= budget:
@@ -305,6 +329,7 @@ class CRAFT(Method):
         group.add_signature(self._signature_new)
         group.anchors.extend(self._new_anchors)
         self.diagnostics["groups"] = {g.gid: g.tasks for g in self.groups}
+        self.diagnostics["kept"] = self.kept()
         self.current = None
         if self.backbone is not None:   # the task's training prompts are not seen again, but for its anchors
             kept = set(self._new_anchors)
@@ -360,7 +385,8 @@ class CRAFT(Method):
     def load_state_dict(self, state):
         self.groups = []
         for saved in state["groups"]:
-            g = Group(saved["gid"], self._new_state(salt=saved["gid"]))
+            rank = len(next(iter(saved["state"].values()))["learned_source.bias"])   # 2r after a merge_rank=2r merge
+            g = Group(saved["gid"], self._new_state(salt=saved["gid"], rank=rank))
             g.state.load_plain_state(saved["state"])
             g.tasks, g.anchors = list(saved["tasks"]), list(saved["anchors"])
             for s in saved["signatures"]:
@@ -379,8 +405,27 @@ class CRAFT(Method):
                    if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in targets)
         card["trainable_parameters"] = per_task
         card["trainable_ratio_to_seq_lora"] = round(per_task / lora, 4) if lora else None
-        card["parameters_kept"] = per_task * len(self.groups)
         return card
+
+    def kept(self) -> dict:
+        """What is stored beside the backbone at this point, part by part."""
+        return {"intervention_parameters": sum(state_size(g.state) for g in self.groups),
+                # one vocabulary distribution per task (a group's signature is their mean)
+                "signature_floats": sum(s.numel() for g in self.groups for s in g.signatures),
+                # unlabeled rehearsal data (prompts of past tasks, no labels): not parameters, so counted apart,
+                # as replay's labelled memory is
+                "anchor_prompts": sum(len(g.anchors) for g in self.groups),
+                "anchor_tokens": sum(len(a) for g in self.groups for a in g.anchors)}
+
+    def parameters_kept(self) -> int:
+        kept = self.kept()
+        return kept["intervention_parameters"] + kept["signature_floats"]
+
+
+def state_size(state: InterventionSet) -> int:
+    """The numbers that define the edits (R, W, b per layer); pyreft's orthogonal parametrisation also holds a
+    d x d base per edit in the checkpoint, which the edit does not need."""
+    return sum(p.numel() for p in state.parameters())
 
 
 class CraftScorer(CausalLMScorer):

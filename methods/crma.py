@@ -58,10 +58,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.errors import UsageError
+from methods._lora import LoRAMethod
 from methods._modules import linear_targets, replace_module
 from methods.base import Method
 
 TEST_MIXING = ("last", "mean", "task_id")
+# The LoRA baselines' rank, alpha, dropout and targets: the adapters match them (derived, not copied).
+LORA = {name: spec[0] for name, spec in LoRAMethod.SETTINGS.items()}
 
 
 def sinkhorn(logits: torch.Tensor, iterations: int, tol: float = 0.0) -> torch.Tensor:
@@ -154,10 +157,11 @@ class CRMA(Method):
     DESCRIPTION = ("CRMA: per-task residual adapters mixed through a Sinkhorn doubly-stochastic matrix "
                    "(||M||_2 <= 1), plus a shared low-rank substrate that trains on every task")
     SETTINGS = {
-        "r": (8, "rank of each task's adapter (the LoRA baselines' 8)"),
-        "alpha": (32, "scale numerator: adapters are scaled alpha / r, the substrate alpha / substrate_r"),
-        "dropout": (0.1, "dropout on the layer input before the adapters (the LoRA baselines' 0.1)"),
-        "target_modules": ("q_proj,v_proj", "comma-separated nn.Linear names that get adapters (the source: silent)"),
+        "r": (LORA["r"], "rank of each task's adapter (the LoRA baselines')"),
+        "alpha": (LORA["alpha"], "scale numerator: adapters are scaled alpha / r, the substrate alpha / substrate_r"),
+        "dropout": (LORA["dropout"], "dropout on the layer input before the adapters (the LoRA baselines')"),
+        "target_modules": (LORA["target_modules"], "comma-separated nn.Linear names that get adapters (the source: "
+                                                   "silent; the LoRA baselines')"),
         "substrate_r": (8, "rank of the shared substrate that trains on every task (0: no substrate)"),
         "substrate_mixing": (True, "a Sinkhorn doubly-stochastic r_s x r_s mixing inside the substrate's bottleneck "
                                    "(the abstract's internal mixing matrix); false: a plain low-rank substrate"),

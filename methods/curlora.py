@@ -52,6 +52,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.errors import UsageError
+from methods._lora import LoRAMethod
 from methods._modules import linear_targets, replace_module
 from methods.base import Method
 
@@ -106,7 +107,8 @@ class CURLoRA(Method):
         "alpha": (1.0, "scale of the update: W + alpha * C U R (the reference's alpha, not divided by r)"),
         "eps": (1e-3, "added to each norm share before inverting (the reference's 0.001; 0 = the paper's formula)"),
         "replacement": (True, "draw columns/rows with replacement, duplicates kept unscaled (the reference)"),
-        "target_modules": ("q_proj,v_proj", "comma-separated nn.Linear names that get C U R (paper: q, k, v)"),
+        "target_modules": (LoRAMethod.SETTINGS["target_modules"][0], "comma-separated nn.Linear names that get "
+                           "C U R (the LoRA baselines'; paper: q, k, v)"),
     }
     KEEPS = "one r x r U per target layer, trained through the stream, and its drawn column/row indices (no data)"
 

@@ -7,6 +7,7 @@ import torch
 from core.loss import answer_loss, collate
 from core.scoring import CausalLMScorer
 from methods._adapters import MultiLoRAMethod
+from methods.replay import COMPUTE
 
 
 class Reservoir:
@@ -52,7 +53,14 @@ class ILoRA(MultiLoRAMethod):
       target) over all layers' hidden states of the replayed inputs (padding excluded), the target coming
       from the slow copy without gradient: `slow` (default) uses its hidden states; `max` reproduces the
       reference code, whose target is elementwise max(fast, slow), so only units where slow > fast are pulled.
-    - Test time: the slow copy, no task id."""
+    - Test time: the slow copy, no task id.
+    - Cost (`compute`): I-LoRA takes seq_lora's optimizer steps, but from the second task on every step trains
+      on the current batch and a replay batch of the same size, twice seq_lora's examples per step (plus the
+      slow copy's forward without gradient on the replay batch). extra (the default, the reference, what the
+      committed results ran) does that; matched keeps seq_lora's examples per step: half of each batch's
+      rows (rounded down) are dropped and the replay batch has that many rows, so the two halves still weigh
+      equally in the loss (a one-row batch replays nothing). The whole batch still enters the reservoir, as in
+      extra."""
     NAME = "i_lora"
     DESCRIPTION = ("I-LoRA: fast and slow LoRA copies (EMA interpolation), reservoir replay with a hidden-state "
                    "consistency loss; the slow copy is evaluated")
@@ -63,6 +71,9 @@ class ILoRA(MultiLoRAMethod):
         "consistency_weight": (1.0, "weight of the hidden-state MSE between fast and slow on replayed inputs"),
         "consistency_target": ("slow", "slow: the slow copy's hidden states; max: elementwise max(fast, slow) "
                                        "as the reference code does", ("slow", "max")),
+        "compute": ("extra", "extra: a replay batch as large as the current one (the reference, 2x seq_lora's "
+                             "examples per step); matched: half of each batch replayed, seq_lora's examples per step",
+                    COMPUTE),
     }
 
     @classmethod
@@ -85,12 +96,16 @@ class ILoRA(MultiLoRAMethod):
         self.activate(["fast"], "fast")
 
     def training_loss(self, batch, task):
-        self.buffer.add(batch["examples"])
+        own = batch["examples"]
+        self.buffer.add(own)
         self.activate(["fast"], "fast")
+        replayed = len(own) if self.settings["compute"] == "extra" else len(own) // 2
+        if task.index == 0 or not replayed:   # the reference replays from the second task on
+            return answer_loss(self.model, batch), {}
+        if self.settings["compute"] == "matched":
+            batch = collate(own[:len(own) - replayed], self.tokenizer.pad_token_id)
         current = answer_loss(self.model, batch)
-        if task.index == 0:   # the reference replays from the second task on
-            return current, {}
-        replay = collate(self.buffer.sample(len(batch["examples"])), self.tokenizer.pad_token_id)
+        replay = collate(self.buffer.sample(replayed), self.tokenizer.pad_token_id)
         self.activate(["slow"], "fast")
         with torch.no_grad():
             _, slow_out = answer_loss(self.model, replay, return_outputs=True)

@@ -8,6 +8,7 @@ import torch
 
 import tasks
 from core.data import TaskContext
+from core.errors import UsageError
 from core.loss import collate
 from harness.config import BenchConfig
 from harness.models import tiny_model
@@ -244,3 +245,90 @@ def test_no_edited_tail_runs_with_the_cache_on(tmp_path, tokenizer):
     # edits on the first tokens only: no unedited head to cache, so the full forward runs (it used to crash)
     out, _, card = craft_run(tmp_path, tokenizer, last_positions="0", first_positions="2")
     assert os.path.isfile(os.path.join(out, "matrix.csv"))
+
+
+# ---- merge rank, what is kept, settings refused up front -------------------------------------------------------
+def _trained_from(a: InterventionSet, seed: int, step: float) -> InterventionSet:
+    """a's edit after a little training: R turned slightly, W and b moved (what a task starting from its group's
+    state gives the merge)."""
+    b = copy.deepcopy(a)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in b.layers:
+            iv = b.edit(layer)
+            base = iv.rotate_layer.weight
+            iv.rotate_layer.weight = torch.linalg.qr(base + step * torch.randn(base.shape, generator=gen))[0]
+            iv.learned_source.weight.add_(torch.randn(iv.learned_source.weight.shape, generator=gen))
+            iv.learned_source.bias.add_(torch.randn(iv.learned_source.bias.shape, generator=gen))
+    return b
+
+
+def _installed_error(merged: InterventionSet, a: InterventionSet, b: InterventionSet, weight: float) -> float:
+    """Relative error of the installed edit's (M, c) against (1 - weight) * a + weight * b, measured apart."""
+    worst = 0.0
+    for layer in a.layers:
+        target = [(1 - weight) * x + weight * y for x, y in zip(a.affine(layer), b.affine(layer))]
+        got = merged.affine(layer)
+        stack = [torch.cat([m, c[:, None]], 1) for m, c in (target, got)]
+        worst = max(worst, float((stack[1] - stack[0]).norm() / stack[0].norm()))
+    return worst
+
+
+@pytest.mark.parametrize("step", [0.05, 10.0])   # a task trained from its group's edit; an unrelated subspace
+def test_merge_rank_2r_reproduces_the_sum_exactly_and_r_records_its_error(step):
+    a = InterventionSet([0, 1], dim=32, rank=4, seed=1)
+    with torch.no_grad():
+        for layer in a.layers:
+            a.edit(layer).learned_source.weight.normal_()
+    b = _trained_from(a, seed=3, step=step)
+    h = torch.randn(5, 32)
+    at_r, err_r = interpolate(a, b, 0.5)
+    at_2r, err_2r = interpolate(a, b, 0.5, rank=8)
+    assert at_2r.rank == 8 and at_r.rank == 4
+    assert err_2r < 1e-5 and _installed_error(at_2r, a, b, 0.5) < 1e-5
+    for layer in a.layers:
+        M, c = [0.5 * x + 0.5 * y for x, y in zip(a.affine(layer), b.affine(layer))]
+        with torch.no_grad():
+            assert torch.allclose(at_2r.edit(layer)(h), h + h @ M.T + c, atol=1e-4)
+    # at rank r the merge is lossy, and the error it reports is the installed edit's
+    assert err_r > (1e-3 if step < 1 else 0.1)
+    assert _installed_error(at_r, a, b, 0.5) == pytest.approx(err_r, rel=1e-3)
+
+
+def test_merge_rank_2r_run_merges_exactly_and_resumes(tmp_path, tokenizer):
+    out, _, card = craft_run(tmp_path, tokenizer, "r2", routing="single", merge_rank="2r")
+    merges = card["diagnostics"]["merge"]
+    assert all(t["truncation_error"] < 1e-5 for t in merges["bbc"]["tried"])   # two rank-4 edits: exact at 8
+    state = torch.load(os.path.join(out, "checkpoint-2.pt"), weights_only=False)
+    m = CRAFT(tiny_model(tokenizer, seed=0), tokenizer, {"merge_rank": "2r"}, seed=2)
+    m.setup()
+    m.load_state_dict(state)
+    assert m.groups[0].state.rank == 8 and card["settings"]["merge_rank"] == "2r"
+    kept = card["diagnostics"]["kept"]
+    assert kept["intervention_parameters"] == sum(p.numel() for p in m.groups[0].state.parameters())
+    m.hooks.remove()
+
+
+def test_parameters_kept_counts_interventions_and_signatures_and_the_card_counts_anchors(tmp_path, tokenizer):
+    _, model, card = craft_run(tmp_path, tokenizer, "p", routing="per_task")
+    per_edit = card["trainable_parameters"]
+    vocab = model.config.vocab_size
+    kept = card["diagnostics"]["kept"]
+    assert kept == {"intervention_parameters": 3 * per_edit, "signature_floats": 3 * vocab,
+                    "anchor_prompts": 3 * 4, "anchor_tokens": kept["anchor_tokens"]}
+    assert kept["anchor_tokens"] >= 3 * 4 * 5
+    assert card["parameters_kept"] == 3 * per_edit + 3 * vocab > 3 * per_edit   # signatures outweigh edits here
+
+
+@pytest.mark.parametrize("first,last", [(0, 0), (-1, 4), (2, -1)])
+def test_positions_that_edit_nothing_are_refused_up_front(first, last):
+    with pytest.raises(UsageError, match="first_positions.*last_positions"):
+        CRAFT.resolve_settings({"first_positions": str(first), "last_positions": str(last)})
+
+
+def test_cli_refuses_zero_positions_with_one_line_and_exit_2(tmp_path, capsys):
+    from harness.cli import main
+    code = main(["bench", "--method", "craft", "--order", "bbc", "--model", "tiny-llama", "--out", str(tmp_path / "x"),
+                 "--method-arg", "first_positions=0", "--method-arg", "last_positions=0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "last_positions" in err
