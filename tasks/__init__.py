@@ -78,8 +78,8 @@ def _train_salt(name: str) -> str:
 
 
 def validation_places(name: str, train: Split) -> set[int]:
-    """Places of the validation split in a task's training split. It depends on the labels of the rows only
-    (not their texts), so the packaged subset gives the same split as the full data."""
+    """Places of the validation split in a task's training split. It depends on the rows' labels and on the
+    texts of the rows seeds 1-3 draw, all of which the packaged data holds: it gives the full data's split."""
     size = min(VAL_SIZE, int(VAL_MAX_FRACTION * len(train.examples)))
     if size <= 0:
         return set()
@@ -131,6 +131,8 @@ def load_task(name: str, data_dir: str | None, n_train: int | None, n_test: int 
     train, test = splits["train"], splits["test"]
     val_places, train_skip = split_places(name, train)
     val = [train.examples[i] for i in sorted(val_places)]   # the packaged data holds every one of them
+    if eval_split == "val" and not val:
+        raise UsageError(f"task {name!r} has too few training rows ({len(train.examples)}) for a validation split")
     check_cover(name, train, n_train, train_skip, "--train-per-task")
     check_cover(name, test, n_test, test.missing, "--test-per-task")
     evaluated = (stratified_sample(val, n_test, 0, f"{name}:val") if eval_split == "val" else

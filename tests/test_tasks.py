@@ -189,3 +189,9 @@ def test_the_validation_split_is_fixed_and_keeps_the_committed_seeds_training_dr
                 assert tasks.load_task(name, None, n, 20, seed).train == before
     with pytest.raises(UsageError, match="--eval-split"):
         tasks.load_task("trec", None, 5, 5, 1, eval_split="dev")
+
+
+def test_eval_split_is_part_of_the_setup_and_older_records_ran_on_test():
+    from harness import config
+    assert "eval_split" in config.names(config.SETUP)
+    assert config.setup_of({})[config.names(config.SETUP).index("eval_split")] == "test"
