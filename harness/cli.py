@@ -1,4 +1,4 @@
-"""Command line: `python -m harness {bench,sweep,tables,general,list,metrics}`. Bad input is one line on stderr and exit status 2."""
+"""Command line: `python -m harness {bench,sweep,tables,general,list,metrics,data}`. Bad input is one line on stderr and exit status 2."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ import os
 import sys
 
 from core.errors import UsageError
-from harness import config
+from harness import config, data_cmd
 
 # The committed sweep lives here: its run records are in git (weights and console logs are not, see
 # .gitignore), so a sweep spread over several machines resumes where the last one stopped.
@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("metrics", help="print AA, BWT, FM, FWT of a matrix.csv or run directory")
     m.add_argument("path")
     m.add_argument("--json", action="store_true", help="print one JSON object with keys AA, BWT, FM, FWT")
+
+    data_cmd.add_parser(sub)
     return p
 
 
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         return {"bench": cmd_bench, "sweep": cmd_sweep, "tables": cmd_tables, "general": cmd_general,
-                "list": cmd_list, "metrics": cmd_metrics}[a.command](a)
+                "list": cmd_list, "metrics": cmd_metrics, "data": data_cmd.cmd_data}[a.command](a)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

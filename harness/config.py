@@ -20,7 +20,7 @@ from core.errors import UsageError
 from harness.evaluation import EVAL_MODES
 from harness.models import DEFAULT_MODEL, DTYPES
 from harness.prompting import DEFAULT_MAX_INPUT_TOKENS
-from tasks import DEFAULT_ORDER
+from tasks import DEFAULT_ORDER, EVAL_SPLITS
 
 IDENTITY, SETUP, ENVIRONMENT, VOLATILE = "identity", "setup", "environment", "volatile"
 BENCH, SWEEP = "bench", "sweep"
@@ -76,9 +76,13 @@ class BenchConfig:
                                        help="test examples per task, stratified by label")
     model: str = option(DEFAULT_MODEL, role=SETUP, help="embedded model name, hub id or local path")
     data_dir: str | None = option(None, role=ENVIRONMENT, env="CL_DATA_DIR",
-                                  help="O-LoRA CL_Benchmark directory for orders 1-6 (default: $CL_DATA_DIR)")
+                                  help="O-LoRA's full CL_Benchmark directory for orders 1-6 (default: "
+                                       "$CL_DATA_DIR, else the packaged subset)")
     eval: str = option("rank", role=SETUP, choices=EVAL_MODES,
                        help="rank: score every label; generate: greedy decoding + exact match")
+    eval_split: str = option("test", role=SETUP, choices=EVAL_SPLITS,
+                             help="the split the evaluator scores: test, or val (carved from the training data, "
+                                  "the same for every seed: choose settings on val, report on test)")
     dtype: str = option("fp32", role=SETUP, choices=DTYPES, help="bf16 = CPU autocast")
     max_input_tokens: int = option(DEFAULT_MAX_INPUT_TOKENS, role=SETUP, type=positive_int,
                                    help="inputs are truncated to this many tokens")
@@ -194,8 +198,8 @@ def resume_keys() -> tuple[str, ...]:
 
 
 def setup_of(config: dict) -> tuple:
-    """The setup a table's runs must share, from a run's config.json."""
-    return tuple(config.get(name) for name in names(SETUP))
+    """The setup a table's runs must share, from a run's config.json (a field it predates: the default it ran with)."""
+    return tuple(config.get(name, FIELDS[name].default) for name in names(SETUP))
 
 
 def backbone_cache_key(cfg: BenchConfig, task: str, test_fingerprint: str) -> str:
@@ -214,6 +218,8 @@ def check(cfg: BenchConfig) -> None:
     for name in ("max_input_tokens", "eval_batch_size"):
         if getattr(cfg, name) <= 0:
             raise UsageError(f"{flag_of(name)} must be positive, got {getattr(cfg, name)}")
+    if cfg.eval_split not in EVAL_SPLITS:
+        raise UsageError(f"unknown --eval-split {cfg.eval_split!r}; choose one of {', '.join(EVAL_SPLITS)}")
     if cfg.eval not in EVAL_MODES:
         raise UsageError(f"unknown --eval {cfg.eval!r}; choose one of {', '.join(EVAL_MODES)}")
     if cfg.dtype not in DTYPES:

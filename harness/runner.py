@@ -96,7 +96,7 @@ def _record(cfg: BenchConfig, out: str, names: list[str], data, settings: dict) 
     """config.json: the config, the data each task actually had, the method's resolved settings, where it ran."""
     return {**cfg.recorded(), "out": out, "tasks": names,
             "data": {d.name: {"train": len(d.train), "test": len(d.test), "full": d.sizes_full,
-                              "dropped": d.dropped, "labels": list(d.labels)} for d in data},
+                              "source": d.source, "dropped": d.dropped, "labels": list(d.labels)} for d in data},
             "settings": settings, "packages": package_versions(), "machine": machine_info(),
             "command": " ".join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
@@ -161,7 +161,8 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
     configure_offline(cfg.allow_download)
     set_threads()
 
-    data = [task_registry.load_task(n, cfg.data_dir, cfg.train_per_task, cfg.test_per_task, cfg.seed) for n in names]
+    data = [task_registry.load_task(n, cfg.data_dir, cfg.train_per_task, cfg.test_per_task, cfg.seed, cfg.eval_split)
+            for n in names]
     for d in data:
         if any(d.dropped.values()):
             _say(f"{d.name}: dropped {d.dropped['train']} train and {d.dropped['test']} test rows whose label "

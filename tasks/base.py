@@ -17,9 +17,14 @@ class Example:
 
 @dataclass
 class Split:
-    """One split of a task after loading, with what the loader had to drop."""
+    """One split of a task after loading, with what the loader had to drop.
+
+    Packaged data holds a subset of a split's rows but keeps every row's place and label, so that draws made
+    on it are the full data's draws; `missing` names the places whose text is not packaged (their Example
+    has the right label and an empty text, and every draw skips them)."""
     examples: list[Example]
     dropped: int = 0          # rows whose label is not in the task's label set
+    missing: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class TaskData:
     test: list[Example]
     dropped: dict[str, int]       # split -> rows dropped for a label outside the label set
     sizes_full: dict[str, int]    # split -> rows before subsampling
+    source: str = ""              # where the rows came from: a package, a CL_Benchmark folder or "packaged"
 
 
 @dataclass(frozen=True)
@@ -50,22 +56,12 @@ class LoadContext:
     data_dir: str | None          # O-LoRA CL_Benchmark root, for literature tasks
 
 
-def stratified_sample(examples: list[Example], n: int | None, seed: int, salt: str) -> list[Example]:
-    """Deterministic, label-stratified subsample of size n (all of them if n is None or too big).
-
-    Each label gets a share proportional to its frequency (largest remainder), so a 5% class
-    stays about 5%; every present label keeps at least one example when n allows it.
-    """
-    if n is None or n >= len(examples):
-        return list(examples)
-    if n <= 0:
-        raise UsageError(f"a per-task size must be positive, got {n}")
-    by_label: dict[str, list[Example]] = defaultdict(list)
-    for ex in examples:
-        by_label[ex.label].append(ex)
-    labels = sorted(by_label)
-    total = len(examples)
-    quotas = {lab: n * len(by_label[lab]) / total for lab in labels}
+def _take(counts: dict[str, int], n: int) -> dict[str, int]:
+    """Examples per label for a draw of n: each label's share proportional to its frequency (largest remainder);
+    every present label keeps at least one when n allows it."""
+    labels = sorted(counts)
+    total = sum(counts.values())
+    quotas = {lab: n * counts[lab] / total for lab in labels}
     take = {lab: int(quotas[lab]) for lab in labels}
     if n >= len(labels):  # keep every label present
         for lab in labels:
@@ -74,20 +70,75 @@ def stratified_sample(examples: list[Example], n: int | None, seed: int, salt: s
     for lab in sorted(labels, key=lambda l: (-(quotas[l] - int(quotas[l])), l)):
         if rest <= 0:
             break
-        if take[lab] < len(by_label[lab]):
+        if take[lab] < counts[lab]:
             take[lab] += 1
             rest -= 1
     while sum(take.values()) > n:  # the at-least-one rule can overshoot: trim the biggest
         big = max(labels, key=lambda l: (take[l], l))
         take[big] -= 1
+    return take
+
+
+def _shuffled(examples: list[Example], seed: int, salt: str) -> tuple[random.Random, dict[str, list[int]]]:
+    """Each label's places in a seeded random order (which depends only on the label counts, not the texts),
+    and the generator, to shuffle the draw with afterwards."""
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        by_label[ex.label].append(i)
     rng = random.Random(f"{seed}:{salt}")
-    chosen: list[Example] = []
-    for lab in labels:
-        pool = list(by_label[lab])
-        rng.shuffle(pool)
-        chosen.extend(pool[: take[lab]])
+    for lab in sorted(by_label):
+        rng.shuffle(by_label[lab])
+    return rng, by_label
+
+
+def stratified_sample(examples: list[Example], n: int | None, seed: int, salt: str,
+                      skip: frozenset[int] | set[int] = frozenset()) -> list[Example]:
+    """Deterministic, label-stratified subsample of size n (all of them if n is None or too big).
+
+    Each label gets a share proportional to its frequency (largest remainder), so a 5% class
+    stays about 5%; every present label keeps at least one example when n allows it. Each label takes the
+    first places of its seeded order that are not in `skip` (the validation split, unpackaged rows): rows
+    outside `skip` are drawn exactly as without it, so carving a split out changes only the draws that hit it.
+    """
+    # against the whole split, skipped rows included: a draw from packaged rows takes the full data's path
+    if n is None or n >= len(examples):
+        return [ex for i, ex in enumerate(examples) if i not in skip]
+    return [examples[i] for i in draw_places(examples, n, seed, salt, skip)]
+
+
+def draw_places(examples: list[Example], n: int, seed: int, salt: str,
+                skip: frozenset[int] | set[int] = frozenset()) -> list[int]:
+    """The places stratified_sample draws, in its order."""
+    if n <= 0:
+        raise UsageError(f"a per-task size must be positive, got {n}")
+    rng, order = _shuffled(examples, seed, salt)
+    take = _take({lab: len(places) for lab, places in order.items()}, n)
+    chosen: list[int] = []
+    for lab in sorted(order):
+        chosen.extend([i for i in order[lab] if i not in skip][: take[lab]])
     rng.shuffle(chosen)
     return chosen
+
+
+def draw_cover(examples: list[Example], n_max: int, seed: int, salt: str,
+               skip: frozenset[int] | set[int] = frozenset()) -> set[int]:
+    """The places that stratified_sample(examples, n, seed, salt, skip) reads for any n <= n_max (the drawn
+    rows and the skipped ones before them): a data subset that holds them gives the same draws."""
+    _, order = _shuffled(examples, seed, salt)
+    counts = {lab: len(places) for lab, places in order.items()}
+    need = {lab: 0 for lab in order}
+    for n in range(1, min(n_max, len(examples)) + 1):
+        for lab, k in _take(counts, n).items():
+            need[lab] = max(need[lab], k)
+    cover: set[int] = set()
+    for lab, places in order.items():
+        found = 0
+        for i in places:
+            if found >= need[lab]:
+                break
+            cover.add(i)
+            found += i not in skip
+    return cover
 
 
 def hash_split(examples: list[Example], test_fraction: float, salt: str) -> dict[str, Split]:

@@ -1,11 +1,14 @@
 """The literature's tasks, read from O-LoRA's CL_Benchmark layout: <group>/<task>/{train,test,labels}.json.
 
-The directory is named by the user (--data-dir or CL_DATA_DIR); nothing is downloaded.
+The full data is read from a directory the user names (--data-dir, then CL_DATA_DIR); without one, from the
+subset packaged in tasks/data (built by tasks/pack_data.py; see tasks/data/SOURCES.md), which gives the full
+data's test and validation draws and its training draws for the seeds it covers. Nothing is downloaded here.
 Instructions follow O-LoRA's instruction config (one per task family).
 """
 from __future__ import annotations
 
 import json
+import lzma
 import os
 
 from core.errors import UsageError
@@ -42,14 +45,24 @@ LITERATURE = {
 }
 
 
-def resolve_data_dir(data_dir: str | None, task: str) -> str:
+PACKAGED = "packaged"
+PACKAGED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+PACKAGED_FORMAT = 1
+
+
+def packaged_path(name: str) -> str:
+    return os.path.join(PACKAGED_DIR, f"{name}.json.xz")
+
+
+def data_source(data_dir: str | None) -> str:
+    """Where literature tasks read their rows: a CL_Benchmark directory (--data-dir, then CL_DATA_DIR; its
+    absolute path) or PACKAGED."""
     data_dir = data_dir or os.environ.get(DATA_ENV)
     if not data_dir:
-        raise UsageError(f"task {task!r} needs the O-LoRA CL_Benchmark data: pass --data-dir DIR "
-                         f"or set {DATA_ENV} (e.g. {DATA_ENV}=../shared/data/CL_Benchmark)")
+        return PACKAGED
     if not os.path.isdir(data_dir):
         raise UsageError(f"data directory {data_dir!r} (from --data-dir or {DATA_ENV}) does not exist")
-    return data_dir
+    return os.path.abspath(data_dir)
 
 
 def _read_json(path: str):
@@ -69,23 +82,58 @@ def read_split(path: str, labels: set[str]) -> Split:
     rows = _read_json(path)
     if not isinstance(rows, list):
         raise UsageError(f"malformed data file {path}: expected a JSON list of {{label, sentence}} rows")
-    kept, dropped = [], 0
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or "label" not in row or "sentence" not in row:
             raise UsageError(f"malformed row {i} in {path}: expected an object with 'label' and 'sentence'")
+    return to_split(rows, labels, path)
+
+
+def to_split(rows: list[dict], labels: set[str], where: str) -> Split:
+    """Rows -> Split, dropping rows whose label is not in labels.json. A row without a sentence is one the
+    packaged data leaves out: it keeps its place and label, and goes into `missing`."""
+    kept, missing, dropped = [], set(), 0
+    for row in rows:
         label = str(row["label"]).strip()
         if label not in labels:
             dropped += 1
             continue
-        kept.append(Example(str(row["sentence"]), label))
-    if not kept:
-        raise UsageError(f"no usable rows in {path} ({len(rows)} rows, {dropped} with a label outside labels.json)")
-    return Split(kept, dropped)
+        if "sentence" not in row:
+            missing.add(len(kept))
+        kept.append(Example(str(row.get("sentence", "")), label))
+    if len(kept) == len(missing):
+        raise UsageError(f"no usable rows in {where} ({len(rows)} rows, {dropped} with a label outside labels.json)")
+    return Split(kept, dropped, frozenset(missing))
+
+
+def read_packaged(name: str) -> tuple[tuple[str, ...], dict[str, Split]]:
+    """A task's packaged subset: labels.json, and per split every row's label with the packaged rows verbatim."""
+    path = packaged_path(name)
+    try:
+        with lzma.open(path, "rt", encoding="utf-8") as f:
+            pack = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"task {name!r} has no packaged data ({path}); pass --data-dir DIR with O-LoRA's "
+                         f"CL_Benchmark (python -m harness data fetch --allow-download gets it)") from None
+    except (OSError, lzma.LZMAError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"damaged packaged data {path}: {e}") from None
+    if pack.get("format") != PACKAGED_FORMAT:
+        raise UsageError(f"packaged data {path} has format {pack.get('format')!r}, this code reads {PACKAGED_FORMAT}")
+    labels = tuple(str(x) for x in pack["labels"])
+    splits = {}
+    for split, packed in pack["splits"].items():
+        rows = [{"label": label} for label in packed["row_labels"]]
+        for place, row in packed["rows"]:
+            rows[place] = row
+        splits[split] = to_split(rows, set(labels), f"{path} ({split})")
+    return labels, splits
 
 
 def _loader(name: str, rel: str):
     def load(ctx: LoadContext) -> tuple[tuple[str, ...], dict[str, Split]]:
-        root = os.path.join(resolve_data_dir(ctx.data_dir, name), rel)
+        source = data_source(ctx.data_dir)
+        if source == PACKAGED:
+            return read_packaged(name)
+        root = os.path.join(source, rel)
         labels = _read_json(os.path.join(root, "labels.json"))
         if not isinstance(labels, list) or not labels:
             raise UsageError(f"malformed {root}/labels.json: expected a non-empty JSON list of label strings")
@@ -113,6 +161,6 @@ def literature_tasks(data_dir: str | None) -> dict[str, Task]:
     tasks = {}
     for name, (rel, instruction) in LITERATURE.items():
         tasks[name] = Task(name=name, instruction=instruction, labels=read_labels(data_dir, name) or (),
-                           source=f"O-LoRA CL_Benchmark {rel} (--data-dir / {DATA_ENV})",
+                           source=f"O-LoRA CL_Benchmark {rel} (--data-dir / {DATA_ENV}; else the packaged subset)",
                            load=_loader(name, rel), family="literature")
     return tasks

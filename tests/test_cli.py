@@ -41,7 +41,9 @@ def test_bad_sizes_and_settings(capsys, tmp_path):
 
 def test_data_dir_problems(capsys, tmp_path, monkeypatch, cl_data):
     monkeypatch.delenv("CL_DATA_DIR", raising=False)
-    fails(capsys, ["bench", "--order", "1", *TINY, "--out", str(tmp_path / "a")], "CL_DATA_DIR")
+    # without a data dir, orders 1-6 read the packaged subset, and config.json says so
+    assert main(["bench", "--order", "1", *TINY, "--out", str(tmp_path / "a"), "--stop-after-task", "0"]) == 0
+    assert {d["source"] for d in json.load(open(tmp_path / "a" / "config.json"))["data"].values()} == {"packaged"}
     fails(capsys, ["bench", "--order", "1", "--data-dir", str(tmp_path / "missing"), *TINY], "does not exist")
     with open(os.path.join(cl_data, "TC/yahoo/labels.json"), "w") as f:
         f.write("{not json")
