@@ -169,7 +169,7 @@ def cmd_bench(a) -> int:
     print(f"\nAccuracy matrix (%), rows = after training on, columns = evaluated task — {out}/matrix.csv")
     print(R.to_string(float_format=lambda v: f"{v:6.2f}"))
     print()
-    print(metrics.format_metrics(metrics.compute(R)))
+    print(metrics.format_metrics(metrics.compute(R), _run_intervals(out, R)))
     with open(os.path.join(out, "method.json")) as f:
         card = json.load(f)
     t = card["timing"]
@@ -298,7 +298,8 @@ def cmd_metrics(a) -> int:
 
 
 def _run_intervals(folder: str, R) -> dict:
-    """95% intervals over test examples, where the run beside the matrix kept its predictions; else None each."""
+    """95% intervals over test examples (printed in brackets), where the run beside the matrix kept its
+    predictions; else None each."""
     from harness import stats
     from harness.metrics import METRICS
     from harness.rundir import RunDir

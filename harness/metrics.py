@@ -190,7 +190,7 @@ def format_metrics(values: dict[str, float | None], intervals: dict | None = Non
     for name, value in values.items():
         arrow = "higher is better" if METRICS[name].higher_is_better else "lower is better"
         bounds = (intervals or {}).get(name)
-        ci = f" [{bounds[0]:.2f}, {bounds[1]:.2f}]" if bounds else ""
+        ci = f" [{bounds[0]:.2f}, {bounds[1]:.2f}] (95% over test examples)" if bounds else ""
         parts.append(f"{name:>4} = {'n/a' if value is None else f'{value:7.2f}'}{ci}   "
                      f"({METRICS[name].description}; {arrow})")
     return "\n".join(parts)
