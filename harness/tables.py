@@ -373,7 +373,7 @@ def sections_of(frame: pd.DataFrame) -> list[tuple[str | None, list[str]]]:
     return [(title, labs) for title, labs in sections if labs]
 
 
-def main_table(runs: list[Run], frame: pd.DataFrame, checks: list[str], title_note: str = "") -> Table:
+def main_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> Table:
     columns = {}
     labels = sorted(set(frame.label))
     for title, members in blocks_for(set(frame.order)):
@@ -388,7 +388,7 @@ def main_table(runs: list[Run], frame: pd.DataFrame, checks: list[str], title_no
     notes = [f"AA = {metrics_mod.METRICS['AA'].description}. Mean over seeds {seeds} where several ran, with "
              f"{BOOTSTRAP_NOTE} Without an interval: mean ± std over seeds. Avg = mean over the block's orders (per "
              f"seed, then over seeds; only seeds that ran every order of the block). {MISSING} = no finished run."]
-    notes += [n for n in (missing_predictions_note(runs),) if n] + checks
+    notes += [n for n in (missing_predictions_note(runs),) if n]
     return Table("main", "Average accuracy AA (%) after the last task, per order" + title_note, columns,
                  sections_of(frame), notes)
 
@@ -400,10 +400,10 @@ BOUND_CHECKS = [("per_task", "seq_lora", "one adapter per task and the task id a
 FORGETTING_REFERENCE = "seq_lora"
 
 
-def paired_table(runs: list[Run], frame: pd.DataFrame, checks: list[str], title_note: str = "") -> Table | None:
+def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> Table | None:
     if PAIRED_TARGET not in set(frame.label):
         return None
-    baselines = [lab for lab in sort_labels(set(frame.label[~frame.bound & (frame.method != PAIRED_TARGET)]))]
+    baselines = sort_labels(set(frame.label[~frame.bound & (frame.method != PAIRED_TARGET)]))
     columns = {}
     for title, members in blocks_for(set(frame.order)):
         cells: dict = {"ΔAA ↑": {}, "ΔFM ↓": {}, "pairs": {}}
@@ -425,7 +425,7 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, checks: list[str], title_
              f"{metrics_mod.METRICS['FM'].description}). {BOOTSTRAP_NOTE} Paired: each draw takes the difference "
              "on the same seeds and examples, which is far tighter than two separate intervals. * = the interval "
              "excludes 0. Without an interval: mean ± std over seeds of the per-seed difference."]
-    notes += [n for n in (missing_predictions_note(runs),) if n] + checks
+    notes += [n for n in (missing_predictions_note(runs),) if n]
     return Table("paired", f"{PAIRED_TARGET} against each baseline, paired" + title_note, columns,
                  [(None, baselines)], notes)
 
@@ -468,7 +468,7 @@ def bound_check(block: str, bound: str, learner: str, why: str, diff: Summary) -
             "hold: training is too short at these sizes for these numbers to rank methods.")
 
 
-def forgetting_table(frame: pd.DataFrame, checks: list[str] = (), title_note: str = "") -> Table:
+def forgetting_table(frame: pd.DataFrame, title_note: str = "") -> Table:
     measured = frame.general_change.notna()
     headings = {"BWT": "BWT ↑", "FM": "FM ↓", "FWT": "FWT ↑"}
     if measured.any():
@@ -486,8 +486,7 @@ def forgetting_table(frame: pd.DataFrame, checks: list[str] = (), title_note: st
                      "minus before (the backbone), measured through lm-eval; mean over the block's runs that have "
                      f"a general.json ({measured.sum()} of {len(frame)} runs: `python -m harness general` adds "
                      "the rest). Measured runs per order and seed: " + ", ".join(c[-1] for c in cells) + ".")
-    return Table("forgetting", "Forgetting and transfer" + title_note, columns, sections_of(frame),
-                 notes + list(checks))
+    return Table("forgetting", "Forgetting and transfer" + title_note, columns, sections_of(frame), notes)
 
 
 def robustness_table(runs: list[Run], frame: pd.DataFrame) -> Table:
@@ -550,15 +549,14 @@ def ablation_table(frame: pd.DataFrame, method: str = "craft", references=("seq_
 
 
 def all_tables(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> tuple[list[Table], list[str]]:
-    """The tables of one protocol's runs, and the sanity checks each states."""
+    """The tables of one protocol's runs, and the sanity checks, which every table states under it."""
+    tables = [main_table(runs, frame, title_note), forgetting_table(frame, title_note),
+              paired_table(runs, frame, title_note), robustness_table(runs, frame), cost_table(frame),
+              ablation_table(frame)]
     checks = sanity_checks(runs, frame)
-    tables = [main_table(runs, frame, checks, title_note), forgetting_table(frame, checks, title_note)]
-    paired = paired_table(runs, frame, checks, title_note)
-    tables += [paired] if paired else []
-    tables += [robustness_table(runs, frame), cost_table(frame)]
-    ablation = ablation_table(frame)
-    if ablation:
-        tables.append(ablation)
+    tables = [t for t in tables if t is not None]
+    for t in tables:
+        t.notes += checks
     return tables, checks
 
 
@@ -697,7 +695,10 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
               "(derived from the runs; a rerun skips finished runs and resumes unfinished ones), `general` on the "
               "runs that have a GEN Δ (it needs the weights, so it measures runs made on this machine), then the "
               "tables:", "", "```"]
-    lines += regenerate_commands(runs, root, sweeps) + general_commands(runs, root)
+    groups = by_protocol(runs)
+    for group in groups.values():   # the sweep history speaks for one protocol only
+        lines += regenerate_commands(group, root, sweeps if len(groups) == 1 else [])
+    lines += general_commands(runs, root)
     lines += [f"python -m harness tables --runs {root} --out {out}", "```", "",
               "## Sanity checks", "",
               "Stated under every table too: does the regime forget at all (an FM interval above 0 for "

@@ -328,3 +328,9 @@ def test_protocols_and_splits_get_tables_of_their_own(tmp_path):
     assert "(eval generate, eval_split test)" in open(os.path.join(out, "main-generate-test.md")).read()
     readme = open(os.path.join(out, "README.md")).read()
     assert "evaluation `eval rank, eval_split test` and `eval generate, eval_split test` and" in readme
+    # the commands that remake the runs keep each protocol's own --eval
+    sweeps = [ln for ln in readme.splitlines() if ln.startswith("python -m harness sweep")]
+    assert sorted("--eval generate" in ln for ln in sweeps) == [False, False, True]
+    # every table states the sanity checks (here only seq_lora's forgetting can be checked)
+    assert all("seq_lora's FM is" in open(os.path.join(out, f)).read() for f in info["files"] if f.endswith(".md")
+               and f != "README.md")
