@@ -580,6 +580,7 @@ def write_tables(root: str, out: str, figures: bool = True) -> dict:
             atomic_write(os.path.join(out, f"{t.name}{suffix}.md"), md[-1])
             atomic_write(os.path.join(out, f"{t.name}{suffix}.tex"), t.latex())
             written += [f"{t.name}{suffix}.md", f"{t.name}{suffix}.tex"]
+    remove_stale_tables(out, written)
     frame = runs_frame(runs, root)
     atomic_write(os.path.join(out, "runs.csv"), frame[CSV_COLUMNS].sort_values(["label", "order", "seed"])
                  .to_csv(index=False, lineterminator="\n"))
@@ -591,6 +592,18 @@ def write_tables(root: str, out: str, figures: bool = True) -> dict:
     readme = results_readme(runs, unfinished, setup, root, out, sweep_commands(root), md, checks)
     atomic_write(os.path.join(out, "README.md"), readme)
     return {"runs": len(runs), "unfinished": unfinished, "files": written + ["README.md"]}
+
+
+TABLE_NAMES = ("main", "forgetting", "paired", "robustness", "cost", "ablations")
+
+
+def remove_stale_tables(out: str, written: list[str]) -> None:
+    """Tables an earlier call wrote and this one did not (a protocol or a method no longer among the runs):
+    left in place they would read as current."""
+    for name in os.listdir(out):
+        stem, ext = os.path.splitext(name)
+        if ext in (".md", ".tex") and stem.split("-")[0] in TABLE_NAMES and name not in written:
+            os.unlink(os.path.join(out, name))
 
 
 def run_options_of(sweeps: list[dict], runs: list[Run]) -> str:

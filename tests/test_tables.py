@@ -7,6 +7,7 @@ import pytest
 from core.errors import UsageError
 from harness.rundir import write_json
 from harness.tables import load_runs, order_dispersion, write_tables
+from tests.conftest import ROOT
 
 TASKS = ["a", "b"]
 
@@ -318,6 +319,8 @@ def test_protocols_and_splits_get_tables_of_their_own(tmp_path):
     make_run(os.path.join(root, "val"), "seq_lora", "seq_lora", "1", 1, seq(30.0, 40.0),
              protocol={"eval_split": "val"})
     out = str(tmp_path / "results")
+    os.makedirs(out)
+    open(os.path.join(out, "main.md"), "w").write("stale\n")
     info = write_tables(root, out, figures=False)
     assert {"main-rank-test.md", "main-generate-test.md", "main-rank-val.md"} <= set(info["files"])
     assert "main.md" not in info["files"]
@@ -326,6 +329,8 @@ def test_protocols_and_splits_get_tables_of_their_own(tmp_path):
     assert cells_of(os.path.join(out, "main-generate-test.md"), "seq_lora")[0] == "15.00"
     assert cells_of(os.path.join(out, "main-rank-val.md"), "seq_lora")[0] == "35.00"
     assert "(eval generate, eval_split test)" in open(os.path.join(out, "main-generate-test.md")).read()
+    # the plain names of an earlier single-protocol build are gone: they would read as current
+    assert not os.path.exists(os.path.join(out, "main.md"))
     readme = open(os.path.join(out, "README.md")).read()
     assert "evaluation `eval rank, eval_split test` and `eval generate, eval_split test` and" in readme
     # the commands that remake the runs keep each protocol's own --eval
@@ -334,3 +339,14 @@ def test_protocols_and_splits_get_tables_of_their_own(tmp_path):
     # every table states the sanity checks (here only seq_lora's forgetting can be checked)
     assert all("seq_lora's FM is" in open(os.path.join(out, f)).read() for f in info["files"] if f.endswith(".md")
                and f != "README.md")
+
+
+def test_the_committed_runs_build_every_table_without_example_level_intervals(tmp_path):
+    """results/runs predates per-example predictions: `make tables` must still work, and say what is missing."""
+    out = str(tmp_path / "results")
+    info = write_tables(os.path.join(ROOT, "results", "runs"), out, figures=False)
+    main = open(os.path.join(out, "main.md")).read()
+    assert info["runs"] >= 100 and "paired.md" in info["files"]
+    assert f"{info['runs']} of {info['runs']} runs were recorded before per-example predictions" in main
+    assert "[" not in cells_of(os.path.join(out, "main.md"), "seq_lora")[0]
+    assert "Check" in main
