@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("metrics", help="print AA, BWT, FM, FWT of a matrix.csv or run directory")
     m.add_argument("path")
-    m.add_argument("--json", action="store_true", help="print one JSON object: AA, BWT, FM, FWT and their 95%% bootstrap intervals over "
-                   "test examples (AA_ci, ...: [lo, hi], null for a run recorded without predictions)")
+    m.add_argument("--json", action="store_true",
+                   help="print one JSON object: AA, BWT, FM, FWT and their 95%% bootstrap intervals over test examples "
+                        "(AA_ci, ...: [lo, hi], null for a run recorded without predictions)")
     return p
 
 

@@ -203,10 +203,6 @@ class Evaluator:
         self.progress, self.log = progress, log
         self.scores: dict = {}   # (evaluation key, task) -> (accuracy, predictions as stats.encode_labels)
 
-    def gold(self, task: str) -> str:
-        """The task's gold label indices, in test order, as the predictions are stored."""
-        return encode_labels(ex.label_index for ex in self.test[task])
-
     def remember(self, key, task: str, accuracy: float, predictions: str) -> None:
         self.scores[(key, task)] = (accuracy, predictions)
 

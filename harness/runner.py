@@ -136,8 +136,8 @@ def _measure_backbone(cfg: BenchConfig, model, data, evaluator: Evaluator) -> di
     row = evaluator.evaluate("base", lambda n: CausalLMScorer(model), lambda n: "backbone")
     row["reused"] = sorted(reused)
     if cfg.base_cache:
-        write_base_cache(cfg.base_cache, {keys[n]: {"accuracy": row["accuracy"][n], "predictions": row["predictions"][n]}
-                                          for n in keys})
+        write_base_cache(cfg.base_cache, {keys[n]: {"accuracy": row["accuracy"][n],
+                                                    "predictions": row["predictions"][n]} for n in keys})
     return row
 
 

@@ -171,8 +171,8 @@ def sort_labels(labels: set[str]) -> list[str]:
 
 
 # ---- the runs as one table ------------------------------------------------------------------------------
-CSV_COLUMNS = ["run", "method", "label", "order", "seed", *PROTOCOL_DEFAULTS, "AA", "BWT", "FM", "FWT", "general_change",
-               "trainable_parameters", "parameters_kept", "wall_seconds", "created"]
+CSV_COLUMNS = ["run", "method", "label", "order", "seed", *PROTOCOL_DEFAULTS, "AA", "BWT", "FM", "FWT",
+               "general_change", "trainable_parameters", "parameters_kept", "wall_seconds", "created"]
 
 
 def runs_frame(runs: list[Run], root: str) -> pd.DataFrame:
@@ -180,7 +180,8 @@ def runs_frame(runs: list[Run], root: str) -> pd.DataFrame:
     come from it. A metric a run cannot have (BWT of joint training) is empty."""
     return pd.DataFrame([{
         "run": os.path.relpath(r.path, root), "method": r.method, "label": r.label, "order": r.order,
-        "seed": r.seed, **dict(zip(PROTOCOL_DEFAULTS, r.protocol)), **{k: r.metrics[k] for k in ("AA", "BWT", "FM", "FWT")},
+        "seed": r.seed, **dict(zip(PROTOCOL_DEFAULTS, r.protocol)),
+        **{k: r.metrics[k] for k in ("AA", "BWT", "FM", "FWT")},
         "general_change": r.general["change"] if r.general else None,
         "trainable_parameters": r.card["trainable_parameters"], "parameters_kept": r.card.get("parameters_kept"),
         "wall_seconds": r.card["timing"]["wall_seconds"], "created": r.config.get("created"),
@@ -718,7 +719,8 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
               f"{FORGETTING_REFERENCE}), and do the bounds sit above the learners they bound.", ""]
     for protocol, lines_of in checks.items():
         lines += ([f"{protocol}:", ""] if len(checks) > 1 else []) + [f"- {c}" for c in lines_of] + [""]
-    lines += ["## Tables", "", "Each table is also in this folder as Markdown (`*.md`) and LaTeX booktabs (`*.tex`).", ""]
+    lines += ["## Tables", "",
+              "Each table is also in this folder as Markdown (`*.md`) and LaTeX booktabs (`*.tex`).", ""]
     lines += tables_md
     lines += ["## Figures", "", "`figures/`: `heatmaps/` (the accuracy matrix of every run), `stream-<order>` "
               "(each task's accuracy along the stream, per method, seed mean), `aa_vs_params` (AA against "
