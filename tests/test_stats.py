@@ -134,3 +134,15 @@ def test_forgetting_interval_over_examples():
     ci = stats.run_intervals(scores)
     assert ci["FM"][0] > 0 and ci["FM"][0] < 40 < ci["FM"][1]
     assert ci["FWT"] is None       # no base row
+
+
+def test_cells_no_metric_reads_may_be_missing():
+    # --matrix needed: R[1][3] (after task 1, on task 3) is never scored; every metric's resamples stay finite
+    n = 10
+    full = np.ones((4, n))
+    missing = full.copy()
+    missing[1] = np.nan
+    scores = stats.ExampleScores(["base", "a", "b", "c"], ["a", "b", "c"],
+                                 {"a": full, "b": full, "c": missing})
+    for name, samples in scores.metric_samples(50).items():
+        assert np.isfinite(samples).all(), name
