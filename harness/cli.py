@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("metrics", help="print AA, BWT, FM, FWT of a matrix.csv or run directory")
     m.add_argument("path")
-    m.add_argument("--json", action="store_true", help="print one JSON object with keys AA, BWT, FM, FWT")
+    m.add_argument("--json", action="store_true",
+                   help="print one JSON object: AA, BWT, FM, FWT and their 95%% bootstrap intervals over test examples "
+                        "(AA_ci, ...: [lo, hi], null for a run recorded without predictions)")
 
     data_cmd.add_parser(sub)
     return p
@@ -170,7 +172,7 @@ def cmd_bench(a) -> int:
     print(f"\nAccuracy matrix (%), rows = after training on, columns = evaluated task — {out}/matrix.csv")
     print(R.to_string(float_format=lambda v: f"{v:6.2f}"))
     print()
-    print(metrics.format_metrics(metrics.compute(R)))
+    print(metrics.format_metrics(metrics.compute(R), _run_intervals(out, R)))
     with open(os.path.join(out, "method.json")) as f:
         card = json.load(f)
     t = card["timing"]
@@ -288,12 +290,26 @@ def cmd_metrics(a) -> int:
         unfinished = os.path.isdir(a.path) and RunDir(a.path).status() is not None
         raise UsageError(f"{a.path} holds an unfinished run: no matrix.csv yet" if unfinished
                          else f"no matrix.csv at {a.path}")
-    values = metrics.compute(metrics.read_matrix(path))
+    R = metrics.read_matrix(path)
+    values = metrics.compute(R)
+    intervals = _run_intervals(os.path.dirname(path), R)
     if a.json:
-        print(json.dumps({k: values[k] for k in ("AA", "BWT", "FM", "FWT")}))
+        print(json.dumps({**values, **{f"{k}_ci": v for k, v in intervals.items()}}))
     else:
-        print(metrics.format_metrics(values))
+        print(metrics.format_metrics(values, intervals))
     return 0
+
+
+def _run_intervals(folder: str, R) -> dict:
+    """95% intervals over test examples (printed in brackets), where the run beside the matrix kept its
+    predictions; else None each."""
+    from harness import stats
+    from harness.metrics import METRICS
+    from harness.rundir import RunDir
+    run = RunDir(folder)
+    status = run.status() if os.path.isfile(run.file("config.json")) else None
+    scores = status and stats.example_scores(run.read_json("config.json"), status, R, folder)
+    return stats.run_intervals(scores) if scores else {name: None for name in METRICS}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+import string
 import sys
 import time
 
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 from core.data import Encoded
 from core.scoring import Scorer, left_pad
 from harness.models import autocast
+from harness.stats import NO_ANSWER_INDEX, encode_labels, percent_correct
 
 EVAL_MODES = ("rank", "generate")
 
@@ -151,24 +153,39 @@ def generate_predictions(scorer: Scorer, examples: list[Encoded], end_id: int, p
     return outs
 
 
-def accuracy(scorer: Scorer, examples: list[Encoded], candidates: list[tuple[int, ...]], labels: tuple[str, ...],
-             encoder, mode: str = "rank", batch_size: int = 16, progress=None, share_prefix: bool = True) -> float:
-    """Accuracy in percent on encoded test examples."""
+def normalize_answer(text: str) -> str:
+    """O-LoRA's answer normalisation for exact match: lower case, punctuation removed, whitespace collapsed (its
+    src/compute_metrics.py, normalize_answer and exact_match_score, at commit 07117e1 of cmnfriend/O-LoRA;
+    articles are kept, as there)."""
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+    return " ".join(text.split())
+
+
+def predict(scorer: Scorer, examples: list[Encoded], candidates: list[tuple[int, ...]], labels: tuple[str, ...],
+            encoder, mode: str = "rank", batch_size: int = 16, progress=None, share_prefix: bool = True) -> list[int]:
+    """The predicted label index per test example: the best-scored label (rank), or the label the normalised
+    generation equals (generate; NO_ANSWER_INDEX when it equals none)."""
     if not examples:
         raise ValueError("no test examples")
     pad_id = encoder.tok.pad_token_id
     if mode == "rank":
-        preds = rank_predictions(scorer, examples, candidates, pad_id, batch_size, progress, share_prefix)
-        hits = sum(p == ex.label_index for p, ex in zip(preds, examples))
-    elif mode == "generate":
+        return rank_predictions(scorer, examples, candidates, pad_id, batch_size, progress, share_prefix)
+    if mode == "generate":
         max_new = max(len(c) for c in candidates) + 2
         gens = generate_predictions(scorer, examples, encoder.end_id, pad_id, max_new, batch_size, progress,
                                     share_prefix)
-        norm = [label.strip().casefold() for label in labels]
-        hits = sum(encoder.decode_answer(g).casefold() == norm[ex.label_index] for g, ex in zip(gens, examples))
-    else:
-        raise ValueError(f"unknown evaluation mode {mode!r}")
-    return 100.0 * hits / len(examples)
+        index: dict[str, int] = {}
+        for i, label in enumerate(labels):
+            index.setdefault(normalize_answer(label), i)
+        return [index.get(normalize_answer(encoder.decode_answer(g)), NO_ANSWER_INDEX) for g in gens]
+    raise ValueError(f"unknown evaluation mode {mode!r}")
+
+
+def accuracy(scorer: Scorer, examples: list[Encoded], candidates: list[tuple[int, ...]], labels: tuple[str, ...],
+             encoder, mode: str = "rank", batch_size: int = 16, progress=None, share_prefix: bool = True) -> float:
+    """Accuracy in percent on encoded test examples."""
+    preds = predict(scorer, examples, candidates, labels, encoder, mode, batch_size, progress, share_prefix)
+    return 100.0 * sum(p == ex.label_index for p, ex in zip(preds, examples)) / len(examples)
 
 
 class Evaluator:
@@ -184,33 +201,35 @@ class Evaluator:
         self.candidates = {name: encoder.candidates(task) for name, task in tasks.items()}
         self.labels = {name: task.labels for name, task in tasks.items()}
         self.progress, self.log = progress, log
-        self.scores: dict = {}   # (evaluation key, task) -> accuracy
+        self.scores: dict = {}   # (evaluation key, task) -> (accuracy, predictions as stats.encode_labels)
 
-    def remember(self, key, task: str, accuracy: float) -> None:
-        self.scores[(key, task)] = accuracy
+    def remember(self, key, task: str, accuracy: float, predictions: str) -> None:
+        self.scores[(key, task)] = (accuracy, predictions)
 
     def evaluate(self, row: str, scorer_for, key_for, tasks: list[str] | None = None) -> dict:
-        """Accuracy on the stream's tasks (or `tasks`) after stage `row`: {"accuracy": {task: %}, "eval_seconds": s}."""
+        """Accuracy on the stream's tasks (or `tasks`) after stage `row`, and the predicted label of every test
+        example: {"accuracy": {task: %}, "predictions": {task: str}, "eval_seconds": s}."""
         started = time.time()
-        result = {}
+        result, predictions = {}, {}
         names = self.names if tasks is None else tasks
         total = sum(len(self.test[n]) for n in names)
         with tqdm(total=total, desc=f"eval after {row}", unit="ex", disable=not self.progress, leave=False) as bar:
             for name in names:
                 key = key_for(name)
                 if key is not None and (key, name) in self.scores:
-                    result[name] = self.scores[(key, name)]
+                    result[name], predictions[name] = self.scores[(key, name)]
                     bar.update(len(self.test[name]))
                     continue
                 with autocast(self.dtype):
-                    acc = accuracy(scorer_for(name), self.test[name], self.candidates[name], self.labels[name],
-                                   self.encoder, self.mode, self.batch_size, bar, self.share_prefix)
-                result[name] = round(acc, 2)
+                    preds = predict(scorer_for(name), self.test[name], self.candidates[name], self.labels[name],
+                                    self.encoder, self.mode, self.batch_size, bar, self.share_prefix)
+                result[name] = percent_correct(preds, [ex.label_index for ex in self.test[name]])
+                predictions[name] = encode_labels(preds)
                 if key is not None:
-                    self.scores[(key, name)] = result[name]
+                    self.scores[(key, name)] = (result[name], predictions[name])
         seconds = round(time.time() - started, 2)
         if self.log is not None:
             self.log("evaluation", after=row, accuracy=result, seconds=seconds)
         if self.progress:
             tqdm.write(f"after {row:>14}: " + "  ".join(f"{n}={result[n]:.1f}" for n in names), file=sys.stderr)
-        return {"accuracy": result, "eval_seconds": seconds}
+        return {"accuracy": result, "predictions": predictions, "eval_seconds": seconds}

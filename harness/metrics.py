@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from core.errors import UsageError
@@ -20,7 +21,10 @@ BASE_ROW = "base"
 @dataclass(frozen=True)
 class Metric:
     name: str
-    fn: Callable[[pd.DataFrame], float | None]
+    # fn(base, trained): base [..., T] (the untouched backbone's row) or None, trained [..., rows, T] (one row per
+    # stage); any leading axes are a batch (bootstrap resamples, harness/stats.py). Returns [...] or None when
+    # the matrix cannot give the metric.
+    fn: Callable[[np.ndarray | None, np.ndarray], np.ndarray | None]
     higher_is_better: bool
     description: str
 
@@ -39,44 +43,51 @@ def trained_rows(R: pd.DataFrame) -> pd.DataFrame:
     return R.drop(index=BASE_ROW, errors="ignore")
 
 
-def _stream(R: pd.DataFrame):
-    """(A, T): A[t][i] for t = 1..T as a list of rows aligned with the columns; None if not a full stream."""
-    rows = trained_rows(R)
-    T = len(R.columns)
-    if len(rows) != T:
-        return None, T
-    return rows.to_numpy(dtype=float), T
+def _is_stream(trained: np.ndarray) -> bool:
+    """One trained row per task (not joint training's single row), two tasks or more."""
+    T = trained.shape[-1]
+    return trained.shape[-2] == T and T >= 2
 
 
 @register("AA", True, "average accuracy after the last task: mean_i R[T][i]")
-def average_accuracy(R: pd.DataFrame) -> float | None:
-    rows = trained_rows(R)
-    return float(rows.iloc[-1].mean()) if len(rows) else None
+def average_accuracy(base, trained):
+    return trained[..., -1, :].mean(-1) if trained.shape[-2] else None
 
 
 @register("BWT", True, "backward transfer: mean_{i<T} (R[T][i] - R[i][i]); negative = forgetting")
-def backward_transfer(R: pd.DataFrame) -> float | None:
-    A, T = _stream(R)
-    if A is None or T < 2:
+def backward_transfer(base, trained):
+    if not _is_stream(trained):
         return None
-    return float(sum(A[T - 1][i] - A[i][i] for i in range(T - 1)) / (T - 1))
+    T = trained.shape[-1]
+    diagonal = np.diagonal(trained, axis1=-2, axis2=-1)[..., : T - 1]
+    return (trained[..., T - 1, : T - 1] - diagonal).mean(-1)
 
 
 @register("FM", False, "forgetting (Chaudhry): mean_{i<T} (max_{i<=l<T} R[l][i] - R[T][i])")
-def forgetting(R: pd.DataFrame) -> float | None:
-    A, T = _stream(R)
-    if A is None or T < 2:
+def forgetting(base, trained):
+    if not _is_stream(trained):
         return None
-    return float(sum(max(A[l][i] for l in range(i, T - 1)) - A[T - 1][i] for i in range(T - 1)) / (T - 1))
+    T = trained.shape[-1]
+    # R[l][i] for l < i is not part of the formula (and --matrix needed leaves it blank): masked out of the max
+    earlier = trained[..., : T - 1, : T - 1]
+    below = np.tril(np.ones((T - 1, T - 1), dtype=bool))
+    peak = np.where(below, earlier, -np.inf).max(-2)
+    return (peak - trained[..., T - 1, : T - 1]).mean(-1)
 
 
 @register("FWT", True, "forward transfer: mean_{i>1} (R[i-1][i] - R[0][i]), R[0] = base row")
-def forward_transfer(R: pd.DataFrame) -> float | None:
-    A, T = _stream(R)
-    if A is None or T < 2 or BASE_ROW not in R.index:
+def forward_transfer(base, trained):
+    if base is None or not _is_stream(trained):
         return None
-    base = R.loc[BASE_ROW].to_numpy(dtype=float)
-    return float(sum(A[i - 1][i] - base[i] for i in range(1, T)) / (T - 1))
+    T = trained.shape[-1]
+    before = np.diagonal(trained, offset=1, axis1=-2, axis2=-1)   # R[i-1][i], i = 2..T
+    return (before - base[..., 1:T]).mean(-1)
+
+
+def split_matrix(R: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray]:
+    """(base row or None, trained rows) of a matrix, as the metric functions take them."""
+    base = R.loc[BASE_ROW].to_numpy(dtype=float) if BASE_ROW in R.index else None
+    return base, trained_rows(R).to_numpy(dtype=float)
 
 
 def needed_cells(tasks: list[str], row: int) -> list[str]:
@@ -87,10 +98,11 @@ def needed_cells(tasks: list[str], row: int) -> list[str]:
 
 
 def compute(R: pd.DataFrame) -> dict[str, float | None]:
+    base, trained = split_matrix(R)
     out = {}
     for name, metric in METRICS.items():
-        value = metric.fn(R)
-        out[name] = None if value is None or math.isnan(value) else round(value, 4)
+        value = metric.fn(base, trained)
+        out[name] = None if value is None or math.isnan(value) else round(float(value), 4)
     return out
 
 
@@ -173,9 +185,12 @@ def _percent(cell: str):
     return value if math.isfinite(value) else cell
 
 
-def format_metrics(values: dict[str, float | None]) -> str:
+def format_metrics(values: dict[str, float | None], intervals: dict | None = None) -> str:
     parts = []
     for name, value in values.items():
         arrow = "higher is better" if METRICS[name].higher_is_better else "lower is better"
-        parts.append(f"{name:>4} = {'n/a' if value is None else f'{value:7.2f}'}   ({METRICS[name].description}; {arrow})")
+        bounds = (intervals or {}).get(name)
+        ci = f" [{bounds[0]:.2f}, {bounds[1]:.2f}] (95% over test examples)" if bounds else ""
+        parts.append(f"{name:>4} = {'n/a' if value is None else f'{value:7.2f}'}{ci}   "
+                     f"({METRICS[name].description}; {arrow})")
     return "\n".join(parts)

@@ -73,7 +73,8 @@ def read_json_file(path: str, what: str = "") -> dict:
 
 def check_base_cache(path: str) -> None:
     """The untouched backbone's shared scores (--base-cache; a sweep's <runs>/base-cache.json): absent, empty, or a
-    JSON object of accuracies. Anything else is refused before a run starts, not silently replaced."""
+    JSON object whose entries are {"accuracy", "predictions"} (or a bare accuracy, written before predictions were
+    kept: scored again). Anything else is refused before a run starts, not silently replaced."""
     if not path.strip():
         raise UsageError("--base-cache is empty")
     if os.path.isdir(path):
@@ -86,7 +87,10 @@ def check_base_cache(path: str) -> None:
         cache = read_json_file(path, f"--base-cache {path}")
     except UsageError as e:
         raise UsageError(f"{e}{hint}") from None
-    for key, value in cache.items():
+    for key, entry in cache.items():
+        value = entry.get("accuracy") if isinstance(entry, dict) else entry
+        if isinstance(entry, dict) and not isinstance(entry.get("predictions"), str):
+            raise UsageError(f"--base-cache {path} is corrupt: {key!r} holds no predictions{hint}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
             raise UsageError(f"--base-cache {path} is corrupt: {key!r} holds {value!r}, not an accuracy{hint}")
 

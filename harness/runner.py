@@ -24,6 +24,7 @@ from harness.evaluation import Evaluator
 from harness.models import configure_offline, load_model, set_threads
 from harness.prompting import PromptEncoder
 from harness.rundir import RunDir, atomic_write, matrix_csv, write_json
+from harness.stats import encode_labels
 from harness.training import fit
 from methods import get_method
 
@@ -87,6 +88,12 @@ def write_base_cache(path: str, entries: dict) -> None:
     atomic_write(path, json.dumps(merged, indent=1, sort_keys=True) + "\n")
 
 
+def gold_labels(data) -> str:
+    """The test examples' label indices, in test order, stored once per task beside the rows' predictions."""
+    index = {label: i for i, label in enumerate(data.labels)}
+    return encode_labels(index[ex.label] for ex in data.test)
+
+
 def _say(msg: str, progress: bool = True) -> None:
     if progress:
         tqdm.write(msg, file=sys.stderr)
@@ -96,7 +103,8 @@ def _record(cfg: BenchConfig, out: str, names: list[str], data, settings: dict) 
     """config.json: the config, the data each task actually had, the method's resolved settings, where it ran."""
     return {**cfg.recorded(), "out": out, "tasks": names,
             "data": {d.name: {"train": len(d.train), "test": len(d.test), "full": d.sizes_full,
-                              "source": d.source, "dropped": d.dropped, "labels": list(d.labels)} for d in data},
+                              "source": d.source, "dropped": d.dropped, "labels": list(d.labels),
+                              "gold": gold_labels(d)} for d in data},
             "settings": settings, "packages": package_versions(), "machine": machine_info(),
             "command": " ".join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
@@ -118,16 +126,19 @@ def _open_run(cfg: BenchConfig, run: RunDir, record: dict) -> dict:
 
 def _measure_backbone(cfg: BenchConfig, model, data, evaluator: Evaluator) -> dict:
     """The base row. The untouched backbone scores the same in every run of a setup; a sweep shares its
-    scores in one file (cfg.base_cache), keyed by harness.config.backbone_cache_key."""
+    scores in one file (cfg.base_cache), keyed by harness.config.backbone_cache_key, each entry its accuracy and
+    predictions. An entry from before predictions were kept (a bare accuracy) is scored again, so that every
+    base row carries its predictions."""
     shared = read_base_cache(cfg.base_cache)
     keys = {d.name: config.backbone_cache_key(cfg, d.name, data_fingerprint(d)) for d in data}
-    for name, key in keys.items():
-        if key in shared:
-            evaluator.remember("backbone", name, shared[key])
+    reused = {name for name, key in keys.items() if isinstance(shared.get(key), dict)}
+    for name in reused:
+        evaluator.remember("backbone", name, shared[keys[name]]["accuracy"], shared[keys[name]]["predictions"])
     row = evaluator.evaluate("base", lambda n: CausalLMScorer(model), lambda n: "backbone")
-    row["reused"] = sorted(n for n in keys if keys[n] in shared)
+    row["reused"] = sorted(reused)
     if cfg.base_cache:
-        write_base_cache(cfg.base_cache, {keys[n]: row["accuracy"][n] for n in keys})
+        write_base_cache(cfg.base_cache, {keys[n]: {"accuracy": row["accuracy"][n],
+                                                    "predictions": row["predictions"][n]} for n in keys})
     return row
 
 
@@ -188,8 +199,8 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
         status["rows"] = rows
         run.save_status(status)
     else:
-        for name, acc in rows["base"]["accuracy"].items():
-            evaluator.remember("backbone", name, acc)
+        for name, predictions in rows["base"].get("predictions", {}).items():   # none in a run begun before them
+            evaluator.remember("backbone", name, rows["base"]["accuracy"][name], predictions)
 
     method = method_cls(model, tok, settings, cfg.seed, cache_mb=cfg.cache_mb if cfg.cache == "on" else 0)
     method.setup()

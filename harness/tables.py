@@ -11,10 +11,12 @@ import shlex
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from core.errors import UsageError
 from harness import metrics as metrics_mod
+from harness import stats
 from harness.config import SETUP, names, setup_of, spell_options
 from harness.rundir import RunDir, atomic_write
 
@@ -26,6 +28,10 @@ KNOWN_ORDERS = [o for _, members in ORDER_BLOCKS for o in members]
 # Rows in this order where present; anything else follows alphabetically.
 METHOD_ORDER = ["seq_lora", "replay", "inc_lora", "o_lora", "i_lora", "craft", "zero_shot", "per_task", "mtl"]
 SETUP_KEYS = names(SETUP)   # what every run of one table shares (harness/config.py gives each field its role)
+# Setup fields that split the runs into separate sets of tables instead of being refused: numbers of the rank and
+# generate protocols, or of the validation and test splits, are never averaged together, but both may be
+# reported. eval_split is read with its default, so runs recorded before the field existed count as test.
+PROTOCOL_DEFAULTS = {"eval": "rank", "eval_split": "test"}
 
 
 @dataclass
@@ -42,6 +48,21 @@ class Run:
     card: dict
     config: dict
     general: dict | None = None
+    scores: stats.ExampleScores | None = None   # None: recorded before per-example predictions were kept
+    _samples: dict | None = None
+
+    @property
+    def protocol(self) -> tuple:
+        return tuple(self.config.get(key, default) for key, default in PROTOCOL_DEFAULTS.items())
+
+    def samples(self, metric: str) -> np.ndarray | None:
+        """The metric under every bootstrap resample of the test examples ([stats.RESAMPLES]); None without
+        predictions or where the run cannot give the metric."""
+        if self.scores is None:
+            return None
+        if self._samples is None:
+            self._samples = self.scores.metric_samples()
+        return self._samples[metric]
 
     @property
     def bound(self) -> bool:
@@ -80,16 +101,21 @@ def load_runs(root: str) -> tuple[list[Run], list[str]]:
                 path=folder, method=config["method"],
                 label=method_label(config["method"], config.get("method_args") or {}), order=str(config["order"]),
                 seed=int(config["seed"]), tasks=list(config["tasks"]), setup=setup_of(config), matrix=matrix,
-                metrics=metrics_mod.compute(matrix), card=card, config=config, general=general))
+                metrics=metrics_mod.compute(matrix), card=card, config=config, general=general,
+                scores=stats.example_scores(config, status, matrix, folder)))
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(f"{run.file('config.json')} is corrupt: {e!r}") from None
     return finished, unfinished
 
 
 def check_one_setup(runs: list[Run]) -> tuple:
-    setups = sorted({r.setup for r in runs}, key=str)
+    """The setup every run shares (protocol fields aside: those split the tables, by_protocol)."""
+    def shared(r):
+        return tuple(v for k, v in zip(SETUP_KEYS, r.setup) if k not in PROTOCOL_DEFAULTS)
+    setups = sorted({shared(r) for r in runs}, key=str)
     if len(setups) > 1:
-        described = "; ".join(", ".join(f"{k}={v}" for k, v in zip(SETUP_KEYS, s)) for s in setups)
+        keys = [k for k in SETUP_KEYS if k not in PROTOCOL_DEFAULTS]
+        described = "; ".join(", ".join(f"{k}={v}" for k, v in zip(keys, s)) for s in setups)
         raise UsageError(f"the runs mix {len(setups)} setups ({described}); numbers from different sizes or "
                          "models must not share a table: point --runs at a folder with one setup")
     # One row = one method with one set of settings: a default changed between runs would otherwise
@@ -104,7 +130,20 @@ def check_one_setup(runs: list[Run]) -> tuple:
                                  for paths in variants.values())
             raise UsageError(f"runs of {label} were made with different settings ({groups}); move the stale "
                              "ones out of the runs folder")
-    return setups[0]
+    return runs[0].setup
+
+
+def by_protocol(runs: list[Run]) -> dict[tuple, list[Run]]:
+    """The runs per evaluation protocol (eval mode, split), the default protocol first."""
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault(r.protocol, []).append(r)
+    default = tuple(PROTOCOL_DEFAULTS.values())
+    return dict(sorted(groups.items(), key=lambda g: (g[0] != default, g[0])))
+
+
+def protocol_text(protocol: tuple) -> str:
+    return ", ".join(f"{k} {v}" for k, v in zip(PROTOCOL_DEFAULTS, protocol))
 
 
 # ---- orders and labels ----------------------------------------------------------------------------------
@@ -132,8 +171,8 @@ def sort_labels(labels: set[str]) -> list[str]:
 
 
 # ---- the runs as one table ------------------------------------------------------------------------------
-CSV_COLUMNS = ["run", "method", "label", "order", "seed", "AA", "BWT", "FM", "FWT", "general_change",
-               "trainable_parameters", "parameters_kept", "wall_seconds", "created"]
+CSV_COLUMNS = ["run", "method", "label", "order", "seed", *PROTOCOL_DEFAULTS, "AA", "BWT", "FM", "FWT",
+               "general_change", "trainable_parameters", "parameters_kept", "wall_seconds", "created"]
 
 
 def runs_frame(runs: list[Run], root: str) -> pd.DataFrame:
@@ -141,7 +180,8 @@ def runs_frame(runs: list[Run], root: str) -> pd.DataFrame:
     come from it. A metric a run cannot have (BWT of joint training) is empty."""
     return pd.DataFrame([{
         "run": os.path.relpath(r.path, root), "method": r.method, "label": r.label, "order": r.order,
-        "seed": r.seed, **{k: r.metrics[k] for k in ("AA", "BWT", "FM", "FWT")},
+        "seed": r.seed, **dict(zip(PROTOCOL_DEFAULTS, r.protocol)),
+        **{k: r.metrics[k] for k in ("AA", "BWT", "FM", "FWT")},
         "general_change": r.general["change"] if r.general else None,
         "trainable_parameters": r.card["trainable_parameters"], "parameters_kept": r.card.get("parameters_kept"),
         "wall_seconds": r.card["timing"]["wall_seconds"], "created": r.config.get("created"),
@@ -185,6 +225,82 @@ def order_dispersion(runs: list[Run], label: str, members: list[str]) -> dict | 
     opd = shared.max() - shared.min()
     aa = finals.mean(axis=1)               # each order over its own tasks
     return {"AA_mean": aa.mean(), "AA_std": aa.std(), "AOPD": opd.mean(), "MOPD": opd.max(), "OPD": opd.to_dict()}
+
+
+# ---- intervals over seeds and test examples ---------------------------------------------------------------
+@dataclass
+class Summary:
+    """A mean over seeds of per-seed values (each a mean over orders), with its bootstrap interval where every
+    run kept its predictions, else the seeds' standard deviation."""
+    mean: float
+    std: float | None
+    bounds: tuple[float, float] | None
+    seeds: int
+
+    def text(self, signed: bool = False, mark: bool = False) -> str:
+        num = "{:+.2f}" if signed else "{:.2f}"
+        if self.bounds is not None:
+            lo, hi = self.bounds
+            starred = " *" if mark and stats.excludes_zero(self.bounds) else ""
+            return f"{num.format(self.mean)} [{lo:.2f}, {hi:.2f}]{starred}"
+        return num.format(self.mean) + ("" if self.std is None or self.seeds < 2 else f" ± {self.std:.2f}")
+
+
+def summarize(per_seed: dict[int, list[tuple[Run, Run | None]]], metric: str) -> Summary | None:
+    """per_seed: seed -> the (run, reference) pairs of that seed, one per order; the value of a pair is the run's
+    metric minus the reference's (None: the metric itself). Per seed the mean over its pairs, then over seeds;
+    the interval resamples seeds, then each task's test examples (the same draws for every run: pairs stay
+    paired on examples too). None when no seed gives the metric."""
+    def value(run, ref, get):
+        a = get(run)
+        b = get(ref) if ref is not None else 0.0
+        return None if a is None or b is None else a - b
+
+    points, samples = [], []
+    for pairs in per_seed.values():
+        values = [value(r, ref, lambda x: x.metrics[metric]) for r, ref in pairs]
+        if not pairs or any(v is None for v in values):
+            continue
+        points.append(float(np.mean(values)))
+        draws = [value(r, ref, lambda x: x.samples(metric)) for r, ref in pairs]
+        samples.append(None if any(d is None for d in draws) else np.mean(draws, axis=0))
+    if not points:
+        return None
+    bounds = None if any(x is None for x in samples) else stats.interval(stats.over_seeds(np.stack(samples)))
+    std = float(np.std(points, ddof=1)) if len(points) > 1 else None
+    return Summary(float(np.mean(points)), std, bounds, len(points))
+
+
+def by_seed(runs: list[Run], label: str, orders: list[str], reference: str | None = None) -> dict:
+    """seed -> [(run of label, run of reference or None)] over `orders`, for the seeds where every one of those
+    orders ran (for both labels): an average is never over fewer, perhaps easier, orders."""
+    index = {(r.label, r.order, r.seed): r for r in runs}
+    seeds = sorted({r.seed for r in runs if r.label == label})
+    out = {}
+    for seed in seeds:
+        pairs = [(index.get((label, o, seed)), index.get((reference, o, seed)) if reference else None) for o in orders]
+        if all(a is not None and (reference is None or b is not None) for a, b in pairs):
+            out[seed] = pairs
+    return out
+
+
+def shared_orders(runs: list[Run], labels: list[str], members: list[str]) -> list[str]:
+    """The block's orders on which every one of `labels` has a run."""
+    have = [{r.order for r in runs if r.label == lab} for lab in labels]
+    return [o for o in members if all(o in h for h in have)]
+
+
+def missing_predictions_note(runs: list[Run]) -> str | None:
+    missing = sum(r.scores is None for r in runs)
+    if not missing:
+        return None
+    return (f"{missing} of {len(runs)} runs were recorded before per-example predictions were kept: their cells show "
+            "mean ± std over seeds only (no interval over test examples, which the seeds share).")
+
+
+BOOTSTRAP_NOTE = (f"[lo, hi] = {stats.LEVEL}% interval of a hierarchical bootstrap ({stats.RESAMPLES} resamples): "
+                  "seeds drawn with replacement, then each task's test examples drawn with replacement, the same "
+                  "draws for every run, so methods compared on one task are compared on the same examples.")
 
 
 # ---- tables ---------------------------------------------------------------------------------------------
@@ -258,21 +374,102 @@ def sections_of(frame: pd.DataFrame) -> list[tuple[str | None, list[str]]]:
     return [(title, labs) for title, labs in sections if labs]
 
 
-def main_table(frame: pd.DataFrame) -> Table:
-    per_order = mean_std(frame.groupby(["label", "order"]).AA).unstack()
+def main_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> Table:
+    columns = {}
+    labels = sorted(set(frame.label))
+    for title, members in blocks_for(set(frame.order)):
+        for o in members:
+            cells = {lab: summarize(by_seed(runs, lab, [o]), "AA") for lab in labels}
+            columns[(title, o)] = pd.Series({lab: c.text() for lab, c in cells.items() if c}, dtype=object)
+        if len(members) > 1:
+            cells = {lab: summarize(by_seed(runs, lab, members), "AA") for lab in labels}
+            columns[(title, f"Avg ({title})")] = pd.Series({lab: c.text() for lab, c in cells.items() if c},
+                                                           dtype=object)
+    seeds = ", ".join(map(str, sorted(set(frame.seed))))
+    notes = [f"AA = {metrics_mod.METRICS['AA'].description}. Mean over seeds {seeds} where several ran, with "
+             f"{BOOTSTRAP_NOTE} Without an interval: mean ± std over seeds. Avg = mean over the block's orders (per "
+             f"seed, then over seeds; only seeds that ran every order of the block). {MISSING} = no finished run."]
+    notes += [n for n in (missing_predictions_note(runs),) if n]
+    return Table("main", "Average accuracy AA (%) after the last task, per order" + title_note, columns,
+                 sections_of(frame), notes)
+
+
+PAIRED_TARGET = "craft"   # the method the harness exists to study, set against every baseline
+# (bound, learner it bounds, why it is a bound): a bound below its learner means training too short to rank methods
+BOUND_CHECKS = [("per_task", "seq_lora", "one adapter per task and the task id at test"),
+                ("mtl", "replay", "joint training on every task at once")]
+FORGETTING_REFERENCE = "seq_lora"
+
+
+def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> Table | None:
+    if PAIRED_TARGET not in set(frame.label):
+        return None
+    baselines = sort_labels(set(frame.label[~frame.bound & (frame.method != PAIRED_TARGET)]))
     columns = {}
     for title, members in blocks_for(set(frame.order)):
-        columns |= {(title, o): per_order.get(o) for o in members}
-        if len(members) > 1:
-            columns[(title, f"Avg ({title})")] = mean_std(block_average(frame, members).groupby(level="label"))
-    seeds = ", ".join(map(str, sorted(set(frame.seed))))
-    return Table("main", "Average accuracy AA (%) after the last task, per order", columns, sections_of(frame),
-                 [f"AA = {metrics_mod.METRICS['AA'].description}. Mean ± std over seeds {seeds} where several ran; "
-                  f"Avg = mean over the block's orders (per seed, then over seeds), only when every order ran. "
-                  f"{MISSING} = no finished run."])
+        cells: dict = {"ΔAA ↑": {}, "ΔFM ↓": {}, "pairs": {}}
+        for lab in baselines:
+            orders = shared_orders(runs, [PAIRED_TARGET, lab], members)
+            pairs = by_seed(runs, PAIRED_TARGET, orders, lab) if orders else {}
+            if not pairs:
+                continue
+            for metric, heading in (("AA", "ΔAA ↑"), ("FM", "ΔFM ↓")):
+                d = summarize(pairs, metric)
+                if d is not None:
+                    cells[heading][lab] = d.text(signed=True, mark=True)
+            cells["pairs"][lab] = f"{len(orders)} × {len(pairs)}"
+        for heading, values in cells.items():
+            columns[(title, heading)] = pd.Series(values, dtype=object)
+    notes = [f"Δ = {PAIRED_TARGET} minus the row's method, on the same orders, seeds and test examples: only the "
+             "block's orders both ran, only seeds that ran all of them (pairs = orders × seeds). ΔAA > 0: "
+             f"{PAIRED_TARGET} is more accurate; ΔFM < 0: it forgets less (FM = "
+             f"{metrics_mod.METRICS['FM'].description}). {BOOTSTRAP_NOTE} Paired: each draw takes the difference "
+             "on the same seeds and examples, which is far tighter than two separate intervals. * = the interval "
+             "excludes 0. Without an interval: mean ± std over seeds of the per-seed difference."]
+    notes += [n for n in (missing_predictions_note(runs),) if n]
+    return Table("paired", f"{PAIRED_TARGET} against each baseline, paired" + title_note, columns,
+                 [(None, baselines)], notes)
 
 
-def forgetting_table(frame: pd.DataFrame) -> Table:
+def sanity_checks(runs: list[Run], frame: pd.DataFrame) -> list[str]:
+    """One line per check and block: does the regime forget, do the bounds sit above what they bound."""
+    lines = []
+    labels = set(frame.label)
+    for title, members in blocks_for(set(frame.order)):
+        if FORGETTING_REFERENCE in labels:
+            orders = shared_orders(runs, [FORGETTING_REFERENCE], members)
+            fm = summarize(by_seed(runs, FORGETTING_REFERENCE, orders), "FM") if orders else None
+            if fm is not None:
+                lines.append(forgetting_check(title, fm))
+        for bound, learner, why in BOUND_CHECKS:
+            orders = shared_orders(runs, [bound, learner], members) if {bound, learner} <= labels else []
+            diff = summarize(by_seed(runs, bound, orders, learner), "AA") if orders else None
+            if diff is not None:
+                lines.append(bound_check(title, bound, learner, why, diff))
+    return lines
+
+
+def forgetting_check(block: str, fm: Summary) -> str:
+    what = f"{FORGETTING_REFERENCE}'s FM is {fm.text()}"
+    if fm.bounds is not None and fm.bounds[0] > 0:
+        return f"Check passed ({block}): the regime forgets: {what}, above 0."
+    if fm.bounds is not None or fm.mean <= 0:
+        return (f"**Check failed** ({block}): {what}, not above 0: no forgetting to prevent at these sizes, so a "
+                "method's low FM here shows nothing.")
+    return (f"Check unresolved ({block}): {what} (no interval over test examples: the runs predate per-example "
+            "predictions); forgetting is not established.")
+
+
+def bound_check(block: str, bound: str, learner: str, why: str, diff: Summary) -> str:
+    what = f"AA of {bound} minus {learner}: {diff.text(signed=True)}"
+    if diff.mean >= 0:
+        return f"Check passed ({block}): {bound} ({why}) is at or above {learner}: {what}."
+    noise = "" if diff.bounds is None else (" (beyond noise)" if diff.bounds[1] < 0 else " (within noise)")
+    return (f"**Check failed** ({block}): {bound} ({why}) is below {learner}{noise}: {what}. The bound does not "
+            "hold: training is too short at these sizes for these numbers to rank methods.")
+
+
+def forgetting_table(frame: pd.DataFrame, title_note: str = "") -> Table:
     measured = frame.general_change.notna()
     headings = {"BWT": "BWT ↑", "FM": "FM ↓", "FWT": "FWT ↑"}
     if measured.any():
@@ -290,7 +487,7 @@ def forgetting_table(frame: pd.DataFrame) -> Table:
                      "minus before (the backbone), measured through lm-eval; mean over the block's runs that have "
                      f"a general.json ({measured.sum()} of {len(frame)} runs: `python -m harness general` adds "
                      "the rest). Measured runs per order and seed: " + ", ".join(c[-1] for c in cells) + ".")
-    return Table("forgetting", "Forgetting and transfer", columns, sections_of(frame), notes)
+    return Table("forgetting", "Forgetting and transfer" + title_note, columns, sections_of(frame), notes)
 
 
 def robustness_table(runs: list[Run], frame: pd.DataFrame) -> Table:
@@ -352,12 +549,16 @@ def ablation_table(frame: pd.DataFrame, method: str = "craft", references=("seq_
                   "per run. Wall s/run: median [min–max] over the row's runs in the table."])
 
 
-def all_tables(runs: list[Run], frame: pd.DataFrame) -> list[Table]:
-    tables = [main_table(frame), forgetting_table(frame), robustness_table(runs, frame), cost_table(frame)]
-    ablation = ablation_table(frame)
-    if ablation:
-        tables.append(ablation)
-    return tables
+def all_tables(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> tuple[list[Table], list[str]]:
+    """The tables of one protocol's runs, and the sanity checks, which every table states under it."""
+    tables = [main_table(runs, frame, title_note), forgetting_table(frame, title_note),
+              paired_table(runs, frame, title_note), robustness_table(runs, frame), cost_table(frame),
+              ablation_table(frame)]
+    checks = sanity_checks(runs, frame)
+    tables = [t for t in tables if t is not None]
+    for t in tables:
+        t.notes += checks
+    return tables, checks
 
 
 # ---- writing --------------------------------------------------------------------------------------------
@@ -367,22 +568,43 @@ def write_tables(root: str, out: str, figures: bool = True) -> dict:
         raise UsageError(f"no finished run under {root}" + (f" ({len(unfinished)} unfinished)" if unfinished else ""))
     setup = check_one_setup(runs)
     os.makedirs(out, exist_ok=True)
+    groups = by_protocol(runs)
+    md, written, checks = [], [], {}
+    for protocol, group in groups.items():
+        # one protocol: the tables as always; several: a set per protocol, named and titled by it
+        suffix = "" if len(groups) == 1 else "-" + "-".join(protocol)
+        note = "" if protocol == tuple(PROTOCOL_DEFAULTS.values()) and len(groups) == 1 \
+            else f" ({protocol_text(protocol)})"
+        tables, checks[protocol_text(protocol)] = all_tables(group, runs_frame(group, root), note)
+        for t in tables:
+            md.append(t.markdown())
+            atomic_write(os.path.join(out, f"{t.name}{suffix}.md"), md[-1])
+            atomic_write(os.path.join(out, f"{t.name}{suffix}.tex"), t.latex())
+            written += [f"{t.name}{suffix}.md", f"{t.name}{suffix}.tex"]
+    remove_stale_tables(out, written)
     frame = runs_frame(runs, root)
-    tables = all_tables(runs, frame)
-    md = [t.markdown() for t in tables]
-    for t, text in zip(tables, md):
-        atomic_write(os.path.join(out, f"{t.name}.md"), text)
-        atomic_write(os.path.join(out, f"{t.name}.tex"), t.latex())
     atomic_write(os.path.join(out, "runs.csv"), frame[CSV_COLUMNS].sort_values(["label", "order", "seed"])
                  .to_csv(index=False, lineterminator="\n"))
-    written = [f"{t.name}.md" for t in tables] + [f"{t.name}.tex" for t in tables] + ["runs.csv"]
+    written.append("runs.csv")
     if figures:
-        from harness import figures as figs
-        written += figs.write_figures(runs, os.path.join(out, "figures"))
+        from harness import figures as figs  # the figures of the first protocol's runs (heatmaps are per run)
+        written += figs.write_figures(next(iter(groups.values())), os.path.join(out, "figures"))
     from harness.sweep import sweep_commands
-    readme = results_readme(runs, unfinished, setup, root, out, sweep_commands(root), md)
+    readme = results_readme(runs, unfinished, setup, root, out, sweep_commands(root), md, checks)
     atomic_write(os.path.join(out, "README.md"), readme)
     return {"runs": len(runs), "unfinished": unfinished, "files": written + ["README.md"]}
+
+
+TABLE_NAMES = ("main", "forgetting", "paired", "robustness", "cost", "ablations")
+
+
+def remove_stale_tables(out: str, written: list[str]) -> None:
+    """Tables an earlier call wrote and this one did not (a protocol or a method no longer among the runs):
+    left in place they would read as current."""
+    for name in os.listdir(out):
+        stem, ext = os.path.splitext(name)
+        if ext in (".md", ".tex") and stem.split("-")[0] in TABLE_NAMES and name not in written:
+            os.unlink(os.path.join(out, name))
 
 
 def run_options_of(sweeps: list[dict], runs: list[Run]) -> str:
@@ -450,7 +672,7 @@ def machines_line(runs) -> str:
     return "; ".join(f"{k}: {n} run{'s' * (n != 1)}" for k, n in sorted(seen.items()))
 
 
-def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md) -> str:
+def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks: dict) -> str:
     s = dict(zip(SETUP_KEYS, setup))
     created = sorted(r.config.get("created", "") for r in runs)
     data = {}
@@ -462,7 +684,8 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md) -> str
              f"Generated by `python -m harness tables` from the run directories under `{root}`; do not edit "
              "by hand.", "",
              "## Where these numbers come from", "",
-             f"- Model: `{s['model']}`; evaluation `{s['eval']}`, `{s['dtype']}`, inputs cut to "
+             f"- Model: `{s['model']}`; evaluation " +
+             " and ".join(f"`{protocol_text(p)}`" for p in by_protocol(runs)) + f", `{s['dtype']}`, inputs cut to "
              f"{s['max_input_tokens']} tokens.",
              f"- Per task: {s['train_per_task']} training and {s['test_per_task']} test examples (stratified by "
              "label; the test subsample is the same for every seed). Actual sizes: " +
@@ -486,9 +709,18 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md) -> str
               "(derived from the runs; a rerun skips finished runs and resumes unfinished ones), `general` on the "
               "runs that have a GEN Δ (it needs the weights, so it measures runs made on this machine), then the "
               "tables:", "", "```"]
-    lines += regenerate_commands(runs, root, sweeps) + general_commands(runs, root)
+    groups = by_protocol(runs)
+    for group in groups.values():   # the sweep history speaks for one protocol only
+        lines += regenerate_commands(group, root, sweeps if len(groups) == 1 else [])
+    lines += general_commands(runs, root)
     lines += [f"python -m harness tables --runs {root} --out {out}", "```", "",
-              "## Tables", "", "Each table is also in this folder as Markdown (`*.md`) and LaTeX booktabs (`*.tex`).", ""]
+              "## Sanity checks", "",
+              "Stated under every table too: does the regime forget at all (an FM interval above 0 for "
+              f"{FORGETTING_REFERENCE}), and do the bounds sit above the learners they bound.", ""]
+    for protocol, lines_of in checks.items():
+        lines += ([f"{protocol}:", ""] if len(checks) > 1 else []) + [f"- {c}" for c in lines_of] + [""]
+    lines += ["## Tables", "",
+              "Each table is also in this folder as Markdown (`*.md`) and LaTeX booktabs (`*.tex`).", ""]
     lines += tables_md
     lines += ["## Figures", "", "`figures/`: `heatmaps/` (the accuracy matrix of every run), `stream-<order>` "
               "(each task's accuracy along the stream, per method, seed mean), `aa_vs_params` (AA against "

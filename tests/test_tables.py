@@ -7,13 +7,16 @@ import pytest
 from core.errors import UsageError
 from harness.rundir import write_json
 from harness.tables import load_runs, order_dispersion, write_tables
+from tests.conftest import ROOT
 
 TASKS = ["a", "b"]
 
 
 def make_run(root, label, method, order, seed, rows, args=None, params=100, bound=False, finished=True,
-             general=None, model="tiny-llama", settings=None, machine=None):
-    """rows: {"base": [..], "a": [..], "b": [..]} accuracies over TASKS."""
+             general=None, model="tiny-llama", settings=None, machine=None, n_test=None, protocol=None):
+    """rows: {"base": [..], "a": [..], "b": [..]} accuracies over TASKS. n_test: also record per-example
+    predictions of n_test examples a task (gold label 0 for all; the first k examples right, k from the
+    accuracy), so that runs share their right examples as far as their accuracies allow."""
     path = os.path.join(root, label, order, f"seed{seed}")
     os.makedirs(path)
     lines = ["after," + ",".join(TASKS)] + [f"{r}," + ",".join(f"{v:.2f}" for v in vals) for r, vals in rows.items()]
@@ -23,13 +26,22 @@ def make_run(root, label, method, order, seed, rows, args=None, params=100, boun
         "method": method, "method_args": args or {}, "order": order, "seed": seed, "tasks": TASKS,
         "model": model, "train_per_task": 8, "test_per_task": 4, "eval": "rank", "dtype": "fp32",
         "max_input_tokens": 16, "eval_batch_size": 16, "created": f"2026-11-2{seed}T10:00:00",
-        "data": {t: {"train": 8, "test": 4} for t in TASKS}, "packages": {"torch": "2.13.0"},
-        "settings": settings or {"lr": 0.001}, **({"machine": machine} if machine else {})})
+        "data": {t: {"train": 8, "test": n_test or 4, **({"gold": "0" * n_test} if n_test else {})} for t in TASKS},
+        "packages": {"torch": "2.13.0"}, "settings": settings or {"lr": 0.001},
+        **({"machine": machine} if machine else {}), **(protocol or {})})
     write_json(os.path.join(path, "method.json"), {
         "name": method, "trainable_parameters": params, "parameters_kept": params * 2, "bound": bound,
         "uses_task_id_at_test": bound, "keeps_from_past_tasks": "nothing",
         "timing": {"wall_seconds": 10.0 * seed, "train_seconds": 4.0, "eval_seconds": 2.0}})
-    write_json(os.path.join(path, "status.json"), {"state": "finished" if finished else "running", "rows": {}})
+    status_rows = {}
+    if n_test:
+        for r, vals in rows.items():
+            right = [round(v * n_test / 100) for v in vals]
+            assert all(k * 100 / n_test == v for k, v in zip(right, vals)), "accuracies must be whole examples"
+            status_rows[r] = {"accuracy": dict(zip(TASKS, vals)),
+                              "predictions": {t: "0" * k + "1" * (n_test - k) for t, k in zip(TASKS, right)}}
+    write_json(os.path.join(path, "status.json"), {"state": "finished" if finished else "running",
+                                                   "rows": status_rows})
     if general is not None:
         write_json(os.path.join(path, "general.json"), {"change": general, "per_task": 50,
                                                         "tasks": {"sms_spam": {"change": general}}})
@@ -241,3 +253,100 @@ def test_a_damaged_record_is_one_line_error(runs, tmp_path, name, content):
     with pytest.raises(UsageError) as e:
         write_tables(runs, str(tmp_path / "out"), figures=False)
     assert "\\n" not in str(e.value) and folder in str(e.value)
+
+
+# ---- intervals, paired comparisons, sanity checks, protocols ----------------------------------------------
+def test_cells_of_runs_with_predictions_carry_intervals_and_the_others_say_why_not(tmp_path):
+    root = str(tmp_path / "runs")
+    for seed in (1, 2):
+        make_run(root, "craft", "craft", "1", seed, seq(90.0, 90.0, first_a=90.0), n_test=20)
+        make_run(root, "seq_lora", "seq_lora", "1", seed, seq(50.0, 50.0), n_test=20)
+    make_run(root, "replay", "replay", "1", 1, seq(60.0, 70.0))     # recorded before predictions
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    main = open(os.path.join(out, "main.md")).read()
+    cell = cells_of(os.path.join(out, "main.md"), "craft")[0]
+    mean, lo, hi = (float(x) for x in cell.replace("[", "").replace("]", "").replace(",", "").split())
+    assert mean == 90.0 and lo < 90.0 <= hi < 100.0
+    assert cells_of(os.path.join(out, "main.md"), "replay")[0] == "65.00"
+    assert "1 of 5 runs were recorded before per-example predictions" in main
+
+
+def test_paired_table_finds_a_planted_difference_and_none_against_an_identical_run(tmp_path):
+    root = str(tmp_path / "runs")
+    for seed in (1, 2):
+        make_run(root, "craft", "craft", "1", seed, seq(90.0, 90.0, first_a=90.0), n_test=20)
+        make_run(root, "seq_lora", "seq_lora", "1", seed, seq(50.0, 50.0), n_test=20)
+        make_run(root, "o_lora", "o_lora", "1", seed, seq(90.0, 90.0, first_a=90.0), n_test=20)   # = craft
+    make_run(root, "seq_lora", "seq_lora", "2", 1, seq(50.0, 50.0), n_test=20)   # craft never ran order 2
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    planted = cells_of(os.path.join(out, "paired.md"), "seq_lora")
+    assert planted[0].startswith("+40.00 [") and planted[0].endswith("] *")      # ΔAA, interval above 0
+    assert planted[1].startswith("-30.00 [") and planted[1].endswith("] *")      # ΔFM: 0 against 30
+    assert planted[2] == "1 × 2"                                                 # order 1 only, two seeds
+    assert cells_of(os.path.join(out, "paired.md"), "o_lora")[:2] == ["+0.00 [0.00, 0.00]"] * 2
+
+
+def test_a_failed_sanity_check_is_stated_under_the_tables_and_in_the_readme(tmp_path):
+    root = str(tmp_path / "runs")
+    for seed in (1, 2):
+        # seq_lora keeps task a exactly (no forgetting); per_task, the upper bound, scores below it
+        make_run(root, "seq_lora", "seq_lora", "1", seed, seq(80.0, 90.0), n_test=20)
+        make_run(root, "per_task", "per_task", "1", seed, seq(40.0, 50.0), n_test=20, bound=True)
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    main, readme = (open(os.path.join(out, name)).read() for name in ("main.md", "README.md"))
+    for text in (main, readme):
+        assert "**Check failed** (Orders 1-3): seq_lora's FM is 0.00 [0.00, 0.00], not above 0: no forgetting " \
+               "to prevent at these sizes" in text
+        assert "**Check failed** (Orders 1-3): per_task (one adapter per task and the task id at test) is below " \
+               "seq_lora (beyond noise): AA of per_task minus seq_lora: -40.00 [" in text
+    # forgetting planted: the check passes
+    for seed in (1, 2):
+        make_run(root, "seq_lora", "seq_lora", "2", seed, seq(30.0, 90.0), n_test=20)
+    write_tables(root, out, figures=False)
+    # seq_lora's orders 1 and 2 (FM 0 and 50 on each seed): 25 on average, with an interval above 0
+    assert "Check passed (Orders 1-3): the regime forgets: seq_lora's FM is 25.00 [" in \
+        open(os.path.join(out, "main.md")).read()
+
+
+def test_protocols_and_splits_get_tables_of_their_own(tmp_path):
+    root = str(tmp_path / "runs")
+    make_run(root, "seq_lora", "seq_lora", "1", 1, seq(60.0, 90.0))
+    make_run(os.path.join(root, "gen"), "seq_lora", "seq_lora", "1", 1, seq(10.0, 20.0),
+             protocol={"eval": "generate"})
+    make_run(os.path.join(root, "val"), "seq_lora", "seq_lora", "1", 1, seq(30.0, 40.0),
+             protocol={"eval_split": "val"})
+    out = str(tmp_path / "results")
+    os.makedirs(out)
+    open(os.path.join(out, "main.md"), "w").write("stale\n")
+    info = write_tables(root, out, figures=False)
+    assert {"main-rank-test.md", "main-generate-test.md", "main-rank-val.md"} <= set(info["files"])
+    assert "main.md" not in info["files"]
+    # never averaged together: each table holds its own protocol's run alone
+    assert cells_of(os.path.join(out, "main-rank-test.md"), "seq_lora")[0] == "75.00"
+    assert cells_of(os.path.join(out, "main-generate-test.md"), "seq_lora")[0] == "15.00"
+    assert cells_of(os.path.join(out, "main-rank-val.md"), "seq_lora")[0] == "35.00"
+    assert "(eval generate, eval_split test)" in open(os.path.join(out, "main-generate-test.md")).read()
+    # the plain names of an earlier single-protocol build are gone: they would read as current
+    assert not os.path.exists(os.path.join(out, "main.md"))
+    readme = open(os.path.join(out, "README.md")).read()
+    assert "evaluation `eval rank, eval_split test` and `eval generate, eval_split test` and" in readme
+    # the commands that remake the runs keep each protocol's own --eval
+    sweeps = [ln for ln in readme.splitlines() if ln.startswith("python -m harness sweep")]
+    assert sorted("--eval generate" in ln for ln in sweeps) == [False, False, True]
+    # every table states the sanity checks (here only seq_lora's forgetting can be checked)
+    assert all("seq_lora's FM is" in open(os.path.join(out, f)).read() for f in info["files"] if f.endswith(".md")
+               and f != "README.md")
+
+
+def test_the_committed_runs_build_every_table_without_example_level_intervals(tmp_path):
+    """results/runs predates per-example predictions: `make tables` must still work, and say what is missing."""
+    out = str(tmp_path / "results")
+    info = write_tables(os.path.join(ROOT, "results", "runs"), out, figures=False)
+    main = open(os.path.join(out, "main.md")).read()
+    assert info["runs"] >= 100 and "paired.md" in info["files"]
+    assert f"{info['runs']} of {info['runs']} runs were recorded before per-example predictions" in main
+    assert "[" not in cells_of(os.path.join(out, "main.md"), "seq_lora")[0]
+    assert "Check" in main

@@ -1,0 +1,158 @@
+"""Per-example predictions and bootstrap intervals over them (docs/results.md#intervals).
+
+A run keeps, per evaluated cell, the predicted label index of every test example as one character
+(`encode_labels`), and the gold indices once per task in config.json. From them every accuracy of the matrix
+is recomputed exactly, and resampled: each task's test examples are drawn with replacement, the same draw for
+every row of a matrix, every run, seed and order (the weights depend only on the task and its size), so that
+rows, runs and methods stay paired on the examples they share. A percentile bootstrap by hand: it is a few
+lines, and scipy.stats.bootstrap resamples one sample, not strata shared across many runs.
+
+Pure numpy; the metric formulas are harness/metrics.py's, applied to batches of resampled matrices."""
+from __future__ import annotations
+
+import string
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from core.errors import UsageError
+from harness.metrics import BASE_ROW, METRICS
+
+RESAMPLES = 2000          # bootstrap draws; the percentile ends move by about 0.1 point between seeds at this count
+LEVEL = 95                # percent, two-sided
+BOOTSTRAP_SEED = 20261130  # fixed: a table rebuilt from the same runs shows the same intervals
+
+# One character per test example: the predicted label's index (62 labels at most; dbpedia has 14).
+LABEL_CODES = string.digits + string.ascii_lowercase + string.ascii_uppercase
+NO_ANSWER = "-"           # generate: the normalised generation equals no label
+NO_ANSWER_INDEX = -1
+
+
+def encode_labels(indices) -> str:
+    try:
+        return "".join(NO_ANSWER if i == NO_ANSWER_INDEX else LABEL_CODES[i] for i in indices)
+    except IndexError:
+        raise ValueError(f"a label index outside 0-{len(LABEL_CODES) - 1} cannot be stored") from None
+
+
+def decode_labels(text: str) -> np.ndarray:
+    lookup = {c: i for i, c in enumerate(LABEL_CODES)} | {NO_ANSWER: NO_ANSWER_INDEX}
+    return np.array([lookup[c] for c in text], dtype=np.int64)
+
+
+def percent_correct(predicted, gold) -> float:
+    """Accuracy in percent, rounded as the matrix stores it."""
+    predicted, gold = np.asarray(predicted), np.asarray(gold)
+    return round(100.0 * float((predicted == gold).sum()) / len(gold), 2)
+
+
+# ---- one run --------------------------------------------------------------------------------------------
+@dataclass
+class ExampleScores:
+    """A run's matrix at the level of test examples: correct[task] is [rows, n] (1 = right, NaN = a cell that
+    was not evaluated); rows as the matrix's index."""
+    rows: list[str]
+    tasks: list[str]
+    correct: dict[str, np.ndarray]
+
+    def resampled(self, resamples: int = RESAMPLES) -> np.ndarray:
+        """Accuracy matrices under the shared resampling: [resamples, rows, tasks], percent."""
+        out = np.empty((resamples, len(self.rows), len(self.tasks)))
+        for j, task in enumerate(self.tasks):
+            correct = self.correct[task]
+            n = correct.shape[1]
+            acc = 100.0 * np.nan_to_num(correct) @ example_weights(task, n, resamples).T / n    # [rows, B]
+            acc[np.isnan(correct).any(1)] = np.nan
+            out[:, :, j] = acc.T
+        return out
+
+    def metric_samples(self, resamples: int = RESAMPLES) -> dict[str, np.ndarray | None]:
+        """Each metric under every resample ([resamples] each; None where the matrix cannot give it)."""
+        A = self.resampled(resamples)
+        has_base = self.rows[:1] == [BASE_ROW]
+        base, trained = (A[:, 0, :], A[:, 1:, :]) if has_base else (None, A)
+        return {name: metric.fn(base, trained) for name, metric in METRICS.items()}
+
+
+def example_scores(config: dict, status: dict, matrix, where: str) -> ExampleScores | None:
+    """A finished run's per-example scores from its config.json (gold) and status.json (predictions); None when
+    the run was recorded before predictions were kept. Every cell is checked against the matrix: the
+    predictions must give its accuracy exactly."""
+    data = config.get("data") or {}
+    rows = [str(r) for r in matrix.index]
+    tasks = [str(t) for t in matrix.columns]
+    recorded = status.get("rows") or {}
+    if not all("gold" in (data.get(t) or {}) for t in tasks) or \
+            not all("predictions" in (recorded.get(r) or {}) for r in rows):
+        return None
+    correct = {}
+    for j, task in enumerate(tasks):
+        gold = decode_labels(data[task]["gold"])
+        cells = np.full((len(rows), len(gold)), np.nan)
+        for i, row in enumerate(rows):
+            text = recorded[row]["predictions"].get(task)
+            stored = matrix.iat[i, j]
+            if text is None:
+                if stored == stored:   # an accuracy without its predictions
+                    raise UsageError(f"{where}: cell ({row}, {task}) has an accuracy but no predictions")
+                continue
+            predicted = decode_labels(text)
+            if len(predicted) != len(gold) or percent_correct(predicted, gold) != stored:
+                raise UsageError(f"{where}: the predictions of cell ({row}, {task}) do not give its accuracy "
+                                 f"{stored} (the record is damaged)")
+            cells[i] = predicted == gold
+        correct[task] = cells
+    return ExampleScores(rows, tasks, correct)
+
+
+# ---- resampling -----------------------------------------------------------------------------------------
+@lru_cache(maxsize=64)
+def example_weights(task: str, n: int, resamples: int = RESAMPLES) -> np.ndarray:
+    """How often each of a task's n test examples is drawn, per resample: [resamples, n] (rows sum to n).
+    Seeded by the task's name and size alone, so every run scored on these examples gets the same draws.
+    Kept as small integers: 2,000 resamples of a full 7,600-example test split are 15 MB."""
+    rng = np.random.default_rng([BOOTSTRAP_SEED, zlib.crc32(task.encode()), n])
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)
+    weights = counts.astype(np.uint8 if counts.max() <= 255 else np.uint16)
+    weights.setflags(write=False)
+    return weights
+
+
+def seed_draws(n_seeds: int, resamples: int = RESAMPLES) -> np.ndarray:
+    """Which seeds each resample uses ([resamples, n_seeds] indices, drawn with replacement)."""
+    rng = np.random.default_rng([BOOTSTRAP_SEED, n_seeds])
+    return rng.integers(0, n_seeds, size=(resamples, n_seeds))
+
+
+def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float] | None:
+    samples = np.asarray(samples, dtype=float)
+    samples = samples[~np.isnan(samples)]
+    if not len(samples):
+        return None
+    tail = (100 - level) / 2
+    lo, hi = np.percentile(samples, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def over_seeds(samples: np.ndarray) -> np.ndarray:
+    """Hierarchical bootstrap of a mean over seeds: samples [seeds, resamples] (each seed's value under the shared
+    example resampling) -> [resamples]: each resample draws the seeds with replacement, then averages their
+    values under that resample's example draw."""
+    samples = np.asarray(samples, dtype=float)
+    draws = seed_draws(samples.shape[0], samples.shape[1])
+    return np.take_along_axis(samples.T, draws, axis=1).mean(1)
+
+
+def excludes_zero(bounds: tuple[float, float] | None) -> bool:
+    return bounds is not None and (bounds[0] > 0 or bounds[1] < 0)
+
+
+def run_intervals(scores: ExampleScores, resamples: int = RESAMPLES) -> dict[str, list[float] | None]:
+    """One run's metrics' LEVEL% intervals over its test examples (resampled within each task)."""
+    out = {}
+    for name, samples in scores.metric_samples(resamples).items():
+        bounds = None if samples is None else interval(samples)
+        out[name] = None if bounds is None else [round(bounds[0], 4), round(bounds[1], 4)]
+    return out

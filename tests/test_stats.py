@@ -1,0 +1,148 @@
+"""Per-example predictions and the bootstrap built on them: predictions give back every stored accuracy, the
+intervals behave as intervals, and a paired comparison finds what was planted and nothing else."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from harness import stats
+from harness.evaluation import normalize_answer
+from harness.metrics import read_matrix
+from harness.rundir import RunDir
+from tests.conftest import ROOT
+from tests.test_runner import kill_during_second_task, run
+
+
+def scores_of(out):
+    folder = RunDir(str(out))
+    R = read_matrix(folder.file("matrix.csv"))
+    return R, stats.example_scores(folder.read_json("config.json"), folder.status(), R, str(out))
+
+
+@pytest.mark.parametrize("mode", ["rank", "generate"])
+def test_predictions_recompute_every_stored_accuracy(tmp_path, tokenizer, mode):
+    out, _ = run(tmp_path, "r", tokenizer, eval=mode, order="bbc,hutto_amazon,trec",
+                 base_cache=str(tmp_path / "base.json"))
+    R, scores = scores_of(out)   # example_scores raises when a cell's predictions do not give its accuracy
+    assert scores is not None and scores.rows == ["base", "bbc", "hutto_amazon", "trec"]
+    for j, task in enumerate(scores.tasks):
+        recomputed = [round(100 * float(np.mean(c)), 2) for c in scores.correct[task]]
+        assert recomputed == list(R[task]), task
+        assert scores.correct[task].shape == (4, 6)
+    status = json.load(open(os.path.join(out, "status.json")))
+    assert all(len(p) == 6 for row in status["rows"].values() for p in row["predictions"].values())
+    # the shared backbone cache keeps the base row's predictions: a run that reuses it records the same ones
+    cache = json.load(open(tmp_path / "base.json"))
+    assert all(set(entry) == {"accuracy", "predictions"} for entry in cache.values())
+    again, _ = run(tmp_path, "again", tokenizer, eval=mode, order="bbc,hutto_amazon,trec",
+                   base_cache=str(tmp_path / "base.json"))
+    rows = json.load(open(os.path.join(again, "status.json")))["rows"]
+    assert rows["base"]["reused"] == ["bbc", "hutto_amazon", "trec"]
+    assert rows["base"]["predictions"] == status["rows"]["base"]["predictions"]
+
+
+def test_a_resumed_run_keeps_the_predictions_of_its_finished_rows(tmp_path, tokenizer, monkeypatch):
+    full, _ = run(tmp_path, "full", tokenizer)
+    kill_during_second_task(tmp_path, "resumed", tokenizer, monkeypatch)
+    resumed, _ = run(tmp_path, "resumed", tokenizer)
+    rows = [json.load(open(os.path.join(o, "status.json")))["rows"] for o in (full, resumed)]
+    assert {r: v["predictions"] for r, v in rows[0].items()} == {r: v["predictions"] for r, v in rows[1].items()}
+    scores_of(resumed)
+
+
+def test_a_damaged_prediction_is_refused(tmp_path, tokenizer):
+    from core.errors import UsageError
+    out, _ = run(tmp_path, "r", tokenizer)
+    path = os.path.join(out, "status.json")
+    status = json.load(open(path))
+    text = status["rows"]["bbc"]["predictions"]["bbc"]
+    status["rows"]["bbc"]["predictions"]["bbc"] = ("1" if text[0] == "0" else "0") + text[1:]
+    json.dump(status, open(path, "w"))
+    with pytest.raises(UsageError, match=r"cell \(bbc, bbc\) do not give its accuracy"):
+        scores_of(out)
+
+
+def test_metrics_json_adds_intervals_that_cover_the_point(tmp_path, tokenizer):
+    out, _ = run(tmp_path, "r", tokenizer)
+    p = subprocess.run([sys.executable, "-m", "harness", "metrics", str(out), "--json"], cwd=ROOT,
+                       capture_output=True, text=True, check=True)
+    values = json.loads(p.stdout)
+    for name in ("AA", "BWT", "FM", "FWT"):
+        lo, hi = values[f"{name}_ci"]
+        assert lo <= values[name] <= hi, name
+
+
+def test_labels_round_trip_and_generation_is_normalised_as_o_lora_does():
+    assert stats.encode_labels([0, 9, 10, 13, -1]) == "09ad-"
+    assert list(stats.decode_labels("09ad-")) == [0, 9, 10, 13, -1]
+    with pytest.raises(ValueError):
+        stats.encode_labels([62])
+    assert normalize_answer("  Very   Positive. ") == "very positive"
+    assert normalize_answer("Science & Technology!") == "science technology"
+
+
+def fake_scores(task, correct_rows):
+    """An ExampleScores of one task with the given rows of 0/1 per example (base row first)."""
+    rows = ["base"] + [task] if len(correct_rows) == 2 else [task]
+    return stats.ExampleScores(rows, [task], {task: np.array(correct_rows, dtype=float)})
+
+
+def test_interval_covers_the_point_and_shrinks_with_more_examples():
+    widths = []
+    for n in (20, 100, 400):
+        right = (np.arange(n) % 10 < 6).astype(float)   # 60% correct
+        samples = fake_scores(f"t{n}", [right]).metric_samples()["AA"]
+        lo, hi = stats.interval(samples)
+        assert lo < 60.0 < hi
+        widths.append(hi - lo)
+    assert widths[0] > widths[1] > widths[2]
+    # binomial: 1.96 * sqrt(.6 * .4 / 100) = 9.6 points at n = 100
+    assert 15 < widths[1] < 23
+    # deterministic: the same draws every time
+    again = fake_scores("t100", [(np.arange(100) % 10 < 6).astype(float)]).metric_samples()["AA"]
+    assert stats.interval(again)[1] - stats.interval(again)[0] == widths[1]
+
+
+def test_paired_bootstrap_finds_a_planted_difference_and_none_against_itself():
+    n = 100
+    rng = np.random.default_rng(0)
+    weak = (rng.random((2, n)) < 0.5).astype(float)
+    strong = np.maximum(weak, (rng.random((2, n)) < 0.4).astype(float))    # right wherever weak is, and more
+    a = np.stack([fake_scores("t", [r]).metric_samples()["AA"] for r in strong])   # two seeds
+    b = np.stack([fake_scores("t", [r]).metric_samples()["AA"] for r in weak])
+    diff = stats.over_seeds(a - b)
+    assert stats.excludes_zero(stats.interval(diff)) and stats.interval(diff)[0] > 0
+    same = stats.over_seeds(b - b)
+    assert not stats.excludes_zero(stats.interval(same)) and stats.interval(same) == (0.0, 0.0)
+    # unpaired, the same planted gap is far less certain: the pairing is what narrows it
+    separate = stats.interval(stats.over_seeds(a))[0] - stats.interval(stats.over_seeds(b))[1]
+    assert separate < stats.interval(diff)[0]
+
+
+def test_forgetting_interval_over_examples():
+    # task a: 80% right after learning it, 40% after b; b: 90%. FM = 40, its interval well above 0.
+    n = 50
+    a_after_a = (np.arange(n) % 10 < 8).astype(float)
+    a_after_b = (np.arange(n) % 10 < 4).astype(float)
+    rows = ["a", "b"]
+    scores = stats.ExampleScores(rows, ["a", "b"], {
+        "a": np.stack([a_after_a, a_after_b]),
+        "b": np.stack([np.zeros(n), (np.arange(n) % 10 < 9).astype(float)])})
+    ci = stats.run_intervals(scores)
+    assert ci["FM"][0] > 0 and ci["FM"][0] < 40 < ci["FM"][1]
+    assert ci["FWT"] is None       # no base row
+
+
+def test_cells_no_metric_reads_may_be_missing():
+    # --matrix needed: R[1][3] (after task 1, on task 3) is never scored; every metric's resamples stay finite
+    n = 10
+    full = np.ones((4, n))
+    missing = full.copy()
+    missing[1] = np.nan
+    scores = stats.ExampleScores(["base", "a", "b", "c"], ["a", "b", "c"],
+                                 {"a": full, "b": full, "c": missing})
+    for name, samples in scores.metric_samples(50).items():
+        assert np.isfinite(samples).all(), name
