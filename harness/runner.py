@@ -21,7 +21,7 @@ from harness import config
 from harness import metrics as metrics_mod
 from harness.config import BenchConfig
 from harness.evaluation import Evaluator
-from harness.models import configure_offline, load_model, set_threads
+from harness.models import configure_offline, gpu_info, load_model, set_threads
 from harness.prompting import PromptEncoder
 from harness.rundir import RunDir, atomic_write, matrix_csv, write_json
 from harness.training import fit
@@ -41,9 +41,10 @@ def package_versions() -> dict:
     return out
 
 
-def machine_info() -> dict:
-    """The CPU a run's numbers came from. torch picks its kernels by instruction set, so sums (and with them a
-    near-tie prediction) can differ between machines; this says which runs may be compared bit for bit."""
+def machine_info(device: str = "cpu") -> dict:
+    """The CPU (and on a CUDA run the GPU) a run's numbers came from. torch picks its kernels by instruction set
+    (and GPU), so sums (and with them a near-tie prediction) can differ between machines; this says which runs
+    may be compared bit for bit."""
     name = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
@@ -51,7 +52,7 @@ def machine_info() -> dict:
     except OSError:
         pass
     return {"cpu": name, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), **gpu_info(device)}
 
 
 def seed_everything(seed: int) -> None:
@@ -97,7 +98,7 @@ def _record(cfg: BenchConfig, out: str, names: list[str], data, settings: dict) 
     return {**cfg.recorded(), "out": out, "tasks": names,
             "data": {d.name: {"train": len(d.train), "test": len(d.test), "full": d.sizes_full,
                               "dropped": d.dropped, "labels": list(d.labels)} for d in data},
-            "settings": settings, "packages": package_versions(), "machine": machine_info(),
+            "settings": settings, "packages": package_versions(), "machine": machine_info(cfg.device),
             "command": " ".join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
@@ -193,7 +194,7 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
     method = method_cls(model, tok, settings, cfg.seed, cache_mb=cfg.cache_mb if cfg.cache == "on" else 0)
     method.setup()
     if status.get("checkpoint"):
-        method.load_state_dict(run.load_checkpoint())
+        method.load_state_dict(run.load_checkpoint(map_location=method.device))
         _say(f"resuming {out} after {len(rows) - 1} finished stage(s)", cfg.progress)
 
     stages = [names] if method_cls.JOINT else [[n] for n in names]

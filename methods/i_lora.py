@@ -90,7 +90,7 @@ class ILoRA(MultiLoRAMethod):
         current = answer_loss(self.model, batch)
         if task.index == 0:   # the reference replays from the second task on
             return current, {}
-        replay = collate(self.buffer.sample(len(batch["examples"])), self.tokenizer.pad_token_id)
+        replay = collate(self.buffer.sample(len(batch["examples"])), self.tokenizer.pad_token_id, self.device)
         self.activate(["slow"], "fast")
         with torch.no_grad():
             _, slow_out = answer_loss(self.model, replay, return_outputs=True)
