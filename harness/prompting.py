@@ -2,6 +2,8 @@
 the label text followed by the end-of-turn token. Chat models get the prompt through their chat template."""
 from __future__ import annotations
 
+import hashlib
+
 from core.data import Encoded
 from tasks.base import TaskData
 
@@ -17,7 +19,30 @@ class PromptEncoder:
         self.tok = tokenizer
         self.max_input_tokens = max_input_tokens
         self.chat = bool(getattr(tokenizer, "chat_template", None))
-        self.end_id = tokenizer.eos_token_id   # <|im_end|> for ChatML models: the answer's end of turn
+        # The answer ends where the chat template ends an assistant turn (<|im_end|> for ChatML, <end_of_turn> for
+        # Gemma, <|eot_id|> for Llama 3, </s> for Llama 2 and Mistral); a base model's answer ends at its eos.
+        self.end_id = self._end_of_turn() if self.chat else tokenizer.eos_token_id
+
+    def _end_of_turn(self) -> int:
+        """The one token the chat template puts right after an assistant's message (eos where it puts none or
+        several)."""
+        marker = "ANSWER_END_PROBE"
+        try:
+            text = self.tok.apply_chat_template([{"role": "user", "content": "Q"},
+                                                 {"role": "assistant", "content": marker}], tokenize=False)
+        except Exception:   # a template that cannot render an assistant turn (jinja raises its own errors)
+            return self.tok.eos_token_id
+        after = text[text.index(marker) + len(marker):].strip() if marker in text else ""
+        ids = self.tok(after, add_special_tokens=False).input_ids if after else []
+        return ids[0] if len(ids) == 1 else self.tok.eos_token_id
+
+    def describe(self) -> dict:
+        """How prompts are made, for config.json: the chat template (by hash) or plain text, and the answer's end."""
+        template = getattr(self.tok, "chat_template", None)
+        return {"format": "chat" if self.chat else "plain",
+                "chat_template_sha1": hashlib.sha1(str(template).encode()).hexdigest()[:12] if self.chat else None,
+                "end_of_answer": self.tok.convert_ids_to_tokens(self.end_id),
+                "max_input_tokens": self.max_input_tokens}
 
     def _truncate(self, text: str) -> str:
         ids = self.tok(text, add_special_tokens=False).input_ids

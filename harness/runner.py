@@ -177,6 +177,7 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
     t0 = time.time()
     model, tok = model_and_tokenizer or load_model(cfg.model, cfg.device, cfg.allow_download)
     encoder = PromptEncoder(tok, cfg.max_input_tokens)
+    run.add_to_config(prompt=encoder.describe())
     train = {d.name: encoder.encode(d, "train") for d in data}
     evaluator = Evaluator(encoder, {d.name: d for d in data}, cfg.eval, cfg.eval_batch_size, cfg.dtype,
                           progress=cfg.progress, log=run.log, share_prefix=cfg.cache == "on")
