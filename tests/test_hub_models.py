@@ -92,3 +92,14 @@ def test_a_bench_runs_on_each_family(model_dirs, tmp_path, family, layers, metho
         head = 16
         per_layer = 8 * (64 + 64) + 8 * (64 + kv * head)
         assert card["trainable_parameters"] == per_layer * layers
+
+
+def test_a_template_that_writes_the_date_gets_a_fixed_one(tokenizer):
+    # Llama 3's template puts today's date into the system turn unless it is given one: prompts (and scores)
+    # would then change from one day to the next
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = ("{% if not date_string is defined %}{% set date_string = strftime_now('%d %b %Y') %}"
+                         "{% endif %}Today Date: {{ date_string }}\n{{ messages[0]['content'] }}")
+    from tasks import load_task
+    task = load_task("bbc", None, 2, 2, 1)
+    assert PromptEncoder(tok, 12).prompt_string(task, "text").startswith("Today Date: 26 Jul 2024\n")
