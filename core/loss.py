@@ -6,10 +6,11 @@ import torch
 from core.data import Encoded
 
 
-def collate(examples: list[Encoded], pad_id: int) -> dict:
+def collate(examples: list[Encoded], pad_id: int, device=None) -> dict:
     """Left-padded prompt+answer batch, so every answer ends at the last position: the loss then needs the
     vocabulary projection only over the last few positions (`logits_to_keep`), not the whole prompt.
-    labels are -100 everywhere but on the answer tokens."""
+    labels are -100 everywhere but on the answer tokens. Built on the CPU, then moved to `device` (the model's)
+    in one copy per tensor."""
     seqs = [ex.prompt_ids + ex.answer_ids for ex in examples]
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -19,6 +20,7 @@ def collate(examples: list[Encoded], pad_id: int) -> dict:
         ids[i, width - len(s):] = torch.tensor(s)
         mask[i, width - len(s):] = 1
         labels[i, width - len(ex.answer_ids):] = torch.tensor(ex.answer_ids)
+    ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
     return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
             "labels": labels, "answer_width": max(len(ex.answer_ids) for ex in examples), "examples": examples}
 

@@ -6,8 +6,12 @@ from typing import Protocol
 
 import torch
 
+from core.device import device_of
+
 
 class Scorer(Protocol):
+    device: torch.device   # where the inputs it is given must be: its model's device
+
     def prefix_forward(self, input_ids) -> object | None: ...
     def prompt_forward(self, input_ids, attention_mask, position_ids, past=None) -> tuple[torch.Tensor, object]: ...
     def continue_forward(self, input_ids, attention_mask, position_ids, past) -> torch.Tensor: ...
@@ -18,6 +22,7 @@ class CausalLMScorer:
 
     def __init__(self, model):
         self.model = model
+        self.device = device_of(model)
 
     def prefix_forward(self, input_ids):
         """Keys/values of a prefix that every prompt the caller scores next begins with (a batch of one), or
@@ -37,13 +42,14 @@ class CausalLMScorer:
         return out.logits
 
 
-def left_pad(seqs: list[tuple[int, ...]], pad_id: int):
+def left_pad(seqs: list[tuple[int, ...]], pad_id: int, device=None):
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
         mask[i, width - len(s):] = 1
+    ids, mask = ids.to(device), mask.to(device)   # built on the CPU, one copy each to the model's device
     # Positions count real tokens only, so a left-padded prompt is encoded as it would be alone.
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids, mask, pos

@@ -83,12 +83,12 @@ class BenchConfig:
     eval_split: str = option("test", role=SETUP, choices=EVAL_SPLITS,
                              help="the split the evaluator scores: test, or val (carved from the training data, "
                                   "the same for every seed: choose settings on val, report on test)")
-    dtype: str = option("fp32", role=SETUP, choices=DTYPES, help="bf16 = CPU autocast")
+    dtype: str = option("fp32", role=SETUP, choices=DTYPES, help="bf16 = autocast on the device (CPU or CUDA)")
     max_input_tokens: int = option(DEFAULT_MAX_INPUT_TOKENS, role=SETUP, type=positive_int,
                                    help="inputs are truncated to this many tokens")
     # setup, not environment: batching changes padding, and with it float sums and a near-tie prediction
     eval_batch_size: int = option(16, role=SETUP, type=positive_int, help="test examples per forward pass")
-    device: str = option("cpu", role=ENVIRONMENT, help="torch device")
+    device: str = option("cpu", role=ENVIRONMENT, help="torch device: cpu, cuda or cuda:N")
     # environment, not setup: the caches change float rounding only (measured: docs/cli.md#caches)
     cache: str = option("on", role=ENVIRONMENT, choices=("on", "off"),
                         help="on: encode each task's shared prompt prefix once; off: every cache off, to check "

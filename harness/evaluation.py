@@ -40,19 +40,21 @@ class SharedPrefix:
         own = max(1, getattr(scorer, "min_own_tokens", 1))
         self.length = max(0, min(len(common), min(len(p) for p in prompts) - own))
         if self.length >= MIN_SHARED_PREFIX and getattr(scorer, "prefix_forward", None) is not None:
-            self.past = scorer.prefix_forward(torch.tensor([common[:self.length]], dtype=torch.long))
+            self.past = scorer.prefix_forward(torch.tensor([common[:self.length]], dtype=torch.long,
+                                                           device=scorer.device))
 
     def encode(self, scorer: Scorer, prompts: list[tuple[int, ...]], pad_id: int):
         """(last logits, KV cache, attention mask over the whole prompts) for a batch of the call's prompts."""
         if self.past is None:
-            ids, mask, pos = left_pad(prompts, pad_id)
+            ids, mask, pos = left_pad(prompts, pad_id, scorer.device)
             logits, past = scorer.prompt_forward(ids, mask, pos)
             return logits, past, mask
-        ids, own_mask, own_pos = left_pad([p[self.length:] for p in prompts], pad_id)
+        ids, own_mask, own_pos = left_pad([p[self.length:] for p in prompts], pad_id, scorer.device)
         past = copy.deepcopy(self.past)
         past.batch_repeat_interleave(len(prompts))
         # Left padding of the own tokens sits between prefix and text: masked, and positions skip it.
-        mask = torch.cat([torch.ones((len(prompts), self.length), dtype=torch.long), own_mask], dim=1)
+        mask = torch.cat([torch.ones((len(prompts), self.length), dtype=torch.long, device=own_mask.device), own_mask],
+                         dim=1)
         logits, past = scorer.prompt_forward(ids, mask, own_pos + self.length, past)
         return logits, past, mask
 
@@ -93,6 +95,7 @@ def candidate_logprobs(scorer: Scorer, prompts: list[tuple[int, ...]], candidate
         target[c, : len(ids) - 1] = torch.tensor(ids[1:])
         cont_mask[c, : len(ids) - 1] = 1
     first = torch.tensor([c[0] for c in candidates])
+    cont, target, cont_mask, first = (t.to(scorer.device) for t in (cont, target, cont_mask, first))
     out = torch.zeros((len(prompts), n_cand))
     greedy_out = torch.zeros((len(prompts), n_cand), dtype=torch.bool)
     prefix = encoder_for(scorer, prompts, share_prefix)
@@ -104,13 +107,15 @@ def candidate_logprobs(scorer: Scorer, prompts: list[tuple[int, ...]], candidate
         if width > 1:
             past.batch_repeat_interleave(n_cand)
             full_mask = torch.cat([mask.repeat_interleave(n_cand, 0), cont_mask.repeat(b, 1)], dim=1)
-            cont_pos = mask.sum(-1, keepdim=True).repeat_interleave(n_cand, 0) + torch.arange(width - 1)
+            cont_pos = mask.sum(-1, keepdim=True).repeat_interleave(n_cand, 0) + torch.arange(width - 1,
+                                                                                                device=mask.device)
             logits = scorer.continue_forward(cont.repeat(b, 1), full_mask, cont_pos, past).float()
             tgt, cm = target.repeat(b, 1), cont_mask.repeat(b, 1)
             logp = torch.log_softmax(logits, -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
             scores = scores + (logp * cm).sum(-1).view(b, n_cand)
             hit = (logits.argmax(-1) == tgt) | (cm == 0)
             greedy = greedy & hit.all(-1).view(b, n_cand)
+        scores, greedy = scores.cpu(), greedy.cpu()   # one copy per batch, not one per row
         for j, i in enumerate(idx):
             out[i], greedy_out[i] = scores[j], greedy[j]
         if progress is not None:
@@ -135,7 +140,7 @@ def generate_predictions(scorer: Scorer, examples: list[Encoded], end_id: int, p
     prefix = encoder_for(scorer, prompts, share_prefix)
     for idx in _batches_of(prompts, batch_size):
         logits, past, mask = prefix.encode(scorer, [prompts[i] for i in idx], pad_id)
-        done = torch.zeros(len(idx), dtype=torch.bool)
+        done = torch.zeros(len(idx), dtype=torch.bool, device=logits.device)
         next_pos = mask.sum(-1, keepdim=True)
         for _ in range(max_new_tokens):
             tok = logits.argmax(-1)
@@ -145,7 +150,7 @@ def generate_predictions(scorer: Scorer, examples: list[Encoded], end_id: int, p
             done |= tok == end_id
             if bool(done.all()):
                 break
-            mask = torch.cat([mask, torch.ones((len(idx), 1), dtype=torch.long)], dim=1)
+            mask = torch.cat([mask, torch.ones((len(idx), 1), dtype=torch.long, device=mask.device)], dim=1)
             logits = scorer.continue_forward(tok.unsqueeze(-1), mask, next_pos, past)[:, -1, :]
             next_pos = next_pos + 1
         if progress is not None:
@@ -220,8 +225,9 @@ class Evaluator:
                     result[name], predictions[name] = self.scores[(key, name)]
                     bar.update(len(self.test[name]))
                     continue
-                with autocast(self.dtype):
-                    preds = predict(scorer_for(name), self.test[name], self.candidates[name], self.labels[name],
+                scorer = scorer_for(name)
+                with autocast(self.dtype, scorer.device):
+                    preds = predict(scorer, self.test[name], self.candidates[name], self.labels[name],
                                     self.encoder, self.mode, self.batch_size, bar, self.share_prefix)
                 result[name] = percent_correct(preds, [ex.label_index for ex in self.test[name]])
                 predictions[name] = encode_labels(preds)

@@ -175,7 +175,7 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
     cache_mb = config.get("cache_mb", 0) if config.get("cache", "on") == "on" else 0   # the run's own budget
     method = get_method(config["method"])(model, tok, config["settings"], config["seed"], cache_mb=cache_mb)
     method.setup()
-    method.load_state_dict(run.load_checkpoint())
+    method.load_state_dict(run.load_checkpoint(map_location=method.device))
     after = evaluate(method.scorer, tok, encoder, names, per_task, config.get("data_dir"))
     mean = lambda d: round(sum(d.values()) / len(d), 2)  # noqa: E731
     result = {"tasks": {n: {"before": before[n], "after": after[n], "change": round(after[n] - before[n], 2)}

@@ -194,15 +194,34 @@ def check_model(model: str, allow_download: bool = False) -> None:
 
 
 def check_device(device: str) -> None:
-    """The device, checked before a run directory is made. Only the CPU works end to end today: batches,
-    masks and caches are built on the CPU, so another device would fail at the first forward."""
+    """The device, checked before a run directory is made: a name torch knows and a device this machine has
+    (`cuda` without a usable GPU is refused here, in one line, not at the first forward)."""
     import torch
-    if device != "cpu":
-        raise UsageError(f"--device {device!r}: only cpu is supported yet (inputs are built on the CPU)")
     try:
-        torch.empty(0, device=device)
-    except Exception as e:   # RuntimeError for a bad name or a missing GPU; AssertionError: torch built without CUDA
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:   # an unknown device type or a malformed index
+        raise UsageError(f"--device {device!r} is not a torch device: {_first_line(e)}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise UsageError(f"--device {device!r}: {why} on this machine (torch {torch.__version__})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    try:
+        torch.empty(0, device=dev)
+    except Exception as e:   # RuntimeError for a backend torch lacks (mps, xpu...), AssertionError from its lazy init
         raise UsageError(f"--device {device!r} is not usable here: {_first_line(e)}") from None
+
+
+def gpu_info(device) -> dict:
+    """The GPU a run used (name, memory, CUDA version), for config.json; empty off CUDA."""
+    import torch
+    dev = torch.device(device)
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return {}
+    props = torch.cuda.get_device_properties(dev)
+    return {"gpu": props.name, "gpu_memory_gb": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda,
+            "gpu_capability": f"{props.major}.{props.minor}"}
 
 
 def tiny_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 64):
@@ -239,9 +258,10 @@ def load_model(model: str = DEFAULT_MODEL, device: str = "cpu", allow_download: 
     return net.to(device).eval(), tok
 
 
-def autocast(dtype: str, device: str = "cpu"):
-    """bf16 autocast on the CPU (AVX512-BF16 here); fp32 is a no-op. Weights stay fp32 either way."""
+def autocast(dtype: str, device="cpu"):
+    """bf16 autocast on the device's type (CPU: AVX512-BF16 here; CUDA); fp32 is a no-op. Weights stay fp32
+    either way. `device`: a torch.device or a name ("cuda:1" autocasts on type cuda)."""
     import torch
     if dtype == "bf16":
-        return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

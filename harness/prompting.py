@@ -2,10 +2,15 @@
 the label text followed by the end-of-turn token. Chat models get the prompt through their chat template."""
 from __future__ import annotations
 
+import hashlib
+
 from core.data import Encoded
 from tasks.base import TaskData
 
 DEFAULT_MAX_INPUT_TOKENS = 64   # measured: bbc prompts 194 -> 130 tokens, a training step 6.8 s -> 3.5 s
+# Llama 3's template writes today's date into every prompt unless given one: a fixed date (the template's own
+# example) keeps prompts, and so results, the same on every day
+TEMPLATE_DATE = "26 Jul 2024"
 
 
 def prompt_text(instruction: str, labels: tuple[str, ...], text: str) -> str:
@@ -17,7 +22,31 @@ class PromptEncoder:
         self.tok = tokenizer
         self.max_input_tokens = max_input_tokens
         self.chat = bool(getattr(tokenizer, "chat_template", None))
-        self.end_id = tokenizer.eos_token_id   # <|im_end|> for ChatML models: the answer's end of turn
+        # The answer ends where the chat template ends an assistant turn (<|im_end|> for ChatML, <end_of_turn> for
+        # Gemma, <|eot_id|> for Llama 3, </s> for Llama 2 and Mistral); a base model's answer ends at its eos.
+        self.end_id = self._end_of_turn() if self.chat else tokenizer.eos_token_id
+
+    def _end_of_turn(self) -> int:
+        """The one token the chat template puts right after an assistant's message (eos where it puts none or
+        several)."""
+        marker = "ANSWER_END_PROBE"
+        try:
+            text = self.tok.apply_chat_template([{"role": "user", "content": "Q"},
+                                                 {"role": "assistant", "content": marker}], tokenize=False,
+                                                date_string=TEMPLATE_DATE)
+        except Exception:   # a template that cannot render an assistant turn (jinja raises its own errors)
+            return self.tok.eos_token_id
+        after = text[text.index(marker) + len(marker):].strip() if marker in text else ""
+        ids = self.tok(after, add_special_tokens=False).input_ids if after else []
+        return ids[0] if len(ids) == 1 else self.tok.eos_token_id
+
+    def describe(self) -> dict:
+        """How prompts are made, for config.json: the chat template (by hash) or plain text, and the answer's end."""
+        template = getattr(self.tok, "chat_template", None)
+        return {"format": "chat" if self.chat else "plain",
+                "chat_template_sha1": hashlib.sha1(str(template).encode()).hexdigest()[:12] if self.chat else None,
+                "end_of_answer": self.tok.convert_ids_to_tokens(self.end_id),
+                "max_input_tokens": self.max_input_tokens}
 
     def _truncate(self, text: str) -> str:
         ids = self.tok(text, add_special_tokens=False).input_ids
@@ -30,7 +59,7 @@ class PromptEncoder:
         body = prompt_text(task.instruction, task.labels, self._truncate(text))
         if self.chat:
             return self.tok.apply_chat_template([{"role": "user", "content": body}],
-                                                add_generation_prompt=True, tokenize=False)
+                                                add_generation_prompt=True, tokenize=False, date_string=TEMPLATE_DATE)
         return body
 
     def prompt_ids(self, task: TaskData, text: str) -> tuple[int, ...]:

@@ -207,6 +207,10 @@ class RunDir:
             raise UsageError(f"{path} is corrupt ({type(e).__name__}: {why}); delete it and rerun the run's bench "
                              "command: it trains its finished tasks again") from None
 
+    def add_to_config(self, **fields) -> None:
+        """Facts known only once the model is loaded (how its prompts are made), added to config.json."""
+        write_json(self.file("config.json"), {**self.read_json("config.json"), **fields})
+
     def save_status(self, status: dict) -> None:
         write_json(self.file("status.json"), status)
 

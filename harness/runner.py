@@ -21,7 +21,7 @@ from harness import config
 from harness import metrics as metrics_mod
 from harness.config import BenchConfig
 from harness.evaluation import Evaluator
-from harness.models import configure_offline, load_model, set_threads
+from harness.models import configure_offline, gpu_info, load_model, set_threads
 from harness.prompting import PromptEncoder
 from harness.rundir import RunDir, atomic_write, matrix_csv, write_json
 from harness.stats import encode_labels
@@ -42,9 +42,10 @@ def package_versions() -> dict:
     return out
 
 
-def machine_info() -> dict:
-    """The CPU a run's numbers came from. torch picks its kernels by instruction set, so sums (and with them a
-    near-tie prediction) can differ between machines; this says which runs may be compared bit for bit."""
+def machine_info(device: str = "cpu") -> dict:
+    """The CPU (and on a CUDA run the GPU) a run's numbers came from. torch picks its kernels by instruction set
+    (and GPU), so sums (and with them a near-tie prediction) can differ between machines; this says which runs
+    may be compared bit for bit."""
     name = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
@@ -52,7 +53,7 @@ def machine_info() -> dict:
     except OSError:
         pass
     return {"cpu": name, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), **gpu_info(device)}
 
 
 def seed_everything(seed: int) -> None:
@@ -105,7 +106,7 @@ def _record(cfg: BenchConfig, out: str, names: list[str], data, settings: dict) 
             "data": {d.name: {"train": len(d.train), "test": len(d.test), "full": d.sizes_full,
                               "source": d.source, "dropped": d.dropped, "labels": list(d.labels),
                               "gold": gold_labels(d)} for d in data},
-            "settings": settings, "packages": package_versions(), "machine": machine_info(),
+            "settings": settings, "packages": package_versions(), "machine": machine_info(cfg.device),
             "command": " ".join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
@@ -188,6 +189,7 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
     t0 = time.time()
     model, tok = model_and_tokenizer or load_model(cfg.model, cfg.device, cfg.allow_download)
     encoder = PromptEncoder(tok, cfg.max_input_tokens)
+    run.add_to_config(prompt=encoder.describe())
     train = {d.name: encoder.encode(d, "train") for d in data}
     evaluator = Evaluator(encoder, {d.name: d for d in data}, cfg.eval, cfg.eval_batch_size, cfg.dtype,
                           progress=cfg.progress, log=run.log, share_prefix=cfg.cache == "on")
@@ -205,7 +207,7 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
     method = method_cls(model, tok, settings, cfg.seed, cache_mb=cfg.cache_mb if cfg.cache == "on" else 0)
     method.setup()
     if status.get("checkpoint"):
-        method.load_state_dict(run.load_checkpoint())
+        method.load_state_dict(run.load_checkpoint(map_location=method.device))
         _say(f"resuming {out} after {len(rows) - 1} finished stage(s)", cfg.progress)
 
     stages = [names] if method_cls.JOINT else [[n] for n in names]

@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core.data import Encoded
+from core.device import device_of
 from core.loss import collate
 from harness.models import autocast
 
@@ -32,14 +33,15 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
     total = steps_per_epoch * epochs
     started, step, recent = time.time(), 0, []
     bar = tqdm(total=total, desc=f"train {task.name}", unit="step", disable=not progress, leave=False)
+    device = device_of(method.model)
     method.model.train()
     try:
         for epoch in range(epochs):
             order = list(range(len(examples)))
             rng.shuffle(order)
             for start in range(0, len(order), batch_size):
-                batch = collate([examples[i] for i in order[start:start + batch_size]], pad_id)
-                with autocast(dtype):
+                batch = collate([examples[i] for i in order[start:start + batch_size]], pad_id, device)
+                with autocast(dtype, device):
                     loss, parts = method.training_loss(batch, task)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, float(settings.get("grad_clip", 1.0)))

@@ -6,11 +6,23 @@ every layer, in every training step, anchor KL, merge trial and evaluation of a 
 per prompt; a forward then runs only the last k prompt tokens and what follows them (the answer, the
 candidate labels) on top. About 46 KB per token in fp32 for SmolLM2 (30 layers x 3 KV heads x 64 x K and V),
 so about 5 MB per 110-token prompt: entries are kept until `budget_mb` is full, then new prompts are computed
-each time and not stored (a scan larger than the budget keeps its first part instead of thrashing)."""
+each time and not stored (a scan larger than the budget keeps its first part instead of thrashing).
+Entries live on the model's device (GPU memory on a GPU run): `bytes_per_token` says what a model needs
+(Llama-2-7B: 32 layers x 32 KV heads x 128 x 2 x 4 bytes = 1 MB a token, so the default 4096 MB holds about
+35 prompts of 110 tokens; Llama-3.2-1B 64 KB, Gemma-2B 36 KB)."""
 from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
+
+from core.device import device_of
+
+
+def bytes_per_token(config, dtype=torch.float32) -> int:
+    """Keys and values of one token over every layer, from a model's config (what an entry costs per token)."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
 class BackboneCache:
@@ -23,6 +35,7 @@ class BackboneCache:
         self.entries: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.bytes = 0
         self.computed = self.reused = 0  # prompts whose head was computed / found, for the diagnostics
+        self.bytes_per_token = bytes_per_token(model.config, dtype)
 
     def split(self, prompt: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         cut = max(0, len(prompt) - self.tail)
@@ -41,6 +54,7 @@ class BackboneCache:
         out: list = [self.entries.get(h) for h in heads]
         missing = sorted({h for h, kv in zip(heads, out) if kv is None and h}, key=len)
         self.reused += sum(kv is not None for kv in out)
+        device = device_of(self.model)
         for start in range(0, len(missing), 16):
             chunk = missing[start:start + 16]
             width = len(chunk[-1])
@@ -49,9 +63,10 @@ class BackboneCache:
             for i, h in enumerate(chunk):
                 ids[i, width - len(h):] = torch.tensor(h)
                 mask[i, width - len(h):] = 1
+            ids, mask = ids.to(device), mask.to(device)
             # fp32 whatever autocast is active: a head computed under bf16 training and reused by an fp32 KL
             # (or the other way) would make a resumed run differ from a straight one
-            with torch.autocast("cpu", enabled=False):
+            with torch.autocast(device.type, enabled=False):
                 past = self.model(input_ids=ids, attention_mask=mask,
                                   position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
                                   logits_to_keep=1).past_key_values
@@ -87,14 +102,16 @@ class BackboneCache:
             mask[i, width_h - len(h):width_h] = 1
             mask[i, width_h + width_t - len(s):] = 1
             tail_mask[i, width_t - len(s):width_t - len(s) + len(t)] = True
+        device = device_of(self.model)
+        ids, mask, tail_mask = ids.to(device), mask.to(device), tail_mask.to(device)
         own = mask[:, width_h:]
-        position_ids = (own.cumsum(-1) - 1).clamp(min=0) + torch.tensor([len(h) for h in heads])[:, None]
+        position_ids = (own.cumsum(-1) - 1).clamp(min=0) + torch.tensor([len(h) for h in heads], device=device)[:, None]
         past = None
         if width_h:
             layers = []
             for layer in range(len(next(k for k in kv if k is not None))):
                 shape = next(k for k in kv if k is not None)[layer][0].shape
-                keys = torch.zeros((len(prompts), shape[0], width_h, shape[2]))
+                keys = torch.zeros((len(prompts), shape[0], width_h, shape[2]), device=device)
                 values = torch.zeros_like(keys)
                 for i, (h, entry) in enumerate(zip(heads, kv)):
                     if h:

@@ -105,7 +105,7 @@ def position_mask(attention_mask: torch.Tensor, prompt_end: torch.Tensor, first:
     """Bool [B, T]: the first `first` and last `last` prompt tokens of each left-padded row.
     prompt_end[i] is the index one past row i's last prompt token."""
     T = attention_mask.shape[1]
-    idx = torch.arange(T)[None, :]
+    idx = torch.arange(T, device=attention_mask.device)[None, :]
     start = (T - attention_mask.sum(-1))[:, None]     # left padding: real tokens start here
     end = prompt_end[:, None]
     head = (idx >= start) & (idx < torch.minimum(start + first, end))

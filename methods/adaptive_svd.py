@@ -200,7 +200,7 @@ class AdaptiveSVD(Method):
         try:
             pad = self.tokenizer.pad_token_id
             for start in range(0, len(prompts), IMPORTANCE_BATCH):
-                batch = collate([prompt_only(p) for p in prompts[start:start + IMPORTANCE_BATCH]], pad)
+                batch = collate([prompt_only(p) for p in prompts[start:start + IMPORTANCE_BATCH]], pad, self.device)
                 mask = batch["attention_mask"].bool()
                 tokens += int(mask.sum())
                 self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

@@ -17,6 +17,7 @@ import json
 import torch
 
 from core.data import Encoded, TaskContext
+from core.device import device_of
 from core.errors import UsageError
 from core.loss import answer_loss
 from core.scoring import CausalLMScorer
@@ -64,6 +65,11 @@ class Method:
         self.cache_mb = cache_mb
         self.settings = self.resolve_settings(settings or {})
         self.diagnostics: dict = {}
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model lives, so where every tensor the method builds for it goes."""
+        return device_of(self.model)
 
     # --- settings --------------------------------------------------------------------------------
     @classmethod

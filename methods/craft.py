@@ -155,7 +155,7 @@ class CRAFT(Method):
 
     def _new_state(self, salt: int, rank: int | None = None) -> InterventionSet:
         return InterventionSet(self.layers, self.dim, rank or int(self.settings["rank"]), seed=self.seed * 7919 + salt,
-                               identity=self.settings["init"] == "identity")
+                               identity=self.settings["init"] == "identity").to(self.device)
 
     # ---- forward helpers ---------------------------------------------------------------------------
     def _prompt_mask(self, mask: torch.Tensor, prompt_end: torch.Tensor) -> torch.Tensor:
@@ -167,16 +167,17 @@ class CRAFT(Method):
         if self.backbone is not None:
             inputs = self.backbone.batch(prompts)
             edited = inputs.pop("tail_mask")
-            with ctx, self.hooks.active([state] if state else [], torch.zeros(len(prompts), dtype=torch.long), edited):
+            with ctx, self.hooks.active([state] if state else [], torch.zeros(len(prompts), dtype=torch.long,
+                                                                             device=edited.device), edited):
                 out = self.model(**inputs, logits_to_keep=1)
             return torch.log_softmax(out.logits[:, -1].float(), -1)
-        ids, mask, pos = left_pad(prompts, self.tokenizer.pad_token_id)
+        ids, mask, pos = left_pad(prompts, self.tokenizer.pad_token_id, self.device)
         with ctx:
             if state is None:
                 out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
             else:
-                rows = torch.zeros(len(prompts), dtype=torch.long)
-                pmask = self._prompt_mask(mask, torch.full((len(prompts),), ids.shape[1]))
+                rows = torch.zeros(len(prompts), dtype=torch.long, device=ids.device)
+                pmask = self._prompt_mask(mask, torch.full((len(prompts),), ids.shape[1], device=ids.device))
                 with self.hooks.active([state], rows, pmask):
                     out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
         return torch.log_softmax(out.logits[:, -1].float(), -1)
@@ -254,9 +255,9 @@ class CRAFT(Method):
             batch, pmask = self._tail_batch(batch)
         else:
             ids, mask = batch["input_ids"], batch["attention_mask"]
-            answer_len = torch.tensor([len(ex.answer_ids) for ex in batch["examples"]])
+            answer_len = torch.tensor([len(ex.answer_ids) for ex in batch["examples"]], device=ids.device)
             pmask = self._prompt_mask(mask, ids.shape[1] - answer_len)
-        with self.hooks.active([self.current], torch.zeros(len(pmask), dtype=torch.long), pmask):
+        with self.hooks.active([self.current], torch.zeros(len(pmask), dtype=torch.long, device=pmask.device), pmask):
             task_loss = answer_loss(self.model, batch)
         parts = {"task_loss": task_loss.item()}
         loss = task_loss
@@ -335,7 +336,8 @@ class CRAFT(Method):
             kept = set(self._new_anchors)
             self.backbone.drop([ex.prompt_ids for ex in examples if ex.prompt_ids not in kept])
             self.diagnostics["backbone_cache"] = {"prompts": len(self.backbone.entries), "mb": round(
-                self.backbone.bytes / 2**20, 1), "computed": self.backbone.computed, "reused": self.backbone.reused}
+                self.backbone.bytes / 2**20, 1), "computed": self.backbone.computed, "reused": self.backbone.reused,
+                "kb_per_token": round(self.backbone.bytes_per_token / 1024, 1)}   # the device memory it costs
 
     # ---- test time ----------------------------------------------------------------------------------
     def scorer(self, task_name):
@@ -447,7 +449,8 @@ class CraftScorer(CausalLMScorer):
         """The group of each input: the task's (test_routing=task_id) or the nearest by `route()`."""
         m = self.m
         if m.settings["test_routing"] == "task_id":
-            return torch.full((self.batch_size,), m.task_group.get(self.task_name, -1), dtype=torch.long)
+            return torch.full((self.batch_size,), m.task_group.get(self.task_name, -1), dtype=torch.long,
+                              device=self.device)
         rows = route()
         # Where this task's inputs went, in the latest evaluation (cumulative over its batches).
         counts = m.diagnostics.setdefault("test_routing", {}).setdefault(self.task_name, {})
@@ -488,6 +491,7 @@ class CraftScorer(CausalLMScorer):
         rows = self._rows(lambda: m.route_inputs(input_ids, attention_mask, position_ids,
                                                  self.prefix if past is not None else None))
         width = attention_mask.shape[1]
-        pmask = m._prompt_mask(attention_mask, torch.full((len(input_ids),), width))[:, width - input_ids.shape[1]:]
+        pmask = m._prompt_mask(attention_mask, torch.full((len(input_ids),), width, device=attention_mask.device))[
+            :, width - input_ids.shape[1]:]
         with m.hooks.active([g.state for g in m.groups], rows, pmask):
             return super().prompt_forward(input_ids, attention_mask, position_ids, past)

@@ -199,7 +199,6 @@ class CRMA(Method):
             layer = CRMALinear(linear, name, self.settings, self.seed)
             replace_module(self.model, name, layer)
             self.layers.append(layer)
-        self.device = self.layers[0].base.weight.device
         self.task_logits: nn.Parameter | None = None      # [layers, K, K]; None before the first task
         self.substrate_logits: nn.Parameter | None = None  # [layers, r_s, r_s]
         r_s = int(self.settings["substrate_r"])

@@ -98,7 +98,7 @@ class EWC(LoRAMethod):
         self.model.eval()   # no dropout: the Fisher of the model that is evaluated
         try:
             for chunk in batches:
-                loss = answer_loss(self.model, collate(chunk, self.tokenizer.pad_token_id))
+                loss = answer_loss(self.model, collate(chunk, self.tokenizer.pad_token_id, self.device))
                 grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
                 for name, grad in zip(params, grads):
                     if grad is not None:   # unused: the loss does not touch it, Fisher zero
@@ -117,7 +117,7 @@ class EWC(LoRAMethod):
     def penalty(self) -> torch.Tensor:
         """lambda / 2 * sum over penalties and LoRA entries of F (theta - theta*)^2."""
         params = self.named_trainable()
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.device)
         for term in self.terms:
             for name, fisher in term["fisher"].items():
                 total = total + (fisher * (params[name] - term["anchor"][name]) ** 2).sum()

@@ -89,7 +89,7 @@ class LwF(LoRAMethod):
         self.model.eval()
         try:
             for start in range(0, len(examples), size):
-                batch = collate(examples[start:start + size], self.tokenizer.pad_token_id)
+                batch = collate(examples[start:start + size], self.tokenizer.pad_token_id, self.device)
                 _, out = answer_loss(self.model, batch, return_outputs=True)
                 for ex, rows in zip(batch["examples"], self.answer_logits(batch, out.logits)):
                     recorded[ex] = self.soften(rows)
@@ -107,7 +107,7 @@ class LwF(LoRAMethod):
         pairs = [(self.recorded[ex], rows) for ex, rows in zip(batch["examples"], self.answer_logits(batch, logits))
                  if ex in self.recorded]   # an example not recorded (mixed in by a subclass) is not distilled
         if not pairs:
-            return torch.zeros(())
+            return torch.zeros((), device=logits.device)
         recorded = torch.cat([r for r, _ in pairs])
         current = self.soften(torch.cat([c for _, c in pairs]))
         return (recorded.exp() * (recorded - current)).sum(-1).mean()

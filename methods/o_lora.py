@@ -50,7 +50,7 @@ class OLoRA(MultiLoRAMethod):
 
     def orthogonality_loss(self) -> torch.Tensor:
         new, previous = self.trainable, [a for a in self.adapters if a != self.trainable]
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.device)
         for layer in self.lora_layers():
             a_new = layer.lora_A[new].weight
             for old in previous:
@@ -58,7 +58,7 @@ class OLoRA(MultiLoRAMethod):
         return total
 
     def l2_loss(self) -> torch.Tensor:
-        return sum((torch.norm(p, p=2) for p in self.trainable_parameters()), torch.zeros(()))
+        return sum((torch.norm(p, p=2) for p in self.trainable_parameters()), torch.zeros((), device=self.device))
 
     def training_loss(self, batch, task):
         lambda1, lambda2 = self.lambdas(task)

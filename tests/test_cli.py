@@ -108,7 +108,8 @@ BENCH_REFUSALS = {
     "out inside a file": (["--out", "{tmp}/file/run"], "cannot be made: "),
     "out empty": (["--out", ""], "--out is empty"),
     "data-dir is a file": (["--data-dir", "{tmp}/file"], "is a file, not a directory"),
-    "device not cpu": (["--device", "cuda"], "--device 'cuda': only cpu is supported yet"),
+    "device absent": (["--device", "cuda:99"], "--device 'cuda:99': "),   # no CUDA here, or not 100 GPUs
+    "device unknown": (["--device", "gpu"], "--device 'gpu' is not a torch device"),
     "seed negative": (["--seed", "-1"], "--seed must be between 0 and"),
     "seed too big": (["--seed", str(2**64)], "--seed must be between 0 and"),
     "order of no task": (["--order", ","], "names no task"),
