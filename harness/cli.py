@@ -215,6 +215,11 @@ def cmd_sweep(a) -> int:
         return 0
     ray = None
     if a.engine == "ray":
+        if a.jobs != 1:
+            raise UsageError("--jobs goes with --engine local; on Ray, --cpus-per-cell decides how many cells "
+                             "run side by side")
+        if a.gpus_per_cell is not None and a.gpus_per_cell < 0:
+            raise UsageError(f"--gpus-per-cell must be 0 or more, got {a.gpus_per_cell:g}")
         from harness.ray_engine import import_ray
         import_ray()   # before anything is written
         ray = sweep.RayOptions(a.address, a.cpus_per_cell, a.gpus_per_cell, a.retries)

@@ -107,3 +107,5 @@ def test_engine_ray_without_ray_installed_is_one_line_and_status_2(tmp_path, mon
 def test_ray_options_need_the_ray_engine(tmp_path, capsys):
     assert main(_sweep_argv(str(tmp_path / "runs"), "--cpus-per-cell", "2")) == 2
     assert "go with --engine ray" in capsys.readouterr().err
+    assert main(_sweep_argv(str(tmp_path / "runs"), "--engine", "ray", "--jobs", "2")) == 2
+    assert "--jobs goes with --engine local" in capsys.readouterr().err
