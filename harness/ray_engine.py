@@ -19,7 +19,12 @@ from harness.sweep import Cell, RayOptions, Report, cell_env, cell_state, log_pa
 ATTEMPT = "# ray task: host "
 
 
-def import_ray():
+def import_ray(local_instance: bool = False):
+    """`local_instance`: the sweep will start its own Ray (no --address). That one serves this machine only, so
+    it runs in Ray's single-machine mode (read when ray is imported), which keeps it on the loopback address
+    instead of listening on the network."""
+    if local_instance and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
@@ -70,12 +75,16 @@ def _largest_node(ray, resource: str) -> float:
 
 
 def run_cells(runs: str, todo: list[Cell], report: Report, options: RayOptions) -> None:
-    ray = import_ray()
+    ray = import_ray(local_instance=not options.address)
     started_here = not ray.is_initialized()   # a caller's own Ray session is used as is, and left running
     if started_here:
         init = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
         if options.address:
-            ray.init(address=options.address, **init)
+            try:
+                ray.init(address=options.address, **init)
+            except (ConnectionError, ValueError) as e:
+                raise UsageError(f"--address {options.address}: cannot join a Ray cluster there ("
+                                 + (str(e).strip().splitlines() or [type(e).__name__])[0] + ")") from None
         else:
             ray.init(num_cpus=os.cpu_count() or 1, **init)
     try:

@@ -49,6 +49,7 @@ def _alive(pid):
         return False
 
 
+@pytest.mark.ray
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the cell's Ray worker")
 def test_a_ray_sweep_matches_the_local_one_and_survives_a_killed_worker(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -109,3 +110,43 @@ def test_ray_options_need_the_ray_engine(tmp_path, capsys):
     assert "go with --engine ray" in capsys.readouterr().err
     assert main(_sweep_argv(str(tmp_path / "runs"), "--engine", "ray", "--jobs", "2")) == 2
     assert "--jobs goes with --engine local" in capsys.readouterr().err
+
+
+HOLD_A_CLUSTER = """
+import sys, ray
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()   # the test closes stdin: shut the cluster down
+ray.shutdown()
+"""
+
+
+@pytest.mark.ray
+def test_address_joins_a_running_cluster_and_leaves_it_running(tmp_path):
+    """A cluster started by another process (here a Ray head with 1 CPU and no GPU, in a subprocess so that this
+    one never imports ray): the sweep joins it, fits its cells to it, and refuses a GPU it does not have."""
+    # Ray's single-machine mode, in the head and the sweep alike: the cluster lives on the loopback address.
+    # Token authentication (Ray's default for a cluster ray.init starts): a joining driver without
+    # RAY_AUTH_MODE=token waits for the cluster forever.
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token")
+    head = subprocess.Popen([sys.executable, "-c", HOLD_A_CLUSTER], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        address = head.stdout.readline().strip()
+        assert address, "the Ray head did not start"
+        runs = str(tmp_path / "runs")
+        argv = [sys.executable, "-m", "harness", "sweep", "--methods", "zero_shot", "--orders", SHORT, "--runs", runs,
+                "--quiet", *TINY, "--engine", "ray", "--address", address]
+        refused = subprocess.run(argv + ["--gpus-per-cell", "1"], env=env, capture_output=True, text=True)
+        assert refused.returncode == 2 and "no node of the Ray cluster has 1 GPU" in refused.stderr, refused.stderr
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "1 run(s) done now, 0 skipped (already finished), 0 failed, of 1" in done.stdout
+        # 2 CPUs a cell by default, but the cluster's only node has 1: the cell asked for 1 and ran with 1 thread
+        log = open(os.path.join(runs, "logs", f"zero_shot-{SHORT}-seed1.log")).read()
+        assert " CL_THREADS=1 " in log and log.count(ATTEMPT) == 1
+        assert head.poll() is None   # the sweep left the cluster running
+    finally:
+        head.stdin.close()
+        head.wait(timeout=60)
