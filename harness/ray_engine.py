@@ -75,6 +75,8 @@ def _largest_node(ray, resource: str) -> float:
 
 
 def run_cells(runs: str, todo: list[Cell], report: Report, options: RayOptions) -> None:
+    if not todo:   # every cell finished: nothing to start Ray for
+        return
     ray = import_ray(local_instance=not options.address)
     started_here = not ray.is_initialized()   # a caller's own Ray session is used as is, and left running
     if started_here:
@@ -98,7 +100,7 @@ def _run(ray, runs: str, todo: list[Cell], report: Report, options: RayOptions) 
     cpus = options.cpus_per_cell or min(2, int(_largest_node(ray, "CPU")) or 1)
     gpus = options.gpus_per_cell
     if gpus is None:
-        gpus = 1 if todo and todo[0].config.device.startswith("cuda") else 0
+        gpus = 1 if todo[0].config.device.startswith("cuda") else 0
     # a task no node can hold waits forever in Ray: say so instead
     for resource, need in (("CPU", cpus), ("GPU", gpus)):
         if need and _largest_node(ray, resource) < need:
@@ -117,7 +119,8 @@ def _run(ray, runs: str, todo: list[Cell], report: Report, options: RayOptions) 
         started[ref] = (cell, cell_state(cell), log_file, since)
     try:
         while started:
-            ready, _ = ray.wait(list(started), num_returns=1)
+            # in slices, so a Ctrl-C or SIGTERM is seen between them
+            ready, _ = ray.wait(list(started), num_returns=1, timeout=1.0)
             for ref in ready:
                 cell, before, log_file, since = started.pop(ref)
                 code, why = None, ""
