@@ -2,7 +2,9 @@
 
 Each cell runs `python -m harness bench` in its own process (a crash or a leak stays in its cell), so a
 sweep is just many resumable runs: a finished cell is skipped, an unfinished one resumes after its last
-finished task, and a killed sweep restarted with the same command only does what is missing."""
+finished task, and a killed sweep restarted with the same command only does what is missing. The cells run
+here (`--jobs` side by side), as Ray tasks (harness/ray_engine.py), or anywhere as the shell lines
+`--print-commands` prints: one list of cells and one command per cell for all three."""
 from __future__ import annotations
 
 import dataclasses
@@ -214,10 +216,10 @@ class Report:
 @dataclass
 class RayOptions:
     """How `--engine ray` places cells; see harness/ray_engine.py."""
-    address: str | None = None
-    cpus_per_cell: int | None = None   # None: 2 (the fastest thread count measured here), or a node's all if fewer
-    gpus_per_cell: float | None = None   # None: 1 when the run's device is cuda, else 0
-    retries: int = 3
+    address: str | None   # None: start a local instance
+    cpus_per_cell: int | None   # None: 2 (the fastest thread count measured here), or a node's all if fewer
+    gpus_per_cell: float | None   # None: 1 when the run's device is cuda, else 0
+    retries: int   # Ray's max_retries: starts of a cell whose worker died
 
 
 def run_sweep(runs: str, cells: list[Cell], jobs: int = 1, progress: bool = True, command: str = "",
