@@ -71,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "job measured faster than two 1-thread jobs)")
     config.add_options(s, config.SWEEP)
     s.add_argument("--dry-run", action="store_true", help="print the grid and what is left, run nothing")
+    s.add_argument("--print-commands", action="store_true",
+                   help="print one shell command per unfinished cell (for another scheduler, e.g. a Slurm array), "
+                        "run nothing")
+    s.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: subprocesses here (--jobs); ray: one Ray task per cell (default local)")
+    s.add_argument("--address", help="ray: the cluster to join (default: start a local Ray instance)")
+    s.add_argument("--cpus-per-cell", type=config.positive_int, metavar="N",
+                   help="ray: CPUs each cell asks for, and its thread count (default 2, or fewer if no node has 2)")
+    s.add_argument("--gpus-per-cell", type=float, metavar="N",
+                   help="ray: GPUs each cell asks for (default 1 with --device cuda, else 0)")
+    s.add_argument("--retries", type=config.non_negative_int, default=3, metavar="N",
+                   help="ray: times a cell whose worker died is started again; it resumes (default 3)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
     t = sub.add_parser("tables", help="turn a folder of runs into tables, figures and results/README.md")
@@ -199,9 +211,27 @@ def cmd_sweep(a) -> int:
         for cell in cells:
             print(f"{sweep.cell_state(cell):>8}  {cell.out}")
         return 0
+    if a.print_commands:   # what the local engine would run, in its order
+        sweep.check_cells(a.runs, cells)
+        env = sweep.cell_env(sweep.local_threads(a.jobs))
+        for cell in sweep.pending(cells):
+            print(sweep.shell_command(cell, env))
+        return 0
+    ray = None
+    if a.engine == "ray":
+        if a.jobs != 1:
+            raise UsageError("--jobs goes with --engine local; on Ray, --cpus-per-cell decides how many cells "
+                             "run side by side")
+        if a.gpus_per_cell is not None and a.gpus_per_cell < 0:
+            raise UsageError(f"--gpus-per-cell must be 0 or more, got {a.gpus_per_cell:g}")
+        from harness.ray_engine import import_ray
+        import_ray(local_instance=not a.address)   # before anything is written
+        ray = sweep.RayOptions(a.address, a.cpus_per_cell, a.gpus_per_cell, a.retries)
+    elif a.address or a.cpus_per_cell or a.gpus_per_cell is not None:
+        raise UsageError("--address, --cpus-per-cell and --gpus-per-cell go with --engine ray")
     command = "python -m harness " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else " ".join(sys.argv)
     result = sweep.run_sweep(a.runs, cells, a.jobs, progress=not a.quiet, command=command,
-                             options=config.given_options(typed))
+                             options=config.given_options(typed), ray=ray)
     print(sweep.summarize(result, len(cells)))
     return 1 if result.failed else 0
 

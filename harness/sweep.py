@@ -2,7 +2,9 @@
 
 Each cell runs `python -m harness bench` in its own process (a crash or a leak stays in its cell), so a
 sweep is just many resumable runs: a finished cell is skipped, an unfinished one resumes after its last
-finished task, and a killed sweep restarted with the same command only does what is missing."""
+finished task, and a killed sweep restarted with the same command only does what is missing. The cells run
+here (`--jobs` side by side), as Ray tasks (harness/ray_engine.py), or anywhere as the shell lines
+`--print-commands` prints: one list of cells and one command per cell for all three."""
 from __future__ import annotations
 
 import dataclasses
@@ -136,10 +138,11 @@ def cell_state(cell: Cell) -> str:
     return "finished" if status.get("state") == "finished" else "partial"
 
 
-def run_sweep(runs: str, cells: list[Cell], jobs: int = 1, progress: bool = True, command: str = "",
-              options: dict | None = None) -> SweepResult:
-    """Run the cells not finished yet. `options`: the run options as the user gave them (only those that
-    differ from the defaults), recorded so results/README.md can print the command that remakes the runs."""
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def check_cells(runs: str, cells: list[Cell]) -> None:
+    """Refuse a grid with run directories no cell may skip or resume (before anything runs or is printed)."""
     stale = [c.out for c in cells if cell_state(c) == "stale"]
     if stale:
         raise UsageError(f"{len(stale)} run director{'y was' if len(stale) == 1 else 'ies were'} made with other "
@@ -149,57 +152,92 @@ def run_sweep(runs: str, cells: list[Cell], jobs: int = 1, progress: bool = True
     if corrupt:
         raise UsageError(f"{len(corrupt)} run director{'y has' if len(corrupt) == 1 else 'ies have'} a corrupt "
                          "status.json; remove them to run them again: " + ", ".join(corrupt))
+
+
+def cell_env(threads: int | None) -> dict[str, str]:
+    """The variables a cell's command runs with on top of the caller's environment: the project on the path,
+    and its thread count when cells share a machine (unless the user set CL_THREADS)."""
+    env = {"PYTHONPATH": ROOT}
+    if threads is not None and "CL_THREADS" not in os.environ:
+        env["CL_THREADS"] = str(threads)
+    return env
+
+
+def local_threads(jobs: int) -> int | None:
+    # Jobs side by side share the cores: one thread each unless the user says otherwise (oversubscribed
+    # OpenMP threads spin against each other and slow every job 2-4x on the 2-core machines).
+    return max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+
+
+def shell_command(cell: Cell, env: dict[str, str]) -> str:
+    """The cell's command as one shell line, its variables first: what `--print-commands` prints and what
+    every engine writes at the top of the cell's log before running it."""
+    return " ".join([f"{k}={shlex.quote(v)}" for k, v in env.items()] + [shlex.join(cell.command())])
+
+
+def log_path(runs: str, cell: Cell) -> str:
+    return os.path.join(runs, "logs", f"{cell.method.label}-{cell.config.order}-seed{cell.config.seed}.log")
+
+
+def pending(cells: list[Cell]) -> list[Cell]:
+    return [c for c in cells if cell_state(c) != "finished"]
+
+
+class Report:
+    """The progress bar and one line per cell, the same for every engine."""
+
+    def __init__(self, result: SweepResult, total: int, progress: bool):
+        self.result = result
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.bar = tqdm(total=total, initial=len(result.skipped), desc="sweep", unit="run", disable=not progress,
+                        dynamic_ncols=True)
+        if result.skipped:
+            tqdm.write(f"{len(result.skipped)} of {total} run(s) already finished: skipped", file=sys.stderr)
+
+    def done(self, cell: Cell, before: str, code: int | None, log: str, why: str = "", note: str = "") -> None:
+        """`before`: the cell's state when it was started; `code`: the command's exit status (None: it never
+        returned one, `why` says what happened); `note`: anything else worth a word (a retry)."""
+        with self.lock:
+            if code == 0 and cell_state(cell) == "finished":
+                self.result.finished.append(cell)
+                verb = "resumed and finished" if before == "partial" else "finished"
+            else:
+                self.result.failed.append((cell, log))
+                verb = f"FAILED ({why or f'exit {code}'}; see {log})"
+            if not self.stopping.is_set():
+                tqdm.write(f"{cell.out}: {verb}{note}", file=sys.stderr)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@dataclass
+class RayOptions:
+    """How `--engine ray` places cells; see harness/ray_engine.py."""
+    address: str | None   # None: start a local instance
+    cpus_per_cell: int | None   # None: 2 (the fastest thread count measured here), or a node's all if fewer
+    gpus_per_cell: float | None   # None: 1 when the run's device is cuda, else 0
+    retries: int   # Ray's max_retries: starts of a cell whose worker died
+
+
+def run_sweep(runs: str, cells: list[Cell], jobs: int = 1, progress: bool = True, command: str = "",
+              options: dict | None = None, ray: RayOptions | None = None) -> SweepResult:
+    """Run the cells not finished yet, here (`jobs` side by side) or as Ray tasks (`ray` given). `options`: the
+    run options as the user gave them (only those that differ from the defaults), recorded so
+    results/README.md can print the command that remakes the runs."""
+    check_cells(runs, cells)
     os.makedirs(os.path.join(runs, "logs"), exist_ok=True)
     # Every sweep command that touched this folder, so results/README.md can say how to regenerate it.
     with open(os.path.join(runs, "sweeps.jsonl"), "a") as f:
         f.write(json.dumps({"command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "jobs": jobs,
-                            "cells": len(cells), "options": options or {}}) + "\n")
+                            "engine": "ray" if ray else "local", "cells": len(cells),
+                            "options": options or {}}) + "\n")
     result = SweepResult()
-    todo = []
-    for cell in cells:
-        (result.skipped if cell_state(cell) == "finished" else todo).append(cell)
-    env = dict(os.environ)
-    # Jobs side by side share the cores: one thread each unless the user says otherwise (oversubscribed
-    # OpenMP threads spin against each other and slow every job 2-4x on the 2-core machines).
-    if jobs > 1 and "CL_THREADS" not in env:
-        env["CL_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-
-    lock = threading.Lock()
-    children: set[subprocess.Popen] = set()
-    stopping = threading.Event()
-    bar = tqdm(total=len(cells), initial=len(result.skipped), desc="sweep", unit="run", disable=not progress,
-               dynamic_ncols=True)
-    if result.skipped:
-        tqdm.write(f"{len(result.skipped)} of {len(cells)} run(s) already finished: skipped", file=sys.stderr)
-
-    def one(cell: Cell) -> None:
-        if stopping.is_set():
-            return
-        state = cell_state(cell)
-        log_path = os.path.join(runs, "logs", f"{cell.method.label}-{cell.config.order}-seed{cell.config.seed}.log")
-        with open(log_path, "a") as log:
-            log.write(f"$ {shlex.join(cell.command())}\n")
-            log.flush()
-            proc = subprocess.Popen(cell.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True)
-            with lock:
-                children.add(proc)
-            code = proc.wait()
-            with lock:
-                children.discard(proc)
-        with lock:
-            if code == 0 and cell_state(cell) == "finished":
-                result.finished.append(cell)
-                verb = "resumed and finished" if state == "partial" else "finished"
-            else:
-                result.failed.append((cell, log_path))
-                verb = f"FAILED (exit {code}; see {log_path})"
-            if not stopping.is_set():
-                tqdm.write(f"{cell.out}: {verb}", file=sys.stderr)
-            bar.update(1)
-
+    todo = pending(cells)
+    result.skipped = [c for c in cells if c not in todo]
+    report = Report(result, len(cells), progress)
     # Each run has its own session (a Ctrl-C in the terminal must not hit them mid-write), so the sweep
     # passes a stop on. SIGTERM too: a sweep started in the background by a non-interactive shell has
     # SIGINT ignored, and `kill` is how it gets stopped.
@@ -211,24 +249,56 @@ def run_sweep(runs: str, cells: list[Cell], jobs: int = 1, progress: bool = True
 
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_term) if in_main else None
+    try:
+        if ray is not None:
+            from harness import ray_engine
+            ray_engine.run_cells(runs, todo, report, ray)
+        else:
+            _run_here(runs, todo, jobs, report, received)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+        report.close()
+    return result
+
+
+def _run_here(runs: str, todo: list[Cell], jobs: int, report: Report, received: list) -> None:
+    env = dict(os.environ)
+    extra = cell_env(local_threads(jobs))
+    env.update(extra)
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] += os.pathsep + os.environ["PYTHONPATH"]
+    children: set[subprocess.Popen] = set()
+
+    def one(cell: Cell) -> None:
+        if report.stopping.is_set():
+            return
+        before = cell_state(cell)
+        log_file = log_path(runs, cell)
+        with open(log_file, "a") as log:
+            log.write(f"$ {shell_command(cell, extra)}\n")
+            log.flush()
+            proc = subprocess.Popen(cell.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+            with report.lock:
+                children.add(proc)
+            code = proc.wait()
+            with report.lock:
+                children.discard(proc)
+        report.done(cell, before, code, log_file)
+
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
         for future in [pool.submit(one, c) for c in todo]:
             future.result()
     except KeyboardInterrupt:
-        stopping.set()
-        with lock:
+        report.stopping.set()
+        with report.lock:
             for proc in children:
                 os.killpg(proc.pid, received[0])
         pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
         raise
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
     pool.shutdown(wait=True)
-    bar.close()
-    return result
 
 
 def summarize(result: SweepResult, total: int) -> str:

@@ -55,12 +55,24 @@ def test_sweep_skips_finished_resumes_unfinished_and_runs_the_rest(tmp_path, cap
                  "--stop-after-task", "1", *TINY]) == 0
     assert cell_state(plan(runs, ["seq_lora"], [ORDER], ["1"])[0]) == "partial"
     finished_mtime = os.path.getmtime(os.path.join(finished, "status.json"))
+    # --print-commands: one line per unfinished cell, exactly what the local engine then runs (and logs)
+    capsys.readouterr()
+    assert main(["sweep", "--methods", "seq_lora,zero_shot,replay:memory_size=2", "--orders", ORDER,
+                 "--seeds", "1", "--runs", runs, "--quiet", *TINY, "--print-commands"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 and not os.path.exists(os.path.join(runs, "sweeps.jsonl"))   # ran nothing
 
     code = main(["sweep", "--methods", "seq_lora,zero_shot,replay:memory_size=2", "--orders", ORDER,
                  "--seeds", "1", "--runs", runs, "--quiet", *TINY])
     captured = capsys.readouterr()
     out = captured.out
     assert code == 0, captured.err
+    assert "ray" not in sys.modules   # the local engine never imports it
+    ran = sorted(line[2:].rstrip("\n") for name in os.listdir(os.path.join(runs, "logs"))
+                 for line in open(os.path.join(runs, "logs", name)) if line.startswith("$ "))
+    assert sorted(printed) == ran
+    assert printed[0].startswith("PYTHONPATH=")
+    assert f" -m harness bench --method seq_lora --order {ORDER} " in printed[0]
     assert "2 run(s) done now, 1 skipped" in out
     assert os.path.getmtime(os.path.join(finished, "status.json")) == finished_mtime   # untouched
     log = events(partial)
