@@ -92,7 +92,8 @@ def interpolate(a: InterventionSet, b: InterventionSet, weight: float,
     with the largest relative truncation error over layers (0 when rank >= rank(a) + rank(b))."""
     # a new rank needs a new set; set_affine overwrites its R, W and b (the seed only fills the unused part
     # of the orthogonal parametrisation's base)
-    out = copy.deepcopy(a) if rank in (None, a.rank) else InterventionSet(a.layers, a.dim, rank, seed=0)
+    out = (copy.deepcopy(a) if rank in (None, a.rank) else
+           InterventionSet(a.layers, a.dim, rank, seed=0).to(next(a.parameters()).device))
     err = 0.0
     for layer in a.layers:
         Ma, ca = a.affine(layer)

@@ -195,3 +195,24 @@ def test_eval_split_is_part_of_the_setup_and_older_records_ran_on_test():
     from harness import config
     assert "eval_split" in config.names(config.SETUP)
     assert config.setup_of({})[config.names(config.SETUP).index("eval_split")] == "test"
+
+
+def test_a_run_begun_before_eval_split_existed_resumes_as_a_test_run(tmp_path):
+    from core.errors import UsageError
+    from harness.config import BenchConfig
+    from harness.rundir import RunDir, write_json
+    new = BenchConfig(out=str(tmp_path / "run")).recorded()
+    old = {k: v for k, v in new.items() if k != "eval_split"}
+    run = RunDir(str(tmp_path / "run"))
+    write_json(run.file("config.json"), old)
+    run.save_status({"state": "running", "started": 1.0, "rows": {}})
+    assert run.prepare(new, overwrite=False)["state"] == "running"
+    with pytest.raises(UsageError, match="eval_split"):
+        run.prepare({**new, "eval_split": "val"}, overwrite=False)
+
+
+def test_a_val_run_asking_more_examples_than_the_validation_split_holds_is_refused(cl_data):
+    from core.errors import UsageError
+    from tasks import load_task
+    with pytest.raises(UsageError, match="validation rows"):
+        load_task("agnews", cl_data, 8, 500, seed=1, eval_split="val")
