@@ -54,7 +54,7 @@ def test_packaged_rows_and_draws_are_the_full_datas(monkeypatch):
             assert len(rows.examples) == len(full)
             assert all(ex == Example(r["sentence"], r["label"].strip())
                        for i, (ex, r) in enumerate(zip(rows.examples, full)) if i not in rows.missing)
-        for seed, n_train, n_test, split in ((1, 200, 100, "test"), (2, 200, 100, "val"), (3, 37, 500, "test"),
+        for seed, n_train, n_test, split in ((1, 200, 100, "test"), (2, 200, 50, "val"), (3, 37, 500, "test"),
                                              (1, 1000, 20, "val")):
             from_full = tasks.load_task(name, REAL_DATA, n_train, n_test, seed, split)
             from_pack = tasks.load_task(name, None, n_train, n_test, seed, split)
