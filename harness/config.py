@@ -197,9 +197,15 @@ def resume_keys() -> tuple[str, ...]:
     return names(IDENTITY, SETUP) + DERIVED_IDENTITY
 
 
+def recorded_value(config: dict, name: str):
+    """A field's value in a run's config.json; a field the record predates holds the default it ran with."""
+    field = FIELDS.get(name)
+    return config.get(name, None if field is None or field.default is dataclasses.MISSING else field.default)
+
+
 def setup_of(config: dict) -> tuple:
-    """The setup a table's runs must share, from a run's config.json (a field it predates: the default it ran with)."""
-    return tuple(config.get(name, FIELDS[name].default) for name in names(SETUP))
+    """The setup a table's runs must share, from a run's config.json."""
+    return tuple(recorded_value(config, name) for name in names(SETUP))
 
 
 def backbone_cache_key(cfg: BenchConfig, task: str, test_fingerprint: str) -> str:

@@ -3,7 +3,6 @@ after the last finished task), and at the end matrix.csv, metrics.json, method.j
 exactly when status.json says so; that file is written last, and every write is atomic."""
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -14,15 +13,9 @@ import pandas as pd
 import torch
 
 from core.errors import UsageError
-from harness.config import FIELDS, resume_keys
+from harness.config import recorded_value, resume_keys
 
 RUN_FILES = ("config.json", "status.json", "log.jsonl", "matrix.csv", "metrics.json", "method.json")
-
-
-def default_of(key: str):
-    """A config field's default (None for derived keys and fields without a plain default)."""
-    field = FIELDS.get(key)
-    return None if field is None or field.default is dataclasses.MISSING else field.default
 
 
 def atomic_write(path: str, data: bytes | str) -> None:
@@ -171,7 +164,7 @@ class RunDir:
                     raise UsageError(f"{e}; remove the run directory to start over, or pass --overwrite") from None
                 self._check_resumable(status)
                 # a field missing from an older record holds its default (as tables read it: config.setup_of)
-                diff = [k for k in resume_keys() if old.get(k, default_of(k)) != config.get(k)]
+                diff = [k for k in resume_keys() if recorded_value(old, k) != config.get(k)]
                 if diff:
                     raise UsageError(f"output directory {self.path} holds an unfinished run with different "
                                      f"settings ({', '.join(diff)}); pass --overwrite or choose another --out")

@@ -17,7 +17,7 @@ import pandas as pd
 from core.errors import UsageError
 from harness import metrics as metrics_mod
 from harness import stats
-from harness.config import SETUP, names, setup_of, spell_options
+from harness.config import FIELDS, SETUP, names, recorded_value, setup_of, spell_options
 from harness.rundir import RunDir, atomic_write
 
 MISSING = "–"
@@ -31,7 +31,7 @@ SETUP_KEYS = names(SETUP)   # what every run of one table shares (harness/config
 # Setup fields that split the runs into separate sets of tables instead of being refused: numbers of the rank and
 # generate protocols, or of the validation and test splits, are never averaged together, but both may be
 # reported. eval_split is read with its default, so runs recorded before the field existed count as test.
-PROTOCOL_DEFAULTS = {"eval": "rank", "eval_split": "test"}
+PROTOCOL_DEFAULTS = {name: FIELDS[name].default for name in ("eval", "eval_split")}
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Run:
 
     @property
     def protocol(self) -> tuple:
-        return tuple(self.config.get(key, default) for key, default in PROTOCOL_DEFAULTS.items())
+        return tuple(recorded_value(self.config, key) for key in PROTOCOL_DEFAULTS)
 
     def samples(self, metric: str) -> np.ndarray | None:
         """The metric under every bootstrap resample of the test examples ([stats.RESAMPLES]); None without
