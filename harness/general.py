@@ -1,12 +1,14 @@
-"""General-ability retention (as TRACE measures it): accuracy on held-out tasks that are not in the stream,
-before the stream (the backbone) and after it (the backbone with the method), through lm-eval's machinery.
+"""General-ability retention (as TRACE measures it): balanced accuracy on held-out tasks that are not in the
+stream, before the stream (the backbone) and after it (the backbone with the method), through lm-eval's machinery.
 
 - `MethodLM` is an lm-eval `LM` whose answers are the method's test-time model: every request is scored
   through `method.scorer(task)`, the same door the harness's own evaluator uses (so CRAFT's routing,
   per_task's adapter choice and I-LoRA's slow copy all apply).
 - The held-out tasks are lm-eval `multiple_choice` tasks built from local files (the offline task packages),
   with the harness's prompt, so "before" is comparable with the stream's zero-shot row.
-- On the embedded setup the held-out tasks are sms_spam and hutto_movie: in no order offline1-3 or 1-3."""
+- The default held-out tasks (GENERAL_TASKS) are in no order offline1-3 or 1-3; a run skips those in its stream.
+- Balanced accuracy (mean per-class recall) so that a model collapsed onto one label reads as chance; the change
+  gets a paired bootstrap interval over the examples (harness/stats.py)."""
 from __future__ import annotations
 
 import json
@@ -26,7 +28,11 @@ from core.scoring import CausalLMScorer
 from harness import stats
 from harness.evaluation import candidate_logprobs
 
-GENERAL_TASKS = ("sms_spam", "hutto_movie")
+# The default held-out tasks: in none of orders 1-3 and offline1-3 (the committed sweep's), shipped with the harness
+# (offline packages, tasks/data), one per kind of ability where the literature offers one, inputs that mostly fit
+# the 64-token cut (RTE, BoolQA and CB lose the question or hypothesis on half their examples or more).
+# A run drops those in its own stream (held_out): orders 4-6 keep the three offline ones, offline_long the rest.
+GENERAL_TASKS = ("sms_spam", "hutto_movie", "hutto_nyt", "MNLI", "QQP", "COPA", "WiC")
 DEFAULT_PER_TASK = 50
 TASK_PREFIX = "clh_general_"
 

@@ -129,3 +129,13 @@ def test_the_change_interval_covers_the_point_and_has_no_width_without_a_change(
     # a general.json from before balanced accuracy has no answers to resample
     assert stats.general_samples({"sms_spam": {"before": 40.0, "after": 12.0, "change": -28.0}}) is None
 
+
+def test_the_default_held_out_tasks_are_in_no_order_of_the_committed_blocks_and_ship_with_the_harness():
+    in_orders = {t for o in ("1", "2", "3", "offline1", "offline2", "offline3") for t in task_registry.ORDERS[o]}
+    assert len(general.GENERAL_TASKS) > 2 and not in_orders & set(general.GENERAL_TASKS)
+    for name in general.GENERAL_TASKS:   # offline packages or tasks/data: no data directory needed
+        data = task_registry.load_task(name, None, 1, general.DEFAULT_PER_TASK, 0)
+        assert len(data.test) == general.DEFAULT_PER_TASK, name
+    # every order the harness defines keeps some of them: a stream never swallows the whole probe
+    for order, stream in task_registry.ORDERS.items():
+        assert general.held_out(general.GENERAL_TASKS, stream), order
