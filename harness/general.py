@@ -180,19 +180,22 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
     requested, names = list(names), held_out(names, config["tasks"])
     if not names:
         raise UsageError(f"every general-ability task is in the stream of {run_path}")
+    # The literature's held-out tasks read the run's data folder where this machine has it, else the packaged
+    # subset, which holds the same test draws (up to 500 a task): a record made elsewhere is still measurable.
+    data_dir = config.get("data_dir") if config.get("data_dir") and os.path.isdir(config["data_dir"]) else None
     model, tok = load_model(config["model"], config.get("device", "cpu"))
     encoder = PromptEncoder(tok, config["max_input_tokens"])
     key = (config["model"], config["max_input_tokens"], tuple(names), per_task)
     cache = before_cache if before_cache is not None else {}
     if key not in cache:   # the backbone before any training: the same for every run of a setup
         backbone = CausalLMScorer(model)
-        cache[key] = evaluate(lambda task: backbone, tok, encoder, names, per_task, config.get("data_dir"))
+        cache[key] = evaluate(lambda task: backbone, tok, encoder, names, per_task, data_dir)
     before = cache[key]
     cache_mb = config.get("cache_mb", 0) if config.get("cache", "on") == "on" else 0   # the run's own budget
     method = get_method(config["method"])(model, tok, config["settings"], config["seed"], cache_mb=cache_mb)
     method.setup()
     method.load_state_dict(run.load_checkpoint(map_location=method.device))
-    after = evaluate(method.scorer, tok, encoder, names, per_task, config.get("data_dir"))
+    after = evaluate(method.scorer, tok, encoder, names, per_task, data_dir)
     result = summarize(before, after)
     result.update(per_task=per_task, requested=requested, skipped_in_stream=[n for n in requested if n not in names],
                   measured_with="lm-eval simple_evaluate, multiple_choice, 0-shot: each example's answer is the "
