@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("general", help="general-ability retention of finished runs (held-out tasks, via lm-eval)")
     g.add_argument("paths", nargs="*", help="run directories (default: every finished run under --runs)")
     g.add_argument("--runs", default=RUNS_DEFAULT, help="folder of run directories (default results/runs)")
-    g.add_argument("--tasks", default=None, help="held-out tasks, comma-separated (default sms_spam,hutto_movie)")
+    g.add_argument("--tasks", default=None, help="held-out tasks, comma-separated (default: GENERAL_TASKS of "
+                   "harness/general.py; a run skips those in its own stream)")
     g.add_argument("--per-task", type=int, default=None, help="test examples per held-out task (default 50)")
     g.add_argument("--redo", action="store_true", help="measure runs that already have general.json again")
 
@@ -287,7 +288,9 @@ def cmd_general(a) -> int:
     cache: dict = {}
     for path in tqdm(todo, desc="general ability", unit="run"):
         r = general.run_general(path, names, per_task, cache)
-        tqdm.write(f"{path}: before {r['before']:.2f} after {r['after']:.2f} change {r['change']:+.2f}")
+        ci = r["change_ci"]
+        tqdm.write(f"{path}: balanced accuracy before {r['before']:.2f} after {r['after']:.2f} change "
+                   f"{r['change']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""))
     print(f"general ability measured on {len(todo)} run(s); {len(paths) - len(todo)} skipped (unfinished or done)")
     return 0
 

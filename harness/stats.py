@@ -28,6 +28,7 @@ BOOTSTRAP_SEED = 20261130  # fixed: a table rebuilt from the same runs shows the
 LABEL_CODES = string.digits + string.ascii_lowercase + string.ascii_uppercase
 NO_ANSWER = "-"           # generate: the normalised generation equals no label
 NO_ANSWER_INDEX = -1
+BALANCED = "balanced_accuracy"   # general.json's "metric"; a general.json without one holds plain accuracy
 
 
 def encode_labels(indices) -> str:
@@ -46,6 +47,54 @@ def percent_correct(predicted, gold) -> float:
     """Accuracy in percent, rounded as the matrix stores it."""
     predicted, gold = np.asarray(predicted), np.asarray(gold)
     return round(100.0 * float((predicted == gold).sum()) / len(gold), 2)
+
+
+def balanced_accuracy(predicted, gold, weights=None):
+    """Mean per-class recall in percent, over the classes present in gold: a model that answers one label
+    everywhere scores 100/K on K classes whatever their balance, where plain accuracy rewards the majority.
+    weights [resamples, n] (how often each example is drawn, class_weights) -> one value per resample; a class
+    none of whose examples a resample draws is left out of that resample's mean."""
+    predicted, gold = np.asarray(predicted), np.asarray(gold)
+    classes = gold[:, None] == np.unique(gold)[None, :]                          # [n, K]
+    w = np.ones((1, len(gold))) if weights is None else np.asarray(weights, dtype=float)
+    drawn = w @ classes                                                          # [resamples, K]
+    hits = w @ (classes & (predicted == gold)[:, None])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(drawn > 0, hits / drawn, np.nan)
+    value = 100.0 * np.nanmean(recall, axis=1)
+    return float(value[0]) if weights is None else value
+
+
+def class_weights(key: str, gold, resamples: int = RESAMPLES) -> np.ndarray:
+    """example_weights drawn within each class: [resamples, n], every class keeping its number of examples in
+    every draw. Balanced accuracy is a mean of per-class recalls, so its bootstrap resamples each class's
+    examples; a draw over all of them would now and then miss a small class (6 spam messages in 50) and then
+    score a different quantity. Seeded by key, class and size: every run scored on these examples shares them."""
+    gold = np.asarray(gold)
+    weights = np.zeros((resamples, len(gold)), dtype=np.uint16)
+    for c in np.unique(gold):
+        places = np.flatnonzero(gold == c)
+        weights[:, places] = example_weights(f"{key}:{c}", len(places), resamples)
+    return weights
+
+
+def balanced_change(gold, before, after, key: str, resamples: int = RESAMPLES) -> tuple[float, np.ndarray]:
+    """Balanced accuracy after minus before on the same examples: the point and its paired resamples
+    ([resamples]; each draw takes both on the same examples, class_weights(key, gold))."""
+    weights = class_weights(key, gold, resamples)
+    point = balanced_accuracy(after, gold) - balanced_accuracy(before, gold)
+    return point, balanced_accuracy(after, gold, weights) - balanced_accuracy(before, gold, weights)
+
+
+def general_samples(tasks: dict, resamples: int = RESAMPLES) -> np.ndarray | None:
+    """A general.json's held-out tasks -> the change of their mean balanced accuracy under every resample
+    ([resamples]; each task's examples drawn as class_weights draws them); None for a record kept before
+    per-example answers (plain accuracy only)."""
+    kept = ("gold", "predictions_before", "predictions_after")
+    if not tasks or not all(all(k in t for k in kept) for t in tasks.values()):
+        return None
+    draws = [balanced_change(*(decode_labels(t[k]) for k in kept), name, resamples)[1] for name, t in tasks.items()]
+    return np.mean(draws, axis=0)
 
 
 # ---- one run --------------------------------------------------------------------------------------------
@@ -136,13 +185,18 @@ def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float] |
     return float(lo), float(hi)
 
 
-def over_seeds(samples: np.ndarray) -> np.ndarray:
+def over_seeds(samples: np.ndarray, counts=None) -> np.ndarray:
     """Hierarchical bootstrap of a mean over seeds: samples [seeds, resamples] (each seed's value under the shared
     example resampling) -> [resamples]: each resample draws the seeds with replacement, then averages their
-    values under that resample's example draw."""
+    values under that resample's example draw. counts [seeds]: each seed's value is a mean over that many runs,
+    and a resample averages the runs of its drawn seeds (a mean over runs where seeds ran unequal numbers)."""
     samples = np.asarray(samples, dtype=float)
     draws = seed_draws(samples.shape[0], samples.shape[1])
-    return np.take_along_axis(samples.T, draws, axis=1).mean(1)
+    drawn = np.take_along_axis(samples.T, draws, axis=1)
+    if counts is None:
+        return drawn.mean(1)
+    weights = np.asarray(counts, dtype=float)[draws]
+    return (drawn * weights).sum(1) / weights.sum(1)
 
 
 def excludes_zero(bounds: tuple[float, float] | None) -> bool:

@@ -50,6 +50,7 @@ class Run:
     general: dict | None = None
     scores: stats.ExampleScores | None = None   # None: recorded before per-example predictions were kept
     _samples: dict | None = None
+    _general_samples: np.ndarray | None = None
 
     @property
     def protocol(self) -> tuple:
@@ -63,6 +64,18 @@ class Run:
         if self._samples is None:
             self._samples = self.scores.metric_samples()
         return self._samples[metric]
+
+    @property
+    def general_metric(self) -> str | None:
+        """What the run's general.json measured: balanced accuracy, or plain accuracy (a file written before
+        balanced accuracy, which names no metric); None without a general.json."""
+        return None if self.general is None else self.general.get("metric", "accuracy")
+
+    def general_samples(self) -> np.ndarray | None:
+        """The general.json's change under every bootstrap resample; None where it kept no per-example answers."""
+        if self._general_samples is None and self.general_metric == stats.BALANCED:
+            self._general_samples = stats.general_samples(self.general.get("tasks") or {})
+        return self._general_samples
 
     @property
     def bound(self) -> bool:
@@ -172,7 +185,8 @@ def sort_labels(labels: set[str]) -> list[str]:
 
 # ---- the runs as one table ------------------------------------------------------------------------------
 CSV_COLUMNS = ["run", "method", "label", "order", "seed", *PROTOCOL_DEFAULTS, "AA", "BWT", "FM", "FWT",
-               "general_change", "trainable_parameters", "parameters_kept", "wall_seconds", "created"]
+               "general_change", "general_metric", "trainable_parameters", "parameters_kept", "wall_seconds",
+               "created"]
 
 
 def runs_frame(runs: list[Run], root: str) -> pd.DataFrame:
@@ -182,7 +196,7 @@ def runs_frame(runs: list[Run], root: str) -> pd.DataFrame:
         "run": os.path.relpath(r.path, root), "method": r.method, "label": r.label, "order": r.order,
         "seed": r.seed, **dict(zip(PROTOCOL_DEFAULTS, r.protocol)),
         **{k: r.metrics[k] for k in ("AA", "BWT", "FM", "FWT")},
-        "general_change": r.general["change"] if r.general else None,
+        "general_change": r.general["change"] if r.general else None, "general_metric": r.general_metric,
         "trainable_parameters": r.card["trainable_parameters"], "parameters_kept": r.card.get("parameters_kept"),
         "wall_seconds": r.card["timing"]["wall_seconds"], "created": r.config.get("created"),
         "block": block_of(r.order), "bound": r.bound, "tasks": len(r.tasks),
@@ -230,12 +244,12 @@ def order_dispersion(runs: list[Run], label: str, members: list[str]) -> dict | 
 # ---- intervals over seeds and test examples ---------------------------------------------------------------
 @dataclass
 class Summary:
-    """A mean over seeds of per-seed values (each a mean over orders), with its bootstrap interval where every
-    run kept its predictions, else the seeds' standard deviation."""
+    """A mean over seeds of per-seed values (each a mean over orders), or over runs, with its bootstrap interval
+    where every run kept its predictions, else the standard deviation of those values."""
     mean: float
     std: float | None
     bounds: tuple[float, float] | None
-    seeds: int
+    values: int    # how many values the mean and std are over (seeds, or runs)
 
     def text(self, signed: bool = False, mark: bool = False) -> str:
         num = "{:+.2f}" if signed else "{:.2f}"
@@ -243,7 +257,7 @@ class Summary:
             lo, hi = self.bounds
             starred = " *" if mark and stats.excludes_zero(self.bounds) else ""
             return f"{num.format(self.mean)} [{lo:.2f}, {hi:.2f}]{starred}"
-        return num.format(self.mean) + ("" if self.std is None or self.seeds < 2 else f" ± {self.std:.2f}")
+        return num.format(self.mean) + ("" if self.std is None or self.values < 2 else f" ± {self.std:.2f}")
 
 
 def summarize(per_seed: dict[int, list[tuple[Run, Run | None]]], metric: str) -> Summary | None:
@@ -269,6 +283,27 @@ def summarize(per_seed: dict[int, list[tuple[Run, Run | None]]], metric: str) ->
     bounds = None if any(x is None for x in samples) else stats.interval(stats.over_seeds(np.stack(samples)))
     std = float(np.std(points, ddof=1)) if len(points) > 1 else None
     return Summary(float(np.mean(points)), std, bounds, len(points))
+
+
+def over_runs(runs: list[Run], value, samples) -> Summary | None:
+    """The mean of value(run) over the runs that give one (every order and seed of a block that ran: the
+    forgetting table's cells), with the interval of a hierarchical bootstrap where every such run gives
+    samples(run) (its value under each resample of the test examples): each resample draws the seeds with
+    replacement, each bringing all its runs, so the interval stays centred on the mean over runs where seeds
+    ran unequal numbers of orders. Otherwise the std over runs."""
+    have = [(r, v) for r in runs if (v := value(r)) is not None]
+    if not have:
+        return None
+    points = np.array([v for _, v in have], dtype=float)
+    draws = [samples(r) for r, _ in have]
+    bounds = None
+    if all(d is not None for d in draws):
+        seeds = sorted({r.seed for r, _ in have})
+        groups = [[d for (r, _), d in zip(have, draws) if r.seed == seed] for seed in seeds]
+        per_seed = np.stack([np.mean(g, axis=0) for g in groups])
+        bounds = stats.interval(stats.over_seeds(per_seed, [len(g) for g in groups]))
+    std = float(np.std(points, ddof=1)) if len(points) > 1 else None
+    return Summary(float(points.mean()), std, bounds, len(points))
 
 
 def by_seed(runs: list[Run], label: str, orders: list[str], reference: str | None = None) -> dict:
@@ -307,7 +342,8 @@ BOOTSTRAP_NOTE = (f"[lo, hi] = {stats.LEVEL}% interval of a hierarchical bootstr
 def latex_text(text: str) -> str:
     return (text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%")
             .replace("&", r"\&").replace("#", r"\#").replace(" ± ", r" $\pm$ ").replace(MISSING, "--")
-            .replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$").replace("Δ", r"$\Delta$"))
+            .replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$").replace("Δ", r"$\Delta$")
+            .replace("†", r"$\dagger$"))
 
 
 @dataclass
@@ -469,24 +505,58 @@ def bound_check(block: str, bound: str, learner: str, why: str, diff: Summary) -
             "hold: training is too short at these sizes for these numbers to rank methods.")
 
 
-def forgetting_table(frame: pd.DataFrame, title_note: str = "") -> Table:
+OLD_GENERAL = " †"   # marks a GEN Δ in plain accuracy (general.json files written before balanced accuracy)
+
+
+def general_cell(runs: list[Run]) -> str | None:
+    """GEN Δ of one label and block: balanced accuracy where any run has it (never averaged with plain
+    accuracy); otherwise the plain accuracy of older general.json files, marked as such."""
+    measured = [r for r in runs if r.general]
+    balanced = [r for r in measured if r.general_metric == stats.BALANCED]
+    chosen = balanced or measured
+    cell = over_runs(chosen, lambda r: r.general["change"], lambda r: r.general_samples())
+    return None if cell is None else cell.text() + ("" if balanced else OLD_GENERAL)
+
+
+def forgetting_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> Table:
     measured = frame.general_change.notna()
     headings = {"BWT": "BWT ↑", "FM": "FM ↓", "FWT": "FWT ↑"}
-    if measured.any():
-        headings["general_change"] = "GEN Δ"
-    per_block = mean_std(frame.groupby(["label", "block"])[list(headings)]).unstack()
-    columns = {(title, heading): per_block.get((value, title))
-               for title, _ in blocks_for(set(frame.order)) for value, heading in headings.items()}
+    columns = {}
+    labels = set(frame.label)
+    for title, members in blocks_for(set(frame.order)):
+        block = [r for r in runs if r.order in members]
+        for metric, heading in headings.items():
+            cells = {lab: over_runs([r for r in block if r.label == lab], lambda r: r.metrics[metric],
+                                    lambda r: r.samples(metric)) for lab in labels}
+            columns[(title, heading)] = pd.Series({lab: c.text() for lab, c in cells.items() if c}, dtype=object)
+        if measured.any():
+            cells = {lab: general_cell([r for r in block if r.label == lab]) for lab in labels}
+            columns[(title, "GEN Δ")] = pd.Series({lab: c for lab, c in cells.items() if c}, dtype=object)
     notes = [f"{m} = {metrics_mod.METRICS[m].description}." for m in ("BWT", "FM", "FWT")]
-    notes.append("Mean ± std over every run (orders x seeds) of the block.")
+    notes.append(f"Mean over every run (orders x seeds) of the block, with {BOOTSTRAP_NOTE} Here each drawn seed "
+                 "brings all its runs of the block. Without an interval: ± std over those runs.")
+    notes += [n for n in (missing_predictions_note(runs),) if n]
     if measured.any():
         counts = frame.groupby(["seed", "order"]).general_change.agg(["count", "size"])
         cells = sorted((seed, order_rank(order), f"{order} seed {seed} {n}/{size}")
                        for (seed, order), n, size in counts.itertuples() if n)
-        notes.append("GEN Δ = change in accuracy (points) on held-out general-ability tasks, after the stream "
-                     "minus before (the backbone), measured through lm-eval; mean over the block's runs that have "
-                     f"a general.json ({measured.sum()} of {len(frame)} runs: `python -m harness general` adds "
+        held = {title: set() for title, _ in blocks_for(set(frame.order))}
+        for r in runs:
+            if r.general:
+                held[block_of(r.order)].update(r.general.get("tasks") or ())
+        old = int((frame.general_metric == "accuracy").sum())
+        notes.append("GEN Δ = change in balanced accuracy (mean per-class recall, points: answering one label "
+                     "everywhere scores chance, whatever the class balance) on held-out general-ability tasks that "
+                     "are not in the run's stream, after the stream minus before (the backbone), measured through "
+                     "lm-eval; mean over the block's runs that have a general.json, with the interval above where "
+                     "they kept their answers (each task's examples drawn within their class). Held-out tasks: " +
+                     "; ".join(f"{b}: {', '.join(sorted(t))}" for b, t in held.items() if t) + ". "
+                     f"{measured.sum()} of {len(frame)} runs have a general.json (`python -m harness general` adds "
                      "the rest). Measured runs per order and seed: " + ", ".join(c[-1] for c in cells) + ".")
+        if old:
+            notes.append(f"†: plain accuracy, not balanced: {old} of those general.json files predate balanced "
+                         "accuracy (`python -m harness general --redo` remeasures a run that has its weights); a "
+                         "cell with runs of both kinds reads only the balanced ones.")
     return Table("forgetting", "Forgetting and transfer" + title_note, columns, sections_of(frame), notes)
 
 
@@ -551,7 +621,7 @@ def ablation_table(frame: pd.DataFrame, method: str = "craft", references=("seq_
 
 def all_tables(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> tuple[list[Table], list[str]]:
     """The tables of one protocol's runs, and the sanity checks, which every table states under it."""
-    tables = [main_table(runs, frame, title_note), forgetting_table(frame, title_note),
+    tables = [main_table(runs, frame, title_note), forgetting_table(runs, frame, title_note),
               paired_table(runs, frame, title_note), robustness_table(runs, frame), cost_table(frame),
               ablation_table(frame)]
     checks = sanity_checks(runs, frame)
@@ -628,8 +698,9 @@ def by_order_seed(runs: list[Run]) -> dict:
 def general_commands(runs: list[Run], root: str) -> list[str]:
     """`general` commands for exactly the runs that have a general.json: a glob where every run of an
     order and seed has one (and the runs sit in the sweep layout), else the run directories by name."""
-    def key_of(r):
-        return tuple(r.general.get("tasks", ())), r.general.get("per_task")
+    def key_of(r):   # the tasks asked for (a run skips those in its stream); older files list only the kept ones
+        asked = r.general.get("requested") or [*r.general.get("tasks", ()), *r.general.get("skipped_in_stream", ())]
+        return tuple(asked), r.general.get("per_task")
 
     paths: dict = {}   # (tasks, per_task) -> paths
     for (order, seed), rs in by_order_seed(runs).items():

@@ -122,6 +122,17 @@ def test_paired_bootstrap_finds_a_planted_difference_and_none_against_itself():
     assert separate < stats.interval(diff)[0]
 
 
+def test_a_mean_over_runs_resamples_seeds_with_all_their_runs():
+    # seed 1 ran two orders (values 10 and 30 in every resample), seed 2 one (40): the mean over runs is 80/3
+    per_seed = np.array([[20.0] * 500, [40.0] * 500])
+    samples = stats.over_seeds(per_seed, counts=[2, 1])
+    # a draw of seeds (1, 1), (1, 2) or (2, 2) gives 20, 80/3 or 40
+    assert set(np.round(samples, 6)) <= {20.0, round(80 / 3, 6), 40.0}
+    lo, hi = stats.interval(samples)
+    assert lo <= 80 / 3 <= hi
+    assert np.array_equal(stats.over_seeds(per_seed, counts=[1, 1]), stats.over_seeds(per_seed))
+
+
 def test_forgetting_interval_over_examples():
     # task a: 80% right after learning it, 40% after b; b: 90%. FM = 40, its interval well above 0.
     n = 50

@@ -42,7 +42,9 @@ def make_run(root, label, method, order, seed, rows, args=None, params=100, boun
                               "predictions": {t: "0" * k + "1" * (n_test - k) for t, k in zip(TASKS, right)}}
     write_json(os.path.join(path, "status.json"), {"state": "finished" if finished else "running",
                                                    "rows": status_rows})
-    if general is not None:
+    if isinstance(general, dict):      # a general.json as `general` writes it now
+        write_json(os.path.join(path, "general.json"), general)
+    elif general is not None:          # the shape of one written before balanced accuracy: plain accuracy
         write_json(os.path.join(path, "general.json"), {"change": general, "per_task": 50,
                                                         "tasks": {"sms_spam": {"change": general}}})
     return path
@@ -102,8 +104,10 @@ def test_forgetting_robustness_and_ablation_tables(runs, tmp_path):
     md = open(os.path.join(out, "forgetting.md")).read()
     row = [c.strip() for c in next(ln for ln in md.splitlines() if ln.startswith("| seq_lora |")).strip("|").split("|")]
     # BWT per run = final_a - 80: -20, -10, -30 -> mean -20, std 10. FM = max(80) - final_a = same magnitude.
-    # FWT = R[a][b] - base[b] = 45 - 40 = 5 for every run. GEN change: -2, -4 (runs without general.json skipped).
-    assert row[1:5] == ["-20.00 ± 10.00", "20.00 ± 10.00", "5.00 ± 0.00", "-3.00 ± 1.41"]
+    # FWT = R[a][b] - base[b] = 45 - 40 = 5 for every run. GEN change: -2, -4 (runs without general.json skipped),
+    # in plain accuracy: these general.json files name no metric, as those written before balanced accuracy (†)
+    assert row[1:5] == ["-20.00 ± 10.00", "20.00 ± 10.00", "5.00 ± 0.00", "-3.00 ± 1.41 †"]
+    assert "†: plain accuracy, not balanced: 2 of those general.json files" in md
     rob = open(os.path.join(out, "robustness.md")).read()
     row = [c.strip() for c in next(ln for ln in rob.splitlines() if ln.startswith("| craft |")).strip("|").split("|")]
     # final accuracies: a: 80, 70, 75 -> OPD 10; b: 80, 60, 85 -> OPD 25. AOPD 17.5, MOPD 25.
@@ -272,6 +276,74 @@ def test_cells_of_runs_with_predictions_carry_intervals_and_the_others_say_why_n
     assert "1 of 5 runs were recorded before per-example predictions" in main
 
 
+def numbers(cell):
+    """"m [lo, hi]" -> (m, lo, hi); "m" or "m ± s" -> (m, None, None)."""
+    if "[" not in cell:
+        return float(cell.split()[0]), None, None
+    mean, lo, hi = (float(x) for x in cell.replace("[", "").replace("]", "").replace(",", "").split()[:3])
+    return mean, lo, hi
+
+
+def test_forgetting_cells_carry_intervals_that_cover_the_planted_values(tmp_path):
+    root = str(tmp_path / "runs")
+    # seq_lora: BWT -20 and FM 20 planted on every run (a: 80 -> 60), FWT 5 (b: 45 before training on it, 40 base).
+    # Seed 1 ran orders 1 and 2, seed 2 order 1 only: the cell is the mean over the three runs.
+    for order, seed in (("1", 1), ("2", 1), ("1", 2)):
+        make_run(root, "seq_lora", "seq_lora", order, seed, seq(60.0, 90.0), n_test=20)
+    # craft forgets nothing on one run and 40 points on the other: an interval around their mean, 20
+    make_run(root, "craft", "craft", "1", 1, seq(80.0, 80.0), n_test=20)
+    make_run(root, "craft", "craft", "1", 2, seq(40.0, 80.0), n_test=20)
+    make_run(root, "replay", "replay", "1", 1, seq(70.0, 70.0), n_test=20)
+    make_run(root, "replay", "replay", "1", 2, seq(60.0, 70.0))      # recorded before predictions
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    bwt, fm, fwt = (numbers(c) for c in cells_of(os.path.join(out, "forgetting.md"), "seq_lora")[:3])
+    for (mean, lo, hi), planted in ((bwt, -20.0), (fm, 20.0), (fwt, 5.0)):
+        assert mean == planted and lo <= planted <= hi and hi - lo > 0
+    mean, lo, hi = numbers(cells_of(os.path.join(out, "forgetting.md"), "craft")[1])      # FM
+    assert mean == 20.0 and lo <= 20.0 <= hi
+    # a cell with a run that kept no predictions falls back to mean ± std over the runs
+    assert cells_of(os.path.join(out, "forgetting.md"), "replay")[:2] == ["-15.00 ± 7.07", "15.00 ± 7.07"]
+    md = open(os.path.join(out, "forgetting.md")).read()
+    assert "each drawn seed brings all its runs of the block" in md and "GEN Δ" not in md
+
+
+def test_gen_delta_is_balanced_with_its_interval_and_older_files_stay_plain_accuracy(tmp_path):
+    from harness import general
+    gold = [0] * 16 + [1] * 4
+    good = [g for g in gold]
+    collapsed = [0] * 20                      # accuracy 80, balanced accuracy 50
+    record = general.summarize({"sms_spam": (gold, good)}, {"sms_spam": (gold, collapsed)})
+    record.update(per_task=20, requested=["sms_spam"], skipped_in_stream=[])
+    unchanged = general.summarize({"sms_spam": (gold, good)}, {"sms_spam": (gold, good)})
+    unchanged.update(per_task=20, requested=["sms_spam"], skipped_in_stream=[])
+    root = str(tmp_path / "runs")
+    for seed in (1, 2):
+        make_run(root, "seq_lora", "seq_lora", "1", seed, seq(60.0, 90.0), n_test=20, general=record)
+        make_run(root, "craft", "craft", "1", seed, seq(80.0, 80.0), n_test=20, general=unchanged)
+    make_run(root, "replay", "replay", "1", 1, seq(70.0, 70.0), n_test=20, general=-2.0)   # an older file
+    make_run(root, "replay", "replay", "1", 2, seq(70.0, 70.0), n_test=20, general=record)
+    make_run(root, "mtl", "mtl", "1", 1, seq(70.0, 70.0), n_test=20, general=-2.0, bound=True)
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    path = os.path.join(out, "forgetting.md")
+    mean, lo, hi = numbers(cells_of(path, "seq_lora")[3])
+    assert mean == record["change"] == -50.0 and lo <= mean <= hi < 0
+    assert cells_of(path, "craft")[3] == "0.00 [0.00, 0.00]"
+    # a cell never averages plain with balanced accuracy: replay reads its balanced run only
+    assert cells_of(path, "replay")[3].startswith("-50.00 [")
+    assert cells_of(path, "mtl")[3] == "-2.00 †"
+    md = open(path).read()
+    assert "GEN Δ = change in balanced accuracy" in md and "Orders 1-3: sms_spam" in md
+    assert "†: plain accuracy, not balanced: 2 of those general.json files" in md
+    csv = open(os.path.join(out, "runs.csv")).read().splitlines()
+    assert "general_metric" in csv[0].split(",")
+    assert sum(",balanced_accuracy," in ln for ln in csv) == 5 and sum(",accuracy," in ln for ln in csv) == 2
+    # `general` commands remake the runs as measured, from the tasks they asked for
+    readme = open(os.path.join(out, "README.md")).read()
+    assert "python -m harness general --tasks sms_spam --per-task 20" in readme
+
+
 def test_paired_table_finds_a_planted_difference_and_none_against_an_identical_run(tmp_path):
     root = str(tmp_path / "runs")
     for seed in (1, 2):
@@ -350,3 +422,6 @@ def test_the_committed_runs_build_every_table_without_example_level_intervals(tm
     assert f"{info['runs']} of {info['runs']} runs were recorded before per-example predictions" in main
     assert "[" not in cells_of(os.path.join(out, "main.md"), "seq_lora")[0]
     assert "Check" in main
+    # their general.json files hold plain accuracy: GEN Δ says so instead of passing it off as balanced
+    gen = cells_of(os.path.join(out, "forgetting.md"), "seq_lora")[3]
+    assert gen.endswith(" †") and "[" not in gen
