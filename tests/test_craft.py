@@ -230,15 +230,18 @@ def test_the_backbone_cache_gives_the_loss_gradients_and_scores_of_the_full_forw
     cached, loss_c, parts_c, grads_c = trained(64)
     full, loss_f, parts_f, grads_f = trained(0)
     assert cached.backbone.reused > 0 and cached.backbone.entries
-    assert loss_c.item() == pytest.approx(loss_f.item(), rel=1e-4) and parts_c["kl"] == pytest.approx(parts_f["kl"], rel=1e-3, abs=1e-6)
+    # float rounding only (measured: equal losses, gradients within 2e-8 of values up to 0.2, KL within 2e-8)
+    assert loss_c.item() == pytest.approx(loss_f.item(), rel=1e-5)
+    assert parts_c["kl"] == pytest.approx(parts_f["kl"], rel=1e-4, abs=1e-7)
     for gc, gf in zip(grads_c, grads_f):
-        assert torch.allclose(gc, gf, rtol=1e-3, atol=1e-6)
+        assert torch.allclose(gc, gf, rtol=1e-4, atol=1e-7)
     cached.after_task(TaskContext(1, "bbc", ["bbc"]), train["bbc"])
     full.after_task(TaskContext(1, "bbc", ["bbc"]), train["bbc"])
     test = [ex.prompt_ids for ex in enc.encode(data["bbc"], "test")]
     scores = [candidate_logprobs(m.scorer("bbc"), test, enc.candidates(data["bbc"]), tokenizer.pad_token_id, 4)[0]
               for m in (cached, full)]
-    assert torch.allclose(*scores, atol=1e-4)
+    assert torch.allclose(*scores, atol=2e-5)   # measured 4e-6
+    assert torch.equal(scores[0].argmax(-1), scores[1].argmax(-1))
 
 
 def test_no_edited_tail_runs_with_the_cache_on(tmp_path, tokenizer):
