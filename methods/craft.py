@@ -250,8 +250,9 @@ class CRAFT(Method):
         width = edited.shape[1]
         n = torch.tensor([len(ex.answer_ids) for ex in examples], device=edited.device)
         keep = torch.arange(width, device=edited.device)[None, :] >= width - n[:, None]   # rows end at the last column
-        target = torch.tensor([t for ex in examples for t in ex.answer_ids], device=edited.device)   # row-major, as keep
-        with self.hooks.active([self.current], torch.zeros(len(examples), dtype=torch.long, device=edited.device), edited):
+        target = torch.tensor([t for ex in examples for t in ex.answer_ids], device=edited.device)   # row-major
+        rows = torch.zeros(len(examples), dtype=torch.long, device=edited.device)
+        with self.hooks.active([self.current], rows, edited):
             logits = self.model(**inputs, logits_to_keep=keep).logits
         return torch.nn.functional.cross_entropy(logits.float(), target)
 
@@ -262,7 +263,8 @@ class CRAFT(Method):
             ids, mask = batch["input_ids"], batch["attention_mask"]
             answer_len = torch.tensor([len(ex.answer_ids) for ex in batch["examples"]], device=ids.device)
             pmask = self._prompt_mask(mask, ids.shape[1] - answer_len)
-            with self.hooks.active([self.current], torch.zeros(len(pmask), dtype=torch.long, device=pmask.device), pmask):
+            rows = torch.zeros(len(pmask), dtype=torch.long, device=pmask.device)
+            with self.hooks.active([self.current], rows, pmask):
                 task_loss = answer_loss(self.model, batch)
         parts = {"task_loss": task_loss.item()}
         loss = task_loss
