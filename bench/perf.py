@@ -177,8 +177,8 @@ def main():
     (s_full, _, e_full), (s_cached, s_warm, e_cached) = craft_times[0], craft_times[4096]
     same = bool(torch.equal(craft_scores[0].argmax(-1), craft_scores[4096].argmax(-1)))
     row("craft training step (batch 8 + 4 anchors), no cache, s", s_full, "")
-    row("craft training step, frozen-backbone cache, heads computed, s", s_cached, "", s_full / s_cached)
-    row("craft training step, frozen-backbone cache, heads cached, s", s_warm, "", s_full / s_warm)
+    row("craft training step, backbone cache, heads computed, s", s_cached, "", s_full / s_cached)
+    row("craft training step, backbone cache, heads cached, s", s_warm, "", s_full / s_warm)
     row("craft rank eval hutto_amazon, no cache, ex/s", len(test) / e_full, "")
     row("craft rank eval, frozen-backbone cache (warm), ex/s", len(test) / e_cached, "", e_full / e_cached)
     lines.append(f"    same predictions: {same}; largest score change "

@@ -66,20 +66,28 @@ class BackboneCache:
     def _shared_prefix(self, heads: list[tuple[int, ...]], device) -> tuple[tuple[int, ...], object]:
         """(tokens, keys/values) of a prefix the heads share (a task's chat template, instruction and options),
         leaving each head at least one token of its own; ((), None) where none is worth a forward. Kept for the
-        next call whose heads start with it too (the next training batch of the same task)."""
+        next call whose heads share the same one (the next training batch of the same task), within the budget:
+        it counts in `bytes` (one prefix, 2.5 MB for SmolLM2's 54-token bbc prefix)."""
         if not heads:
             return (), None
         cut = min(len(h) for h in heads) - 1
-        tokens = self._prefix[0]
-        if MIN_SHARED_PREFIX <= len(tokens) <= cut and all(h[:len(tokens)] == tokens for h in heads):
-            return self._prefix
         common = tuple(os.path.commonprefix(heads)[:cut]) if len(heads) > 1 else ()
+        tokens = self._prefix[0]
+        # the kept prefix only where it is the whole shared one: a shorter one (say the chat template that two
+        # tasks' anchors share) kept for the next task would leave most of that task's prefix to every row
+        if tokens and (tokens == common or len(heads) == 1 and len(tokens) <= cut and heads[0][:len(tokens)] == tokens):
+            return self._prefix
         if len(common) < MIN_SHARED_PREFIX:
             return (), None
         ids = torch.tensor([common], dtype=torch.long, device=device)
         positions = torch.arange(len(common), device=device)[None]
-        self._prefix = (common, self._forward(ids, torch.ones_like(ids), positions))
-        return self._prefix
+        found = (common, self._forward(ids, torch.ones_like(ids), positions))
+        size, old = (sum(layer.keys.nbytes + layer.values.nbytes for layer in past.layers) if past is not None else 0
+                     for past in (found[1], self._prefix[1]))
+        if self.bytes - old + size <= self.budget:
+            self._prefix = found
+            self.bytes += size - old
+        return found
 
     @torch.no_grad()
     def _heads(self, heads: list[tuple[int, ...]]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:

@@ -257,6 +257,12 @@ def test_backbone_heads_computed_over_a_shared_prefix_equal_each_prompt_alone(to
     assert len(kept) >= 8
     shared.batch(prompts[5:])   # starts with the same prefix: reused, not encoded again
     assert shared._prefix[0] is kept and shared.computed == len(set(prompts))
+    sizes = [sum(k.nbytes + v.nbytes for k, v in kv) for kv in shared.entries.values()]
+    prefix = sum(layer.keys.nbytes + layer.values.nbytes for layer in shared._prefix[1].layers)
+    assert shared.bytes == sum(sizes) + prefix   # the kept prefix counts in the budget
+    tight = BackboneCache(model, 4, pad, 1e-3)   # room for nothing: computed each time, nothing kept
+    tight.batch(prompts[:2])
+    assert not tight.entries and tight._prefix[1] is None and tight.bytes == 0
     for prompt in prompts:
         alone = BackboneCache(model, 4, pad, 64)
         head = alone.split(prompt)[0]
