@@ -12,10 +12,16 @@ Entries live on the model's device (GPU memory on a GPU run): `bytes_per_token` 
 35 prompts of 110 tokens; Llama-3.2-1B 64 KB, Gemma-2B 36 KB)."""
 from __future__ import annotations
 
+import copy
+import os
+
 import torch
 from transformers import DynamicCache
 
 from core.device import device_of
+
+# A shared prefix shorter than this is not worth a forward of its own (as in the evaluation's).
+MIN_SHARED_PREFIX = 8
 
 
 def bytes_per_token(config, dtype=torch.float32) -> int:
@@ -36,6 +42,7 @@ class BackboneCache:
         self.bytes = 0
         self.computed = self.reused = 0  # prompts whose head was computed / found, for the diagnostics
         self.bytes_per_token = bytes_per_token(model.config, dtype)
+        self._prefix: tuple[tuple[int, ...], object] = ((), None)   # the last shared prefix and its keys/values
 
     def split(self, prompt: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         cut = max(0, len(prompt) - self.tail)
@@ -49,30 +56,69 @@ class BackboneCache:
                 self.bytes -= sum(k.nbytes + v.nbytes for k, v in kv)
 
     @torch.no_grad()
+    def _forward(self, ids, mask, position_ids, past=None):
+        # fp32 whatever autocast is active: a head computed under bf16 training and reused by an fp32 KL
+        # (or the other way) would make a resumed run differ from a straight one
+        with torch.autocast(ids.device.type, enabled=False):
+            return self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=past,
+                              use_cache=True, logits_to_keep=1).past_key_values
+
+    def _shared_prefix(self, heads: list[tuple[int, ...]], device) -> tuple[tuple[int, ...], object]:
+        """(tokens, keys/values) of a prefix the heads share (a task's chat template, instruction and options),
+        leaving each head at least one token of its own; ((), None) where none is worth a forward. Kept for the
+        next call whose heads share the same one (the next training batch of the same task), within the budget:
+        it counts in `bytes` (one prefix, 2.5 MB for SmolLM2's 54-token bbc prefix)."""
+        if not heads:
+            return (), None
+        cut = min(len(h) for h in heads) - 1
+        common = tuple(os.path.commonprefix(heads)[:cut]) if len(heads) > 1 else ()
+        tokens = self._prefix[0]
+        # the kept prefix only where it is the whole shared one: a shorter one (say the chat template that two
+        # tasks' anchors share) kept for the next task would leave most of that task's prefix to every row
+        if tokens and (tokens == common or len(heads) == 1 and len(tokens) <= cut and heads[0][:len(tokens)] == tokens):
+            return self._prefix
+        if len(common) < MIN_SHARED_PREFIX:
+            return (), None
+        ids = torch.tensor([common], dtype=torch.long, device=device)
+        positions = torch.arange(len(common), device=device)[None]
+        found = (common, self._forward(ids, torch.ones_like(ids), positions))
+        size, old = (sum(layer.keys.nbytes + layer.values.nbytes for layer in past.layers) if past is not None else 0
+                     for past in (found[1], self._prefix[1]))
+        if self.bytes - old + size <= self.budget:
+            self._prefix = found
+            self.bytes += size - old
+        return found
+
+    @torch.no_grad()
     def _heads(self, heads: list[tuple[int, ...]]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Per head: per layer (keys, values) of shape [kv_heads, len, head_dim], from the cache or computed."""
+        """Per head: per layer (keys, values) of shape [kv_heads, len, head_dim], from the cache or computed
+        (each head's own tokens on top of the prefix the missing heads share, as the evaluation does)."""
         out: list = [self.entries.get(h) for h in heads]
         missing = sorted({h for h, kv in zip(heads, out) if kv is None and h}, key=len)
         self.reused += sum(kv is not None for kv in out)
         device = device_of(self.model)
+        prefix, prefix_past = self._shared_prefix(missing, device)
+        p = len(prefix)
         for start in range(0, len(missing), 16):
             chunk = missing[start:start + 16]
-            width = len(chunk[-1])
+            width = len(chunk[-1]) - p
             ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
+            mask = torch.zeros((len(chunk), p + width), dtype=torch.long)
+            mask[:, :p] = 1
             for i, h in enumerate(chunk):
-                ids[i, width - len(h):] = torch.tensor(h)
-                mask[i, width - len(h):] = 1
+                ids[i, width - len(h) + p:] = torch.tensor(h[p:])
+                mask[i, p + width - len(h) + p:] = 1
             ids, mask = ids.to(device), mask.to(device)
-            # fp32 whatever autocast is active: a head computed under bf16 training and reused by an fp32 KL
-            # (or the other way) would make a resumed run differ from a straight one
-            with torch.autocast(device.type, enabled=False):
-                past = self.model(input_ids=ids, attention_mask=mask,
-                                  position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
-                                  logits_to_keep=1).past_key_values
+            past = None
+            if prefix_past is not None:
+                past = copy.deepcopy(prefix_past)
+                past.batch_repeat_interleave(len(chunk))
+            past = self._forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)[:, p:], past)
             for i, h in enumerate(chunk):
-                kv = [(layer.keys[i, :, width - len(h):].to(self.dtype).clone(),
-                       layer.values[i, :, width - len(h):].to(self.dtype).clone()) for layer in past.layers]
+                own = slice(p + width - len(h) + p, None)   # the row's own tokens, after its left padding
+                kv = [(torch.cat([layer.keys[i, :, :p], layer.keys[i, :, own]], dim=1).to(self.dtype),
+                       torch.cat([layer.values[i, :, :p], layer.values[i, :, own]], dim=1).to(self.dtype))
+                      for layer in past.layers]
                 size = sum(k.nbytes + v.nbytes for k, v in kv)
                 if self.bytes + size <= self.budget:
                     self.entries[h] = kv

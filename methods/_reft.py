@@ -124,6 +124,11 @@ class HookedModel:
         self._state = None
         blocks = decoder_layers(model)
         self._handles = [blocks[l].register_forward_hook(self._hook(l)) for l in self.layers]
+        # logits_to_keep hands the vocabulary projection a strided slice of the hidden states; with its weight
+        # frozen (requires_grad False) torch's matmul then runs it as a bmm over a per-row copy of the weight,
+        # measured 6x slower than the same product on a contiguous input (equal up to float rounding, 1e-5)
+        self._handles.append(model.get_output_embeddings().register_forward_pre_hook(
+            lambda module, args: (args[0].contiguous(), *args[1:])))
 
     def _hook(self, layer: int):
         def hook(module, args, output):

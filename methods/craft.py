@@ -240,25 +240,32 @@ class CRAFT(Method):
         cur = self._answer_logprobs([self._anchor_prompts[i] for i in idx], self.current, grad=True)
         return kl(self._prior_logp[idx], cur).mean()
 
-    def _tail_batch(self, batch) -> tuple[dict, torch.Tensor]:
-        """The batch as its edited prompt tails + answers on top of the cached backbone heads."""
+    def _tail_loss(self, batch) -> torch.Tensor:
+        """answer_loss on the edited prompt tails + answers on top of the cached backbone heads. Each answer's last
+        token is not fed (it predicts nothing), and the vocabulary projection runs on the answer-predicting
+        positions only (a boolean logits_to_keep), not on the widest answer's span in every row."""
         examples = batch["examples"]
-        inputs = self.backbone.batch([ex.prompt_ids for ex in examples], [ex.answer_ids for ex in examples])
+        inputs = self.backbone.batch([ex.prompt_ids for ex in examples], [ex.answer_ids[:-1] for ex in examples])
         edited = inputs.pop("tail_mask")
-        labels = torch.full_like(inputs["input_ids"], -100)
-        for i, ex in enumerate(examples):
-            labels[i, labels.shape[1] - len(ex.answer_ids):] = torch.tensor(ex.answer_ids)
-        return {**inputs, "labels": labels, "answer_width": batch["answer_width"]}, edited
+        width = edited.shape[1]
+        n = torch.tensor([len(ex.answer_ids) for ex in examples], device=edited.device)
+        keep = torch.arange(width, device=edited.device)[None, :] >= width - n[:, None]   # rows end at the last column
+        target = torch.tensor([t for ex in examples for t in ex.answer_ids], device=edited.device)   # row-major
+        rows = torch.zeros(len(examples), dtype=torch.long, device=edited.device)
+        with self.hooks.active([self.current], rows, edited):
+            logits = self.model(**inputs, logits_to_keep=keep).logits
+        return torch.nn.functional.cross_entropy(logits.float(), target)
 
     def training_loss(self, batch, task):
         if self.backbone is not None:
-            batch, pmask = self._tail_batch(batch)
+            task_loss = self._tail_loss(batch)
         else:
             ids, mask = batch["input_ids"], batch["attention_mask"]
             answer_len = torch.tensor([len(ex.answer_ids) for ex in batch["examples"]], device=ids.device)
             pmask = self._prompt_mask(mask, ids.shape[1] - answer_len)
-        with self.hooks.active([self.current], torch.zeros(len(pmask), dtype=torch.long, device=pmask.device), pmask):
-            task_loss = answer_loss(self.model, batch)
+            rows = torch.zeros(len(pmask), dtype=torch.long, device=pmask.device)
+            with self.hooks.active([self.current], rows, pmask):
+                task_loss = answer_loss(self.model, batch)
         parts = {"task_loss": task_loss.item()}
         loss = task_loss
         if self._anchor_prompts:
