@@ -11,10 +11,23 @@ from core.device import device_of
 
 class Scorer(Protocol):
     device: torch.device   # where the inputs it is given must be: its model's device
+    packs_candidates: bool  # continue_forward takes a 4-D mask, so every candidate label shares one prompt cache
 
     def prefix_forward(self, input_ids) -> object | None: ...
     def prompt_forward(self, input_ids, attention_mask, position_ids, past=None) -> tuple[torch.Tensor, object]: ...
     def continue_forward(self, input_ids, attention_mask, position_ids, past) -> torch.Tensor: ...
+
+
+# Model types whose forward uses a 4-D attention mask as the whole mask and takes positions from position_ids
+# (no ALiBi, no chunked attention), under attention that applies such a mask (flash attention does not).
+PACKABLE_MODELS = ("llama", "mistral", "qwen2", "qwen3", "gemma")
+
+
+def takes_4d_mask(config) -> bool:
+    # a sliding window or bidirectional attention would be overridden by the custom mask
+    return (config.model_type in PACKABLE_MODELS and config._attn_implementation in ("sdpa", "eager")
+            and getattr(config, "sliding_window", None) is None
+            and not getattr(config, "use_bidirectional_attention", False))
 
 
 class CausalLMScorer:
@@ -23,6 +36,7 @@ class CausalLMScorer:
     def __init__(self, model):
         self.model = model
         self.device = device_of(model)
+        self.packs_candidates = takes_4d_mask(model.config)
 
     def prefix_forward(self, input_ids):
         """Keys/values of a prefix that every prompt the caller scores next begins with (a batch of one), or
@@ -37,6 +51,13 @@ class CausalLMScorer:
         return out.logits[:, -1, :], out.past_key_values
 
     def continue_forward(self, input_ids, attention_mask, position_ids, past):
+        """Logits of tokens after the cached ones. attention_mask: [B, past + T] (1: a real token), or, where
+        packs_candidates, bool [B, 1, T, past + T] (True: the query may attend to that key)."""
+        if attention_mask.dim() == 4 and self.model.config._attn_implementation == "eager":
+            # eager attention adds the mask to its scores; sdpa takes the bool mask as it is
+            dtype = next(self.model.parameters()).dtype
+            attention_mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device
+                                         ).masked_fill(~attention_mask, torch.finfo(dtype).min)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          past_key_values=past, use_cache=True)
         return out.logits

@@ -91,8 +91,9 @@ class BenchConfig:
     device: str = option("cpu", role=ENVIRONMENT, help="torch device: cpu, cuda or cuda:N")
     # environment, not setup: the caches change float rounding only (measured: docs/cli.md#caches)
     cache: str = option("on", role=ENVIRONMENT, choices=("on", "off"),
-                        help="on: encode each task's shared prompt prefix once; off: every cache off, to check "
-                             "that they change nothing beyond float rounding")
+                        help="on: encode each task's shared prompt prefix once, score every label on one copy of a "
+                             "prompt's cache; off: every cache off, to check that they change nothing beyond float "
+                             "rounding")
     # environment, not setup: the metrics are the same either way; the unevaluated cells are blank
     matrix: str = option("full", role=ENVIRONMENT, choices=("full", "needed"),
                          help="full: score every task after every stage; needed: only the cells AA, BWT, FM and "

@@ -77,6 +77,57 @@ def _batches_of(prompts: list[tuple[int, ...]], batch_size: int):
         yield order[start:start + batch_size]
 
 
+class Continuations:
+    """Every candidate's tokens after its first (each scored from the logits of the token before it), as
+    [C, width] rows, scored in one of two layouts: padded, one row per candidate on its own copy of the prompt
+    cache; or packed, all candidates back to back in one row on the prompt's one cache, under a 4-D mask that
+    lets a token see its prompt's real tokens and the earlier tokens of its own candidate only."""
+
+    def __init__(self, candidates: list[tuple[int, ...]], pad_id: int, device):
+        self.n = len(candidates)
+        self.width = max(len(c) for c in candidates) - 1
+        pad = [self.width + 1 - len(c) for c in candidates]
+        self.ids, self.target, self.mask = (torch.tensor(rows, dtype=torch.long, device=device) for rows in (
+            [list(c[:-1]) + [pad_id] * k for c, k in zip(candidates, pad)],
+            [list(c[1:]) + [0] * k for c, k in zip(candidates, pad)],
+            [[1] * (len(c) - 1) + [0] * k for c, k in zip(candidates, pad)]))
+        self.real = self.mask.bool()
+        owner = torch.arange(self.n, device=device)[:, None].expand_as(self.real)[self.real]   # [L]
+        self.offset = torch.arange(self.width, device=device).expand_as(self.real)[self.real]
+        self.block = torch.ones((len(owner), len(owner)), dtype=torch.bool, device=device).tril() & \
+            (owner[:, None] == owner[None, :])
+
+    def padded(self, scorer: Scorer, past, mask):
+        """(log-probability of every target token, whether it is the argmax): [b, C, width] each, padding 0."""
+        b = len(mask)
+        past.batch_repeat_interleave(self.n)
+        full_mask = torch.cat([mask.repeat_interleave(self.n, 0), self.mask.repeat(b, 1)], dim=1)
+        pos = mask.sum(-1, keepdim=True).repeat_interleave(self.n, 0) + torch.arange(self.width, device=mask.device)
+        logits = scorer.continue_forward(self.ids.repeat(b, 1), full_mask, pos, past)
+        logp, hit = _target_logprobs(logits, self.target.repeat(b, 1))
+        return logp.view(b, self.n, self.width), hit.view(b, self.n, self.width)
+
+    def packed(self, scorer: Scorer, past, mask):
+        """What padded returns, from one row of L = all candidates' tokens per prompt."""
+        b, length = len(mask), len(self.block)
+        seen = torch.cat([mask.bool()[:, None, None, :].expand(b, 1, length, mask.shape[1]),
+                          self.block.expand(b, 1, length, length)], dim=-1)
+        logits = scorer.continue_forward(self.ids[self.real].expand(b, -1), seen,
+                                         mask.sum(-1, keepdim=True) + self.offset, past)
+
+        def unpack(values):   # [b, L] -> [b, C, width]
+            grid = values.new_zeros((b, self.n, self.width))
+            grid[:, self.real] = values
+            return grid
+        return tuple(unpack(v) for v in _target_logprobs(logits, self.target[self.real].expand(b, -1)))
+
+
+def _target_logprobs(logits, target):
+    logits = logits.float()
+    logp = torch.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    return logp, logits.argmax(-1) == target
+
+
 @torch.no_grad()
 def candidate_logprobs(scorer: Scorer, prompts: list[tuple[int, ...]], candidates: list[tuple[int, ...]],
                        pad_id: int, batch_size: int = 16, progress=None,
@@ -84,37 +135,23 @@ def candidate_logprobs(scorer: Scorer, prompts: list[tuple[int, ...]], candidate
     """For every prompt and candidate continuation: (total log-probability [N, C], greedy [N, C] = whether
     greedy decoding would produce exactly that continuation). One prompt forward per example (on top of the
     prompts' shared prefix, encoded once, unless share_prefix is off); every candidate is scored from its
-    KV cache."""
-    n_cand = len(candidates)
-    width = max(len(c) for c in candidates)
-    cont = torch.full((n_cand, width - 1), pad_id, dtype=torch.long)     # inputs: all but each last token
-    target = torch.full((n_cand, width - 1), 0, dtype=torch.long)       # targets: all but each first token
-    cont_mask = torch.zeros((n_cand, width - 1), dtype=torch.long)
-    for c, ids in enumerate(candidates):
-        cont[c, : len(ids) - 1] = torch.tensor(ids[:-1])
-        target[c, : len(ids) - 1] = torch.tensor(ids[1:])
-        cont_mask[c, : len(ids) - 1] = 1
-    first = torch.tensor([c[0] for c in candidates])
-    cont, target, cont_mask, first = (t.to(scorer.device) for t in (cont, target, cont_mask, first))
-    out = torch.zeros((len(prompts), n_cand))
-    greedy_out = torch.zeros((len(prompts), n_cand), dtype=torch.bool)
+    KV cache: all of them on one copy of it where the scorer packs_candidates, else (or with share_prefix
+    off) on a copy per candidate."""
+    cont = Continuations(candidates, pad_id, scorer.device)
+    first = torch.tensor([c[0] for c in candidates], device=scorer.device)
+    pack = share_prefix and getattr(scorer, "packs_candidates", False)
+    out = torch.zeros((len(prompts), cont.n))
+    greedy_out = torch.zeros((len(prompts), cont.n), dtype=torch.bool)
     prefix = encoder_for(scorer, prompts, share_prefix)
     for idx in _batches_of(prompts, batch_size):
         b = len(idx)
         last_logits, past, mask = prefix.encode(scorer, [prompts[i] for i in idx], pad_id)
         scores = torch.log_softmax(last_logits.float(), -1)[:, first]               # [b, C]
         greedy = last_logits.argmax(-1, keepdim=True) == first[None, :]             # [b, C]
-        if width > 1:
-            past.batch_repeat_interleave(n_cand)
-            full_mask = torch.cat([mask.repeat_interleave(n_cand, 0), cont_mask.repeat(b, 1)], dim=1)
-            cont_pos = mask.sum(-1, keepdim=True).repeat_interleave(n_cand, 0) + torch.arange(width - 1,
-                                                                                                device=mask.device)
-            logits = scorer.continue_forward(cont.repeat(b, 1), full_mask, cont_pos, past).float()
-            tgt, cm = target.repeat(b, 1), cont_mask.repeat(b, 1)
-            logp = torch.log_softmax(logits, -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-            scores = scores + (logp * cm).sum(-1).view(b, n_cand)
-            hit = (logits.argmax(-1) == tgt) | (cm == 0)
-            greedy = greedy & hit.all(-1).view(b, n_cand)
+        if cont.width > 0:
+            logp, hit = (cont.packed if pack else cont.padded)(scorer, past, mask)
+            scores = scores + (logp * cont.mask).sum(-1)
+            greedy = greedy & (hit | ~cont.real).all(-1)
         scores, greedy = scores.cpu(), greedy.cpu()   # one copy per batch, not one per row
         for j, i in enumerate(idx):
             out[i], greedy_out[i] = scores[j], greedy[j]

@@ -3,6 +3,7 @@ import torch
 
 from core.scoring import CausalLMScorer
 from harness.evaluation import accuracy, generate_predictions, rank_predictions
+from harness.models import tiny_model
 from harness.prompting import PromptEncoder
 from tasks.base import Example, TaskData
 
@@ -116,3 +117,101 @@ def test_shared_prefix_leaves_each_prompt_the_tokens_its_scorer_edits(tiny):
     assert SharedPrefix(scorer, prompts).length == 27
     scorer.prefix_forward = lambda ids: None    # a scorer that cannot share a prefix encodes whole prompts
     assert SharedPrefix(scorer, prompts).past is None
+
+
+# ---- every candidate on one copy of the prompt cache (packed under a 4-D mask) ----------------------------------
+PREFIX_LABELS = ("negative", "negative or neutral", "very positive", "positive")   # a label that is a prefix of another
+
+
+def packed_and_padded(scorer, prompts, cands, pad_id, share_prefix=True):
+    """candidate_logprobs with the candidates packed on one cache, then with one cache copy per candidate."""
+    from harness.evaluation import candidate_logprobs
+    assert scorer.packs_candidates
+    packed = candidate_logprobs(scorer, prompts, cands, pad_id, 5, share_prefix=share_prefix)
+    scorer.packs_candidates = False
+    padded = candidate_logprobs(scorer, prompts, cands, pad_id, 5, share_prefix=share_prefix)
+    return packed, padded
+
+
+def assert_same_scores(packed, padded):
+    (scores, greedy), (ref, ref_greedy) = packed, padded
+    assert torch.allclose(scores, ref, atol=1e-4)
+    assert torch.equal(greedy, ref_greedy) and torch.equal(scores.argmax(-1), ref.argmax(-1))
+
+
+def ragged_prompts_and_labels(tok):
+    enc = PromptEncoder(tok, max_input_tokens=32)
+    task = make_task(PREFIX_LABELS)
+    cands = enc.candidates(task)
+    assert cands[1][:len(cands[0]) - 1] == cands[0][:-1] and len({len(c) for c in cands}) > 1
+    prompts = [ex.prompt_ids for ex in enc.encode(task, "test")]
+    assert len({len(p) for p in prompts}) > 2    # batches of 5 are left-padded
+    return prompts, cands
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_candidates_score_as_one_cache_copy_per_candidate(tokenizer, attention):
+    """Packed and per-candidate scoring agree (fp32, float rounding only) on a plain model and through a peft
+    LoRA, on prompts of several lengths and labels of several lengths, one a prefix of another; and they are
+    the scores of each prompt+label as its own sequence."""
+    from methods import get_method
+    prompts, cands = ragged_prompts_and_labels(tokenizer)
+    pad = tokenizer.pad_token_id
+    model = tiny_model(tokenizer, seed=0)
+    model.config._attn_implementation = attention
+    packed, padded = packed_and_padded(CausalLMScorer(model), prompts, cands, pad)
+    assert_same_scores(packed, padded)
+    for p, row in zip(prompts[:4], packed[0]):
+        assert torch.allclose(row, torch.tensor(full_sequence_scores(model, p, cands)), atol=1e-4)
+    lora = get_method("seq_lora")(model, tokenizer, {}, seed=0)
+    lora.setup()
+    with torch.no_grad():   # LoRA's B starts at zero: give the adapter an effect
+        for name, p in lora.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.2, generator=torch.Generator().manual_seed(1))
+    packed_lora, padded_lora = packed_and_padded(lora.scorer("t"), prompts, cands, pad)
+    assert_same_scores(packed_lora, padded_lora)
+    assert not torch.allclose(packed_lora[0], packed[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("cache_mb", [0, 64])
+def test_packed_candidates_through_the_craft_scorer(tokenizer, cache_mb):
+    """CRAFT edits prompt positions only: packed and per-candidate scoring agree with its edits active, on
+    shared-prefix prompts (cache_mb=0) and on its frozen-backbone cache (cache_mb>0)."""
+    import tasks
+    from core.data import TaskContext
+    from harness.training import fit
+    from methods.craft import CRAFT
+    m = CRAFT(tiny_model(tokenizer, seed=0), tokenizer, {"probe_size": "4", "anchors_per_task": "4",
+                                                         "routing": "single"}, seed=1, cache_mb=cache_mb)
+    m.setup()
+    enc = PromptEncoder(tokenizer, 16)
+    data = tasks.load_task("bbc", None, 8, 10, 1)
+    train = enc.encode(data, "train")
+    ctx = TaskContext(0, "bbc", ["bbc"])
+    m.before_task(ctx, train)
+    fit(m, ctx, train[:4], seed=0, pad_id=tokenizer.pad_token_id, progress=False)
+    m.after_task(ctx, train)
+    _, cands = ragged_prompts_and_labels(tokenizer)
+    prompts = [ex.prompt_ids for ex in enc.encode(data, "test")]
+    scorer = m.scorer("bbc")
+    assert scorer.own_encoding == bool(cache_mb)
+    assert_same_scores(*packed_and_padded(scorer, prompts, cands, tokenizer.pad_token_id))
+    m.hooks.remove()
+
+
+def test_cache_off_and_models_that_cannot_pack_score_one_copy_per_candidate(tiny):
+    from harness.evaluation import candidate_logprobs
+    model, tok = tiny
+    prompts, cands = ragged_prompts_and_labels(tok)
+    scorer = CausalLMScorer(model)
+    masks = []
+    forward = scorer.continue_forward
+    scorer.continue_forward = lambda ids, mask, pos, past: masks.append(mask.dim()) or forward(ids, mask, pos, past)
+    candidate_logprobs(scorer, prompts, cands, tok.pad_token_id, 5, share_prefix=True)
+    assert set(masks) == {4}
+    masks.clear()
+    candidate_logprobs(scorer, prompts, cands, tok.pad_token_id, 5, share_prefix=False)
+    assert set(masks) == {2}    # --cache off: every cache off, packing too
+    model.config.sliding_window = 4   # a custom mask would override the window
+    assert not CausalLMScorer(model).packs_candidates
