@@ -70,6 +70,8 @@ class BenchConfig:
     seed: int = option(1, role=IDENTITY, commands=(BENCH,), type=int, help="training seed")
     method_args: dict = option(role=IDENTITY, flag=None, default_factory=dict,
                                help="method settings (--method-arg / --method-config; a sweep's name:key=value)")
+    # 200/100: chosen on validation runs (results/val: offline1-2, seeds 1-2, 25 optimizer steps a task), where
+    # both sanity checks pass (seq_lora's FM interval above 0, per_task above seq_lora); at 32/20 neither did.
     train_per_task: int | None = option(200, role=SETUP, type=positive_or_all,
                                         help="training examples per task, stratified by label ('all' for every row)")
     test_per_task: int | None = option(100, role=SETUP, type=positive_or_all,
