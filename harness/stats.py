@@ -24,21 +24,27 @@ RESAMPLES = 2000          # bootstrap draws; the percentile ends move by about 0
 LEVEL = 95                # percent, two-sided
 BOOTSTRAP_SEED = 20261130  # fixed: a table rebuilt from the same runs shows the same intervals
 
-# One character per test example: the predicted label's index (62 labels at most; dbpedia has 14).
+# One character per test example: the predicted label's index (62 labels at most; dbpedia has 14). A task with
+# more labels is stored as LONG_FORM followed by the indices in decimal, space-separated (-1 for no answer).
 LABEL_CODES = string.digits + string.ascii_lowercase + string.ascii_uppercase
+LONG_FORM = "#"
 NO_ANSWER = "-"           # generate: the normalised generation equals no label
 NO_ANSWER_INDEX = -1
 BALANCED = "balanced_accuracy"   # general.json's "metric"; a general.json without one holds plain accuracy
 
 
 def encode_labels(indices) -> str:
-    try:
+    indices = [int(i) for i in indices]
+    if any(i < NO_ANSWER_INDEX for i in indices):
+        raise ValueError(f"a label index below {NO_ANSWER_INDEX} cannot be stored")
+    if all(i < len(LABEL_CODES) for i in indices):
         return "".join(NO_ANSWER if i == NO_ANSWER_INDEX else LABEL_CODES[i] for i in indices)
-    except IndexError:
-        raise ValueError(f"a label index outside 0-{len(LABEL_CODES) - 1} cannot be stored") from None
+    return LONG_FORM + " ".join(map(str, indices))
 
 
 def decode_labels(text: str) -> np.ndarray:
+    if text.startswith(LONG_FORM):
+        return np.array([int(x) for x in text[len(LONG_FORM):].split()], dtype=np.int64)
     lookup = {c: i for i, c in enumerate(LABEL_CODES)} | {NO_ANSWER: NO_ANSWER_INDEX}
     return np.array([lookup[c] for c in text], dtype=np.int64)
 

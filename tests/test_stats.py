@@ -78,8 +78,13 @@ def test_metrics_json_adds_intervals_that_cover_the_point(tmp_path, tokenizer):
 def test_labels_round_trip_and_generation_is_normalised_as_o_lora_does():
     assert stats.encode_labels([0, 9, 10, 13, -1]) == "09ad-"
     assert list(stats.decode_labels("09ad-")) == [0, 9, 10, 13, -1]
+    # a task with more labels than one character can name keeps every index, in the long form
+    many = [0, 61, 62, 150, -1]
+    assert stats.encode_labels(many).startswith(stats.LONG_FORM)
+    assert list(stats.decode_labels(stats.encode_labels(many))) == many
+    assert list(stats.decode_labels(stats.encode_labels([62]))) == [62]   # one example: no ambiguity with "6", "2"
     with pytest.raises(ValueError):
-        stats.encode_labels([62])
+        stats.encode_labels([-2])
     assert normalize_answer("  Very   Positive. ") == "very positive"
     assert normalize_answer("Science & Technology!") == "science technology"
 
