@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "harness/general.py; a run skips those in its own stream)")
     g.add_argument("--per-task", type=int, default=None, help="test examples per held-out task (default 50)")
     g.add_argument("--redo", action="store_true", help="measure runs that already have general.json again")
+    g.add_argument("--device", default=None, help="torch device to measure on (default: each run's own; device is "
+                   "environment, not setup: a run trained on cuda can be measured on cpu)")
 
     sub.add_parser("list", help="list methods, tasks and orders")
 
@@ -282,12 +284,18 @@ def cmd_general(a) -> int:
         run_config = general.run_config(path)
         try:
             check_model(run_config["model"], run_config.get("allow_download", False))
-            check_device(run_config.get("device", "cpu"))
         except UsageError as e:
             raise UsageError(f"{path} (its config.json): {e}") from None
+        if a.device is None:
+            try:
+                check_device(run_config.get("device", "cpu"))
+            except UsageError as e:
+                raise UsageError(f"{path} (its config.json): {e}; measure it on another device with --device") from None
+    if a.device is not None:
+        check_device(a.device)
     cache: dict = {}
     for path in tqdm(todo, desc="general ability", unit="run"):
-        r = general.run_general(path, names, per_task, cache)
+        r = general.run_general(path, names, per_task, cache, device=a.device)
         ci = r["change_ci"]
         tqdm.write(f"{path}: balanced accuracy before {r['before']:.2f} after {r['after']:.2f} change "
                    f"{r['change']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""))

@@ -161,8 +161,9 @@ def run_config(run_path: str) -> dict:
 
 
 def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_TASK, before_cache: dict | None = None,
-                progress: bool = True) -> dict:
-    """Measure a finished run's general-ability retention; writes general.json into the run directory."""
+                progress: bool = True, device: str | None = None) -> dict:
+    """Measure a finished run's general-ability retention; writes general.json into the run directory.
+    device: where to measure (default the run's own)."""
     from harness.models import configure_offline, load_model, set_threads
     from harness.prompting import PromptEncoder
     from harness.rundir import RunDir, write_json
@@ -183,9 +184,10 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
     # The literature's held-out tasks read the run's data folder where this machine has it, else the packaged
     # subset, which holds the same test draws (up to 500 a task): a record made elsewhere is still measurable.
     data_dir = config.get("data_dir") if config.get("data_dir") and os.path.isdir(config["data_dir"]) else None
-    model, tok = load_model(config["model"], config.get("device", "cpu"))
+    device = device or config.get("device", "cpu")
+    model, tok = load_model(config["model"], device)
     encoder = PromptEncoder(tok, config["max_input_tokens"])
-    key = (config["model"], config["max_input_tokens"], tuple(names), per_task)
+    key = (config["model"], config["max_input_tokens"], tuple(names), per_task, device)
     cache = before_cache if before_cache is not None else {}
     if key not in cache:   # the backbone before any training: the same for every run of a setup
         backbone = CausalLMScorer(model)
@@ -197,7 +199,8 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
     method.load_state_dict(run.load_checkpoint(map_location=method.device))
     after = evaluate(method.scorer, tok, encoder, names, per_task, data_dir)
     result = summarize(before, after)
-    result.update(per_task=per_task, requested=requested, skipped_in_stream=[n for n in requested if n not in names],
+    result.update(per_task=per_task, device=device, requested=requested,
+                  skipped_in_stream=[n for n in requested if n not in names],
                   measured_with="lm-eval simple_evaluate, multiple_choice, 0-shot: each example's answer is the "
                                 "option of highest log-likelihood (lm-eval's acc); balanced accuracy = mean "
                                 "per-class recall")

@@ -4,6 +4,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 from harness.cli import main
 from harness.config import BenchConfig
@@ -247,6 +248,11 @@ def test_general_refuses_a_damaged_finished_run_before_loading_a_model(capsys, t
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "model": str(tmp_path / "gone")}))
     fails(capsys, ["general", str(run)], "(its config.json): --model")
+    if not torch.cuda.is_available():   # a run trained on a GPU: refused here, with the way to measure it anyway
+        (run / "config.json").write_text(json.dumps({**config, "device": "cuda"}))
+        err = fails(capsys, ["general", str(run)], "(its config.json): --device 'cuda'")
+        assert "measure it on another device with --device" in err
+        fails(capsys, ["general", "--device", "cuda", str(run)], "--device 'cuda'")
     (run / "config.json").write_text("{not json")
     fails(capsys, ["general", str(run)], "cannot read")
 

@@ -75,6 +75,11 @@ def test_general_measures_a_finished_run_before_and_after(tmp_path, tokenizer, c
     lo, hi = result["change_ci"]
     assert lo <= result["change"] <= hi
     assert general.held_out(("sms_spam", "bbc"), ["bbc", "trec"]) == ["sms_spam"]
+    # device is environment: a run recorded on another device is measured here with device=, to the same answers
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump({**cfg, "device": "cuda:3"}, f)
+    again = general.run_general(out, ("sms_spam", "bbc"), per_task=10, device="cpu")
+    assert again["device"] == "cpu" and again["tasks"] == result["tasks"]
     # A committed record carries no weights: `general` says so and the CLI skips it instead of failing the batch
     os.unlink(os.path.join(out, status["checkpoint"]))
     os.unlink(os.path.join(out, "general.json"))
