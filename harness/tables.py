@@ -593,37 +593,79 @@ def cost_table(frame: pd.DataFrame) -> Table:
     return Table("cost", "Cost: parameters and time", columns, sections_of(frame), notes)
 
 
-def ablation_table(frame: pd.DataFrame, method: str = "craft", references=("seq_lora", "replay")) -> Table | None:
-    variants = sort_labels(set(frame.label[frame.method == method]))
-    if len(variants) < 2:
+def most_pairs(runs: list[Run], label: str, reference: str) -> dict:
+    """by_seed of label against reference over the orders both ran, or over those of them that ran on every seed
+    of label's, whichever gives more (order, seed) pairs: a variant run on one order with seed 1 only and on three
+    with seeds 1 and 2 is compared on those three, twice."""
+    orders = shared_orders(runs, [label, reference], sorted({r.order for r in runs}, key=order_rank))
+    seeds = {r.seed for r in runs if r.label == label}
+    every_seed = [o for o in orders if seeds <= {r.seed for r in runs if r.label == label and r.order == o}]
+    options = [by_seed(runs, label, chosen, reference) for chosen in (orders, every_seed) if chosen]
+    return max(options, key=lambda p: sum(map(len, p.values())), default={})
+
+
+def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora", "replay")) -> Table | None:
+    """Every method that ran with other settings than its defaults (CRAFT's ablations, a tuning grid, replay's
+    compute-matched form): each variant beside the default, per order, and paired against the default."""
+    varied = [m for m in sort_labels(set(frame.method))
+              if m in set(frame.label) and frame.label[frame.method == m].nunique() > 1]
+    if not varied:
         return None
-    # Like for like: every row only on the (order, seed) cells where some variant ran, so a variant run on
-    # one seed is never set against the full method's mean over more seeds or orders.
-    ablated = frame[(frame.method == method) & (frame.label != method)]
-    cells_run = pd.MultiIndex.from_frame(ablated[["order", "seed"]])
-    scoped = frame[pd.MultiIndex.from_frame(frame[["order", "seed"]]).isin(cells_run)]
-    orders = sorted(set(ablated.order), key=order_rank)
-    seeds = sorted(set(ablated.seed))
+    # Like for like: a method's rows only on the (order, seed) cells where one of its variants ran, so a variant
+    # run on one seed is never set against the default's mean over more seeds or orders.
+    scoped_parts, sections = [], []
+    paired = {"ΔAA vs default ↑": {}, "ΔFM vs default ↓": {}, "pairs": {}}
+    for method in varied:
+        ablated = frame[(frame.method == method) & (frame.label != method)]
+        cells_run = pd.MultiIndex.from_frame(ablated[["order", "seed"]])
+        mine = frame[(frame.method == method) & pd.MultiIndex.from_frame(frame[["order", "seed"]]).isin(cells_run)]
+        scoped_parts.append(mine)
+        sections.append((None if len(varied) == 1 else method, sort_labels(set(mine.label))))
+        for lab in sort_labels(set(ablated.label)):
+            pairs = most_pairs(runs, lab, method)
+            if not pairs:
+                continue
+            orders = next(iter(pairs.values()))
+            for metric, heading in (("AA", "ΔAA vs default ↑"), ("FM", "ΔFM vs default ↓")):
+                d = summarize(pairs, metric)
+                if d is not None:
+                    paired[heading][lab] = d.text(signed=True, mark=True)
+            paired["pairs"][lab] = f"{len(orders)} × {len(pairs)}"
+    scoped = pd.concat(scoped_parts)
+    all_cells = pd.MultiIndex.from_frame(scoped[["order", "seed"]])
+    refs = [r for r in references if r in set(frame.label) and r not in set(scoped.label)]
+    ref_rows = frame[frame.label.isin(refs) & pd.MultiIndex.from_frame(frame[["order", "seed"]]).isin(all_cells)]
+    if len(ref_rows):
+        scoped = pd.concat([scoped, ref_rows])
+        sections.append(("References", sort_labels(set(ref_rows.label))))
+    orders = sorted(set(scoped.order), key=order_rank)
+    seeds = sorted(set(scoped.seed))
     seeds_text = ("seeds " if len(seeds) > 1 else "seed ") + ", ".join(map(str, seeds))
     per_order = mean_std(scoped.groupby(["label", "order"])[["AA", "BWT", "FM"]]).unstack()
     columns = {(f"Order {o}", heading): per_order.get((value, o))
                for o in orders for value, heading in (("AA", "AA ↑"), ("BWT", "BWT ↑"), ("FM", "FM ↓"))}
+    for heading, values in paired.items():
+        columns[("Against the default", heading)] = pd.Series(values, dtype=object)
     columns[("", "trainable params")] = (scoped.drop_duplicates("label").set_index("label")
                                          .trainable_parameters.map("{:,}".format))
     columns[("", "wall s/run")] = spread(scoped.groupby("label").wall_seconds, 0)
-    refs = [r for r in references if r in set(scoped.label)]
-    sections = [(None, variants)] + ([("References", refs)] if refs else [])
-    return Table("ablations", f"{method} and its ablations (settings in brackets)", columns, sections,
-                 [f"Every row is restricted to the orders and seeds where an ablation ran ({seeds_text}), so the "
-                  "rows compare the same streams. AA, BWT, FM: mean ± std over those seeds. Trainable params: "
-                  "per run. Wall s/run: median [min–max] over the row's runs in the table."])
+    notes = [f"Every method's rows are restricted to the orders and seeds where one of its variants ran ({seeds_text} "
+             "in all), so the rows compare the same streams; references, to the cells where any variant ran. AA, BWT, "
+             "FM: mean ± std over those seeds. Against the default: the variant minus its method with default "
+             "settings, paired on the same orders, seeds and test examples (pairs = orders × seeds); "
+             f"{BOOTSTRAP_NOTE} * = the interval excludes 0. Trainable params: per run. Wall s/run: median "
+             "[min–max] over the row's runs in the table."]
+    notes += [n for n in (missing_predictions_note([r for r in runs if r.label in set(scoped.label)]),) if n]
+    title = "Variants of a method against its defaults (settings in brackets)" if len(varied) > 1 else (
+        f"{varied[0]} and its variants (settings in brackets)")
+    return Table("ablations", title, columns, sections, notes)
 
 
 def all_tables(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> tuple[list[Table], list[str]]:
     """The tables of one protocol's runs, and the sanity checks, which every table states under it."""
     tables = [main_table(runs, frame, title_note), forgetting_table(runs, frame, title_note),
               paired_table(runs, frame, title_note), robustness_table(runs, frame), cost_table(frame),
-              ablation_table(frame)]
+              ablation_table(runs, frame)]
     checks = sanity_checks(runs, frame)
     tables = [t for t in tables if t is not None]
     for t in tables:

@@ -119,7 +119,8 @@ def test_forgetting_robustness_and_ablation_tables(runs, tmp_path):
     assert "| craft [merge=false] |" in abl and "References" in abl
     row = [c.strip() for c in next(ln for ln in abl.splitlines() if ln.startswith("| craft [merge=false] |"))
            .strip("|").split("|")]
-    assert row[1:4] == ["65.00", "-40.00", "40.00"] and row[4] == "10"
+    # against craft's default run on the same cell: AA 65 - 80, FM 40 - 0; then trainable params
+    assert row[1:4] == ["65.00", "-40.00", "40.00"] and row[4:8] == ["-15.00", "+40.00", "1 × 1", "10"]
     # only order 1 seed 1, where the ablation ran: seq_lora's seed-2 run (AA 75, BWT -10) is left out
     assert "Order 2" not in abl
     row = [c.strip() for c in next(ln for ln in abl.splitlines() if ln.startswith("| seq_lora |")).strip("|").split("|")]
@@ -425,3 +426,33 @@ def test_the_committed_runs_build_every_table_without_example_level_intervals(tm
     # their general.json files hold plain accuracy: GEN Δ says so instead of passing it off as balanced
     gen = cells_of(os.path.join(out, "forgetting.md"), "seq_lora")[3]
     assert gen.endswith(" †") and "[" not in gen
+
+
+def test_every_method_with_variants_is_paired_against_its_default_on_the_same_examples(tmp_path):
+    """A tuning grid: seq_lora at two learning rates beside its default, craft with one ablation; each variant's
+    difference from its own default, paired on seeds and examples, marked where its interval excludes 0."""
+    root = str(tmp_path / "runs")
+    for seed in (1, 2):
+        make_run(root, "seq_lora", "seq_lora", "1", seed, seq(60.0, 70.0), n_test=20)
+        make_run(root, "seq_lora+lr=0.01", "seq_lora", "1", seed, seq(80.0, 90.0), args={"lr": "0.01"}, n_test=20)
+        make_run(root, "seq_lora+lr=0.0001", "seq_lora", "1", seed, seq(60.0, 70.0), args={"lr": "0.0001"},
+                 n_test=20)
+        make_run(root, "craft", "craft", "1", seed, seq(75.0, 85.0), n_test=20, params=10)
+        make_run(root, "craft+merge=false", "craft", "1", seed, seq(70.0, 85.0), args={"merge": "false"},
+                 n_test=20, params=10)
+    make_run(root, "craft", "craft", "2", 1, seq(75.0, 85.0), n_test=20, params=10)   # no variant here: left out
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    abl = open(os.path.join(out, "ablations.md")).read()
+    assert "Variants of a method against its defaults" in abl and "Order 2" not in abl
+    assert "| *seq_lora* |" in abl and "| *craft* |" in abl   # a section per method
+    cells = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")] for ln in abl.splitlines()
+             if ln.startswith("| seq_lora") or ln.startswith("| craft")}
+    # lr=0.01: AA 85 against 65 on every seed and example draw; FM 0 against 20
+    assert cells["seq_lora [lr=0.01]"][4].startswith("+20.00 [") and cells["seq_lora [lr=0.01]"][4].endswith("*")
+    assert cells["seq_lora [lr=0.01]"][5].startswith("-20.00 [") and cells["seq_lora [lr=0.01]"][6] == "1 × 2"
+    # the same numbers as the default: no difference, not significant
+    assert cells["seq_lora [lr=0.0001]"][4] == "+0.00 [0.00, 0.00]"
+    # craft without merge: final a 70 against 75 (AA -2.50), FM 10 against 5
+    assert cells["craft [merge=false]"][4].startswith("-2.50 [") and cells["craft [merge=false]"][5].startswith("+5.00")
+    assert cells["seq_lora"][4] == cells["craft"][4] == "–"   # the defaults themselves
