@@ -73,7 +73,9 @@ def main():
 
     lines = ["# CRAFT routing (stage 1) on the frozen backbone",
              "",
-             f"`python bench/craft_routing.py --orders {a.orders} --seed {a.seed}` ({a.model}, probe of {probe_size} "
+             f"`python bench/craft_routing.py --orders {a.orders} --seed {a.seed}"
+             + (f" --data-dir {a.data_dir}" if a.data_dir else "") + "` "
+             f"({a.model}, probe of {probe_size} "
              f"training prompts per task drawn as `Craft.before_task` draws them, {a.train_per_task} training "
              f"examples per task). KL(task || group) in nats; a task joins the nearest group when that KL is at most "
              f"`route_threshold` (default {craft.settings['route_threshold']}).", ""]
