@@ -215,6 +215,8 @@ def summarize(before: dict, after: dict) -> dict:
     themselves (so that tables can resample them across runs and seeds)."""
     tasks, points = {}, {}
     for name, (gold, was) in before.items():
+        if list(after[name][0]) != list(gold):   # the shared "before" must be of these very examples
+            raise ValueError(f"general: {name}'s examples differ between the backbone's scores and the run's")
         now = after[name][1]
         point, samples = stats.balanced_change(gold, was, now, name)
         points[name] = (stats.balanced_accuracy(was, gold), stats.balanced_accuracy(now, gold))

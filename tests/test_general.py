@@ -131,6 +131,8 @@ def test_the_change_interval_covers_the_point_and_has_no_width_without_a_change(
     same = general.summarize(answers(gold, before), answers(gold, before))
     assert same["change"] == 0.0 and same["change_ci"] == [0.0, 0.0]
     assert same["tasks"]["sms_spam"]["change_ci"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="examples differ"):   # before and after must be the same examples
+        general.summarize(answers(gold, before), answers(gold[::-1], before))
     # a general.json from before balanced accuracy has no answers to resample
     assert stats.general_samples({"sms_spam": {"before": 40.0, "after": 12.0, "change": -28.0}}) is None
 
