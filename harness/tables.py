@@ -445,19 +445,20 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
     for title, members in blocks_for(set(frame.order)):
         cells: dict = {"ΔAA ↑": {}, "ΔFM ↓": {}, "pairs": {}}
         for lab in baselines:
-            orders = shared_orders(runs, [PAIRED_TARGET, lab], members)
-            pairs = by_seed(runs, PAIRED_TARGET, orders, lab) if orders else {}
+            pairs = most_pairs(runs, PAIRED_TARGET, lab, members)
             if not pairs:
                 continue
+            n_orders = len(next(iter(pairs.values())))
             for metric, heading in (("AA", "ΔAA ↑"), ("FM", "ΔFM ↓")):
                 d = summarize(pairs, metric)
                 if d is not None:
                     cells[heading][lab] = d.text(signed=True, mark=True)
-            cells["pairs"][lab] = f"{len(orders)} × {len(pairs)}"
+            cells["pairs"][lab] = f"{n_orders} × {len(pairs)}"
         for heading, values in cells.items():
             columns[(title, heading)] = pd.Series(values, dtype=object)
-    notes = [f"Δ = {PAIRED_TARGET} minus the row's method, on the same orders, seeds and test examples: only the "
-             "block's orders both ran, only seeds that ran all of them (pairs = orders × seeds). ΔAA > 0: "
+    notes = [f"Δ = {PAIRED_TARGET} minus the row's method, on the same orders, seeds and test examples: the "
+             "block's orders both ran, on the seeds that ran all of them, or only the orders that every seed ran "
+             "where that gives more pairs (pairs = orders × seeds). ΔAA > 0: "
              f"{PAIRED_TARGET} is more accurate; ΔFM < 0: it forgets less (FM = "
              f"{metrics_mod.METRICS['FM'].description}). {BOOTSTRAP_NOTE} Paired: each draw takes the difference "
              "on the same seeds and examples, which is far tighter than two separate intervals. * = the interval "
@@ -473,13 +474,13 @@ def sanity_checks(runs: list[Run], frame: pd.DataFrame) -> list[str]:
     labels = set(frame.label)
     for title, members in blocks_for(set(frame.order)):
         if FORGETTING_REFERENCE in labels:
-            orders = shared_orders(runs, [FORGETTING_REFERENCE], members)
-            fm = summarize(by_seed(runs, FORGETTING_REFERENCE, orders), "FM") if orders else None
+            pairs = most_pairs(runs, FORGETTING_REFERENCE, None, members)
+            fm = summarize(pairs, "FM") if pairs else None
             if fm is not None:
                 lines.append(forgetting_check(title, fm))
         for bound, learner, why in BOUND_CHECKS:
-            orders = shared_orders(runs, [bound, learner], members) if {bound, learner} <= labels else []
-            diff = summarize(by_seed(runs, bound, orders, learner), "AA") if orders else None
+            pairs = most_pairs(runs, bound, learner, members) if {bound, learner} <= labels else {}
+            diff = summarize(pairs, "AA") if pairs else None
             if diff is not None:
                 lines.append(bound_check(title, bound, learner, why, diff))
     return lines
@@ -593,11 +594,13 @@ def cost_table(frame: pd.DataFrame) -> Table:
     return Table("cost", "Cost: parameters and time", columns, sections_of(frame), notes)
 
 
-def most_pairs(runs: list[Run], label: str, reference: str) -> dict:
-    """by_seed of label against reference over the orders both ran, or over those of them that ran on every seed
-    of label's, whichever gives more (order, seed) pairs: a variant run on one order with seed 1 only and on three
-    with seeds 1 and 2 is compared on those three, twice."""
-    orders = shared_orders(runs, [label, reference], sorted({r.order for r in runs}, key=order_rank))
+def most_pairs(runs: list[Run], label: str, reference: str | None = None, members: list[str] | None = None) -> dict:
+    """by_seed of label (against reference) over the orders of members (default: every order) that both ran,
+    or over those of them that ran on every seed of label's, whichever gives more (order, seed) pairs: with
+    seeds 1 and 2 on two orders and seed 1 alone on a third, the comparison takes the two orders twice, not all
+    three once. Ties keep every order."""
+    members = members if members is not None else sorted({r.order for r in runs}, key=order_rank)
+    orders = shared_orders(runs, [label] + ([reference] if reference else []), members)
     seeds = {r.seed for r in runs if r.label == label}
     every_seed = [o for o in orders if seeds <= {r.seed for r in runs if r.label == label and r.order == o}]
     options = [by_seed(runs, label, chosen, reference) for chosen in (orders, every_seed) if chosen]
@@ -625,12 +628,12 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
             pairs = most_pairs(runs, lab, method)
             if not pairs:
                 continue
-            orders = next(iter(pairs.values()))
+            n_orders = len(next(iter(pairs.values())))
             for metric, heading in (("AA", "ΔAA vs default ↑"), ("FM", "ΔFM vs default ↓")):
                 d = summarize(pairs, metric)
                 if d is not None:
                     paired[heading][lab] = d.text(signed=True, mark=True)
-            paired["pairs"][lab] = f"{len(orders)} × {len(pairs)}"
+            paired["pairs"][lab] = f"{n_orders} × {len(pairs)}"
     scoped = pd.concat(scoped_parts)
     all_cells = pd.MultiIndex.from_frame(scoped[["order", "seed"]])
     refs = [r for r in references if r in set(frame.label) and r not in set(scoped.label)]

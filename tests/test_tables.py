@@ -456,3 +456,20 @@ def test_every_method_with_variants_is_paired_against_its_default_on_the_same_ex
     # craft without merge: final a 70 against 75 (AA -2.50), FM 10 against 5
     assert cells["craft [merge=false]"][4].startswith("-2.50 [") and cells["craft [merge=false]"][5].startswith("+5.00")
     assert cells["seq_lora"][4] == cells["craft"][4] == "–"   # the defaults themselves
+
+
+def test_a_comparison_takes_the_orders_every_seed_ran_where_that_gives_more_pairs(tmp_path):
+    """Seeds 1 and 2 on offline1-2, seed 1 alone on offline3: craft against seq_lora on 2 orders x 2 seeds (4
+    pairs), not on 3 orders x seed 1 (3 pairs); the same for the forgetting check."""
+    root = str(tmp_path / "runs")
+    for order, seeds in (("offline1", (1, 2)), ("offline2", (1, 2)), ("offline3", (1,))):
+        for seed in seeds:
+            make_run(root, "seq_lora", "seq_lora", order, seed, seq(60.0, 70.0), n_test=20)
+            make_run(root, "craft", "craft", order, seed, seq(80.0 if seed == 2 else 70.0, 70.0), n_test=20)
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    paired = open(os.path.join(out, "paired.md")).read()
+    row = [c.strip() for c in next(ln for ln in paired.splitlines() if ln.startswith("| seq_lora |")).strip("|")
+           .split("|")]
+    # craft minus seq_lora in AA: (70-60)/2 = +5 on seed 1, (80-60)/2 = +10 on seed 2 -> +7.50 over 2 x 2
+    assert row[1].startswith("+7.50 [") and row[3] == "2 × 2"
