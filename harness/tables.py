@@ -652,9 +652,10 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
     columns[("", "trainable params")] = (scoped.drop_duplicates("label").set_index("label")
                                          .trainable_parameters.map("{:,}".format))
     columns[("", "wall s/run")] = spread(scoped.groupby("label").wall_seconds, 0)
-    notes = [f"Every method's rows are restricted to the orders and seeds where one of its variants ran ({seeds_text} "
-             "in all), so the rows compare the same streams; references, to the cells where any variant ran. AA, BWT, "
-             "FM: mean ± std over those seeds. Against the default: the variant minus its method with default "
+    notes = [f"Every method's rows are restricted to the orders and seeds where one of its variants ran (order"
+             f"{'s' if len(orders) > 1 else ''} {', '.join(orders)}; {seeds_text} in all), so the rows compare the "
+             "same streams; references, to the cells where any variant ran. AA, BWT, FM: mean ± std over those seeds. "
+             "Against the default: the variant minus its method with default "
              "settings, paired on the same orders, seeds and test examples (pairs = orders × seeds); "
              f"{BOOTSTRAP_NOTE} * = the interval excludes 0. Trainable params: per run. Wall s/run: median "
              "[min–max] over the row's runs in the table."]
