@@ -445,15 +445,7 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
     for title, members in blocks_for(set(frame.order)):
         cells: dict = {"ΔAA ↑": {}, "ΔFM ↓": {}, "pairs": {}}
         for lab in baselines:
-            pairs = most_pairs(runs, PAIRED_TARGET, lab, members)
-            if not pairs:
-                continue
-            n_orders = len(next(iter(pairs.values())))
-            for metric, heading in (("AA", "ΔAA ↑"), ("FM", "ΔFM ↓")):
-                d = summarize(pairs, metric)
-                if d is not None:
-                    cells[heading][lab] = d.text(signed=True, mark=True)
-            cells["pairs"][lab] = f"{n_orders} × {len(pairs)}"
+            add_paired_cells(cells, lab, most_pairs(runs, PAIRED_TARGET, lab, members), ("ΔAA ↑", "ΔFM ↓"))
         for heading, values in cells.items():
             columns[(title, heading)] = pd.Series(values, dtype=object)
     notes = [f"Δ = {PAIRED_TARGET} minus the row's method, on the same orders, seeds and test examples: the "
@@ -594,6 +586,18 @@ def cost_table(frame: pd.DataFrame) -> Table:
     return Table("cost", "Cost: parameters and time", columns, sections_of(frame), notes)
 
 
+def add_paired_cells(cells: dict, label: str, pairs: dict, headings: tuple[str, str]) -> None:
+    """cells[heading][label] = the paired ΔAA and ΔFM of pairs (by_seed's), and cells["pairs"][label] = how many
+    orders × seeds they are over; nothing without pairs."""
+    if not pairs:
+        return
+    for metric, heading in zip(("AA", "FM"), headings):
+        d = summarize(pairs, metric)
+        if d is not None:
+            cells[heading][label] = d.text(signed=True, mark=True)
+    cells["pairs"][label] = f"{len(next(iter(pairs.values())))} × {len(pairs)}"
+
+
 def most_pairs(runs: list[Run], label: str, reference: str | None = None, members: list[str] | None = None) -> dict:
     """by_seed of label (against reference) over the orders of members (default: every order) that both ran,
     or over those of them that ran on every seed of label's, whichever gives more (order, seed) pairs: with
@@ -625,15 +629,7 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
         scoped_parts.append(mine)
         sections.append((None if len(varied) == 1 else method, sort_labels(set(mine.label))))
         for lab in sort_labels(set(ablated.label)):
-            pairs = most_pairs(runs, lab, method)
-            if not pairs:
-                continue
-            n_orders = len(next(iter(pairs.values())))
-            for metric, heading in (("AA", "ΔAA vs default ↑"), ("FM", "ΔFM vs default ↓")):
-                d = summarize(pairs, metric)
-                if d is not None:
-                    paired[heading][lab] = d.text(signed=True, mark=True)
-            paired["pairs"][lab] = f"{n_orders} × {len(pairs)}"
+            add_paired_cells(paired, lab, most_pairs(runs, lab, method), ("ΔAA vs default ↑", "ΔFM vs default ↓"))
     scoped = pd.concat(scoped_parts)
     all_cells = pd.MultiIndex.from_frame(scoped[["order", "seed"]])
     refs = [r for r in references if r in set(frame.label) and r not in set(scoped.label)]
