@@ -23,6 +23,7 @@ import tasks  # noqa: E402
 from harness.config import BenchConfig  # noqa: E402
 from harness.models import configure_offline, load_model, set_threads  # noqa: E402
 from harness.prompting import PromptEncoder  # noqa: E402
+from harness.rundir import atomic_write  # noqa: E402
 from methods import get_method  # noqa: E402
 from methods.craft import Group, kl  # noqa: E402
 
@@ -99,10 +100,7 @@ def main():
         lines.append(f"| {r} | " + " | ".join(f"{float(kl(signatures[r], signatures[c])):.2f}" for c in names) + " |")
     text = "\n".join(lines) + "\n"
     if a.out:
-        tmp = a.out + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, a.out)
+        atomic_write(a.out, text)
     else:
         print(text)
 
