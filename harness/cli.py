@@ -227,8 +227,10 @@ def cmd_sweep(a) -> int:
                              "run side by side")
         if a.gpus_per_cell is not None and a.gpus_per_cell < 0:
             raise UsageError(f"--gpus-per-cell must be 0 or more, got {a.gpus_per_cell:g}")
-        from harness.ray_engine import import_ray
+        from harness.ray_engine import check_address, import_ray
         import_ray(local_instance=not a.address)   # before anything is written
+        if a.address:
+            check_address(a.address)
         ray = sweep.RayOptions(a.address, a.cpus_per_cell, a.gpus_per_cell, a.retries)
     elif a.address or a.cpus_per_cell or a.gpus_per_cell is not None:
         raise UsageError("--address, --cpus-per-cell and --gpus-per-cell go with --engine ray")

@@ -150,3 +150,19 @@ def test_address_joins_a_running_cluster_and_leaves_it_running(tmp_path):
     finally:
         head.stdin.close()
         head.wait(timeout=60)
+
+
+@pytest.mark.ray
+def test_an_address_where_nothing_answers_is_refused_at_once(tmp_path, capsys):
+    # ray.init would retry for about 13 minutes before failing; the sweep refuses in one line and writes nothing
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]   # free once closed: nothing listens there
+    runs = str(tmp_path / "runs") + os.sep
+    started = time.monotonic()
+    assert main(_sweep_argv(runs, "--engine", "ray", "--address", f"127.0.0.1:{port}")) == 2
+    assert time.monotonic() - started < 60
+    err = capsys.readouterr().err
+    assert f"--address 127.0.0.1:{port}: nothing answers there" in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(runs)
