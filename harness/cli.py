@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs side by side, each with cores/jobs threads (default 1: on 2 cores one 2-thread "
                         "job measured faster than two 1-thread jobs)")
     config.add_options(s, config.SWEEP)
-    s.add_argument("--dry-run", action="store_true", help="print the grid and what is left, run nothing")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print the grid, what is left and its cost at the medians of the finished runs here; run nothing")
     s.add_argument("--print-commands", action="store_true",
                    help="print one shell command per unfinished cell (for another scheduler, e.g. a Slurm array), "
                         "run nothing")
@@ -211,8 +212,7 @@ def cmd_sweep(a) -> int:
     _check_machine(typed)   # the grid's typos first: they cost nothing; the model's tokenizer loads here
     check_base_cache(os.path.join(a.runs, "base-cache.json"))
     if a.dry_run:
-        for cell in cells:
-            print(f"{sweep.cell_state(cell):>8}  {cell.out}")
+        print("\n".join(sweep.dry_run_lines(a.runs, cells)))
         return 0
     if a.print_commands:   # what the local engine would run, in its order
         sweep.check_cells(a.runs, cells)

@@ -8,10 +8,12 @@ here (`--jobs` side by side), as Ray tasks (harness/ray_engine.py), or anywhere 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -181,6 +183,110 @@ def log_path(runs: str, cell: Cell) -> str:
 
 def pending(cells: list[Cell]) -> list[Cell]:
     return [c for c in cells if cell_state(c) != "finished"]
+
+
+@dataclass
+class CostModel:
+    """What finished runs in a sweep's folder took, per method spec (its folder label): the median training
+    seconds per task (a joint stage's time shared by its tasks) and the median evaluation seconds per scored
+    cell. Wall times, so they include whatever else the machine ran then; medians damp that."""
+    train: dict[str, dict[str, float]]   # label -> task -> median training seconds
+    per_cell: dict[str, float]           # label -> median evaluation seconds per (stage, task) cell
+    base_seen: set[str]                  # tasks whose untouched-backbone row a finished run has scored
+    runs: int                            # finished runs read
+
+    @classmethod
+    def read(cls, runs: str) -> "CostModel":
+        train: dict[str, dict[str, list[float]]] = {}
+        per_cell: dict[str, list[float]] = {}
+        base_seen: set[str] = set()
+        count = 0
+        for path in sorted(glob.glob(os.path.join(glob.escape(runs), "*", "*", "seed*"))):   # <label>/<order>/seed<n>
+            label, run = os.path.basename(os.path.dirname(os.path.dirname(path))), RunDir(path)
+            try:
+                status = run.status()
+                stages = run.read_json("method.json")["timing"]["per_stage"]
+            except (UsageError, KeyError, TypeError):
+                continue
+            if not status or status.get("state") != "finished":
+                continue
+            count += 1
+            rows = status.get("rows", {})
+            tasks_here = list(rows.get("base", {}).get("accuracy", {})) or \
+                [t for t in stages if t != "base"]
+            base_seen.update(tasks_here)
+            for stage, t in stages.items():
+                seconds = t.get("train_seconds")
+                if seconds is not None:   # a joint stage ('all') trains on every task at once
+                    share = [stage] if stage in tasks_here else tasks_here
+                    for task in share:
+                        train.setdefault(label, {}).setdefault(task, []).append(seconds / len(share))
+                row = rows.get(stage, {})
+                scored = len(row.get("accuracy", {})) - len(row.get("reused") or [])
+                if stage != "base" and scored > 0 and t.get("eval_seconds"):
+                    per_cell.setdefault(label, []).append(t["eval_seconds"] / scored)
+        return cls({lab: {task: statistics.median(v) for task, v in tasks_.items()} for lab, tasks_ in train.items()},
+                   {lab: statistics.median(v) for lab, v in per_cell.items()}, base_seen, count)
+
+    def seconds_left(self, cell: Cell) -> float | None:
+        """The cell's remaining seconds at these medians (None: no finished run of its method spec here). A task
+        the spec has no record of costs the spec's median task; a method whose cost grows along the stream
+        (replay's memory) is underestimated on orders longer than those it ran."""
+        import tasks
+        from harness.metrics import needed_cells
+        from methods import get_method
+        label = cell.method.label
+        if label not in self.per_cell:
+            return None
+        trained = self.train.get(label, {})   # none: a method that trains nothing (zero_shot)
+        names = tasks.get_order(cell.config.order)
+        try:
+            done = set((RunDir(cell.out).status() or {}).get("rows", {}))
+        except UsageError:
+            done = set()
+        typical = statistics.median(trained.values()) if trained else 0.0
+        joint = get_method(cell.method.name).JOINT   # trains once on every task, then scores one row
+        seconds = 0.0
+        for k, task in enumerate(names, start=1):
+            if task in done:
+                continue
+            cells = len(needed_cells(names, k)) if cell.config.matrix == "needed" and not joint else len(names)
+            seconds += trained.get(task, typical) + (0 if joint and k < len(names) else cells) * self.per_cell[label]
+        if "base" not in done:
+            seconds += sum(t not in self.base_seen for t in names) * self.per_cell[label]
+        return seconds
+
+
+def hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
+
+
+def dry_run_lines(runs: str, cells: list[Cell]) -> list[str]:
+    """`sweep --dry-run`: each cell's state and, for the cells left, their cost at the medians of the runs this
+    folder has finished; the last line sums what is left."""
+    model = CostModel.read(runs)
+    lines, total, unknown = [], 0.0, set()
+    left = 0
+    for cell in cells:
+        state = cell_state(cell)
+        line = f"{state:>8}  {cell.out}"
+        if state != "finished":
+            left += 1
+            seconds = model.seconds_left(cell)
+            if seconds is None:
+                unknown.add(cell.method.label)
+            else:
+                total += seconds
+                line += f"  ~{hours(seconds)}"
+        lines.append(line)
+    summary = f"left: {left} of {len(cells)} run(s)"
+    if left > sum(1 for c in cells if c.method.label in unknown and cell_state(c) != "finished"):
+        summary += (f", about {hours(total)} at the medians of the {model.runs} finished run(s) in {runs} "
+                    "(wall times: they include whatever else ran on the machine)")
+    if unknown:
+        summary += f"; not estimated (no finished run here): {', '.join(sorted(unknown))}"
+    lines.append(summary)
+    return lines
 
 
 class Report:

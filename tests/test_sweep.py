@@ -183,3 +183,53 @@ def test_the_default_runs_folder_keeps_records_in_git_and_weights_out():
     assert ignored(os.path.join(run, "checkpoint-3.pt"))
     assert ignored(os.path.join(RUNS_DEFAULT, "logs", "seq_lora-1-seed1.log"))
     assert ignored(os.path.join("runs", "sweep", "seq_lora", "1", "seed1", "matrix.csv"))   # scratch runs stay out
+
+
+def _finished_run(path, stages, rows):
+    """A finished run's record as the cost model reads it: per-stage timings in its card, rows in its status."""
+    os.makedirs(path)
+    with open(os.path.join(path, "status.json"), "w") as f:
+        json.dump({"state": "finished", "rows": rows}, f)
+    with open(os.path.join(path, "method.json"), "w") as f:
+        json.dump({"timing": {"per_stage": stages}}, f)
+
+
+def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, capsys):
+    from harness.sweep import CostModel
+    runs = str(tmp_path / "runs")
+    two = {"bbc": 1, "hutto_amazon": 1}
+    # seq_lora on bbc+hutto_amazon: training 10 s and 30 s; scoring 6 s for 2 cells, then 8 s for 2 cells
+    _finished_run(os.path.join(runs, "seq_lora", ORDER, "seed1"),
+                  {"base": {"train_seconds": None, "eval_seconds": 4.0},
+                   "bbc": {"train_seconds": 10.0, "eval_seconds": 6.0},
+                   "hutto_amazon": {"train_seconds": 30.0, "eval_seconds": 8.0}},
+                  {"base": {"accuracy": two, "reused": []}, "bbc": {"accuracy": two},
+                   "hutto_amazon": {"accuracy": two}})
+    # mtl trains once on both tasks (40 s: 20 s a task) and scores one row (2 cells, 5 s)
+    _finished_run(os.path.join(runs, "mtl", ORDER, "seed1"),
+                  {"base": {"train_seconds": None, "eval_seconds": 0.0},
+                   "all": {"train_seconds": 40.0, "eval_seconds": 5.0}},
+                  {"base": {"accuracy": two, "reused": ["bbc", "hutto_amazon"]}, "all": {"accuracy": two}})
+    model = CostModel.read(runs)
+    assert model.runs == 2 and model.train["seq_lora"] == {"bbc": 10.0, "hutto_amazon": 30.0}
+    assert model.per_cell == {"seq_lora": 3.5, "mtl": 2.5}
+    assert model.train["mtl"] == {"bbc": 20.0, "hutto_amazon": 20.0}
+    longer = "bbc+hutto_amazon+trec"
+    shared = BenchConfig(matrix="needed")
+    seq, mtl, zero = plan(runs, ["seq_lora", "mtl", "zero_shot"], [longer], ["1"], shared)
+    # trec was never trained: the median task (20 s). Needed cells after each task: 2, 3, 3; trec's base cell too.
+    assert model.seconds_left(seq) == pytest.approx(10 + 30 + 20 + (2 + 3 + 3 + 1) * 3.5)
+    assert model.seconds_left(mtl) == pytest.approx(3 * 20 + 3 * 2.5 + 1 * 2.5)   # one row of 3 cells
+    assert model.seconds_left(zero) is None
+    # a run cut after its first task costs only what it has left
+    _finished_run(seq.out, {}, {"base": {"accuracy": two}, "bbc": {"accuracy": two}})
+    with open(os.path.join(seq.out, "status.json"), "w") as f:
+        json.dump({"state": "running", "rows": {"base": {"accuracy": two}, "bbc": {"accuracy": two}}}, f)
+    assert model.seconds_left(seq) == pytest.approx(30 + 20 + (3 + 3) * 3.5)
+    assert main(["sweep", "--methods", "seq_lora,mtl,zero_shot", "--orders", f"{ORDER},{longer}", "--seeds", "1",
+                 "--runs", runs, "--matrix", "needed", "--model", "tiny-llama", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("finished") and out[3].startswith(" partial") and out[3].endswith("~1 min")
+    # 71 s (the partial seq_lora) + 70 s (mtl); zero_shot has no record to go by
+    assert out[-1].startswith("left: 4 of 6 run(s), about 2 min at the medians of the 2 finished run(s)")
+    assert out[-1].endswith("not estimated (no finished run here): zero_shot")
