@@ -261,10 +261,11 @@ def hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
 
-def dry_run_lines(runs: str, cells: list[Cell]) -> list[str]:
+def dry_run_lines(runs: str, cells: list[Cell], costs_from: str | None = None) -> list[str]:
     """`sweep --dry-run`: each cell's state and, for the cells left, their cost at the medians of the runs this
-    folder has finished; the last line sums what is left."""
-    model = CostModel.read(runs)
+    folder (or `costs_from`, a folder of runs at the same sizes) has finished; the last line sums what is left."""
+    costs_from = costs_from or runs
+    model = CostModel.read(costs_from)
     lines, total, unknown = [], 0.0, set()
     left = 0
     for cell in cells:
@@ -281,7 +282,7 @@ def dry_run_lines(runs: str, cells: list[Cell]) -> list[str]:
         lines.append(line)
     summary = f"left: {left} of {len(cells)} run(s)"
     if left > sum(1 for c in cells if c.method.label in unknown and cell_state(c) != "finished"):
-        summary += (f", about {hours(total)} at the medians of the {model.runs} finished run(s) in {runs} "
+        summary += (f", about {hours(total)} at the medians of the {model.runs} finished run(s) in {costs_from} "
                     "(wall times: they include whatever else ran on the machine)")
     if unknown:
         summary += f"; not estimated (no finished run here): {', '.join(sorted(unknown))}"

@@ -233,3 +233,11 @@ def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, ca
     # 71 s (the partial seq_lora) + 70 s (mtl); zero_shot has no record to go by
     assert out[-1].startswith("left: 4 of 6 run(s), about 2 min at the medians of the 2 finished run(s)")
     assert out[-1].endswith("not estimated (no finished run here): zero_shot")
+    # another folder's records cost a new grid (same sizes): here, every cell of the grid is left
+    empty = str(tmp_path / "elsewhere")
+    assert main(["sweep", "--methods", "seq_lora", "--orders", longer, "--seeds", "1,2", "--runs", empty,
+                 "--matrix", "needed", "--model", "tiny-llama", "--dry-run", "--costs-from", runs]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("left: 2 of 2 run(s), about 3 min")   # 2 x 91.5 s
+    assert main(["sweep", "--methods", "seq_lora", "--orders", longer, "--seeds", "1", "--runs", empty,
+                 "--model", "tiny-llama", "--costs-from", runs]) == 2
+    assert "--costs-from goes with --dry-run" in capsys.readouterr().err and not os.path.exists(empty)
