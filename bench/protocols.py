@@ -1,0 +1,181 @@
+"""Rank scoring against generation, on the same trained models: which methods' ranking changes between them.
+
+Each finished run's final state (its last checkpoint, kept beside the record but not committed) answers the
+run's own evaluation examples twice: `rank` (the label of highest likelihood among the task's own labels,
+read from the run's record) and `generate` (greedy decoding, exact match after O-LoRA's normalisation). A
+generated answer is sorted into: the task's right label, another of its labels, a label of another task of
+the stream (cross-task interference, which rank scoring cannot show), or something else. Writes a markdown
+report; needs the weights, so it measures runs made on this machine.
+
+    python bench/protocols.py results/val/runs/*/offline*/seed* --out results/val/protocols.md
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tasks  # noqa: E402
+from core.errors import UsageError  # noqa: E402
+from harness.evaluation import Evaluator, generate_predictions, normalize_answer, predict  # noqa: E402
+from harness.models import autocast, configure_offline, load_model, set_threads  # noqa: E402
+from harness.prompting import PromptEncoder  # noqa: E402
+from harness.rundir import RunDir, atomic_write  # noqa: E402
+from harness.stats import decode_labels  # noqa: E402
+from methods import get_method  # noqa: E402
+
+KINDS = ("right", "own_label", "other_task_label", "no_label")
+
+
+def sort_answer(answer: str, gold: str, own: set[str], others: set[str]) -> str:
+    """Which of KINDS a normalised generated answer is (labels normalised the same way)."""
+    if answer == gold:
+        return "right"
+    if answer in own:
+        return "own_label"
+    if answer in others:
+        return "other_task_label"
+    return "no_label"
+
+
+def final_row(config: dict, status: dict) -> str:
+    return "all" if "all" in status["rows"] else config["tasks"][-1]
+
+
+def measure(path: str, progress: bool = False) -> dict:
+    """One run's final state under both protocols: per task, rank accuracy (from the record) and the generated
+    answers sorted into KINDS (counts)."""
+    run = RunDir(path)
+    status = run.status()
+    if not status or status.get("state") != "finished":
+        raise UsageError(f"{path} is not a finished run")
+    if not run.has_checkpoint():
+        raise UsageError(f"{path} has no checkpoint (run records are committed without their weights)")
+    config = run.read_json("config.json")
+    data_dir = config.get("data_dir") if config.get("data_dir") and os.path.isdir(config["data_dir"]) else None
+    data = {n: tasks.load_task(n, data_dir, config["train_per_task"], config["test_per_task"], config["seed"],
+                               config.get("eval_split", "test")) for n in config["tasks"]}
+    model, tok = load_model(config["model"], config.get("device", "cpu"))
+    encoder = PromptEncoder(tok, config["max_input_tokens"])
+    evaluator = Evaluator(encoder, data, "generate", config["eval_batch_size"], config["dtype"], progress=False)
+    method = get_method(config["method"])(model, tok, config["settings"], config["seed"],
+                                          cache_mb=config.get("cache_mb", 0) if config.get("cache") == "on" else 0)
+    method.setup()
+    method.load_state_dict(run.load_checkpoint(map_location=method.device))
+    row = status["rows"][final_row(config, status)]
+    labels = {n: {normalize_answer(label) for label in d.labels} for n, d in data.items()}
+    label = "+".join([config["method"]] + [f"{k}={v}" for k, v in config.get("method_args", {}).items()])
+    out = {"label": label, "order": config["order"], "seed": config["seed"], "tasks": {}}   # label: as a sweep's
+    share = config.get("cache") == "on"
+    for k, (name, examples) in enumerate(evaluator.test.items()):
+        gold = [ex.label_index for ex in examples]
+        ranked = decode_labels(row["predictions"][name])
+        scorer = method.scorer(name)
+        if k == 0:   # the restored state must be the run's: its rank answers on the first task, scored again
+            with autocast(config["dtype"], scorer.device):
+                again = predict(scorer, examples, evaluator.candidates[name], data[name].labels, encoder, "rank",
+                                config["eval_batch_size"], share_prefix=share)
+            out["restored_check"] = {"task": name, "differ": int(sum(int(a) != int(b) for a, b in zip(again, ranked)))}
+            scorer = method.scorer(name)
+        max_new = max(len(c) for c in evaluator.candidates[name]) + 2
+        with autocast(config["dtype"], scorer.device):
+            generated = generate_predictions(scorer, examples, encoder.end_id, tok.pad_token_id, max_new,
+                                             config["eval_batch_size"], share_prefix=share)
+        others = set().union(*[labels[m] for m in labels if m != name]) - labels[name]
+        kinds = dict.fromkeys(KINDS, 0)
+        for g, y in zip(generated, gold):
+            answer = normalize_answer(encoder.decode_answer(g))
+            kinds[sort_answer(answer, normalize_answer(data[name].labels[y]), labels[name], others)] += 1
+        rank = 100.0 * sum(int(p) == y for p, y in zip(ranked, gold)) / len(gold)
+        out["tasks"][name] = {"n": len(gold), "rank": rank, "kinds": kinds}
+        if progress:
+            print(f"{path}: {name} rank {out['tasks'][name]['rank']:.1f}, generate "
+                  f"{100.0 * kinds['right'] / len(gold):.1f}, {kinds}", file=sys.stderr)
+    return out
+
+
+def summary(results: list[dict]) -> dict:
+    """Per method (its folder label): AA under each protocol (mean over runs of the mean over tasks) and the
+    share of each answer kind over every generated answer."""
+    by = defaultdict(list)
+    for r in results:
+        by[r["label"]].append(r)
+    table = {}
+    for label, runs in by.items():
+        rank = [statistics.mean(t["rank"] for t in r["tasks"].values()) for r in runs]
+        gen = [statistics.mean(100.0 * t["kinds"]["right"] / t["n"] for t in r["tasks"].values()) for r in runs]
+        counts = {k: sum(t["kinds"][k] for r in runs for t in r["tasks"].values()) for k in KINDS}
+        total = sum(counts.values())
+        table[label] = {"runs": len(runs), "rank": statistics.mean(rank), "generate": statistics.mean(gen),
+                        "share": {k: 100.0 * v / total for k, v in counts.items()}}
+    return table
+
+
+def ranking(table: dict, key: str) -> list[str]:
+    return sorted(table, key=lambda m: -table[m][key])
+
+
+def report(results: list[dict]) -> str:
+    table = summary(results)
+    by_rank, by_gen = ranking(table, "rank"), ranking(table, "generate")
+    lines = ["# Rank scoring against generation, on the same trained models", "",
+             "Written by `bench/protocols.py` from each run's final state (its last checkpoint): AA over the "
+             "run's tasks under rank scoring (from the run's record) and under greedy generation with O-LoRA's "
+             "exact match, on the same examples. Mean over runs. Generated answers are sorted into the right "
+             "label, another label of the same task, a label of another task of the stream (cross-task "
+             "interference, which rank scoring cannot show) and anything else.", "",
+             f"Runs: {len(results)} ({', '.join(sorted({r['order'] for r in results}))}; seeds "
+             f"{', '.join(map(str, sorted({r['seed'] for r in results})))}).", "",
+             "| method | runs | AA rank | AA generate | Δ | rank place | generate place | wrong own label % | "
+             "other task's label % | no label % |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for m in by_rank:
+        t = table[m]
+        lines.append(f"| {m} | {t['runs']} | {t['rank']:.2f} | {t['generate']:.2f} | {t['generate'] - t['rank']:+.2f} "
+                     f"| {by_rank.index(m) + 1} | {by_gen.index(m) + 1} | {t['share']['own_label']:.1f} | "
+                     f"{t['share']['other_task_label']:.1f} | {t['share']['no_label']:.1f} |")
+    checks = [r["restored_check"]["differ"] for r in results]
+    moved = [m for m in by_rank if by_rank.index(m) != by_gen.index(m)]
+    lines += ["", "Ranking by rank scoring: " + " > ".join(by_rank) + ".",
+              "Ranking by generation: " + " > ".join(by_gen) + ".",
+              ("Methods whose place changes: " + ", ".join(moved) + ".") if moved else
+              "No method changes place.", "",
+              f"Each restored state scored its first task by rank again: {sum(c == 0 for c in checks)} of "
+              f"{len(checks)} runs gave the record's answers exactly; the largest difference was {max(checks)} "
+              "answer(s) (near ties scored on another float path).", "", "## Per run", "",
+              "| method | order | seed | task | rank | generate | wrong own label | other task's label | no label |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: (r["label"], r["order"], r["seed"])):
+        for name, t in r["tasks"].items():
+            k = t["kinds"]
+            lines.append(f"| {r['label']} | {r['order']} | {r['seed']} | {name} | {t['rank']:.0f} | "
+                         f"{100.0 * k['right'] / t['n']:.0f} | {k['own_label']} | {k['other_task_label']} | "
+                         f"{k['no_label']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="finished run directories with their last checkpoint")
+    p.add_argument("--out", help="markdown report (default: stdout)")
+    a = p.parse_args(argv)
+    configure_offline()
+    set_threads()
+    try:
+        results = [measure(path, progress=True) for path in a.runs]
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = report(results)
+    if a.out:
+        atomic_write(a.out, text)
+    else:
+        print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
