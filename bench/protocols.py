@@ -25,7 +25,8 @@ from harness.evaluation import Evaluator, generate_predictions, normalize_answer
 from harness.models import autocast, configure_offline, load_model, set_threads  # noqa: E402
 from harness.prompting import PromptEncoder  # noqa: E402
 from harness.rundir import RunDir, atomic_write  # noqa: E402
-from harness.stats import decode_labels  # noqa: E402
+from harness.config import recorded_value  # noqa: E402
+from harness.stats import decode_labels, encode_labels  # noqa: E402
 from methods import get_method  # noqa: E402
 
 KINDS = ("right", "own_label", "other_task_label", "no_label")
@@ -56,12 +57,20 @@ def measure(path: str, progress: bool = False) -> dict:
     if not run.has_checkpoint():
         raise UsageError(f"{path} has no checkpoint (run records are committed without their weights)")
     config = run.read_json("config.json")
+    if recorded_value(config, "eval") != "rank":
+        raise UsageError(f"{path} was evaluated with --eval {config['eval']}: its record holds no rank answers")
     data_dir = config.get("data_dir") if config.get("data_dir") and os.path.isdir(config["data_dir"]) else None
     data = {n: tasks.load_task(n, data_dir, config["train_per_task"], config["test_per_task"], config["seed"],
                                config.get("eval_split", "test")) for n in config["tasks"]}
+    for name, d in data.items():   # the same examples the run answered (a data folder gone or changed is not)
+        gold = config["data"][name].get("gold")
+        if gold is not None and encode_labels([d.labels.index(ex.label) for ex in d.test]) != gold:
+            raise UsageError(f"{path}: {name}'s evaluation examples here are not the ones the run answered "
+                             "(its data folder changed or is missing on this machine)")
     model, tok = load_model(config["model"], config.get("device", "cpu"))
     encoder = PromptEncoder(tok, config["max_input_tokens"])
-    evaluator = Evaluator(encoder, data, "generate", config["eval_batch_size"], config["dtype"], progress=False)
+    batch, dtype = recorded_value(config, "eval_batch_size"), recorded_value(config, "dtype")
+    evaluator = Evaluator(encoder, data, "generate", batch, dtype, progress=False)
     method = get_method(config["method"])(model, tok, config["settings"], config["seed"],
                                           cache_mb=config.get("cache_mb", 0) if config.get("cache") == "on" else 0)
     method.setup()
@@ -75,16 +84,16 @@ def measure(path: str, progress: bool = False) -> dict:
         gold = [ex.label_index for ex in examples]
         ranked = decode_labels(row["predictions"][name])
         scorer = method.scorer(name)
-        if k == 0:   # the restored state must be the run's: its rank answers on the first task, scored again
-            with autocast(config["dtype"], scorer.device):
+        if k in (0, len(evaluator.test) - 1):   # the restored state must be the run's: rank answers scored again
+            with autocast(dtype, scorer.device):
                 again = predict(scorer, examples, evaluator.candidates[name], data[name].labels, encoder, "rank",
-                                config["eval_batch_size"], share_prefix=share)
-            out["restored_check"] = {"task": name, "differ": int(sum(int(a) != int(b) for a, b in zip(again, ranked)))}
+                                batch, share_prefix=share)
+            out.setdefault("restored_check", {})[name] = int(sum(int(a) != int(b) for a, b in zip(again, ranked)))
             scorer = method.scorer(name)
         max_new = max(len(c) for c in evaluator.candidates[name]) + 2
-        with autocast(config["dtype"], scorer.device):
+        with autocast(dtype, scorer.device):
             generated = generate_predictions(scorer, examples, encoder.end_id, tok.pad_token_id, max_new,
-                                             config["eval_batch_size"], share_prefix=share)
+                                             batch, share_prefix=share)
         others = set().union(*[labels[m] for m in labels if m != name]) - labels[name]
         kinds = dict.fromkeys(KINDS, 0)
         for g, y in zip(generated, gold):
@@ -104,8 +113,13 @@ def summary(results: list[dict]) -> dict:
     by = defaultdict(list)
     for r in results:
         by[r["label"]].append(r)
+    # methods are placed against each other on the (order, seed) pairs every one of them ran, only
+    shared = set.intersection(*[{(r["order"], r["seed"]) for r in runs} for runs in by.values()]) if by else set()
+    by = {label: [r for r in runs if (r["order"], r["seed"]) in shared] for label, runs in by.items()}
     table = {}
     for label, runs in by.items():
+        if not runs:
+            continue
         rank = [statistics.mean(t["rank"] for t in r["tasks"].values()) for r in runs]
         gen = [statistics.mean(100.0 * t["kinds"]["right"] / t["n"] for t in r["tasks"].values()) for r in runs]
         counts = {k: sum(t["kinds"][k] for r in runs for t in r["tasks"].values()) for k in KINDS}
@@ -121,6 +135,7 @@ def ranking(table: dict, key: str) -> list[str]:
 
 def report(results: list[dict]) -> str:
     table = summary(results)
+    used = sum(t["runs"] for t in table.values())
     by_rank, by_gen = ranking(table, "rank"), ranking(table, "generate")
     lines = ["# Rank scoring against generation, on the same trained models", "",
              "Written by `bench/protocols.py` from each run's final state (its last checkpoint): AA over the "
@@ -129,7 +144,8 @@ def report(results: list[dict]) -> str:
              "label, another label of the same task, a label of another task of the stream (cross-task "
              "interference, which rank scoring cannot show) and anything else.", "",
              f"Runs: {len(results)} ({', '.join(sorted({r['order'] for r in results}))}; seeds "
-             f"{', '.join(map(str, sorted({r['seed'] for r in results})))}).", "",
+             f"{', '.join(map(str, sorted({r['seed'] for r in results})))}); the summary uses the {used} on the "
+             "(order, seed) pairs every method ran.", "",
              "| method | runs | AA rank | AA generate | Δ | rank place | generate place | wrong own label % | "
              "other task's label % | no label % |", "|---|---|---|---|---|---|---|---|---|---|"]
     for m in by_rank:
@@ -137,13 +153,13 @@ def report(results: list[dict]) -> str:
         lines.append(f"| {m} | {t['runs']} | {t['rank']:.2f} | {t['generate']:.2f} | {t['generate'] - t['rank']:+.2f} "
                      f"| {by_rank.index(m) + 1} | {by_gen.index(m) + 1} | {t['share']['own_label']:.1f} | "
                      f"{t['share']['other_task_label']:.1f} | {t['share']['no_label']:.1f} |")
-    checks = [r["restored_check"]["differ"] for r in results]
+    checks = [max(r["restored_check"].values()) for r in results]
     moved = [m for m in by_rank if by_rank.index(m) != by_gen.index(m)]
     lines += ["", "Ranking by rank scoring: " + " > ".join(by_rank) + ".",
               "Ranking by generation: " + " > ".join(by_gen) + ".",
               ("Methods whose place changes: " + ", ".join(moved) + ".") if moved else
               "No method changes place.", "",
-              f"Each restored state scored its first task by rank again: {sum(c == 0 for c in checks)} of "
+              f"Each restored state scored its first and last tasks by rank again: {sum(c == 0 for c in checks)} of "
               f"{len(checks)} runs gave the record's answers exactly; the largest difference was {max(checks)} "
               "answer(s) (near ties scored on another float path).", "", "## Per run", "",
               "| method | order | seed | task | rank | generate | wrong own label | other task's label | no label |",

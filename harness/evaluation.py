@@ -250,9 +250,9 @@ class Evaluator:
 
     def evaluate(self, row: str, scorer_for, key_for, tasks: list[str] | None = None) -> dict:
         """Accuracy on the stream's tasks (or `tasks`) after stage `row`, and the predicted label of every test
-        example: {"accuracy": {task: %}, "predictions": {task: str}, "eval_seconds": s}."""
+        example: {"accuracy": {task: %}, "predictions": {task: str}, "eval_seconds": s, "scored": n}."""
         started = time.time()
-        result, predictions = {}, {}
+        result, predictions, scored = {}, {}, 0
         names = self.names if tasks is None else tasks
         total = sum(len(self.test[n]) for n in names)
         with tqdm(total=total, desc=f"eval after {row}", unit="ex", disable=not self.progress, leave=False) as bar:
@@ -268,6 +268,7 @@ class Evaluator:
                                     self.encoder, self.mode, self.batch_size, bar, self.share_prefix)
                 result[name] = percent_correct(preds, [ex.label_index for ex in self.test[name]])
                 predictions[name] = encode_labels(preds)
+                scored += 1
                 if key is not None:
                     self.scores[(key, name)] = (result[name], predictions[name])
         seconds = round(time.time() - started, 2)
@@ -275,4 +276,5 @@ class Evaluator:
             self.log("evaluation", after=row, accuracy=result, seconds=seconds)
         if self.progress:
             tqdm.write(f"after {row:>14}: " + "  ".join(f"{n}={result[n]:.1f}" for n in names), file=sys.stderr)
-        return {"accuracy": result, "predictions": predictions, "eval_seconds": seconds}
+        # scored: the cells this call computed (the rest came from the score cache): what its seconds paid for
+        return {"accuracy": result, "predictions": predictions, "eval_seconds": seconds, "scored": scored}

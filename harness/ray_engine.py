@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 from core.errors import UsageError
 from harness.sweep import Cell, RayOptions, Report, cell_env, cell_state, log_path, shell_command
@@ -34,19 +35,27 @@ def import_ray(local_instance: bool = False):
     return ray
 
 
-def check_address(address: str, timeout: float = 10.0) -> None:
-    """Refuses, at once, a `host:port` (or `ray://host:port`) where nothing accepts a connection: `ray.init`
-    would retry for many minutes (about 13 measured here) before failing. `auto`, `local` and anything
-    else Ray resolves itself are left to Ray."""
+def check_address(address: str, wait: float = 10.0) -> None:
+    """Refuses a `host:port` (or `ray://host:port`) where nothing accepts a connection for `wait` seconds (a
+    head started just before the sweep gets that long to listen): `ray.init` would retry for many minutes
+    (about 13 measured here) before failing. `auto`, `local` and anything else Ray resolves itself are left
+    to Ray."""
     match = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)", address.strip())
     if not match:
         return
     host, port = match.group(1), int(match.group(2))
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as e:
-        raise UsageError(f"--address {address}: nothing answers there ({e.strerror or type(e).__name__}); "
-                         "is the Ray cluster running?") from None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=max(1.0, min(5.0, deadline - time.monotonic()))).close()
+            return
+        except (UnicodeError, ValueError) as e:   # not a host name at all (a..b): no point in waiting
+            raise UsageError(f"--address {address}: not a host and port ({e})") from None
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise UsageError(f"--address {address}: nothing answers there ({e.strerror or type(e).__name__}); "
+                                 "is the Ray cluster running?") from None
+            time.sleep(1.0)
 
 
 def _die_with_parent() -> None:

@@ -185,53 +185,58 @@ def pending(cells: list[Cell]) -> list[Cell]:
     return [c for c in cells if cell_state(c) != "finished"]
 
 
+# The setup fields that decide what a run costs: a record made with other sizes, model or protocol says nothing
+# about this grid's cells (the split does not change the cost).
+COST_SETUP = tuple(n for n in config.names(config.SETUP) if n != "eval_split")
+
+
 @dataclass
 class CostModel:
     """What finished runs in a sweep's folder took, per method spec (its folder label): the median training
-    seconds per task (a joint stage's time shared by its tasks) and the median evaluation seconds per scored
-    cell. Wall times, so they include whatever else the machine ran then; medians damp that."""
+    seconds per task (a joint stage's time shared by its tasks) and the median evaluation seconds per cell it
+    scored. Wall times, so they include whatever else the machine ran then; medians damp that. Not modelled:
+    a task's label count (rank scoring of a 14-label task costs more per cell than a 2-label one's)."""
     train: dict[str, dict[str, float]]   # label -> task -> median training seconds
-    per_cell: dict[str, float]           # label -> median evaluation seconds per (stage, task) cell
-    base_seen: set[str]                  # tasks whose untouched-backbone row a finished run has scored
+    per_cell: dict[str, float]           # label -> median evaluation seconds per scored cell (0: never scores)
+    base_per_cell: float | None          # the untouched backbone's row, seconds per scored cell
     runs: int                            # finished runs read
+    skipped: int = 0                     # finished runs of another setup (sizes, model, protocol), left out
 
     @classmethod
-    def read(cls, runs: str) -> "CostModel":
+    def read(cls, runs: str, like: BenchConfig | None = None) -> "CostModel":
+        """`like`: read only runs made with this config's setup (COST_SETUP)."""
         train: dict[str, dict[str, list[float]]] = {}
         per_cell: dict[str, list[float]] = {}
-        base_seen: set[str] = set()
-        count = 0
+        base: list[float] = []
+        count = skipped = 0
         for path in sorted(glob.glob(os.path.join(glob.escape(runs), "*", "*", "seed*"))):   # <label>/<order>/seed<n>
             label, run = os.path.basename(os.path.dirname(os.path.dirname(path))), RunDir(path)
             try:
                 status = run.status()
-                stages = run.read_json("method.json")["timing"]["per_stage"]
-            except (UsageError, KeyError, TypeError):
-                continue
-            if not status or status.get("state") != "finished":
-                continue
+                if not status or status.get("state") != "finished":
+                    continue
+                if like is not None:
+                    recorded = run.read_json("config.json")
+                    if any(config.recorded_value(recorded, n) != getattr(like, n) for n in COST_SETUP):
+                        skipped += 1
+                        continue
+                found = _stage_costs(run.read_json("method.json")["timing"]["per_stage"], status["rows"])
+            except (UsageError, KeyError, TypeError, AttributeError, ValueError, ZeroDivisionError):
+                continue   # a damaged record costs nothing: it is left out
             count += 1
-            rows = status.get("rows", {})
-            tasks_here = list(rows.get("base", {}).get("accuracy", {})) or \
-                [t for t in stages if t != "base"]
-            base_seen.update(tasks_here)
-            for stage, t in stages.items():
-                seconds = t.get("train_seconds")
-                if seconds is not None:   # a joint stage ('all') trains on every task at once
-                    share = [stage] if stage in tasks_here else tasks_here
-                    for task in share:
-                        train.setdefault(label, {}).setdefault(task, []).append(seconds / len(share))
-                row = rows.get(stage, {})
-                scored = len(row.get("accuracy", {})) - len(row.get("reused") or [])
-                if stage != "base" and scored > 0 and t.get("eval_seconds"):
-                    per_cell.setdefault(label, []).append(t["eval_seconds"] / scored)
+            for task, seconds in found["train"]:
+                train.setdefault(label, {}).setdefault(task, []).append(seconds)
+            per_cell.setdefault(label, []).extend(found["per_cell"])
+            base.extend(found["base"])
         return cls({lab: {task: statistics.median(v) for task, v in tasks_.items()} for lab, tasks_ in train.items()},
-                   {lab: statistics.median(v) for lab, v in per_cell.items()}, base_seen, count)
+                   {lab: statistics.median(v) if v else 0.0 for lab, v in per_cell.items()},
+                   statistics.median(base) if base else None, count, skipped)
 
     def seconds_left(self, cell: Cell) -> float | None:
-        """The cell's remaining seconds at these medians (None: no finished run of its method spec here). A task
-        the spec has no record of costs the spec's median task; a method whose cost grows along the stream
-        (replay's memory) is underestimated on orders longer than those it ran."""
+        """The cell's remaining seconds at these medians, its base row left out (see dry_run_lines); None: no
+        finished run of its method spec here. A task the spec has no record of costs the spec's median task; a
+        method whose cost grows along the stream (replay's memory) is underestimated on orders longer than
+        those it ran."""
         import tasks
         from harness.metrics import needed_cells
         from methods import get_method
@@ -240,54 +245,105 @@ class CostModel:
             return None
         trained = self.train.get(label, {})   # none: a method that trains nothing (zero_shot)
         names = tasks.get_order(cell.config.order)
-        try:
-            done = set((RunDir(cell.out).status() or {}).get("rows", {}))
-        except UsageError:
-            done = set()
+        done = _stages_kept(cell)
         typical = statistics.median(trained.values()) if trained else 0.0
         joint = get_method(cell.method.name).JOINT   # trains once on every task, then scores one row
         seconds = 0.0
         for k, task in enumerate(names, start=1):
-            if task in done:
+            if task in done or joint and "all" in done:
                 continue
             cells = len(needed_cells(names, k)) if cell.config.matrix == "needed" and not joint else len(names)
             seconds += trained.get(task, typical) + (0 if joint and k < len(names) else cells) * self.per_cell[label]
-        if "base" not in done:
-            seconds += sum(t not in self.base_seen for t in names) * self.per_cell[label]
         return seconds
+
+
+def _stage_costs(stages: dict, rows: dict) -> dict:
+    """One finished run's costs: (task, training seconds) pairs, evaluation seconds per scored cell of its
+    trained rows and of its base row. A row records the cells it scored (`scored`); one made before that
+    field counts every cell it holds, less those the base-cache supplied."""
+    tasks_here = list(rows["base"]["accuracy"])
+    found = {"train": [], "per_cell": [], "base": []}
+    for stage, t in stages.items():
+        seconds = t.get("train_seconds")
+        if seconds is not None:   # a joint stage ('all') trains on every task at once
+            share = [stage] if stage in tasks_here else tasks_here
+            found["train"] += [(task, float(seconds) / len(share)) for task in share]
+        row = rows.get(stage) or {}
+        scored = row.get("scored", len(row.get("accuracy", {})) - len(row.get("reused") or []))
+        if scored > 0:
+            found["base" if stage == "base" else "per_cell"].append(float(t.get("eval_seconds") or 0.0) / scored)
+    return found
+
+
+def _stages_kept(cell: Cell) -> set[str]:
+    """The stages a rerun of the cell keeps: those its status records, unless the runner would redo them: a stale
+    cell starts over, and a run whose checkpoint file is gone trains every stage again (its base row stays)."""
+    state = cell_state(cell)
+    if state in ("new", "stale", "corrupt"):
+        return set()
+    status = RunDir(cell.out).status() or {}
+    rows = set(status.get("rows", {}))
+    if status.get("checkpoint") and not RunDir(cell.out).has_checkpoint():
+        return rows & {"base"}
+    return rows
 
 
 def hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
 
-def dry_run_lines(runs: str, cells: list[Cell], costs_from: str | None = None) -> list[str]:
-    """`sweep --dry-run`: each cell's state and, for the cells left, their cost at the medians of the runs this
-    folder (or `costs_from`, a folder of runs at the same sizes) has finished; the last line sums what is left."""
-    costs_from = costs_from or runs
-    model = CostModel.read(costs_from)
-    lines, total, unknown = [], 0.0, set()
-    left = 0
+def _base_scored(runs: str) -> set[str]:
+    """Tasks whose untouched-backbone score a folder's base-cache holds (its keys start with the task's name)."""
+    try:
+        with open(os.path.join(runs, "base-cache.json")) as f:
+            return {key.split("|", 1)[0] for key in json.load(f)}
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def grid_costs(runs: str, cells: list[Cell], costs_from: str | None = None):
+    """(the cost model, [(cell, state, seconds left or None)]) at the medians of the runs this folder (or
+    `costs_from`, a folder of runs) has finished with the grid's setup. The base row is charged once per task
+    the folder's base-cache lacks, to the first cell left that needs it (the sweep's runs share it)."""
+    import tasks
+    source = costs_from or runs
+    model = CostModel.read(source, cells[0].config if cells else None)
+    if costs_from and not model.runs:
+        raise UsageError(f"--costs-from {costs_from}: no finished run with this grid's setup there (a sweep's "
+                         "--runs folder holds <method>/<order>/seed<n>/ run directories)")
+    base_left = set() if model.base_per_cell is None else \
+        {t for c in cells for t in tasks.get_order(c.config.order)} - _base_scored(runs)
+    costs = []
     for cell in cells:
         state = cell_state(cell)
-        line = f"{state:>8}  {cell.out}"
-        if state != "finished":
-            left += 1
-            seconds = model.seconds_left(cell)
-            if seconds is None:
-                unknown.add(cell.method.label)
-            else:
-                total += seconds
-                line += f"  ~{hours(seconds)}"
-        lines.append(line)
-    summary = f"left: {left} of {len(cells)} run(s)"
-    if left > sum(1 for c in cells if c.method.label in unknown and cell_state(c) != "finished"):
-        summary += (f", about {hours(total)} at the medians of the {model.runs} finished run(s) in {costs_from} "
-                    "(wall times: they include whatever else ran on the machine)")
+        seconds = None if state == "finished" else model.seconds_left(cell)
+        if seconds is not None:
+            mine = [t for t in tasks.get_order(cell.config.order) if t in base_left]
+            base_left -= set(mine)
+            seconds += len(mine) * model.base_per_cell if mine else 0.0
+        costs.append((cell, state, seconds))
+    return model, costs
+
+
+def dry_run_lines(runs: str, cells: list[Cell], costs_from: str | None = None) -> list[str]:
+    """`sweep --dry-run`: each cell's state and the cost of each cell left (grid_costs); the last line sums what
+    is left, one cell after another."""
+    model, costs = grid_costs(runs, cells, costs_from)
+    source = costs_from or runs
+    lines = [f"{state:>8}  {cell.out}" + (f"  ~{hours(seconds)}" if seconds is not None else "")
+             for cell, state, seconds in costs]
+    left = [(cell, seconds) for cell, state, seconds in costs if state != "finished"]
+    estimated = [seconds for _, seconds in left if seconds is not None]
+    unknown = sorted({cell.method.label for cell, seconds in left if seconds is None})
+    summary = f"left: {len(left)} of {len(cells)} run(s)"
+    if estimated:
+        summary += (f", about {hours(sum(estimated))} one after another, at the medians of the {model.runs} finished "
+                    f"run(s) in {source} (wall times: they include whatever else ran on the machine)")
+    if model.skipped:
+        summary += f"; {model.skipped} finished run(s) there with another setup left out"
     if unknown:
-        summary += f"; not estimated (no finished run here): {', '.join(sorted(unknown))}"
-    lines.append(summary)
-    return lines
+        summary += f"; not estimated (no finished run in {source}): {', '.join(unknown)}"
+    return lines + [summary]
 
 
 class Report:

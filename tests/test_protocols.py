@@ -1,5 +1,6 @@
-"""bench/protocols.py scores a finished run's final state by generation: it must give what the harness's own
-`--eval generate` gives for the same trained model, and sort the answers it did not get right."""
+"""bench/protocols.py scores a finished run's final state by generation: the state must be the run's own (its
+rank answers come back exactly), generation must be the harness's own `--eval generate`, and every generated
+answer must be sorted by whose label it is."""
 import importlib.util
 import json
 import os
@@ -9,8 +10,10 @@ import pytest
 from harness.cli import main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TINY = ["--model", "tiny-llama", "--train-per-task", "4", "--test-per-task", "3", "--max-input-tokens", "8",
+# lr high enough that a few tiny steps move the answers away from the untouched backbone's
+TINY = ["--model", "tiny-llama", "--train-per-task", "8", "--test-per-task", "3", "--max-input-tokens", "8",
         "--order", "bbc+hutto_amazon", "--quiet"]
+LR = {"seq_lora": "lr=0.5", "craft": "lr=0.3"}
 
 
 def load_script():
@@ -20,6 +23,10 @@ def load_script():
     return module
 
 
+def rows(path):
+    return json.load(open(os.path.join(path, "status.json")))["rows"]
+
+
 def test_answers_are_sorted_by_whose_label_they_are():
     sort = load_script().sort_answer
     own, others = {"positive", "negative"}, {"sport", "tech"}
@@ -27,20 +34,61 @@ def test_answers_are_sorted_by_whose_label_they_are():
         "right", "own_label", "other_task_label", "no_label"]
 
 
-def test_generation_on_a_restored_run_matches_the_harness_generate_run(tmp_path):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """seq_lora and craft, each run twice: scored by rank and by generation (the same training)."""
+    tmp = tmp_path_factory.mktemp("protocols")
+    made = {}
+    for method in ("seq_lora", "craft"):
+        for mode in ("rank", "generate"):
+            out = str(tmp / f"{method}-{mode}")
+            assert main(["bench", "--method", method, "--method-arg", LR[method], *TINY, "--eval", mode,
+                         "--out", out]) == 0
+            made[method, mode] = out
+    return made
+
+
+def test_generation_on_a_restored_run_matches_the_harness_generate_run(runs):
     script = load_script()
     for method in ("seq_lora", "craft"):
-        ranked, generated = str(tmp_path / f"{method}-rank"), str(tmp_path / f"{method}-generate")
-        assert main(["bench", "--method", method, *TINY, "--out", ranked]) == 0
-        assert main(["bench", "--method", method, *TINY, "--eval", "generate", "--out", generated]) == 0
+        ranked, generated = runs[method, "rank"], runs[method, "generate"]
+        trained = rows(ranked)
+        # training moved the answers, so a state not restored would not give the record's answers back
+        assert trained["hutto_amazon"]["predictions"] != trained["base"]["predictions"], method
         result = script.measure(ranked)
-        assert result["restored_check"]["differ"] == 0   # the checkpoint is the run's final state
-        final = json.load(open(os.path.join(generated, "status.json")))["rows"]["hutto_amazon"]["accuracy"]
+        assert result["restored_check"] == {"bbc": 0, "hutto_amazon": 0}
+        final = rows(generated)["hutto_amazon"]["accuracy"]
         for name, t in result["tasks"].items():
             assert sum(t["kinds"].values()) == t["n"] == 3
             assert 100.0 * t["kinds"]["right"] / t["n"] == pytest.approx(final[name], abs=0.01), (method, name)
-            recorded = json.load(open(os.path.join(ranked, "status.json")))["rows"]["hutto_amazon"]["accuracy"]
-            assert t["rank"] == pytest.approx(recorded[name], abs=0.01)
-    table = script.summary([script.measure(str(tmp_path / f"{m}-rank")) for m in ("seq_lora", "craft")])
-    assert set(table) == {"seq_lora", "craft"}
-    assert all(abs(sum(t["share"].values()) - 100) < 1e-9 for t in table.values())
+            assert t["rank"] == pytest.approx(trained["hutto_amazon"]["accuracy"][name], abs=0.01)
+    with pytest.raises(Exception, match="evaluated with --eval generate"):
+        script.measure(runs["seq_lora", "generate"])   # its record holds no rank answers
+
+
+def test_each_kind_of_answer_is_counted(runs, monkeypatch):
+    """Generation replaced by planted answers: the gold label, another label of the task, a label of the other
+    task of the stream, in turn."""
+    import tasks
+    from harness.models import load_model
+    from harness.prompting import PromptEncoder
+    script = load_script()
+    encoder = PromptEncoder(load_model("tiny-llama")[1], 8)
+    labels = {n: tasks.load_task(n, None, 8, 3, 1).labels for n in ("bbc", "hutto_amazon")}
+
+    def planted(scorer, examples, *args, **kwargs):
+        out = []
+        for i, ex in enumerate(examples):
+            own = labels[ex.task]
+            other = labels["hutto_amazon" if ex.task == "bbc" else "bbc"]
+            answer = [own[ex.label_index], own[(ex.label_index + 1) % len(own)], other[0]][i % 3]
+            out.append(list(encoder.answer_ids(answer)))
+        return out
+    monkeypatch.setattr(script, "generate_predictions", planted)
+    result = script.measure(runs["craft", "rank"])
+    for t in result["tasks"].values():
+        assert t["kinds"] == {"right": 1, "own_label": 1, "other_task_label": 1, "no_label": 0}
+    table = script.summary([result, script.measure(runs["seq_lora", "rank"])])
+    assert set(table) == {"seq_lora+lr=0.5", "craft+lr=0.3"}
+    assert table["craft+lr=0.3"]["share"] == pytest.approx(
+        {"right": 100 / 3, "own_label": 100 / 3, "other_task_label": 100 / 3, "no_label": 0.0})

@@ -185,59 +185,89 @@ def test_the_default_runs_folder_keeps_records_in_git_and_weights_out():
     assert ignored(os.path.join("runs", "sweep", "seq_lora", "1", "seed1", "matrix.csv"))   # scratch runs stay out
 
 
-def _finished_run(path, stages, rows):
-    """A finished run's record as the cost model reads it: per-stage timings in its card, rows in its status."""
+def _finished_run(path, stages, rows, setup=None):
+    """A finished run's record as the cost model reads it: per-stage timings in its card, rows in its status,
+    its setup in config.json."""
     os.makedirs(path)
     with open(os.path.join(path, "status.json"), "w") as f:
         json.dump({"state": "finished", "rows": rows}, f)
     with open(os.path.join(path, "method.json"), "w") as f:
         json.dump({"timing": {"per_stage": stages}}, f)
+    from methods import get_method
+    method = os.path.basename(os.path.dirname(os.path.dirname(path)))   # <runs>/<method>/<order>/seed<n>
+    settings = json.loads(json.dumps(get_method(method).resolve_settings({})))   # as config.json stores them
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({"model": "tiny-llama", "settings": settings, **(setup or {})}, f)
 
 
 def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, capsys):
-    from harness.sweep import CostModel
+    from harness.sweep import CostModel, grid_costs
     runs = str(tmp_path / "runs")
     two = {"bbc": 1, "hutto_amazon": 1}
-    # seq_lora on bbc+hutto_amazon: training 10 s and 30 s; scoring 6 s for 2 cells, then 8 s for 2 cells
+    # seq_lora on bbc+hutto_amazon: the backbone's row 4 s for 2 cells; training 10 s and 30 s; after bbc 6 s for
+    # 2 cells (a record without `scored`), after hutto_amazon 8 s for the 1 cell it scored (the other was cached)
     _finished_run(os.path.join(runs, "seq_lora", ORDER, "seed1"),
                   {"base": {"train_seconds": None, "eval_seconds": 4.0},
                    "bbc": {"train_seconds": 10.0, "eval_seconds": 6.0},
                    "hutto_amazon": {"train_seconds": 30.0, "eval_seconds": 8.0}},
                   {"base": {"accuracy": two, "reused": []}, "bbc": {"accuracy": two},
-                   "hutto_amazon": {"accuracy": two}})
-    # mtl trains once on both tasks (40 s: 20 s a task) and scores one row (2 cells, 5 s)
+                   "hutto_amazon": {"accuracy": two, "scored": 1}})
+    # mtl trains once on both tasks (40 s: 20 s a task) and scores one row (2 cells, 5 s); its base row was shared
     _finished_run(os.path.join(runs, "mtl", ORDER, "seed1"),
                   {"base": {"train_seconds": None, "eval_seconds": 0.0},
                    "all": {"train_seconds": 40.0, "eval_seconds": 5.0}},
                   {"base": {"accuracy": two, "reused": ["bbc", "hutto_amazon"]}, "all": {"accuracy": two}})
-    model = CostModel.read(runs)
-    assert model.runs == 2 and model.train["seq_lora"] == {"bbc": 10.0, "hutto_amazon": 30.0}
-    assert model.per_cell == {"seq_lora": 3.5, "mtl": 2.5}
+    # zero_shot scores nothing itself; a run of another setup (other sizes) and a damaged record are left out
+    _finished_run(os.path.join(runs, "zero_shot", ORDER, "seed1"), {"base": {"eval_seconds": 0.0}},
+                  {"base": {"accuracy": two, "reused": ["bbc", "hutto_amazon"]}})
+    _finished_run(os.path.join(runs, "seq_lora", ORDER, "seed2"), {"bbc": {"train_seconds": 999.0}},
+                  {"base": {"accuracy": two}}, {"train_per_task": 5})
+    _finished_run(os.path.join(runs, "seq_lora", ORDER, "seed3"), {"bbc": None}, {"base": None})
+    like = BenchConfig(model="tiny-llama", matrix="needed")
+    model = CostModel.read(runs, like)
+    assert (model.runs, model.skipped) == (3, 1) and model.train["seq_lora"] == {"bbc": 10.0, "hutto_amazon": 30.0}
+    assert model.per_cell == {"seq_lora": 5.5, "mtl": 2.5, "zero_shot": 0.0} and model.base_per_cell == 2.0
     assert model.train["mtl"] == {"bbc": 20.0, "hutto_amazon": 20.0}
     longer = "bbc+hutto_amazon+trec"
-    shared = BenchConfig(matrix="needed")
-    seq, mtl, zero = plan(runs, ["seq_lora", "mtl", "zero_shot"], [longer], ["1"], shared)
-    # trec was never trained: the median task (20 s). Needed cells after each task: 2, 3, 3; trec's base cell too.
-    assert model.seconds_left(seq) == pytest.approx(10 + 30 + 20 + (2 + 3 + 3 + 1) * 3.5)
-    assert model.seconds_left(mtl) == pytest.approx(3 * 20 + 3 * 2.5 + 1 * 2.5)   # one row of 3 cells
-    assert model.seconds_left(zero) is None
-    # a run cut after its first task costs only what it has left
-    _finished_run(seq.out, {}, {"base": {"accuracy": two}, "bbc": {"accuracy": two}})
+    seq, mtl, zero = plan(runs, ["seq_lora", "mtl", "zero_shot"], [longer], ["1"], like)
+    # trec was never trained: the median task (20 s). Needed cells after each task: 2, 3, 3.
+    assert model.seconds_left(seq) == pytest.approx(10 + 30 + 20 + (2 + 3 + 3) * 5.5)
+    assert model.seconds_left(mtl) == pytest.approx(3 * 20 + 3 * 2.5)   # one row of 3 cells
+    assert model.seconds_left(zero) == 0.0
+    # a run cut after its first task costs what it has left, unless its checkpoint is gone (all stages again)
+    _finished_run(seq.out, {}, {})
+    status = {"state": "running", "rows": {"base": {"accuracy": two}, "bbc": {"accuracy": two}}, "checkpoint": "c.pt"}
     with open(os.path.join(seq.out, "status.json"), "w") as f:
-        json.dump({"state": "running", "rows": {"base": {"accuracy": two}, "bbc": {"accuracy": two}}}, f)
-    assert model.seconds_left(seq) == pytest.approx(30 + 20 + (3 + 3) * 3.5)
-    assert main(["sweep", "--methods", "seq_lora,mtl,zero_shot", "--orders", f"{ORDER},{longer}", "--seeds", "1",
-                 "--runs", runs, "--matrix", "needed", "--model", "tiny-llama", "--dry-run"]) == 0
+        json.dump(status, f)
+    assert model.seconds_left(seq) == pytest.approx(10 + 30 + 20 + (2 + 3 + 3) * 5.5)
+    open(os.path.join(seq.out, "c.pt"), "w").close()
+    assert model.seconds_left(seq) == pytest.approx(30 + 20 + (3 + 3) * 5.5)
+    # The grid: the backbone's row is charged once per task the folder's base-cache lacks (bbc is in it), to the
+    # first cell left that needs it: hutto_amazon and trec to seq_lora on the longer order.
+    with open(os.path.join(runs, "base-cache.json"), "w") as f:
+        json.dump({"bbc|fingerprint|setup": {"accuracy": 0.0, "predictions": "0"}}, f)
+    cells = plan(runs, ["seq_lora", "mtl", "zero_shot"], [ORDER, longer], ["1"], like)
+    _, costs = grid_costs(runs, cells)
+    assert [(state, seconds) for _, state, seconds in costs] == [
+        ("finished", None), ("finished", None), ("finished", None), ("partial", pytest.approx(83 + 2 * 2.0)),
+        ("new", pytest.approx(67.5)), ("new", 0.0)]
+    assert main(["sweep", "--methods", "seq_lora,mtl,zero_shot,replay", "--orders", f"{ORDER},{longer}",
+                 "--seeds", "1", "--runs", runs, "--matrix", "needed", "--model", "tiny-llama", "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("finished") and out[3].startswith(" partial") and out[3].endswith("~1 min")
-    # 71 s (the partial seq_lora) + 70 s (mtl); zero_shot has no record to go by
-    assert out[-1].startswith("left: 4 of 6 run(s), about 2 min at the medians of the 2 finished run(s)")
-    assert out[-1].endswith("not estimated (no finished run here): zero_shot")
-    # another folder's records cost a new grid (same sizes): here, every cell of the grid is left
+    assert out[0].startswith("finished") and out[4].startswith(" partial") and out[4].endswith("~1 min")
+    # 87 + 67.5 + 0 s; replay has no record to go by
+    assert out[-1].startswith("left: 5 of 8 run(s), about 3 min one after another, at the medians of the 3 finished")
+    assert out[-1].endswith("1 finished run(s) there with another setup left out; not estimated (no finished run "
+                            f"in {runs}): replay")
+    # another folder's records cost a new grid (same setup): here, every cell of the grid is left
     empty = str(tmp_path / "elsewhere")
     assert main(["sweep", "--methods", "seq_lora", "--orders", longer, "--seeds", "1,2", "--runs", empty,
                  "--matrix", "needed", "--model", "tiny-llama", "--dry-run", "--costs-from", runs]) == 0
-    assert capsys.readouterr().out.splitlines()[-1].startswith("left: 2 of 2 run(s), about 3 min")   # 2 x 91.5 s
+    # 2 x 104 s, and the 3 base cells once (6 s)
+    assert capsys.readouterr().out.splitlines()[-1].startswith("left: 2 of 2 run(s), about 4 min")
     assert main(["sweep", "--methods", "seq_lora", "--orders", longer, "--seeds", "1", "--runs", empty,
                  "--model", "tiny-llama", "--costs-from", runs]) == 2
     assert "--costs-from goes with --dry-run" in capsys.readouterr().err and not os.path.exists(empty)
+    assert main(["sweep", "--methods", "seq_lora", "--orders", longer, "--seeds", "1", "--runs", empty,
+                 "--model", "smollm2-135m", "--dry-run", "--costs-from", runs]) == 2   # no run of this setup there
+    assert f"--costs-from {runs}: no finished run with this grid's setup there" in capsys.readouterr().err
