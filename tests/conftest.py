@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import sys
@@ -16,6 +17,14 @@ set_threads()
 # The real O-LoRA data, where CI or a developer has it beside the checkout; tests that need it skip otherwise.
 REAL_DATA = os.environ.get("CL_DATA_DIR") or os.path.join(ROOT, "..", "shared", "data", "CL_Benchmark")
 HAVE_REAL_DATA = os.path.isdir(REAL_DATA)
+
+
+def bench_script(name):
+    """A script of bench/ (not a package) loaded as a module, so tests can call its functions."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,8 @@
 """bench/craft_routing.py replays CRAFT's stage 1 without training: its grouping must be the method's own."""
-import importlib.util
-import os
-
 import torch
+from conftest import bench_script
 
 from methods.craft import kl
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("craft_routing", os.path.join(HERE, "..", "bench", "craft_routing.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def signature(probs):
@@ -21,7 +10,7 @@ def signature(probs):
 
 
 def test_routing_joins_the_nearest_group_under_the_threshold_and_keeps_its_mean_signature():
-    route = load_script().route
+    route = bench_script("craft_routing").route
     sigs = {"a": signature([0.7, 0.2, 0.1]), "b": signature([0.6, 0.3, 0.1]), "c": signature([0.05, 0.05, 0.9])}
     near, far = float(kl(sigs["b"], sigs["a"])), float(kl(sigs["c"], sigs["a"]))
     assert near < 0.1 < 1.0 < far   # the planted geometry the thresholds below rely on

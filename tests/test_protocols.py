@@ -1,26 +1,18 @@
 """bench/protocols.py scores a finished run's final state by generation: the state must be the run's own (its
 rank answers come back exactly), generation must be the harness's own `--eval generate`, and every generated
 answer must be sorted by whose label it is."""
-import importlib.util
 import json
 import os
 
 import pytest
+from conftest import bench_script
 
 from harness.cli import main
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 # lr high enough that a few tiny steps move the answers away from the untouched backbone's
 TINY = ["--model", "tiny-llama", "--train-per-task", "8", "--test-per-task", "3", "--max-input-tokens", "8",
         "--order", "bbc+hutto_amazon", "--quiet"]
 LR = {"seq_lora": "lr=0.5", "craft": "lr=0.3"}
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("protocols", os.path.join(HERE, "..", "bench", "protocols.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def rows(path):
@@ -28,7 +20,7 @@ def rows(path):
 
 
 def test_answers_are_sorted_by_whose_label_they_are():
-    sort = load_script().sort_answer
+    sort = bench_script("protocols").sort_answer
     own, others = {"positive", "negative"}, {"sport", "tech"}
     assert [sort(a, "positive", own, others) for a in ("positive", "negative", "sport", "great")] == [
         "right", "own_label", "other_task_label", "no_label"]
@@ -49,7 +41,7 @@ def runs(tmp_path_factory):
 
 
 def test_generation_on_a_restored_run_matches_the_harness_generate_run(runs):
-    script = load_script()
+    script = bench_script("protocols")
     for method in ("seq_lora", "craft"):
         ranked, generated = runs[method, "rank"], runs[method, "generate"]
         trained = rows(ranked)
@@ -72,7 +64,7 @@ def test_each_kind_of_answer_is_counted(runs, monkeypatch):
     import tasks
     from harness.models import load_model
     from harness.prompting import PromptEncoder
-    script = load_script()
+    script = bench_script("protocols")
     encoder = PromptEncoder(load_model("tiny-llama")[1], 8)
     labels = {n: tasks.load_task(n, None, 8, 3, 1).labels for n in ("bbc", "hutto_amazon")}
 
