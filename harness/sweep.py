@@ -328,6 +328,7 @@ def grid_costs(runs: str, cells: list[Cell], costs_from: str | None = None):
 def dry_run_lines(runs: str, cells: list[Cell], costs_from: str | None = None) -> list[str]:
     """`sweep --dry-run`: each cell's state and the cost of each cell left (grid_costs); the last line sums what
     is left, one cell after another."""
+    import tasks
     model, costs = grid_costs(runs, cells, costs_from)
     source = costs_from or runs
     lines = [f"{state:>8}  {cell.out}" + (f"  ~{hours(seconds)}" if seconds is not None else "")
@@ -343,6 +344,11 @@ def dry_run_lines(runs: str, cells: list[Cell], costs_from: str | None = None) -
         summary += f"; {model.skipped} finished run(s) there with another setup left out"
     if unknown:
         summary += f"; not estimated (no finished run in {source}): {', '.join(unknown)}"
+    guessed = sorted({task for cell, seconds in left if seconds is not None and model.train.get(cell.method.label)
+                      for task in tasks.get_order(cell.config.order) if task not in model.train[cell.method.label]})
+    if guessed:   # e.g. dbpedia's 14 labels costed at a 2-label task's median: say so, the estimate is weak there
+        summary += (f"; task(s) no run there trained, costed at their method's median task (label counts and "
+                    f"prompt lengths are not modelled): {', '.join(guessed)}")
     return lines + [summary]
 
 

@@ -259,8 +259,10 @@ def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, ca
     assert out[0].startswith("finished") and out[4].startswith(" partial") and out[4].endswith("~1 min")
     # 87 + 67.5 + 0 s; replay has no record to go by
     assert out[-1].startswith("left: 5 of 8 run(s), about 3 min one after another, at the medians of the 3 finished")
-    assert out[-1].endswith("1 finished run(s) there with another setup left out; not estimated (no finished run "
-                            f"in {runs}): replay")
+    assert ("1 finished run(s) there with another setup left out; not estimated (no finished run "
+            f"in {runs}): replay; ") in out[-1]
+    assert out[-1].endswith("task(s) no run there trained, costed at their method's median task (label counts and "
+                            "prompt lengths are not modelled): trec")   # seq_lora's and mtl's median stands in
     # another folder's records cost a new grid (same setup): here, every cell of the grid is left
     empty = str(tmp_path / "elsewhere")
     assert main(["sweep", "--methods", "seq_lora", "--orders", longer, "--seeds", "1,2", "--runs", empty,
