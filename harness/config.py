@@ -91,11 +91,12 @@ class BenchConfig:
     # setup, not environment: batching changes padding, and with it float sums and a near-tie prediction
     eval_batch_size: int = option(16, role=SETUP, type=positive_int, help="test examples per forward pass")
     device: str = option("cpu", role=ENVIRONMENT, help="torch device: cpu, cuda or cuda:N")
-    # environment, not setup: the caches change float rounding only (measured: docs/cli.md#caches)
+    # environment, not setup: the caches change float rounding only, and with LoRA dropout the draw of its masks
+    # (the same distribution per example; measured: docs/cli.md#caches)
     cache: str = option("on", role=ENVIRONMENT, choices=("on", "off"),
-                        help="on: encode each task's shared prompt prefix once, score every label on one copy of a "
-                             "prompt's cache; off: every cache off, to check that they change nothing beyond float "
-                             "rounding")
+                        help="on: encode each batch's and each task's shared prompt prefix once (training and "
+                             "evaluation), score every label on one copy of a prompt's cache; off: every cache "
+                             "off, to check that they change nothing beyond float rounding (and dropout's draw)")
     # environment, not setup: the metrics are the same either way; the unevaluated cells are blank
     matrix: str = option("full", role=ENVIRONMENT, choices=("full", "needed"),
                          help="full: score every task after every stage; needed: only the cells AA, BWT, FM and "

@@ -14,15 +14,13 @@ import torch
 from tqdm.auto import tqdm
 
 from core.data import Encoded
+from core.loss import MIN_SHARED_PREFIX
 from core.scoring import Scorer, left_pad
 from harness.models import autocast
 from harness.stats import NO_ANSWER_INDEX, encode_labels, percent_correct
 
 EVAL_MODES = ("rank", "generate")
 
-
-# A shared prefix shorter than this is not worth a forward of its own.
-MIN_SHARED_PREFIX = 8
 
 
 class SharedPrefix:

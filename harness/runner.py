@@ -226,7 +226,7 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
         method.before_task(ctx, own)
         examples = method.training_examples(ctx, own)
         fit_stats = fit(method, ctx, examples, seed=cfg.seed * 1000 + k, dtype=cfg.dtype, pad_id=tok.pad_token_id,
-                        progress=cfg.progress, log=run.log)
+                        progress=cfg.progress, log=run.log, share_prefix=cfg.cache == "on")
         method.after_task(ctx, own)
         run.log("task_end", task=row, **fit_stats, trained_on=len(examples))
         needed = None if cfg.matrix == "full" or method_cls.JOINT else metrics_mod.needed_cells(names, k + 1)

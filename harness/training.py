@@ -15,8 +15,9 @@ from harness.models import autocast
 
 
 def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32", log=None, pad_id: int,
-        progress: bool = True) -> dict:
-    """Train `method` on `examples` for one stage; returns step count, final loss and wall time.
+        progress: bool = True, share_prefix: bool = False) -> dict:
+    """Train `method` on `examples` for one stage; returns step count, final loss and wall time. share_prefix:
+    each batch's shared prompt prefix is encoded once (core.loss.collate), where the method allows it.
 
     Every step: method.training_loss, backward, clipping, the optimizer step, then method.after_step(task, step)
     (where a method updates and records what it tracks), then method.should_stop(task, step), which only reads."""
@@ -34,13 +35,14 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
     started, step, recent = time.time(), 0, []
     bar = tqdm(total=total, desc=f"train {task.name}", unit="step", disable=not progress, leave=False)
     device = device_of(method.model)
+    share = share_prefix and method.SHARES_TRAIN_PREFIX
     method.model.train()
     try:
         for epoch in range(epochs):
             order = list(range(len(examples)))
             rng.shuffle(order)
             for start in range(0, len(order), batch_size):
-                batch = collate([examples[i] for i in order[start:start + batch_size]], pad_id, device)
+                batch = collate([examples[i] for i in order[start:start + batch_size]], pad_id, device, share)
                 with autocast(dtype, device):
                     loss, parts = method.training_loss(batch, task)
                 loss.backward()

@@ -19,9 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from core.device import device_of
-
-# A shared prefix shorter than this is not worth a forward of its own (as in the evaluation's).
-MIN_SHARED_PREFIX = 8
+from core.loss import MIN_SHARED_PREFIX
 
 
 def bytes_per_token(config, dtype=torch.float32) -> int:

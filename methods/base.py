@@ -48,6 +48,9 @@ class Method:
     KEEPS: str = "nothing from past tasks"   # what the method stores from past tasks (data, states)
     JOINT: bool = False                  # trains once on the union of the stream's tasks (an upper bound)
     BOUND: bool = False                  # a reference point, not a continual learner (tables show it apart)
+    # Training may encode a batch's shared prompt prefix once (core.loss.collate). Off for a method whose
+    # training forward edits prompt positions by index, which a split prompt would shift.
+    SHARES_TRAIN_PREFIX: bool = True
     # name -> (default, what it controls[, the values allowed]). Subclasses add to their parents' settings.
     SETTINGS: dict = {
         "lr": (1e-3, "learning rate (AdamW, no weight decay)"),

@@ -73,6 +73,7 @@ class CRAFT(Method):
     NAME = "craft"
     DESCRIPTION = ("LoReFT interventions on a frozen backbone, grouped by KL routing, trained under a KL "
                    "regulariser and KL-based stopping, folded into the group by a KL-chosen merge")
+    SHARES_TRAIN_PREFIX = False   # its edits sit on the last prompt positions; its own cache holds the backbone's
     SETTINGS = {
         "lr": (4e-3, "learning rate of the interventions"),
         "epochs": (Method.SETTINGS["epochs"][0], "maximum passes over a task's examples (convergence may stop "

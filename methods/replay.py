@@ -66,7 +66,8 @@ class Replay(LoRAMethod):
         self._rows_seen += len(own)
         k = min(len(own), round(self._share * self._rows_seen) - self._rows_replayed)
         self._rows_replayed += k
-        mixed = collate(list(own[:len(own) - k]) + self._memory_draw(k), self.tokenizer.pad_token_id, self.device)
+        mixed = collate(list(own[:len(own) - k]) + self._memory_draw(k), self.tokenizer.pad_token_id, self.device,
+                        batch["share_prefix"])
         loss, parts = super().training_loss(mixed, task)
         return loss, {**parts, "replayed": k}
 

@@ -1,6 +1,6 @@
 import torch
 
-from core.data import Encoded
+from core.data import Encoded, TaskContext
 from core.loss import answer_loss, collate
 
 
@@ -19,3 +19,65 @@ def test_answer_loss_equals_the_unpadded_per_example_loss(tiny):
                 nll -= float(logp[len(ex.prompt_ids) - 1 + j, tok_id])
                 count += 1
     assert torch.isclose(got, torch.tensor(nll / count), atol=1e-4)
+
+
+def _loss_and_grads(model, batch, params):
+    loss = answer_loss(model, batch)
+    grads = torch.autograd.grad(loss, params)
+    return loss.detach(), grads
+
+
+def test_a_shared_prefix_gives_the_loss_and_gradients_of_whole_prompts(tokenizer):
+    """Training with each batch's common prompt prefix encoded once (its keys/values repeated over the rows,
+    gradients flowing back through them) gives the whole prompts' loss and LoRA gradients, fp32, up to float
+    rounding, with dropout off: on real prompts of several tasks and on a batch mixing tasks (replay's)."""
+    import tasks
+    from harness.models import tiny_model
+    from harness.prompting import PromptEncoder
+    from methods import get_method
+    enc = PromptEncoder(tokenizer, 16)
+    method = get_method("seq_lora")(tiny_model(tokenizer, seed=0), tokenizer, {"dropout": 0.0}, seed=1)
+    method.setup()
+    method.model.train()
+    params = [p for p in method.trainable_parameters() if p.requires_grad]
+    with torch.no_grad():   # B starts at 0, which would leave A without gradient: as after some training
+        for p in params:
+            p.normal_(0, 0.05, generator=torch.Generator().manual_seed(p.numel()))
+    encoded = {name: enc.encode(tasks.load_task(name, None, 8, 4, seed=1), "train") for name in ("trec", "bbc")}
+    mixed = encoded["trec"][:4] + encoded["bbc"][:4]
+    for name, examples in [*encoded.items(), ("trec+bbc", mixed)]:
+        whole = collate(examples, tokenizer.pad_token_id)
+        split = collate(examples, tokenizer.pad_token_id, share_prefix=True)
+        assert "prefix" not in whole and split["prefix"]["ids"].shape[1] >= 8, name   # the chat template at least
+        if name != "trec+bbc":
+            assert split["prefix"]["ids"].shape[1] >= 20, name   # plus instruction and options
+        loss, grads = _loss_and_grads(method.model, whole, params)
+        shared_loss, shared_grads = _loss_and_grads(method.model, split, params)
+        assert torch.isclose(loss, shared_loss, rtol=1e-5, atol=1e-6), name
+        for g, h in zip(grads, shared_grads):
+            assert g.abs().max() > 0 and torch.allclose(g, h, rtol=1e-4, atol=1e-6), name
+
+
+def test_the_loop_shares_the_prefix_only_where_the_method_allows_it(tokenizer, monkeypatch):
+    """fit() hands answer_loss split batches with share_prefix on, and whole prompts with it off or for a method
+    whose training edits prompt positions (CRAFT)."""
+    import core.loss
+    import tasks
+    from harness.models import tiny_model
+    from harness.prompting import PromptEncoder
+    from harness.training import fit
+    from methods import get_method
+    seen = []
+    original = core.loss.collate
+    monkeypatch.setattr("harness.training.collate", lambda *a, **k: seen.append(original(*a, **k)) or seen[-1])
+    data = tasks.load_task("trec", None, 8, 4, seed=1)
+    examples = PromptEncoder(tokenizer, 16).encode(data, "train")
+    ctx = TaskContext(0, "trec", ["trec"], {"trec": data.labels})
+    for name, share, split in [("seq_lora", True, True), ("seq_lora", False, False), ("craft", True, False)]:
+        method = get_method(name)(tiny_model(tokenizer, seed=0), tokenizer, {"epochs": 1}, seed=1)
+        method.setup()
+        method.before_task(ctx, examples)
+        seen.clear()
+        assert fit(method, ctx, examples, seed=1, pad_id=tokenizer.pad_token_id, progress=False,
+                   share_prefix=share)["steps"] == 1
+        assert ("prefix" in seen[0]) is split, (name, share)
