@@ -176,7 +176,7 @@ def main():
             t_shared)
         lines.append(f"{'':<4}shared prefix {prefix} of {tokens / 8:.0f} tokens a row (bbc); largest loss change with "
                      f"dropout off {gap:.1e}")
-        row("seq_lora training step, shared prefix, bf16 autocast, s", t_lora16, "", t_lora / t_lora16,
+        row("seq_lora training step, shared prefix, bf16 autocast, s", t_lora16, "", t_shared / t_lora16,
             4 * n_params * shared_tokens, t_lora16, "bf16")
         results.update(seq_lora_step_s=round(t_lora, 3), train_speedup=round(t_lora / t_shared, 2),
                        bf16_train_speedup=round(t_shared / t_lora16, 2))

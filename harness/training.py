@@ -67,4 +67,5 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
         bar.close()
         method.model.eval()
     return {"steps": step, "seconds": round(time.time() - started, 2),
-            "final_loss": round(sum(recent[-10:]) / max(1, len(recent[-10:])), 5)}
+            "final_loss": round(sum(recent[-10:]) / max(1, len(recent[-10:])), 5),
+            "shared_prefix": share}   # in the log's task_end: which training path made the run (docs/cli.md#caches)

@@ -103,7 +103,7 @@ class ILoRA(MultiLoRAMethod):
         if task.index == 0 or not replayed:   # the reference replays from the second task on
             return answer_loss(self.model, batch), {}
         if self.settings["compute"] == "matched":
-            batch = collate(own[:len(own) - replayed], self.tokenizer.pad_token_id, self.device, batch["share_prefix"])
+            batch = collate(own[:len(own) - replayed], self.tokenizer.pad_token_id, self.device, batch.get("share_prefix", False))
         current = answer_loss(self.model, batch)
         replay = collate(self.buffer.sample(replayed), self.tokenizer.pad_token_id, self.device)
         self.activate(["slow"], "fast")

@@ -52,6 +52,7 @@ class LwF(LoRAMethod):
                    "on the new task's inputs")
     KEEPS = ("nothing but the LoRA (the recorded distributions come from the new task's inputs and are dropped "
              "after it)")
+    SHARES_TRAIN_PREFIX = False   # its loss reads the answer logits (answer_loss's outputs): whole prompts anyway
     SETTINGS = {
         "lambda": (1.0, "weight of the distillation term lambda * T^2 * KL(recorded || current)"),
         "temperature": (2.0, "temperature T of both distributions (the paper's 2)"),

@@ -67,7 +67,7 @@ class Replay(LoRAMethod):
         k = min(len(own), round(self._share * self._rows_seen) - self._rows_replayed)
         self._rows_replayed += k
         mixed = collate(list(own[:len(own) - k]) + self._memory_draw(k), self.tokenizer.pad_token_id, self.device,
-                        batch["share_prefix"])
+                        batch.get("share_prefix", False))
         loss, parts = super().training_loss(mixed, task)
         return loss, {**parts, "replayed": k}
 

@@ -52,10 +52,24 @@ def test_a_shared_prefix_gives_the_loss_and_gradients_of_whole_prompts(tokenizer
         if name != "trec+bbc":
             assert split["prefix"]["ids"].shape[1] >= 20, name   # plus instruction and options
         loss, grads = _loss_and_grads(method.model, whole, params)
-        shared_loss, shared_grads = _loss_and_grads(method.model, split, params)
-        assert torch.isclose(loss, shared_loss, rtol=1e-5, atol=1e-6), name
+        shapes = []
+        hook = method.model.get_base_model().register_forward_pre_hook(
+            lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+        try:
+            shared_loss, shared_grads = _loss_and_grads(method.model, split, params)
+        finally:
+            hook.remove()
+        # the split path ran: the prefix alone once, then the rows' own tokens
+        assert shapes == [tuple(split["prefix"]["ids"].shape), tuple(split["prefix"]["input_ids"].shape)], name
+        assert torch.isclose(loss, shared_loss, rtol=1e-6, atol=1e-6), name
         for g, h in zip(grads, shared_grads):
             assert g.abs().max() > 0 and torch.allclose(g, h, rtol=1e-4, atol=1e-6), name
+        # a control: the rows' own tokens one position off fail the tolerances above (the tiny random model's
+        # attention is near uniform, so positions move its loss little: 6e-5 here)
+        shifted = {**split, "prefix": {**split["prefix"], "position_ids": split["prefix"]["position_ids"] + 1}}
+        off_loss, off_grads = _loss_and_grads(method.model, shifted, params)
+        assert not torch.isclose(loss, off_loss, rtol=1e-6, atol=1e-6), name
+        assert not all(torch.allclose(g, h, rtol=1e-4, atol=1e-6) for g, h in zip(grads, off_grads)), name
 
 
 def test_the_loop_shares_the_prefix_only_where_the_method_allows_it(tokenizer, monkeypatch):
