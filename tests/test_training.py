@@ -95,3 +95,29 @@ def test_the_loop_shares_the_prefix_only_where_the_method_allows_it(tokenizer, m
         assert fit(method, ctx, examples, seed=1, pad_id=tokenizer.pad_token_id, progress=False,
                    share_prefix=share)["steps"] == 1
         assert ("prefix" in seen[0]) is split, (name, share)
+
+
+def test_replay_mixes_memory_into_a_batch_on_the_loop_s_training_path(tokenizer, monkeypatch):
+    """compute-matched replay builds its own batches (task rows plus memory rows): they take the shared prefix
+    exactly when the loop's batch did, so --cache off keeps whole prompts throughout."""
+    import methods.replay
+    import tasks
+    from harness.models import tiny_model
+    from harness.prompting import PromptEncoder
+    from methods import get_method
+    enc = PromptEncoder(tokenizer, 16)
+    data = {n: tasks.load_task(n, None, 8, 4, seed=1) for n in ("bbc", "trec")}
+    encoded = {n: enc.encode(d, "train") for n, d in data.items()}
+    built = []
+    original = methods.replay.collate
+    monkeypatch.setattr(methods.replay, "collate", lambda *a, **k: built.append(original(*a, **k)) or built[-1])
+    for share in (True, False):
+        method = get_method("replay")(tiny_model(tokenizer, seed=0), tokenizer, {"compute": "matched"}, seed=1)
+        method.setup()
+        method.memory = {"bbc": encoded["bbc"]}
+        ctx = TaskContext(1, "trec", ["trec"], {"trec": data["trec"].labels})
+        own = method.training_examples(ctx, encoded["trec"])
+        built.clear()
+        _, parts = method.training_loss(collate(own, tokenizer.pad_token_id, share_prefix=share), ctx)
+        assert parts["replayed"] > 0 and len(built) == 1
+        assert built[0]["share_prefix"] is share and ("prefix" in built[0]) is share   # the chat template at least
