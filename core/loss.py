@@ -6,19 +6,10 @@ import os
 import torch
 
 from core.data import Encoded
+from core.scoring import left_pad
 
 # A shared prefix shorter than this is not worth a forward of its own (training's and evaluation's threshold).
 MIN_SHARED_PREFIX = 8
-
-
-def _left_padded(seqs: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
-    return ids, mask
 
 
 def collate(examples: list[Encoded], pad_id: int, device=None, share_prefix: bool = False) -> dict:
@@ -30,27 +21,27 @@ def collate(examples: list[Encoded], pad_id: int, device=None, share_prefix: boo
     share_prefix: where the prompts begin with MIN_SHARED_PREFIX or more common tokens (a task's template,
     instruction and options), the batch also carries them apart (`prefix`), so that answer_loss encodes them
     once for the batch; `share_prefix` stays in the batch for a method that builds batches of its own."""
-    ids, mask = _left_padded([ex.prompt_ids + ex.answer_ids for ex in examples], pad_id)
+    ids, mask, positions = left_pad([ex.prompt_ids + ex.answer_ids for ex in examples], pad_id, device)
     labels = torch.full(ids.shape, -100, dtype=torch.long)
     for i, ex in enumerate(examples):
         labels[i, ids.shape[1] - len(ex.answer_ids):] = torch.tensor(ex.answer_ids)
-    ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-    batch = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+    labels = labels.to(device)
+    batch = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
              "labels": labels, "answer_width": max(len(ex.answer_ids) for ex in examples), "examples": examples,
              "share_prefix": share_prefix}
     if share_prefix and len(examples) > 1:
         common = os.path.commonprefix([list(ex.prompt_ids) for ex in examples])
         length = min(len(common), min(len(ex.prompt_ids) for ex in examples) - 1)   # each keeps a prompt token
         if length >= MIN_SHARED_PREFIX:
-            own_ids, own_mask = _left_padded([ex.prompt_ids[length:] + ex.answer_ids for ex in examples], pad_id)
-            own_ids, own_mask = own_ids.to(device), own_mask.to(device)
+            own_ids, own_mask, own_pos = left_pad([ex.prompt_ids[length:] + ex.answer_ids for ex in examples],
+                                                  pad_id, device)
             # The own tokens' left padding sits between prefix and text: masked, and positions skip it, so each
             # prompt is encoded as it would be alone.
             batch["prefix"] = {
                 "ids": torch.tensor([common[:length]], dtype=torch.long, device=device), "input_ids": own_ids,
                 "attention_mask": torch.cat([torch.ones((len(examples), length), dtype=torch.long,
                                                         device=own_mask.device), own_mask], dim=1),
-                "position_ids": (own_mask.cumsum(-1) - 1).clamp(min=0) + length}
+                "position_ids": own_pos + length}
     return batch
 
 
