@@ -1,4 +1,4 @@
-"""Command line: `python -m harness {bench,sweep,tables,general,list,metrics,data}`. Bad input is one line on stderr and exit status 2."""
+"""Command line: `python -m harness {bench,sweep,tables,general,compare,list,metrics,data}`. Bad input is one line on stderr and exit status 2."""
 from __future__ import annotations
 
 import argparse
@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--redo", action="store_true", help="measure runs that already have general.json again")
     g.add_argument("--device", default=None, help="torch device to measure on (default: each run's own; device is "
                    "environment, not setup: a run trained on cuda can be measured on cpu)")
+
+    c = sub.add_parser("compare", help="pair the runs of two folders (same method, order, seed; two setups) and "
+                                       "give the AA and FM differences with their intervals")
+    c.add_argument("a", metavar="RUNS_A", help="folder of runs (the reference)")
+    c.add_argument("b", metavar="RUNS_B", help="folder of runs (the changed setup); differences are B - A")
+    c.add_argument("--json", action="store_true", help="print one JSON object instead of the Markdown table")
 
     sub.add_parser("list", help="list methods, tasks and orders")
 
@@ -311,6 +317,13 @@ def cmd_general(a) -> int:
     return 0
 
 
+def cmd_compare(a) -> int:
+    from harness import compare
+    result = compare.compare(a.a, a.b)
+    print(json.dumps(result) if a.json else compare.markdown(result), end="\n" if a.json else "")
+    return 0
+
+
 def cmd_list(a) -> int:
     import tasks
     from methods import broken_modules, discover
@@ -368,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         return {"bench": cmd_bench, "sweep": cmd_sweep, "tables": cmd_tables, "general": cmd_general,
-                "list": cmd_list, "metrics": cmd_metrics, "data": data_cmd.cmd_data}[a.command](a)
+                "compare": cmd_compare, "list": cmd_list, "metrics": cmd_metrics, "data": data_cmd.cmd_data}[a.command](a)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

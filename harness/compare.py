@@ -1,0 +1,149 @@
+"""Two folders of runs, compared run for run: the same method, order and seed in each, made under two setups
+(fp32 against bf16, caches on against off, this code against an older one). Each pair's AA and FM
+difference, averaged per method and over every method, with a hierarchical-bootstrap interval over seeds
+and the test examples both runs scored (tables' own resampling, so a pair stays paired on examples), and the
+share of final answers that changed. It answers "does this change of setup move the numbers beyond the
+spread a rerun has?", which a table of each folder alone cannot."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from core.errors import UsageError
+from harness import stats
+from harness.config import ENVIRONMENT, SETUP, names, recorded_value
+from harness.rundir import RunDir
+from harness.tables import Run, check_one_setup, load_runs, sort_labels
+
+METRICS = ("AA", "FM")
+# Fields whose difference between the folders says what was compared (paths say nothing about the numbers).
+SHOWN_FIELDS = tuple(n for n in names(SETUP, ENVIRONMENT) if n not in ("out", "data_dir", "base_cache"))
+ALL = "all methods"
+
+
+def _runs(root: str) -> list[Run]:
+    runs, _ = load_runs(root)
+    if not runs:
+        raise UsageError(f"no finished run under {root}")
+    check_one_setup(runs)
+    return runs
+
+
+def _differences(a: list[Run], b: list[Run]) -> dict[str, list]:
+    """field -> [values in A, values in B] for every shown config field whose values differ between the folders."""
+    out = {}
+    for name in SHOWN_FIELDS:
+        va = sorted({json.dumps(recorded_value(r.config, name)) for r in a})
+        vb = sorted({json.dumps(recorded_value(r.config, name)) for r in b})
+        if va != vb:
+            out[name] = [[json.loads(v) for v in va], [json.loads(v) for v in vb]]
+    return out
+
+
+def _final_predictions(run: Run) -> dict[str, str]:
+    rows = RunDir(run.path).status().get("rows") or {}
+    last = rows.get(str(run.matrix.index[-1])) or {}
+    return last.get("predictions") or {}
+
+
+def _check_same_examples(a: Run, b: Run) -> None:
+    for task in a.tasks:
+        da, db = ((r.config.get("data") or {}).get(task) or {} for r in (a, b))
+        # runs recorded before per-example predictions keep no gold labels: their sizes must agree at least
+        same = da.get("gold") == db.get("gold") if "gold" in da or "gold" in db else da.get("test") == db.get("test")
+        if not da or not same:
+            raise UsageError(f"{a.path} and {b.path} were not scored on the same recorded test examples of {task}: "
+                             "a paired comparison needs the same examples (same sizes, split and data)")
+
+
+def paired_difference(pairs: list[tuple[Run, Run]], metric: str) -> dict | None:
+    """Mean over pairs of (B's metric - A's), and its 95% interval: seeds drawn with replacement (each bringing all
+    its pairs), then each task's test examples, the same draws for both runs of a pair. None when a pair lacks the
+    metric; no interval when a run kept no predictions."""
+    values = [(a.metrics[metric], b.metrics[metric]) for a, b in pairs]
+    if any(x is None or y is None for x, y in values):
+        return None
+    point = float(np.mean([y - x for x, y in values]))
+    draws = [(a.samples(metric), b.samples(metric)) for a, b in pairs]
+    bounds = None
+    if all(x is not None and y is not None for x, y in draws):
+        seeds = sorted({a.seed for a, _ in pairs})
+        groups = [[y - x for (a, _), (x, y) in zip(pairs, draws) if a.seed == s] for s in seeds]
+        per_seed = np.stack([np.mean(g, axis=0) for g in groups])
+        bounds = stats.interval(stats.over_seeds(per_seed, [len(g) for g in groups]))
+    return {"mean": round(point, 2), "ci": None if bounds is None else [round(bounds[0], 2), round(bounds[1], 2)],
+            "excludes_zero": stats.excludes_zero(bounds)}
+
+
+def compare(root_a: str, root_b: str) -> dict:
+    """Every (method label, order, seed) finished in both folders, paired; per label and over all of them."""
+    a_runs, b_runs = _runs(root_a), _runs(root_b)
+    b_index = {(r.label, r.order, r.seed): r for r in b_runs}
+    pairs: dict[str, list[tuple[Run, Run]]] = {}
+    for a in a_runs:
+        b = b_index.get((a.label, a.order, a.seed))
+        if b is not None:
+            _check_same_examples(a, b)
+            pairs.setdefault(a.label, []).append((a, b))
+    if not pairs:
+        raise UsageError(f"no run of {root_a} has a counterpart (same method, settings, order and seed) in {root_b}")
+    rows = {}
+    for label in sort_labels(set(pairs)) + [ALL]:
+        group = [p for lab in pairs for p in pairs[lab]] if label == ALL else pairs[label]
+        if label == ALL and len(pairs) == 1:
+            break
+        changed = total = 0
+        for a, b in group:
+            pa, pb = _final_predictions(a), _final_predictions(b)
+            for task in set(pa) & set(pb):
+                x, y = stats.decode_labels(pa[task]), stats.decode_labels(pb[task])
+                changed += int((x != y).sum())
+                total += len(x)
+        rows[label] = {"pairs": len(group), "orders": sorted({a.order for a, _ in group}),
+                       "seeds": sorted({a.seed for a, _ in group}),
+                       "A": {m: _mean(a.metrics[m] for a, _ in group) for m in METRICS},
+                       "B": {m: _mean(b.metrics[m] for _, b in group) for m in METRICS},
+                       **{f"delta_{m}": paired_difference(group, m) for m in METRICS},
+                       "final_answers_changed": [changed, total]}
+    return {"A": root_a, "B": root_b, "differences": _differences(a_runs, b_runs), "rows": rows,
+            "unpaired": {"A": len(a_runs) - sum(map(len, pairs.values())),
+                         "B": len(b_runs) - sum(map(len, pairs.values()))}}
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(float(np.mean(values)), 2) if values else None
+
+
+def _cell(d: dict | None) -> str:
+    if d is None:
+        return "–"
+    if d["ci"] is None:
+        return f"{d['mean']:+.2f}"
+    return f"{d['mean']:+.2f} [{d['ci'][0]:.2f}, {d['ci'][1]:.2f}]" + (" *" if d["excludes_zero"] else "")
+
+
+def markdown(result: dict) -> str:
+    diff = "; ".join(f"{k}: {', '.join(map(str, va))} (A) vs {', '.join(map(str, vb))} (B)"
+                     for k, (va, vb) in result["differences"].items()) or "no recorded setup field differs"
+    lines = [f"A = {result['A']}, B = {result['B']}", f"Setup: {diff}.", "",
+             "| method | pairs | orders | seeds | AA A | AA B | ΔAA (B - A) | FM A | FM B | ΔFM (B - A) "
+             "| final answers changed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def num(v):
+        return "–" if v is None else f"{v:.2f}"
+    for label, r in result["rows"].items():
+        changed, total = r["final_answers_changed"]
+        share = f"{changed} of {total} ({100 * changed / total:.1f}%)" if total else "–"
+        lines.append(f"| {label} | {r['pairs']} | {', '.join(r['orders'])} | {', '.join(map(str, r['seeds']))} "
+                     f"| {num(r['A']['AA'])} | {num(r['B']['AA'])} | {_cell(r['delta_AA'])} | {num(r['A']['FM'])} "
+                     f"| {num(r['B']['FM'])} | {_cell(r['delta_FM'])} | {share} |")
+    unpaired = result["unpaired"]
+    lines += ["", f"Pairs: the same method (and settings), order and seed finished in both folders "
+              f"({unpaired['A']} run(s) of A and {unpaired['B']} of B have no counterpart). [lo, hi]: "
+              f"{stats.LEVEL}% interval of a hierarchical bootstrap ({stats.RESAMPLES} resamples): seeds drawn with "
+              "replacement, then each task's test examples, the same draws for both runs of a pair; * = it "
+              "excludes 0. Final answers changed: test examples of the last row whose predicted label differs."]
+    return "\n".join(lines) + "\n"

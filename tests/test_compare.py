@@ -1,0 +1,89 @@
+"""`harness compare`: two folders of hand-made runs with known matrices, paired run for run."""
+import json
+import os
+import shutil
+
+import pytest
+
+from core.errors import UsageError
+from harness.cli import main
+from harness.compare import compare, markdown
+from harness.rundir import write_json
+from tests.test_tables import make_run, seq
+
+
+def grid(root, finals, protocol=None, n_test=20):
+    """seq_lora and craft on orders 1 and 2, seeds 1 and 2; finals[(label, order, seed)] = (final a, final b)."""
+    for (label, order, seed), (a, b) in finals.items():
+        make_run(root, label, label, order, seed, seq(a, b), n_test=n_test, protocol=protocol)
+
+
+CELLS = [(label, order, seed) for label in ("seq_lora", "craft") for order in ("1", "2") for seed in (1, 2)]
+
+
+def test_a_planted_shift_is_found_with_its_interval_and_a_folder_against_itself_shows_none(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    grid(a, {cell: (60.0, 70.0) for cell in CELLS})
+    # B: craft's final accuracy on task a is 20 points higher everywhere (AA +10, FM -20 on its one old task);
+    # seq_lora's moves by +5 on seed 1 and -5 on seed 2 (no shift on average)
+    grid(b, {cell: ((80.0 if cell[0] == "craft" else 65.0 if cell[2] == 1 else 55.0), 70.0) for cell in CELLS},
+         protocol={"dtype": "bf16"})
+    result = compare(a, b)
+    craft, seq_lora, pooled = result["rows"]["craft"], result["rows"]["seq_lora"], result["rows"]["all methods"]
+    assert craft["pairs"] == 4 and craft["orders"] == ["1", "2"] and craft["seeds"] == [1, 2]
+    assert craft["A"]["AA"] == 65.0 and craft["B"]["AA"] == 75.0
+    assert craft["delta_AA"]["mean"] == 10.0 and craft["delta_AA"]["excludes_zero"]
+    lo, hi = craft["delta_AA"]["ci"]
+    assert 0 < lo <= 10.0 <= hi
+    assert craft["delta_FM"]["mean"] == -20.0 and craft["delta_FM"]["excludes_zero"]
+    # 20 points of task a's 20 examples = 4 answers changed per run, over 4 runs and 2 tasks of 20
+    assert craft["final_answers_changed"] == [16, 160]
+    assert seq_lora["delta_AA"]["mean"] == 0.0 and not seq_lora["delta_AA"]["excludes_zero"]
+    assert pooled["pairs"] == 8 and pooled["delta_AA"]["mean"] == 5.0
+    assert result["differences"] == {"dtype": [["fp32"], ["bf16"]]}
+    text = markdown(result)
+    assert "dtype: fp32 (A) vs bf16 (B)" in text and "| craft | 4 | 1, 2 | 1, 2 | 65.00 | 75.00 | +10.00 [" in text
+
+    same = compare(a, a)
+    for row in same["rows"].values():
+        assert row["delta_AA"] == {"mean": 0.0, "ci": [0.0, 0.0], "excludes_zero": False}
+        assert row["final_answers_changed"][0] == 0
+    assert same["differences"] == {}
+
+
+def test_only_runs_present_in_both_folders_are_paired(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    grid(a, {cell: (60.0, 70.0) for cell in CELLS})
+    grid(b, {("craft", "1", 1): (70.0, 70.0)})
+    result = compare(a, b)
+    assert list(result["rows"]) == ["craft"]            # one method paired: no pooled row
+    assert result["rows"]["craft"]["pairs"] == 1 and result["rows"]["craft"]["delta_AA"]["mean"] == 5.0
+    assert result["unpaired"] == {"A": 7, "B": 0}
+
+
+def test_runs_on_different_test_examples_or_without_counterparts_are_refused(tmp_path, capsys):
+    a, b, c = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")
+    grid(a, {("craft", "1", 1): (60.0, 70.0)})
+    grid(b, {("craft", "1", 1): (60.0, 70.0)}, n_test=40)
+    with pytest.raises(UsageError, match="same recorded test examples"):
+        compare(a, b)
+    grid(c, {("craft", "2", 1): (60.0, 70.0)})
+    assert main(["compare", a, c]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no run of" in err
+    assert main(["compare", a, str(tmp_path / "missing")]) == 2
+
+
+def test_the_command_prints_the_table_or_json(tmp_path, capsys):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    grid(a, {("craft", "1", 1): (60.0, 70.0)})
+    shutil.copytree(a, b)
+    config = os.path.join(b, "craft", "1", "seed1", "config.json")
+    with open(config) as f:
+        recorded = json.load(f)
+    write_json(config, {**recorded, "cache": "off"})
+    assert main(["compare", a, b, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["differences"] == {"cache": [["on"], ["off"]]} and result["rows"]["craft"]["pairs"] == 1
+    assert main(["compare", a, b]) == 0
+    assert "| craft | 1 |" in capsys.readouterr().out
