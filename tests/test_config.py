@@ -80,6 +80,12 @@ def test_backbone_cache_key_follows_the_setup_and_the_test_rows_not_the_seed_or_
                                             data_fingerprint(data("x", "y")))
     assert key != config.backbone_cache_key(dataclasses.replace(cfg, test_per_task=5), "t",
                                             data_fingerprint(data("x", "y")))
+    # the float path: a GPU's or caches-off scores are never reused for the CPU's cached path, nor the reverse
+    keys = {config.backbone_cache_key(dataclasses.replace(cfg, **change), "t", data_fingerprint(data("x", "y")))
+            for change in ({}, {"device": "cuda"}, {"device": "cuda:1"}, {"cache": "off"}, {"device": "cpu"})}
+    assert len(keys) == 3 and key in keys
+    assert key == "|".join(["t", data_fingerprint(data("x", "y"))] + [str(getattr(cfg, n)) for n in config.names(
+        config.SETUP)])   # keys of base-cache.json files written before this field entered stay valid
 
 
 def test_docs_list_every_option():
