@@ -344,11 +344,17 @@ def dry_run_lines(runs: str, cells: list[Cell], costs_from: str | None = None) -
         summary += f"; {model.skipped} finished run(s) there with another setup left out"
     if unknown:
         summary += f"; not estimated (no finished run in {source}): {', '.join(unknown)}"
-    guessed = sorted({task for cell, seconds in left if seconds is not None and model.train.get(cell.method.label)
-                      for task in tasks.get_order(cell.config.order) if task not in model.train[cell.method.label]})
+    guessed: dict[str, set[str]] = {}   # method label -> its tasks no run of it trained
+    for cell, seconds in left:
+        trained = model.train.get(cell.method.label)
+        if seconds is not None and trained:
+            guessed.setdefault(cell.method.label, set()).update(
+                t for t in tasks.get_order(cell.config.order) if t not in trained)
+    guessed = {label: names for label, names in guessed.items() if names}
     if guessed:   # e.g. dbpedia's 14 labels costed at a 2-label task's median: say so, the estimate is weak there
-        summary += (f"; task(s) no run there trained, costed at their method's median task (label counts and "
-                    f"prompt lengths are not modelled): {', '.join(guessed)}")
+        summary += ("; costed at the method's median task, as no run of that method there trained them (label "
+                    "counts and prompt lengths are not modelled): " + "; ".join(
+                        f"{label}: {', '.join(sorted(names))}" for label, names in guessed.items()))
     return lines + [summary]
 
 

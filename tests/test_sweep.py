@@ -261,8 +261,8 @@ def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, ca
     assert out[-1].startswith("left: 5 of 8 run(s), about 3 min one after another, at the medians of the 3 finished")
     assert ("1 finished run(s) there with another setup left out; not estimated (no finished run "
             f"in {runs}): replay; ") in out[-1]
-    assert out[-1].endswith("task(s) no run there trained, costed at their method's median task (label counts and "
-                            "prompt lengths are not modelled): trec")   # seq_lora's and mtl's median stands in
+    assert out[-1].endswith("costed at the method's median task, as no run of that method there trained them "
+                            "(label counts and prompt lengths are not modelled): seq_lora: trec; mtl: trec")
     # another folder's records cost a new grid (same setup): here, every cell of the grid is left
     empty = str(tmp_path / "elsewhere")
     assert main(["sweep", "--methods", "seq_lora", "--orders", longer, "--seeds", "1,2", "--runs", empty,
