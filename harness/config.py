@@ -202,9 +202,20 @@ def resume_keys() -> tuple[str, ...]:
 
 
 def recorded_value(config: dict, name: str):
-    """A field's value in a run's config.json; a field the record predates holds the default it ran with."""
+    """A field's value in a run's config.json; a field the record predates holds the default it ran with. The same
+    for the method's settings: one the method gained since the record holds the value the run behaved as."""
+    if name == "settings":
+        return current_settings(config.get("method"), config.get("settings"))
     field = FIELDS.get(name)
     return config.get(name, None if field is None or field.default is dataclasses.MISSING else field.default)
+
+
+def current_settings(method: str | None, recorded: dict | None) -> dict | None:
+    """A run's recorded settings as the method's code now records them (Method.ADDED_SETTINGS: settings added since,
+    at the value the run behaved as); the record as it is for a method this code does not have."""
+    from methods import discover
+    cls = discover().get(method) if isinstance(recorded, dict) else None
+    return recorded if cls is None else cls.recorded_settings(recorded)
 
 
 def setup_of(config: dict) -> tuple:

@@ -133,7 +133,7 @@ def cell_state(cell: Cell) -> str:
     if cell.settings:
         try:
             with open(os.path.join(cell.out, "config.json")) as f:
-                if json.load(f).get("settings") != cell.settings:
+                if config.recorded_value(json.load(f), "settings") != cell.settings:
                     return "stale"
         except (OSError, ValueError):
             pass

@@ -135,7 +135,7 @@ def check_one_setup(runs: list[Run]) -> tuple:
     # average two different methods under one name.
     by_label: dict[str, dict[str, list[str]]] = {}
     for r in runs:
-        key = json.dumps(r.config.get("settings"), sort_keys=True)
+        key = json.dumps(recorded_value(r.config, "settings"), sort_keys=True)
         by_label.setdefault(r.label, {}).setdefault(key, []).append(r.path)
     for label, variants in by_label.items():
         if len(variants) > 1:

@@ -19,14 +19,15 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
     """Train `method` on `examples` for one stage; returns step count, final loss and wall time. share_prefix:
     each batch's shared prompt prefix is encoded once (core.loss.collate), where the method allows it.
 
-    Every step: method.training_loss, backward, clipping, the optimizer step, then method.after_step(task, step)
-    (where a method updates and records what it tracks), then method.should_stop(task, step), which only reads."""
+    Every step: the learning rate method.learning_rate(task, step), method.training_loss, backward, clipping, the
+    optimizer step, then method.after_step(task, step) (where a method updates and records what it tracks), then
+    method.should_stop(task, step), which only reads."""
     settings = method.settings
     params = [p for p in method.trainable_parameters() if p.requires_grad]
     if not params or not examples:
         return {"steps": 0, "seconds": 0.0}
     # No weight decay: it would zero pyreft's orthogonal parametrisation of R (docs/design.md#weight-decay).
-    opt = torch.optim.AdamW(params, lr=float(settings["lr"]), weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=method.learning_rate(task, 1), weight_decay=0.0)
     batch_size = int(settings["batch_size"])
     epochs = int(settings["epochs"])
     rng = random.Random(f"{seed}:fit:{task.name}")
@@ -42,6 +43,9 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
             order = list(range(len(examples)))
             rng.shuffle(order)
             for start in range(0, len(order), batch_size):
+                lr = method.learning_rate(task, step + 1)
+                for group in opt.param_groups:
+                    group["lr"] = lr
                 batch = collate([examples[i] for i in order[start:start + batch_size]], pad_id, device, share)
                 with autocast(dtype, device):
                     loss, parts = method.training_loss(batch, task)
@@ -56,7 +60,8 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(recent[-10:]) / len(recent[-10:]):.3f}")
                 if log is not None:
-                    log("step", task=task.name, step=step, epoch=epoch, loss=round(float(loss), 5),
+                    scheduled = {} if lr == float(settings["lr"]) else {"lr": lr}   # logged where a method schedules it
+                    log("step", task=task.name, step=step, epoch=epoch, loss=round(float(loss), 5), **scheduled,
                         **{k: round(float(v), 6) for k, v in parts.items()})
                 if method.should_stop(task, step):
                     break

@@ -3,7 +3,7 @@
 The runner calls, in order: setup() once (after measuring the untouched backbone), then per task
   before_task(task, examples)        prepare from the task's own training examples (route, add an adapter)
   training_examples(task, examples)  what to train on: the task's examples, plus whatever the method adds
-  [training_loss -> after_step -> should_stop]* per optimizer step (harness/training.py): after_step records
+  [learning_rate -> training_loss -> after_step -> should_stop]* per optimizer step (harness/training.py): after_step records
                                      (traces, EMA updates, the stop decision); should_stop only reads the state
   after_task(task, examples)         with the task's own examples again
 then scorer(task) for every task it evaluates. (A JOINT method gets one stage, the union of the tasks.)
@@ -51,6 +51,10 @@ class Method:
     # Training may encode a batch's shared prompt prefix once (core.loss.collate). Off for a method whose
     # training forward edits prompt positions by index, which a split prompt would shift.
     SHARES_TRAIN_PREFIX: bool = True
+    # Settings added after runs were recorded, each with the value those runs behaved as: a record without the key
+    # ran with it. Adding a setting then leaves the method's earlier runs current (not stale to a sweep, resumable,
+    # in one table with the new ones) as long as its default is that value.
+    ADDED_SETTINGS: dict = {}
     # name -> (default, what it controls[, the values allowed]). Subclasses add to their parents' settings.
     SETTINGS: dict = {
         "lr": (1e-3, "learning rate (AdamW, no weight decay)"),
@@ -100,6 +104,17 @@ class Method:
         return values
 
     @classmethod
+    def recorded_settings(cls, recorded: dict | None) -> dict | None:
+        """A run's recorded settings as this code would record them: the settings added since (ADDED_SETTINGS)
+        at the value the run behaved as. Compare this, not the raw record, with resolve_settings' output."""
+        if recorded is None:
+            return None
+        added: dict = {}
+        for klass in reversed(cls.__mro__):
+            added.update(getattr(klass, "ADDED_SETTINGS", {}) or {})
+        return {**added, **recorded}
+
+    @classmethod
     def settings_or_defaults(cls, settings: dict | None) -> dict:
         return cls.resolve_settings({}) if settings is None else settings
 
@@ -129,6 +144,11 @@ class Method:
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def learning_rate(self, task: TaskContext, step: int) -> float:
+        """The learning rate of optimizer step `step` (from 1) of this task: the `lr` setting, unless the method
+        schedules it."""
+        return float(self.settings["lr"])
 
     def training_loss(self, batch: dict, task: TaskContext) -> tuple[torch.Tensor, dict]:
         """Return (loss to minimise, named parts to log)."""

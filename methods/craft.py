@@ -74,6 +74,7 @@ class CRAFT(Method):
     DESCRIPTION = ("LoReFT interventions on a frozen backbone, grouped by KL routing, trained under a KL "
                    "regulariser and KL-based stopping, folded into the group by a KL-chosen merge")
     SHARES_TRAIN_PREFIX = False   # its edits sit on the last prompt positions; its own cache holds the backbone's
+    ADDED_SETTINGS = {"warmup": 0}   # runs recorded before 2026-12-01 trained without warm-up
     SETTINGS = {
         "lr": (4e-3, "learning rate of the interventions"),
         "epochs": (Method.SETTINGS["epochs"][0], "maximum passes over a task's examples (convergence may stop "
@@ -95,6 +96,11 @@ class CRAFT(Method):
         "forgetting_budget": (1.0, "KL (nats) on the group's anchors at which training stops and that a merge may not exceed"),
         "anchors_per_task": (16, "unlabeled prompts kept per task for the KL term and the merge"),
         "anchor_batch": (4, "anchors per training step for the KL term"),
+        # Off by default until a validation run says otherwise (docs/results.md, tuning): with init=identity the
+        # group's second task blew up on its first step (task loss 0.08 -> 4.1, anchor KL 7.4 nats).
+        "warmup": (0, "steps of linear learning-rate warm-up (lr * step / warmup) for a task that joins an existing "
+                      "group: Adam's first steps move every coordinate by about the learning rate, however small the "
+                      "gradient, and the group's earlier tasks feel that at once; 0 = none"),
         "settle_window": (5, "steps compared for the settled-loss test"),
         "settle_tol": (0.02, "stop when the mean task loss over the last window changed by less than this fraction"),
         "min_steps": (10, "never stop on a settled loss before this many steps"),
@@ -277,6 +283,12 @@ class CRAFT(Method):
                 loss = loss + float(self.settings["beta"]) * anchor_kl
         self._losses.append(parts["task_loss"])
         return loss, parts
+
+    def learning_rate(self, task, step):
+        lr, warmup = float(self.settings["lr"]), int(self.settings["warmup"])
+        if warmup > 0 and self._group.tasks:   # the task continues a group: protect its earlier tasks' edit
+            return lr * min(1.0, step / warmup)
+        return lr
 
     def _stop_rule(self, step) -> tuple[int, str] | None:
         """(step, why) when training should stop after `step`, from the traces so far; None to go on."""

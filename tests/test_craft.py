@@ -361,3 +361,42 @@ def test_cli_refuses_zero_positions_with_one_line_and_exit_2(tmp_path, capsys):
                  "--method-arg", "first_positions=0", "--method-arg", "last_positions=0"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "last_positions" in err
+
+
+def test_warmup_ramps_the_learning_rate_only_for_a_task_that_joins_a_group(tokenizer):
+    """warmup=4: the loop's optimizer takes lr * k / 4 on steps 1-4 of a group's second task (Adam's first step then
+    moves each coordinate by about that, not by lr), and the full lr on a group's first task."""
+    lr = 0.01
+    m, examples = _craft_and_examples(tokenizer, routing="single", warmup="4", batch_size="1", lr=str(lr),
+                                      min_steps="100", forgetting_budget="1e9", kl_term="false")
+    taken = []
+    real_step = torch.optim.AdamW.step
+
+    def step(opt, *a, **k):   # what the optimizer actually used, and how far it moved the edit
+        before = [p.detach().clone() for p in opt.param_groups[0]["params"]]
+        out = real_step(opt, *a, **k)
+        moved = max(float((p.detach() - b).abs().max()) for p, b in zip(opt.param_groups[0]["params"], before))
+        taken.append((opt.param_groups[0]["lr"], moved))
+        return out
+    logged = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.AdamW, "step", step)
+        for index, name in enumerate(("bbc", "bbc_again")):
+            task = TaskContext(index=index, name=name, tasks=["bbc", "bbc_again"])
+            taken.clear()
+            m.before_task(task, examples)
+            fit(m, task, examples, seed=1, pad_id=tokenizer.pad_token_id, progress=False,
+                log=lambda event, **f: logged.append((name, f.get("lr"))) if event == "step" else None)
+            m.after_task(task, examples)
+            if name == "bbc":
+                assert [r for r, _ in taken] == [lr] * len(examples)
+            else:
+                assert m.diagnostics["routing"]["bbc_again"]["group"] == 0
+                assert [r for r, _ in taken] == pytest.approx([lr / 4, lr / 2, 3 * lr / 4] + [lr] * (len(examples) - 3))
+                # Adam's first step moves the coordinates by about its learning rate: a quarter of lr here
+                assert taken[0][1] <= 1.01 * lr / 4 < 0.9 * lr
+    # the step log names the learning rate only where it is scheduled
+    assert [x for n, x in logged if n == "bbc"] == [None] * len(examples)
+    scheduled = [x for n, x in logged if n == "bbc_again"]
+    assert scheduled[:3] == pytest.approx([lr / 4, lr / 2, 3 * lr / 4]) and scheduled[3:] == [None] * (len(examples) - 3)
+    m.hooks.remove()

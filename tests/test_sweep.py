@@ -275,3 +275,29 @@ def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, ca
     assert main(["sweep", "--methods", "seq_lora", "--orders", longer, "--seeds", "1", "--runs", empty,
                  "--model", "smollm2-135m", "--dry-run", "--costs-from", runs]) == 2   # no run of this setup there
     assert f"--costs-from {runs}: no finished run with this grid's setup there" in capsys.readouterr().err
+
+
+def test_a_setting_added_since_a_run_was_recorded_leaves_the_run_current(tmp_path):
+    """craft gained `warmup` (default 0, the behaviour before it existed): its earlier runs stay finished to a sweep,
+    resumable and in one table with new ones; a record that differs in a setting it had is still stale."""
+    from harness.rundir import RunDir
+    from methods.craft import CRAFT
+    runs = str(tmp_path / "runs")
+    cell = plan(runs, ["craft"], [ORDER], ["1"])[0]
+    assert cell.settings["warmup"] == 0
+    before = {k: v for k, v in cell.settings.items() if k != "warmup"}   # as a run recorded before 2026-12-01
+    assert config.recorded_value({"method": "craft", "settings": before}, "settings") == CRAFT.resolve_settings({})
+    os.makedirs(cell.out)
+    record = {**BenchConfig(method="craft", order=ORDER).recorded(), "tasks": ORDER.split(","), "settings": before}
+    with open(os.path.join(cell.out, "config.json"), "w") as f:
+        json.dump(record, f)
+    with open(os.path.join(cell.out, "status.json"), "w") as f:
+        json.dump({"state": "running", "rows": {}, "started": 1.0}, f)
+    assert cell_state(cell) == "partial"
+    # the runner's resume check takes it too (the new record carries warmup = 0)
+    assert RunDir(cell.out).prepare({**record, "settings": cell.settings}, overwrite=False)["rows"] == {}
+    with pytest.raises(UsageError, match="settings"):
+        RunDir(cell.out).prepare({**record, "settings": {**cell.settings, "warmup": 5}}, overwrite=False)
+    with open(os.path.join(cell.out, "config.json"), "w") as f:
+        json.dump({**record, "settings": {**before, "lr": 1.0}}, f)
+    assert cell_state(cell) == "stale"

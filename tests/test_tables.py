@@ -473,3 +473,16 @@ def test_a_comparison_takes_the_orders_every_seed_ran_where_that_gives_more_pair
            .split("|")]
     # craft minus seq_lora in AA: (70-60)/2 = +5 on seed 1, (80-60)/2 = +10 on seed 2 -> +7.50 over 2 x 2
     assert row[1].startswith("+7.50 [") and row[3] == "2 × 2"
+
+
+def test_runs_recorded_before_a_setting_was_added_share_a_row_with_new_ones(tmp_path):
+    from methods.craft import CRAFT
+    root = str(tmp_path / "runs")
+    now = CRAFT.resolve_settings({})
+    before = {k: v for k, v in now.items() if k != "warmup"}
+    make_run(root, "craft", "craft", "1", 1, seq(80.0, 80.0), settings=before)
+    make_run(root, "craft", "craft", "1", 2, seq(70.0, 80.0), settings=now)
+    write_tables(root, str(tmp_path / "results"), figures=False)   # one method, one set of settings
+    make_run(root, "craft", "craft", "2", 1, seq(70.0, 80.0), settings={**now, "warmup": 5})
+    with pytest.raises(UsageError, match="different settings"):
+        write_tables(root, str(tmp_path / "results"), figures=False)
