@@ -1,16 +1,19 @@
 """Figures from finished runs (matplotlib, PNG and PDF): accuracy-matrix heatmaps, per-task accuracy along
-the stream, AA against trainable parameters. Bounds are drawn apart (dashed lines, hollow markers)."""
+the stream with 95% bands, and per block of orders AA against the parameters kept at the end of the stream,
+with 95% intervals and the Pareto front of the continual learners. Bounds are drawn apart (dashed lines,
+hollow markers). Intervals are the tables' (seeds, then each task's test examples, resampled)."""
 from __future__ import annotations
 
 import os
-import statistics
 
 import matplotlib
+import numpy as np
 import pandas as pd
 
 matplotlib.use("Agg")   # files only; no screen on these machines
 import matplotlib.pyplot as plt  # noqa: E402
 
+from harness import stats  # noqa: E402
 from harness.metrics import trained_rows  # noqa: E402
 
 
@@ -56,22 +59,57 @@ def stream_curves(runs, order: str, folder: str) -> list[str]:
     labels = sorted({r.label for r in rs})
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.0), sharey=True, squeeze=False)
     colours = _colours(labels)
+    resampled = {r.path: r.scores.resampled() for r in rs if r.scores is not None}   # [resamples, rows, tasks]
+    banded = False
     for i, task in enumerate(tasks):
         ax = axes[0][i]
         for label in labels:
             mine = [r for r in rs if r.label == label]
             curve = [pd.Series([trained_rows(r.matrix)[task].iloc[k] for r in mine]).mean() for k in range(len(tasks))]
-            ax.plot(range(1, len(tasks) + 1), curve, marker="o", ms=3, label=label, color=colours[label],
+            steps = range(1, len(tasks) + 1)
+            ax.plot(steps, curve, marker="o", ms=3, label=label, color=colours[label],
                     linestyle="--" if mine[0].bound else "-")
+            if all(r.path in resampled for r in mine):
+                band = [cell_interval(mine, resampled, task, k) for k in range(len(tasks))]
+                lo = [np.nan if b is None else b[0] for b in band]
+                hi = [np.nan if b is None else b[1] for b in band]
+                ax.fill_between(steps, lo, hi, color=colours[label], alpha=0.15, lw=0)
+                banded = banded or any(b is not None for b in band)
         ax.axvline(i + 1, color="grey", lw=0.5)
         ax.set_title(task, fontsize=9)
         ax.set_xticks(range(1, len(tasks) + 1))
         ax.set_xlabel("after task #")
     axes[0][0].set_ylabel("accuracy (%)")
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle(f"Accuracy of each task along order {order} (grey line: when it is trained; dashed: bounds)",
-                 fontsize=9)
+    fig.suptitle(f"Accuracy of each task along order {order} (grey line: when it is trained; dashed: bounds"
+                 + ("; bands: 95% over seeds and test examples" if banded else "") + ")", fontsize=9)
     return _save(fig, folder, f"stream-{order}")
+
+
+def cell_interval(runs, resampled: dict, task: str, k: int) -> tuple[float, float] | None:
+    """95% interval of one cell of the trained rows (after the k-th stage, on `task`), mean over the runs (one per
+    seed here, on one order): seeds drawn with replacement, then each task's test examples. None for a cell
+    some run did not evaluate."""
+    per_run = []
+    for r in runs:
+        row = len(r.matrix.index) - len(trained_rows(r.matrix)) + k   # the trained rows follow the base row
+        per_run.append((r.seed, resampled[r.path][:, row, r.tasks.index(task)]))
+    if any(np.isnan(x).any() for _, x in per_run):
+        return None
+    seeds = sorted({seed for seed, _ in per_run})
+    groups = [[x for seed, x in per_run if seed == s] for s in seeds]
+    return stats.interval(stats.over_seeds(np.stack([np.mean(g, axis=0) for g in groups]), [len(g) for g in groups]))
+
+
+def pareto_front(points: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
+    """The (label, params, AA) points no other point beats, i.e. none has at most as many parameters and a
+    higher AA, or fewer parameters and the same AA; sorted by parameters."""
+    front, best = [], float("-inf")
+    for label, params, aa in sorted(points, key=lambda p: (p[1], -p[2])):
+        if aa > best:
+            front.append((label, params, aa))
+            best = aa
+    return front
 
 
 def _colours(labels) -> dict:
@@ -94,19 +132,35 @@ def _label_heights(points: list[tuple[str, float, float]], gap: float) -> dict:
     return heights
 
 
-def aa_vs_params(runs, folder: str) -> list[str]:
-    fig, ax = plt.subplots(figsize=(6.0, 4.2))
-    labels = sorted({r.label for r in runs})
+def aa_vs_kept(runs, block: str, orders: list[str], folder: str) -> list[str]:
+    """One block of orders: each method's AA (mean over its runs in the block, 95% interval as in the forgetting
+    table) against the parameters it keeps beside the backbone at the end of the stream, and the Pareto front of
+    the continual learners (bounds excluded: they need the task id or train jointly)."""
+    from harness.tables import over_runs   # the tables' mean-over-runs interval (tables imports this module lazily)
+    mine_all = [r for r in runs if r.order in orders]
+    if not mine_all:
+        return []
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    labels = sorted({r.label for r in mine_all})
     colours = _colours(labels)
-    points = []
+    points, learners = [], []
     for label in labels:
-        mine = [r for r in runs if r.label == label]
-        params = max(mine[0].card["trainable_parameters"], 1)
-        aa = statistics.fmean(r.metrics["AA"] for r in mine)
+        mine = [r for r in mine_all if r.label == label]
+        card = mine[0].card
+        params = max(card.get("parameters_kept", card["trainable_parameters"]) or 0, 1)
+        summary = over_runs(mine, lambda r: r.metrics["AA"], lambda r: r.samples("AA"))
         bound = mine[0].bound
-        ax.scatter([params], [aa], marker="s" if bound else "o", color=colours[label],
-                   facecolors="none" if bound else colours[label])
-        points.append((label, params, aa))
+        err = None if summary.bounds is None else [[summary.mean - summary.bounds[0]], [summary.bounds[1] - summary.mean]]
+        ax.errorbar([params], [summary.mean], yerr=err, fmt="s" if bound else "o", color=colours[label],
+                    mfc="none" if bound else colours[label], elinewidth=0.8, capsize=2)
+        points.append((label, params, summary.mean))
+        if not bound:
+            learners.append(points[-1])
+    front = pareto_front(learners)
+    if len(front) > 1:
+        ax.step([p[1] for p in front], [p[2] for p in front], where="post", color="grey", lw=0.8, ls=":",
+                zorder=0, label="Pareto front (continual learners)")
+        ax.legend(fontsize=7, loc="lower right")
     lo, hi = min(p[2] for p in points), max(p[2] for p in points)
     heights = _label_heights(points, gap=max(hi - lo, 1.0) * 0.045)
     for label, params, aa in points:
@@ -115,10 +169,12 @@ def aa_vs_params(runs, folder: str) -> list[str]:
                     if abs(heights[label] - aa) > 1e-9 else None)
     ax.set_xscale("log")
     ax.set_xlim(right=max(p[1] for p in points) * 12)     # room for the labels right of the last column
-    ax.set_xlabel("trainable parameters (log; zero shown at 1)")
-    ax.set_ylabel("AA (%), mean over the runs of each row")
-    ax.set_title("Average accuracy against trainable parameters (hollow squares: bounds)", fontsize=9)
-    return _save(fig, folder, "aa_vs_params")
+    ax.set_xlabel("parameters kept beside the backbone at the end of the stream (log; zero shown at 1)")
+    ax.set_ylabel("AA (%), mean over the runs of each row, 95% interval")
+    ax.set_title(f"{block} ({', '.join(sorted({r.order for r in mine_all}))}): AA against parameters kept "
+                 "(hollow squares: bounds;\nstored examples, replay's memory and CRAFT's anchor prompts, are data and not counted)",
+                 fontsize=8)
+    return _save(fig, folder, "aa_vs_kept-" + block.lower().replace(" ", "_"))
 
 
 def write_figures(runs, folder: str) -> list[str]:
@@ -127,7 +183,9 @@ def write_figures(runs, folder: str) -> list[str]:
         written += heatmap(run, os.path.join(folder, "heatmaps"))
     for order in sorted({r.order for r in runs}):
         written += stream_curves(runs, order, folder)
-    written += aa_vs_params(runs, folder)
+    from harness.tables import blocks_for
+    for block, orders in blocks_for({r.order for r in runs}):
+        written += aa_vs_kept(runs, block, orders, folder)
     remove_stale(folder, written)
     return [os.path.relpath(p, os.path.dirname(folder)) for p in written]
 

@@ -836,6 +836,8 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
               "Each table is also in this folder as Markdown (`*.md`) and LaTeX booktabs (`*.tex`).", ""]
     lines += tables_md
     lines += ["## Figures", "", "`figures/`: `heatmaps/` (the accuracy matrix of every run), `stream-<order>` "
-              "(each task's accuracy along the stream, per method, seed mean), `aa_vs_params` (AA against "
-              "trainable parameters); PNG and PDF each.", ""]
+              "(each task's accuracy along the stream, per method, seed mean), `aa_vs_kept-<block>` (per block "
+              "of orders, AA with its 95% interval against the parameters kept at the end of the stream, and the "
+              "continual learners' Pareto front); stream curves carry 95% bands where the runs kept their "
+              "predictions; PNG and PDF each.", ""]
     return "\n".join(lines)

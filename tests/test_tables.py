@@ -210,7 +210,7 @@ def test_mixed_setups_are_refused_and_figures_are_written(runs, tmp_path):
     out = str(tmp_path / "results")
     info = write_tables(runs, out, figures=True)
     for name in ("figures/heatmaps/craft-1-seed1.png", "figures/heatmaps/craft+merge=false-1-seed1.pdf",
-                 "figures/stream-1.png", "figures/aa_vs_params.pdf"):
+                 "figures/stream-1.png", "figures/aa_vs_kept-orders_1-3.pdf"):
         assert name in info["files"] and os.path.getsize(os.path.join(out, name)) > 1000, name
     # a run moved away takes its figures with it (the order-3 curve too: craft was the only run on it)
     import shutil
@@ -486,3 +486,27 @@ def test_runs_recorded_before_a_setting_was_added_share_a_row_with_new_ones(tmp_
     make_run(root, "craft", "craft", "2", 1, seq(70.0, 80.0), settings={**now, "warmup": 5})
     with pytest.raises(UsageError, match="different settings"):
         write_tables(root, str(tmp_path / "results"), figures=False)
+
+
+def test_pareto_front_keeps_exactly_the_points_nothing_beats():
+    from harness.figures import pareto_front
+    points = [("a", 10, 50.0), ("b", 100, 60.0), ("c", 100, 55.0), ("d", 1000, 58.0), ("e", 5, 40.0),
+              ("f", 5000, 70.0), ("g", 10, 50.0)]
+    # c is beaten by b (same size, higher), d by b (smaller, higher), g ties a at the same size (one of them kept)
+    assert [p[0] for p in pareto_front(points)] == ["e", "a", "b", "f"]
+
+
+def test_stream_bands_and_kept_parameter_intervals_cover_the_planted_values(tmp_path):
+    from harness.figures import cell_interval
+    root = str(tmp_path / "runs")
+    for seed, final in ((1, 60.0), (2, 70.0), (3, 65.0)):
+        make_run(root, "seq_lora", "seq_lora", "1", seed, seq(final, 90.0), n_test=20)
+    runs, _ = load_runs(root)
+    resampled = {r.path: r.scores.resampled() for r in runs}
+    lo, hi = cell_interval(runs, resampled, "a", 1)          # task a after the second stage: 60, 70, 65
+    assert lo < 65.0 < hi and hi - lo > 5.0
+    lo, hi = cell_interval(runs, resampled, "a", 0)          # 80 in every seed: the test examples' spread alone
+    assert lo < 80.0 < hi and hi - lo < 40.0
+    out = str(tmp_path / "results")
+    info = write_tables(root, out)
+    assert "figures/aa_vs_kept-orders_1-3.png" in info["files"]
