@@ -71,7 +71,7 @@ def measure(path: str, progress: bool = False) -> dict:
     encoder = PromptEncoder(tok, config["max_input_tokens"])
     batch, dtype = recorded_value(config, "eval_batch_size"), recorded_value(config, "dtype")
     evaluator = Evaluator(encoder, data, "generate", batch, dtype, progress=False)
-    method = get_method(config["method"])(model, tok, config["settings"], config["seed"],
+    method = get_method(config["method"])(model, tok, recorded_value(config, "settings"), config["seed"],
                                           cache_mb=config.get("cache_mb", 0) if config.get("cache") == "on" else 0)
     method.setup()
     method.load_state_dict(run.load_checkpoint(map_location=method.device))

@@ -14,7 +14,7 @@ from core.errors import UsageError
 from harness import stats
 from harness.config import ENVIRONMENT, SETUP, names, recorded_value
 from harness.rundir import RunDir
-from harness.tables import Run, check_one_setup, load_runs, sort_labels
+from harness.tables import Run, check_one_setup, load_runs, protocol_text, sort_labels
 
 METRICS = ("AA", "FM")
 # Fields whose difference between the folders says what was compared (paths say nothing about the numbers).
@@ -30,14 +30,26 @@ def _runs(root: str) -> list[Run]:
     return runs
 
 
-def _differences(a: list[Run], b: list[Run]) -> dict[str, list]:
-    """field -> [values in A, values in B] for every shown config field whose values differ between the folders."""
+def _differences(a: list[Run], b: list[Run], labels: list[str]) -> dict[str, list]:
+    """field -> [values in A, values in B] for every shown config field whose values differ between the folders,
+    and "<label> <setting>" for a paired method's resolved settings that differ (a default changed between two
+    checkouts: the runs still pair, as the same method, order and seed)."""
+    def values(runs, get):
+        return sorted({json.dumps(get(r), sort_keys=True) for r in runs})
+
     out = {}
     for name in SHOWN_FIELDS:
-        va = sorted({json.dumps(recorded_value(r.config, name)) for r in a})
-        vb = sorted({json.dumps(recorded_value(r.config, name)) for r in b})
+        va, vb = values(a, lambda r: recorded_value(r.config, name)), values(b, lambda r: recorded_value(r.config, name))
         if va != vb:
             out[name] = [[json.loads(v) for v in va], [json.loads(v) for v in vb]]
+    for label in labels:
+        mine_a, mine_b = ([r for r in runs if r.label == label] for runs in (a, b))
+        settings_a = [recorded_value(r.config, "settings") or {} for r in mine_a]
+        settings_b = [recorded_value(r.config, "settings") or {} for r in mine_b]
+        for key in sorted({k for s in settings_a + settings_b for k in s}):
+            va, vb = values(settings_a, lambda s: s.get(key)), values(settings_b, lambda s: s.get(key))
+            if va != vb:
+                out[f"{label} {key}"] = [[json.loads(v) for v in va], [json.loads(v) for v in vb]]
     return out
 
 
@@ -50,8 +62,9 @@ def _final_predictions(run: Run) -> dict[str, str]:
 def _check_same_examples(a: Run, b: Run) -> None:
     for task in a.tasks:
         da, db = ((r.config.get("data") or {}).get(task) or {} for r in (a, b))
-        # runs recorded before per-example predictions keep no gold labels: their sizes must agree at least
-        same = da.get("gold") == db.get("gold") if "gold" in da or "gold" in db else da.get("test") == db.get("test")
+        # a run recorded before per-example predictions keeps no gold labels: then the sizes must agree at least
+        # (and the pair has no interval over examples)
+        same = da.get("gold") == db.get("gold") if "gold" in da and "gold" in db else da.get("test") == db.get("test")
         if not da or not same:
             raise UsageError(f"{a.path} and {b.path} were not scored on the same recorded test examples of {task}: "
                              "a paired comparison needs the same examples (same sizes, split and data)")
@@ -60,10 +73,12 @@ def _check_same_examples(a: Run, b: Run) -> None:
 def paired_difference(pairs: list[tuple[Run, Run]], metric: str) -> dict | None:
     """Mean over pairs of (B's metric - A's), and its 95% interval: seeds drawn with replacement (each bringing all
     its pairs), then each task's test examples, the same draws for both runs of a pair. None when a pair lacks the
-    metric; no interval when a run kept no predictions."""
-    values = [(a.metrics[metric], b.metrics[metric]) for a, b in pairs]
-    if any(x is None or y is None for x, y in values):
+    metric (over the pairs that give it, as the tables average over the runs that give one: a joint method has no
+    FM); no interval when a run kept no predictions."""
+    pairs = [(a, b) for a, b in pairs if a.metrics[metric] is not None and b.metrics[metric] is not None]
+    if not pairs:
         return None
+    values = [(a.metrics[metric], b.metrics[metric]) for a, b in pairs]
     point = float(np.mean([y - x for x, y in values]))
     draws = [(a.samples(metric), b.samples(metric)) for a, b in pairs]
     bounds = None
@@ -73,26 +88,42 @@ def paired_difference(pairs: list[tuple[Run, Run]], metric: str) -> dict | None:
         per_seed = np.stack([np.mean(g, axis=0) for g in groups])
         bounds = stats.interval(stats.over_seeds(per_seed, [len(g) for g in groups]))
     return {"mean": round(point, 2), "ci": None if bounds is None else [round(bounds[0], 2), round(bounds[1], 2)],
-            "excludes_zero": stats.excludes_zero(bounds)}
+            "excludes_zero": stats.excludes_zero(bounds), "pairs": len(pairs)}
+
+
+def _index(runs: list[Run], root: str) -> dict[tuple, Run]:
+    """(label, order, seed, protocol) -> run; a folder holding two runs of one key is refused (which to pair?)."""
+    index: dict[tuple, Run] = {}
+    for r in runs:
+        key = (r.label, r.order, r.seed, r.protocol)
+        if key in index:
+            raise UsageError(f"{root} holds two runs of {r.label}, order {r.order}, seed {r.seed} under one protocol "
+                             f"({index[key].path} and {r.path}): move one out to compare")
+        index[key] = r
+    return index
 
 
 def compare(root_a: str, root_b: str) -> dict:
-    """Every (method label, order, seed) finished in both folders, paired; per label and over all of them."""
+    """Every (method label, order, seed, evaluation protocol) finished in both folders, paired; per label (and
+    protocol, where the pairs hold more than one) and over all of them."""
     a_runs, b_runs = _runs(root_a), _runs(root_b)
-    b_index = {(r.label, r.order, r.seed): r for r in b_runs}
-    pairs: dict[str, list[tuple[Run, Run]]] = {}
-    for a in a_runs:
-        b = b_index.get((a.label, a.order, a.seed))
+    a_index, b_index = _index(a_runs, root_a), _index(b_runs, root_b)
+    pairs: dict[tuple, list[tuple[Run, Run]]] = {}
+    for key, a in a_index.items():
+        b = b_index.get(key)
         if b is not None:
             _check_same_examples(a, b)
-            pairs.setdefault(a.label, []).append((a, b))
+            pairs.setdefault((a.label, a.protocol), []).append((a, b))
     if not pairs:
-        raise UsageError(f"no run of {root_a} has a counterpart (same method, settings, order and seed) in {root_b}")
+        raise UsageError(f"no run of {root_a} has a counterpart (same method, order, seed and protocol) in {root_b}")
+    protocols = sorted({protocol for _, protocol in pairs})
+    order = sorted(pairs, key=lambda k: (protocols.index(k[1]), sort_labels({p[0] for p in pairs}).index(k[0])))
+
+    def name(key):
+        return key[0] if len(protocols) == 1 else f"{key[0]} ({protocol_text(key[1])})"
     rows = {}
-    for label in sort_labels(set(pairs)) + [ALL]:
-        group = [p for lab in pairs for p in pairs[lab]] if label == ALL else pairs[label]
-        if label == ALL and len(pairs) == 1:
-            break
+    for key in order + ([ALL] if len(pairs) > 1 else []):
+        group = [p for k in order for p in pairs[k]] if key == ALL else pairs[key]
         changed = total = 0
         for a, b in group:
             pa, pb = _final_predictions(a), _final_predictions(b)
@@ -100,15 +131,15 @@ def compare(root_a: str, root_b: str) -> dict:
                 x, y = stats.decode_labels(pa[task]), stats.decode_labels(pb[task])
                 changed += int((x != y).sum())
                 total += len(x)
-        rows[label] = {"pairs": len(group), "orders": sorted({a.order for a, _ in group}),
-                       "seeds": sorted({a.seed for a, _ in group}),
-                       "A": {m: _mean(a.metrics[m] for a, _ in group) for m in METRICS},
-                       "B": {m: _mean(b.metrics[m] for _, b in group) for m in METRICS},
-                       **{f"delta_{m}": paired_difference(group, m) for m in METRICS},
-                       "final_answers_changed": [changed, total]}
-    return {"A": root_a, "B": root_b, "differences": _differences(a_runs, b_runs), "rows": rows,
-            "unpaired": {"A": len(a_runs) - sum(map(len, pairs.values())),
-                         "B": len(b_runs) - sum(map(len, pairs.values()))}}
+        rows[ALL if key == ALL else name(key)] = {
+            "pairs": len(group), "orders": sorted({a.order for a, _ in group}), "seeds": sorted({a.seed for a, _ in group}),
+            "A": {m: _mean(a.metrics[m] for a, _ in group) for m in METRICS},
+            "B": {m: _mean(b.metrics[m] for _, b in group) for m in METRICS},
+            **{f"delta_{m}": paired_difference(group, m) for m in METRICS},
+            "final_answers_changed": [changed, total]}
+    paired = sum(map(len, pairs.values()))
+    return {"A": root_a, "B": root_b, "differences": _differences(a_runs, b_runs, sort_labels({k[0] for k in pairs})),
+            "rows": rows, "unpaired": {"A": len(a_runs) - paired, "B": len(b_runs) - paired}}
 
 
 def _mean(values) -> float | None:
@@ -141,8 +172,10 @@ def markdown(result: dict) -> str:
                      f"| {num(r['A']['AA'])} | {num(r['B']['AA'])} | {_cell(r['delta_AA'])} | {num(r['A']['FM'])} "
                      f"| {num(r['B']['FM'])} | {_cell(r['delta_FM'])} | {share} |")
     unpaired = result["unpaired"]
-    lines += ["", f"Pairs: the same method (and settings), order and seed finished in both folders "
-              f"({unpaired['A']} run(s) of A and {unpaired['B']} of B have no counterpart). [lo, hi]: "
+    lines += ["", f"Pairs: the same method (and fixed settings), order, seed and evaluation protocol finished in both "
+              "folders "
+              f"({unpaired['A']} run(s) of A and {unpaired['B']} of B have no counterpart); a Δ is over the pairs "
+              "that give the metric (a joint method has no FM). [lo, hi]: "
               f"{stats.LEVEL}% interval of a hierarchical bootstrap ({stats.RESAMPLES} resamples): seeds drawn with "
               "replacement, then each task's test examples, the same draws for both runs of a pair; * = it "
               "excludes 0. Final answers changed: test examples of the last row whose predicted label differs."]

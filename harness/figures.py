@@ -146,8 +146,10 @@ def aa_vs_kept(runs, block: str, orders: list[str], folder: str) -> list[str]:
     points, learners = [], []
     for label in labels:
         mine = [r for r in mine_all if r.label == label]
-        card = mine[0].card
-        params = max(card.get("parameters_kept", card["trainable_parameters"]) or 0, 1)
+        # the most any of its runs kept, as the cost table shows it (CRAFT keeps one edit per group, and the
+        # groups depend on the order)
+        params = max(max((r.card.get("parameters_kept") if r.card.get("parameters_kept") is not None
+                          else r.card["trainable_parameters"]) for r in mine), 1)
         summary = over_runs(mine, lambda r: r.metrics["AA"], lambda r: r.samples("AA"))
         bound = mine[0].bound
         err = None if summary.bounds is None else [[summary.mean - summary.bounds[0]], [summary.bounds[1] - summary.mean]]

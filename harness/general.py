@@ -26,6 +26,7 @@ from lm_eval.api.model import LM
 from core.errors import UsageError
 from core.scoring import CausalLMScorer
 from harness import stats
+from harness.config import recorded_value
 from harness.evaluation import candidate_logprobs
 
 # The default held-out tasks: in none of orders 1-3 and offline1-3 (the committed sweep's), shipped with the harness
@@ -194,7 +195,8 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
         cache[key] = evaluate(lambda task: backbone, tok, encoder, names, per_task, data_dir)
     before = cache[key]
     cache_mb = config.get("cache_mb", 0) if config.get("cache", "on") == "on" else 0   # the run's own budget
-    method = get_method(config["method"])(model, tok, config["settings"], config["seed"], cache_mb=cache_mb)
+    settings = recorded_value(config, "settings")   # a setting added since the run: the value it behaved as
+    method = get_method(config["method"])(model, tok, settings, config["seed"], cache_mb=cache_mb)
     method.setup()
     method.load_state_dict(run.load_checkpoint(map_location=method.device))
     after = evaluate(method.scorer, tok, encoder, names, per_task, data_dir)

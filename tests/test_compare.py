@@ -46,7 +46,7 @@ def test_a_planted_shift_is_found_with_its_interval_and_a_folder_against_itself_
 
     same = compare(a, a)
     for row in same["rows"].values():
-        assert row["delta_AA"] == {"mean": 0.0, "ci": [0.0, 0.0], "excludes_zero": False}
+        assert row["delta_AA"] == {"mean": 0.0, "ci": [0.0, 0.0], "excludes_zero": False, "pairs": row["pairs"]}
         assert row["final_answers_changed"][0] == 0
     assert same["differences"] == {}
 
@@ -87,3 +87,54 @@ def test_the_command_prints_the_table_or_json(tmp_path, capsys):
     assert result["differences"] == {"cache": [["on"], ["off"]]} and result["rows"]["craft"]["pairs"] == 1
     assert main(["compare", a, b]) == 0
     assert "| craft | 1 |" in capsys.readouterr().out
+
+
+def test_settings_protocols_and_a_metric_some_pairs_lack(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    # craft: a default changed between the folders (lr); the runs still pair, and the change is named
+    make_run(a, "craft", "craft", "1", 1, seq(60.0, 70.0), n_test=20, settings={"lr": 0.004})
+    make_run(b, "craft", "craft", "1", 1, seq(80.0, 70.0), n_test=20, settings={"lr": 0.1})
+    # the same run scored under two protocols in each folder: rank pairs with rank, generate with generate
+    make_run(a, "craft-gen", "craft", "1", 1, seq(20.0, 70.0), n_test=20, settings={"lr": 0.004},
+             protocol={"eval": "generate"})
+    make_run(b, "craft-gen", "craft", "1", 1, seq(40.0, 70.0), n_test=20, settings={"lr": 0.1},
+             protocol={"eval": "generate"})
+    # mtl trains jointly: no FM; seq_lora has one order on seed 1 and two on seed 2 (a mean over its 3 pairs)
+    for root, final in ((a, 70.0), (b, 75.0)):
+        make_run(root, "mtl", "mtl", "1", 1, {"base": [50.0, 40.0], "all": [final, 80.0]}, n_test=20)
+    for root, shift in ((a, 0.0), (b, 10.0)):
+        for order, seed, final in (("1", 1, 60.0), ("1", 2, 50.0), ("2", 2, 40.0)):
+            make_run(root, "seq_lora", "seq_lora", order, seed, seq(final + shift, 70.0), n_test=20)
+    result = compare(a, b)
+    rows = result["rows"]
+    assert rows["craft (eval rank, eval_split test)"]["delta_AA"]["mean"] == 10.0
+    assert rows["craft (eval generate, eval_split test)"]["delta_AA"]["mean"] == 10.0
+    assert result["differences"] == {"craft lr": [[0.004], [0.1]]}
+    assert rows["mtl (eval rank, eval_split test)"]["delta_FM"] is None
+    pooled = rows["all methods"]
+    assert pooled["pairs"] == 6 and pooled["delta_FM"]["pairs"] == 5      # mtl's pair gives no FM
+    # seq_lora: every pair +5 AA; FM: seed 1 -10, seed 2 -10 twice
+    seq_row = rows["seq_lora (eval rank, eval_split test)"]
+    assert seq_row["delta_AA"]["mean"] == 5.0 and seq_row["delta_FM"]["mean"] == -10.0
+    assert seq_row["seeds"] == [1, 2] and seq_row["pairs"] == 3
+
+
+def test_a_folder_with_two_runs_of_one_key_is_refused(tmp_path):
+    a = str(tmp_path / "a")
+    make_run(a, "craft", "craft", "1", 1, seq(60.0, 70.0), n_test=20)
+    make_run(a, "craft-copy", "craft", "1", 1, seq(60.0, 70.0), n_test=20)
+    with pytest.raises(UsageError, match="two runs of craft"):
+        compare(a, a)
+
+
+def test_runs_recorded_before_predictions_pair_on_their_sizes_without_an_interval(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    rows = {"base": [50.0, 25.0], "a": [75.0, 25.0], "b": [50.0, 75.0]}
+    make_run(a, "craft", "craft", "1", 1, rows)                             # no predictions, 4 test examples
+    make_run(b, "craft", "craft", "1", 1, {**rows, "b": [75.0, 75.0]}, n_test=4)
+    delta = compare(a, b)["rows"]["craft"]["delta_AA"]
+    assert delta["mean"] == 12.5 and delta["ci"] is None
+    c = str(tmp_path / "c")
+    make_run(c, "craft", "craft", "1", 1, {"base": [40.0, 40.0], "a": [80.0, 40.0], "b": [60.0, 80.0]}, n_test=5)
+    with pytest.raises(UsageError, match="same recorded test examples"):
+        compare(a, c)
