@@ -74,7 +74,8 @@ class CRAFT(Method):
     DESCRIPTION = ("LoReFT interventions on a frozen backbone, grouped by KL routing, trained under a KL "
                    "regulariser and KL-based stopping, folded into the group by a KL-chosen merge")
     SHARES_TRAIN_PREFIX = False   # its edits sit on the last prompt positions; its own cache holds the backbone's
-    ADDED_SETTINGS = {"warmup": 0}   # runs recorded before 2026-12-01 trained without warm-up
+    # runs recorded before 2026-12-01 trained without warm-up and kept the state at which the budget stop fired
+    ADDED_SETTINGS = {"warmup": 0, "budget_stop": "keep"}
     SETTINGS = {
         "lr": (4e-3, "learning rate of the interventions"),
         "epochs": (Method.SETTINGS["epochs"][0], "maximum passes over a task's examples (convergence may stop "
@@ -101,6 +102,9 @@ class CRAFT(Method):
         "warmup": (0, "steps of linear learning-rate warm-up (lr * step / warmup) for a task that joins an existing "
                       "group: Adam's first steps move every coordinate by about the learning rate, however small the "
                       "gradient, and the group's earlier tasks feel that at once; 0 = none"),
+        "budget_stop": ("keep", "when the anchor KL reaches the budget: keep = the state training reached (the merge "
+                                "then weighs it down); rewind = the last state whose anchor KL was measured within "
+                                "the budget", ("keep", "rewind")),
         "settle_window": (5, "steps compared for the settled-loss test"),
         "settle_tol": (0.02, "stop when the mean task loss over the last window changed by less than this fraction"),
         "min_steps": (10, "never stop on a settled loss before this many steps"),
@@ -233,6 +237,7 @@ class CRAFT(Method):
         self._losses: list[float] = []
         self._kls: list[float] = []
         self._stop = None
+        self._within = None   # (updates taken, state) last measured within the budget (budget_stop=rewind)
         anchors = rng.sample(examples, min(len(examples), int(self.settings["anchors_per_task"])))
         self._new_anchors = [ex.prompt_ids for ex in anchors]
 
@@ -279,6 +284,9 @@ class CRAFT(Method):
             anchor_kl = self._anchor_kl()
             parts["kl"] = anchor_kl.item()
             self._kls.append(parts["kl"])
+            if self.settings["budget_stop"] == "rewind" and parts["kl"] < float(self.settings["forgetting_budget"]):
+                # the state this KL was measured on (before this step's update): the latest known within budget
+                self._within = (len(self._kls) - 1, self.current.plain_state())
             if self._use_kl:
                 loss = loss + float(self.settings["beta"]) * anchor_kl
         self._losses.append(parts["task_loss"])
@@ -319,6 +327,10 @@ class CRAFT(Method):
         trace = self.diagnostics["training"][task.name]
         steps = len(self._losses)
         trace["stop_step"], trace["stop_reason"] = self._stop or (steps, "epochs done")
+        if self._stop is not None and self._stop[1].startswith("KL") and self._within is not None:
+            updates, state = self._within   # budget_stop=rewind: back to the last state known within the budget
+            self.current.load_plain_state(state)
+            trace["rewound_to_update"] = updates
         self.current.eval()
         info: dict = {"group": group.gid}
         if not self.settings["merge"] or not group.tasks:

@@ -400,3 +400,38 @@ def test_warmup_ramps_the_learning_rate_only_for_a_task_that_joins_a_group(token
     scheduled = [x for n, x in logged if n == "bbc_again"]
     assert scheduled[:3] == pytest.approx([lr / 4, lr / 2, 3 * lr / 4]) and scheduled[3:] == [None] * (len(examples) - 3)
     m.hooks.remove()
+
+
+@pytest.mark.parametrize("mode", ["keep", "rewind"])
+def test_budget_stop_keeps_the_reached_state_or_rewinds_to_the_last_within_budget(tokenizer, mode):
+    """Scripted anchor KLs 0.1, 0.2, 5.0 against a budget of 1: training stops after update 3; rewind keeps the
+    state after update 1 (the one the 0.2 was measured on), keep the state after update 3."""
+    m, examples = _craft_and_examples(tokenizer, routing="single", batch_size="2", min_steps="100", lr="0.05",
+                                      forgetting_budget="1.0", budget_stop=mode, merge="false")
+    first = TaskContext(index=0, name="bbc", tasks=["bbc", "bbc_again"])
+    m.before_task(first, examples)
+    fit(m, first, examples, seed=1, pad_id=tokenizer.pad_token_id, progress=False)
+    m.after_task(first, examples)
+    second = TaskContext(index=1, name="bbc_again", tasks=["bbc", "bbc_again"])
+    m.before_task(second, examples)
+    scripted = iter([0.1, 0.2, 5.0])
+    m._anchor_kl = lambda: torch.tensor(next(scripted))
+    states = []
+    after_step = m.after_step
+
+    def record(task, step):
+        after_step(task, step)
+        states.append(m.current.plain_state())
+    m.after_step = record
+    stats = fit(m, second, examples, seed=1, pad_id=tokenizer.pad_token_id, progress=False)
+    m.after_task(second, examples)
+    assert stats["steps"] == 3
+    trace = m.diagnostics["training"]["bbc_again"]
+    assert trace["stop_reason"].startswith("KL 5.0000 reached")
+    def same(a, b):
+        return all(torch.equal(a[layer][k], b[layer][k]) for layer in a for k in a[layer])
+    kept = m.groups[0].state.plain_state()
+    assert same(kept, states[0] if mode == "rewind" else states[2])
+    assert not same(kept, states[1])   # the states differ step to step
+    assert trace.get("rewound_to_update") == (1 if mode == "rewind" else None)
+    m.hooks.remove()
