@@ -478,6 +478,45 @@ def sanity_checks(runs: list[Run], frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str]:
+    """What the paired comparisons support about PAIRED_TARGET, one line per block and continual learner: whether
+    its AA and its FM differ significantly (the paired table's interval excludes 0), in which direction, or that
+    they do not; a block whose sanity checks fail is said to be unable to rank methods."""
+    if PAIRED_TARGET not in set(frame.label):
+        return []
+    baselines = sort_labels(set(frame.label[~frame.bound & (frame.method != PAIRED_TARGET)]))
+    lines = []
+    for title, members in blocks_for(set(frame.order)):
+        failed = any(c.startswith("**Check failed**") and f"({title})" in c for c in checks)
+        for lab in baselines:
+            pairs = most_pairs(runs, PAIRED_TARGET, lab, members)
+            if not pairs:
+                continue
+            orders, seeds = len(next(iter(pairs.values()))), len(pairs)
+            aa, fm = summarize(pairs, "AA"), summarize(pairs, "FM")
+            if all(d is None or d.bounds is None for d in (aa, fm)):   # records without per-example predictions
+                judged = ("is not tested (no intervals: the runs predate per-example predictions): " + ", ".join(
+                    f"Δ{m} {d.text(signed=True)}" for m, d in (("AA", aa), ("FM", fm)) if d is not None))
+            else:
+                judged = (f"{_judged(aa, 'AA', 'is more accurate', 'is less accurate', 'accuracy')} and "
+                          f"{_judged(fm, 'FM', 'forgets more', 'forgets less', 'forgetting')}")
+            lines.append(f"{title}, against {lab} ({orders} order{'s' * (orders > 1)} × {seeds} "
+                         f"seed{'s' * (seeds > 1)}): {PAIRED_TARGET} {judged}."
+                         + (" The block's sanity checks fail: this does not rank the two." if failed else ""))
+    return lines
+
+
+def _judged(d: Summary | None, metric: str, up: str, down: str, what: str) -> str:
+    if d is None:
+        return f"has no {what} to compare"
+    delta = f"Δ{metric} {d.text(signed=True)}"
+    if d.bounds is None:
+        return f"is not tested on {what} ({delta}: the runs predate per-example predictions, so no interval)"
+    if stats.excludes_zero(d.bounds):
+        return f"{up if d.mean > 0 else down} ({delta})"
+    return f"shows no significant difference in {what} ({delta})"
+
+
 def forgetting_check(block: str, fm: Summary) -> str:
     what = f"{FORGETTING_REFERENCE}'s FM is {fm.text()}"
     if fm.bounds is not None and fm.bounds[0] > 0:
@@ -681,13 +720,15 @@ def write_tables(root: str, out: str, figures: bool = True) -> dict:
     setup = check_one_setup(runs)
     os.makedirs(out, exist_ok=True)
     groups = by_protocol(runs)
-    md, written, checks = [], [], {}
+    md, written, checks, verdicts = [], [], {}, {}
     for protocol, group in groups.items():
         # one protocol: the tables as always; several: a set per protocol, named and titled by it
         suffix = "" if len(groups) == 1 else "-" + "-".join(protocol)
         note = "" if protocol == tuple(PROTOCOL_DEFAULTS.values()) and len(groups) == 1 \
             else f" ({protocol_text(protocol)})"
-        tables, checks[protocol_text(protocol)] = all_tables(group, runs_frame(group, root), note)
+        frame_of = runs_frame(group, root)
+        tables, checks[protocol_text(protocol)] = all_tables(group, frame_of, note)
+        verdicts[protocol_text(protocol)] = verdict(group, frame_of, checks[protocol_text(protocol)])
         for t in tables:
             md.append(t.markdown())
             atomic_write(os.path.join(out, f"{t.name}{suffix}.md"), md[-1])
@@ -702,7 +743,7 @@ def write_tables(root: str, out: str, figures: bool = True) -> dict:
         from harness import figures as figs  # the figures of the first protocol's runs (heatmaps are per run)
         written += figs.write_figures(next(iter(groups.values())), os.path.join(out, "figures"))
     from harness.sweep import sweep_commands
-    readme = results_readme(runs, unfinished, setup, root, out, sweep_commands(root), md, checks)
+    readme = results_readme(runs, unfinished, setup, root, out, sweep_commands(root), md, checks, verdicts)
     atomic_write(os.path.join(out, "README.md"), readme)
     return {"runs": len(runs), "unfinished": unfinished, "files": written + ["README.md"]}
 
@@ -785,7 +826,7 @@ def machines_line(runs) -> str:
     return "; ".join(f"{k}: {n} run{'s' * (n != 1)}" for k, n in sorted(seen.items()))
 
 
-def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks: dict) -> str:
+def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks: dict, verdicts: dict) -> str:
     s = dict(zip(SETUP_KEYS, setup))
     created = sorted(r.config.get("created", "") for r in runs)
     data = {}
@@ -793,10 +834,17 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
         for task, sizes in r.config.get("data", {}).items():
             data.setdefault(task, (sizes["train"], sizes["test"]))
     packages = runs[0].config.get("packages", {})
-    lines = ["# Results", "",
+    lines: list[str] = ["# Results", "",
              f"Generated by `python -m harness tables` from the run directories under `{root}`; do not edit "
-             "by hand.", "",
-             "## Where these numbers come from", "",
+             "by hand.", ""]
+    if any(verdicts.values()):
+        lines += [f"## What these runs support about {PAIRED_TARGET}", "",
+                  f"From the paired table: {PAIRED_TARGET} minus each continual learner on the same orders, seeds "
+                  "and test examples; significant = the 95% interval excludes 0; ΔFM < 0 = it forgets less.", ""]
+        for protocol, lines_of in verdicts.items():
+            if lines_of:
+                lines += ([f"{protocol}:", ""] if len(verdicts) > 1 else []) + [f"- {v}" for v in lines_of] + [""]
+    lines += ["## Where these numbers come from", "",
              f"- Model: `{s['model']}`; evaluation " +
              " and ".join(f"`{protocol_text(p)}`" for p in by_protocol(runs)) + f", `{s['dtype']}`, inputs cut to "
              f"{s['max_input_tokens']} tokens.",

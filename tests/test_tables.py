@@ -510,3 +510,25 @@ def test_stream_bands_and_kept_parameter_intervals_cover_the_planted_values(tmp_
     out = str(tmp_path / "results")
     info = write_tables(root, out)
     assert "figures/aa_vs_kept-orders_1-3.png" in info["files"]
+
+
+def test_the_readme_opens_with_what_the_paired_comparisons_support(tmp_path):
+    root = str(tmp_path / "runs")
+    for seed in (1, 2):
+        make_run(root, "craft", "craft", "1", seed, seq(90.0, 90.0, first_a=90.0), n_test=20)
+        make_run(root, "seq_lora", "seq_lora", "1", seed, seq(50.0, 50.0), n_test=20)
+        make_run(root, "o_lora", "o_lora", "1", seed, seq(90.0, 90.0, first_a=90.0), n_test=20)   # = craft
+        make_run(root, "per_task", "per_task", "1", seed, seq(40.0, 40.0), n_test=20, bound=True)  # below seq_lora
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    readme = open(os.path.join(out, "README.md")).read()
+    head = readme[:readme.index("## Where these numbers come from")]
+    assert "## What these runs support about craft" in head
+    line = next(ln for ln in head.splitlines() if "against seq_lora" in ln)
+    assert line.startswith("- Orders 1-3, against seq_lora (1 order × 2 seeds): craft is more accurate (ΔAA +40.00 [")
+    assert "forgets less (ΔFM -30.00 [" in line
+    line = next(ln for ln in head.splitlines() if "against o_lora" in ln)
+    assert "shows no significant difference in accuracy (ΔAA +0.00 [0.00, 0.00])" in line
+    # per_task below seq_lora: the block's check fails, and every line of the block says what that means
+    assert all(ln.endswith("this does not rank the two.") for ln in head.splitlines() if ln.startswith("- Orders"))
+    assert "per_task" not in head   # a bound is not a baseline craft is judged against
