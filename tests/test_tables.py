@@ -345,12 +345,17 @@ def test_gen_delta_is_balanced_with_its_interval_and_older_files_stay_plain_accu
     assert "python -m harness general --tasks sms_spam --per-task 20" in readme
 
 
-def test_paired_table_finds_a_planted_difference_and_none_against_an_identical_run(tmp_path):
-    root = str(tmp_path / "runs")
+def planted_pairs(root):
+    """craft 40 AA points above seq_lora and forgetting 30 less, o_lora identical to craft; order 1, seeds 1-2."""
     for seed in (1, 2):
         make_run(root, "craft", "craft", "1", seed, seq(90.0, 90.0, first_a=90.0), n_test=20)
         make_run(root, "seq_lora", "seq_lora", "1", seed, seq(50.0, 50.0), n_test=20)
         make_run(root, "o_lora", "o_lora", "1", seed, seq(90.0, 90.0, first_a=90.0), n_test=20)   # = craft
+
+
+def test_paired_table_finds_a_planted_difference_and_none_against_an_identical_run(tmp_path):
+    root = str(tmp_path / "runs")
+    planted_pairs(root)
     make_run(root, "seq_lora", "seq_lora", "2", 1, seq(50.0, 50.0), n_test=20)   # craft never ran order 2
     out = str(tmp_path / "results")
     write_tables(root, out, figures=False)
@@ -514,10 +519,8 @@ def test_stream_bands_and_kept_parameter_intervals_cover_the_planted_values(tmp_
 
 def test_the_readme_opens_with_what_the_paired_comparisons_support(tmp_path):
     root = str(tmp_path / "runs")
+    planted_pairs(root)
     for seed in (1, 2):
-        make_run(root, "craft", "craft", "1", seed, seq(90.0, 90.0, first_a=90.0), n_test=20)
-        make_run(root, "seq_lora", "seq_lora", "1", seed, seq(50.0, 50.0), n_test=20)
-        make_run(root, "o_lora", "o_lora", "1", seed, seq(90.0, 90.0, first_a=90.0), n_test=20)   # = craft
         make_run(root, "per_task", "per_task", "1", seed, seq(40.0, 40.0), n_test=20, bound=True)  # below seq_lora
     out = str(tmp_path / "results")
     write_tables(root, out, figures=False)
