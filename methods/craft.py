@@ -132,7 +132,7 @@ class CRAFT(Method):
     @classmethod
     def keeps(cls, settings=None):
         return (f"{cls.settings_or_defaults(settings)['anchors_per_task']} unlabeled prompts per task (no labels), "
-                "one signature (vocabulary distribution) and one intervention per group")
+                "one signature (vocabulary distribution) per task and one intervention per group")
 
     # ---- setup ------------------------------------------------------------------------------------
     def setup(self):

@@ -265,8 +265,8 @@ def test_joint_and_incremental_runs_leave_the_backbone(tmp_path, tokenizer, monk
 # --- what a method keeps and whether it uses the task id: computed from its settings ---------------------------
 RECORDS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "runs")
 NON_DEFAULT = {"craft": ({"test_routing": "task_id", "anchors_per_task": "5"}, True,
-                         "5 unlabeled prompts per task (no labels), one signature (vocabulary distribution) and one "
-                         "intervention per group"),
+                         "5 unlabeled prompts per task (no labels), one signature (vocabulary distribution) per task "
+                         "and one intervention per group"),
                "replay": ({"memory_size": "7"}, False,
                           "up to 7 labelled training examples of past tasks (evenly per task)"),
                "i_lora": ({"buffer_size": "3"}, False,
