@@ -53,14 +53,19 @@ class CausalLMScorer:
     def continue_forward(self, input_ids, attention_mask, position_ids, past):
         """Logits of tokens after the cached ones. attention_mask: [B, past + T] (1: a real token), or, where
         packs_candidates, bool [B, 1, T, past + T] (True: the query may attend to that key)."""
-        if attention_mask.dim() == 4 and self.model.config._attn_implementation == "eager":
-            # eager attention adds the mask to its scores; sdpa takes the bool mask as it is
-            dtype = next(self.model.parameters()).dtype
-            attention_mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device
-                                         ).masked_fill(~attention_mask, torch.finfo(dtype).min)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=past, use_cache=True)
+        out = self.model(input_ids=input_ids, attention_mask=model_mask(self.model, attention_mask),
+                         position_ids=position_ids, past_key_values=past, use_cache=True)
         return out.logits
+
+
+def model_mask(model, attention_mask: torch.Tensor) -> torch.Tensor:
+    """A bool 4-D mask (True: the query may attend to that key) in the form the model's attention takes:
+    sdpa takes it as it is, eager attention adds it to its scores. A 2-D mask passes unchanged."""
+    if attention_mask.dim() == 4 and model.config._attn_implementation == "eager":
+        dtype = next(model.parameters()).dtype
+        return torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device
+                           ).masked_fill(~attention_mask, torch.finfo(dtype).min)
+    return attention_mask
 
 
 def left_pad(seqs: list[tuple[int, ...]], pad_id: int, device=None):

@@ -94,6 +94,13 @@ class Continuations:
         self.offset = torch.arange(self.width, device=device).expand_as(self.real)[self.real]
         self.block = torch.ones((len(owner), len(owner)), dtype=torch.bool, device=device).tril() & \
             (owner[:, None] == owner[None, :])
+        self.flat_ids, self.flat_target = self.ids[self.real], self.target[self.real]   # the packed row, [L]
+
+    def unpack(self, values: torch.Tensor) -> torch.Tensor:
+        """[b, L] values of the packed row -> [b, C, width], padding 0."""
+        grid = values.new_zeros((len(values), self.n, self.width))
+        grid[:, self.real] = values
+        return grid
 
     def padded(self, scorer: Scorer, past, mask):
         """(log-probability of every target token, whether it is the argmax): [b, C, width] each, padding 0."""
@@ -110,14 +117,9 @@ class Continuations:
         b, length = len(mask), len(self.block)
         seen = torch.cat([mask.bool()[:, None, None, :].expand(b, 1, length, mask.shape[1]),
                           self.block.expand(b, 1, length, length)], dim=-1)
-        logits = scorer.continue_forward(self.ids[self.real].expand(b, -1), seen,
-                                         mask.sum(-1, keepdim=True) + self.offset, past)
-
-        def unpack(values):   # [b, L] -> [b, C, width]
-            grid = values.new_zeros((b, self.n, self.width))
-            grid[:, self.real] = values
-            return grid
-        return tuple(unpack(v) for v in _target_logprobs(logits, self.target[self.real].expand(b, -1)))
+        logits = scorer.continue_forward(self.flat_ids.expand(b, -1), seen, mask.sum(-1, keepdim=True) + self.offset,
+                                         past)
+        return tuple(self.unpack(v) for v in _target_logprobs(logits, self.flat_target.expand(b, -1)))
 
 
 def _target_logprobs(logits, target):
@@ -141,13 +143,22 @@ def candidate_logprobs(scorer: Scorer, prompts: list[tuple[int, ...]], candidate
     out = torch.zeros((len(prompts), cont.n))
     greedy_out = torch.zeros((len(prompts), cont.n), dtype=torch.bool)
     prefix = encoder_for(scorer, prompts, share_prefix)
+    # a scorer that encodes prompts from a cache of its own (CRAFT's) can take the candidates in the same forward
+    joint = pack and cont.width > 0 and getattr(scorer, "own_encoding", False) and \
+        getattr(scorer, "encode_with_continuation", None) is not None
     for idx in _batches_of(prompts, batch_size):
         b = len(idx)
-        last_logits, past, mask = prefix.encode(scorer, [prompts[i] for i in idx], pad_id)
+        batch = [prompts[i] for i in idx]
+        if joint:
+            last_logits, logits = scorer.encode_with_continuation(batch, pad_id, cont.flat_ids, cont.block, cont.offset)
+            logp, hit = (cont.unpack(v) for v in _target_logprobs(logits, cont.flat_target.expand(b, -1)))
+        else:
+            last_logits, past, mask = prefix.encode(scorer, batch, pad_id)
+            if cont.width > 0:
+                logp, hit = (cont.packed if pack else cont.padded)(scorer, past, mask)
         scores = torch.log_softmax(last_logits.float(), -1)[:, first]               # [b, C]
         greedy = last_logits.argmax(-1, keepdim=True) == first[None, :]             # [b, C]
         if cont.width > 0:
-            logp, hit = (cont.packed if pack else cont.padded)(scorer, past, mask)
             scores = scores + (logp * cont.mask).sum(-1)
             greedy = greedy & (hit | ~cont.real).all(-1)
         scores, greedy = scores.cpu(), greedy.cpu()   # one copy per batch, not one per row

@@ -39,7 +39,7 @@ import torch
 
 from core.errors import UsageError
 from core.loss import answer_loss
-from core.scoring import CausalLMScorer, left_pad
+from core.scoring import CausalLMScorer, left_pad, model_mask
 from methods._backbone_cache import BackboneCache
 from methods._lora import LoRAMethod
 from methods._reft import HookedModel, InterventionSet, interpolate, position_mask
@@ -496,17 +496,43 @@ class CraftScorer(CausalLMScorer):
     def encode_prompts(self, prompts: list[tuple[int, ...]], pad_id: int):
         """(last logits, KV cache, attention mask) of the prompts, each under its group's edit, from the cached
         backbone heads: only each prompt's edited tail is computed."""
-        m = self.m
-        inputs = m.backbone.batch(prompts)
+        inputs = self.m.backbone.batch(prompts)
         edited = inputs.pop("tail_mask")
-        if not m.groups:
-            out = self.model(**inputs, use_cache=True, logits_to_keep=1)
-        else:
-            self.batch_size = len(prompts)
-            rows = self._rows(lambda: m.route_prompts(list(prompts)))
-            with m.hooks.active([g.state for g in m.groups], rows, edited):
-                out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+        out = self._edited_forward(prompts, edited, **inputs, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :], out.past_key_values, inputs["attention_mask"]
+
+    def _edited_forward(self, prompts, edited: torch.Tensor, **inputs):
+        """The model's forward with each prompt's group edit at the `edited` positions (none before a group exists)."""
+        m = self.m
+        if not m.groups:
+            return self.model(**inputs)
+        self.batch_size = len(prompts)
+        rows = self._rows(lambda: m.route_prompts(list(prompts)))
+        with m.hooks.active([g.state for g in m.groups], rows, edited):
+            return self.model(**inputs)
+
+    def encode_with_continuation(self, prompts: list[tuple[int, ...]], pad_id: int, tokens: torch.Tensor,
+                                 block: torch.Tensor, offset: torch.Tensor):
+        """encode_prompts and the continuation forward in one: each row holds its prompt's edited tail, then
+        `tokens` (every candidate label's tokens back to back, [L]), on the cached backbone head. A 4-D mask lets
+        each of those tokens see the prompt and, by `block` ([L, L]), the earlier tokens of its own candidate;
+        each restarts its positions at the prompt's end plus `offset`. One forward per batch instead of two saves
+        a pass over the cached keys/values (copies, attention). Returns (last prompt logits [B, V], the tokens'
+        logits [B, L, V])."""
+        n = len(tokens)
+        inputs = self.m.backbone.batch(prompts, [tuple(tokens.tolist())] * len(prompts))
+        edited = inputs.pop("tail_mask")
+        mask, pos = inputs["attention_mask"].bool(), inputs["position_ids"].clone()
+        rows, width = inputs["input_ids"].shape
+        head = mask.shape[1] - width
+        own = torch.ones((width, width), dtype=torch.bool, device=mask.device).tril()
+        own[width - n:, width - n:] = block
+        seen = torch.cat([mask[:, None, :head].expand(rows, width, head), mask[:, None, head:] & own], dim=-1)
+        seen[:, :, head:] |= torch.eye(width, dtype=torch.bool, device=mask.device)   # a padded query sees itself
+        pos[:, width - n:] = pos[:, width - n - 1:width - n] + 1 + offset
+        inputs.update(attention_mask=model_mask(self.model, seen[:, None]), position_ids=pos)
+        logits = self._edited_forward(prompts, edited, **inputs, logits_to_keep=n + 1).logits
+        return logits[:, 0, :], logits[:, 1:, :]
 
     def prefix_forward(self, input_ids):
         if int(self.m.settings["first_positions"]) > 0:

@@ -133,9 +133,9 @@ def packed_and_padded(scorer, prompts, cands, pad_id, share_prefix=True):
     return packed, padded
 
 
-def assert_same_scores(packed, padded):
+def assert_same_scores(packed, padded, atol=1e-4, rtol=1e-5):
     (scores, greedy), (ref, ref_greedy) = packed, padded
-    assert torch.allclose(scores, ref, atol=1e-4)
+    assert torch.allclose(scores, ref, atol=atol, rtol=rtol)
     assert torch.equal(greedy, ref_greedy) and torch.equal(scores.argmax(-1), ref.argmax(-1))
 
 
@@ -174,29 +174,48 @@ def test_packed_candidates_score_as_one_cache_copy_per_candidate(tokenizer, atte
     assert not torch.allclose(packed_lora[0], packed[0], atol=1e-3)
 
 
-@pytest.mark.parametrize("cache_mb", [0, 64])
-def test_packed_candidates_through_the_craft_scorer(tokenizer, cache_mb):
+@pytest.mark.parametrize("cache_mb,attention", [(0, "sdpa"), (64, "sdpa"), (64, "eager")])
+def test_packed_candidates_through_the_craft_scorer(tokenizer, cache_mb, attention):
     """CRAFT edits prompt positions only: packed and per-candidate scoring agree with its edits active, on
-    shared-prefix prompts (cache_mb=0) and on its frozen-backbone cache (cache_mb>0)."""
+    shared-prefix prompts (cache_mb=0) and on its frozen-backbone cache (cache_mb>0), where the packed
+    candidates share one forward with the prompts' edited tails (encode_with_continuation), before any
+    group exists (the base row) and after one."""
     import tasks
     from core.data import TaskContext
     from harness.training import fit
     from methods.craft import CRAFT
-    m = CRAFT(tiny_model(tokenizer, seed=0), tokenizer, {"probe_size": "4", "anchors_per_task": "4",
-                                                         "routing": "single"}, seed=1, cache_mb=cache_mb)
+    model = tiny_model(tokenizer, seed=0)
+    model.config._attn_implementation = attention
+    m = CRAFT(model, tokenizer, {"probe_size": "4", "anchors_per_task": "4", "routing": "single"}, seed=1,
+              cache_mb=cache_mb)
     m.setup()
     enc = PromptEncoder(tokenizer, 16)
     data = tasks.load_task("bbc", None, 8, 10, 1)
     train = enc.encode(data, "train")
+    prompts, cands = ragged_prompts_and_labels(tokenizer)   # prompts and labels of several lengths
+
+    def both(scorer):
+        joint = []
+        if cache_mb:
+            one_forward = scorer.encode_with_continuation
+            scorer.encode_with_continuation = lambda *a: joint.append(1) or one_forward(*a)
+        packed, padded = packed_and_padded(scorer, prompts, cands, tokenizer.pad_token_id)
+        assert bool(joint) == bool(cache_mb)   # the cache's path took the candidates with the tails
+        return packed, padded
+
+    # tight: a candidate token at a wrong position moves scores by about 4e-4 on this tiny model (float
+    # rounding: 2e-6), which the default tolerance, relative to scores of about -40, would let through
+    base = both(m.scorer("bbc"))
+    assert_same_scores(*base, atol=2e-5, rtol=0)
     ctx = TaskContext(0, "bbc", ["bbc"])
     m.before_task(ctx, train)
     fit(m, ctx, train[:4], seed=0, pad_id=tokenizer.pad_token_id, progress=False)
     m.after_task(ctx, train)
-    _, cands = ragged_prompts_and_labels(tokenizer)
-    prompts = [ex.prompt_ids for ex in enc.encode(data, "test")]
     scorer = m.scorer("bbc")
     assert scorer.own_encoding == bool(cache_mb)
-    assert_same_scores(*packed_and_padded(scorer, prompts, cands, tokenizer.pad_token_id))
+    edited = both(scorer)
+    assert_same_scores(*edited, atol=2e-5, rtol=0)
+    assert not torch.allclose(edited[0][0], base[0][0], atol=1e-3)   # the edit acts on the joint path too
     m.hooks.remove()
 
 
