@@ -21,7 +21,8 @@ METHODS ?= zero_shot,seq_lora,replay,inc_lora,o_lora,i_lora,craft,per_task,mtl
 ORDERS ?= offline1,offline2,offline3
 SEEDS ?= 1,2
 RUNS ?= results/runs
-RESULTS ?= results
+# make tables: each folder's tables from its runs/ (the committed ones by default; RESULT_DIRS=DIR for another)
+RESULT_DIRS ?= results results/val results/val/tuning
 JOBS ?= 1
 
 BENCH_ARGS = $(if $(METHOD),--method $(METHOD)) $(if $(ORDER),--order $(ORDER)) $(if $(SEED),--seed $(SEED)) \
@@ -56,7 +57,7 @@ sweep: $(STAMP)
 		$(if $(MODEL),--model $(MODEL)) $(if $(CL_DATA_DIR),--data-dir $(CL_DATA_DIR)) $(ARGS)
 
 tables: $(STAMP)
-	$(BIN)/python -m harness tables --runs $(RUNS) --out $(RESULTS)
+	for dir in $(RESULT_DIRS); do $(BIN)/python -m harness tables --runs $$dir/runs --out $$dir || exit 1; done
 
 general: $(STAMP)
 	$(BIN)/python -m harness general --runs $(RUNS) $(ARGS)
