@@ -193,6 +193,8 @@ def test_packed_candidates_through_the_craft_scorer(tokenizer, cache_mb, attenti
     data = tasks.load_task("bbc", None, 8, 10, 1)
     train = enc.encode(data, "train")
     prompts, cands = ragged_prompts_and_labels(tokenizer)   # prompts and labels of several lengths
+    # and prompts no longer than the edited tail (4): left-padded tails, empty heads
+    prompts = prompts + [prompts[0][-k:] for k in (1, 3, 4)]
 
     def both(scorer):
         joint = []
