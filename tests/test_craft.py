@@ -355,6 +355,18 @@ def test_positions_that_edit_nothing_are_refused_up_front(first, last):
         CRAFT.resolve_settings({"first_positions": str(first), "last_positions": str(last)})
 
 
+@pytest.mark.parametrize("layers,k,expected", [(12, 4, [1, 4, 6, 9]), (12, 6, [1, 2, 4, 6, 8, 9]), (3, 4, [0, 1, 2])])
+def test_auto_layers_picks_that_many_evenly_spaced_layers_and_sizes_the_edit(tokenizer, layers, k, expected):
+    m = CRAFT(tiny_model(tokenizer, seed=0, layers=layers), tokenizer, {"auto_layers": str(k)}, seed=1)
+    m.setup()
+    assert m.layers == expected
+    per_layer = 2 * 4 * 64 + 4   # LoReFT rank 4 on hidden size 64: R and W (4 x 64 each) and b
+    assert sum(p.numel() for p in m._new_state(0).parameters() if p.requires_grad) == len(expected) * per_layer
+    m.hooks.remove()
+    with pytest.raises(UsageError, match="auto_layers"):
+        CRAFT.resolve_settings({"auto_layers": "0"})
+
+
 def test_cli_refuses_zero_positions_with_one_line_and_exit_2(tmp_path, capsys):
     from harness.cli import main
     code = main(["bench", "--method", "craft", "--order", "bbc", "--model", "tiny-llama", "--out", str(tmp_path / "x"),
