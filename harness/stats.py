@@ -205,8 +205,25 @@ def over_seeds(samples: np.ndarray, counts=None) -> np.ndarray:
     return (drawn * weights).sum(1) / weights.sum(1)
 
 
+# Intervals are shown to this many decimals, and whether one excludes 0 is decided on the ends as shown: an end
+# of 0.003 prints as 0.00, and "[0.00, 2.00] *" would contradict itself.
+DECIMALS = 2
+
+
+def shown(value: float) -> float:
+    return round(float(value), DECIMALS)
+
+
+def above_zero(bounds: tuple[float, float] | None) -> bool:
+    return bounds is not None and shown(bounds[0]) > 0
+
+
+def below_zero(bounds: tuple[float, float] | None) -> bool:
+    return bounds is not None and shown(bounds[1]) < 0
+
+
 def excludes_zero(bounds: tuple[float, float] | None) -> bool:
-    return bounds is not None and (bounds[0] > 0 or bounds[1] < 0)
+    return above_zero(bounds) or below_zero(bounds)
 
 
 def run_intervals(scores: ExampleScores, resamples: int = RESAMPLES) -> dict[str, list[float] | None]:

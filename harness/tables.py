@@ -512,14 +512,14 @@ def _judged(d: Summary | None, metric: str, up: str, down: str, what: str) -> st
     delta = f"Δ{metric} {d.text(signed=True)}"
     if d.bounds is None:
         return f"is not tested on {what} ({delta}: the runs predate per-example predictions, so no interval)"
-    if stats.excludes_zero(d.bounds):
-        return f"{up if d.mean > 0 else down} ({delta})"
+    if stats.excludes_zero(d.bounds):   # the interval's side, not the point's (a bootstrap may not cover it)
+        return f"{up if stats.above_zero(d.bounds) else down} ({delta})"
     return f"shows no significant difference in {what} ({delta})"
 
 
 def forgetting_check(block: str, fm: Summary) -> str:
     what = f"{FORGETTING_REFERENCE}'s FM is {fm.text()}"
-    if fm.bounds is not None and fm.bounds[0] > 0:
+    if stats.above_zero(fm.bounds):
         return f"Check passed ({block}): the regime forgets: {what}, above 0."
     if fm.bounds is not None or fm.mean <= 0:
         return (f"**Check failed** ({block}): {what}, not above 0: no forgetting to prevent at these sizes, so a "
@@ -532,7 +532,7 @@ def bound_check(block: str, bound: str, learner: str, why: str, diff: Summary) -
     what = f"AA of {bound} minus {learner}: {diff.text(signed=True)}"
     if diff.mean >= 0:
         return f"Check passed ({block}): {bound} ({why}) is at or above {learner}: {what}."
-    noise = "" if diff.bounds is None else (" (beyond noise)" if diff.bounds[1] < 0 else " (within noise)")
+    noise = "" if diff.bounds is None else (" (beyond noise)" if stats.below_zero(diff.bounds) else " (within noise)")
     return (f"**Check failed** ({block}): {bound} ({why}) is below {learner}{noise}: {what}. The bound does not "
             "hold: training is too short at these sizes for these numbers to rank methods.")
 

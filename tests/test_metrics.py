@@ -123,3 +123,14 @@ def test_every_committed_matrix_reads():
     for path in paths:
         values = metrics.compute(metrics.read_matrix(path))
         assert values["AA"] is not None, path
+
+
+def test_fm_is_negative_when_a_task_ends_above_its_peak_and_ignores_rows_before_it_was_learned():
+    #            t1    t2    t3
+    # t1         50    95    10      t2 scores 95 before it is learned (a row FM must not read)
+    # t2         40    60    10
+    # t3         70    55    80
+    R3 = pd.DataFrame([[50, 95, 10], [40, 60, 10], [70, 55, 80]], index=["t1", "t2", "t3"],
+                      columns=["t1", "t2", "t3"], dtype=float)
+    # t1: max(50, 40) - 70 = -20 (it ends above its peak: negative, not clipped at 0); t2: 60 - 55 = 5, not 95 - 55
+    assert metrics.compute(R3)["FM"] == pytest.approx((-20 + 5) / 2)

@@ -162,3 +162,25 @@ def test_cells_no_metric_reads_may_be_missing():
                                  {"a": full, "b": full, "c": missing})
     for name, samples in scores.metric_samples(50).items():
         assert np.isfinite(samples).all(), name
+
+
+def test_the_seed_level_spreads_the_interval_over_the_seeds():
+    # no test-example noise at all (each seed's value is the same in every resample), seeds 10 points apart: the
+    # interval comes from drawing seeds alone, (A, A) and (B, B) included; without that level it would be [5, 5]
+    samples = stats.over_seeds(np.array([[0.0] * 2000, [10.0] * 2000]))
+    assert set(np.round(samples, 6)) == {0.0, 5.0, 10.0}
+    assert stats.interval(samples) == (0.0, 10.0)
+
+
+def test_the_interval_is_the_central_95_percent():
+    samples = np.arange(1001, dtype=float)[::-1]   # order does not matter
+    assert stats.interval(samples) == pytest.approx((25.0, 975.0))
+    assert stats.interval(np.append(samples, np.nan)) == pytest.approx((25.0, 975.0))   # blanks are left out
+
+
+@pytest.mark.parametrize("bounds,excludes", [((0.0, 3.2), False), ((-1.5, 0.0), False), ((0.003, 2.0), False),
+                                             ((-2.0, -0.004), False), ((0.006, 2.0), True), ((-2.0, -0.01), True),
+                                             (None, False)])
+def test_zero_is_excluded_only_by_the_ends_as_shown(bounds, excludes):
+    # an end that prints as 0.00 does not exclude 0: "[0.00, 2.00] *" would contradict itself
+    assert stats.excludes_zero(bounds) is excludes

@@ -535,3 +535,14 @@ def test_the_readme_opens_with_what_the_paired_comparisons_support(tmp_path):
     # per_task below seq_lora: the block's check fails, and every line of the block says what that means
     assert all(ln.endswith("this does not rank the two.") for ln in head.splitlines() if ln.startswith("- Orders"))
     assert "per_task" not in head   # a bound is not a baseline craft is judged against
+
+
+def test_the_verdict_takes_its_direction_from_the_interval_and_its_mark_from_the_ends_as_shown():
+    from harness.tables import Summary, _judged
+    # a bootstrap interval need not cover its point (FM's max is biased): the side of the interval decides
+    above = Summary(mean=-0.5, std=None, bounds=(0.2, 3.0), values=2)
+    assert _judged(above, "AA", "is more accurate", "is less accurate", "accuracy").startswith("is more accurate")
+    # an end that prints as 0.00: no mark, no significance
+    touching = Summary(mean=1.0, std=None, bounds=(0.003, 2.0), values=2)
+    assert touching.text(signed=True, mark=True) == "+1.00 [0.00, 2.00]"
+    assert _judged(touching, "AA", "up", "down", "accuracy").startswith("shows no significant difference")
