@@ -232,6 +232,14 @@ class CostModel:
                    {lab: statistics.median(v) if v else 0.0 for lab, v in per_cell.items()},
                    statistics.median(base) if base else None, count, skipped)
 
+    def costed_as(self, cell: Cell) -> str | None:
+        """The label whose runs cost the cell: its own, else its method's defaults' (a variant such as
+        craft:warmup=5 before any run of it finished), else None."""
+        for label in (cell.method.label, cell.method.name):
+            if label in self.per_cell:
+                return label
+        return None
+
     def seconds_left(self, cell: Cell) -> float | None:
         """The cell's remaining seconds at these medians, its base row left out (see dry_run_lines); None: no
         finished run of its method spec here. A task the spec has no record of costs the spec's median task; a
@@ -240,8 +248,8 @@ class CostModel:
         import tasks
         from harness.metrics import needed_cells
         from methods import get_method
-        label = cell.method.label
-        if label not in self.per_cell:
+        label = self.costed_as(cell)
+        if label is None:
             return None
         trained = self.train.get(label, {})   # none: a method that trains nothing (zero_shot)
         names = tasks.get_order(cell.config.order)
@@ -344,9 +352,13 @@ def dry_run_lines(runs: str, cells: list[Cell], costs_from: str | None = None) -
         summary += f"; {model.skipped} finished run(s) there with another setup left out"
     if unknown:
         summary += f"; not estimated (no finished run in {source}): {', '.join(unknown)}"
+    stand_ins = sorted({f"{cell.method.label} as {model.costed_as(cell)}" for cell, seconds in left
+                        if seconds is not None and model.costed_as(cell) != cell.method.label})
+    if stand_ins:   # a variant's settings may cost more or less than its defaults (more layers, a longer epoch)
+        summary += f"; costed at its method's defaults, as no run of it finished: {', '.join(stand_ins)}"
     guessed: dict[str, set[str]] = {}   # method label -> its tasks no run of it trained
     for cell, seconds in left:
-        trained = model.train.get(cell.method.label)
+        trained = model.train.get(model.costed_as(cell) or cell.method.label)
         if seconds is not None and trained:
             guessed.setdefault(cell.method.label, set()).update(
                 t for t in tasks.get_order(cell.config.order) if t not in trained)

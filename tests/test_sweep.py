@@ -263,6 +263,14 @@ def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, ca
             f"in {runs}): replay; ") in out[-1]
     assert out[-1].endswith("costed at the method's median task, as no run of that method there trained them "
                             "(label counts and prompt lengths are not modelled): seq_lora: trec; mtl: trec")
+    # a variant with no finished run of its own is costed at its method's defaults, and the summary says so
+    (cell, state, seconds), = grid_costs(runs, plan(runs, ["seq_lora:lr=0.01"], [longer], ["1"], like))[1]
+    assert state == "new" and seconds == pytest.approx(10 + 30 + 20 + (2 + 3 + 3) * 5.5 + 2 * 2.0)
+    assert main(["sweep", "--methods", "seq_lora:lr=0.01", "--orders", longer, "--seeds", "1", "--runs", runs,
+                 "--matrix", "needed", "--model", "tiny-llama", "--dry-run"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("left: 1 of 1 run(s), about 2 min") and "not estimated" not in last
+    assert "costed at its method's defaults, as no run of it finished: seq_lora+lr=0.01 as seq_lora" in last
     # another folder's records cost a new grid (same setup): here, every cell of the grid is left
     empty = str(tmp_path / "elsewhere")
     assert main(["sweep", "--methods", "seq_lora", "--orders", longer, "--seeds", "1,2", "--runs", empty,
