@@ -111,10 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list methods, tasks and orders")
 
-    m = sub.add_parser("metrics", help="print AA, BWT, FM, FWT of a matrix.csv or run directory")
+    m = sub.add_parser("metrics", help="print AA, BWT, FM, FWT, LA of a matrix.csv or run directory")
     m.add_argument("path")
     m.add_argument("--json", action="store_true",
-                   help="print one JSON object: AA, BWT, FM, FWT and their 95%% bootstrap intervals over test examples "
+                   help="print one JSON object: AA, BWT, FM, FWT, LA and their 95%% bootstrap intervals over test examples "
                         "(AA_ci, ...: [lo, hi], null for a run recorded without predictions)")
 
     data_cmd.add_parser(sub)

@@ -84,6 +84,13 @@ def forward_transfer(base, trained):
     return (before - base[..., 1:T]).mean(-1)
 
 
+@register("LA", True, "learning accuracy: mean_i R[i][i], each task right after training on it (plasticity)")
+def learning_accuracy(base, trained):
+    if not _is_stream(trained):
+        return None
+    return np.diagonal(trained, axis1=-2, axis2=-1).mean(-1)
+
+
 def split_matrix(R: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray]:
     """(base row or None, trained rows) of a matrix, as the metric functions take them."""
     base = R.loc[BASE_ROW].to_numpy(dtype=float) if BASE_ROW in R.index else None

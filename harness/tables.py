@@ -184,7 +184,7 @@ def sort_labels(labels: set[str]) -> list[str]:
 
 
 # ---- the runs as one table ------------------------------------------------------------------------------
-CSV_COLUMNS = ["run", "method", "label", "order", "seed", *PROTOCOL_DEFAULTS, "AA", "BWT", "FM", "FWT",
+CSV_COLUMNS = ["run", "method", "label", "order", "seed", *PROTOCOL_DEFAULTS, "AA", "BWT", "FM", "FWT", "LA",
                "general_change", "general_metric", "trainable_parameters", "parameters_kept", "wall_seconds",
                "created"]
 
@@ -195,7 +195,7 @@ def runs_frame(runs: list[Run], root: str) -> pd.DataFrame:
     return pd.DataFrame([{
         "run": os.path.relpath(r.path, root), "method": r.method, "label": r.label, "order": r.order,
         "seed": r.seed, **dict(zip(PROTOCOL_DEFAULTS, r.protocol)),
-        **{k: r.metrics[k] for k in ("AA", "BWT", "FM", "FWT")},
+        **{k: r.metrics[k] for k in ("AA", "BWT", "FM", "FWT", "LA")},
         "general_change": r.general["change"] if r.general else None, "general_metric": r.general_metric,
         "trainable_parameters": r.card["trainable_parameters"], "parameters_kept": r.card.get("parameters_kept"),
         "wall_seconds": r.card["timing"]["wall_seconds"], "created": r.config.get("created"),
@@ -552,7 +552,7 @@ def general_cell(runs: list[Run]) -> str | None:
 
 def forgetting_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> Table:
     measured = frame.general_change.notna()
-    headings = {"BWT": "BWT ↑", "FM": "FM ↓", "FWT": "FWT ↑"}
+    headings = {"BWT": "BWT ↑", "FM": "FM ↓", "FWT": "FWT ↑", "LA": "LA ↑"}
     columns = {}
     labels = set(frame.label)
     for title, members in blocks_for(set(frame.order)):
@@ -564,7 +564,7 @@ def forgetting_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "")
         if measured.any():
             cells = {lab: general_cell([r for r in block if r.label == lab]) for lab in labels}
             columns[(title, "GEN Δ")] = pd.Series({lab: c for lab, c in cells.items() if c}, dtype=object)
-    notes = [f"{m} = {metrics_mod.METRICS[m].description}." for m in ("BWT", "FM", "FWT")]
+    notes = [f"{m} = {metrics_mod.METRICS[m].description}." for m in headings]
     notes.append(f"Mean over every run (orders x seeds) of the block, with {BOOTSTRAP_NOTE} Here each drawn seed "
                  "brings all its runs of the block. Without an interval: ± std over those runs.")
     notes += [n for n in (missing_predictions_note(runs),) if n]

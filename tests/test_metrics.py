@@ -30,6 +30,9 @@ def test_metrics_against_hand_computation():
     assert v["FM"] == pytest.approx(25.0)
     # FWT = mean over i>1 of R[i-1][i] - R[0][i]: t2: 25 - 20 = 5; t3: 40 - 30 = 10
     assert v["FWT"] == pytest.approx(7.5)
+    # LA = mean over i of R[i][i]: (80 + 90 + 85) / 3
+    assert v["LA"] == pytest.approx(85.0)
+    assert v["AA"] == pytest.approx(v["LA"] + (3 - 1) / 3 * v["BWT"])   # what is learned, less what is lost
 
 
 def test_fm_differs_from_minus_bwt_when_accuracy_peaks_late():
@@ -46,7 +49,7 @@ def test_fm_differs_from_minus_bwt_when_accuracy_peaks_late():
 def test_single_trained_row_has_only_aa():
     R3 = pd.DataFrame([[10, 20], [70, 80]], index=["base", "all"], columns=["a", "b"], dtype=float)
     v = metrics.compute(R3)
-    assert v == {"AA": 75.0, "BWT": None, "FM": None, "FWT": None}
+    assert v == {"AA": 75.0, "BWT": None, "FM": None, "FWT": None, "LA": None}
 
 
 def test_metrics_cli_json_reads_matrix_csv(tmp_path):
@@ -56,7 +59,7 @@ def test_metrics_cli_json_reads_matrix_csv(tmp_path):
                          capture_output=True, text=True, check=True).stdout
     values = json.loads(out)
     # a bare matrix has no per-example predictions: its intervals are null
-    assert values.keys() == {"AA", "BWT", "FM", "FWT", "AA_ci", "BWT_ci", "FM_ci", "FWT_ci"}
+    assert values.keys() == {"AA", "BWT", "FM", "FWT", "LA", "AA_ci", "BWT_ci", "FM_ci", "FWT_ci", "LA_ci"}
     assert values["AA_ci"] is None
     assert values["BWT"] == -25.0 and values["FM"] == 25.0 and values["FWT"] == 7.5
 

@@ -57,7 +57,7 @@ def test_two_task_stream_writes_a_complete_run_directory(tmp_path, tokenizer):
     card = json.load(open(os.path.join(out, "method.json")))
     assert card["name"] == "seq_lora" and card["trainable_parameters"] > 0
     assert card["uses_task_id_at_test"] is False and "keeps_from_past_tasks" in card
-    assert set(json.load(open(os.path.join(out, "metrics.json")))) == {"AA", "BWT", "FM", "FWT"}
+    assert set(json.load(open(os.path.join(out, "metrics.json")))) == {"AA", "BWT", "FM", "FWT", "LA"}
     events = [json.loads(ln)["event"] for ln in open(os.path.join(out, "log.jsonl"))]
     assert events[0] == "run_start" and events[-1] == "run_end"
     assert events.count("task_start") == 2 and events.count("evaluation") == 3 and "step" in events

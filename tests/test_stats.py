@@ -70,7 +70,7 @@ def test_metrics_json_adds_intervals_that_cover_the_point(tmp_path, tokenizer):
     p = subprocess.run([sys.executable, "-m", "harness", "metrics", str(out), "--json"], cwd=ROOT,
                        capture_output=True, text=True, check=True)
     values = json.loads(p.stdout)
-    for name in ("AA", "BWT", "FM", "FWT"):
+    for name in ("AA", "BWT", "FM", "FWT", "LA"):
         lo, hi = values[f"{name}_ci"]
         assert lo <= values[name] <= hi, name
 

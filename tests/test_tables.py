@@ -106,7 +106,8 @@ def test_forgetting_robustness_and_ablation_tables(runs, tmp_path):
     # BWT per run = final_a - 80: -20, -10, -30 -> mean -20, std 10. FM = max(80) - final_a = same magnitude.
     # FWT = R[a][b] - base[b] = 45 - 40 = 5 for every run. GEN change: -2, -4 (runs without general.json skipped),
     # in plain accuracy: these general.json files name no metric, as those written before balanced accuracy (†)
-    assert row[1:5] == ["-20.00 ± 10.00", "20.00 ± 10.00", "5.00 ± 0.00", "-3.00 ± 1.41 †"]
+    # LA = (R[a][a] + R[b][b]) / 2 = (80 + final_b) / 2: 85, 80, 75 -> mean 80, std 5
+    assert row[1:6] == ["-20.00 ± 10.00", "20.00 ± 10.00", "5.00 ± 0.00", "80.00 ± 5.00", "-3.00 ± 1.41 †"]
     assert "†: plain accuracy, not balanced: 2 of those general.json files" in md
     rob = open(os.path.join(out, "robustness.md")).read()
     row = [c.strip() for c in next(ln for ln in rob.splitlines() if ln.startswith("| craft |")).strip("|").split("|")]
@@ -203,7 +204,7 @@ def test_metrics_no_run_could_compute_are_missing_not_an_error(tmp_path):
     out = str(tmp_path / "results")
     write_tables(root, out, figures=False)
     assert cells_of(os.path.join(out, "main.md"), "mtl") == ["67.50 ± 3.54", "–", "–", "–"]
-    assert cells_of(os.path.join(out, "forgetting.md"), "mtl") == ["–", "–", "–"]
+    assert cells_of(os.path.join(out, "forgetting.md"), "mtl") == ["–", "–", "–", "–"]
 
 
 def test_mixed_setups_are_refused_and_figures_are_written(runs, tmp_path):
@@ -328,12 +329,12 @@ def test_gen_delta_is_balanced_with_its_interval_and_older_files_stay_plain_accu
     out = str(tmp_path / "results")
     write_tables(root, out, figures=False)
     path = os.path.join(out, "forgetting.md")
-    mean, lo, hi = numbers(cells_of(path, "seq_lora")[3])
+    mean, lo, hi = numbers(cells_of(path, "seq_lora")[4])
     assert mean == record["change"] == -50.0 and lo <= mean <= hi < 0
-    assert cells_of(path, "craft")[3] == "0.00 [0.00, 0.00]"
+    assert cells_of(path, "craft")[4] == "0.00 [0.00, 0.00]"
     # a cell never averages plain with balanced accuracy: replay reads its balanced run only
-    assert cells_of(path, "replay")[3].startswith("-50.00 [")
-    assert cells_of(path, "mtl")[3] == "-2.00 †"
+    assert cells_of(path, "replay")[4].startswith("-50.00 [")
+    assert cells_of(path, "mtl")[4] == "-2.00 †"
     md = open(path).read()
     assert "GEN Δ = change in balanced accuracy" in md and "Orders 1-3: sms_spam" in md
     assert "†: plain accuracy, not balanced: 2 of those general.json files" in md
@@ -429,7 +430,7 @@ def test_the_committed_runs_build_every_table_without_example_level_intervals(tm
     assert "[" not in cells_of(os.path.join(out, "main.md"), "seq_lora")[0]
     assert "Check" in main
     # their general.json files hold plain accuracy: GEN Δ says so instead of passing it off as balanced
-    gen = cells_of(os.path.join(out, "forgetting.md"), "seq_lora")[3]
+    gen = cells_of(os.path.join(out, "forgetting.md"), "seq_lora")[4]
     assert gen.endswith(" †") and "[" not in gen
 
 
