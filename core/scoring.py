@@ -16,6 +16,9 @@ class Scorer(Protocol):
     def prefix_forward(self, input_ids) -> object | None: ...
     def prompt_forward(self, input_ids, attention_mask, position_ids, past=None) -> tuple[torch.Tensor, object]: ...
     def continue_forward(self, input_ids, attention_mask, position_ids, past) -> torch.Tensor: ...
+    # Optional, for a scorer with a prompt cache of its own (CRAFT's frozen backbone): own_encoding = True with
+    # encode_prompts(prompts, pad_id), and encode_with_continuation(prompts, pad_id, tokens, block, offset), the
+    # prompts and every candidate's tokens in one forward (methods/craft.py says what each returns).
 
 
 # Model types whose forward uses a 4-D attention mask as the whole mask and takes positions from position_ids
