@@ -211,9 +211,7 @@ def main():
             if not one_forward:   # the edited tails, then the labels on their cache: two forwards a batch
                 scorer.encode_with_continuation = None
             return candidate_logprobs(scorer, test, cands, pad, 16)
-        paths = {"one": craft_eval} if cache_mb else {"full": craft_eval}
-        if cache_mb:
-            paths["two"] = lambda: craft_eval(one_forward=False)
+        paths = {"one": craft_eval, "two": lambda: craft_eval(one_forward=False)} if cache_mb else {"full": craft_eval}
         out, t = timed_in_turns(paths)
         craft_times[cache_mb] = (step, warm, t)
         craft_scores[cache_mb] = {k: v[0] for k, v in out.items()}

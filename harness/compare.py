@@ -87,7 +87,7 @@ def paired_difference(pairs: list[tuple[Run, Run]], metric: str) -> dict | None:
         groups = [[y - x for (a, _), (x, y) in zip(pairs, draws) if a.seed == s] for s in seeds]
         per_seed = np.stack([np.mean(g, axis=0) for g in groups])
         bounds = stats.interval(stats.over_seeds(per_seed, [len(g) for g in groups]))
-    return {"mean": round(point, 2), "ci": None if bounds is None else [round(bounds[0], 2), round(bounds[1], 2)],
+    return {"mean": stats.shown(point), "ci": None if bounds is None else [stats.shown(b) for b in bounds],
             "excludes_zero": stats.excludes_zero(bounds), "pairs": len(pairs)}
 
 
