@@ -95,6 +95,22 @@ def check_base_cache(path: str) -> None:
             raise UsageError(f"--base-cache {path} is corrupt: {key!r} holds {value!r}, not an accuracy{hint}")
 
 
+def kept_seconds(events: list[dict]) -> float:
+    """Wall seconds of the sessions that made a run's saved stages, from its log: each session from its
+    `run_start` to its last saved stage (`evaluation`; `run_end` for the session that finished it). The hours
+    a run lay interrupted between sessions are not counted, nor the work after a session's last save, which
+    the resume redid (and counted in its own session)."""
+    total, start, last_saved = 0.0, None, None
+    for event in events + [{"event": "run_start"}]:     # a sentinel closes the last session
+        if event.get("event") == "run_start":
+            if start is not None and last_saved is not None:
+                total += last_saved - start
+            start, last_saved = event.get("t"), None
+        elif event.get("event") in ("evaluation", "run_end") and start is not None:
+            last_saved = event["t"]
+    return total
+
+
 def matrix_csv(R: pd.DataFrame) -> str:
     R = R.copy()
     R.index.name = "after"
@@ -214,6 +230,21 @@ class RunDir:
 
     def save_status(self, status: dict) -> None:
         write_json(self.file("status.json"), status)
+
+    def events(self) -> list[dict]:
+        """log.jsonl's events, in order; a torn last line (a crash mid-append) is skipped."""
+        try:
+            with open(self.file("log.jsonl"), encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in lines:
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return events
 
     def log(self, event: str, **fields) -> None:
         # Appends are line-sized; a crash loses at most the line being written.

@@ -23,7 +23,7 @@ from harness.config import BenchConfig
 from harness.evaluation import Evaluator
 from harness.models import configure_offline, gpu_info, load_model, set_threads
 from harness.prompting import PromptEncoder
-from harness.rundir import RunDir, atomic_write, matrix_csv, write_json
+from harness.rundir import RunDir, atomic_write, kept_seconds, matrix_csv, write_json
 from harness.stats import encode_labels
 from harness.training import fit
 from methods import get_method
@@ -100,6 +100,21 @@ def _say(msg: str, progress: bool = True) -> None:
         tqdm.write(msg, file=sys.stderr)
 
 
+class RunClock:
+    """The wall seconds a run has cost, kept in its status at every saved stage: a resumed run adds this
+    session to what its earlier sessions had saved, so the hours it lay interrupted are not its cost."""
+
+    def __init__(self, status: dict, run: RunDir):
+        self.session_start = time.time()
+        before = status.get("kept_seconds")
+        if before is None:   # a run begun before the status kept it: its log's earlier sessions
+            before = kept_seconds(run.events()) if status.get("rows") else 0.0
+        self.before = before
+
+    def mark(self, status: dict) -> None:
+        status["kept_seconds"] = self.before + (time.time() - self.session_start)
+
+
 def _record(cfg: BenchConfig, out: str, names: list[str], data, settings: dict) -> dict:
     """config.json: the config, the data each task actually had, the method's resolved settings, where it ran."""
     return {**cfg.recorded(), "out": out, "tasks": names,
@@ -153,7 +168,7 @@ def _write_results(run: RunDir, method, rows: dict, names: list[str], status: di
     atomic_write(run.file("matrix.csv"), matrix_csv(R))
     write_json(run.file("metrics.json"), values)
     card = method.card()
-    card["timing"] = {"wall_seconds": round(time.time() - status["started"], 1),
+    card["timing"] = {"wall_seconds": round(status["kept_seconds"], 1),
                       "train_seconds": round(sum(rows[r].get("train_seconds", 0) for r in order_rows), 2),
                       "eval_seconds": round(sum(rows[r]["eval_seconds"] for r in order_rows), 2),
                       "per_stage": {r: {k: rows[r].get(k) for k in ("train_seconds", "eval_seconds", "steps")}
@@ -184,6 +199,7 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
     run = RunDir(out)
     status = _open_run(cfg, run, _record(cfg, out, names, data, settings))
     rows: dict = status["rows"]
+    clock = RunClock(status, run)
     run.log("run_start", resumed=bool(rows), method=cfg.method, order=cfg.order, seed=cfg.seed)
 
     t0 = time.time()
@@ -199,6 +215,7 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
     if "base" not in rows:
         rows["base"] = _measure_backbone(cfg, model, data, evaluator)
         status["rows"] = rows
+        clock.mark(status)
         run.save_status(status)
     else:
         for name, predictions in rows["base"].get("predictions", {}).items():   # none in a run begun before them
@@ -233,7 +250,9 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
         entry = evaluator.evaluate(row, method.scorer, method.evaluation_key, needed)
         entry.update(train_seconds=fit_stats["seconds"], steps=fit_stats["steps"], trained_on=len(examples))
         rows[row] = entry
+        clock.mark(status)
         run.save_checkpoint(status, k, method.state_dict())
 
+    clock.mark(status)
     _write_results(run, method, rows, names, status)
     return out

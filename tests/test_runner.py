@@ -1,5 +1,6 @@
 import json
 import os
+import time
 
 import pandas as pd
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 from harness.config import BenchConfig
 from harness.models import tiny_model
+from harness.rundir import kept_seconds
 from harness.runner import run_bench
 from methods import discover
 from tests.conftest import ROOT
@@ -170,3 +172,29 @@ def test_needed_matrix_gives_the_full_matrix_metrics_and_blanks_the_rest(tmp_pat
     pd.testing.assert_frame_equal(R[0].where(R[1].notna()), R[1])
     full_metrics, needed_metrics = (json.load(open(os.path.join(out, "metrics.json"))) for out in (full, needed))
     assert full_metrics == needed_metrics
+
+
+@pytest.mark.parametrize("status_keeps_the_clock", [True, False])
+def test_a_resumed_runs_wall_time_leaves_out_the_hours_it_lay_interrupted(tmp_path, tokenizer, monkeypatch,
+                                                                          status_keeps_the_clock):
+    split, _ = run(tmp_path, "split", tokenizer, stop_after_task=1)
+    status_path = os.path.join(split, "status.json")
+    if not status_keeps_the_clock:   # a run begun before status.json kept its seconds: its log is read instead
+        status = json.load(open(status_path))
+        del status["kept_seconds"]
+        json.dump(status, open(status_path, "w"))
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 50_000)   # resumed 14 hours later
+    run(tmp_path, "split", tokenizer)
+    timing = json.load(open(os.path.join(split, "method.json")))["timing"]
+    assert timing["train_seconds"] + timing["eval_seconds"] <= timing["wall_seconds"] < 600
+
+
+def test_kept_seconds_counts_each_session_up_to_its_last_saved_stage():
+    events = [{"t": 100, "event": "run_start"}, {"t": 101, "event": "evaluation"},
+              {"t": 130, "event": "evaluation"}, {"t": 170, "event": "step"},          # lost to the kill: redone
+              {"t": 900, "event": "run_start"}, {"t": 950, "event": "step"},            # killed before any save
+              {"t": 2000, "event": "run_start"}, {"t": 2040, "event": "evaluation"},
+              {"t": 2050, "event": "run_end"}]
+    assert kept_seconds(events) == (130 - 100) + 0 + (2050 - 2000)
+    assert kept_seconds([]) == 0
