@@ -763,12 +763,22 @@ def remove_stale_tables(out: str, written: list[str]) -> None:
 def run_options_of(sweeps: list[dict], runs: list[Run]) -> str:
     """The run options (sizes, data, model) as the user gave them to the latest sweep, else every setup
     option as the runs' config.json records it (and the data folder, where one was named)."""
-    for entry in reversed(sweeps):
-        if "options" in entry:
-            return shlex.join(spell_options(entry["options"]))
-    c = runs[0].config
-    return shlex.join(spell_options({name: c.get(name) for name in SETUP_KEYS + ("data_dir",)
-                                     if name in c and (name != "data_dir" or c[name])}))
+    options = next((entry["options"] for entry in reversed(sweeps) if "options" in entry), None)
+    if options is None:
+        c = runs[0].config
+        options = {name: c.get(name) for name in SETUP_KEYS + ("data_dir",) if name in c and (name != "data_dir" or c[name])}
+    if options.get("data_dir"):
+        options = {**options, "data_dir": portable_path(options["data_dir"])}
+    return shlex.join(spell_options(options))
+
+
+def portable_path(path: str) -> str:
+    """A data folder as a reader of the committed README can use it: an absolute path beside or under the folder
+    the tables are made from (the repository root, with ../shared beside the checkout) relative to it."""
+    if not os.path.isabs(path):
+        return path
+    relative = os.path.relpath(path)
+    return path if relative.startswith(os.path.join(os.pardir, os.pardir)) else relative
 
 
 def by_order_seed(runs: list[Run]) -> dict:

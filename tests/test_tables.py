@@ -168,6 +168,14 @@ def test_regenerate_commands_make_exactly_the_runs_in_the_tables(runs, tmp_path)
     write_tables(runs, out, figures=False)
     readme = open(os.path.join(out, "README.md")).read()
     assert f"--seeds 1 --runs {runs} --train-per-task 8 --data-dir ../d\n" in readme and "--runs old" not in readme
+    # an absolute data folder beside the folder the tables are made from (../shared beside a checkout) is
+    # written relative to it, so the command works on a reader's clone; one farther off stays as it was
+    for data_dir, written in ((os.path.join(os.path.dirname(os.getcwd()), "shared", "d"), "../shared/d"),
+                              ("/elsewhere/d", "/elsewhere/d")):
+        with open(os.path.join(runs, "sweeps.jsonl"), "a") as f:
+            f.write(json.dumps({"command": "python -m harness sweep", "options": {"data_dir": data_dir}}) + "\n")
+        write_tables(runs, out, figures=False)
+        assert f"--runs {runs} --data-dir {written}\n" in open(os.path.join(out, "README.md")).read()
 
 
 def test_order_dispersion_formula_directly(runs):
