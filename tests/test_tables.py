@@ -555,3 +555,15 @@ def test_the_verdict_takes_its_direction_from_the_interval_and_its_mark_from_the
     touching = Summary(mean=1.0, std=None, bounds=(0.003, 2.0), values=2)
     assert touching.text(signed=True, mark=True) == "+1.00 [0.00, 2.00]"
     assert _judged(touching, "AA", "up", "down", "accuracy").startswith("shows no significant difference")
+
+
+def test_a_folders_preface_opens_its_readme_and_survives_a_rebuild(runs, tmp_path):
+    out = str(tmp_path / "results")
+    os.makedirs(out)
+    with open(os.path.join(out, "preface.md"), "w") as f:
+        f.write("These runs check the pipeline.\n")
+    for _ in range(2):   # a rebuild keeps the preface and does not repeat it
+        write_tables(runs, out, figures=False)
+        readme = open(os.path.join(out, "README.md")).read()
+        assert readme.count("These runs check the pipeline.") == 1
+        assert readme.index("do not edit by hand") < readme.index("These runs check") < readme.index("## Where")
