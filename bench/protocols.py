@@ -5,7 +5,9 @@ run's own evaluation examples twice: `rank` (the label of highest likelihood amo
 read from the run's record) and `generate` (greedy decoding, exact match after O-LoRA's normalisation). A
 generated answer is sorted into: the task's right label, another of its labels, a label of another task of
 the stream (cross-task interference, which rank scoring cannot show), or something else. Writes a markdown
-report; needs the weights, so it measures runs made on this machine.
+report; needs the weights, so it measures runs made on this machine. Each run's measurement is kept in its
+folder (`protocols.json`, committed with the record): a rerun reuses it (`--again` measures anew), so a long
+study killed part-way resumes, and the report can be rebuilt without the weights.
 
     python bench/protocols.py results/val/runs/*/offline*/seed* --out results/val/protocols.md
 """
@@ -24,7 +26,7 @@ from core.errors import UsageError  # noqa: E402
 from harness.evaluation import Evaluator, generate_predictions, normalize_answer, predict  # noqa: E402
 from harness.models import autocast, configure_offline, load_model, set_threads  # noqa: E402
 from harness.prompting import PromptEncoder  # noqa: E402
-from harness.rundir import RunDir, atomic_write  # noqa: E402
+from harness.rundir import RunDir, atomic_write, write_json  # noqa: E402
 from harness.config import recorded_value  # noqa: E402
 from harness.stats import decode_labels, encode_labels  # noqa: E402
 from methods import get_method  # noqa: E402
@@ -107,6 +109,19 @@ def measure(path: str, progress: bool = False) -> dict:
     return out
 
 
+RECORD = "protocols.json"
+
+
+def measured(path: str, again: bool = False, progress: bool = False) -> dict:
+    """measure(path), kept in the run's folder; a kept measurement is reused unless `again`."""
+    run = RunDir(path)
+    if not again and os.path.isfile(run.file(RECORD)):
+        return run.read_json(RECORD)
+    result = measure(path, progress)
+    write_json(run.file(RECORD), result)
+    return result
+
+
 def summary(results: list[dict]) -> dict:
     """Per method (its folder label): AA under each protocol (mean over runs of the mean over tasks) and the
     share of each answer kind over every generated answer."""
@@ -177,11 +192,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="finished run directories with their last checkpoint")
     p.add_argument("--out", help="markdown report (default: stdout)")
+    p.add_argument("--again", action="store_true", help=f"measure runs that already hold a {RECORD} anew")
     a = p.parse_args(argv)
     configure_offline()
     set_threads()
     try:
-        results = [measure(path, progress=True) for path in a.runs]
+        results = [measured(path, a.again, progress=True) for path in a.runs]
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

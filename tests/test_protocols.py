@@ -84,3 +84,18 @@ def test_each_kind_of_answer_is_counted(runs, monkeypatch):
     assert set(table) == {"seq_lora+lr=0.5", "craft+lr=0.3"}
     assert table["craft+lr=0.3"]["share"] == pytest.approx(
         {"right": 100 / 3, "own_label": 100 / 3, "other_task_label": 100 / 3, "no_label": 0.0})
+
+
+def test_a_kept_measurement_is_reused_without_the_weights_and_measured_anew_on_request(runs, tmp_path):
+    import shutil
+    script = bench_script("protocols")
+    run = str(tmp_path / "run")
+    shutil.copytree(runs["seq_lora", "rank"], run)
+    first = script.measured(run)
+    assert json.load(open(os.path.join(run, "protocols.json"))) == first
+    for name in os.listdir(run):   # the weights are not committed: a clone still rebuilds the report
+        if name.startswith("checkpoint-"):
+            os.remove(os.path.join(run, name))
+    assert script.measured(run) == first
+    with pytest.raises(Exception, match="has no checkpoint"):
+        script.measured(run, again=True)
