@@ -110,14 +110,19 @@ def measure(path: str, progress: bool = False) -> dict:
 
 
 RECORD = "protocols.json"
+RECORD_VERSION = 1   # raise when measure() or the sorting of answers changes: kept measurements are then redone
 
 
 def measured(path: str, again: bool = False, progress: bool = False) -> dict:
-    """measure(path), kept in the run's folder; a kept measurement is reused unless `again`."""
+    """measure(path), kept in the run's folder; a kept measurement is reused unless `again`, or unless it was made
+    by another version of this script or of another run in that folder (its finishing time differs)."""
     run = RunDir(path)
+    stamp = {"version": RECORD_VERSION, "run_finished": (run.status() or {}).get("finished")}
     if not again and os.path.isfile(run.file(RECORD)):
-        return run.read_json(RECORD)
-    result = measure(path, progress)
+        kept = run.read_json(RECORD)
+        if kept.get("stamp") == stamp:
+            return kept
+    result = {**measure(path, progress), "stamp": stamp}
     write_json(run.file(RECORD), result)
     return result
 

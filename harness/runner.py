@@ -101,18 +101,27 @@ def _say(msg: str, progress: bool = True) -> None:
 
 
 class RunClock:
-    """The wall seconds a run has cost, kept in its status at every saved stage: a resumed run adds this
-    session to what its earlier sessions had saved, so the hours it lay interrupted are not its cost."""
+    """The wall seconds a run has cost: each saved stage keeps the clock's reading (its row's `kept_at`), and a
+    resumed run starts from the last stage it kept, so neither the hours it lay interrupted nor the work a
+    resume redid (after the last save, or stages whose weights were missing) count twice."""
 
     def __init__(self, status: dict, run: RunDir):
-        self.session_start = time.time()
-        before = status.get("kept_seconds")
-        if before is None:   # a run begun before the status kept it: its log's earlier sessions
-            before = kept_seconds(run.events()) if status.get("rows") else 0.0
-        self.before = before
+        self.session_start = time.monotonic()
+        rows = status.get("rows", {})
+        kept = [row["kept_at"] for row in rows.values() if "kept_at" in row]
+        if kept or not rows:
+            self.before = max(kept, default=0.0)
+        else:   # stages saved before rows kept the clock: the log's earlier sessions, at least the rows' own time
+            own = sum(row.get("train_seconds", 0) + row.get("eval_seconds", 0) for row in rows.values())
+            events = run.events()
+            dropped = any(e.get("event") == "checkpoint_missing" for e in events)
+            self.before = max(own, 0.0 if dropped else kept_seconds(events))
 
-    def mark(self, status: dict) -> None:
-        status["kept_seconds"] = self.before + (time.time() - self.session_start)
+    def elapsed(self) -> float:
+        return self.before + (time.monotonic() - self.session_start)
+
+    def mark(self, row: dict) -> None:
+        row["kept_at"] = round(self.elapsed(), 2)
 
 
 def _record(cfg: BenchConfig, out: str, names: list[str], data, settings: dict) -> dict:
@@ -158,7 +167,7 @@ def _measure_backbone(cfg: BenchConfig, model, data, evaluator: Evaluator) -> di
     return row
 
 
-def _write_results(run: RunDir, method, rows: dict, names: list[str], status: dict) -> None:
+def _write_results(run: RunDir, method, rows: dict, names: list[str], status: dict, wall_seconds: float) -> None:
     """The end of a run: matrix.csv, metrics.json, method.json (the card with timings), then the status that
     says finished, written last."""
     order_rows = ["base"] + (["all"] if method.JOINT else names)
@@ -168,7 +177,7 @@ def _write_results(run: RunDir, method, rows: dict, names: list[str], status: di
     atomic_write(run.file("matrix.csv"), matrix_csv(R))
     write_json(run.file("metrics.json"), values)
     card = method.card()
-    card["timing"] = {"wall_seconds": round(status["kept_seconds"], 1),
+    card["timing"] = {"wall_seconds": round(wall_seconds, 1),
                       "train_seconds": round(sum(rows[r].get("train_seconds", 0) for r in order_rows), 2),
                       "eval_seconds": round(sum(rows[r]["eval_seconds"] for r in order_rows), 2),
                       "per_stage": {r: {k: rows[r].get(k) for k in ("train_seconds", "eval_seconds", "steps")}
@@ -215,7 +224,7 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
     if "base" not in rows:
         rows["base"] = _measure_backbone(cfg, model, data, evaluator)
         status["rows"] = rows
-        clock.mark(status)
+        clock.mark(rows["base"])
         run.save_status(status)
     else:
         for name, predictions in rows["base"].get("predictions", {}).items():   # none in a run begun before them
@@ -250,9 +259,8 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
         entry = evaluator.evaluate(row, method.scorer, method.evaluation_key, needed)
         entry.update(train_seconds=fit_stats["seconds"], steps=fit_stats["steps"], trained_on=len(examples))
         rows[row] = entry
-        clock.mark(status)
+        clock.mark(entry)
         run.save_checkpoint(status, k, method.state_dict())
 
-    clock.mark(status)
-    _write_results(run, method, rows, names, status)
+    _write_results(run, method, rows, names, status, clock.elapsed())
     return out

@@ -773,8 +773,9 @@ def run_options_of(sweeps: list[dict], runs: list[Run]) -> str:
 
 
 def portable_path(path: str) -> str:
-    """A data folder as a reader of the committed README can use it: an absolute path beside or under the folder
-    the tables are made from (the repository root, with ../shared beside the checkout) relative to it."""
+    """A data folder as a reader of the committed README can use it: an absolute path beside or under the working
+    folder relative to it, as the README's other paths are (`make tables` works from the repository root, with
+    ../shared beside the checkout)."""
     if not os.path.isabs(path):
         return path
     relative = os.path.relpath(path)

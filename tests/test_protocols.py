@@ -99,3 +99,7 @@ def test_a_kept_measurement_is_reused_without_the_weights_and_measured_anew_on_r
     assert script.measured(run) == first
     with pytest.raises(Exception, match="has no checkpoint"):
         script.measured(run, again=True)
+    # a measurement by another version of the script is not reused (here it would need the weights)
+    json.dump({**first, "stamp": {**first["stamp"], "version": 0}}, open(os.path.join(run, "protocols.json"), "w"))
+    with pytest.raises(Exception, match="has no checkpoint"):
+        script.measured(run)

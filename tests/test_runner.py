@@ -179,15 +179,28 @@ def test_a_resumed_runs_wall_time_leaves_out_the_hours_it_lay_interrupted(tmp_pa
                                                                           status_keeps_the_clock):
     split, _ = run(tmp_path, "split", tokenizer, stop_after_task=1)
     status_path = os.path.join(split, "status.json")
-    if not status_keeps_the_clock:   # a run begun before status.json kept its seconds: its log is read instead
-        status = json.load(open(status_path))
-        del status["kept_seconds"]
+    status = json.load(open(status_path))
+    assert 0 < status["rows"]["base"]["kept_at"] <= status["rows"]["bbc"]["kept_at"]   # each saved stage keeps it
+    if not status_keeps_the_clock:   # stages saved before rows kept the clock: the log is read instead
+        for row in status["rows"].values():
+            del row["kept_at"]
         json.dump(status, open(status_path, "w"))
-    real_time = time.time
+    real_time, real_monotonic = time.time, time.monotonic
     monkeypatch.setattr(time, "time", lambda: real_time() + 50_000)   # resumed 14 hours later
+    monkeypatch.setattr(time, "monotonic", lambda: real_monotonic() + 50_000)
     run(tmp_path, "split", tokenizer)
     timing = json.load(open(os.path.join(split, "method.json")))["timing"]
     assert timing["train_seconds"] + timing["eval_seconds"] <= timing["wall_seconds"] < 600
+
+
+def test_stages_trained_again_for_missing_weights_are_counted_once(tmp_path, tokenizer):
+    split, _ = run(tmp_path, "split", tokenizer, stop_after_task=1)
+    status = json.load(open(os.path.join(split, "status.json")))
+    status["rows"]["bbc"]["kept_at"] = 50_000.0   # the dropped stage's time must not carry over
+    json.dump(status, open(os.path.join(split, "status.json"), "w"))
+    os.remove(os.path.join(split, status["checkpoint"]))
+    run(tmp_path, "split", tokenizer)
+    assert json.load(open(os.path.join(split, "method.json")))["timing"]["wall_seconds"] < 600
 
 
 def test_kept_seconds_counts_each_session_up_to_its_last_saved_stage():
