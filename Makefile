@@ -22,7 +22,7 @@ ORDERS ?= offline1,offline2,offline3
 SEEDS ?= 1,2
 RUNS ?= results/runs
 # make tables: each folder's tables from its runs/ (the committed ones by default; RESULT_DIRS=DIR for another)
-RESULT_DIRS ?= results results/val results/val/tuning
+RESULT_DIRS ?= $(patsubst %/runs,%,$(wildcard results/runs results/test/runs results/val/runs results/val/tuning/runs))
 JOBS ?= 1
 
 BENCH_ARGS = $(if $(METHOD),--method $(METHOD)) $(if $(ORDER),--order $(ORDER)) $(if $(SEED),--seed $(SEED)) \
@@ -34,7 +34,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install bench sweep tables general test perf list clean-venv
+.PHONY: install bench sweep grid tables general test perf list clean-venv
 
 install: $(STAMP)
 
@@ -55,6 +55,26 @@ sweep: $(STAMP)
 	$(BIN)/python -m harness sweep --methods $(METHODS) --orders $(ORDERS) --seeds $(SEEDS) --runs $(RUNS) \
 		--jobs $(JOBS) $(if $(TRAIN),--train-per-task $(TRAIN)) $(if $(TEST),--test-per-task $(TEST)) \
 		$(if $(MODEL),--model $(MODEL)) $(if $(CL_DATA_DIR),--data-dir $(CL_DATA_DIR)) $(ARGS)
+
+# The paper grid on the test split at the default sizes, in the order the verdict needs (docs/results.md, "What the paper grid costs"):
+# craft against the strongest baselines first, so a partial grid already answers. Rerunning `make grid` skips
+# finished runs and resumes the unfinished one; a failed cell is reported and the grid goes on.
+GRID_RUNS ?= results/test/runs
+GRID = $(BIN)/python -m harness sweep --runs $(GRID_RUNS) --matrix needed --jobs $(JOBS) \
+	$(if $(CL_DATA_DIR),--data-dir $(CL_DATA_DIR)) $(ARGS)
+LEARNERS_MORE = inc_lora,i_lora,replay:compute=matched,ewc,lwf,curlora,crma,adaptive_svd
+BOUNDS = per_task,mtl,zero_shot
+CRAFT_ABLATIONS = craft:kl_term=false,craft:merge=false,craft:routing=single,craft:forgetting_budget=0.1
+
+grid: $(STAMP)
+	-$(GRID) --methods craft,seq_lora,replay,replay:compute=matched,o_lora --orders 1,2,3,offline1,offline2,offline3 --seeds 1,2,3
+	-$(GRID) --methods craft,seq_lora,replay,o_lora --orders 4,5,6 --seeds 1
+	-$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS) --orders 1,2,3,offline1,offline2,offline3 --seeds 1,2,3
+	-$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS),$(CRAFT_ABLATIONS) --orders 4,5,6 --seeds 1
+	-$(GRID) --methods craft,seq_lora,replay,o_lora --orders 4,5,6 --seeds 2,3
+	-$(BIN)/python bench/protocols.py $(GRID_RUNS)/*/{1,2,3}/seed* --out $(patsubst %/runs,%,$(GRID_RUNS))/protocols.md
+	-$(BIN)/python -m harness general --runs $(GRID_RUNS)
+	$(BIN)/python -m harness tables --runs $(GRID_RUNS) --out $(patsubst %/runs,%,$(GRID_RUNS))
 
 tables: $(STAMP)
 	for dir in $(RESULT_DIRS); do $(BIN)/python -m harness tables --runs $$dir/runs --out $$dir || exit 1; done

@@ -202,7 +202,14 @@ def main(argv=None) -> int:
     configure_offline()
     set_threads()
     try:
-        results = [measured(path, a.again, progress=True) for path in a.runs]
+        # a glob over a grid that is still running names unfinished runs too: they are left out, and said so
+        finished = [path for path in a.runs if RunDir(path).is_finished()]
+        if len(finished) < len(a.runs):
+            left = sorted(set(a.runs) - set(finished))
+            print(f"{len(left)} run(s) not finished, left out: {' '.join(left)}", file=sys.stderr)
+        if not finished:
+            raise UsageError("no finished run among those named")
+        results = [measured(path, a.again, progress=True) for path in finished]
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

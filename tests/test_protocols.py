@@ -103,3 +103,13 @@ def test_a_kept_measurement_is_reused_without_the_weights_and_measured_anew_on_r
     json.dump({**first, "stamp": {**first["stamp"], "version": 0}}, open(os.path.join(run, "protocols.json"), "w"))
     with pytest.raises(Exception, match="has no checkpoint"):
         script.measured(run)
+
+
+def test_unfinished_runs_named_by_a_glob_are_left_out_and_said_so(runs, tmp_path, capsys):
+    script = bench_script("protocols")
+    out = str(tmp_path / "report.md")
+    assert script.main([runs["seq_lora", "rank"], str(tmp_path / "not-a-run"), "--out", out]) == 0
+    assert "1 run(s) not finished, left out" in capsys.readouterr().err
+    assert "| seq_lora+lr=0.5 | 1 |" in open(out).read()
+    assert script.main([str(tmp_path / "not-a-run")]) == 2
+    assert not os.path.exists(str(tmp_path / "not-a-run"))
