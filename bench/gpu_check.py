@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 from harness.config import BenchConfig  # noqa: E402
 from harness.models import DEFAULT_MODEL, check_device, configure_offline, gpu_info, load_model  # noqa: E402
+from harness.rundir import RunDir  # noqa: E402
 from harness.runner import run_bench  # noqa: E402
 from methods import discover  # noqa: E402
 
@@ -55,8 +56,7 @@ def one_run(name: str, backbone, tok, device: str, dtype: str, args, out: str) -
     except Exception as e:   # one method's failure is reported with the others, not a stop
         traceback.print_exc()
         return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
-    with open(os.path.join(run, "log.jsonl")) as f:
-        losses = [e["loss"] for e in map(json.loads, f) if e["event"] == "step"]
+    losses = [e["loss"] for e in RunDir(run).events() if e["event"] == "step"]
     return {"matrix": pd.read_csv(os.path.join(run, "matrix.csv"), index_col=0), "losses": losses,
             "seconds": round(time.time() - started, 1)}
 
