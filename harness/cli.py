@@ -160,10 +160,11 @@ def _discard_unstarted(out: str, made_from: str | None) -> None:
 def cmd_bench(a) -> int:
     import tasks as task_registry
     from harness import metrics
-    from harness.rundir import RunDir, check_base_cache, check_folder
+    from harness.rundir import RunDir, RunInUse, check_base_cache, check_folder
     from harness.runner import run_bench
-    from harness.sweep import check_seed
+    from harness.sweep import check_seed, die_with_sweep
     from methods import get_method
+    die_with_sweep()
     cfg = config.from_args(a, method_args=_method_args(a.method_arg, a.method_config))
     # everything a user can get wrong, checked before a folder is made or a model loaded
     config.check(cfg)
@@ -184,6 +185,8 @@ def cmd_bench(a) -> int:
     fresh = made_from is not None or (os.path.isdir(out) and not os.listdir(out))
     try:
         out = run_bench(cfg)
+    except RunInUse:   # the folder is another process's run: nothing here to discard
+        raise
     except Exception:   # a Ctrl-C is not one: an interrupted run keeps what it has
         if fresh or cfg.overwrite:
             _discard_unstarted(out, made_from)

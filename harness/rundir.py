@@ -3,11 +3,17 @@ after the last finished task), and at the end matrix.csv, metrics.json, method.j
 exactly when status.json says so; that file is written last, and every write is atomic."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tempfile
 import time
+
+try:
+    import fcntl
+except ImportError:   # not on Windows: runs there go unguarded against a second process
+    fcntl = None
 
 import pandas as pd
 import torch
@@ -16,12 +22,17 @@ from core.errors import UsageError
 from harness.config import recorded_value, resume_keys
 
 RUN_FILES = ("config.json", "status.json", "log.jsonl", "matrix.csv", "metrics.json", "method.json")
+TMP_PREFIX = ".tmp-"
+
+
+class RunInUse(UsageError):
+    """Another process holds the run directory (RunDir.lock)."""
 
 
 def atomic_write(path: str, data: bytes | str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
@@ -154,12 +165,35 @@ class RunDir:
         status = self.status() or {}
         return bool(status.get("checkpoint")) and os.path.isfile(self.file(status["checkpoint"]))
 
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run directory (made if missing) for this process: a second process on the same run (a sweep's
+        cell started again while an orphan of its first attempt still trains) is refused in one line instead of
+        writing the same files. An advisory lock on the directory itself, so it leaves no file behind and goes
+        with the process however it ends."""
+        check_folder(self.path, "--out")
+        os.makedirs(self.path, exist_ok=True)
+        if fcntl is None:
+            yield
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunInUse(f"{self.path} is being run by another process; wait for it to end or stop it") from None
+            yield
+        finally:
+            os.close(fd)   # closing the descriptor releases the lock
+
     def prepare(self, config: dict, overwrite: bool) -> dict | None:
-        """Create or reopen the directory. Returns the saved progress to resume from, or None for a fresh run."""
+        """Create or reopen the directory (held by `lock`). Returns the saved progress to resume from, or None for
+        a fresh run."""
         check_folder(self.path, "--out")
         for name in RUN_FILES:
             if os.path.isdir(self.file(name)):
                 raise UsageError(f"{self.file(name)} is a folder where the run keeps a file; choose another --out")
+        self._clear_interrupted_writes()
         if os.path.isdir(self.path) and os.listdir(self.path):
             if overwrite:   # whatever is there, run or not (a corrupt one included)
                 for name in os.listdir(self.path):
@@ -168,9 +202,11 @@ class RunDir:
                         os.unlink(p)
             else:
                 status = self.status()
-                if status is None:
+                if status is None and os.listdir(self.path) != ["config.json"]:
                     raise UsageError(f"output directory {self.path} is not empty and holds no run; "
                                      "choose another --out or pass --overwrite")
+                if status is None:   # killed between its config and its first status: nothing was kept yet
+                    return self._create(config)
                 if status["state"] == "finished":
                     raise UsageError(f"output directory {self.path} already holds a finished run; "
                                      "pass --overwrite to replace it")
@@ -185,10 +221,22 @@ class RunDir:
                     raise UsageError(f"output directory {self.path} holds an unfinished run with different "
                                      f"settings ({', '.join(diff)}); pass --overwrite or choose another --out")
                 return status
+        return self._create(config)
+
+    def _create(self, config: dict) -> None:
         os.makedirs(self.path, exist_ok=True)
         write_json(self.file("config.json"), config)
         self.save_status({"state": "running", "rows": {}, "started": time.time()})
         return None
+
+    def _clear_interrupted_writes(self) -> None:
+        """Remove the temporary files of writes a kill interrupted (atomic_write's): with the lock held, no
+        write of this run is under way."""
+        if not os.path.isdir(self.path):
+            return
+        for name in os.listdir(self.path):
+            if name.startswith(TMP_PREFIX) and os.path.isfile(self.file(name)):
+                os.unlink(self.file(name))
 
     def _check_resumable(self, status: dict) -> None:
         """What the runner reads of an unfinished run's status, checked before it loads a model on it."""

@@ -206,6 +206,14 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
 
     out = cfg.out or cfg.default_out()
     run = RunDir(out)
+    with run.lock():   # one process per run directory
+        return _run_stream(cfg, run, method_cls, settings, names, data, model_and_tokenizer)
+
+
+def _run_stream(cfg: BenchConfig, run: RunDir, method_cls, settings: dict, names: list[str], data,
+                model_and_tokenizer) -> str:
+    """run_bench's work once it holds the run directory: open or resume it, the base row, then each stage."""
+    out = run.path
     status = _open_run(cfg, run, _record(cfg, out, names, data, settings))
     rows: dict = status["rows"]
     clock = RunClock(status, run)

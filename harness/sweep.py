@@ -165,6 +165,25 @@ def cell_env(threads: int | None) -> dict[str, str]:
     return env
 
 
+# Set by the local engine for its cells: the sweep's pid, which a cell ties its life to (die_with_sweep).
+SWEEP_PID_ENV = "CL_SWEEP_PID"
+
+
+def die_with_sweep() -> None:
+    """In a cell the local engine started (Linux): die with the sweep. Cells run in their own session (a Ctrl-C
+    reaches the sweep, which stops them in order), so a sweep killed outright, as a session's end does, would
+    leave its cell training beside the next sweep's attempt at it. Set here in the cell, not by a preexec_fn,
+    which is unsafe in the sweep's threads; the variable is dropped so nothing the cell starts inherits it."""
+    parent = os.environ.pop(SWEEP_PID_ENV, None)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(parent):   # the sweep was gone before the line above took effect
+        os._exit(1)
+
+
 def local_threads(jobs: int) -> int | None:
     # Jobs side by side share the cores: one thread each unless the user says otherwise (oversubscribed
     # OpenMP threads spin against each other and slow every job 2-4x on the 2-core machines).
@@ -452,7 +471,7 @@ def run_sweep(runs: str, cells: list[Cell], jobs: int = 1, progress: bool = True
 def _run_here(runs: str, todo: list[Cell], jobs: int, report: Report, received: list) -> None:
     env = dict(os.environ)
     extra = cell_env(local_threads(jobs))
-    env.update(extra)
+    env.update(extra, **{SWEEP_PID_ENV: str(os.getpid())})
     if os.environ.get("PYTHONPATH"):
         env["PYTHONPATH"] += os.pathsep + os.environ["PYTHONPATH"]
     children: set[subprocess.Popen] = set()

@@ -211,3 +211,52 @@ def test_kept_seconds_counts_each_session_up_to_its_last_saved_stage():
               {"t": 2050, "event": "run_end"}]
     assert kept_seconds(events) == (130 - 100) + 0 + (2050 - 2000)
     assert kept_seconds([]) == 0
+
+
+def hold(folder):
+    """Another process's hold on a run directory: a separate open of it with the lock taken (flock locks of two
+    open files conflict, in one process as between two)."""
+    import fcntl
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def test_a_run_directory_another_process_holds_is_refused_and_left_as_it_was(tmp_path, tokenizer, capsys):
+    from harness.cli import main
+    from harness.rundir import RunDir, RunInUse
+    run(tmp_path, "held", tokenizer, stop_after_task=1)   # an unfinished run, as an orphaned cell leaves it
+    before = {n: open(tmp_path / "held" / n, "rb").read() for n in os.listdir(tmp_path / "held")}
+    fd = hold(tmp_path / "held")
+    try:
+        with pytest.raises(RunInUse, match="being run by another process"):
+            run(tmp_path, "held", tokenizer)
+        argv = ["bench", "--model", "tiny-llama", "--quiet", "--order", ORDER, "--seed", "3", "--train-per-task",
+                "8", "--test-per-task", "6", "--max-input-tokens", "16", "--method-arg", "lr=0.01",
+                "--out", str(tmp_path / "held")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "being run by another process" in err and err.count("\n") == 1, err
+        assert {n: open(tmp_path / "held" / n, "rb").read() for n in os.listdir(tmp_path / "held")} == before
+    finally:
+        os.close(fd)
+    out, _ = run(tmp_path, "held", tokenizer)   # released: the run resumes and finishes
+    assert RunDir(out).is_finished()
+
+
+def test_a_run_killed_before_its_first_status_starts_afresh_and_loses_its_torn_writes(tmp_path, tokenizer):
+    from harness.rundir import RunDir
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    (torn / "config.json").write_text("{}")                    # killed between config.json and status.json
+    (torn / ".tmp-x1y2status.json").write_text('{"state": ')   # and a write the kill cut short
+    out, _ = run(tmp_path, "torn", tokenizer)
+    assert RunDir(out).is_finished() and not [n for n in os.listdir(out) if n.startswith(".tmp-")]
+    assert json.load(open(os.path.join(out, "config.json")))["method"] == "seq_lora"
+    other = tmp_path / "other"   # a folder that holds something else besides is still refused
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="not empty and holds no run"):
+        run(tmp_path, "other", tokenizer)
+    assert (other / "notes.txt").read_text() == "mine"

@@ -309,3 +309,35 @@ def test_a_setting_added_since_a_run_was_recorded_leaves_the_run_current(tmp_pat
     with open(os.path.join(cell.out, "config.json"), "w") as f:
         json.dump({**record, "settings": {**before, "lr": 1.0}}, f)
     assert cell_state(cell) == "stale"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_cell_dies_with_its_sweep_when_the_sweep_is_killed_outright():
+    # A session's end kills the sweep with no chance to stop its cells (they run in their own session); the
+    # cell must not train on beside the next sweep's attempt at the same run.
+    from tests.conftest import ROOT
+    cell = ("import os, time; from harness.sweep import die_with_sweep, SWEEP_PID_ENV; die_with_sweep(); "
+            "print(os.getpid(), os.environ.get(SWEEP_PID_ENV), flush=True); time.sleep(120)")
+    parent = ("import os, subprocess, sys, time; from harness.sweep import SWEEP_PID_ENV; "
+              f"subprocess.Popen([sys.executable, '-c', {cell!r}], start_new_session=True, "
+              "env=dict(os.environ, **{SWEEP_PID_ENV: str(os.getpid())})); time.sleep(120)")
+    sweep = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        pid, inherited = sweep.stdout.readline().split()
+        assert inherited == "None"   # nothing the cell starts inherits the sweep's pid
+    finally:
+        sweep.kill()
+        sweep.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and alive(int(pid)):
+        time.sleep(0.2)
+    assert not alive(int(pid))
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" not in f.read()   # a zombie has died; only its reaping is left
+    except FileNotFoundError:
+        return False
