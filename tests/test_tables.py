@@ -385,16 +385,16 @@ def test_a_failed_sanity_check_is_stated_under_the_tables_and_in_the_readme(tmp_
     write_tables(root, out, figures=False)
     main, readme = (open(os.path.join(out, name)).read() for name in ("main.md", "README.md"))
     for text in (main, readme):
-        assert "**Check failed** (Orders 1-3): seq_lora's FM is 0.00 [0.00, 0.00], not above 0: no forgetting " \
-               "to prevent at these sizes" in text
+        assert "**Check failed** (Orders 1-3): seq_lora's BWT is +0.00 [0.00, 0.00] (FM 0.00 [0.00, 0.00]), BWT " \
+               "not below 0: no forgetting to prevent at these sizes" in text
         assert "**Check failed** (Orders 1-3): per_task (one adapter per task and the task id at test) is below " \
                "seq_lora (beyond noise): AA of per_task minus seq_lora: -40.00 [" in text
     # forgetting planted: the check passes
     for seed in (1, 2):
         make_run(root, "seq_lora", "seq_lora", "2", seed, seq(30.0, 90.0), n_test=20)
     write_tables(root, out, figures=False)
-    # seq_lora's orders 1 and 2 (FM 0 and 50 on each seed): 25 on average, with an interval above 0
-    assert "Check passed (Orders 1-3): the regime forgets: seq_lora's FM is 25.00 [" in \
+    # seq_lora's orders 1 and 2 (BWT 0 and -50 on each seed): -25 on average, with an interval below 0
+    assert "Check passed (Orders 1-3): the regime forgets: seq_lora's BWT is -25.00 [" in \
         open(os.path.join(out, "main.md")).read()
 
 
@@ -424,7 +424,7 @@ def test_protocols_and_splits_get_tables_of_their_own(tmp_path):
     sweeps = [ln for ln in readme.splitlines() if ln.startswith("python -m harness sweep")]
     assert sorted("--eval generate" in ln for ln in sweeps) == [False, False, True]
     # every table states the sanity checks (here only seq_lora's forgetting can be checked)
-    assert all("seq_lora's FM is" in open(os.path.join(out, f)).read() for f in info["files"] if f.endswith(".md")
+    assert all("seq_lora's BWT is" in open(os.path.join(out, f)).read() for f in info["files"] if f.endswith(".md")
                and f != "README.md")
 
 
@@ -567,3 +567,33 @@ def test_a_folders_preface_opens_its_readme_and_survives_a_rebuild(runs, tmp_pat
         readme = open(os.path.join(out, "README.md")).read()
         assert readme.count("These runs check the pipeline.") == 1
         assert readme.index("do not edit by hand") < readme.index("These runs check") < readme.index("## Where")
+
+
+def test_order_dispersion_is_taken_per_seed_so_more_seeds_do_not_average_noise_away(tmp_path):
+    root = str(tmp_path / "runs")
+    # seed 1: task a 80 on order 1, 60 on order 2; seed 2 the other way round. Seed means are level (70, 70:
+    # OPD 0), but each seed's stream moved a by 20 between orders.
+    for seed, (a1, a2) in ((1, (80.0, 60.0)), (2, (60.0, 80.0))):
+        make_run(root, "craft", "craft", "1", seed, seq(a1, 90.0))
+        make_run(root, "craft", "craft", "2", seed, seq(a2, 90.0))
+    make_run(root, "craft", "craft", "1", 3, seq(70.0, 90.0))   # seed 3 missed order 2: left out
+    finished, _ = load_runs(root)
+    d = order_dispersion(finished, "craft", ["1", "2"])
+    assert d["seeds"] == 2 and d["OPD"] == {"a": 20.0, "b": 0.0} and d["AOPD"] == 10.0 and d["MOPD"] == 20.0
+    assert d["AA_mean"] == 80.0 and abs(d["AA_std"] - 10 / 2 ** 0.5) < 1e-9   # per seed: AA 85 and 75
+
+
+def test_a_verdict_on_one_seed_says_its_interval_leaves_out_the_seed(tmp_path):
+    root = str(tmp_path / "runs")
+    make_run(root, "craft", "craft", "1", 1, seq(80.0, 90.0), n_test=20)
+    make_run(root, "seq_lora", "seq_lora", "1", 1, seq(30.0, 90.0), n_test=20)
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    readme = open(os.path.join(out, "README.md")).read()
+    line = next(ln for ln in readme.splitlines() if ln.startswith("- Orders 1-3, against seq_lora"))
+    assert "(1 order × 1 seed)" in line and "forgets less" in line and "One seed: its intervals cover the test " \
+        "examples only" in line
+    make_run(root, "craft", "craft", "1", 2, seq(80.0, 90.0), n_test=20)
+    make_run(root, "seq_lora", "seq_lora", "1", 2, seq(30.0, 90.0), n_test=20)
+    write_tables(root, out, figures=False)
+    assert "One seed" not in open(os.path.join(out, "README.md")).read()
