@@ -209,16 +209,27 @@ def main(argv=None) -> int:
             print(f"{len(left)} run(s) not finished, left out: {' '.join(left)}", file=sys.stderr)
         if not finished:
             raise UsageError("no finished run among those named")
-        results = [measured(path, a.again, progress=True) for path in finished]
+        results, failed = [], []
+        for path in finished:   # one run that cannot be measured (no weights, changed data) is left out, and said so
+            try:
+                results.append(measured(path, a.again, progress=True))
+            except UsageError as e:
+                failed.append(path)
+                print(f"left out: {e}", file=sys.stderr)
+        if not results:
+            raise UsageError(f"none of the {len(finished)} finished run(s) could be measured (above)")
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     text = report(results)
+    if failed:
+        text += (f"\nLeft out, as they could not be measured (their errors went to stderr): {len(failed)} run(s): "
+                 + ", ".join(failed) + ".\n")
     if a.out:
         atomic_write(a.out, text)
     else:
         print(text, end="")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

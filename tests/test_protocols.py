@@ -113,3 +113,20 @@ def test_unfinished_runs_named_by_a_glob_are_left_out_and_said_so(runs, tmp_path
     assert "| seq_lora+lr=0.5 | 1 |" in open(out).read()
     assert script.main([str(tmp_path / "not-a-run")]) == 2
     assert not os.path.exists(str(tmp_path / "not-a-run"))
+
+
+def test_a_run_that_cannot_be_measured_is_left_out_of_the_report_not_the_end_of_it(runs, tmp_path, capsys):
+    import shutil
+    script = bench_script("protocols")
+    bare = str(tmp_path / "bare")   # a finished record without its weights nor a kept measurement
+    shutil.copytree(runs["seq_lora", "rank"], bare)
+    for name in os.listdir(bare):
+        if name.startswith("checkpoint-") or name == "protocols.json":
+            os.remove(os.path.join(bare, name))
+    out = str(tmp_path / "report.md")
+    assert script.main([runs["seq_lora", "rank"], bare, "--out", out]) == 1
+    assert "left out: " in capsys.readouterr().err
+    text = open(out).read()
+    assert "| seq_lora+lr=0.5 | 1 |" in text and f"1 run(s): {bare}." in text
+    assert script.main([bare, "--out", str(tmp_path / "none.md")]) == 2   # nothing measurable: no report
+    assert not os.path.exists(str(tmp_path / "none.md"))
