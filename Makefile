@@ -70,15 +70,20 @@ GRID_CORE = craft,seq_lora,replay,replay:compute=matched,o_lora
 # --dry-run and --print-commands only look: the measuring and writing steps after the sweeps are left out.
 GRID_LOOKS = $(filter --dry-run --print-commands,$(ARGS))
 
+# Each step that did not finish is noted here and named at the end (exit 1), after the tables of what did.
+GRID_FAILED = $(if $(GRID_LOOKS),/dev/null,$(GRID_RUNS)/logs/grid-unfinished.txt)
+
 grid: $(STAMP)
-	-$(GRID) --methods $(GRID_CORE) --orders 1,2,3,offline1,offline2,offline3 --seeds 1,2,3
-	-$(GRID) --methods $(GRID_CORE) --orders 4,5,6 --seeds 1
-	-$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS) --orders 1,2,3,offline1,offline2,offline3 --seeds 1,2,3
-	-$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS),$(CRAFT_ABLATIONS) --orders 4,5,6 --seeds 1
-	-$(GRID) --methods $(GRID_CORE) --orders 4,5,6 --seeds 2,3
-	$(if $(GRID_LOOKS),,-$(BIN)/python bench/protocols.py $(GRID_RUNS)/*/{1,2,3}/seed* --out $(patsubst %/runs,%,$(GRID_RUNS))/protocols.md)
-	$(if $(GRID_LOOKS),,-$(BIN)/python -m harness general --runs $(GRID_RUNS))
+	$(if $(GRID_LOOKS),,@mkdir -p $(GRID_RUNS)/logs && rm -f $(GRID_FAILED))
+	$(GRID) --methods $(GRID_CORE) --orders 1,2,3,offline1,offline2,offline3 --seeds 1,2,3 || echo "stage 1 (sweep exit $$?)" >> $(GRID_FAILED)
+	$(GRID) --methods $(GRID_CORE) --orders 4,5,6 --seeds 1 || echo "stage 2 (sweep exit $$?)" >> $(GRID_FAILED)
+	$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS) --orders 1,2,3,offline1,offline2,offline3 --seeds 1,2,3 || echo "stage 3 (sweep exit $$?)" >> $(GRID_FAILED)
+	$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS),$(CRAFT_ABLATIONS) --orders 4,5,6 --seeds 1 || echo "stage 4 (sweep exit $$?)" >> $(GRID_FAILED)
+	$(GRID) --methods $(GRID_CORE) --orders 4,5,6 --seeds 2,3 || echo "stage 5 (sweep exit $$?)" >> $(GRID_FAILED)
+	$(if $(GRID_LOOKS),,$(BIN)/python bench/protocols.py $(GRID_RUNS)/*/{1,2,3}/seed* --out $(patsubst %/runs,%,$(GRID_RUNS))/protocols.md || echo "generation on orders 1-3 (exit $$?)" >> $(GRID_FAILED))
+	$(if $(GRID_LOOKS),,$(BIN)/python -m harness general --runs $(GRID_RUNS) || echo "general (exit $$?)" >> $(GRID_FAILED))
 	$(if $(GRID_LOOKS),,$(BIN)/python -m harness tables --runs $(GRID_RUNS) --out $(patsubst %/runs,%,$(GRID_RUNS)))
+	@if [ -s $(GRID_FAILED) ]; then echo "make grid: these steps did not finish (failed cells are named above, logs in $(GRID_RUNS)/logs); rerun make grid to resume:" >&2; cat $(GRID_FAILED) >&2; exit 1; fi
 
 tables: $(STAMP)
 	for dir in $(RESULT_DIRS); do $(BIN)/python -m harness tables --runs $$dir/runs --out $$dir || exit 1; done
