@@ -82,7 +82,7 @@ grid: $(STAMP)
 	$(GRID) --methods $(GRID_CORE) --orders 4,5,6 --seeds 2,3 || echo "stage 5 (sweep exit $$?)" >> $(GRID_FAILED)
 	$(if $(GRID_LOOKS),,$(BIN)/python bench/protocols.py $(GRID_RUNS)/*/{1,2,3}/seed* --out $(patsubst %/runs,%,$(GRID_RUNS))/protocols.md || echo "generation on orders 1-3 (exit $$?)" >> $(GRID_FAILED))
 	$(if $(GRID_LOOKS),,$(BIN)/python -m harness general --runs $(GRID_RUNS) || echo "general (exit $$?)" >> $(GRID_FAILED))
-	$(if $(GRID_LOOKS),,$(BIN)/python -m harness tables --runs $(GRID_RUNS) --out $(patsubst %/runs,%,$(GRID_RUNS)))
+	$(if $(GRID_LOOKS),,$(BIN)/python -m harness tables --runs $(GRID_RUNS) --out $(patsubst %/runs,%,$(GRID_RUNS)) || { cat $(GRID_FAILED) >&2; exit 1; })
 	@if [ -s $(GRID_FAILED) ]; then echo "make grid: these steps did not finish (failed cells are named above, logs in $(GRID_RUNS)/logs); rerun make grid to resume:" >&2; cat $(GRID_FAILED) >&2; exit 1; fi
 
 tables: $(STAMP)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -160,7 +161,7 @@ def _discard_unstarted(out: str, made_from: str | None) -> None:
 def cmd_bench(a) -> int:
     import tasks as task_registry
     from harness import metrics
-    from harness.rundir import RunDir, RunInUse, check_base_cache, check_folder
+    from harness.rundir import RunDir, check_base_cache, check_folder
     from harness.runner import run_bench
     from harness.sweep import check_seed, die_with_sweep
     from methods import get_method
@@ -183,14 +184,10 @@ def cmd_bench(a) -> int:
             break
         made_from = folder
     fresh = made_from is not None or (os.path.isdir(out) and not os.listdir(out))
-    try:
-        out = run_bench(cfg)
-    except RunInUse:   # the folder is another process's run: nothing here to discard
-        raise
-    except Exception:   # a Ctrl-C is not one: an interrupted run keeps what it has
-        if fresh or cfg.overwrite:
-            _discard_unstarted(out, made_from)
-        raise
+    # a Ctrl-C is not a failure: an interrupted run keeps what it has. The discard runs inside the run's lock,
+    # so it never removes the files of another process that took the folder over.
+    discard = functools.partial(_discard_unstarted, out, made_from) if fresh or cfg.overwrite else None
+    out = run_bench(cfg, on_failure=discard)
     if not RunDir(out).is_finished():
         print(f"{out}: unfinished (stopped after {a.stop_after_task} task(s)); run again without "
               "--stop-after-task to finish it")

@@ -4,9 +4,11 @@ exactly when status.json says so; that file is written last, and every write is 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
+import sys
 import tempfile
 import time
 
@@ -23,6 +25,10 @@ from harness.config import recorded_value, resume_keys
 
 RUN_FILES = ("config.json", "status.json", "log.jsonl", "matrix.csv", "metrics.json", "method.json")
 TMP_PREFIX = ".tmp-"
+
+
+# flock's errors on a filesystem that cannot lock a directory: the run goes ahead without the lock.
+UNLOCKABLE = {errno.EBADF, errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
 
 
 class RunInUse(UsageError):
@@ -182,6 +188,12 @@ class RunDir:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise RunInUse(f"{self.path} is being run by another process; wait for it to end or stop it") from None
+            except OSError as e:
+                if e.errno not in UNLOCKABLE:
+                    raise
+                # NFS (flock emulated by a write lock, which a directory cannot take) or Lustre without flock
+                print(f"warning: {self.path} cannot be locked here ({os.strerror(e.errno)}); running it unguarded "
+                      "against a second process", file=sys.stderr)
             yield
         finally:
             os.close(fd)   # closing the descriptor releases the lock
@@ -193,8 +205,7 @@ class RunDir:
         for name in RUN_FILES:
             if os.path.isdir(self.file(name)):
                 raise UsageError(f"{self.file(name)} is a folder where the run keeps a file; choose another --out")
-        self._clear_interrupted_writes()
-        if os.path.isdir(self.path) and os.listdir(self.path):
+        if os.path.isdir(self.path) and [n for n in os.listdir(self.path) if not n.startswith(TMP_PREFIX)]:
             if overwrite:   # whatever is there, run or not (a corrupt one included)
                 for name in os.listdir(self.path):
                     p = self.file(name)
@@ -202,7 +213,7 @@ class RunDir:
                         os.unlink(p)
             else:
                 status = self.status()
-                if status is None and os.listdir(self.path) != ["config.json"]:
+                if status is None and not self._creation_cut_short():
                     raise UsageError(f"output directory {self.path} is not empty and holds no run; "
                                      "choose another --out or pass --overwrite")
                 if status is None:   # killed between its config and its first status: nothing was kept yet
@@ -220,14 +231,27 @@ class RunDir:
                 if diff:
                     raise UsageError(f"output directory {self.path} holds an unfinished run with different "
                                      f"settings ({', '.join(diff)}); pass --overwrite or choose another --out")
+                self._clear_interrupted_writes()
                 return status
         return self._create(config)
 
     def _create(self, config: dict) -> None:
         os.makedirs(self.path, exist_ok=True)
+        self._clear_interrupted_writes()
         write_json(self.file("config.json"), config)
         self.save_status({"state": "running", "rows": {}, "started": time.time()})
         return None
+
+    def _creation_cut_short(self) -> bool:
+        """The folder holds nothing but a run's config.json (and cut-short writes): a run killed before its first
+        status. A config.json of anything else (a user's file, an empty object) is not taken for one."""
+        if [n for n in os.listdir(self.path) if not n.startswith(TMP_PREFIX)] != ["config.json"]:
+            return False
+        try:
+            config = self.read_json("config.json")
+        except UsageError:
+            return False
+        return isinstance(config, dict) and all(k in config for k in ("method", "order", "seed", "tasks"))
 
     def _clear_interrupted_writes(self) -> None:
         """Remove the temporary files of writes a kill interrupted (atomic_write's): with the lock held, no

@@ -188,8 +188,10 @@ def _write_results(run: RunDir, method, rows: dict, names: list[str], status: di
     run.save_status(status)
 
 
-def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
-    """Run one method over one order into a run directory; returns its path. Resumes an unfinished run."""
+def run_bench(cfg: BenchConfig, model_and_tokenizer=None, on_failure=None) -> str:
+    """Run one method over one order into a run directory; returns its path. Resumes an unfinished run.
+    `on_failure`: called, still holding the run directory, when the run raises an error (not a Ctrl-C), before
+    the error goes on: the CLI removes a run it made that kept nothing, where no other process can be in it."""
     config.check(cfg)   # everything cheap first: bad input fails in a second, not after the model loads
     method_cls = get_method(cfg.method)
     settings = method_cls.resolve_settings(cfg.method_args)
@@ -207,7 +209,12 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None) -> str:
     out = cfg.out or cfg.default_out()
     run = RunDir(out)
     with run.lock():   # one process per run directory
-        return _run_stream(cfg, run, method_cls, settings, names, data, model_and_tokenizer)
+        try:
+            return _run_stream(cfg, run, method_cls, settings, names, data, model_and_tokenizer)
+        except Exception:
+            if on_failure is not None:
+                on_failure()
+            raise
 
 
 def _run_stream(cfg: BenchConfig, run: RunDir, method_cls, settings: dict, names: list[str], data,

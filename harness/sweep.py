@@ -179,8 +179,11 @@ def die_with_sweep() -> None:
         return
     import ctypes
     PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        print(f"warning: this cell cannot be tied to its sweep (prctl: {os.strerror(ctypes.get_errno())}); if the "
+              "sweep is killed outright, stop this process by hand", file=sys.stderr)
     if os.getppid() != int(parent):   # the sweep was gone before the line above took effect
+        print(f"its sweep (pid {parent}) ended before this cell started: not running it", file=sys.stderr)
         os._exit(1)
 
 

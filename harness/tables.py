@@ -506,7 +506,8 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
                 continue
             orders, seeds = len(next(iter(pairs.values()))), len(pairs)
             aa, fm = summarize(pairs, "AA"), summarize(pairs, "FM")
-            if all(d is None or d.bounds is None for d in (aa, fm)):   # records without per-example predictions
+            tested = not all(d is None or d.bounds is None for d in (aa, fm))
+            if not tested:   # records without per-example predictions
                 judged = ("is not tested (no intervals: the runs predate per-example predictions): " + ", ".join(
                     f"Δ{m} {d.text(signed=True)}" for m, d in (("AA", aa), ("FM", fm)) if d is not None))
             else:
@@ -515,7 +516,7 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
             lines.append(f"{title}, against {lab} ({orders} order{'s' * (orders > 1)} × {seeds} "
                          f"seed{'s' * (seeds > 1)}): {PAIRED_TARGET} {judged}."
                          + (" One seed: its intervals cover the test examples only, not how training varies from "
-                            "seed to seed." if seeds == 1 else "")
+                            "seed to seed." if seeds == 1 and tested else "")
                          + (" The block's sanity checks fail: this does not rank the two." if failed else ""))
     return lines
 

@@ -1,5 +1,6 @@
 import json
 import os
+import sys
 import time
 
 import pandas as pd
@@ -222,6 +223,7 @@ def hold(folder):
     return fd
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows: runs go unguarded there")
 def test_a_run_directory_another_process_holds_is_refused_and_left_as_it_was(tmp_path, tokenizer, capsys):
     from harness.cli import main
     from harness.rundir import RunDir, RunInUse
@@ -248,7 +250,8 @@ def test_a_run_killed_before_its_first_status_starts_afresh_and_loses_its_torn_w
     from harness.rundir import RunDir
     torn = tmp_path / "torn"
     torn.mkdir()
-    (torn / "config.json").write_text("{}")                    # killed between config.json and status.json
+    (torn / "config.json").write_text(json.dumps({"method": "seq_lora", "order": ORDER, "seed": 3,
+                                                  "tasks": ORDER.split(",")}))   # killed before status.json
     (torn / ".tmp-x1y2status.json").write_text('{"state": ')   # and a write the kill cut short
     out, _ = run(tmp_path, "torn", tokenizer)
     assert RunDir(out).is_finished() and not [n for n in os.listdir(out) if n.startswith(".tmp-")]
@@ -260,3 +263,7 @@ def test_a_run_killed_before_its_first_status_starts_afresh_and_loses_its_torn_w
     with pytest.raises(Exception, match="not empty and holds no run"):
         run(tmp_path, "other", tokenizer)
     assert (other / "notes.txt").read_text() == "mine"
+    (other / "notes.txt").unlink()   # and a config.json that is not a run's is not taken for one
+    with pytest.raises(Exception, match="not empty and holds no run"):
+        run(tmp_path, "other", tokenizer)
+    assert (other / "config.json").read_text() == "{}"
