@@ -211,8 +211,12 @@ def test_a_run_begun_before_eval_split_existed_resumes_as_a_test_run(tmp_path):
         run.prepare({**new, "eval_split": "val"}, overwrite=False)
 
 
-def test_a_val_run_asking_more_examples_than_the_validation_split_holds_is_refused(cl_data):
-    from core.errors import UsageError
+def test_a_split_smaller_than_asked_is_scored_whole_validation_as_test():
+    # CB: 250 training rows (50 of them the validation split) and 56 test rows; the grid asks 100 of either.
+    # The packaged data holds all of CB, so this needs no data directory.
     from tasks import load_task
-    with pytest.raises(UsageError, match="validation rows"):
-        load_task("agnews", cl_data, 8, 500, seed=1, eval_split="val")
+    val = load_task("CB", None, 200, 100, seed=1, eval_split="val")
+    test = load_task("CB", None, 200, 100, seed=1, eval_split="test")
+    assert (len(val.test), len(test.test), val.sizes_full["val"], val.sizes_full["test"]) == (50, 56, 50, 56)
+    assert len(val.train) == len(test.train) == 200   # training is the same draw either way
+    assert not {ex.text for ex in val.test} & {ex.text for ex in val.train}
