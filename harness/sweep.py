@@ -95,10 +95,11 @@ def plan(runs: str, methods: list[str], orders: list[str], seeds: list[str],
     `shared` holds the run options every cell takes (sizes, model, data); the cell sets the rest."""
     import tasks
     from methods import get_method
-    specs = [MethodSpec.parse(m) for m in methods]
-    # fail on a typo now, not an hour into the sweep
-    settings = {spec: json.loads(json.dumps(get_method(spec.name).resolve_settings(dict(spec.args))))
-                for spec in specs}
+    def resolved(spec: MethodSpec) -> dict:   # a typo fails now, not an hour into the sweep
+        return json.loads(json.dumps(get_method(spec.name).resolve_settings(dict(spec.args))))
+
+    specs = [same_as_existing(runs, MethodSpec.parse(m), resolved) for m in methods]
+    settings = {spec: resolved(spec) for spec in specs}
     for order in orders:
         tasks.get_order(order)
     try:
@@ -118,6 +119,30 @@ def plan(runs: str, methods: list[str], orders: list[str], seeds: list[str],
     if twice:
         raise UsageError(f"the grid names {twice[0]} more than once (a method, order or seed given twice)")
     return cells
+
+
+def same_as_existing(runs: str, spec: MethodSpec, resolved) -> MethodSpec:
+    """The spelling of `spec` whose folder `runs` already holds, where one spells the same settings another way
+    (`lr=3e-4` for a folder `seq_lora+lr=0.0003`): its runs go there, not into a second folder of the same
+    configuration that would run it again and show it twice in the tables."""
+    if not spec.args or not os.path.isdir(runs):
+        return spec
+    for label in sorted(os.listdir(runs)):
+        name, *pairs = label.split("+")
+        if label == spec.label or name != spec.name or not all("=" in p for p in pairs):
+            continue
+        other = MethodSpec(name, tuple(tuple(p.split("=", 1)) for p in pairs))
+        if {k for k, _ in other.args} != {k for k, _ in spec.args}:
+            continue
+        try:
+            same = resolved(other) == resolved(spec)
+        except UsageError:   # a folder of settings the method no longer has
+            continue
+        if same:
+            print(f"sweep: {spec.name}:{':'.join(f'{k}={v}' for k, v in spec.args)} has the settings of {label}/; "
+                  "its runs go there", file=sys.stderr)
+            return other
+    return spec
 
 
 def cell_state(cell: Cell) -> str:

@@ -349,3 +349,18 @@ def _alive(pid: int) -> bool:
             return "\nState:\tZ" not in f.read()   # a zombie has died; only its reaping is left
     except FileNotFoundError:
         return False
+
+
+def test_settings_spelled_another_way_run_into_the_folder_that_already_holds_them(tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    for label in ("seq_lora+lr=0.0003", "seq_lora", "craft+settle_tol=0"):
+        os.makedirs(os.path.join(runs, label))
+    cells = plan(runs, ["seq_lora:lr=3e-4", "seq_lora:lr=0.001", "craft:settle_tol=0.0", "seq_lora:lr=3e-3"],
+                 ["offline1"], ["1"])
+    assert [os.path.relpath(c.out, runs) for c in cells] == [
+        os.path.join("seq_lora+lr=0.0003", "offline1", "seed1"),   # the same lr, spelled as its folder spells it
+        os.path.join("seq_lora+lr=0.001", "offline1", "seed1"),     # an explicit default is not the bare method
+        os.path.join("craft+settle_tol=0", "offline1", "seed1"),
+        os.path.join("seq_lora+lr=3e-3", "offline1", "seed1")]      # no folder holds it yet: as given
+    assert cells[0].config.method_args == {"lr": "0.0003"} and cells[0].settings["lr"] == 0.0003
+    assert "has the settings of seq_lora+lr=0.0003/" in capsys.readouterr().err
