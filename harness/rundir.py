@@ -205,7 +205,7 @@ class RunDir:
         for name in RUN_FILES:
             if os.path.isdir(self.file(name)):
                 raise UsageError(f"{self.file(name)} is a folder where the run keeps a file; choose another --out")
-        if os.path.isdir(self.path) and [n for n in os.listdir(self.path) if not n.startswith(TMP_PREFIX)]:
+        if os.path.isdir(self.path) and self._entries():
             if overwrite:   # whatever is there, run or not (a corrupt one included)
                 for name in os.listdir(self.path):
                     p = self.file(name)
@@ -242,10 +242,14 @@ class RunDir:
         self.save_status({"state": "running", "rows": {}, "started": time.time()})
         return None
 
+    def _entries(self) -> list[str]:
+        """What the folder holds, leaving out the temporary files of cut-short writes."""
+        return [n for n in os.listdir(self.path) if not n.startswith(TMP_PREFIX)]
+
     def _creation_cut_short(self) -> bool:
         """The folder holds nothing but a run's config.json (and cut-short writes): a run killed before its first
         status. A config.json of anything else (a user's file, an empty object) is not taken for one."""
-        if [n for n in os.listdir(self.path) if not n.startswith(TMP_PREFIX)] != ["config.json"]:
+        if self._entries() != ["config.json"]:
             return False
         try:
             config = self.read_json("config.json")

@@ -51,6 +51,14 @@ class MethodSpec:
         """Folder-safe name: `craft+routing=single+merge=false`."""
         return "+".join([self.name] + [f"{k}={v}" for k, v in self.args])
 
+    @classmethod
+    def from_label(cls, label: str) -> "MethodSpec | None":
+        """The spec a folder's `label` names; None for a folder name no label has."""
+        name, *pairs = label.split("+")
+        if not name or not all("=" in p for p in pairs):
+            return None
+        return cls(name, tuple(tuple(p.split("=", 1)) for p in pairs))
+
 
 @dataclass
 class Cell:
@@ -127,15 +135,14 @@ def same_as_existing(runs: str, spec: MethodSpec, resolved) -> MethodSpec:
     configuration that would run it again and show it twice in the tables."""
     if not spec.args or not os.path.isdir(runs):
         return spec
+    mine = resolved(spec)
     for label in sorted(os.listdir(runs)):
-        name, *pairs = label.split("+")
-        if label == spec.label or name != spec.name or not all("=" in p for p in pairs):
-            continue
-        other = MethodSpec(name, tuple(tuple(p.split("=", 1)) for p in pairs))
-        if {k for k, _ in other.args} != {k for k, _ in spec.args}:
+        other = MethodSpec.from_label(label)
+        if other is None or other == spec or other.name != spec.name \
+                or dict(other.args).keys() != dict(spec.args).keys():
             continue
         try:
-            same = resolved(other) == resolved(spec)
+            same = resolved(other) == mine
         except UsageError:   # a folder of settings the method no longer has
             continue
         if same:
