@@ -47,6 +47,12 @@ def _ancestors(path: str) -> list[str]:
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        # no prefixes: `--dry` would reach the sweep as --dry-run while make grid, which looks for the full
+        # spelling to skip its writing steps, would run them for real
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # argparse's own errors: one line, status 2, as everything else
         self.exit(2, f"{self.prog}: error: {message}\n")
 

@@ -220,6 +220,14 @@ def test_sweep_refuses_before_running(capsys, tmp_path, case, args, pattern):
     assert not (tmp_path / "grid").exists()
 
 
+def test_an_abbreviated_option_is_refused(capsys, tmp_path):
+    # make grid skips its writing steps only for the full --dry-run; a prefix must not run the sweep as one
+    argv = ["sweep", "--methods", "zero_shot", "--orders", "bbc+trec", "--runs", str(tmp_path / "grid"), "--dry"]
+    fails(capsys, argv, "unrecognized arguments: --dry")
+    fails(capsys, ["bench", "--meth", "seq_lora", "--out", str(tmp_path / "a")], "unrecognized arguments: --meth")
+    assert not (tmp_path / "grid").exists() and not (tmp_path / "a").exists()
+
+
 def test_sweep_refuses_a_corrupt_cell(capsys, tmp_path):
     cell = tmp_path / "grid" / "zero_shot" / "bbc+trec" / "seed1"
     cell.mkdir(parents=True)
