@@ -505,14 +505,14 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
             if not pairs:
                 continue
             orders, seeds = len(next(iter(pairs.values()))), len(pairs)
-            aa, fm = summarize(pairs, "AA"), summarize(pairs, "FM")
+            aa, fm, bwt = summarize(pairs, "AA"), summarize(pairs, "FM"), summarize(pairs, "BWT")
             tested = not all(d is None or d.bounds is None for d in (aa, fm))
             if not tested:   # records without per-example predictions
                 judged = ("is not tested (no intervals: the runs predate per-example predictions): " + ", ".join(
-                    f"Δ{m} {d.text(signed=True)}" for m, d in (("AA", aa), ("FM", fm)) if d is not None))
+                    f"Δ{m} {d.text(signed=True)}" for m, d in (("AA", aa), ("FM", fm), ("BWT", bwt)) if d is not None))
             else:
                 judged = (f"{_judged(aa, 'AA', 'is more accurate', 'is less accurate', 'accuracy')} and "
-                          f"{_judged(fm, 'FM', 'forgets more', 'forgets less', 'forgetting')}")
+                          f"{_judged(fm, 'FM', 'forgets more', 'forgets less', 'forgetting', beside=bwt)}")
             lines.append(f"{title}, against {lab} ({orders} order{'s' * (orders > 1)} × {seeds} "
                          f"seed{'s' * (seeds > 1)}): {PAIRED_TARGET} {judged}."
                          + (" One seed: its intervals cover the test examples only, not how training varies from "
@@ -521,14 +521,22 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
     return lines
 
 
-def _judged(d: Summary | None, metric: str, up: str, down: str, what: str) -> str:
+def _judged(d: Summary | None, metric: str, up: str, down: str, what: str, beside: Summary | None = None) -> str:
+    """`beside`: BWT's difference, stated with FM's (* = its interval excludes 0): FM takes a maximum over rows,
+    so test-example noise lifts it, while BWT has no such bias. A significant ΔFM that BWT does not bear out
+    (BWT's interval covers 0 or points the other way) is said to rest on FM alone."""
     if d is None:
         return f"has no {what} to compare"
-    delta = f"Δ{metric} {d.text(signed=True)}"
+    delta = f"Δ{metric} {d.text(signed=True)}" + (f"; ΔBWT {beside.text(signed=True, mark=True)}"
+                                                  if beside is not None else "")
     if d.bounds is None:
         return f"is not tested on {what} ({delta}: the runs predate per-example predictions, so no interval)"
     if stats.excludes_zero(d.bounds):   # the interval's side, not the point's (a bootstrap may not cover it)
-        return f"{up if stats.above_zero(d.bounds) else down} ({delta})"
+        side = up if stats.above_zero(d.bounds) else down
+        if beside is not None and beside.bounds is not None and not (
+                stats.excludes_zero(beside.bounds) and stats.above_zero(beside.bounds) != stats.above_zero(d.bounds)):
+            side += f" by {metric} only, which BWT does not bear out"   # BWT rises as FM falls
+        return f"{side} ({delta})"
     return f"shows no significant difference in {what} ({delta})"
 
 
@@ -880,7 +888,9 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
     if any(verdicts.values()):
         lines += [f"## What these runs support about {PAIRED_TARGET}", "",
                   f"From the paired table: {PAIRED_TARGET} minus each continual learner on the same orders, seeds "
-                  "and test examples; significant = the 95% interval excludes 0; ΔFM < 0 = it forgets less.", ""]
+                  "and test examples; significant = the 95% interval excludes 0; ΔFM < 0 = it forgets less; ΔBWT, "
+                  "stated beside it, has not FM's upward noise bias (ΔBWT > 0 = it forgets less; * = significant).",
+                  ""]
         for protocol, lines_of in verdicts.items():
             if lines_of:
                 lines += ([f"{protocol}:", ""] if len(verdicts) > 1 else []) + [f"- {v}" for v in lines_of] + [""]

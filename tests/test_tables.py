@@ -1,6 +1,7 @@
 """Tables from hand-made run directories with known matrices: every number checked by hand."""
 import json
 import os
+import re
 
 import pytest
 
@@ -555,6 +556,14 @@ def test_the_verdict_takes_its_direction_from_the_interval_and_its_mark_from_the
     touching = Summary(mean=1.0, std=None, bounds=(0.003, 2.0), values=2)
     assert touching.text(signed=True, mark=True) == "+1.00 [0.00, 2.00]"
     assert _judged(touching, "AA", "up", "down", "accuracy").startswith("shows no significant difference")
+    # FM significantly lower: forgets less, unless BWT (which rises as FM falls) does not bear it out
+    fm = Summary(mean=-6.0, std=None, bounds=(-10.0, -2.0), values=2)
+    agrees, covers, opposes = (Summary(mean=m, std=None, bounds=b, values=2)
+                               for m, b in ((5.0, (1.0, 9.0)), (2.0, (-2.0, 6.0)), (-3.0, (-5.0, -1.0))))
+    assert _judged(fm, "FM", "more", "forgets less", "forgetting", beside=agrees).startswith("forgets less (ΔFM")
+    for bwt in (covers, opposes):
+        assert _judged(fm, "FM", "more", "forgets less", "forgetting", beside=bwt).startswith(
+            "forgets less by FM only, which BWT does not bear out (ΔFM -6.00 [-10.00, -2.00]; ΔBWT ")
 
 
 def test_a_folders_preface_opens_its_readme_and_survives_a_rebuild(runs, tmp_path):
@@ -593,6 +602,8 @@ def test_a_verdict_on_one_seed_says_its_interval_leaves_out_the_seed(tmp_path):
     line = next(ln for ln in readme.splitlines() if ln.startswith("- Orders 1-3, against seq_lora"))
     assert "(1 order × 1 seed)" in line and "forgets less" in line and "One seed: its intervals cover the test " \
         "examples only" in line
+    # BWT's difference beside FM's: seq_lora falls 90 -> 30 on task a, craft 90 -> 80, so craft's BWT is 50 higher
+    assert re.search(r"ΔFM -50\.00 \[[^]]*\]; ΔBWT \+50\.00 \[[^]]*\] \*\)", line), line
     make_run(root, "craft", "craft", "1", 2, seq(80.0, 90.0), n_test=20)
     make_run(root, "seq_lora", "seq_lora", "1", 2, seq(30.0, 90.0), n_test=20)
     write_tables(root, out, figures=False)
