@@ -75,7 +75,7 @@ class CRAFT(Method):
                    "regulariser and KL-based stopping, folded into the group by a KL-chosen merge")
     SHARES_TRAIN_PREFIX = False   # its edits sit on the last prompt positions; its own cache holds the backbone's
     # runs recorded before 2026-12-01 trained without warm-up and kept the state at which the budget stop fired
-    ADDED_SETTINGS = {"warmup": 0, "budget_stop": "keep", "auto_layers": 4}
+    ADDED_SETTINGS = {"warmup": 0, "budget_stop": "keep", "auto_layers": 4, "warmup_for": "joining", "decay": "none"}
     SETTINGS = {
         "lr": (4e-3, "learning rate of the interventions"),
         "epochs": (Method.SETTINGS["epochs"][0], "maximum passes over a task's examples (convergence may stop "
@@ -105,6 +105,11 @@ class CRAFT(Method):
         "warmup": (0, "steps of linear learning-rate warm-up (lr * step / warmup) for a task that joins an existing "
                       "group: Adam's first steps move every coordinate by about the learning rate, however small the "
                       "gradient, and the group's earlier tasks feel that at once; 0 = none"),
+        "warmup_for": ("joining", "the tasks that warm up: joining = a task that continues a group; all = every task, "
+                                  "as LoReFT's own recipe warms up every run (pyreft examples/loreft: warmup ratio "
+                                  "0.06-0.1)", ("joining", "all")),
+        "decay": ("none", "learning rate after the warm-up: none = constant; linear = down to 0 at the task's last "
+                          "scheduled step (epochs x batches), LoReFT's linear schedule", ("none", "linear")),
         "budget_stop": ("keep", "when the anchor KL reaches the budget: keep = the state training reached (the merge "
                                 "then weighs it down); rewind = the last state whose anchor KL was measured within "
                                 "the budget", ("keep", "rewind")),
@@ -245,6 +250,8 @@ class CRAFT(Method):
         self._within = None   # (updates taken, state) last measured within the budget (budget_stop=rewind)
         anchors = rng.sample(examples, min(len(examples), int(self.settings["anchors_per_task"])))
         self._new_anchors = [ex.prompt_ids for ex in anchors]
+        batch = int(self.settings["batch_size"])   # the training loop's count, which decay=linear runs down to 0
+        self._scheduled_steps = (len(examples) + batch - 1) // batch * int(self.settings["epochs"])
 
     def trainable_parameters(self):
         return list(self.current.parameters()) if self.current is not None else []
@@ -298,9 +305,14 @@ class CRAFT(Method):
         return loss, parts
 
     def learning_rate(self, task, step):
-        lr, warmup = float(self.settings["lr"]), int(self.settings["warmup"])
-        if warmup > 0 and self._group.tasks:   # the task continues a group: protect its earlier tasks' edit
-            return lr * min(1.0, step / warmup)
+        lr = float(self.settings["lr"])
+        # joining: only a task that continues a group warms up (its earlier tasks feel Adam's first steps at once)
+        warms = bool(self._group.tasks) or self.settings["warmup_for"] == "all"
+        warmup = int(self.settings["warmup"]) if warms else 0
+        if step <= warmup:
+            return lr * step / warmup
+        if self.settings["decay"] == "linear":   # n steps after the warm-up's peak: lr * (n - k + 1) / (n + 1) on the k-th
+            return lr * max(0, self._scheduled_steps - step + 1) / (self._scheduled_steps - warmup + 1)
         return lr
 
     def _stop_rule(self, step) -> tuple[int, str] | None:

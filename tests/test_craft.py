@@ -414,6 +414,27 @@ def test_warmup_ramps_the_learning_rate_only_for_a_task_that_joins_a_group(token
     m.hooks.remove()
 
 
+def test_warmup_for_every_task_and_linear_decay_follow_loreft_schedule(tokenizer):
+    """warmup=2, warmup_for=all, decay=linear, 8 steps a task (batch 1): every task, its group's first too, takes
+    lr/2, lr, then 6/7 ... 1/7 of lr; decay=linear alone (warmup 0) starts a group's first task at 8/9."""
+    lr = 0.01
+    warm = [lr / 2, lr] + [lr * k / 7 for k in range(6, 0, -1)]
+    for settings, first, second in (({"warmup": "2", "warmup_for": "all"}, warm, warm),
+                                    ({"warmup": "2"}, [lr * k / 9 for k in range(8, 0, -1)], warm)):
+        m, examples = _craft_and_examples(tokenizer, routing="single", batch_size="1", lr=str(lr), decay="linear",
+                                          min_steps="100", forgetting_budget="1e9", kl_term="false", **settings)
+        assert len(examples) == 8
+        for index, (name, expected) in enumerate((("bbc", first), ("bbc_again", second))):
+            task = TaskContext(index=index, name=name, tasks=["bbc", "bbc_again"])
+            taken = []
+            m.before_task(task, examples)
+            fit(m, task, examples, seed=1, pad_id=tokenizer.pad_token_id, progress=False,
+                log=lambda event, **f: taken.append(f.get("lr", lr)) if event == "step" else None)
+            m.after_task(task, examples)
+            assert taken == pytest.approx(expected), (settings, name)
+        m.hooks.remove()
+
+
 @pytest.mark.parametrize("mode", ["keep", "rewind"])
 def test_budget_stop_keeps_the_reached_state_or_rewinds_to_the_last_within_budget(tokenizer, mode):
     """Scripted anchor KLs 0.1, 0.2, 5.0 against a budget of 1: training stops after update 3; rewind keeps the
