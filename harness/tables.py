@@ -527,7 +527,7 @@ def _judged(d: Summary | None, metric: str, up: str, down: str, what: str, besid
     (BWT's interval covers 0 or points the other way) is said to rest on FM alone."""
     if d is None:
         return f"has no {what} to compare"
-    delta = f"Δ{metric} {d.text(signed=True)}" + (f"; ΔBWT {beside.text(signed=True, mark=True)}"
+    delta = f"Δ{metric} {d.text(signed=True, mark=True)}" + (f"; ΔBWT {beside.text(signed=True, mark=True)}"
                                                   if beside is not None else "")
     if d.bounds is None:
         return f"is not tested on {what} ({delta}: the runs predate per-example predictions, so no interval)"
@@ -889,7 +889,7 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
         lines += [f"## What these runs support about {PAIRED_TARGET}", "",
                   f"From the paired table: {PAIRED_TARGET} minus each continual learner on the same orders, seeds "
                   "and test examples; significant = the 95% interval excludes 0; ΔFM < 0 = it forgets less; ΔBWT, "
-                  "stated beside it, has not FM's upward noise bias (ΔBWT > 0 = it forgets less; * = significant).",
+                  "stated beside it, has not FM's upward noise bias (ΔBWT > 0 = it forgets less); * = significant.",
                   ""]
         for protocol, lines_of in verdicts.items():
             if lines_of:

@@ -108,8 +108,8 @@ class CRAFT(Method):
         "warmup_for": ("joining", "the tasks that warm up: joining = a task that continues a group; all = every task, "
                                   "as LoReFT's own recipe warms up every run (pyreft examples/loreft: warmup ratio "
                                   "0.06-0.1)", ("joining", "all")),
-        "decay": ("none", "learning rate after the warm-up: none = constant; linear = down to 0 at the task's last "
-                          "scheduled step (epochs x batches), LoReFT's linear schedule", ("none", "linear")),
+        "decay": ("none", "learning rate after the warm-up: none = constant; linear = down towards 0 over the task's "
+                          "scheduled steps (epochs x batches; lr/(n+1) on the last of n), LoReFT's linear schedule", ("none", "linear")),
         "budget_stop": ("keep", "when the anchor KL reaches the budget: keep = the state training reached (the merge "
                                 "then weighs it down); rewind = the last state whose anchor KL was measured within "
                                 "the budget", ("keep", "rewind")),
@@ -250,7 +250,7 @@ class CRAFT(Method):
         self._within = None   # (updates taken, state) last measured within the budget (budget_stop=rewind)
         anchors = rng.sample(examples, min(len(examples), int(self.settings["anchors_per_task"])))
         self._new_anchors = [ex.prompt_ids for ex in anchors]
-        batch = int(self.settings["batch_size"])   # the training loop's count, which decay=linear runs down to 0
+        batch = int(self.settings["batch_size"])   # the training loop's count, over which decay=linear runs down
         self._scheduled_steps = (len(examples) + batch - 1) // batch * int(self.settings["epochs"])
 
     def trainable_parameters(self):

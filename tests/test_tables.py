@@ -563,7 +563,7 @@ def test_the_verdict_takes_its_direction_from_the_interval_and_its_mark_from_the
     assert _judged(fm, "FM", "more", "forgets less", "forgetting", beside=agrees).startswith("forgets less (ΔFM")
     for bwt in (covers, opposes):
         assert _judged(fm, "FM", "more", "forgets less", "forgetting", beside=bwt).startswith(
-            "forgets less by FM only, which BWT does not bear out (ΔFM -6.00 [-10.00, -2.00]; ΔBWT ")
+            "forgets less by FM only, which BWT does not bear out (ΔFM -6.00 [-10.00, -2.00] *; ΔBWT ")
 
 
 def test_a_folders_preface_opens_its_readme_and_survives_a_rebuild(runs, tmp_path):
@@ -603,7 +603,7 @@ def test_a_verdict_on_one_seed_says_its_interval_leaves_out_the_seed(tmp_path):
     assert "(1 order × 1 seed)" in line and "forgets less" in line and "One seed: its intervals cover the test " \
         "examples only" in line
     # BWT's difference beside FM's: seq_lora falls 90 -> 30 on task a, craft 90 -> 80, so craft's BWT is 50 higher
-    assert re.search(r"ΔFM -50\.00 \[[^]]*\]; ΔBWT \+50\.00 \[[^]]*\] \*\)", line), line
+    assert re.search(r"ΔFM -50\.00 \[[^]]*\] \*; ΔBWT \+50\.00 \[[^]]*\] \*\)", line), line
     make_run(root, "craft", "craft", "1", 2, seq(80.0, 90.0), n_test=20)
     make_run(root, "seq_lora", "seq_lora", "1", 2, seq(30.0, 90.0), n_test=20)
     write_tables(root, out, figures=False)
