@@ -435,6 +435,42 @@ def test_warmup_for_every_task_and_linear_decay_follow_loreft_schedule(tokenizer
         m.hooks.remove()
 
 
+def test_budget_check_all_confirms_a_batch_kl_on_every_anchor_before_stopping(tokenizer):
+    """The anchor batch's KL is scripted at 5 (over the budget of 1) on every step. budget_check=batch stops after
+    the first update; all measures the reached state on all the group's anchors instead, and stops only when that
+    reaches the budget: never at a learning rate too small to move the edit, at once at a budget of ~0."""
+    def second_task(lr, budget, check):
+        m, examples = _craft_and_examples(tokenizer, routing="single", batch_size="2", min_steps="100", lr=lr,
+                                          forgetting_budget=budget, budget_check=check, merge="false")
+        tasks_ = ["bbc", "bbc_again"]
+        m.before_task(TaskContext(index=0, name="bbc", tasks=tasks_), examples)
+        fit(m, TaskContext(index=0, name="bbc", tasks=tasks_), examples, seed=1, pad_id=tokenizer.pad_token_id,
+            progress=False)
+        m.after_task(TaskContext(index=0, name="bbc", tasks=tasks_), examples)
+        second = TaskContext(index=1, name="bbc_again", tasks=tasks_)
+        m.before_task(second, examples)
+        m._anchor_kl = lambda: torch.tensor(5.0)
+        reached = []
+        after_step = m.after_step
+        m.after_step = lambda task, step: (reached.append(copy.deepcopy(m.current)), after_step(task, step))
+        steps = fit(m, second, examples, seed=1, pad_id=tokenizer.pad_token_id, progress=False)["steps"]
+        m.after_task(second, examples)
+        trace = m.diagnostics["training"]["bbc_again"]
+        whole = [float(kl(m._prior_logp, m._batched_logprobs(m._anchor_prompts, state)).mean()) for state in reached]
+        m.hooks.remove()
+        return steps, trace, whole
+
+    steps, trace, _ = second_task("1e-8", "1.0", "batch")
+    assert steps == 1 and trace["stop_reason"].startswith("KL 5.0000 reached") and "kl_checks" not in trace
+    steps, trace, whole = second_task("1e-8", "1.0", "all")
+    assert steps == 4 and trace["stop_reason"] == "epochs done"   # 8 examples, batch 2: every step ran
+    assert [s for s, _ in trace["kl_checks"]] == [1, 2, 3, 4]
+    assert [v for _, v in trace["kl_checks"]] == pytest.approx(whole, abs=1e-6) and max(whole) < 1e-3
+    steps, trace, whole = second_task("0.05", "1e-9", "all")
+    assert steps == 1 and trace["kl_checks"] == [[1, pytest.approx(whole[0], abs=1e-6)]]
+    assert trace["stop_reason"].startswith(f"KL {whole[0]:.4f} on all 4 anchors (batch 5.0000) reached")
+
+
 @pytest.mark.parametrize("mode", ["keep", "rewind"])
 def test_budget_stop_keeps_the_reached_state_or_rewinds_to_the_last_within_budget(tokenizer, mode):
     """Scripted anchor KLs 0.1, 0.2, 5.0 against a budget of 1: training stops after update 3; rewind keeps the
