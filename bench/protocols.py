@@ -210,10 +210,15 @@ def main(argv=None) -> int:
         if not finished:
             raise UsageError("no finished run among those named")
         results, failed = [], []
-        for path in finished:   # one run that cannot be measured (no weights, changed data) is left out, and said so
+        for k, path in enumerate(finished):   # a run that cannot be measured (no weights, changed data) is left out
             try:
                 results.append(measured(path, a.again, progress=True))
             except UsageError as e:
+                if path not in str(e):   # not the run's own (the model cannot load): every run would fail alike
+                    failed += finished[k:]
+                    print(f"stopped: {e} (not particular to {path}: {len(finished) - k} run(s) not measured)",
+                          file=sys.stderr)
+                    break
                 failed.append(path)
                 print(f"left out: {e}", file=sys.stderr)
         if not results:

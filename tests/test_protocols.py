@@ -130,3 +130,20 @@ def test_a_run_that_cannot_be_measured_is_left_out_of_the_report_not_the_end_of_
     assert "| seq_lora+lr=0.5 | 1 |" in text and f"1 run(s): {bare}." in text
     assert script.main([bare, "--out", str(tmp_path / "none.md")]) == 2   # nothing measurable: no report
     assert not os.path.exists(str(tmp_path / "none.md"))
+
+
+def test_a_failure_common_to_every_run_stops_at_the_first(runs, tmp_path, capsys, monkeypatch):
+    from core.errors import UsageError
+    script = bench_script("protocols")
+    calls = []
+
+    def unloadable(*args, **kwargs):
+        calls.append(args)
+        raise UsageError("--model /gone: no such folder")
+    monkeypatch.setattr(script, "load_model", unloadable)
+    out = str(tmp_path / "report.md")
+    assert script.main([runs["seq_lora", "rank"], runs["craft", "rank"], "--again", "--out", out]) == 2
+    assert len(calls) == 1   # not tried once per run
+    err = capsys.readouterr().err
+    assert "stopped: --model /gone: no such folder" in err and "2 run(s) not measured" in err
+    assert not os.path.exists(out)
