@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -216,6 +217,21 @@ def current_settings(method: str | None, recorded: dict | None) -> dict | None:
     from methods import discover
     cls = discover().get(method) if isinstance(recorded, dict) else None
     return recorded if cls is None else cls.recorded_settings(recorded)
+
+
+def moved_settings(config: dict) -> dict:
+    """{setting: (what the run recorded, what its method and method_args resolve to today)} for the recorded
+    settings whose value moved since the run (a default changed); {} for a method or setting this code lacks."""
+    from methods import discover
+    cls = discover().get(config.get("method"))
+    recorded = recorded_value(config, "settings")
+    if cls is None or not isinstance(recorded, dict):
+        return {}
+    try:
+        now = json.loads(json.dumps(cls.resolve_settings(config.get("method_args") or {})))   # as a record holds it
+    except UsageError:
+        return {}
+    return {k: (v, now[k]) for k, v in recorded.items() if k in now and now[k] != v}
 
 
 def setup_of(config: dict) -> tuple:

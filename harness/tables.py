@@ -17,7 +17,7 @@ import pandas as pd
 from core.errors import UsageError
 from harness import metrics as metrics_mod
 from harness import stats
-from harness.config import FIELDS, SETUP, names, recorded_value, setup_of, spell_options
+from harness.config import FIELDS, SETUP, moved_settings, names, recorded_value, setup_of, spell_options
 from harness.rundir import RunDir, atomic_write
 
 MISSING = "–"
@@ -869,6 +869,21 @@ def machines_line(runs) -> str:
 PREFACE = "preface.md"   # a results folder's own note, put at the top of its README
 
 
+def moved_settings_line(runs: list[Run]) -> str | None:
+    """The methods whose runs here were made before one of their settings moved (a default tuned since): a
+    label names what it ran with at the time, not what a sweep of it would run today."""
+    moved: dict[str, dict] = {}
+    for r in runs:
+        for key, (then, now) in moved_settings(r.config).items():
+            moved.setdefault(r.label, {})[key] = (then, now)
+    if not moved:
+        return None
+    return ("- Settings that moved since these runs were made (each row is what its runs ran with; a sweep of the "
+            "same label today would run the new value and refuse these runs as stale): " + "; ".join(
+                f"{label}: " + ", ".join(f"{k} {then} (today {now})" for k, (then, now) in sorted(keys.items()))
+                for label, keys in sorted(moved.items())) + ".")
+
+
 def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks: dict, verdicts: dict) -> str:
     s = dict(zip(SETUP_KEYS, setup))
     created = sorted(r.config.get("created", "") for r in runs)
@@ -910,6 +925,9 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
              f"{sum(r.card['timing']['eval_seconds'] for r in runs) / 3600:.2f} h).",
              "- CPUs: " + machines_line(runs) + ".",
              "- Every run is listed, with its metrics, in `runs.csv`."]
+    moved = moved_settings_line(runs)
+    if moved:
+        lines.append(moved)
     if unfinished:
         lines.append(f"- Unfinished runs, not in any table ({len(unfinished)}): " +
                      ", ".join(f"`{os.path.relpath(u, root)}`" for u in unfinished) + ".")

@@ -1,6 +1,7 @@
 """Tables from hand-made run directories with known matrices: every number checked by hand."""
 import json
 import os
+import shutil
 import re
 
 import pytest
@@ -608,3 +609,18 @@ def test_a_verdict_on_one_seed_says_its_interval_leaves_out_the_seed(tmp_path):
     make_run(root, "seq_lora", "seq_lora", "1", 2, seq(30.0, 90.0), n_test=20)
     write_tables(root, out, figures=False)
     assert "One seed" not in open(os.path.join(out, "README.md")).read()
+
+
+def test_a_default_that_moved_since_the_runs_is_named(tmp_path):
+    from methods import get_method
+    default_lr = get_method("seq_lora").resolve_settings({})["lr"]
+    root = str(tmp_path / "runs")
+    make_run(root, "seq_lora", "seq_lora", "1", 1, seq(60.0, 90.0), settings={"lr": default_lr * 4})
+    make_run(root, "replay", "replay", "1", 1, seq(70.0, 90.0), settings={"lr": default_lr})
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    line = next(ln for ln in open(os.path.join(out, "README.md")).read().splitlines() if "moved since" in ln)
+    assert f"seq_lora: lr {default_lr * 4} (today {default_lr})" in line and "replay" not in line
+    shutil.rmtree(os.path.join(root, "seq_lora"))   # only replay's run is left, made at today's lr
+    write_tables(root, out, figures=False)
+    assert "moved since" not in open(os.path.join(out, "README.md")).read()
