@@ -49,9 +49,10 @@ def final_row(config: dict, status: dict) -> str:
     return "all" if "all" in status["rows"] else config["tasks"][-1]
 
 
-def measure(path: str, progress: bool = False) -> dict:
+def measure(path: str, progress: bool = False, unloadable: dict | None = None) -> dict:
     """One run's final state under both protocols: per task, rank accuracy (from the record) and the generated
-    answers sorted into KINDS (counts)."""
+    answers sorted into KINDS (counts). Every error names the run. `unloadable`: {(model, device): why} of the
+    models that failed to load for earlier runs, filled here, so a grid's model is not tried once per run."""
     run = RunDir(path)
     status = run.status()
     if not status or status.get("state") != "finished":
@@ -62,19 +63,31 @@ def measure(path: str, progress: bool = False) -> dict:
     if recorded_value(config, "eval") != "rank":
         raise UsageError(f"{path} was evaluated with --eval {config['eval']}: its record holds no rank answers")
     data_dir = config.get("data_dir") if config.get("data_dir") and os.path.isdir(config["data_dir"]) else None
-    data = {n: tasks.load_task(n, data_dir, config["train_per_task"], config["test_per_task"], config["seed"],
-                               config.get("eval_split", "test")) for n in config["tasks"]}
+    try:
+        data = {n: tasks.load_task(n, data_dir, config["train_per_task"], config["test_per_task"], config["seed"],
+                                   config.get("eval_split", "test")) for n in config["tasks"]}
+        method_cls = get_method(config["method"])
+    except UsageError as e:
+        raise UsageError(f"{path}: {e}") from None
     for name, d in data.items():   # the same examples the run answered (a data folder gone or changed is not)
         gold = config["data"][name].get("gold")
         if gold is not None and encode_labels([d.labels.index(ex.label) for ex in d.test]) != gold:
             raise UsageError(f"{path}: {name}'s evaluation examples here are not the ones the run answered "
                              "(its data folder changed or is missing on this machine)")
-    model, tok = load_model(config["model"], config.get("device", "cpu"))
+    unloadable = {} if unloadable is None else unloadable
+    key = (config["model"], config.get("device", "cpu"))
+    if key not in unloadable:
+        try:
+            model, tok = load_model(*key)
+        except UsageError as e:
+            unloadable[key] = str(e)
+    if key in unloadable:
+        raise UsageError(f"{path}: {unloadable[key]}")
     encoder = PromptEncoder(tok, config["max_input_tokens"])
     batch, dtype = recorded_value(config, "eval_batch_size"), recorded_value(config, "dtype")
     evaluator = Evaluator(encoder, data, "generate", batch, dtype, progress=False)
-    method = get_method(config["method"])(model, tok, recorded_value(config, "settings"), config["seed"],
-                                          cache_mb=config.get("cache_mb", 0) if config.get("cache") == "on" else 0)
+    method = method_cls(model, tok, recorded_value(config, "settings"), config["seed"],
+                        cache_mb=config.get("cache_mb", 0) if config.get("cache") == "on" else 0)
     method.setup()
     method.load_state_dict(run.load_checkpoint(map_location=method.device))
     row = status["rows"][final_row(config, status)]
@@ -113,7 +126,7 @@ RECORD = "protocols.json"
 RECORD_VERSION = 1   # raise when measure() or the sorting of answers changes: kept measurements are then redone
 
 
-def measured(path: str, again: bool = False, progress: bool = False) -> dict:
+def measured(path: str, again: bool = False, progress: bool = False, unloadable: dict | None = None) -> dict:
     """measure(path), kept in the run's folder; a kept measurement is reused unless `again`, or unless it was made
     by another version of this script or of another run in that folder (its finishing time differs)."""
     run = RunDir(path)
@@ -122,7 +135,7 @@ def measured(path: str, again: bool = False, progress: bool = False) -> dict:
         kept = run.read_json(RECORD)
         if kept.get("stamp") == stamp:
             return kept
-    result = {**measure(path, progress), "stamp": stamp}
+    result = {**measure(path, progress, unloadable), "stamp": stamp}
     write_json(run.file(RECORD), result)
     return result
 
@@ -210,15 +223,11 @@ def main(argv=None) -> int:
         if not finished:
             raise UsageError("no finished run among those named")
         results, failed = [], []
-        for k, path in enumerate(finished):   # a run that cannot be measured (no weights, changed data) is left out
+        unloadable: dict = {}   # a model that cannot load is tried once, not once per run
+        for path in finished:   # a run that cannot be measured (no weights, changed data) is left out, and said so
             try:
-                results.append(measured(path, a.again, progress=True))
+                results.append(measured(path, a.again, progress=True, unloadable=unloadable))
             except UsageError as e:
-                if path not in str(e):   # not the run's own (the model cannot load): every run would fail alike
-                    failed += finished[k:]
-                    print(f"stopped: {e} (not particular to {path}: {len(finished) - k} run(s) not measured)",
-                          file=sys.stderr)
-                    break
                 failed.append(path)
                 print(f"left out: {e}", file=sys.stderr)
         if not results:
