@@ -63,7 +63,7 @@ def joining_steps(craft: CRAFT, stream: list[str], train: dict, steps: int, seed
                                  "flips": int((was_l.argmax(-1) != now_l.argmax(-1)).sum()), "anchors": len(prior),
                                  "task_loss": craft._losses[-1]})
                 if step >= steps:
-                    craft._stop = (step, "probe")
+                    craft._stop = (step, f"the probe's --steps {steps}")
             craft.after_step = after_step
             craft.settings = {**craft.settings, "forgetting_budget": HELD_OFF}
         fit(craft, ctx, train[name], seed=seed * 1000 + k, pad_id=pad_id, progress=False)
@@ -72,17 +72,21 @@ def joining_steps(craft: CRAFT, stream: list[str], train: dict, steps: int, seed
         else:
             craft.after_task(ctx, train[name])
         print(f"{name}: trained", file=sys.stderr)
-    return rows, craft.diagnostics["routing"][stream[-1]], label_ids
+    ended = craft._stop[1] if craft._stop is not None else "epochs done"
+    return rows, craft.diagnostics["routing"][stream[-1]], label_ids, ended
 
 
-def would_stop(rows: list[dict], budget: float) -> dict:
-    """The step after which each budget_check stops at `budget` (None: not within the steps shown)."""
+def would_stop(rows: list[dict], budget: float, kl_term: bool = True) -> dict:
+    """The step after which each budget_check stops at `budget` (None: not within the steps shown, or never:
+    without the KL term craft has no budget stop)."""
+    if not kl_term:
+        return {"batch": None, "all": None}
     batch = next((r["step"] for r in rows if r["batch_kl"] >= budget), None)
     every = next((r["step"] for r in rows if r["batch_kl"] >= budget and r["all_kl"] >= budget), None)
     return {"batch": batch, "all": every}
 
 
-def report(rows, routing, label_ids, budget, command) -> str:
+def report(rows, routing, label_ids, budget, kl_term, ended, command) -> str:
     lines = ["# A task joining a CRAFT group", "", f"`{command}`", "",
              f"Routing of the joining task: {routing}. Label tokens of the group's tasks (first answer tokens): "
              f"{label_ids}.", "",
@@ -90,10 +94,12 @@ def report(rows, routing, label_ids, budget, command) -> str:
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['step']} | {r['batch_kl']:.3f} | {r['all_kl']:.3f} | {r['label_kl']:.3f} | "
               f"{r['flips']}/{r['anchors']} | {r['task_loss']:.3f} |" for r in rows]
-    stop = would_stop(rows, budget)
+    stop = would_stop(rows, budget, kl_term)
     said = {k: (f"after step {v}" if v is not None else f"not within {len(rows)} steps") for k, v in stop.items()}
-    lines += ["", f"At forgetting_budget {budget}: budget_check=batch stops {said['batch']}; budget_check=all "
-              f"{said['all']}. The batch KL of step k is measured on the state after update k-1; the other columns "
+    lines += ["", f"The joining task's training ended after step {rows[-1]['step']}: {ended}. At forgetting_budget "
+              f"{budget}"
+              + ("" if kl_term else " (kl_term=false: craft has no budget stop)") +
+              f": budget_check=batch stops {said['batch']}; budget_check=all {said['all']}. The batch KL of step k is measured on the state after update k-1; the other columns "
               "on the state after update k.", ""]
     return "\n".join(lines)
 
@@ -126,13 +132,13 @@ def main(argv=None) -> int:
     craft = CRAFT(model, tok, CRAFT.resolve_settings(settings), a.seed, cache_mb=512)
     craft.setup()
     started = time.time()
-    rows, routing, label_ids = joining_steps(craft, stream, train, a.steps, a.seed, tok.pad_token_id)
+    rows, routing, label_ids, ended = joining_steps(craft, stream, train, a.steps, a.seed, tok.pad_token_id)
     if not rows:
         print(f"error: {stream[-1]} opened its own group ({routing['reason']}): nothing to protect, no KL to follow",
               file=sys.stderr)
         return 2
     command = "python bench/craft_joining.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(rows, routing, label_ids, budget, command)
+    text = report(rows, routing, label_ids, budget, bool(craft.settings["kl_term"]), ended, command)
     print(f"{time.time() - started:.0f} s", file=sys.stderr)
     if a.out:
         atomic_write(a.out, text)

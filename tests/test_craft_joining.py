@@ -22,7 +22,7 @@ def test_joining_report_follows_the_stop_rules_measures(tmp_path, capsys):
     batch, every = [r[1] for r in rows], [r[2] for r in rows]
     assert batch[0] == 0.0   # before the first update the edit is the group's: no divergence
     assert batch[1:] == pytest.approx(every[:-1], abs=2e-3)   # the table rounds to 3 decimals
-    assert "'group': 0" in text and "At forgetting_budget 0.5" in text
+    assert "'group': 0" in text and "ended after step 3: the probe's --steps 3. At forgetting_budget 0.5" in text
 
 
 def test_would_stop_names_the_first_step_each_check_fires():
@@ -32,3 +32,4 @@ def test_would_stop_names_the_first_step_each_check_fires():
     # the grouped stream's CB: batch stops on step 2's transient; all waits for a state that stays over budget
     assert would_stop(rows, 1.0) == {"batch": 2, "all": 4}
     assert would_stop(rows, 5.0) == {"batch": None, "all": None}
+    assert would_stop(rows, 1.0, kl_term=False) == {"batch": None, "all": None}   # no KL term, no budget stop
