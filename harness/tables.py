@@ -689,7 +689,10 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
     # Like for like: a method's rows only on the (order, seed) cells where one of its variants ran, so a variant
     # run on one seed is never set against the default's mean over more seeds or orders.
     scoped_parts, sections = [], []
-    paired = {"ΔAA vs default ↑": {}, "ΔFM vs default ↓": {}, "pairs": {}}
+    # one paired block per block of orders the variants ran (a variant run on two offline seeds and one seed of
+    # another stream would otherwise show only the offline pairs, which outnumber the other's)
+    blocks = blocks_for(set(frame.order[frame.method.isin(varied) & (frame.label != frame.method)]))
+    paired = {title: {"ΔAA vs default ↑": {}, "ΔFM vs default ↓": {}, "pairs": {}} for title, _ in blocks}
     for method in varied:
         ablated = frame[(frame.method == method) & (frame.label != method)]
         cells_run = pd.MultiIndex.from_frame(ablated[["order", "seed"]])
@@ -697,7 +700,9 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
         scoped_parts.append(mine)
         sections.append((None if len(varied) == 1 else method, sort_labels(set(mine.label))))
         for lab in sort_labels(set(ablated.label)):
-            add_paired_cells(paired, lab, most_pairs(runs, lab, method), ("ΔAA vs default ↑", "ΔFM vs default ↓"))
+            for title, members in blocks:
+                add_paired_cells(paired[title], lab, most_pairs(runs, lab, method, members),
+                                 ("ΔAA vs default ↑", "ΔFM vs default ↓"))
     scoped = pd.concat(scoped_parts)
     all_cells = pd.MultiIndex.from_frame(scoped[["order", "seed"]])
     refs = [r for r in references if r in set(frame.label) and r not in set(scoped.label)]
@@ -711,8 +716,10 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
     per_order = mean_std(scoped.groupby(["label", "order"])[["AA", "BWT", "FM"]]).unstack()
     columns = {(f"Order {o}", heading): per_order.get((value, o))
                for o in orders for value, heading in (("AA", "AA ↑"), ("BWT", "BWT ↑"), ("FM", "FM ↓"))}
-    for heading, values in paired.items():
-        columns[("Against the default", heading)] = pd.Series(values, dtype=object)
+    for title, cells in paired.items():
+        for heading, values in cells.items():
+            group = "Against the default" + ("" if len(blocks) == 1 else f", {title}")
+            columns[(group, heading)] = pd.Series(values, dtype=object)
     columns[("", "trainable params")] = (scoped.drop_duplicates("label").set_index("label")
                                          .trainable_parameters.map("{:,}".format))
     columns[("", "wall s/run")] = spread(scoped.groupby("label").wall_seconds, 0)
@@ -720,7 +727,7 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
              f"{'s' if len(orders) > 1 else ''} {', '.join(orders)}; {seeds_text} in all), so the rows compare the "
              "same streams; references, to the cells where any variant ran. AA, BWT, FM: mean ± std over those seeds. "
              "Against the default: the variant minus its method with default "
-             "settings, paired on the same orders, seeds and test examples (pairs = orders × seeds); "
+             "settings, paired on the same orders, seeds and test examples (pairs = orders × seeds), per block of orders; "
              f"{BOOTSTRAP_NOTE} * = the interval excludes 0. Trainable params: per run. Wall s/run: median "
              "[min–max] over the row's runs in the table."]
     notes += [n for n in (missing_predictions_note([r for r in runs if r.label in set(scoped.label)]),) if n]

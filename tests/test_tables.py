@@ -474,6 +474,31 @@ def test_every_method_with_variants_is_paired_against_its_default_on_the_same_ex
     assert cells["seq_lora"][4] == cells["craft"][4] == "–"   # the defaults themselves
 
 
+def test_a_variants_difference_is_given_per_block_so_a_one_seed_stream_is_not_hidden(tmp_path):
+    """craft [lr=0.01] on order 1 with seeds 1 and 2 (level with the default) and on offline1 with seed 1 (20
+    points better): pooled, the two order-1 pairs outnumber the offline one and hide it; per block both show."""
+    root = str(tmp_path / "runs")
+    for seed in (1, 2):
+        make_run(root, "craft", "craft", "1", seed, seq(75.0, 85.0), n_test=20, params=10)
+        make_run(root, "craft+lr=0.01", "craft", "1", seed, seq(75.0, 85.0), args={"lr": "0.01"}, n_test=20,
+                 params=10)
+    make_run(root, "craft", "craft", "offline1", 1, seq(60.0, 70.0), n_test=20, params=10)
+    make_run(root, "craft+lr=0.01", "craft", "offline1", 1, seq(80.0, 90.0), args={"lr": "0.01"}, n_test=20,
+             params=10)
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    abl = open(os.path.join(out, "ablations.md")).read()
+    header = next(ln for ln in abl.splitlines() if ln.startswith("| Method"))
+    heads = [h.strip() for h in header.strip("|").split("|")]
+    row = next([c.strip() for c in ln.strip("|").split("|")] for ln in abl.splitlines()
+               if ln.startswith("| craft [lr=0.01]"))
+    cell = dict(zip(heads, row))
+    assert cell["Against the default, Orders 1-3: ΔAA vs default ↑"] == "+0.00 [0.00, 0.00]"
+    assert cell["Against the default, Orders 1-3: pairs"] == "1 × 2"
+    assert cell["Against the default, Offline orders: ΔAA vs default ↑"].startswith("+20.00 [")
+    assert cell["Against the default, Offline orders: pairs"] == "1 × 1"
+
+
 def test_a_comparison_takes_the_orders_every_seed_ran_where_that_gives_more_pairs(tmp_path):
     """Seeds 1 and 2 on offline1-2, seed 1 alone on offline3: craft against seq_lora on 2 orders x 2 seeds (4
     pairs), not on 3 orders x seed 1 (3 pairs); the same for the forgetting check."""
