@@ -727,7 +727,8 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
              f"{'s' if len(orders) > 1 else ''} {', '.join(orders)}; {seeds_text} in all), so the rows compare the "
              "same streams; references, to the cells where any variant ran. AA, BWT, FM: mean ± std over those seeds. "
              "Against the default: the variant minus its method with default "
-             "settings, paired on the same orders, seeds and test examples (pairs = orders × seeds), per block of orders; "
+             "settings, paired on the same orders, seeds and test examples (pairs = orders × seeds), per block "
+             "of orders; "
              f"{BOOTSTRAP_NOTE} * = the interval excludes 0. Trainable params: per run. Wall s/run: median "
              "[min–max] over the row's runs in the table."]
     notes += [n for n in (missing_predictions_note([r for r in runs if r.label in set(scoped.label)]),) if n]

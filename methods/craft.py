@@ -110,7 +110,8 @@ class CRAFT(Method):
                                   "as LoReFT's own recipe warms up every run (pyreft examples/loreft: warmup ratio "
                                   "0.06-0.1)", ("joining", "all")),
         "decay": ("none", "learning rate after the warm-up: none = constant; linear = down towards 0 over the task's "
-                          "scheduled steps (epochs x batches; lr/(n+1) on the last of n), LoReFT's linear schedule", ("none", "linear")),
+                          "scheduled steps (epochs x batches; lr/(n+1) on the last of n), LoReFT's linear schedule",
+                  ("none", "linear")),
         "budget_check": ("batch", "what the budget stop reads: batch = the step's anchor-batch KL (anchor_batch "
                                   "prompts); all = once that reaches the budget, the KL of the state the step reached "
                                   "on every anchor of the group (as the merge measures it) decides, so one batch of "
@@ -317,7 +318,7 @@ class CRAFT(Method):
         warmup = int(self.settings["warmup"]) if warms else 0
         if step <= warmup:
             return lr * step / warmup
-        if self.settings["decay"] == "linear":   # n steps after the warm-up's peak: lr * (n - k + 1) / (n + 1) on the k-th
+        if self.settings["decay"] == "linear":   # the k-th of n steps after the warm-up: lr * (n - k + 1) / (n + 1)
             return lr * max(0, self._scheduled_steps - step + 1) / (self._scheduled_steps - warmup + 1)
         return lr
 
