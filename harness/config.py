@@ -219,16 +219,21 @@ def current_settings(method: str | None, recorded: dict | None) -> dict | None:
     return recorded if cls is None else cls.recorded_settings(recorded)
 
 
+def resolved_settings(method: str, args: dict) -> dict:
+    """A method's settings for `args` as a run's record holds them (through JSON: tuples become lists), so they
+    compare with recorded ones. UsageError for a method or setting this code lacks."""
+    from methods import get_method
+    return json.loads(json.dumps(get_method(method).resolve_settings(args)))
+
+
 def moved_settings(config: dict) -> dict:
     """{setting: (what the run recorded, what its method and method_args resolve to today)} for the recorded
     settings whose value moved since the run (a default changed); {} for a method or setting this code lacks."""
-    from methods import discover
-    cls = discover().get(config.get("method"))
     recorded = recorded_value(config, "settings")
-    if cls is None or not isinstance(recorded, dict):
+    if not isinstance(recorded, dict):
         return {}
     try:
-        now = json.loads(json.dumps(cls.resolve_settings(config.get("method_args") or {})))   # as a record holds it
+        now = resolved_settings(config.get("method"), config.get("method_args") or {})
     except UsageError:
         return {}
     return {k: (v, now[k]) for k, v in recorded.items() if k in now and now[k] != v}

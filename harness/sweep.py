@@ -102,9 +102,9 @@ def plan(runs: str, methods: list[str], orders: list[str], seeds: list[str],
     """Cells in the order they run: seed-major, so a sweep cut short still covers every method and order.
     `shared` holds the run options every cell takes (sizes, model, data); the cell sets the rest."""
     import tasks
-    from methods import get_method
+
     def resolved(spec: MethodSpec) -> dict:   # a typo fails now, not an hour into the sweep
-        return json.loads(json.dumps(get_method(spec.name).resolve_settings(dict(spec.args))))
+        return config.resolved_settings(spec.name, dict(spec.args))
 
     specs = [same_as_existing(runs, MethodSpec.parse(m), resolved) for m in methods]
     settings = {spec: resolved(spec) for spec in specs}

@@ -271,6 +271,10 @@ class CRAFT(Method):
         cur = self._answer_logprobs([self._anchor_prompts[i] for i in idx], self.current, grad=True)
         return kl(self._prior_logp[idx], cur).mean()
 
+    def _kl_on_anchors(self, state: InterventionSet) -> float:
+        """Mean KL(prior || state) over every anchor of the group: what the merge and budget_check=all measure."""
+        return float(kl(self._prior_logp, self._batched_logprobs(self._anchor_prompts, state)).mean())
+
     def _tail_loss(self, batch) -> torch.Tensor:
         """answer_loss on the edited prompt tails + answers on top of the cached backbone heads. Each answer's last
         token is not fed (it predicts nothing), and the vocabulary projection runs on the answer-predicting
@@ -329,8 +333,7 @@ class CRAFT(Method):
             if self.settings["budget_check"] == "batch":
                 return step, f"KL {self._kls[-1]:.4f} reached the forgetting budget {budget}"
             # all: the state this step reached, on every anchor of the group (what the merge measures)
-            with torch.no_grad():
-                whole = float(kl(self._prior_logp, self._batched_logprobs(self._anchor_prompts, self.current)).mean())
+            whole = self._kl_on_anchors(self.current)
             trace.setdefault("kl_checks", []).append([step, round(whole, 6)])
             if whole >= budget:
                 return step, (f"KL {whole:.4f} on all {len(self._anchor_prompts)} anchors (batch "
@@ -370,7 +373,7 @@ class CRAFT(Method):
             group.state = copy.deepcopy(self.current)
             info.update(weight=1.0, reason="merge=false" if group.tasks else "first task of its group")
             if self._anchor_prompts:
-                info["kl_after"] = round(float(kl(self._prior_logp, self._batched_logprobs(self._anchor_prompts, group.state)).mean()), 6)
+                info["kl_after"] = round(self._kl_on_anchors(group.state), 6)
         else:
             budget = float(self.settings["forgetting_budget"])
             n = max(1, int(self.settings["merge_grid"]))
@@ -379,7 +382,7 @@ class CRAFT(Method):
             for k in range(n + 1):
                 a = 1.0 - k / n
                 merged, err = interpolate(self._prior_state, self.current, a, self.merged_rank)
-                kl_a = float(kl(self._prior_logp, self._batched_logprobs(self._anchor_prompts, merged)).mean())
+                kl_a = self._kl_on_anchors(merged)
                 tried.append({"weight": round(a, 4), "kl": round(kl_a, 6), "truncation_error": round(err, 6)})
                 if kl_a <= budget:
                     chosen = (a, merged, kl_a)
