@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_options(s, config.SWEEP)
     s.add_argument("--dry-run", action="store_true",
                    help="print the grid, what is left and its cost at the medians of the finished runs here; run nothing")
-    s.add_argument("--costs-from", metavar="RUNS",
-                   help="--dry-run: cost the cells left at the medians of this folder's finished runs (default: --runs)")
+    s.add_argument("--costs-from", metavar="RUNS[,RUNS...]",
+                   help="--dry-run: cost the cells left at the medians of these folders' finished runs, pooled "
+                        "(default: --runs)")
     s.add_argument("--print-commands", action="store_true",
                    help="print one shell command per unfinished cell (for another scheduler, e.g. a Slurm array), "
                         "run nothing")
@@ -225,12 +226,15 @@ def cmd_sweep(a) -> int:
                        sweep.split_list(a.seeds, "seeds"), shared)
     _check_machine(typed)   # the grid's typos first: they cost nothing; the model's tokenizer loads here
     check_base_cache(os.path.join(a.runs, "base-cache.json"))
-    if a.costs_from and not a.dry_run:
+    # a folder named twice would count its runs twice
+    costs_from = list(dict.fromkeys(sweep.split_list(a.costs_from, "costs-from"))) if a.costs_from else None
+    if costs_from and not a.dry_run:
         raise UsageError("--costs-from goes with --dry-run")
-    if a.costs_from and not os.path.isdir(a.costs_from):
-        raise UsageError(f"--costs-from {a.costs_from} is not a folder")
+    for folder in costs_from or []:
+        if not os.path.isdir(folder):
+            raise UsageError(f"--costs-from {folder} is not a folder")
     if a.dry_run:
-        print("\n".join(sweep.dry_run_lines(a.runs, cells, a.costs_from)))
+        print("\n".join(sweep.dry_run_lines(a.runs, cells, costs_from)))
         return 0
     if a.print_commands:   # what the local engine would run, in its order
         sweep.check_cells(a.runs, cells)

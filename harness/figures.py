@@ -197,7 +197,8 @@ def remove_stale(folder: str, written: list[str]) -> list[str]:
     that the figures folder always matches the tables. Only its own file names are touched."""
     keep = {os.path.abspath(p) for p in written}
     removed = []
-    for sub, pattern in (("heatmaps", ""), ("", "stream-")):
+    # aa_vs_: the Pareto plots, whose earlier name (aa_vs_params) outlived them in two committed folders
+    for sub, pattern in (("heatmaps", ""), ("", "stream-"), ("", "aa_vs_")):
         where = os.path.join(folder, sub)
         if not os.path.isdir(where):
             continue

@@ -257,13 +257,17 @@ class CostModel:
     skipped: int = 0                     # finished runs of another setup (sizes, model, protocol), left out
 
     @classmethod
-    def read(cls, runs: str, like: BenchConfig | None = None) -> "CostModel":
-        """`like`: read only runs made with this config's setup (COST_SETUP)."""
+    def read(cls, runs: str | list[str], like: BenchConfig | None = None) -> "CostModel":
+        """`runs`: a folder of runs, or several, pooled (a method spec's medians over all their runs). `like`: read
+        only runs made with this config's setup (COST_SETUP)."""
         train: dict[str, dict[str, list[float]]] = {}
         per_cell: dict[str, list[float]] = {}
         base: list[float] = []
         count = skipped = 0
-        for path in sorted(glob.glob(os.path.join(glob.escape(runs), "*", "*", "seed*"))):   # <label>/<order>/seed<n>
+        folders = [runs] if isinstance(runs, str) else runs
+        paths = [path for folder in folders   # <label>/<order>/seed<n>
+                 for path in sorted(glob.glob(os.path.join(glob.escape(folder), "*", "*", "seed*")))]
+        for path in paths:
             label, run = os.path.basename(os.path.dirname(os.path.dirname(path))), RunDir(path)
             try:
                 status = run.status()
@@ -363,16 +367,15 @@ def _base_scored(runs: str) -> set[str]:
         return set()
 
 
-def grid_costs(runs: str, cells: list[Cell], costs_from: str | None = None):
-    """(the cost model, [(cell, state, seconds left or None)]) at the medians of the runs this folder (or
-    `costs_from`, a folder of runs) has finished with the grid's setup. The base row is charged once per task
+def grid_costs(runs: str, cells: list[Cell], costs_from: list[str] | None = None):
+    """(the cost model, [(cell, state, seconds left or None)]) at the medians of the runs this folder (or the
+    folders `costs_from` names, pooled) has finished with the grid's setup. The base row is charged once per task
     the folder's base-cache lacks, to the first cell left that needs it (the sweep's runs share it)."""
     import tasks
-    source = costs_from or runs
-    model = CostModel.read(source, cells[0].config if cells else None)
+    model = CostModel.read(costs_from or runs, cells[0].config if cells else None)
     if costs_from and not model.runs:
-        raise UsageError(f"--costs-from {costs_from}: no finished run with this grid's setup there (a sweep's "
-                         "--runs folder holds <method>/<order>/seed<n>/ run directories)")
+        raise UsageError(f"--costs-from {','.join(costs_from)}: no finished run with this grid's setup there (a "
+                         "sweep's --runs folder holds <method>/<order>/seed<n>/ run directories)")
     base_left = set() if model.base_per_cell is None else \
         {t for c in cells for t in tasks.get_order(c.config.order)} - _base_scored(runs)
     costs = []
@@ -387,12 +390,12 @@ def grid_costs(runs: str, cells: list[Cell], costs_from: str | None = None):
     return model, costs
 
 
-def dry_run_lines(runs: str, cells: list[Cell], costs_from: str | None = None) -> list[str]:
+def dry_run_lines(runs: str, cells: list[Cell], costs_from: list[str] | None = None) -> list[str]:
     """`sweep --dry-run`: each cell's state and the cost of each cell left (grid_costs); the last line sums what
     is left, one cell after another."""
     import tasks
     model, costs = grid_costs(runs, cells, costs_from)
-    source = costs_from or runs
+    source = " and ".join(costs_from or [runs])
     lines = [f"{state:>8}  {cell.out}" + (f"  ~{hours(seconds)}" if seconds is not None else "")
              for cell, state, seconds in costs]
     left = [(cell, seconds) for cell, state, seconds in costs if state != "finished"]

@@ -283,6 +283,26 @@ def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, ca
     assert main(["sweep", "--methods", "seq_lora", "--orders", longer, "--seeds", "1", "--runs", empty,
                  "--model", "smollm2-135m", "--dry-run", "--costs-from", runs]) == 2   # no run of this setup there
     assert f"--costs-from {runs}: no finished run with this grid's setup there" in capsys.readouterr().err
+    # several folders pool their runs: replay, costed nowhere in `runs`, is costed from a second folder
+    more = str(tmp_path / "more")
+    _finished_run(os.path.join(more, "replay", ORDER, "seed1"),
+                  {"base": {"eval_seconds": 0.0}, "bbc": {"train_seconds": 50.0, "eval_seconds": 4.0},
+                   "hutto_amazon": {"train_seconds": 70.0, "eval_seconds": 6.0}},
+                  {"base": {"accuracy": two, "reused": ["bbc", "hutto_amazon"]}, "bbc": {"accuracy": two},
+                   "hutto_amazon": {"accuracy": two}})
+    pooled = CostModel.read([runs, more], like)
+    assert pooled.runs == model.runs + 1 and pooled.train["replay"] == {"bbc": 50.0, "hutto_amazon": 70.0}
+    assert pooled.train["seq_lora"] == model.train["seq_lora"] and pooled.per_cell["replay"] == 2.5
+    assert main(["sweep", "--methods", "seq_lora,replay", "--orders", longer, "--seeds", "1", "--runs", empty,
+                 "--matrix", "needed", "--model", "tiny-llama", "--dry-run",
+                 "--costs-from", f"{runs},{more},{runs}"]) == 0
+    # seq_lora 104 s, replay 50 + 70 + 60 s and 8 cells at 2.5 s, the 3 base cells 6 s: 310 s
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(f"left: 2 of 2 run(s), about 5 min one after another, at the medians of the {pooled.runs} "
+                           f"finished run(s) in {runs} and {more} ") and "not estimated" not in last
+    assert main(["sweep", "--methods", "seq_lora", "--orders", longer, "--seeds", "1", "--runs", empty,
+                 "--model", "tiny-llama", "--dry-run", "--costs-from", f"{runs},{tmp_path / 'nowhere'}"]) == 2
+    assert f"--costs-from {tmp_path / 'nowhere'} is not a folder" in capsys.readouterr().err
 
 
 def test_a_setting_added_since_a_run_was_recorded_leaves_the_run_current(tmp_path):

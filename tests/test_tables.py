@@ -226,9 +226,13 @@ def test_mixed_setups_are_refused_and_figures_are_written(runs, tmp_path):
     # a run moved away takes its figures with it (the order-3 curve too: craft was the only run on it)
     import shutil
     shutil.rmtree(os.path.join(runs, "craft", "3"))
+    for name in ("aa_vs_params.png", "notes.txt"):   # a Pareto plot under a name no longer written; not a figure
+        open(os.path.join(out, "figures", name), "w").close()
     info = write_tables(runs, out, figures=True)
     assert not any(os.path.exists(os.path.join(out, "figures", name)) for name in
-                   ("heatmaps/craft-3-seed1.png", "heatmaps/craft-3-seed1.pdf", "stream-3.png", "stream-3.pdf"))
+                   ("heatmaps/craft-3-seed1.png", "heatmaps/craft-3-seed1.pdf", "stream-3.png", "stream-3.pdf",
+                    "aa_vs_params.png"))
+    assert os.path.exists(os.path.join(out, "figures", "notes.txt"))
     assert os.path.exists(os.path.join(out, "figures", "heatmaps", "craft-1-seed1.png"))
     make_run(runs, "replay", "replay", "1", 1, seq(1.0, 1.0), model="other-model")
     with pytest.raises(UsageError, match="mix 2 setups"):
