@@ -295,7 +295,7 @@ def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, ca
     assert pooled.train["seq_lora"] == model.train["seq_lora"] and pooled.per_cell["replay"] == 2.5
     assert main(["sweep", "--methods", "seq_lora,replay", "--orders", longer, "--seeds", "1", "--runs", empty,
                  "--matrix", "needed", "--model", "tiny-llama", "--dry-run",
-                 "--costs-from", f"{runs},{more},{runs}"]) == 0
+                 "--costs-from", f"{runs},{more},{runs}/"]) == 0
     # seq_lora 104 s, replay 50 + 70 + 60 s and 8 cells at 2.5 s, the 3 base cells 6 s: 310 s
     last = capsys.readouterr().out.splitlines()[-1]
     assert last.startswith(f"left: 2 of 2 run(s), about 5 min one after another, at the medians of the {pooled.runs} "
