@@ -1,0 +1,72 @@
+"""bench/craft_groups.py reads what training did to each CRAFT task and its group from run records alone."""
+import json
+import os
+
+import pytest
+from conftest import bench_script
+
+ORDER = ["a", "b", "c"]
+
+
+def _run(root, label, seed, rows, diagnostics=None, method="craft", state="finished"):
+    """A run record in the sweep layout: rows = [base, after a, after b, after c] as {task: accuracy}."""
+    path = os.path.join(root, label, "a+b+c", f"seed{seed}")
+    os.makedirs(path)
+    names = ["base"] + ORDER
+    with open(os.path.join(path, "status.json"), "w") as f:
+        json.dump({"state": state, "rows": {n: {"accuracy": r} for n, r in zip(names, rows) if r is not None}}, f)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({"method": method, "tasks": ORDER}, f)
+    with open(os.path.join(path, "method.json"), "w") as f:
+        json.dump({"diagnostics": diagnostics or {}}, f)
+    return path
+
+
+# a and c share group 0, b opens group 1; c stops on the budget, merged at weight 0.6
+DIAGNOSTICS = {"routing": {"a": {"group": 0}, "b": {"group": 1}, "c": {"group": 0}},
+               "training": {"a": {"stop_step": 25, "stop_reason": "epochs done"},
+                            "b": {"stop_step": 12, "stop_reason": "task loss settled (0.5 -> 0.5 over 5-step windows)"},
+                            "c": {"stop_step": 2, "stop_reason": "KL 4.0269 reached the forgetting budget 1.0"}},
+               "merge": {"a": {"weight": 1.0}, "b": {"weight": 1.0}, "c": {"weight": 0.6, "kl_after": 0.85}}}
+CRAFT_ROWS = [{"a": 50, "b": 40, "c": 30}, {"a": 80, "b": 45}, {"a": 78, "b": 70, "c": 60},
+              {"a": 60, "b": 69, "c": 55}]
+
+
+def test_gains_and_group_change_come_from_the_matrix(tmp_path, capsys):
+    groups = bench_script("craft_groups")
+    root = str(tmp_path / "runs")
+    craft = _run(root, "craft", 1, CRAFT_ROWS, DIAGNOSTICS)
+    _run(root, "seq_lora", 1, [{"a": 50, "b": 40, "c": 30}, {"a": 90, "b": 40}, {"a": 70, "b": 85, "c": 35},
+                               {"a": 60, "b": 70, "c": 80}], method="seq_lora")
+    a, b, c = groups.task_records(craft, reference="seq_lora")
+    # a opens group 0: 50 -> 80; b opens group 1: 45 -> 70; c joins a's group: 60 -> 55, and a goes 78 -> 60
+    assert (a["joins"], a["gain"], a["group_change"], a["reference_gain"]) == (False, 30, None, 40)
+    assert (b["joins"], b["gain"], b["why"], b["reference_gain"]) == (False, 25, "settled", 45)
+    assert (c["joins"], c["earlier"], c["gain"], c["group_change"]) == (True, ["a"], -5, -18)
+    assert (c["why"], c["weight"], c["reference_gain"]) == ("budget (KL 4.03)", 0.6, 45)
+    joins, opens = groups.summary([a, b, c])
+    assert (joins["joins"], joins["tasks"], joins["gain"], joins["stopped_early"]) == (True, 1, -5, 1)
+    assert (opens["tasks"], opens["gain"], opens["paired"], opens["reference_gain"]) == (2, 27.5, 2, 42.5)
+    # the second seed has no reference run: it counts in the means, not in the paired columns
+    _run(root, "craft", 2, CRAFT_ROWS[:3] + [{"a": 70, "b": 69, "c": 75}], DIAGNOSTICS)
+    _run(root, "craft", 3, CRAFT_ROWS, DIAGNOSTICS, state="running")   # left out, and said so
+    out = tmp_path / "groups.md"
+    runs = [os.path.join(root, "craft", "a+b+c", f"seed{s}") for s in (1, 2, 3)]
+    assert groups.main(runs + [os.path.join(root, "seq_lora", "a+b+c", "seed1"), "--reference", "seq_lora",
+                               "--out", str(out)]) == 0
+    assert "seed3: not finished, left out" in capsys.readouterr().err
+    text = out.read_text()
+    # joins: -5 (seed 1) and +15 (seed 2, 60 -> 75): mean +5.00; group Δ -18 and -8; paired: seed 1 only
+    assert "| craft | yes | 2 | +5.00 | -13.00 | 2 | 1 | -5.00 | +45.00 |" in text
+    assert "| 60 -> 55 (-5) | -18.00 | +45 |" in text
+
+
+def test_no_craft_run_or_no_run_is_an_error(tmp_path, capsys):
+    groups = bench_script("craft_groups")
+    other = _run(str(tmp_path), "seq_lora", 1, CRAFT_ROWS, method="seq_lora")
+    assert groups.main([other]) == 2
+    assert "no finished CRAFT run among those given" in capsys.readouterr().err
+    assert groups.main([str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: not a run directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        groups.main([])
