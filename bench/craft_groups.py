@@ -2,11 +2,13 @@
 
 For every task of every CRAFT run given: its group, whether it opened the group or joined one, the step its
 training stopped at and why, the weight its merge took, and, from the accuracy matrix, its own accuracy before
-its training (the row before, R[t-1][t]) and after (R[t][t]), and the mean change its training made to its
-group's earlier tasks (R[t][j] - R[t-1][j] over those tasks j). A joining task whose own accuracy falls while
-it trains, or whose group's earlier tasks fall, shows here at once. `--reference seq_lora` puts beside each row
-the own gain of the same task in that method's run of the same stream and seed (sweep layout:
-<runs>/<label>/<order>/seed<n>). The last table averages per configuration, joins and group openers apart.
+its training (the row before, R[t-1][t]: the model as test-time routing then used it, so for a joining task its
+group's edit) and after (R[t][t]), and the mean change its training made to its group's earlier tasks
+(R[t][j] - R[t-1][j] over those tasks j). A joining task whose own accuracy falls while it trains, or whose
+group's earlier tasks fall, shows here at once. `--reference seq_lora` puts beside each row the own gain of the
+same task in that method's run of the same stream and seed (sweep layout: <runs>/<label>/<order>/seed<n>, looked
+up in the CRAFT run's own folder of runs, or in `--reference-runs`). The first table averages per configuration
+and stream, joins and group openers apart.
 
     python bench/craft_groups.py results/val/tuning/runs/craft*/*/seed* --reference seq_lora \\
         --out results/val/tuning/craft_groups.md
@@ -35,8 +37,9 @@ def own_gain(rows: list[dict], k: int, task: str) -> tuple[float | None, float |
     return rows[k].get(task), rows[k + 1].get(task)
 
 
-def task_records(path: str, reference: str | None = None) -> list[dict]:
-    """One dict per task of a finished CRAFT run (see the module's docstring); [] for a run of another method."""
+def task_records(path: str, reference: str | None = None, reference_runs: str | None = None) -> list[dict]:
+    """One dict per task of a finished CRAFT run (see the module's docstring); [] for a run of another method.
+    reference_runs: the folder of runs holding the reference's run (default: the one holding `path`)."""
     run = RunDir(path)
     status = run.status()
     if status is None:
@@ -52,29 +55,31 @@ def task_records(path: str, reference: str | None = None) -> list[dict]:
     routing, training, merge = (diagnostics.get(k) or {} for k in ("routing", "training", "merge"))
     rows = accuracy_rows(status, order)
     ref_rows = None
-    if reference:   # <runs>/<label>/<order>/seed<n> -> <runs>/<reference>/<order>/seed<n>
+    if reference:   # <runs>/<label>/<order>/seed<n> -> <reference runs>/<reference>/<order>/seed<n>
         seed_dir, order_dir = os.path.basename(os.path.normpath(path)), os.path.dirname(os.path.normpath(path))
-        other = RunDir(os.path.join(os.path.dirname(os.path.dirname(order_dir)), reference,
+        other = RunDir(os.path.join(reference_runs or os.path.dirname(os.path.dirname(order_dir)), reference,
                                     os.path.basename(order_dir), seed_dir))
         other_status = other.status()
-        if other_status and other_status.get("state") == "finished":
+        if other_status and other_status.get("state") == "finished" and \
+                all(name in other_status["rows"] for name in order):   # a joint run (mtl) has no row per task
             ref_rows = accuracy_rows(other_status, order)
     records = []
     for k, task in enumerate(order):
-        group = routing.get(task, {}).get("group")
-        earlier = [t for t in order[:k] if routing.get(t, {}).get("group") == group]
+        group = routing.get(task, {}).get("group")   # None: the record does not say (no join claimed)
+        earlier = [] if group is None else [t for t in order[:k] if routing.get(t, {}).get("group") == group]
         before, after = own_gain(rows, k, task)
         changes = [rows[k + 1][t] - rows[k][t] for t in earlier if t in rows[k] and t in rows[k + 1]]
         ref = own_gain(ref_rows, k, task) if ref_rows else (None, None)
         trace = training.get(task, {})
         records.append({
-            "run": path, "task": task, "group": group, "joins": bool(earlier), "earlier": earlier,
+            "run": path, "order": os.path.basename(os.path.dirname(os.path.normpath(path))), "task": task,
+            "group": group, "joins": bool(earlier), "earlier": earlier,
             "steps": trace.get("stop_step"), "why": short_reason(trace.get("stop_reason")),
             "weight": merge.get(task, {}).get("weight"), "kl_after": merge.get(task, {}).get("kl_after"),
             "before": before, "after": after,
             "gain": None if before is None or after is None else after - before,
             "group_change": statistics.mean(changes) if changes else None,
-            "reference_gain": None if None in ref else ref[1] - ref[0]})
+            "reference_gain": None if None in ref else ref[1] - ref[0], "reference_found": ref_rows is not None})
     return records
 
 
@@ -103,16 +108,17 @@ def _mean(records: list[dict], key: str) -> float | None:
 
 
 def summary(records: list[dict]) -> list[dict]:
-    """Per configuration, joins and group openers apart: the mean own gain, its group's mean change, how many
-    stopped before their epochs ran out; and, over the tasks the reference also ran, both own gains (paired)."""
+    """Per configuration and stream (order), joins and group openers apart: the mean own gain, its group's mean
+    change, how many stopped before their epochs ran out; and, over the tasks the reference also ran, both own
+    gains (paired)."""
     out = []
-    for label in sorted({label_of(r["run"]) for r in records}):
+    for label, order in sorted({(label_of(r["run"]), r["order"]) for r in records}):
         for joins in (True, False):
-            mine = [r for r in records if label_of(r["run"]) == label and r["joins"] == joins]
+            mine = [r for r in records if (label_of(r["run"]), r["order"]) == (label, order) and r["joins"] == joins]
             if not mine:
                 continue
             paired = [r for r in mine if r["gain"] is not None and r["reference_gain"] is not None]
-            out.append({"label": label, "joins": joins, "tasks": len(mine), "gain": _mean(mine, "gain"),
+            out.append({"label": label, "order": order, "joins": joins, "tasks": len(mine), "gain": _mean(mine, "gain"),
                         "group_change": _mean(mine, "group_change"),
                         "stopped_early": sum(1 for r in mine if r["why"].startswith(("budget", "settled"))),
                         "paired": len(paired), "paired_gain": _mean(paired, "gain"),
@@ -127,10 +133,11 @@ def report(records: list[dict], reference: str | None) -> str:
              "which already holds its group's edit for a task that joins). Group Δ = the mean change the task's "
              "training made to the earlier tasks of its group. Written by `bench/craft_groups.py`.", "",
              "## Per configuration", "",
-             f"| configuration | joins a group | tasks | mean own gain | mean group Δ | stopped early | paired: tasks "
-             f"| paired: own gain | paired: {ref} |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| configuration | stream | joins a group | tasks | mean own gain | mean group Δ | stopped early "
+             f"| paired: tasks "
+             f"| paired: own gain | paired: {ref} |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary(records):
-        lines.append(f"| {s['label']} | {'yes' if s['joins'] else 'no (opens it)'} | {s['tasks']} | "
+        lines.append(f"| {s['label']} | {s['order']} | {'yes' if s['joins'] else 'no (opens it)'} | {s['tasks']} | "
                      f"{_fmt(s['gain'], sign=True)} | {_fmt(s['group_change'], sign=True)} | {s['stopped_early']} | "
                      f"{s['paired']} | {_fmt(s['paired_gain'], sign=True)} | {_fmt(s['reference_gain'], sign=True)} |")
     lines += ["", "Stopped early: the forgetting budget or the settled-loss rule ended the training (at the epoch's "
@@ -154,16 +161,30 @@ def main(argv=None) -> int:
     p.add_argument("runs", nargs="+", help="finished run directories (other methods' runs are skipped)")
     p.add_argument("--reference", help="a method label whose run of the same stream and seed gives each task's "
                                        "own gain beside CRAFT's (sweep layout)")
+    p.add_argument("--reference-runs", metavar="DIR", help="the folder of runs holding the reference's runs "
+                                                          "(default: each CRAFT run's own)")
     p.add_argument("--out", help="write the report here (markdown); default: print it")
     a = p.parse_args(argv)
+    if a.reference_runs and not os.path.isdir(a.reference_runs):
+        print(f"craft_groups: --reference-runs {a.reference_runs} is not a folder", file=sys.stderr)
+        return 2
+    paths, seen = [], set()
+    for path in a.runs:   # a run given twice (overlapping globs, run and run/) counts once
+        if os.path.realpath(path) not in seen:
+            seen.add(os.path.realpath(path))
+            paths.append(path)
     try:
-        records = [r for path in a.runs for r in task_records(path, a.reference)]
+        records = [r for path in paths for r in task_records(path, a.reference, a.reference_runs)]
     except UsageError as e:
         print(f"craft_groups: {e}", file=sys.stderr)
         return 2
     if not records:
         print("craft_groups: no finished CRAFT run among those given", file=sys.stderr)
         return 2
+    missing = sorted({r["run"] for r in records if not r["reference_found"]})
+    if a.reference and missing:   # the paired columns leave them out
+        print(f"craft_groups: no finished {a.reference} run of the same stream and seed (one row per task) for "
+              f"{len(missing)} of {len({r['run'] for r in records})} CRAFT run(s), e.g. {missing[0]}", file=sys.stderr)
     text = report(records, a.reference)
     if a.out:
         atomic_write(a.out, text)

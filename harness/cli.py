@@ -226,9 +226,7 @@ def cmd_sweep(a) -> int:
                        sweep.split_list(a.seeds, "seeds"), shared)
     _check_machine(typed)   # the grid's typos first: they cost nothing; the model's tokenizer loads here
     check_base_cache(os.path.join(a.runs, "base-cache.json"))
-    # a folder named twice would count its runs twice
-    costs_from = list(dict.fromkeys(os.path.normpath(f) for f in sweep.split_list(a.costs_from, "costs-from"))) \
-        if a.costs_from else None
+    costs_from = sweep.split_list(a.costs_from, "costs-from") if a.costs_from else None
     if costs_from and not a.dry_run:
         raise UsageError("--costs-from goes with --dry-run")
     for folder in costs_from or []:

@@ -244,6 +244,17 @@ def pending(cells: list[Cell]) -> list[Cell]:
 COST_SETUP = tuple(n for n in config.names(config.SETUP) if n != "eval_split")
 
 
+def distinct_folders(folders: list[str]) -> list[str]:
+    """The folders in their order, each once: one named under two spellings (runs/, a link, an absolute path)
+    would count its runs twice."""
+    kept, seen = [], set()
+    for folder in folders:
+        if os.path.realpath(folder) not in seen:
+            seen.add(os.path.realpath(folder))
+            kept.append(folder)
+    return kept
+
+
 @dataclass
 class CostModel:
     """What finished runs in a sweep's folder took, per method spec (its folder label): the median training
@@ -264,7 +275,7 @@ class CostModel:
         per_cell: dict[str, list[float]] = {}
         base: list[float] = []
         count = skipped = 0
-        folders = [runs] if isinstance(runs, str) else runs
+        folders = distinct_folders([runs] if isinstance(runs, str) else runs)
         paths = [path for folder in folders   # <label>/<order>/seed<n>
                  for path in sorted(glob.glob(os.path.join(glob.escape(folder), "*", "*", "seed*")))]
         for path in paths:
@@ -395,7 +406,7 @@ def dry_run_lines(runs: str, cells: list[Cell], costs_from: list[str] | None = N
     is left, one cell after another."""
     import tasks
     model, costs = grid_costs(runs, cells, costs_from)
-    source = " and ".join(costs_from or [runs])
+    source = " and ".join(distinct_folders(costs_from) if costs_from else [runs])
     lines = [f"{state:>8}  {cell.out}" + (f"  ~{hours(seconds)}" if seconds is not None else "")
              for cell, state, seconds in costs]
     left = [(cell, seconds) for cell, state, seconds in costs if state != "finished"]

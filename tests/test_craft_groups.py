@@ -52,13 +52,30 @@ def test_gains_and_group_change_come_from_the_matrix(tmp_path, capsys):
     _run(root, "craft", 3, CRAFT_ROWS, DIAGNOSTICS, state="running")   # left out, and said so
     out = tmp_path / "groups.md"
     runs = [os.path.join(root, "craft", "a+b+c", f"seed{s}") for s in (1, 2, 3)]
-    assert groups.main(runs + [os.path.join(root, "seq_lora", "a+b+c", "seed1"), "--reference", "seq_lora",
-                               "--out", str(out)]) == 0
-    assert "seed3: not finished, left out" in capsys.readouterr().err
+    # seed 1 given twice (a second spelling): counted once
+    assert groups.main(runs + [runs[0] + "/", os.path.join(root, "seq_lora", "a+b+c", "seed1"),
+                               "--reference", "seq_lora", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "seed3: not finished, left out" in err
+    assert "no finished seq_lora run of the same stream and seed (one row per task) for 1 of 2 CRAFT run(s)" in err
     text = out.read_text()
     # joins: -5 (seed 1) and +15 (seed 2, 60 -> 75): mean +5.00; group Δ -18 and -8; paired: seed 1 only
-    assert "| craft | yes | 2 | +5.00 | -13.00 | 2 | 1 | -5.00 | +45.00 |" in text
-    assert "| 60 -> 55 (-5) | -18.00 | +45 |" in text
+    assert "| craft | a+b+c | yes | 2 | +5.00 | -13.00 | 2 | 1 | -5.00 | +45.00 |" in text
+    assert text.count("| 60 -> 55 (-5) | -18.00 | +45 |") == 1
+    # the reference may live in another folder of runs (own gains there: a +10, b +10, c +20)
+    elsewhere = str(tmp_path / "elsewhere")
+    _run(elsewhere, "seq_lora", 2, [{"a": 1, "b": 2, "c": 3}, {"a": 11, "b": 2}, {"b": 12, "c": 13}, {"c": 33}],
+         method="seq_lora")
+    a2, b2, c2 = groups.task_records(runs[1], "seq_lora", elsewhere)
+    assert (a2["reference_gain"], b2["reference_gain"], c2["reference_gain"]) == (10, 10, 20)
+
+
+def test_a_record_without_routing_claims_no_join(tmp_path):
+    groups = bench_script("craft_groups")
+    path = _run(str(tmp_path), "craft", 1, CRAFT_ROWS, {"training": DIAGNOSTICS["training"]})
+    records = groups.task_records(path)
+    assert [r["joins"] for r in records] == [False, False, False] and records[2]["group_change"] is None
+    assert [r["why"] for r in records] == ["epochs", "settled", "budget (KL 4.03)"]
 
 
 def test_no_craft_run_or_no_run_is_an_error(tmp_path, capsys):

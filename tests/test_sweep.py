@@ -299,7 +299,8 @@ def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, ca
     # seq_lora 104 s, replay 50 + 70 + 60 s and 8 cells at 2.5 s, the 3 base cells 6 s: 310 s
     last = capsys.readouterr().out.splitlines()[-1]
     assert last.startswith(f"left: 2 of 2 run(s), about 5 min one after another, at the medians of the {pooled.runs} "
-                           f"finished run(s) in {runs} and {more} ") and "not estimated" not in last
+                           f"finished run(s) in {runs} and {more} (wall") and "not estimated" not in last
+    assert CostModel.read([runs, more, os.path.relpath(runs)], like).runs == pooled.runs   # one folder, two spellings
     assert main(["sweep", "--methods", "seq_lora", "--orders", longer, "--seeds", "1", "--runs", empty,
                  "--model", "tiny-llama", "--dry-run", "--costs-from", f"{runs},{tmp_path / 'nowhere'}"]) == 2
     assert f"--costs-from {tmp_path / 'nowhere'} is not a folder" in capsys.readouterr().err
