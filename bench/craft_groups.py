@@ -23,7 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.errors import UsageError  # noqa: E402
-from harness.rundir import RunDir, atomic_write  # noqa: E402
+from harness.rundir import RunDir, write_report  # noqa: E402
 
 
 def accuracy_rows(status: dict, order: list[str]) -> list[dict]:
@@ -186,10 +186,7 @@ def main(argv=None) -> int:
         print(f"craft_groups: no finished {a.reference} run of the same stream and seed (one row per task) for "
               f"{len(missing)} of {len({r['run'] for r in records})} CRAFT run(s), e.g. {missing[0]}", file=sys.stderr)
     text = report(records, a.reference)
-    if a.out:
-        atomic_write(a.out, text)
-    else:
-        print(text, end="")
+    write_report(text, a.out)
     return 0
 
 

@@ -27,7 +27,7 @@ from core.data import TaskContext  # noqa: E402
 from harness.config import BenchConfig  # noqa: E402
 from harness.models import configure_offline, load_model, set_threads  # noqa: E402
 from harness.prompting import PromptEncoder  # noqa: E402
-from harness.rundir import atomic_write  # noqa: E402
+from harness.rundir import write_report  # noqa: E402
 from harness.runner import seed_everything  # noqa: E402
 from harness.training import fit  # noqa: E402
 from methods.craft import CRAFT, kl  # noqa: E402
@@ -140,10 +140,7 @@ def main(argv=None) -> int:
     command = "python bench/craft_joining.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(rows, routing, label_ids, budget, bool(craft.settings["kl_term"]), ended, command)
     print(f"{time.time() - started:.0f} s", file=sys.stderr)
-    if a.out:
-        atomic_write(a.out, text)
-    else:
-        print(text, end="")
+    write_report(text, a.out)
     return 0
 
 

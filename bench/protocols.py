@@ -23,11 +23,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tasks  # noqa: E402
 from core.errors import UsageError  # noqa: E402
+from harness.config import recorded_value  # noqa: E402
 from harness.evaluation import Evaluator, generate_predictions, normalize_answer, predict  # noqa: E402
 from harness.models import autocast, configure_offline, load_model, set_threads  # noqa: E402
 from harness.prompting import PromptEncoder  # noqa: E402
-from harness.rundir import RunDir, atomic_write, write_json  # noqa: E402
-from harness.config import recorded_value  # noqa: E402
+from harness.rundir import RunDir, write_json, write_report  # noqa: E402
 from harness.stats import decode_labels, encode_labels  # noqa: E402
 from methods import get_method  # noqa: E402
 
@@ -239,10 +239,7 @@ def main(argv=None) -> int:
     if failed:
         text += (f"\nLeft out, as they could not be measured (their errors went to stderr): {len(failed)} run(s): "
                  + ", ".join(failed) + ".\n")
-    if a.out:
-        atomic_write(a.out, text)
-    else:
-        print(text, end="")
+    write_report(text, a.out)
     return 1 if failed else 0
 
 

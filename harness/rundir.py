@@ -51,6 +51,14 @@ def atomic_write(path: str, data: bytes | str) -> None:
         raise
 
 
+def write_report(text: str, out: str | None) -> None:
+    """A bench script's markdown report: atomically to `out`, or to stdout when no file is named."""
+    if out:
+        atomic_write(out, text)
+    else:
+        print(text, end="")
+
+
 def write_json(path: str, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
