@@ -199,8 +199,8 @@ def main():
         craft.before_task(c1, train)
         craft.current.train()
         step = step_seconds(craft, c1, train, pad, a.steps)
-        # the same batches again: their heads are cached now, as in a later epoch (one epoch, the default,
-        # computes every training prompt's head once, in its step; anchors and merges always find theirs)
+        # the same batches again: their heads are cached now, as in a later epoch (a task's first epoch computes
+        # every training prompt's head once, in its step; its later epochs, anchors and merges find theirs)
         warm = step_seconds(craft, c1, train, pad, a.steps) if cache_mb else step
         craft.current.eval()
         craft.after_task(c1, train)

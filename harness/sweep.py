@@ -260,12 +260,17 @@ class CostModel:
     """What finished runs in a sweep's folder took, per method spec (its folder label): the median training
     seconds per task (a joint stage's time shared by its tasks) and the median evaluation seconds per cell it
     scored. Wall times, so they include whatever else the machine ran then; medians damp that. Not modelled:
-    a task's label count (rank scoring of a 14-label task costs more per cell than a 2-label one's)."""
+    a task's label count (rank scoring of a 14-label task costs more per cell than a 2-label one's).
+    A run made before one of its settings moved (a default tuned since) is not what its label runs today: it is
+    left out, and a cell is costed by a label whose runs ran the cell's settings where its own has none (the
+    grid's `craft` by a tuning folder's `craft+epochs=3+...` once that became the default)."""
     train: dict[str, dict[str, float]]   # label -> task -> median training seconds
     per_cell: dict[str, float]           # label -> median evaluation seconds per scored cell (0: never scores)
     base_per_cell: float | None          # the untouched backbone's row, seconds per scored cell
     runs: int                            # finished runs read
     skipped: int = 0                     # finished runs of another setup (sizes, model, protocol), left out
+    moved: int = 0                       # finished runs made with settings that have moved since, left out
+    ran_as: dict[str, str] = field(default_factory=dict)   # settings_key of what runs ran -> a label they are under
 
     @classmethod
     def read(cls, runs: str | list[str], like: BenchConfig | None = None) -> "CostModel":
@@ -274,7 +279,8 @@ class CostModel:
         train: dict[str, dict[str, list[float]]] = {}
         per_cell: dict[str, list[float]] = {}
         base: list[float] = []
-        count = skipped = 0
+        count = skipped = moved = 0
+        ran_as: dict[str, str] = {}
         folders = distinct_folders([runs] if isinstance(runs, str) else runs)
         paths = [path for folder in folders   # <label>/<order>/seed<n>
                  for path in sorted(glob.glob(os.path.join(glob.escape(folder), "*", "*", "seed*")))]
@@ -284,27 +290,37 @@ class CostModel:
                 status = run.status()
                 if not status or status.get("state") != "finished":
                     continue
-                if like is not None:
-                    recorded = run.read_json("config.json")
-                    if any(config.recorded_value(recorded, n) != getattr(like, n) for n in COST_SETUP):
-                        skipped += 1
-                        continue
+                recorded = run.read_json("config.json")
+                if like is not None and any(config.recorded_value(recorded, n) != getattr(like, n)
+                                            for n in COST_SETUP):
+                    skipped += 1
+                    continue
+                if recorded.get("method") and config.moved_settings(recorded):
+                    moved += 1
+                    continue
                 found = _stage_costs(run.read_json("method.json")["timing"]["per_stage"], status["rows"])
             except (UsageError, KeyError, TypeError, AttributeError, ValueError, ZeroDivisionError):
                 continue   # a damaged record costs nothing: it is left out
             count += 1
+            ran = config.recorded_value(recorded, "settings")
+            if recorded.get("method") and isinstance(ran, dict):
+                ran_as.setdefault(settings_key(recorded["method"], ran), label)
             for task, seconds in found["train"]:
                 train.setdefault(label, {}).setdefault(task, []).append(seconds)
             per_cell.setdefault(label, []).extend(found["per_cell"])
             base.extend(found["base"])
         return cls({lab: {task: statistics.median(v) for task, v in tasks_.items()} for lab, tasks_ in train.items()},
                    {lab: statistics.median(v) if v else 0.0 for lab, v in per_cell.items()},
-                   statistics.median(base) if base else None, count, skipped)
+                   statistics.median(base) if base else None, count, skipped, moved, ran_as)
 
     def costed_as(self, cell: Cell) -> str | None:
-        """The label whose runs cost the cell: its own, else its method's defaults' (a variant such as
-        craft:warmup=5 before any run of it finished), else None."""
-        for label in (cell.method.label, cell.method.name):
+        """The label whose runs cost the cell: its own, else one whose runs ran the cell's settings, else its
+        method's defaults' (a variant such as craft:warmup=5 before any run of it finished: the folder of the
+        method's name, or one whose runs ran its defaults), else None."""
+        name = cell.method.name
+        same = self.ran_as.get(settings_key(name, cell.settings)) if cell.settings else None
+        defaults = self.ran_as.get(settings_key(name, config.resolved_settings(name, {})))
+        for label in (cell.method.label, same, name, defaults):
             if label in self.per_cell:
                 return label
         return None
@@ -332,6 +348,11 @@ class CostModel:
             cells = len(needed_cells(names, k)) if cell.config.matrix == "needed" and not joint else len(names)
             seconds += trained.get(task, typical) + (0 if joint and k < len(names) else cells) * self.per_cell[label]
         return seconds
+
+
+def settings_key(method: str, settings: dict) -> str:
+    """One string per method and settings, as a run records them (JSON), whatever their order."""
+    return f"{method} {json.dumps(settings, sort_keys=True)}"
 
 
 def _stage_costs(stages: dict, rows: dict) -> dict:
@@ -418,12 +439,21 @@ def dry_run_lines(runs: str, cells: list[Cell], costs_from: list[str] | None = N
                     f"run(s) in {source} (wall times: they include whatever else ran on the machine)")
     if model.skipped:
         summary += f"; {model.skipped} finished run(s) there with another setup left out"
+    if model.moved:
+        summary += (f"; {model.moved} finished run(s) there made before a setting of theirs moved left out (not what "
+                    "their label runs today)")
     if unknown:
         summary += f"; not estimated (no finished run in {source}): {', '.join(unknown)}"
-    stand_ins = sorted({f"{cell.method.label} as {model.costed_as(cell)}" for cell, seconds in left
-                        if seconds is not None and model.costed_as(cell) != cell.method.label})
-    if stand_ins:   # a variant's settings may cost more or less than its defaults (more layers, a longer epoch)
-        summary += f"; costed at its method's defaults, as no run of it finished: {', '.join(stand_ins)}"
+    stand_ins = {(cell.method.label, cell.method.name, model.costed_as(cell)) for cell, seconds in left
+                 if seconds is not None and model.costed_as(cell) != cell.method.label}
+    ran_same = {cell.method.label: model.ran_as.get(settings_key(cell.method.name, cell.settings))
+                for cell, _ in left if cell.settings}
+    same = sorted(f"{mine} as {other}" for mine, name, other in stand_ins if other == ran_same.get(mine))
+    defaults = sorted(f"{mine} as {other}" for mine, name, other in stand_ins if other != ran_same.get(mine))
+    if same:
+        summary += f"; costed by a folder whose runs ran the same settings: {', '.join(same)}"
+    if defaults:   # a variant's settings may cost more or less than its defaults (more layers, a longer epoch)
+        summary += f"; costed at its method's defaults, as no run of it finished: {', '.join(defaults)}"
     guessed: dict[str, set[str]] = {}   # method label -> its tasks no run of it trained
     for cell, seconds in left:
         trained = model.train.get(model.costed_as(cell) or cell.method.label)

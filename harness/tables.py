@@ -732,6 +732,11 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
              f"{BOOTSTRAP_NOTE} * = the interval excludes 0. Trainable params: per run. Wall s/run: median "
              "[min–max] over the row's runs in the table."]
     notes += [n for n in (missing_predictions_note([r for r in runs if r.label in set(scoped.label)]),) if n]
+    before = sorted({r.label for r in runs if r.label == r.method and r.method in varied and moved_settings(r.config)})
+    if before:   # the reference is what the variants were tried against, which is no longer what the name runs
+        notes.append(f"{', '.join(before)}: {'its' if len(before) == 1 else 'their'} runs here were made before a "
+                     "default moved (README.md: Settings that moved), so the variants are set against the defaults they "
+                     "were tried against, not today's.")
     title = "Variants of a method against its defaults (settings in brackets)" if len(varied) > 1 else (
         f"{varied[0]} and its variants (settings in brackets)")
     return Table("ablations", title, columns, sections, notes)

@@ -213,8 +213,10 @@ def test_the_backbone_cache_gives_the_loss_gradients_and_scores_of_the_full_forw
     train = {n: enc.encode(d, "train") for n, d in data.items()}
 
     def trained(cache_mb):
+        # one epoch at a constant rate: the training the tolerances below were measured after
         m = CRAFT(tiny_model(tokenizer, seed=0), tokenizer, {"probe_size": "4", "anchors_per_task": "4",
-                                                             "routing": "single"}, seed=1, cache_mb=cache_mb)
+                                                             "routing": "single", "epochs": "1", "warmup": "0",
+                                                             "decay": "none"}, seed=1, cache_mb=cache_mb)
         m.setup()
         assert (m.backbone is not None) == bool(cache_mb)
         for k, name in enumerate(data):   # two tasks: the second trains under the KL on the first one's anchors
@@ -379,8 +381,10 @@ def test_warmup_ramps_the_learning_rate_only_for_a_task_that_joins_a_group(token
     """warmup=4: the loop's optimizer takes lr * k / 4 on steps 1-4 of a group's second task (Adam's first step then
     moves each coordinate by about that, not by lr), and the full lr on a group's first task."""
     lr = 0.01
-    m, examples = _craft_and_examples(tokenizer, routing="single", warmup="4", batch_size="1", lr=str(lr),
-                                      min_steps="100", forgetting_budget="1e9", kl_term="false")
+    m, examples = _craft_and_examples(tokenizer, routing="single", warmup="4", warmup_for="joining", decay="none",
+                                      batch_size="1", lr=str(lr), epochs="2", min_steps="100",
+                                      forgetting_budget="1e9", kl_term="false")
+    n = 2 * len(examples)   # steps a task: 16, so the warm-up (at most a quarter of them) is all 4
     taken = []
     real_step = torch.optim.AdamW.step
 
@@ -401,16 +405,16 @@ def test_warmup_ramps_the_learning_rate_only_for_a_task_that_joins_a_group(token
                 log=lambda event, **f: logged.append((name, f.get("lr"))) if event == "step" else None)
             m.after_task(task, examples)
             if name == "bbc":
-                assert [r for r, _ in taken] == [lr] * len(examples)
+                assert [r for r, _ in taken] == [lr] * n
             else:
                 assert m.diagnostics["routing"]["bbc_again"]["group"] == 0
-                assert [r for r, _ in taken] == pytest.approx([lr / 4, lr / 2, 3 * lr / 4] + [lr] * (len(examples) - 3))
+                assert [r for r, _ in taken] == pytest.approx([lr / 4, lr / 2, 3 * lr / 4] + [lr] * (n - 3))
                 # Adam's first step moves the coordinates by about its learning rate: a quarter of lr here
                 assert taken[0][1] <= 1.01 * lr / 4 < 0.9 * lr
     # the step log names the learning rate only where it is scheduled
-    assert [x for n, x in logged if n == "bbc"] == [None] * len(examples)
-    scheduled = [x for n, x in logged if n == "bbc_again"]
-    assert scheduled[:3] == pytest.approx([lr / 4, lr / 2, 3 * lr / 4]) and scheduled[3:] == [None] * (len(examples) - 3)
+    assert [x for t, x in logged if t == "bbc"] == [None] * n
+    scheduled = [x for t, x in logged if t == "bbc_again"]
+    assert scheduled[:3] == pytest.approx([lr / 4, lr / 2, 3 * lr / 4]) and scheduled[3:] == [None] * (n - 3)
     m.hooks.remove()
 
 
@@ -420,9 +424,11 @@ def test_warmup_for_every_task_and_linear_decay_follow_loreft_schedule(tokenizer
     lr = 0.01
     warm = [lr / 2, lr] + [lr * k / 7 for k in range(6, 0, -1)]
     for settings, first, second in (({"warmup": "2", "warmup_for": "all"}, warm, warm),
-                                    ({"warmup": "2"}, [lr * k / 9 for k in range(8, 0, -1)], warm)):
+                                    ({"warmup": "2", "warmup_for": "joining"}, [lr * k / 9 for k in range(8, 0, -1)],
+                                     warm)):
         m, examples = _craft_and_examples(tokenizer, routing="single", batch_size="1", lr=str(lr), decay="linear",
-                                          min_steps="100", forgetting_budget="1e9", kl_term="false", **settings)
+                                          epochs="1", min_steps="100", forgetting_budget="1e9", kl_term="false",
+                                          **settings)
         assert len(examples) == 8
         for index, (name, expected) in enumerate((("bbc", first), ("bbc_again", second))):
             task = TaskContext(index=index, name=name, tasks=["bbc", "bbc_again"])
@@ -435,13 +441,29 @@ def test_warmup_for_every_task_and_linear_decay_follow_loreft_schedule(tokenizer
         m.hooks.remove()
 
 
+def test_a_warmup_longer_than_a_quarter_of_a_short_task_is_cut_to_that_quarter(tokenizer):
+    """A warm-up of 8 steps (the default) on a task of 8 steps (8 examples, batch 1, one epoch): 2 steps of warm-up,
+    so the task still trains at lr; a task of 40 steps (five epochs) keeps all 8."""
+    lr = 0.01
+    for epochs, warmup in ((1, 2), (5, 8)):
+        m, examples = _craft_and_examples(tokenizer, batch_size="1", lr=str(lr), epochs=str(epochs), warmup="8",
+                                          warmup_for="all", decay="none", min_steps="1000", kl_term="false")
+        task = TaskContext(index=0, name="bbc", tasks=["bbc"])
+        m.before_task(task, examples)
+        taken = [m.learning_rate(task, step) for step in range(1, len(examples) * epochs + 1)]
+        assert taken == pytest.approx([lr * k / warmup for k in range(1, warmup + 1)]
+                                      + [lr] * (len(examples) * epochs - warmup)), epochs
+        m.hooks.remove()
+
+
 def test_budget_check_all_confirms_a_batch_kl_on_every_anchor_before_stopping(tokenizer):
     """The anchor batch's KL is scripted at 5 (over the budget of 1) on every step. budget_check=batch stops after
     the first update; all measures the reached state on all the group's anchors instead, and stops only when that
     reaches the budget: never at a learning rate too small to move the edit, at once at a budget of ~0."""
     def second_task(lr, budget, check):
         m, examples = _craft_and_examples(tokenizer, routing="single", batch_size="2", min_steps="100", lr=lr,
-                                          forgetting_budget=budget, budget_check=check, merge="false")
+                                          epochs="1", warmup="0", decay="none", forgetting_budget=budget,
+                                          budget_check=check, merge="false")
         tasks_ = ["bbc", "bbc_again"]
         m.before_task(TaskContext(index=0, name="bbc", tasks=tasks_), examples)
         fit(m, TaskContext(index=0, name="bbc", tasks=tasks_), examples, seed=1, pad_id=tokenizer.pad_token_id,

@@ -196,7 +196,7 @@ def _finished_run(path, stages, rows, setup=None):
     with open(os.path.join(path, "method.json"), "w") as f:
         json.dump({"timing": {"per_stage": stages}}, f)
     from methods import get_method
-    method = os.path.basename(os.path.dirname(os.path.dirname(path)))   # <runs>/<method>/<order>/seed<n>
+    method = os.path.basename(os.path.dirname(os.path.dirname(path))).split("+")[0]   # <runs>/<label>/<order>/seed<n>
     settings = json.loads(json.dumps(get_method(method).resolve_settings({})))   # as config.json stores them
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump({"model": "tiny-llama", "settings": settings, **(setup or {})}, f)
@@ -306,15 +306,51 @@ def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, ca
     assert f"--costs-from {tmp_path / 'nowhere'} is not a folder" in capsys.readouterr().err
 
 
+def test_a_run_made_before_a_default_moved_does_not_cost_its_label_and_one_that_ran_the_settings_does(tmp_path,
+                                                                                                   capsys):
+    """The label seq_lora holds a run recorded at another learning rate than today's default (a moved default): it is
+    left out; seq_lora+lr=0.001 ran today's defaults spelled out, so its runs cost a seq_lora cell."""
+    from harness.metrics import needed_cells
+    from harness.sweep import CostModel
+    from methods import get_method
+    runs = str(tmp_path / "runs")
+    two = {"bbc": 1, "hutto_amazon": 1}
+    now = json.loads(json.dumps(get_method("seq_lora").resolve_settings({})))
+
+    def run(label, args, settings, seconds):
+        path = os.path.join(runs, label, ORDER, "seed1")
+        _finished_run(path, {"base": {"eval_seconds": 0.0}, "bbc": {"train_seconds": seconds, "eval_seconds": 2.0},
+                             "hutto_amazon": {"train_seconds": seconds, "eval_seconds": 2.0}},
+                      {"base": {"accuracy": two, "reused": ["bbc", "hutto_amazon"]}, "bbc": {"accuracy": two},
+                       "hutto_amazon": {"accuracy": two}})
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump({"model": "tiny-llama", "method": "seq_lora", "method_args": args, "settings": settings}, f)
+    run("seq_lora", {}, {**now, "lr": now["lr"] * 10}, 500.0)
+    run("seq_lora+lr=0.001", {"lr": 0.001}, now, 10.0)
+    like = BenchConfig(model="tiny-llama", matrix="needed")
+    model = CostModel.read(runs, like)
+    assert (model.runs, model.moved) == (1, 1) and "seq_lora" not in model.per_cell
+    cell, = plan(str(tmp_path / "grid"), ["seq_lora"], [ORDER], ["1"], like)
+    cells = sum(len(needed_cells(ORDER.split("+"), k)) for k in (1, 2))   # 1 s a cell: 2 s for the 2 it scored
+    assert model.costed_as(cell) == "seq_lora+lr=0.001" and model.seconds_left(cell) == pytest.approx(20 + cells)
+    assert main(["sweep", "--methods", "seq_lora", "--orders", ORDER, "--seeds", "1", "--runs", str(tmp_path / "grid"),
+                 "--matrix", "needed", "--model", "tiny-llama", "--dry-run", "--costs-from", runs]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "1 finished run(s) there made before a setting of theirs moved left out" in last
+    assert "costed by a folder whose runs ran the same settings: seq_lora as seq_lora+lr=0.001" in last
+    variant, = plan(str(tmp_path / "grid"), ["seq_lora:r=4"], [ORDER], ["1"], like)   # no run: at the defaults'
+    assert model.costed_as(variant) == "seq_lora+lr=0.001"
+
+
 def test_a_setting_added_since_a_run_was_recorded_leaves_the_run_current(tmp_path):
-    """craft gained `warmup` (default 0, the behaviour before it existed): its earlier runs stay finished to a sweep,
-    resumable and in one table with new ones; a record that differs in a setting it had is still stale."""
+    """craft gained `budget_stop` (default keep, the behaviour before it existed): its earlier runs stay finished to a
+    sweep, resumable and in one table with new ones; a record that differs in a setting it had is still stale."""
     from harness.rundir import RunDir
     from methods.craft import CRAFT
     runs = str(tmp_path / "runs")
     cell = plan(runs, ["craft"], [ORDER], ["1"])[0]
-    assert cell.settings["warmup"] == 0
-    before = {k: v for k, v in cell.settings.items() if k != "warmup"}   # as a run recorded before 2026-12-01
+    assert cell.settings["budget_stop"] == "keep"
+    before = {k: v for k, v in cell.settings.items() if k != "budget_stop"}   # as a run recorded before 2026-12-01
     assert config.recorded_value({"method": "craft", "settings": before}, "settings") == CRAFT.resolve_settings({})
     os.makedirs(cell.out)
     record = {**BenchConfig(method="craft", order=ORDER).recorded(), "tasks": ORDER.split(","), "settings": before}
@@ -323,10 +359,10 @@ def test_a_setting_added_since_a_run_was_recorded_leaves_the_run_current(tmp_pat
     with open(os.path.join(cell.out, "status.json"), "w") as f:
         json.dump({"state": "running", "rows": {}, "started": 1.0}, f)
     assert cell_state(cell) == "partial"
-    # the runner's resume check takes it too (the new record carries warmup = 0)
+    # the runner's resume check takes it too (the new record carries budget_stop = keep)
     assert RunDir(cell.out).prepare({**record, "settings": cell.settings}, overwrite=False)["rows"] == {}
     with pytest.raises(UsageError, match="settings"):
-        RunDir(cell.out).prepare({**record, "settings": {**cell.settings, "warmup": 5}}, overwrite=False)
+        RunDir(cell.out).prepare({**record, "settings": {**cell.settings, "budget_stop": "rewind"}}, overwrite=False)
     with open(os.path.join(cell.out, "config.json"), "w") as f:
         json.dump({**record, "settings": {**before, "lr": 1.0}}, f)
     assert cell_state(cell) == "stale"

@@ -1,8 +1,9 @@
 """Tables from hand-made run directories with known matrices: every number checked by hand."""
+import glob
 import json
 import os
-import shutil
 import re
+import shutil
 
 import pytest
 
@@ -524,13 +525,42 @@ def test_runs_recorded_before_a_setting_was_added_share_a_row_with_new_ones(tmp_
     from methods.craft import CRAFT
     root = str(tmp_path / "runs")
     now = CRAFT.resolve_settings({})
-    before = {k: v for k, v in now.items() if k != "warmup"}
+    before = {k: v for k, v in now.items() if k != "budget_stop"}
     make_run(root, "craft", "craft", "1", 1, seq(80.0, 80.0), settings=before)
     make_run(root, "craft", "craft", "1", 2, seq(70.0, 80.0), settings=now)
     write_tables(root, str(tmp_path / "results"), figures=False)   # one method, one set of settings
-    make_run(root, "craft", "craft", "2", 1, seq(70.0, 80.0), settings={**now, "warmup": 5})
+    make_run(root, "craft", "craft", "2", 1, seq(70.0, 80.0), settings={**now, "budget_stop": "rewind"})
     with pytest.raises(UsageError, match="different settings"):
         write_tables(root, str(tmp_path / "results"), figures=False)
+
+
+def test_runs_made_before_a_default_moved_are_named_and_a_sweep_of_their_label_refuses_them(tmp_path):
+    """CRAFT's schedule moved on validation runs (epochs 1 -> 3 and more): a run recorded with the old value is
+    listed with what it ran and what the label runs today, and a sweep does not count it done under that label."""
+    from harness.sweep import cell_state, plan
+    from methods.craft import CRAFT
+    root = str(tmp_path / "runs")
+    now = CRAFT.resolve_settings({})
+    then = {**now, "epochs": now["epochs"] + 1}
+    make_run(root, "craft", "craft", "1", 1, seq(80.0, 80.0), settings=then)
+    make_run(root, "craft+lr=0.001", "craft", "1", 1, seq(70.0, 80.0), args={"lr": 0.001}, settings={**now, "lr": 0.001})
+    make_run(root, "seq_lora", "seq_lora", "1", 1, seq(70.0, 80.0))
+    write_tables(root, str(tmp_path / "results"), figures=False)
+    readme = open(os.path.join(tmp_path, "results", "README.md")).read()
+    line = next(x for x in readme.splitlines() if x.startswith("- Settings that moved"))
+    assert line.endswith(f"craft: epochs {then['epochs']} (today {now['epochs']}).") and "seq_lora" not in line
+    # the variant is set against the defaults it was tried against, and the ablation table says whose they are
+    ablations = open(os.path.join(tmp_path, "results", "ablations.md")).read()
+    assert "craft: its runs here were made before a default moved" in ablations
+    cell = plan(root, ["craft"], ["1"], ["1"])[0]
+    assert cell.out == os.path.join(root, "craft", "1", "seed1") and cell_state(cell) == "stale"
+    # the committed CRAFT runs, made before the schedule moved, read as having run the old schedule and nothing else
+    # (the settings added since they were made read as what they did: ADDED_SETTINGS)
+    from harness.config import moved_settings
+    committed = glob.glob(os.path.join(ROOT, "results", "**", "craft", "*", "seed*", "config.json"), recursive=True)
+    for path in committed:
+        with open(path) as f:
+            assert set(moved_settings(json.load(f))) == {"epochs", "warmup", "warmup_for", "decay"}, path
 
 
 def test_pareto_front_keeps_exactly_the_points_nothing_beats():
