@@ -453,7 +453,7 @@ def dry_run_lines(runs: str, cells: list[Cell], costs_from: list[str] | None = N
     if same:
         summary += f"; costed by a folder whose runs ran the same settings: {', '.join(same)}"
     if defaults:   # a variant's settings may cost more or less than its defaults (more layers, a longer epoch)
-        summary += f"; costed at its method's defaults, as no run of it finished: {', '.join(defaults)}"
+        summary += f"; costed at its method's defaults, as no current run of it finished: {', '.join(defaults)}"
     guessed: dict[str, set[str]] = {}   # method label -> its tasks no run of it trained
     for cell, seconds in left:
         trained = model.train.get(model.costed_as(cell) or cell.method.label)

@@ -261,6 +261,7 @@ class CRAFT(Method):
         self._new_anchors = [ex.prompt_ids for ex in anchors]
         batch = int(self.settings["batch_size"])   # the training loop's count, over which decay=linear runs down
         self._scheduled_steps = (len(examples) + batch - 1) // batch * int(self.settings["epochs"])
+        self.diagnostics["training"][task.name]["warmup_steps"] = self._warmup_steps()   # after the cap
 
     def trainable_parameters(self):
         return list(self.current.parameters()) if self.current is not None else []
@@ -317,12 +318,15 @@ class CRAFT(Method):
         self._losses.append(parts["task_loss"])
         return loss, parts
 
-    def learning_rate(self, task, step):
-        lr = float(self.settings["lr"])
+    def _warmup_steps(self) -> int:
         # joining: only a task that continues a group warms up (its earlier tasks feel Adam's first steps at once)
         warms = bool(self._group.tasks) or self.settings["warmup_for"] == "all"
         # at most a quarter of the task's scheduled steps: a short task (few examples) still reaches lr
-        warmup = min(int(self.settings["warmup"]), self._scheduled_steps // 4) if warms else 0
+        return min(int(self.settings["warmup"]), self._scheduled_steps // 4) if warms else 0
+
+    def learning_rate(self, task, step):
+        lr = float(self.settings["lr"])
+        warmup = self._warmup_steps()
         if step <= warmup:
             return lr * step / warmup
         if self.settings["decay"] == "linear":   # the k-th of n steps after the warm-up: lr * (n - k + 1) / (n + 1)

@@ -450,9 +450,18 @@ def test_a_warmup_longer_than_a_quarter_of_a_short_task_is_cut_to_that_quarter(t
                                           warmup_for="all", decay="none", min_steps="1000", kl_term="false")
         task = TaskContext(index=0, name="bbc", tasks=["bbc"])
         m.before_task(task, examples)
+        assert m.diagnostics["training"]["bbc"]["warmup_steps"] == warmup   # recorded after the cap
         taken = [m.learning_rate(task, step) for step in range(1, len(examples) * epochs + 1)]
         assert taken == pytest.approx([lr * k / warmup for k in range(1, warmup + 1)]
                                       + [lr] * (len(examples) * epochs - warmup)), epochs
+        m.hooks.remove()
+    # with the linear decay, the decay runs over the steps after the cut warm-up; under 4 steps there is none
+    for batch, expected in (("1", [lr / 2, lr] + [lr * k / 7 for k in range(6, 0, -1)]), ("4", [lr * 2 / 3, lr / 3])):
+        m, examples = _craft_and_examples(tokenizer, batch_size=batch, lr=str(lr), epochs="1", warmup="8",
+                                          warmup_for="all", decay="linear", min_steps="1000", kl_term="false")
+        task = TaskContext(index=0, name="bbc", tasks=["bbc"])
+        m.before_task(task, examples)
+        assert [m.learning_rate(task, step) for step in range(1, len(expected) + 1)] == pytest.approx(expected)
         m.hooks.remove()
 
 

@@ -270,7 +270,7 @@ def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, ca
                  "--matrix", "needed", "--model", "tiny-llama", "--dry-run"]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
     assert last.startswith("left: 1 of 1 run(s), about 2 min") and "not estimated" not in last
-    assert "costed at its method's defaults, as no run of it finished: seq_lora+lr=0.01 as seq_lora" in last
+    assert "costed at its method's defaults, as no current run of it finished: seq_lora+lr=0.01 as seq_lora" in last
     # another folder's records cost a new grid (same setup): here, every cell of the grid is left
     empty = str(tmp_path / "elsewhere")
     assert main(["sweep", "--methods", "seq_lora", "--orders", longer, "--seeds", "1,2", "--runs", empty,
@@ -325,21 +325,35 @@ def test_a_run_made_before_a_default_moved_does_not_cost_its_label_and_one_that_
                        "hutto_amazon": {"accuracy": two}})
         with open(os.path.join(path, "config.json"), "w") as f:
             json.dump({"model": "tiny-llama", "method": "seq_lora", "method_args": args, "settings": settings}, f)
+    spelled = f"seq_lora+lr={now['lr']}"   # today's defaults, spelled out
     run("seq_lora", {}, {**now, "lr": now["lr"] * 10}, 500.0)
-    run("seq_lora+lr=0.001", {"lr": 0.001}, now, 10.0)
+    run(spelled, {"lr": now["lr"]}, now, 10.0)
+    run("seq_lora+r=16", {"r": 16}, {**now, "r": 16}, 40.0)         # a variant's own folder
+    run("seq_lora+alpha=64+r=16", {"alpha": 64, "r": 16}, {**now, "r": 16, "alpha": 64}, 70.0)
     like = BenchConfig(model="tiny-llama", matrix="needed")
     model = CostModel.read(runs, like)
-    assert (model.runs, model.moved) == (1, 1) and "seq_lora" not in model.per_cell
+    assert (model.runs, model.moved) == (3, 1) and "seq_lora" not in model.per_cell
     cell, = plan(str(tmp_path / "grid"), ["seq_lora"], [ORDER], ["1"], like)
     cells = sum(len(needed_cells(ORDER.split("+"), k)) for k in (1, 2))   # 1 s a cell: 2 s for the 2 it scored
-    assert model.costed_as(cell) == "seq_lora+lr=0.001" and model.seconds_left(cell) == pytest.approx(20 + cells)
+    assert model.costed_as(cell) == spelled and model.seconds_left(cell) == pytest.approx(20 + cells)
+    # a variant: its own folder first; where it has none, a folder of its settings under another name
+    grid = str(tmp_path / "grid")
+    own, other = plan(grid, ["seq_lora:r=16", "seq_lora:r=16:alpha=64"], [ORDER], ["1"], like)
+    assert model.costed_as(own) == "seq_lora+r=16"
+    assert model.costed_as(other) == "seq_lora+alpha=64+r=16"
+    renamed, = plan(grid, [f"seq_lora:r=16:alpha={now['alpha']}"], [ORDER], ["1"], like)   # the r=16 run's settings
+    assert model.costed_as(renamed) == "seq_lora+r=16"
     assert main(["sweep", "--methods", "seq_lora", "--orders", ORDER, "--seeds", "1", "--runs", str(tmp_path / "grid"),
                  "--matrix", "needed", "--model", "tiny-llama", "--dry-run", "--costs-from", runs]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
     assert "1 finished run(s) there made before a setting of theirs moved left out" in last
-    assert "costed by a folder whose runs ran the same settings: seq_lora as seq_lora+lr=0.001" in last
-    variant, = plan(str(tmp_path / "grid"), ["seq_lora:r=4"], [ORDER], ["1"], like)   # no run: at the defaults'
-    assert model.costed_as(variant) == "seq_lora+lr=0.001"
+    assert f"costed by a folder whose runs ran the same settings: seq_lora as {spelled}" in last
+    variant, = plan(grid, ["seq_lora:r=4"], [ORDER], ["1"], like)   # no run of its settings: at the defaults'
+    assert model.costed_as(variant) == spelled
+    assert main(["sweep", "--methods", "seq_lora:r=4", "--orders", ORDER, "--seeds", "1", "--runs", grid,
+                 "--matrix", "needed", "--model", "tiny-llama", "--dry-run", "--costs-from", runs]) == 0
+    assert f"costed at its method's defaults, as no current run of it finished: seq_lora+r=4 as {spelled}" in \
+        capsys.readouterr().out.splitlines()[-1]
 
 
 def test_a_setting_added_since_a_run_was_recorded_leaves_the_run_current(tmp_path):

@@ -558,6 +558,7 @@ def test_runs_made_before_a_default_moved_are_named_and_a_sweep_of_their_label_r
     # (the settings added since they were made read as what they did: ADDED_SETTINGS)
     from harness.config import moved_settings
     committed = glob.glob(os.path.join(ROOT, "results", "**", "craft", "*", "seed*", "config.json"), recursive=True)
+    assert committed   # results/runs and results/val/runs hold CRAFT runs of the one-epoch schedule
     for path in committed:
         with open(path) as f:
             assert set(moved_settings(json.load(f))) == {"epochs", "warmup", "warmup_for", "decay"}, path
