@@ -318,12 +318,15 @@ class CostModel:
         method's defaults' (a variant such as craft:warmup=5 before any run of it finished: the folder of the
         method's name, or one whose runs ran its defaults), else None."""
         name = cell.method.name
-        same = self.ran_as.get(settings_key(name, cell.settings)) if cell.settings else None
-        defaults = self.ran_as.get(settings_key(name, config.resolved_settings(name, {})))
-        for label in (cell.method.label, same, name, defaults):
+        for label in (cell.method.label, self.ran_by(name, cell.settings), name):
             if label in self.per_cell:
                 return label
-        return None
+        defaults = self.ran_by(name, config.resolved_settings(name, {}))   # resolved only when the rest failed
+        return defaults if defaults in self.per_cell else None
+
+    def ran_by(self, method: str, settings: dict | None) -> str | None:
+        """A label whose finished runs ran `method` with exactly these settings."""
+        return self.ran_as.get(settings_key(method, settings)) if settings else None
 
     def seconds_left(self, cell: Cell) -> float | None:
         """The cell's remaining seconds at these medians, its base row left out (see dry_run_lines); None: no
@@ -444,19 +447,19 @@ def dry_run_lines(runs: str, cells: list[Cell], costs_from: list[str] | None = N
                     "their label runs today)")
     if unknown:
         summary += f"; not estimated (no finished run in {source}): {', '.join(unknown)}"
-    stand_ins = {(cell.method.label, cell.method.name, model.costed_as(cell)) for cell, seconds in left
-                 if seconds is not None and model.costed_as(cell) != cell.method.label}
-    ran_same = {cell.method.label: model.ran_as.get(settings_key(cell.method.name, cell.settings))
-                for cell, _ in left if cell.settings}
-    same = sorted(f"{mine} as {other}" for mine, name, other in stand_ins if other == ran_same.get(mine))
-    defaults = sorted(f"{mine} as {other}" for mine, name, other in stand_ins if other != ran_same.get(mine))
+    costed = {cell.out: model.costed_as(cell) for cell, seconds in left if seconds is not None}
+    stand_ins = {(cell.method.label, other, other == model.ran_by(cell.method.name, cell.settings))
+                 for cell, seconds in left if seconds is not None
+                 for other in (costed[cell.out],) if other != cell.method.label}
+    same = sorted(f"{mine} as {other}" for mine, other, ran_same in stand_ins if ran_same)
+    defaults = sorted(f"{mine} as {other}" for mine, other, ran_same in stand_ins if not ran_same)
     if same:
         summary += f"; costed by a folder whose runs ran the same settings: {', '.join(same)}"
     if defaults:   # a variant's settings may cost more or less than its defaults (more layers, a longer epoch)
         summary += f"; costed at its method's defaults, as no current run of it finished: {', '.join(defaults)}"
     guessed: dict[str, set[str]] = {}   # method label -> its tasks no run of it trained
     for cell, seconds in left:
-        trained = model.train.get(model.costed_as(cell) or cell.method.label)
+        trained = model.train.get(costed.get(cell.out) or cell.method.label)
         if seconds is not None and trained:
             guessed.setdefault(cell.method.label, set()).update(
                 t for t in tasks.get_order(cell.config.order) if t not in trained)
