@@ -14,7 +14,7 @@ from core.errors import UsageError
 from harness import stats
 from harness.config import ENVIRONMENT, SETUP, names, recorded_value
 from harness.rundir import RunDir
-from harness.tables import Run, check_one_setup, load_runs, protocol_text, sort_labels
+from harness.tables import Run, check_one_setup, index_runs, load_runs, protocol_text, sort_labels
 
 METRICS = ("AA", "FM")
 # Fields whose difference between the folders says what was compared (paths say nothing about the numbers).
@@ -43,7 +43,7 @@ def _differences(a: list[Run], b: list[Run], labels: list[str]) -> dict[str, lis
         if va != vb:
             out[name] = [[json.loads(v) for v in va], [json.loads(v) for v in vb]]
     for label in labels:
-        mine_a, mine_b = ([r for r in runs if r.label == label] for runs in (a, b))
+        mine_a, mine_b = ([r for r in runs if r.spec == label] for runs in (a, b))
         settings_a = [recorded_value(r.config, "settings") or {} for r in mine_a]
         settings_b = [recorded_value(r.config, "settings") or {} for r in mine_b]
         for key in sorted({k for s in settings_a + settings_b for k in s}):
@@ -92,19 +92,13 @@ def paired_difference(pairs: list[tuple[Run, Run]], metric: str) -> dict | None:
 
 
 def _index(runs: list[Run], root: str) -> dict[tuple, Run]:
-    """(label, order, seed, protocol) -> run; a folder holding two runs of one key is refused (which to pair?)."""
-    index: dict[tuple, Run] = {}
-    for r in runs:
-        key = (r.label, r.order, r.seed, r.protocol)
-        if key in index:
-            raise UsageError(f"{root} holds two runs of {r.label}, order {r.order}, seed {r.seed} under one protocol "
-                             f"({index[key].path} and {r.path}): move one out to compare")
-        index[key] = r
-    return index
+    """(spec, order, seed, protocol) -> run; a folder holding two runs of one key is refused (which to pair?)."""
+    return index_runs(runs, "spec", lambda a, b: f"{root} holds two runs of {a.spec}, order {a.order}, seed {a.seed} "
+                      f"under one protocol ({a.path} and {b.path}): move one out to compare")
 
 
 def compare(root_a: str, root_b: str) -> dict:
-    """Every (method label, order, seed, evaluation protocol) finished in both folders, paired; per label (and
+    """Every (method spec, order, seed, evaluation protocol) finished in both folders, paired; per spec (and
     protocol, where the pairs hold more than one) and over all of them."""
     a_runs, b_runs = _runs(root_a), _runs(root_b)
     a_index, b_index = _index(a_runs, root_a), _index(b_runs, root_b)
@@ -113,7 +107,7 @@ def compare(root_a: str, root_b: str) -> dict:
         b = b_index.get(key)
         if b is not None:
             _check_same_examples(a, b)
-            pairs.setdefault((a.label, a.protocol), []).append((a, b))
+            pairs.setdefault((a.spec, a.protocol), []).append((a, b))
     if not pairs:
         raise UsageError(f"no run of {root_a} has a counterpart (same method, order, seed and protocol) in {root_b}")
     protocols = sorted({protocol for _, protocol in pairs})

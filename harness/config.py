@@ -239,6 +239,35 @@ def moved_settings(config: dict) -> dict:
     return {k: (v, now[k]) for k, v in recorded.items() if k in now and now[k] != v}
 
 
+def spell_setting(value) -> str:
+    """A resolved setting as a method spec writes it (methods.base.parse_value reads it back)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
+def reproducing_args(config: dict) -> dict:
+    """The method args that make a run's settings under today's code: its recorded method_args, with each setting
+    that moved since (a default changed) spelled at the value it ran with."""
+    args = dict(config.get("method_args") or {})
+    args.update({k: spell_setting(then) for k, (then, _) in sorted(moved_settings(config).items())})
+    return args
+
+
+def label_args(config: dict) -> dict:
+    """The settings a run ran with that differ from its method's defaults today, as method args, each spelled one
+    way (merge=false, lr=0.001, whether a sweep wrote False or 1e-3): what names its row, so a row is what its runs
+    ran, whichever defaults they were made under. The recorded args for a method or setting this code lacks."""
+    args = reproducing_args(config)
+    try:
+        defaults, ran = resolved_settings(config.get("method"), {}), resolved_settings(config.get("method"), args)
+    except UsageError:
+        return args
+    return {k: spell_setting(ran[k]) for k in args if ran[k] != defaults[k]}
+
+
 def setup_of(config: dict) -> tuple:
     """The setup a table's runs must share, from a run's config.json."""
     return tuple(recorded_value(config, name) for name in names(SETUP))

@@ -47,7 +47,8 @@ def heatmap(run, folder: str) -> list[str]:
                 continue
             ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="white" if v < 60 else "black", fontsize=8)
     ax.set_title(f"{run.label}, order {run.order}, seed {run.seed}", fontsize=9)
-    return _save(fig, folder, f"{_safe(run.label)}-{run.order}-seed{run.seed}")
+    # named by the spec it was made under, as its run folder is: a default moving later renames its row, not its file
+    return _save(fig, folder, f"{_safe(run.spec)}-{run.order}-seed{run.seed}")
 
 
 def stream_curves(runs, order: str, folder: str) -> list[str]:

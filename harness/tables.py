@@ -1,7 +1,8 @@
 """Run directories -> the results section: tables (Markdown and LaTeX booktabs), figures, results/README.md.
 
 Reads only finished runs (status.json says so) and never invents a number: a cell without a run is "–".
-Runs are grouped by method *label*: the method name plus the settings the run fixed (craft [routing=single])."""
+Runs are grouped by method *label*: the method name plus the settings the run ran with that differ from the
+method's defaults today (craft [routing=single]), so a run made before a default moved is named by what it ran."""
 from __future__ import annotations
 
 import itertools
@@ -17,7 +18,8 @@ import pandas as pd
 from core.errors import UsageError
 from harness import metrics as metrics_mod
 from harness import stats
-from harness.config import FIELDS, SETUP, moved_settings, names, recorded_value, setup_of, spell_options
+from harness.config import (FIELDS, SETUP, label_args, moved_settings, names, recorded_value, reproducing_args,
+                            setup_of, spell_options)
 from harness.rundir import RunDir, atomic_write
 
 MISSING = "–"
@@ -78,6 +80,17 @@ class Run:
         return self._general_samples
 
     @property
+    def spec(self) -> str:
+        """The method and the settings its sweep fixed, as it was made (label names what it ran against today's
+        defaults): what pairs a run with its rerun under another setup or checkout (harness compare)."""
+        return method_label(self.method, self.config.get("method_args") or {})
+
+    @property
+    def ran_defaults(self) -> bool:
+        """Made with no setting fixed: the method's defaults at the time (today's, or earlier ones)."""
+        return not self.config.get("method_args")
+
+    @property
     def bound(self) -> bool:
         return bool(self.card.get("bound"))
 
@@ -112,7 +125,7 @@ def load_runs(root: str) -> tuple[list[Run], list[str]]:
         try:
             finished.append(Run(
                 path=folder, method=config["method"],
-                label=method_label(config["method"], config.get("method_args") or {}), order=str(config["order"]),
+                label=method_label(config["method"], label_args(config)), order=str(config["order"]),
                 seed=int(config["seed"]), tasks=list(config["tasks"]), setup=setup_of(config), matrix=matrix,
                 metrics=metrics_mod.compute(matrix), card=card, config=config, general=general,
                 scores=stats.example_scores(config, status, matrix, folder)))
@@ -131,8 +144,8 @@ def check_one_setup(runs: list[Run]) -> tuple:
         described = "; ".join(", ".join(f"{k}={v}" for k, v in zip(keys, s)) for s in setups)
         raise UsageError(f"the runs mix {len(setups)} setups ({described}); numbers from different sizes or "
                          "models must not share a table: point --runs at a folder with one setup")
-    # One row = one method with one set of settings: a default changed between runs would otherwise
-    # average two different methods under one name.
+    # One row = one method with one set of settings. Labels name the settings that differ from today's defaults,
+    # so this only catches a method this code lacks, whose label is its recorded args.
     by_label: dict[str, dict[str, list[str]]] = {}
     for r in runs:
         key = json.dumps(recorded_value(r.config, "settings"), sort_keys=True)
@@ -143,7 +156,22 @@ def check_one_setup(runs: list[Run]) -> tuple:
                                  for paths in variants.values())
             raise UsageError(f"runs of {label} were made with different settings ({groups}); move the stale "
                              "ones out of the runs folder")
+    # Two folders that ran the same settings (craft+epochs=3 once the default moved to 3, beside craft) give one
+    # row; on the same stream and seed, which run would speak for it?
+    index_runs(runs, "label", lambda a, b: f"{a.path} and {b.path} ran the same settings ({a.label}) on order "
+               f"{a.order}, seed {a.seed}: move one out of the runs folder")
     return runs[0].setup
+
+
+def index_runs(runs: list[Run], name: str, clash) -> dict[tuple, Run]:
+    """(run.<name>, order, seed, protocol) -> run; UsageError(clash(first, second)) where two runs share a key."""
+    index: dict[tuple, Run] = {}
+    for r in runs:
+        key = (getattr(r, name), r.order, r.seed, r.protocol)
+        if key in index:
+            raise UsageError(clash(index[key], r))
+        index[key] = r
+    return index
 
 
 def by_protocol(runs: list[Run]) -> dict[tuple, list[Run]]:
@@ -199,7 +227,7 @@ def runs_frame(runs: list[Run], root: str) -> pd.DataFrame:
         "general_change": r.general["change"] if r.general else None, "general_metric": r.general_metric,
         "trainable_parameters": r.card["trainable_parameters"], "parameters_kept": r.card.get("parameters_kept"),
         "wall_seconds": r.card["timing"]["wall_seconds"], "created": r.config.get("created"),
-        "block": block_of(r.order), "bound": r.bound, "tasks": len(r.tasks),
+        "block": block_of(r.order), "bound": r.bound, "ran_defaults": r.ran_defaults, "tasks": len(r.tasks),
         "train_seconds": r.card["timing"]["train_seconds"], "eval_seconds": r.card["timing"]["eval_seconds"],
         "uses_task_id_at_test": bool(r.card.get("uses_task_id_at_test")),
         "keeps_from_past_tasks": r.card.get("keeps_from_past_tasks", "")} for r in runs])
@@ -410,10 +438,25 @@ class Table:
         return "\n".join(lines) + "\n"
 
 
+def main_label(frame: pd.DataFrame, method: str) -> str | None:
+    """The row that stands for a method: its runs of today's defaults (the bare name); where none ran, those of
+    the defaults of their time (runs that fixed no setting, named by what has moved since; the latest such
+    where defaults moved twice); None where only variants ran."""
+    mine = frame[frame.method == method]
+    if (mine.label == method).any():
+        return method
+    past = mine[mine.ran_defaults].sort_values("created", na_position="first")
+    return None if past.empty else past.label.iloc[-1]
+
+
+def main_labels(frame: pd.DataFrame) -> set[str]:
+    return {lab for lab in (main_label(frame, m) for m in set(frame.method)) if lab is not None}
+
+
 def sections_of(frame: pd.DataFrame) -> list[tuple[str | None, list[str]]]:
     labels = sort_labels(set(frame.label))
     bounds = set(frame.label[frame.bound])
-    variants = set(frame.label[(frame.label != frame.method) & ~frame.bound])   # the label names fixed settings
+    variants = set(frame.label[~frame.bound]) - main_labels(frame)   # labels that name settings besides a method's row
     sections = [(None, [lab for lab in labels if lab not in bounds | variants]),
                 # A method run with fixed settings is an ablation or a sensitivity point, not another method.
                 ("Variants with fixed settings (ablations)", [lab for lab in labels if lab in variants]),
@@ -450,40 +493,42 @@ FORGETTING_REFERENCE = "seq_lora"
 
 
 def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> Table | None:
-    if PAIRED_TARGET not in set(frame.label):
+    target = main_label(frame, PAIRED_TARGET)
+    if target is None:
         return None
     baselines = sort_labels(set(frame.label[~frame.bound & (frame.method != PAIRED_TARGET)]))
     columns = {}
     for title, members in blocks_for(set(frame.order)):
         cells: dict = {"ΔAA ↑": {}, "ΔFM ↓": {}, "pairs": {}}
         for lab in baselines:
-            add_paired_cells(cells, lab, most_pairs(runs, PAIRED_TARGET, lab, members), ("ΔAA ↑", "ΔFM ↓"))
+            add_paired_cells(cells, lab, most_pairs(runs, target, lab, members), ("ΔAA ↑", "ΔFM ↓"))
         for heading, values in cells.items():
             columns[(title, heading)] = pd.Series(values, dtype=object)
-    notes = [f"Δ = {PAIRED_TARGET} minus the row's method, on the same orders, seeds and test examples: the "
+    notes = [f"Δ = {target} minus the row's method, on the same orders, seeds and test examples: the "
              "block's orders both ran, on the seeds that ran all of them, or only the orders that every seed ran "
              "where that gives more pairs (pairs = orders × seeds). ΔAA > 0: "
-             f"{PAIRED_TARGET} is more accurate; ΔFM < 0: it forgets less (FM = "
+             f"{target} is more accurate; ΔFM < 0: it forgets less (FM = "
              f"{metrics_mod.METRICS['FM'].description}). {BOOTSTRAP_NOTE} Paired: each draw takes the difference "
              "on the same seeds and examples, which is far tighter than two separate intervals. * = the interval "
              "excludes 0. Without an interval: mean ± std over seeds of the per-seed difference."]
     notes += [n for n in (missing_predictions_note(runs),) if n]
-    return Table("paired", f"{PAIRED_TARGET} against each baseline, paired" + title_note, columns,
+    return Table("paired", f"{target} against each baseline, paired" + title_note, columns,
                  [(None, baselines)], notes)
 
 
 def sanity_checks(runs: list[Run], frame: pd.DataFrame) -> list[str]:
     """One line per check and block: does the regime forget, do the bounds sit above what they bound."""
     lines = []
-    labels = set(frame.label)
+    reference = main_label(frame, FORGETTING_REFERENCE)
     for title, members in blocks_for(set(frame.order)):
-        if FORGETTING_REFERENCE in labels:
-            pairs = most_pairs(runs, FORGETTING_REFERENCE, None, members)
+        if reference is not None:
+            pairs = most_pairs(runs, reference, None, members)
             fm, bwt = (summarize(pairs, "FM"), summarize(pairs, "BWT")) if pairs else (None, None)
             if fm is not None and bwt is not None:
-                lines.append(forgetting_check(title, fm, bwt))
+                lines.append(forgetting_check(title, reference, fm, bwt))
         for bound, learner, why in BOUND_CHECKS:
-            pairs = most_pairs(runs, bound, learner, members) if {bound, learner} <= labels else {}
+            bound, learner = main_label(frame, bound), main_label(frame, learner)
+            pairs = most_pairs(runs, bound, learner, members) if bound and learner else {}
             diff = summarize(pairs, "AA") if pairs else None
             if diff is not None:
                 lines.append(bound_check(title, bound, learner, why, diff))
@@ -494,14 +539,15 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
     """What the paired comparisons support about PAIRED_TARGET, one line per block and continual learner: whether
     its AA and its FM differ significantly (the paired table's interval excludes 0), in which direction, or that
     they do not; a block whose sanity checks fail is said to be unable to rank methods."""
-    if PAIRED_TARGET not in set(frame.label):
+    target = main_label(frame, PAIRED_TARGET)
+    if target is None:
         return []
     baselines = sort_labels(set(frame.label[~frame.bound & (frame.method != PAIRED_TARGET)]))
     lines = []
     for title, members in blocks_for(set(frame.order)):
         failed = any(c.startswith("**Check failed**") and f"({title})" in c for c in checks)
         for lab in baselines:
-            pairs = most_pairs(runs, PAIRED_TARGET, lab, members)
+            pairs = most_pairs(runs, target, lab, members)
             if not pairs:
                 continue
             orders, seeds = len(next(iter(pairs.values()))), len(pairs)
@@ -514,7 +560,7 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
                 judged = (f"{_judged(aa, 'AA', 'is more accurate', 'is less accurate', 'accuracy')} and "
                           f"{_judged(fm, 'FM', 'forgets more', 'forgets less', 'forgetting', beside=bwt)}")
             lines.append(f"{title}, against {lab} ({orders} order{'s' * (orders > 1)} × {seeds} "
-                         f"seed{'s' * (seeds > 1)}): {PAIRED_TARGET} {judged}."
+                         f"seed{'s' * (seeds > 1)}): {target} {judged}."
                          + (" One seed: its intervals cover the test examples only, not how training varies from "
                             "seed to seed." if seeds == 1 and tested else "")
                          + (" The block's sanity checks fail: this does not rank the two." if failed else ""))
@@ -540,11 +586,11 @@ def _judged(d: Summary | None, metric: str, up: str, down: str, what: str, besid
     return f"shows no significant difference in {what} ({delta})"
 
 
-def forgetting_check(block: str, fm: Summary, bwt: Summary) -> str:
+def forgetting_check(block: str, reference: str, fm: Summary, bwt: Summary) -> str:
     """Judged on BWT, stated with FM: FM takes a maximum over the rows after each task, so test-example noise
     alone lifts it above 0 (more so on 15-task orders), while BWT (final minus just-learned accuracy) centres on 0
     when nothing is forgotten."""
-    what = f"{FORGETTING_REFERENCE}'s BWT is {bwt.text(signed=True)} (FM {fm.text()})"
+    what = f"{reference}'s BWT is {bwt.text(signed=True)} (FM {fm.text()})"
     if stats.below_zero(bwt.bounds):
         return f"Check passed ({block}): the regime forgets: {what}, BWT below 0."
     if bwt.bounds is not None or bwt.mean >= 0:
@@ -679,33 +725,72 @@ def most_pairs(runs: list[Run], label: str, reference: str | None = None, member
     return max(options, key=lambda p: sum(map(len, p.values())), default={})
 
 
+def differing_settings(a: Run, b: Run) -> set[str]:
+    """The settings two runs of one method ran differently."""
+    sa, sb = recorded_value(a.config, "settings"), recorded_value(b.config, "settings")
+    if not (isinstance(sa, dict) and isinstance(sb, dict)):   # a method this code lacks: its recorded args
+        sa, sb = label_args(a.config), label_args(b.config)
+    return {k for k in set(sa) | set(sb) if sa.get(k) != sb.get(k)}
+
+
+def variant_references(runs: list[Run], frame: pd.DataFrame, method: str) -> dict[str, str]:
+    """variant label -> the row it is set against, among its method's defaults: today's (the bare name) or those
+    of the time runs were made (a row whose runs fixed no setting). First the defaults it was tried against: those
+    that differ from it only in settings its own spec fixed (a one-epoch variant made before the schedule moved
+    against the one-epoch defaults); else (the old defaults themselves) the nearest, by how many settings differ.
+    Ties go to the method's row."""
+    main = main_label(frame, method)
+    first = {}
+    for r in runs:
+        if r.method == method:
+            first.setdefault(r.label, r)
+    defaults = sorted({lab for lab, r in first.items() if lab == method or r.ran_defaults},
+                      key=lambda lab: (lab != main, lab))
+    out = {}
+    for lab, run in first.items():
+        others = {d: differing_settings(run, first[d]) for d in defaults if d != lab}
+        if lab == main or not others:
+            continue
+        fixed = set(run.config.get("method_args") or {})
+        tried = [d for d, diff in others.items() if diff <= fixed]
+        out[lab] = min(tried or others, key=lambda d: len(others[d]))
+    return out
+
+
 def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora", "replay")) -> Table | None:
     """Every method that ran with other settings than its defaults (CRAFT's ablations, a tuning grid, replay's
-    compute-matched form): each variant beside the default, per order, and paired against the default."""
+    compute-matched form): each variant beside the default, per order, and paired against the defaults it is
+    nearest (variant_references)."""
     varied = [m for m in sort_labels(set(frame.method))
-              if m in set(frame.label) and frame.label[frame.method == m].nunique() > 1]
+              if main_label(frame, m) is not None and frame.label[frame.method == m].nunique() > 1]
     if not varied:
         return None
+    against = {m: variant_references(runs, frame, m) for m in varied}
     # Like for like: a method's rows only on the (order, seed) cells where one of its variants ran, so a variant
     # run on one seed is never set against the default's mean over more seeds or orders.
     scoped_parts, sections = [], []
     # one paired block per block of orders the variants ran (a variant run on two offline seeds and one seed of
     # another stream would otherwise show only the offline pairs, which outnumber the other's)
-    blocks = blocks_for(set(frame.order[frame.method.isin(varied) & (frame.label != frame.method)]))
+    mains = main_labels(frame)
+    blocks = blocks_for(set(frame.order[frame.method.isin(varied) & ~frame.label.isin(mains)]))
     paired = {title: {"ΔAA vs default ↑": {}, "ΔFM vs default ↓": {}, "pairs": {}} for title, _ in blocks}
     for method in varied:
-        ablated = frame[(frame.method == method) & (frame.label != method)]
+        ablated = frame[(frame.method == method) & ~frame.label.isin(mains)]
         cells_run = pd.MultiIndex.from_frame(ablated[["order", "seed"]])
         mine = frame[(frame.method == method) & pd.MultiIndex.from_frame(frame[["order", "seed"]]).isin(cells_run)]
         scoped_parts.append(mine)
-        sections.append((None if len(varied) == 1 else method, sort_labels(set(mine.label))))
+        main = main_label(frame, method)
+        sections.append((None if len(varied) == 1 else method,
+                         [lab for lab in [main] + sort_labels(set(mine.label) - {main}) if lab in set(mine.label)]))
         for lab in sort_labels(set(ablated.label)):
+            if lab not in against[method]:
+                continue
             for title, members in blocks:
-                add_paired_cells(paired[title], lab, most_pairs(runs, lab, method, members),
+                add_paired_cells(paired[title], lab, most_pairs(runs, lab, against[method][lab], members),
                                  ("ΔAA vs default ↑", "ΔFM vs default ↓"))
     scoped = pd.concat(scoped_parts)
     all_cells = pd.MultiIndex.from_frame(scoped[["order", "seed"]])
-    refs = [r for r in references if r in set(frame.label) and r not in set(scoped.label)]
+    refs = [lab for lab in (main_label(frame, m) for m in references) if lab and lab not in set(scoped.label)]
     ref_rows = frame[frame.label.isin(refs) & pd.MultiIndex.from_frame(frame[["order", "seed"]]).isin(all_cells)]
     if len(ref_rows):
         scoped = pd.concat([scoped, ref_rows])
@@ -720,6 +805,10 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
         for heading, values in cells.items():
             group = "Against the default" + ("" if len(blocks) == 1 else f", {title}")
             columns[(group, heading)] = pd.Series(values, dtype=object)
+    elsewhere = {lab: ref for m in varied for lab, ref in against[m].items() if ref != main_label(frame, m)}
+    if elsewhere:   # which defaults a variant is set against, where it is not its method's row
+        columns[("", "against")] = pd.Series({lab: against[m][lab] for m in varied for lab in against[m]},
+                                             dtype=object)
     columns[("", "trainable params")] = (scoped.drop_duplicates("label").set_index("label")
                                          .trainable_parameters.map("{:,}".format))
     columns[("", "wall s/run")] = spread(scoped.groupby("label").wall_seconds, 0)
@@ -728,15 +817,11 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
              "same streams; references, to the cells where any variant ran. AA, BWT, FM: mean ± std over those seeds. "
              "Against the default: the variant minus its method with default "
              "settings, paired on the same orders, seeds and test examples (pairs = orders × seeds), per block "
-             "of orders; "
+             "of orders" + ("" if not elsewhere else " (where defaults moved between runs, against the nearest "
+                            "defaults, today's or those the variant was tried under; column 'against')") + "; "
              f"{BOOTSTRAP_NOTE} * = the interval excludes 0. Trainable params: per run. Wall s/run: median "
              "[min–max] over the row's runs in the table."]
     notes += [n for n in (missing_predictions_note([r for r in runs if r.label in set(scoped.label)]),) if n]
-    before = sorted({r.label for r in runs if r.label == r.method and r.method in varied and moved_settings(r.config)})
-    if before:   # the reference is what the variants were tried against, which is no longer what the name runs
-        notes.append(f"{', '.join(before)}: {'its' if len(before) == 1 else 'their'} runs here were made before a "
-                     "default moved (README.md: Settings that moved), so the variants are set against the defaults they "
-                     "were tried against, not today's.")
     title = "Variants of a method against its defaults (settings in brackets)" if len(varied) > 1 else (
         f"{varied[0]} and its variants (settings in brackets)")
     return Table("ablations", title, columns, sections, notes)
@@ -854,22 +939,30 @@ def general_commands(runs: list[Run], root: str) -> list[str]:
 def regenerate_commands(runs: list[Run], root: str, sweeps: list[dict]) -> list[str]:
     """`sweep` commands whose grids are exactly the finished runs: methods that share the same
     orders x seeds go in one command. Derived from the runs, not the sweep history, so a run moved away
-    (or a variant that became the default) is not made again."""
-    specs, cells = {}, {}
+    (or a variant that became the default) is not made again. A run made before one of its settings moved is
+    spelled with the value it ran (reproducing_args): the command makes it again, beside the stale folder."""
+    labels, cells = {}, {}
     for r in runs:
-        specs[r.label] = ":".join([r.method] + [f"{k}={v}" for k, v in r.config.get("method_args", {}).items()])
-        cells.setdefault(r.label, {}).setdefault(r.seed, set()).add(r.order)
-    grids = {}   # (orders, seeds) -> labels
-    for label, by_seed in cells.items():
+        spec = spec_of(r.method, reproducing_args(r.config))
+        labels[spec] = r.label
+        cells.setdefault(spec, {}).setdefault(r.seed, set()).add(r.order)
+    grids = {}   # (orders, seeds) -> specs
+    for spec, by_seed in cells.items():
         merged = {}   # orders -> seeds that ran exactly those orders
         for seed, orders in by_seed.items():
             merged.setdefault(tuple(sorted(orders, key=order_rank)), []).append(seed)
         for orders, seeds in merged.items():
-            grids.setdefault((orders, tuple(sorted(seeds))), []).append(label)
+            grids.setdefault((orders, tuple(sorted(seeds))), []).append(spec)
     options = run_options_of(sweeps, runs)
-    return [f"python -m harness sweep --methods {','.join(specs[x] for x in sort_labels(set(labels)))} "
+    ranked = sort_labels(set(labels.values()))
+    return [f"python -m harness sweep --methods {','.join(sorted(specs, key=lambda x: (ranked.index(labels[x]), x)))} "
             f"--orders {','.join(orders)} --seeds {','.join(map(str, seeds))} --runs {root} {options}".rstrip()
-            for (orders, seeds), labels in sorted(grids.items(), key=lambda g: (g[0][1], -len(g[1]), g[0][0]))]
+            for (orders, seeds), specs in sorted(grids.items(), key=lambda g: (g[0][1], -len(g[1]), g[0][0]))]
+
+
+def spec_of(method: str, args: dict) -> str:
+    """A method spec as `sweep --methods` takes it: craft:lr=0.001."""
+    return ":".join([method] + [f"{k}={v}" for k, v in args.items()])
 
 
 def machines_line(runs) -> str:
@@ -883,18 +976,27 @@ PREFACE = "preface.md"   # a results folder's own note, put at the top of its RE
 
 
 def moved_settings_line(runs: list[Run]) -> str | None:
-    """The methods whose runs here were made before one of their settings moved (a default tuned since): a
-    label names what it ran with at the time, not what a sweep of it would run today."""
-    moved: dict[str, dict] = {}
+    """The runs here made before one of their settings moved (a default tuned since), by the spec they were made
+    under, grouped by what moved: their rows spell the old values out, but a sweep of that spec today runs the new
+    ones."""
+    moved: dict[str, tuple] = {}
     for r in runs:
-        for key, (then, now) in moved_settings(r.config).items():
-            moved.setdefault(r.label, {})[key] = (then, now)
+        keys = moved_settings(r.config)
+        if keys:
+            spec = spec_of(r.method, r.config.get("method_args") or {})
+            moved[spec] = tuple(sorted(set(moved.get(spec, ())) | {(k, str(then), str(now))
+                                                                   for k, (then, now) in keys.items()}))
     if not moved:
         return None
-    return ("- Settings that moved since these runs were made (each row is what its runs ran with; a sweep of the "
-            "same label today would run the new value and refuse these runs as stale): " + "; ".join(
-                f"{label}: " + ", ".join(f"{k} {then} (today {now})" for k, (then, now) in sorted(keys.items()))
-                for label, keys in sorted(moved.items())) + ".")
+    groups: dict[tuple, list[str]] = {}
+    for spec, keys in sorted(moved.items()):
+        groups.setdefault(keys, []).append(spec)
+    return ("- Settings that moved since some of these runs were made: their rows name the values they ran where "
+            "those differ from today's defaults; a sweep of the spec they were made under would run today's values "
+            "and refuses them as stale. " + "; ".join(
+                ", ".join(f"`{spec}`" for spec in specs) + ": " + ", ".join(f"{k} {then} (today {now})"
+                                                                           for k, then, now in keys)
+                for keys, specs in groups.items()) + ".")
 
 
 def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks: dict, verdicts: dict) -> str:
@@ -915,7 +1017,9 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
             lines += [f.read().strip(), ""]
     if any(verdicts.values()):
         lines += [f"## What these runs support about {PAIRED_TARGET}", "",
-                  f"From the paired table: {PAIRED_TARGET} minus each continual learner on the same orders, seeds "
+                  f"From the paired table: {PAIRED_TARGET}'s own row (today's defaults where they ran, else the "
+                  "defaults of the runs' time, as each line names it) minus each continual learner on the same "
+                  "orders, seeds "
                   "and test examples; significant = the 95% interval excludes 0; ΔFM < 0 = it forgets less; ΔBWT, "
                   "stated beside it, has not FM's upward noise bias (ΔBWT > 0 = it forgets less); * = significant.",
                   ""]
@@ -950,7 +1054,10 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
               "To remake the runs themselves: the sweep commands that make exactly the runs in these tables "
               "(derived from the runs; a rerun skips finished runs and resumes unfinished ones), `general` on the "
               "runs that have a GEN Δ (it needs the weights, so it measures runs made on this machine), then the "
-              "tables:", "", "```"]
+              "tables:" + (" A run made before one of its settings moved is spelled with the value it ran, so its "
+                           "command makes it again in a folder of its own: run those into a fresh `--runs` folder "
+                           "(beside the old runs, one row would hold two runs of a stream, which tables refuses)."
+                           if moved else ""), "", "```"]
     groups = by_protocol(runs)
     for group in groups.values():   # the sweep history speaks for one protocol only
         lines += regenerate_commands(group, root, sweeps if len(groups) == 1 else [])

@@ -123,7 +123,19 @@ def test_a_folder_with_two_runs_of_one_key_is_refused(tmp_path):
     a = str(tmp_path / "a")
     make_run(a, "craft", "craft", "1", 1, seq(60.0, 70.0), n_test=20)
     make_run(a, "craft-copy", "craft", "1", 1, seq(60.0, 70.0), n_test=20)
-    with pytest.raises(UsageError, match="two runs of craft"):
+    with pytest.raises(UsageError, match=r"craft-copy/1/seed1 ran the same settings \(craft\) on order 1, seed 1"):
+        compare(a, a)
+
+
+def test_two_runs_of_one_spec_in_a_folder_are_refused_even_where_their_settings_differ(tmp_path):
+    """craft on order 1, seed 1, made before a default moved and again after it (another folder of the same spec):
+    two rows to the tables, but which would pair with the other folder's craft?"""
+    from methods.craft import CRAFT
+    a = str(tmp_path / "a")
+    make_run(a, "craft", "craft", "1", 1, seq(60.0, 70.0), n_test=20, settings=CRAFT.resolve_settings({}))
+    make_run(a, "craft-then", "craft", "1", 1, seq(60.0, 70.0), n_test=20,
+             settings={**CRAFT.resolve_settings({}), "epochs": 1})
+    with pytest.raises(UsageError, match="holds two runs of craft, order 1, seed 1 under one protocol"):
         compare(a, a)
 
 

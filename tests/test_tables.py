@@ -30,7 +30,7 @@ def make_run(root, label, method, order, seed, rows, args=None, params=100, boun
         "model": model, "train_per_task": 8, "test_per_task": 4, "eval": "rank", "dtype": "fp32",
         "max_input_tokens": 16, "eval_batch_size": 16, "created": f"2026-11-2{seed}T10:00:00",
         "data": {t: {"train": 8, "test": n_test or 4, **({"gold": "0" * n_test} if n_test else {})} for t in TASKS},
-        "packages": {"torch": "2.13.0"}, "settings": settings or {"lr": 0.001},
+        "packages": {"torch": "2.13.0"}, "settings": settings or settings_of(method, args or {}),
         **({"machine": machine} if machine else {}), **(protocol or {})})
     write_json(os.path.join(path, "method.json"), {
         "name": method, "trainable_parameters": params, "parameters_kept": params * 2, "bound": bound,
@@ -51,6 +51,15 @@ def make_run(root, label, method, order, seed, rows, args=None, params=100, boun
         write_json(os.path.join(path, "general.json"), {"change": general, "per_task": 50,
                                                         "tasks": {"sms_spam": {"change": general}}})
     return path
+
+
+def settings_of(method, args):
+    """What a run of method with args records today (a run that moved nothing); a placeholder for a made-up one."""
+    from harness.config import resolved_settings
+    try:
+        return resolved_settings(method, {k: str(v) for k, v in args.items()})
+    except UsageError:
+        return {"lr": 0.001}
 
 
 def seq(final_a, final_b, first_a=80.0, base=(50.0, 40.0)):
@@ -240,10 +249,28 @@ def test_mixed_setups_are_refused_and_figures_are_written(runs, tmp_path):
         write_tables(runs, out, figures=False)
 
 
-def test_one_method_with_two_sets_of_settings_is_refused(runs, tmp_path):
-    # craft on order 3 again under another seed, but after a default changed: not the same method any more
-    make_run(runs, "craft", "craft", "3", 2, seq(75.0, 85.0), params=10, settings={"lr": 0.002})
-    with pytest.raises(UsageError, match="runs of craft were made with different settings"):
+def test_one_method_with_two_sets_of_settings_gets_two_rows_or_is_refused(runs, tmp_path):
+    # craft on order 3 again under another seed, but made when its lr default was 0.002: its own row, named by it
+    make_run(runs, "craft", "craft", "3", 2, seq(55.0, 85.0), params=10, settings={**settings_of("craft", {}),
+                                                                                   "lr": 0.002})
+    write_tables(runs, str(tmp_path / "results"), figures=False)
+    md = open(os.path.join(tmp_path, "results", "main.md")).read()
+    assert re.search(r"^\| craft \| 80\.00 \| 65\.00 \| 80\.00 \|", md, re.M)    # seed 1 alone, as before
+    assert re.search(r"^\| craft \[lr=0\.002\] \| – \| – \| 70\.00 \|", md, re.M)
+    # a method this code lacks has only its recorded args to name it by: two sets of settings under one are refused
+    make_run(runs, "mystery", "mystery", "1", 1, seq(75.0, 85.0), settings={"lr": 0.1})
+    make_run(runs, "mystery", "mystery", "1", 2, seq(75.0, 85.0), settings={"lr": 0.2})
+    with pytest.raises(UsageError, match="runs of mystery were made with different settings"):
+        write_tables(runs, str(tmp_path / "results"), figures=False)
+
+
+def test_two_folders_that_ran_the_same_settings_on_one_stream_are_refused(runs, tmp_path):
+    from methods.craft import CRAFT
+    spelled = {"epochs": str(CRAFT.resolve_settings({})["epochs"])}   # today's default, spelled out
+    make_run(runs, "craft+epochs=3", "craft", "2", 2, seq(75.0, 85.0), args=spelled)
+    write_tables(runs, str(tmp_path / "results"), figures=False)      # another seed: the same row, no clash
+    make_run(runs, "craft+epochs=3", "craft", "1", 1, seq(75.0, 85.0), args=spelled)
+    with pytest.raises(UsageError, match=r"ran the same settings \(craft\) on order 1, seed 1"):
         write_tables(runs, str(tmp_path / "results"), figures=False)
 
 
@@ -530,28 +557,62 @@ def test_runs_recorded_before_a_setting_was_added_share_a_row_with_new_ones(tmp_
     make_run(root, "craft", "craft", "1", 2, seq(70.0, 80.0), settings=now)
     write_tables(root, str(tmp_path / "results"), figures=False)   # one method, one set of settings
     make_run(root, "craft", "craft", "2", 1, seq(70.0, 80.0), settings={**now, "budget_stop": "rewind"})
-    with pytest.raises(UsageError, match="different settings"):
-        write_tables(root, str(tmp_path / "results"), figures=False)
+    write_tables(root, str(tmp_path / "results"), figures=False)   # made when the default was rewind: its own row
+    md = open(os.path.join(tmp_path, "results", "main.md")).read()
+    assert re.search(r"^\| craft \| 77\.50 ± 3\.54 \| – \|", md, re.M)   # (80+80)/2, (70+80)/2
+    assert re.search(r"^\| craft \[budget_stop=rewind\] \| – \| 75\.00 \|", md, re.M)
 
 
-def test_runs_made_before_a_default_moved_are_named_and_a_sweep_of_their_label_refuses_them(tmp_path):
-    """CRAFT's schedule moved on validation runs (epochs 1 -> 3 and more): a run recorded with the old value is
-    listed with what it ran and what the label runs today, and a sweep does not count it done under that label."""
+def test_runs_made_before_a_default_moved_are_named_by_what_they_ran(tmp_path):
+    """CRAFT's schedule moved on validation runs (epochs 1 -> 3 and more). A run recorded with the old value is named
+    by it, today's defaults spelled out in a folder's spec read as the method's row, each variant is set against the
+    defaults it was tried under, the regenerate commands spell the old value out, and a sweep of the old spec
+    refuses the stale runs."""
     from harness.sweep import cell_state, plan
     from methods.craft import CRAFT
     root = str(tmp_path / "runs")
     now = CRAFT.resolve_settings({})
     then = {**now, "epochs": now["epochs"] + 1}
-    make_run(root, "craft", "craft", "1", 1, seq(80.0, 80.0), settings=then)
-    make_run(root, "craft+lr=0.001", "craft", "1", 1, seq(70.0, 80.0), args={"lr": 0.001}, settings={**now, "lr": 0.001})
-    make_run(root, "seq_lora", "seq_lora", "1", 1, seq(70.0, 80.0))
-    write_tables(root, str(tmp_path / "results"), figures=False)
-    readme = open(os.path.join(tmp_path, "results", "README.md")).read()
+    old, today = f"craft [epochs={then['epochs']}]", "craft"
+    for seed in (1, 2):
+        make_run(root, "craft", "craft", "1", seed, seq(60.0, 80.0), settings=then, n_test=20)
+        make_run(root, "craft+lr=0.001", "craft", "1", seed, seq(70.0, 80.0), args={"lr": "0.001"},
+                 settings={**then, "lr": 0.001}, n_test=20)
+        make_run(root, "craft+epochs=3", "craft", "1", seed, seq(80.0, 80.0), args={"epochs": str(now["epochs"])},
+                 settings=now, n_test=20)
+        make_run(root, "craft+epochs=3+lr=0.001", "craft", "1", seed, seq(90.0, 80.0),
+                 args={"epochs": str(now["epochs"]), "lr": "0.001"}, settings={**now, "lr": 0.001}, n_test=20)
+        make_run(root, "seq_lora", "seq_lora", "1", seed, seq(70.0, 80.0), n_test=20)
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    readme = open(os.path.join(out, "README.md")).read()
     line = next(x for x in readme.splitlines() if x.startswith("- Settings that moved"))
-    assert line.endswith(f"craft: epochs {then['epochs']} (today {now['epochs']}).") and "seq_lora" not in line
-    # the variant is set against the defaults it was tried against, and the ablation table says whose they are
-    ablations = open(os.path.join(tmp_path, "results", "ablations.md")).read()
-    assert "craft: its runs here were made before a default moved" in ablations
+    assert line.endswith(f"`craft`, `craft:lr=0.001`: epochs {then['epochs']} (today {now['epochs']}).")
+    assert "seq_lora" not in line
+    assert f"runs: methods seq_lora, {today}, craft [epochs={then['epochs']}, lr=0.001], {old}, craft [lr=0.001];" \
+        in readme
+    # the paired table and the verdict speak for today's defaults: (80+80)/2 - (70+80)/2 = +5 on both seeds
+    paired = open(os.path.join(out, "paired.md")).read()
+    assert paired.startswith(f"### {today} against each baseline")
+    assert re.search(r"^\| seq_lora \| \+5\.00 \[.*\| 1 × 2 \|$", paired, re.M)
+    verdict = next(x for x in readme.splitlines() if x.startswith("- Orders 1-3, against seq_lora"))
+    assert verdict.startswith("- Orders 1-3, against seq_lora (1 order × 2 seeds): craft shows") and "+5.00" in verdict
+    # each variant against its nearest defaults: +5 each (lr=0.001 gains 10 on task a under either schedule);
+    # the old defaults against today's: -10
+    table = open(os.path.join(out, "ablations.md")).read().splitlines()
+    heads = [h.strip() for h in table[2].strip("|").split("|")]
+    rows = {c[0]: dict(zip(heads[1:], c[1:])) for c in
+            ([x.strip() for x in ln.strip("|").split("|")] for ln in table[4:] if ln.startswith("| craft"))}
+    delta = next(h for h in heads if "ΔAA" in h)
+    assert rows[f"craft [epochs={then['epochs']}, lr=0.001]"]["against"] == old
+    assert rows["craft [lr=0.001]"]["against"] == today and rows[old]["against"] == today
+    assert rows[f"craft [epochs={then['epochs']}, lr=0.001]"][delta].startswith("+5.00 [")
+    assert rows["craft [lr=0.001]"][delta].startswith("+5.00 [") and rows[old][delta].startswith("-10.00 [")
+    assert rows[today]["against"] == "–"
+    # the commands make the stale runs again under a spec that spells the old value; today's keep their folder
+    commands = readme[readme.index("## Regenerate"):readme.index("## Sanity checks")]
+    assert f"craft:epochs={then['epochs']}," in commands and f"craft:lr=0.001:epochs={then['epochs']}" in commands
+    assert f"craft:epochs={now['epochs']}:lr=0.001" in commands and "craft," not in commands
     cell = plan(root, ["craft"], ["1"], ["1"])[0]
     assert cell.out == os.path.join(root, "craft", "1", "seed1") and cell_state(cell) == "stale"
     # the committed CRAFT runs, made before the schedule moved, read as having run the old schedule and nothing else
@@ -562,6 +623,61 @@ def test_runs_made_before_a_default_moved_are_named_and_a_sweep_of_their_label_r
     for path in committed:
         with open(path) as f:
             assert set(moved_settings(json.load(f))) == {"epochs", "warmup", "warmup_for", "decay"}, path
+
+
+def test_a_variant_is_set_against_the_defaults_it_was_tried_under_even_where_todays_are_nearer(tmp_path):
+    """Made under old defaults (epochs 1, warmup 0, decay none), a variant that fixed warmup and decay to what are
+    today's defaults differs from today's in one setting (epochs) and from the old in two, both its own: it was
+    tried against the old defaults, and stays against them."""
+    from methods.craft import CRAFT
+    root = str(tmp_path / "runs")
+    now = CRAFT.resolve_settings({})
+    then = {**now, "epochs": 1, "warmup": 0, "decay": "none"}
+    tried = {"warmup": str(now["warmup"]), "decay": now["decay"]}
+    make_run(root, "craft", "craft", "1", 1, seq(60.0, 80.0), settings=then)
+    make_run(root, "craft+warmup=8+decay=linear", "craft", "1", 1, seq(70.0, 80.0), args=tried,
+             settings={**then, "warmup": now["warmup"], "decay": now["decay"]})
+    make_run(root, "craft+epochs=3+warmup=8+decay=linear", "craft", "1", 1, seq(90.0, 80.0),
+             args={**tried, "epochs": str(now["epochs"])}, settings=now)
+    runs, _ = load_runs(root)
+    assert sorted(r.label for r in runs) == ["craft", "craft [decay=none, epochs=1, warmup=0]", "craft [epochs=1]"]
+    from harness.tables import runs_frame, variant_references
+    assert variant_references(runs, runs_frame(runs, root), "craft") == {
+        "craft [epochs=1]": "craft [decay=none, epochs=1, warmup=0]",       # tried against: +10, not -20
+        "craft [decay=none, epochs=1, warmup=0]": "craft"}                  # the old defaults against today's
+
+
+def test_a_setting_spelled_two_ways_names_one_row(tmp_path):
+    root = str(tmp_path / "runs")
+    make_run(root, "craft+kl_term=False", "craft", "1", 1, seq(60.0, 80.0), args={"kl_term": "False"})
+    make_run(root, "craft+kl_term=0", "craft", "1", 2, seq(70.0, 80.0), args={"kl_term": "0"})
+    make_run(root, "craft+lr=1e-3", "craft", "1", 1, seq(70.0, 80.0), args={"lr": "1e-3"})
+    runs, _ = load_runs(root)
+    assert sorted({r.label for r in runs}) == ["craft [kl_term=false]", "craft [lr=0.001]"]
+    make_run(root, "craft+kl_term=no", "craft", "1", 1, seq(60.0, 80.0), args={"kl_term": "no"})
+    with pytest.raises(UsageError, match=r"ran the same settings \(craft \[kl_term=false\]\) on order 1, seed 1"):
+        write_tables(root, str(tmp_path / "results"), figures=False)
+
+
+def test_a_method_whose_defaults_all_moved_is_stood_for_by_its_old_defaults(tmp_path):
+    """No run of today's defaults: the runs that fixed no setting stand for the method, in the paired table."""
+    from methods.craft import CRAFT
+    root = str(tmp_path / "runs")
+    then = {**CRAFT.resolve_settings({}), "epochs": 1}
+    make_run(root, "craft", "craft", "1", 1, seq(90.0, 80.0), settings=then, n_test=20)
+    make_run(root, "craft+lr=0.001", "craft", "1", 1, seq(70.0, 80.0), args={"lr": "0.001"},
+             settings={**then, "lr": 0.001}, n_test=20)
+    make_run(root, "seq_lora", "seq_lora", "1", 1, seq(70.0, 80.0), n_test=20)
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    paired = open(os.path.join(out, "paired.md")).read()
+    assert paired.startswith("### craft [epochs=1] against each baseline")
+    assert re.search(r"^\| seq_lora \| \+10\.00 \[", paired, re.M)
+    main = open(os.path.join(out, "main.md")).read()
+    top = main[:main.index("*Variants")]
+    assert "| craft [epochs=1] |" in top and "| craft [epochs=1, lr=0.001] |" in main[len(top):]
+    ablations = open(os.path.join(out, "ablations.md")).read()
+    assert "against" not in ablations.splitlines()[2]   # the one variant is against its method's row
 
 
 def test_pareto_front_keeps_exactly_the_points_nothing_beats():
@@ -680,7 +796,8 @@ def test_a_default_that_moved_since_the_runs_is_named(tmp_path):
     out = str(tmp_path / "results")
     write_tables(root, out, figures=False)
     line = next(ln for ln in open(os.path.join(out, "README.md")).read().splitlines() if "moved since" in ln)
-    assert f"seq_lora: lr {default_lr * 4} (today {default_lr})" in line and "replay" not in line
+    assert f"`seq_lora`: lr {default_lr * 4} (today {default_lr})" in line and "replay" not in line
+    assert f"| seq_lora [lr={default_lr * 4}] |" in open(os.path.join(out, "main.md")).read()
     shutil.rmtree(os.path.join(root, "seq_lora"))   # only replay's run is left, made at today's lr
     write_tables(root, out, figures=False)
     assert "moved since" not in open(os.path.join(out, "README.md")).read()
