@@ -268,6 +268,19 @@ def label_args(config: dict) -> dict:
     return {k: spell_setting(ran[k]) for k in args if ran[k] != defaults[k]}
 
 
+def ran_defaults(config: dict) -> bool:
+    """Did a run run its method's defaults of some time: it fixed no setting (whatever the defaults then were), or
+    its settings are today's defaults or one of its method's FORMER_DEFAULTS (a spec that spelled them out)."""
+    if not config.get("method_args"):
+        return True
+    from methods import discover
+    cls, recorded = discover().get(config.get("method")), recorded_value(config, "settings")
+    if cls is None or not isinstance(recorded, dict):
+        return False
+    today = resolved_settings(cls.NAME, {})
+    return any(recorded == {**today, **json.loads(json.dumps(former))} for former in ({},) + tuple(cls.FORMER_DEFAULTS))
+
+
 def setup_of(config: dict) -> tuple:
     """The setup a table's runs must share, from a run's config.json."""
     return tuple(recorded_value(config, name) for name in names(SETUP))

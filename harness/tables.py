@@ -20,6 +20,7 @@ from harness import metrics as metrics_mod
 from harness import stats
 from harness.config import (FIELDS, SETUP, label_args, moved_settings, names, recorded_value, reproducing_args,
                             setup_of, spell_options)
+from harness.config import ran_defaults as config_ran_defaults
 from harness.rundir import RunDir, atomic_write
 
 MISSING = "–"
@@ -87,8 +88,8 @@ class Run:
 
     @property
     def ran_defaults(self) -> bool:
-        """Made with no setting fixed: the method's defaults at the time (today's, or earlier ones)."""
-        return not self.config.get("method_args")
+        """Ran its method's defaults of some time (today's or earlier ones): config.ran_defaults."""
+        return config_ran_defaults(self.config)
 
     @property
     def bound(self) -> bool:
@@ -805,7 +806,7 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
         for heading, values in cells.items():
             group = "Against the default" + ("" if len(blocks) == 1 else f", {title}")
             columns[(group, heading)] = pd.Series(values, dtype=object)
-    elsewhere = {lab: ref for m in varied for lab, ref in against[m].items() if ref != main_label(frame, m)}
+    elsewhere = {lab: ref for m in varied for lab, ref in against[m].items() if ref != m}   # not today's defaults
     if elsewhere:   # which defaults a variant is set against, where it is not its method's row
         columns[("", "against")] = pd.Series({lab: against[m][lab] for m in varied for lab in against[m]},
                                              dtype=object)
@@ -817,8 +818,9 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
              "same streams; references, to the cells where any variant ran. AA, BWT, FM: mean ± std over those seeds. "
              "Against the default: the variant minus its method with default "
              "settings, paired on the same orders, seeds and test examples (pairs = orders × seeds), per block "
-             "of orders" + ("" if not elsewhere else " (where defaults moved between runs, against the nearest "
-                            "defaults, today's or those the variant was tried under; column 'against')") + "; "
+             "of orders" + ("" if not elsewhere else " (column 'against': where defaults moved between runs, the "
+                            "defaults the variant was tried under, those that differ from it only in settings it "
+                            "fixed; the old defaults themselves against the nearest)") + "; "
              f"{BOOTSTRAP_NOTE} * = the interval excludes 0. Trainable params: per run. Wall s/run: median "
              "[min–max] over the row's runs in the table."]
     notes += [n for n in (missing_predictions_note([r for r in runs if r.label in set(scoped.label)]),) if n]
@@ -940,24 +942,34 @@ def regenerate_commands(runs: list[Run], root: str, sweeps: list[dict]) -> list[
     """`sweep` commands whose grids are exactly the finished runs: methods that share the same
     orders x seeds go in one command. Derived from the runs, not the sweep history, so a run moved away
     (or a variant that became the default) is not made again. A run made before one of its settings moved is
-    spelled with the value it ran (reproducing_args): the command makes it again, beside the stale folder."""
-    labels, cells = {}, {}
+    spelled with the value it ran (reproducing_args) and made again in remade_folder(root): in root, beside the
+    stale folder, one row would hold two runs of a stream."""
+    labels, cells, remade = {}, {}, set()
     for r in runs:
         spec = spec_of(r.method, reproducing_args(r.config))
         labels[spec] = r.label
         cells.setdefault(spec, {}).setdefault(r.seed, set()).add(r.order)
-    grids = {}   # (orders, seeds) -> specs
+        if moved_settings(r.config):
+            remade.add(spec)
+    grids = {}   # (folder, orders, seeds) -> specs
     for spec, by_seed in cells.items():
         merged = {}   # orders -> seeds that ran exactly those orders
         for seed, orders in by_seed.items():
             merged.setdefault(tuple(sorted(orders, key=order_rank)), []).append(seed)
+        folder = remade_folder(root) if spec in remade else root
         for orders, seeds in merged.items():
-            grids.setdefault((orders, tuple(sorted(seeds))), []).append(spec)
+            grids.setdefault((folder, orders, tuple(sorted(seeds))), []).append(spec)
     options = run_options_of(sweeps, runs)
     ranked = sort_labels(set(labels.values()))
     return [f"python -m harness sweep --methods {','.join(sorted(specs, key=lambda x: (ranked.index(labels[x]), x)))} "
-            f"--orders {','.join(orders)} --seeds {','.join(map(str, seeds))} --runs {root} {options}".rstrip()
-            for (orders, seeds), specs in sorted(grids.items(), key=lambda g: (g[0][1], -len(g[1]), g[0][0]))]
+            f"--orders {','.join(orders)} --seeds {','.join(map(str, seeds))} --runs {folder} {options}".rstrip()
+            for (folder, orders, seeds), specs in sorted(grids.items(),
+                                                          key=lambda g: (g[0][0], g[0][2], -len(g[1]), g[0][1]))]
+
+
+def remade_folder(root: str) -> str:
+    """Where the regenerate commands make again the runs made before a setting moved."""
+    return root.rstrip("/") + "-remade"
 
 
 def spec_of(method: str, args: dict) -> str:
@@ -1054,10 +1066,10 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
               "To remake the runs themselves: the sweep commands that make exactly the runs in these tables "
               "(derived from the runs; a rerun skips finished runs and resumes unfinished ones), `general` on the "
               "runs that have a GEN Δ (it needs the weights, so it measures runs made on this machine), then the "
-              "tables:" + (" A run made before one of its settings moved is spelled with the value it ran, so its "
-                           "command makes it again in a folder of its own: run those into a fresh `--runs` folder "
-                           "(beside the old runs, one row would hold two runs of a stream, which tables refuses)."
-                           if moved else ""), "", "```"]
+              "tables:" + (" A run made before one of its settings moved is spelled with the value it ran and made "
+                           f"again in `{remade_folder(root)}` (in `{root}`, beside the old run, one row would hold "
+                           "two runs of a stream, which tables refuses); `harness tables --runs "
+                           f"{remade_folder(root)}` tables those." if moved else ""), "", "```"]
     groups = by_protocol(runs)
     for group in groups.values():   # the sweep history speaks for one protocol only
         lines += regenerate_commands(group, root, sweeps if len(groups) == 1 else [])

@@ -65,6 +65,7 @@ class ILoRA(MultiLoRAMethod):
     DESCRIPTION = ("I-LoRA: fast and slow LoRA copies (EMA interpolation), reservoir replay with a hidden-state "
                    "consistency loss; the slow copy is evaluated")
     FIRST_ADAPTER = "fast"
+    ADDED_SETTINGS = {"compute": "extra"}   # runs made before compute=matched replayed a batch as large as their own
     SETTINGS = {
         "ema_alpha": (0.25, "cap of the EMA weight a on the slow side: slow <- a*slow + (1-a)*fast"),
         "buffer_size": (500, "reservoir replay buffer size (labelled training examples, all tasks)"),

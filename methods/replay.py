@@ -23,6 +23,7 @@ class Replay(LoRAMethod):
     shuffled first, so a random subset of them is left out); the counts are spread evenly over the batches
     by cumulative rounding, and the memory is drawn without replacement in a seeded order."""
     NAME = "replay"
+    ADDED_SETTINGS = {"compute": "extra"}   # runs made before compute=matched: the memory lengthened the epoch
     SETTINGS = {"memory_size": (100, "examples kept from all past tasks together (evenly per task)"),
                 "compute": ("extra", "extra: the memory lengthens the epoch; matched: seq_lora's step count and "
                                      "batch size, memory examples replace a share of each batch's task examples",

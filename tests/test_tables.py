@@ -610,9 +610,12 @@ def test_runs_made_before_a_default_moved_are_named_by_what_they_ran(tmp_path):
     assert rows["craft [lr=0.001]"][delta].startswith("+5.00 [") and rows[old][delta].startswith("-10.00 [")
     assert rows[today]["against"] == "–"
     # the commands make the stale runs again under a spec that spells the old value; today's keep their folder
-    commands = readme[readme.index("## Regenerate"):readme.index("## Sanity checks")]
-    assert f"craft:epochs={then['epochs']}," in commands and f"craft:lr=0.001:epochs={then['epochs']}" in commands
-    assert f"craft:epochs={now['epochs']}:lr=0.001" in commands and "craft," not in commands
+    commands = readme[readme.index("## Regenerate"):readme.index("## Sanity checks")].splitlines()
+    stale = next(x for x in commands if f"--runs {root}-remade " in x)   # into a folder of their own
+    assert set(stale.split(" --methods ")[1].split(" ")[0].split(",")) == {
+        f"craft:epochs={then['epochs']}", f"craft:lr=0.001:epochs={then['epochs']}"}
+    current = next(x for x in commands if f"craft:epochs={now['epochs']}:lr=0.001" in x)
+    assert f"--runs {root} " in current and "craft," not in current
     cell = plan(root, ["craft"], ["1"], ["1"])[0]
     assert cell.out == os.path.join(root, "craft", "1", "seed1") and cell_state(cell) == "stale"
     # the committed CRAFT runs, made before the schedule moved, read as having run the old schedule and nothing else
@@ -623,6 +626,14 @@ def test_runs_made_before_a_default_moved_are_named_by_what_they_ran(tmp_path):
     for path in committed:
         with open(path) as f:
             assert set(moved_settings(json.load(f))) == {"epochs", "warmup", "warmup_for", "decay"}, path
+    # and every other committed record reads as what its spec runs today (settings added since are ADDED_SETTINGS)
+    from harness.config import recorded_value, resolved_settings
+    for path in glob.glob(os.path.join(ROOT, "results", "**", "config.json"), recursive=True):
+        with open(path) as f:
+            config = json.load(f)
+        if "+" not in path.split(os.sep)[-4] and config["method"] != "craft":
+            assert recorded_value(config, "settings") == resolved_settings(config["method"],
+                                                                            config.get("method_args") or {}), path
 
 
 def test_a_variant_is_set_against_the_defaults_it_was_tried_under_even_where_todays_are_nearer(tmp_path):
@@ -676,8 +687,33 @@ def test_a_method_whose_defaults_all_moved_is_stood_for_by_its_old_defaults(tmp_
     main = open(os.path.join(out, "main.md")).read()
     top = main[:main.index("*Variants")]
     assert "| craft [epochs=1] |" in top and "| craft [epochs=1, lr=0.001] |" in main[len(top):]
-    ablations = open(os.path.join(out, "ablations.md")).read()
-    assert "against" not in ablations.splitlines()[2]   # the one variant is against its method's row
+    table = open(os.path.join(out, "ablations.md")).read().splitlines()
+    heads = [h.strip() for h in table[2].strip("|").split("|")]
+    row = next([c.strip() for c in ln.strip("|").split("|")] for ln in table if ln.startswith("| craft [epochs=1, lr"))
+    assert dict(zip(heads, row))["against"] == "craft [epochs=1]"   # not today's defaults: the column says so
+
+
+def test_a_folder_that_spells_out_former_defaults_stands_for_its_method(tmp_path):
+    """Runs remade from a README's commands spell the old defaults out (Method.FORMER_DEFAULTS): they are still
+    the method's row of their time, and its variants are set against them."""
+    from methods.craft import CRAFT
+    former = CRAFT.FORMER_DEFAULTS[0]
+    then = {**CRAFT.resolve_settings({}), **former}
+    spelled = {k: str(v) for k, v in former.items()}
+    root = str(tmp_path / "runs")
+    label = "craft [" + ", ".join(f"{k}={v}" for k, v in sorted(spelled.items())) + "]"
+    make_run(root, "craft+former", "craft", "1", 1, seq(90.0, 80.0), args=spelled, settings=then, n_test=20)
+    make_run(root, "craft+former+lr=0.001", "craft", "1", 1, seq(70.0, 80.0), args={**spelled, "lr": "0.001"},
+             settings={**then, "lr": 0.001}, n_test=20)
+    make_run(root, "seq_lora", "seq_lora", "1", 1, seq(70.0, 80.0), n_test=20)
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    assert open(os.path.join(out, "paired.md")).read().startswith(f"### {label} against each baseline")
+    runs, _ = load_runs(root)
+    from harness.tables import runs_frame, variant_references
+    variant = "craft [" + ", ".join(f"{k}={v}" for k, v in sorted({**spelled, "lr": "0.001"}.items())) + "]"
+    assert variant_references(runs, runs_frame(runs, root), "craft") == {variant: label}
+    assert "Settings that moved" not in open(os.path.join(out, "README.md")).read()   # they ran what they say
 
 
 def test_pareto_front_keeps_exactly_the_points_nothing_beats():
