@@ -30,9 +30,9 @@ def _runs(root: str) -> list[Run]:
     return runs
 
 
-def _differences(a: list[Run], b: list[Run], labels: list[str]) -> dict[str, list]:
+def _differences(a: list[Run], b: list[Run], specs: list[str]) -> dict[str, list]:
     """field -> [values in A, values in B] for every shown config field whose values differ between the folders,
-    and "<label> <setting>" for a paired method's resolved settings that differ (a default changed between two
+    and "<spec> <setting>" for a paired method's resolved settings that differ (a default changed between two
     checkouts: the runs still pair, as the same method, order and seed)."""
     def values(runs, get):
         return sorted({json.dumps(get(r), sort_keys=True) for r in runs})
@@ -42,14 +42,14 @@ def _differences(a: list[Run], b: list[Run], labels: list[str]) -> dict[str, lis
         va, vb = values(a, lambda r: recorded_value(r.config, name)), values(b, lambda r: recorded_value(r.config, name))
         if va != vb:
             out[name] = [[json.loads(v) for v in va], [json.loads(v) for v in vb]]
-    for label in labels:
-        mine_a, mine_b = ([r for r in runs if r.spec == label] for runs in (a, b))
+    for spec in specs:
+        mine_a, mine_b = ([r for r in runs if r.spec == spec] for runs in (a, b))
         settings_a = [recorded_value(r.config, "settings") or {} for r in mine_a]
         settings_b = [recorded_value(r.config, "settings") or {} for r in mine_b]
         for key in sorted({k for s in settings_a + settings_b for k in s}):
             va, vb = values(settings_a, lambda s: s.get(key)), values(settings_b, lambda s: s.get(key))
             if va != vb:
-                out[f"{label} {key}"] = [[json.loads(v) for v in va], [json.loads(v) for v in vb]]
+                out[f"{spec} {key}"] = [[json.loads(v) for v in va], [json.loads(v) for v in vb]]
     return out
 
 

@@ -783,11 +783,9 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
         main = main_label(frame, method)
         sections.append((None if len(varied) == 1 else method,
                          [lab for lab in [main] + sort_labels(set(mine.label) - {main}) if lab in set(mine.label)]))
-        for lab in sort_labels(set(ablated.label)):
-            if lab not in against[method]:
-                continue
+        for lab, reference in against[method].items():
             for title, members in blocks:
-                add_paired_cells(paired[title], lab, most_pairs(runs, lab, against[method][lab], members),
+                add_paired_cells(paired[title], lab, most_pairs(runs, lab, reference, members),
                                  ("ΔAA vs default ↑", "ΔFM vs default ↓"))
     scoped = pd.concat(scoped_parts)
     all_cells = pd.MultiIndex.from_frame(scoped[["order", "seed"]])
@@ -806,9 +804,9 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
         for heading, values in cells.items():
             group = "Against the default" + ("" if len(blocks) == 1 else f", {title}")
             columns[(group, heading)] = pd.Series(values, dtype=object)
-    elsewhere = {lab: ref for m in varied for lab, ref in against[m].items() if ref != m}   # not today's defaults
-    if elsewhere:   # which defaults a variant is set against, where it is not its method's row
-        columns[("", "against")] = pd.Series({lab: against[m][lab] for m in varied for lab in against[m]},
+    elsewhere = any(ref != m for m in varied for ref in against[m].values())   # a reference not today's defaults
+    if elsewhere:   # then every variant's reference is named
+        columns[("", "against")] = pd.Series({lab: ref for m in varied for lab, ref in against[m].items()},
                                              dtype=object)
     columns[("", "trainable params")] = (scoped.drop_duplicates("label").set_index("label")
                                          .trainable_parameters.map("{:,}".format))
