@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="run a grid of methods x orders x seeds, skipping finished runs")
     s.add_argument("--methods", required=True,
                    help="comma-separated methods; fix settings with name:key=value[:key=value] "
-                        "(e.g. seq_lora,craft,craft:routing=single)")
+                        "(e.g. seq_lora,craft,craft:routing=single); a list value keeps its commas "
+                        "(craft:layers=3,7,11,seq_lora is two specs)")
     s.add_argument("--orders", required=True, help="comma-separated orders (e.g. offline1,offline2,1,2)")
     s.add_argument("--seeds", default="1", help="comma-separated seeds (default 1)")
     s.add_argument("--runs", default=RUNS_DEFAULT, help="folder of run directories (default results/runs)")
@@ -222,7 +223,7 @@ def cmd_sweep(a) -> int:
     check_folder(a.runs, "--runs")
     typed = config.from_args(a)
     shared = dataclasses.replace(typed, data_dir=os.path.abspath(a.data_dir) if a.data_dir else None)
-    cells = sweep.plan(a.runs, sweep.split_list(a.methods, "methods"), sweep.split_list(a.orders, "orders"),
+    cells = sweep.plan(a.runs, sweep.split_methods(a.methods), sweep.split_list(a.orders, "orders"),
                        sweep.split_list(a.seeds, "seeds"), shared)
     _check_machine(typed)   # the grid's typos first: they cost nothing; the model's tokenizer loads here
     check_base_cache(os.path.join(a.runs, "base-cache.json"))

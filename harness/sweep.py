@@ -97,6 +97,23 @@ def split_list(raw: str, what: str) -> list[str]:
     return items
 
 
+def split_methods(raw: str) -> list[str]:
+    """`--methods`: method specs split at commas, where a comma-separated setting value stays whole: a piece that
+    does not start with a method's name continues the spec before it when that spec ends in a value, so
+    `craft:layers=3,7,11,seq_lora` is two specs (`craft:layers=3,7,11` and `seq_lora`). A typo still reaches
+    the registry's "did you mean" where nothing precedes it to continue."""
+    from methods import discover
+    names = set(discover())
+    specs: list[str] = []
+    for piece in split_list(raw, "methods"):
+        starts_spec = piece.split(":", 1)[0] in names
+        if specs and not starts_spec and "=" in specs[-1].rsplit(":", 1)[-1]:
+            specs[-1] += "," + piece
+        else:
+            specs.append(piece)
+    return specs
+
+
 def plan(runs: str, methods: list[str], orders: list[str], seeds: list[str],
          shared: BenchConfig | None = None) -> list[Cell]:
     """Cells in the order they run: seed-major, so a sweep cut short still covers every method and order.

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 
 import torch
 
@@ -144,6 +145,8 @@ class CRAFT(Method):
                              f"must be >= 0 and not both 0 (got {first} and {last})")
         if int(values["auto_layers"]) < 1:
             raise UsageError(f"craft: auto_layers must be at least 1 (got {values['auto_layers']})")
+        if str(values["layers"]) != "auto" and not re.fullmatch(r"\s*\d+\s*(,\s*\d+\s*)*", str(values["layers"])):
+            raise UsageError(f"craft: layers must be auto or comma-separated layer numbers (got {values['layers']!r})")
         return values
 
     @classmethod

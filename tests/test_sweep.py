@@ -12,7 +12,7 @@ from core.errors import UsageError
 from harness import config
 from harness.cli import build_parser, main
 from harness.config import BenchConfig
-from harness.sweep import MethodSpec, cell_state, plan
+from harness.sweep import MethodSpec, cell_state, plan, split_methods
 
 TINY = ["--model", "tiny-llama", "--train-per-task", "4", "--test-per-task", "3", "--max-input-tokens", "8"]
 ORDER = "bbc+hutto_amazon"
@@ -43,6 +43,23 @@ def test_method_specs_and_plan(tmp_path):
         plan(str(tmp_path), ["seq_lora"], ["9"], ["1"])
     with pytest.raises(UsageError, match="expected name:key=value"):
         MethodSpec.parse("craft:routing")
+
+
+def test_a_comma_separated_setting_value_stays_in_its_spec(tmp_path):
+    raw = "craft:layers=3,7,11,seq_lora:target_modules=q_proj,k_proj,v_proj:lr=3e-4,replay,seq_lora:r=4"
+    assert split_methods(raw) == ["craft:layers=3,7,11", "seq_lora:target_modules=q_proj,k_proj,v_proj:lr=3e-4",
+                                  "replay", "seq_lora:r=4"]
+    cells = plan(str(tmp_path), split_methods("seq_lora:target_modules=q_proj,k_proj,v_proj,craft:layers=3,7"),
+                 ["offline1"], ["1"])
+    assert [c.settings["target_modules"] for c in cells[:1]] == ["q_proj,k_proj,v_proj"]
+    assert cells[1].settings["layers"] == "3,7"
+    assert cells[0].out.split(os.sep)[-3] == "seq_lora+target_modules=q_proj,k_proj,v_proj"
+    # a piece after a spec without a value is a spec of its own: a typo meets the registry's "did you mean"
+    with pytest.raises(UsageError, match="did you mean"):
+        plan(str(tmp_path), split_methods("seq_lora,craf"), ["offline1"], ["1"])
+    # glued onto a list value, a typo fails the method's own check before anything runs
+    with pytest.raises(UsageError, match="layers must be auto or comma-separated"):
+        plan(str(tmp_path), split_methods("craft:layers=3,7,seq_lor"), ["offline1"], ["1"])
 
 
 def test_sweep_skips_finished_resumes_unfinished_and_runs_the_rest(tmp_path, capsys, monkeypatch):

@@ -152,7 +152,7 @@ def test_regenerate_commands_make_exactly_the_runs_in_the_tables(runs, tmp_path)
     import shlex
 
     from harness.cli import build_parser
-    from harness.sweep import plan
+    from harness.sweep import plan, split_methods
     out = str(tmp_path / "results")
     write_tables(runs, out, figures=False)
     readme = open(os.path.join(out, "README.md")).read()
@@ -166,7 +166,7 @@ def test_regenerate_commands_make_exactly_the_runs_in_the_tables(runs, tmp_path)
     cells = set()
     for command in commands:
         a = build_parser().parse_args(shlex.split(command)[3:])
-        cells |= {c.out for c in plan(a.runs, a.methods.split(","), a.orders.split(","), a.seeds.split(","))}
+        cells |= {c.out for c in plan(a.runs, split_methods(a.methods), a.orders.split(","), a.seeds.split(","))}
     finished, _ = load_runs(runs)
     assert cells == {r.path for r in finished}   # the unfinished o_lora run is not asked for
     # general: a glob where every run of an order and seed was measured, else the runs by name
