@@ -278,7 +278,20 @@ def ran_defaults(config: dict) -> bool:
     if cls is None or not isinstance(recorded, dict):
         return False
     today = resolved_settings(cls.NAME, {})
-    return any(recorded == {**today, **json.loads(json.dumps(former))} for former in ({},) + tuple(cls.FORMER_DEFAULTS))
+    return any(recorded == {**today, **json.loads(json.dumps(former))}
+               for former in ({},) + tuple(cls.FORMER_DEFAULTS.values()))
+
+
+def former_defaults_named(method: str, args: dict) -> tuple[str | None, dict]:
+    """(the name of the method's FORMER_DEFAULTS entry whose every setting `args` (label_args' spelling) holds,
+    the args left besides it), newest entry first; (None, args) where none is held whole. So a row of runs made
+    under old defaults reads `craft (one-epoch defaults) [lr=0.001]`, not every old value spelled out."""
+    from methods import discover
+    cls = discover().get(method)
+    for name, former in (cls.FORMER_DEFAULTS.items() if cls is not None else ()):
+        if all(args.get(k) == spell_setting(v) for k, v in former.items()):
+            return name, {k: v for k, v in args.items() if k not in former}
+    return None, args
 
 
 def setup_of(config: dict) -> tuple:

@@ -12,6 +12,7 @@ import pandas as pd
 
 matplotlib.use("Agg")   # files only; no screen on these machines
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from harness import stats  # noqa: E402
 from harness.metrics import trained_rows  # noqa: E402
@@ -172,6 +173,8 @@ def aa_vs_kept(runs, block: str, orders: list[str], folder: str) -> list[str]:
                     if abs(heights[label] - aa) > 1e-9 else None)
     ax.set_xscale("log")
     ax.set_xlim(right=max(p[1] for p in points) * 12)     # room for the labels right of the last column
+    # decades only: matplotlib labels minor ticks on a short log axis, and their labels ran into each other
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("parameters kept beside the backbone at the end of the stream (log; zero shown at 1)")
     ax.set_ylabel("AA (%), mean over the runs of each row, 95% interval")
     ax.set_title(f"{block} ({', '.join(sorted({r.order for r in mine_all}))}): AA against parameters kept "

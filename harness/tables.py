@@ -18,8 +18,8 @@ import pandas as pd
 from core.errors import UsageError
 from harness import metrics as metrics_mod
 from harness import stats
-from harness.config import (FIELDS, SETUP, label_args, moved_settings, names, recorded_value, reproducing_args,
-                            setup_of, spell_options)
+from harness.config import (FIELDS, SETUP, former_defaults_named, label_args, moved_settings, names, recorded_value,
+                            reproducing_args, setup_of, spell_options, spell_setting)
 from harness.config import ran_defaults as config_ran_defaults
 from harness.rundir import RunDir, atomic_write
 
@@ -101,9 +101,16 @@ class Run:
 
 
 def method_label(method: str, method_args: dict) -> str:
-    if not method_args:
-        return method
-    return f"{method} [" + ", ".join(f"{k}={v}" for k, v in sorted(method_args.items())) + "]"
+    """`craft`, `craft [lr=0.001]`, or with one of the method's former defaults held whole, by its name:
+    `craft (one-epoch defaults) [lr=0.001]` (the tables' notes say what each name stands for)."""
+    former, rest = former_defaults_named(method, method_args)
+    head = method if former is None else f"{method} ({former})"
+    return head if not rest else f"{head} [" + ", ".join(f"{k}={v}" for k, v in sorted(rest.items())) + "]"
+
+
+def label_method(label: str) -> str:
+    """The method a row label names (method_label read back)."""
+    return label.split(" [")[0].split(" (")[0]
 
 
 def load_runs(root: str) -> tuple[list[Run], list[str]]:
@@ -206,7 +213,7 @@ def blocks_for(orders: set[str]) -> list[tuple[str, list[str]]]:
 
 def sort_labels(labels: set[str]) -> list[str]:
     def key(label):
-        base = label.split(" [")[0]
+        base = label_method(label)
         rank = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
         return rank, base, label != base, label
     return sorted(labels, key=key)
@@ -1009,6 +1016,22 @@ def moved_settings_line(runs: list[Run]) -> str | None:
                 for keys, specs in groups.items()) + ".")
 
 
+def former_names_line(runs: list[Run]) -> str | None:
+    """What each former-defaults name in the rows' labels stands for (method_label)."""
+    named = {}
+    for r in runs:
+        former, _ = former_defaults_named(r.method, label_args(r.config))
+        if former is not None:
+            from methods import discover
+            named[f"{r.method} ({former})"] = discover()[r.method].FORMER_DEFAULTS[former]
+    if not named:
+        return None
+    return ("- Rows named by former defaults: " + "; ".join(
+        f"`{name}` ran " + ", ".join(f"{k}={spell_setting(v)}" for k, v in sorted(former.items()))
+        + f", {name.split(' (')[0]}'s defaults before those settings moved" for name, former in sorted(named.items()))
+        + " (any other setting a row fixed follows in brackets).")
+
+
 def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks: dict, verdicts: dict) -> str:
     s = dict(zip(SETUP_KEYS, setup))
     created = sorted(r.config.get("created", "") for r in runs)
@@ -1053,8 +1076,7 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
              "- CPUs: " + machines_line(runs) + ".",
              "- Every run is listed, with its metrics, in `runs.csv`."]
     moved = moved_settings_line(runs)
-    if moved:
-        lines.append(moved)
+    lines += [line for line in (former_names_line(runs), moved) if line]
     if unfinished:
         lines.append(f"- Unfinished runs, not in any table ({len(unfinished)}): " +
                      ", ".join(f"`{os.path.relpath(u, root)}`" for u in unfinished) + ".")

@@ -55,10 +55,11 @@ class Method:
     # ran with it. Adding a setting then leaves the method's earlier runs current (not stale to a sweep, resumable,
     # in one table with the new ones) as long as its default is that value.
     ADDED_SETTINGS: dict = {}
-    # The defaults of earlier times, newest first, each as the settings that then differed from today's defaults
-    # (when a default moves, add its old value to every entry and a new entry of the keys that moved): a run that
-    # ran one of these is its method's row of that time in the tables, even where its spec spelled them out.
-    FORMER_DEFAULTS: tuple = ()
+    # The defaults of earlier times, newest first: a short name -> the settings that then differed from today's
+    # defaults (when a default moves, add its old value to every entry and a new entry of the keys that moved). A
+    # run that ran one of these is its method's row of that time in the tables, even where its spec spelled them
+    # out; a row holding an entry's settings is named by it: `craft (one-epoch defaults) [lr=0.001]`.
+    FORMER_DEFAULTS: dict = {}
     # name -> (default, what it controls[, the values allowed]). Subclasses add to their parents' settings.
     SETTINGS: dict = {
         "lr": (1e-3, "learning rate (AdamW, no weight decay)"),

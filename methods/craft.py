@@ -79,7 +79,7 @@ class CRAFT(Method):
     ADDED_SETTINGS = {"warmup": 0, "budget_stop": "keep", "auto_layers": 4, "warmup_for": "joining", "decay": "none",
                       "budget_check": "batch", "merge_rank": "r"}
     # until 2026-12-02: one epoch at a constant rate, warm-up only for a joining task (none by default)
-    FORMER_DEFAULTS = ({"epochs": 1, "warmup": 0, "warmup_for": "joining", "decay": "none"},)
+    FORMER_DEFAULTS = {"one-epoch defaults": {"epochs": 1, "warmup": 0, "warmup_for": "joining", "decay": "none"}}
     SETTINGS = {
         "lr": (4e-3, "learning rate of the interventions"),
         # The schedule (epochs, warmup, warmup_for, decay) is LoReFT's own, chosen on validation runs (docs/results.md,

@@ -697,11 +697,11 @@ def test_a_folder_that_spells_out_former_defaults_stands_for_its_method(tmp_path
     """Runs remade from a README's commands spell the old defaults out (Method.FORMER_DEFAULTS): they are still
     the method's row of their time, and its variants are set against them."""
     from methods.craft import CRAFT
-    former = CRAFT.FORMER_DEFAULTS[0]
+    name, former = next(iter(CRAFT.FORMER_DEFAULTS.items()))
     then = {**CRAFT.resolve_settings({}), **former}
     spelled = {k: str(v) for k, v in former.items()}
     root = str(tmp_path / "runs")
-    label = "craft [" + ", ".join(f"{k}={v}" for k, v in sorted(spelled.items())) + "]"
+    label = f"craft ({name})"   # named, not every old value spelled out
     make_run(root, "craft+former", "craft", "1", 1, seq(90.0, 80.0), args=spelled, settings=then, n_test=20)
     make_run(root, "craft+former+lr=0.001", "craft", "1", 1, seq(70.0, 80.0), args={**spelled, "lr": "0.001"},
              settings={**then, "lr": 0.001}, n_test=20)
@@ -711,9 +711,12 @@ def test_a_folder_that_spells_out_former_defaults_stands_for_its_method(tmp_path
     assert open(os.path.join(out, "paired.md")).read().startswith(f"### {label} against each baseline")
     runs, _ = load_runs(root)
     from harness.tables import runs_frame, variant_references
-    variant = "craft [" + ", ".join(f"{k}={v}" for k, v in sorted({**spelled, "lr": "0.001"}.items())) + "]"
+    variant = f"craft ({name}) [lr=0.001]"
     assert variant_references(runs, runs_frame(runs, root), "craft") == {variant: label}
-    assert "Settings that moved" not in open(os.path.join(out, "README.md")).read()   # they ran what they say
+    readme = open(os.path.join(out, "README.md")).read()
+    assert "Settings that moved" not in readme   # they ran what they say
+    # the README says what the name stands for
+    assert f"`craft ({name})` ran " + ", ".join(f"{k}={v}" for k, v in sorted(spelled.items())) in readme
 
 
 def test_pareto_front_keeps_exactly_the_points_nothing_beats():
