@@ -283,14 +283,15 @@ def ran_defaults(config: dict) -> bool:
 
 
 def former_defaults_named(method: str, args: dict) -> tuple[str | None, dict]:
-    """(the name of the method's FORMER_DEFAULTS entry whose every setting `args` (label_args' spelling) holds,
-    the args left besides it), newest entry first; (None, args) where none is held whole. So a row of runs made
-    under old defaults reads `craft (one-epoch defaults) [lr=0.001]`, not every old value spelled out."""
+    """(the name of the method's FORMER_DEFAULTS entry every setting of which `args` (label_args: the settings
+    that differ from today's defaults) fixes, the args that differ from that entry), newest entry first; (None,
+    args) where no entry's settings are all fixed. So runs of old defaults read `craft (one-epoch defaults)`, and
+    a variant of them `craft (one-epoch defaults) [lr=0.001]` or `[warmup=5]`, not every old value spelled out."""
     from methods import discover
     cls = discover().get(method)
     for name, former in (cls.FORMER_DEFAULTS.items() if cls is not None else ()):
-        if all(args.get(k) == spell_setting(v) for k, v in former.items()):
-            return name, {k: v for k, v in args.items() if k not in former}
+        if all(k in args for k in former):
+            return name, {k: v for k, v in args.items() if k not in former or v != spell_setting(former[k])}
     return None, args
 
 

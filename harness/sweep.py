@@ -8,6 +8,7 @@ here (`--jobs` side by side), as Ray tasks (harness/ray_engine.py), or anywhere 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import glob
 import json
 import os
@@ -100,14 +101,19 @@ def split_list(raw: str, what: str) -> list[str]:
 def split_methods(raw: str) -> list[str]:
     """`--methods`: method specs split at commas, where a comma-separated setting value stays whole: a piece that
     does not start with a method's name continues the spec before it when that spec ends in a value, so
-    `craft:layers=3,7,11,seq_lora` is two specs (`craft:layers=3,7,11` and `seq_lora`). A typo still reaches
-    the registry's "did you mean" where nothing precedes it to continue."""
+    `craft:layers=3,7,11,seq_lora` is two specs (`craft:layers=3,7,11` and `seq_lora`). A piece close to a
+    method's name is refused with "did you mean" rather than read as a value (a mistyped method would otherwise
+    vanish into the spec before it, its settings with it)."""
     from methods import discover
-    names = set(discover())
+    names = sorted(discover())
     specs: list[str] = []
     for piece in split_list(raw, "methods"):
-        starts_spec = piece.split(":", 1)[0] in names
-        if specs and not starts_spec and "=" in specs[-1].rsplit(":", 1)[-1]:
+        head = piece.split(":", 1)[0]
+        if specs and head not in names and "=" in specs[-1].rsplit(":", 1)[-1]:
+            close = difflib.get_close_matches(head, names, n=1, cutoff=0.75)
+            if close:
+                raise UsageError(f"--methods: {head!r} is not a method (did you mean {close[0]!r}?); a setting's "
+                                 "list value would be read on, so a typo there is refused")
             specs[-1] += "," + piece
         else:
             specs.append(piece)

@@ -84,7 +84,7 @@ class Run:
     def spec(self) -> str:
         """The method and the settings its sweep fixed, as it was made (label names what it ran against today's
         defaults): what pairs a run with its rerun under another setup or checkout (harness compare)."""
-        return method_label(self.method, self.config.get("method_args") or {})
+        return method_label(self.method, self.config.get("method_args") or {}, named=False)
 
     @property
     def ran_defaults(self) -> bool:
@@ -100,10 +100,10 @@ class Run:
         return metrics_mod.trained_rows(self.matrix).iloc[-1]
 
 
-def method_label(method: str, method_args: dict) -> str:
-    """`craft`, `craft [lr=0.001]`, or with one of the method's former defaults held whole, by its name:
-    `craft (one-epoch defaults) [lr=0.001]` (the tables' notes say what each name stands for)."""
-    former, rest = former_defaults_named(method, method_args)
+def method_label(method: str, method_args: dict, named: bool = True) -> str:
+    """`craft`, `craft [lr=0.001]`, or, `named`, with one of the method's former defaults by its name:
+    `craft (one-epoch defaults) [lr=0.001]` (the README says what each name stands for)."""
+    former, rest = former_defaults_named(method, method_args) if named else (None, method_args)
     head = method if former is None else f"{method} ({former})"
     return head if not rest else f"{head} [" + ", ".join(f"{k}={v}" for k, v in sorted(rest.items())) + "]"
 
@@ -1029,7 +1029,7 @@ def former_names_line(runs: list[Run]) -> str | None:
     return ("- Rows named by former defaults: " + "; ".join(
         f"`{name}` ran " + ", ".join(f"{k}={spell_setting(v)}" for k, v in sorted(former.items()))
         + f", {name.split(' (')[0]}'s defaults before those settings moved" for name, former in sorted(named.items()))
-        + " (any other setting a row fixed follows in brackets).")
+        + " (a setting that differs from that follows in brackets).")
 
 
 def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks: dict, verdicts: dict) -> str:

@@ -57,9 +57,13 @@ def test_a_comma_separated_setting_value_stays_in_its_spec(tmp_path):
     # a piece after a spec without a value is a spec of its own: a typo meets the registry's "did you mean"
     with pytest.raises(UsageError, match="did you mean"):
         plan(str(tmp_path), split_methods("seq_lora,craf"), ["offline1"], ["1"])
-    # glued onto a list value, a typo fails the method's own check before anything runs
+    # after a value, a mistyped method is refused, not read on into the value (taking its settings with it)
+    for raw in ("seq_lora:target_modules=q_proj,v_proj,seq_lor:lr=3e-4", "craft:lr=1e-3,repaly"):
+        with pytest.raises(UsageError, match="did you mean 'seq_lora'|did you mean 'replay'"):
+            split_methods(raw)
+    # a piece read on into a list value is checked by the method before anything runs
     with pytest.raises(UsageError, match="layers must be auto or comma-separated"):
-        plan(str(tmp_path), split_methods("craft:layers=3,7,seq_lor"), ["offline1"], ["1"])
+        plan(str(tmp_path), split_methods("craft:layers=3,7,x"), ["offline1"], ["1"])
 
 
 def test_sweep_skips_finished_resumes_unfinished_and_runs_the_rest(tmp_path, capsys, monkeypatch):

@@ -693,6 +693,18 @@ def test_a_method_whose_defaults_all_moved_is_stood_for_by_its_old_defaults(tmp_
     assert dict(zip(heads, row))["against"] == "craft [epochs=1]"   # not today's defaults: the column says so
 
 
+def test_a_row_is_named_by_the_former_defaults_it_fixed_and_what_it_changed_of_them():
+    from harness.tables import method_label
+    assert method_label("craft", {"epochs": "1", "warmup": "0", "warmup_for": "joining", "decay": "none"}) == \
+        "craft (one-epoch defaults)"
+    assert method_label("craft", {"epochs": "1", "warmup": "5", "warmup_for": "joining", "decay": "none",
+                                  "lr": "0.001"}) == "craft (one-epoch defaults) [lr=0.001, warmup=5]"
+    # not every setting of the entry fixed: spelled out (decay and warmup_for ran today's values)
+    assert method_label("craft", {"epochs": "1", "warmup": "3"}) == "craft [epochs=1, warmup=3]"
+    assert method_label("craft", {"epochs": "1", "warmup": "0", "warmup_for": "joining", "decay": "none"},
+                        named=False) == "craft [decay=none, epochs=1, warmup=0, warmup_for=joining]"
+
+
 def test_a_folder_that_spells_out_former_defaults_stands_for_its_method(tmp_path):
     """Runs remade from a README's commands spell the old defaults out (Method.FORMER_DEFAULTS): they are still
     the method's row of their time, and its variants are set against them."""
@@ -713,6 +725,9 @@ def test_a_folder_that_spells_out_former_defaults_stands_for_its_method(tmp_path
     from harness.tables import runs_frame, variant_references
     variant = f"craft ({name}) [lr=0.001]"
     assert variant_references(runs, runs_frame(runs, root), "craft") == {variant: label}
+    # the spec (folder, heatmap file, compare's pairing) stays as the sweep spelled it
+    assert {r.spec for r in runs if r.label == variant} == {
+        "craft [" + ", ".join(f"{k}={v}" for k, v in sorted({**spelled, "lr": "0.001"}.items())) + "]"}
     readme = open(os.path.join(out, "README.md")).read()
     assert "Settings that moved" not in readme   # they ran what they say
     # the README says what the name stands for
