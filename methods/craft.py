@@ -147,6 +147,8 @@ class CRAFT(Method):
             raise UsageError(f"craft: auto_layers must be at least 1 (got {values['auto_layers']})")
         if str(values["layers"]) != "auto" and not re.fullmatch(r"\s*\d+\s*(,\s*\d+\s*)*", str(values["layers"])):
             raise UsageError(f"craft: layers must be auto or comma-separated layer numbers (got {values['layers']!r})")
+        if str(values["layers"]) != "auto":   # one spelling per set of layers: 7,3 and 3,7,7 run (and file) as 3,7
+            values["layers"] = ",".join(map(str, sorted({int(x) for x in str(values["layers"]).split(",")})))
         return values
 
     @classmethod

@@ -369,6 +369,17 @@ def test_auto_layers_picks_that_many_evenly_spaced_layers_and_sizes_the_edit(tok
         CRAFT.resolve_settings({"auto_layers": "0"})
 
 
+def test_listed_layers_have_one_spelling_and_a_malformed_list_is_refused_up_front(tokenizer):
+    assert CRAFT.resolve_settings({"layers": "7, 3,3"})["layers"] == "3,7"
+    m = CRAFT(tiny_model(tokenizer, seed=0, layers=12), tokenizer, {"layers": "7,3"}, seed=1)
+    m.setup()
+    assert m.layers == [3, 7]
+    m.hooks.remove()
+    for bad in ("3,x", "3;7", ""):
+        with pytest.raises(UsageError, match="layers must be auto or comma-separated"):
+            CRAFT.resolve_settings({"layers": bad})
+
+
 def test_cli_refuses_zero_positions_with_one_line_and_exit_2(tmp_path, capsys):
     from harness.cli import main
     code = main(["bench", "--method", "craft", "--order", "bbc", "--model", "tiny-llama", "--out", str(tmp_path / "x"),
