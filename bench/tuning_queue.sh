@@ -1,0 +1,38 @@
+#!/bin/bash
+# The tuning queue still to run, in order (docs/results.md, "Left of the tuning queue"): validation runs only,
+# into results/val/tuning/runs (and results/val/runs for first runs of a method). Each sweep skips finished runs
+# and resumes an unfinished one, so rerunning this script after an interruption goes on where it stopped.
+#   bash bench/tuning_queue.sh                      # from the repository root, ../shared beside it
+#   RESULTS=/elsewhere/results CL_DATA_DIR=/data/CL_Benchmark bash bench/tuning_queue.sh
+# CRAFT's tuning spells its schedule out (E3), so its variants land in folders of their own beside the defaults'.
+set -u
+RESULTS=${RESULTS:-results}
+DATA=${CL_DATA_DIR:-../shared/data/CL_Benchmark}
+PY=${PYTHON:-.venv/bin/python}
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=${PYTHONPATH:-$(pwd)}
+T=$RESULTS/val/tuning/runs
+V=$RESULTS/val/runs
+G=MNLI+CB+RTE+IMDB+SST-2+yelp+amazon   # a stream whose tasks share output spaces: where CRAFT's grouping acts
+E3=craft:epochs=3:warmup=8:warmup_for=all:decay=linear
+sw() {
+    echo "== $(date -u +%FT%T) sweep $*"
+    $PY -m harness sweep --data-dir "$DATA" --eval-split val --matrix needed "$@"
+    echo "== $(date -u +%FT%T) exit $?"
+}
+# 1. seq_lora's epochs (the baselines' side of CRAFT's three-epoch budget): four streams, then the third seed
+sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods seq_lora,seq_lora:epochs=3
+sw --runs $T --orders offline1,offline2 --seeds 3 --methods seq_lora,seq_lora:epochs=3
+# 2. replay's epochs, by the same rule
+sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods replay,replay:epochs=3
+# 3. round 5, on CRAFT's three-epoch defaults
+sw --runs $T --orders offline1,offline2 --seeds 1,2,3 --methods $E3:lr=0.001,$E3:settle_tol=0
+sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods $E3:rank=8:auto_layers=13:lr=0.001
+sw --runs $T --orders $G --seeds 1 --methods seq_lora:epochs=3,$E3:lr=0.001,$E3:settle_tol=0,$E3:routing=per_task
+# 4. first validation runs of the grid's remaining methods
+sw --runs $V --orders offline1 --seeds 1 --methods crma,adaptive_svd,mtl,zero_shot
+# 5. the grouped stream, seed 2
+sw --runs $T --orders $G --seeds 2 --methods seq_lora,$E3,$E3:lr=0.001
+# Next (written once seq_lora's and replay's epochs are decided, at the chosen epochs): the baselines' learning
+# rates (3e-4, 3e-3) for seq_lora, replay and o_lora on offline1-2 x seeds 1-2, o_lora's epochs, the shared-prefix
+# dropout check, generation on the offline runs.
+echo "== $(date -u +%FT%T) queue done"
