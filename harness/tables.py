@@ -1018,11 +1018,11 @@ def moved_settings_line(runs: list[Run]) -> str | None:
 
 def former_names_line(runs: list[Run]) -> str | None:
     """What each former-defaults name in the rows' labels stands for (method_label)."""
+    from methods import discover
     named = {}
     for r in runs:
         former, _ = former_defaults_named(r.method, label_args(r.config))
         if former is not None:
-            from methods import discover
             named[f"{r.method} ({former})"] = discover()[r.method].FORMER_DEFAULTS[former]
     if not named:
         return None
