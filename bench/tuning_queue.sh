@@ -19,9 +19,9 @@ sw() {
     $PY -m harness sweep --data-dir "$DATA" --eval-split val --matrix needed "$@"
     echo "== $(date -u +%FT%T) exit $?"
 }
-# 1. seq_lora's epochs (the baselines' side of CRAFT's three-epoch budget): four streams, then the third seed
-sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods seq_lora,seq_lora:epochs=3
-sw --runs $T --orders offline1,offline2 --seeds 3 --methods seq_lora,seq_lora:epochs=3
+# 1. done: seq_lora's epochs (the baselines' side of CRAFT's three-epoch budget), offline1-2 x seeds 1-3 at
+#    `seq_lora` and `seq_lora:epochs=3`. Three epochs became its default on 2026-12-02, after which a sweep refuses
+#    the one-epoch runs in the `seq_lora` folder as stale, so the step is no longer run here.
 # 2. replay's epochs, by the same rule
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods replay,replay:epochs=3
 # 3. round 5, on CRAFT's three-epoch defaults
@@ -30,9 +30,12 @@ sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods $E3:rank=8:auto_la
 sw --runs $T --orders $G --seeds 1 --methods seq_lora:epochs=3,$E3:lr=0.001,$E3:settle_tol=0,$E3:routing=per_task
 # 4. first validation runs of the grid's remaining methods
 sw --runs $V --orders offline1 --seeds 1 --methods crma,adaptive_svd,mtl,zero_shot
-# 5. the grouped stream, seed 2
-sw --runs $T --orders $G --seeds 2 --methods seq_lora,$E3,$E3:lr=0.001
-# Next (written once seq_lora's and replay's epochs are decided, at the chosen epochs): the baselines' learning
-# rates (3e-4, 3e-3) for seq_lora, replay and o_lora on offline1-2 x seeds 1-2, o_lora's epochs, the shared-prefix
-# dropout check, generation on the offline runs.
+# 5. the grouped stream, seed 2 (seq_lora at its three-epoch default, spelled out as its decision runs were)
+sw --runs $T --orders $G --seeds 2 --methods seq_lora:epochs=3,$E3,$E3:lr=0.001
+# 6. o_lora's epochs, by the same rule (it has no run at this size), and seq_lora's learning rates at its
+#    three-epoch default (3e-4, 3e-3 against the decision runs' 1e-3)
+sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods o_lora,o_lora:epochs=3
+sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods seq_lora:epochs=3:lr=0.0003,seq_lora:epochs=3:lr=0.003
+# Next (written once replay's and o_lora's epochs are decided, at the chosen epochs): their learning rates (3e-4,
+# 3e-3), the shared-prefix dropout check, generation on the offline runs.
 echo "== $(date -u +%FT%T) queue done"

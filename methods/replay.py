@@ -16,8 +16,8 @@ class Replay(LoRAMethod):
 
     `compute` says what the memory costs. extra (the default, what the committed results ran): the memory
     is appended to the task's examples, so an epoch has len(task + memory) / batch_size steps (up to 1.5x
-    seq_lora's at the defaults, more for small tasks). matched: seq_lora's optimizer steps and batch size;
-    each batch of the task's examples gives up a share of its rows to memory examples, the share being the
+    seq_lora's epoch, more for small tasks). matched: seq_lora's optimizer steps per epoch and batch size; each
+    batch of the task's examples gives up a share of its rows to memory examples, the share being the
     memory's share of the extra mode's epoch, |memory| / (|task| + |memory|), so both modes train on the same
     mixture and differ only in the number of steps. The replaced rows are dropped (the task's examples are
     shuffled first, so a random subset of them is left out); the counts are spread evenly over the batches

@@ -469,10 +469,11 @@ def test_the_committed_runs_build_every_table_without_example_level_intervals(tm
     main = open(os.path.join(out, "main.md")).read()
     assert info["runs"] >= 100 and "paired.md" in info["files"]
     assert f"{info['runs']} of {info['runs']} runs were recorded before per-example predictions" in main
-    assert "[" not in cells_of(os.path.join(out, "main.md"), "seq_lora")[0]
+    seq_lora = "seq_lora (one-epoch defaults)"   # made before seq_lora's epochs moved
+    assert "[" not in cells_of(os.path.join(out, "main.md"), seq_lora)[0]
     assert "Check" in main
     # their general.json files hold plain accuracy: GEN Δ says so instead of passing it off as balanced
-    gen = cells_of(os.path.join(out, "forgetting.md"), "seq_lora")[4]
+    gen = cells_of(os.path.join(out, "forgetting.md"), seq_lora)[4]
     assert gen.endswith(" †") and "[" not in gen
 
 
@@ -618,20 +619,23 @@ def test_runs_made_before_a_default_moved_are_named_by_what_they_ran(tmp_path):
     assert f"--runs {root} " in current and "craft," not in current
     cell = plan(root, ["craft"], ["1"], ["1"])[0]
     assert cell.out == os.path.join(root, "craft", "1", "seed1") and cell_state(cell) == "stale"
-    # the committed CRAFT runs, made before the schedule moved, read as having run the old schedule and nothing else
-    # (the settings added since they were made read as what they did: ADDED_SETTINGS)
+    # the committed runs of a method's bare folder made before its defaults moved (CRAFT's schedule, seq_lora's
+    # epochs) read as having run the old defaults and nothing else (settings added since read as what they did:
+    # ADDED_SETTINGS)
     from harness.config import moved_settings
-    committed = glob.glob(os.path.join(ROOT, "results", "**", "craft", "*", "seed*", "config.json"), recursive=True)
-    assert committed   # results/runs and results/val/runs hold CRAFT runs of the one-epoch schedule
-    for path in committed:
-        with open(path) as f:
-            assert set(moved_settings(json.load(f))) == {"epochs", "warmup", "warmup_for", "decay"}, path
+    moved = {"craft": {"epochs", "warmup", "warmup_for", "decay"}, "seq_lora": {"epochs"}}
+    for method, keys in moved.items():
+        committed = glob.glob(os.path.join(ROOT, "results", "**", method, "*", "seed*", "config.json"), recursive=True)
+        assert committed   # results/runs and results/val/runs hold runs of the old defaults
+        for path in committed:
+            with open(path) as f:
+                assert set(moved_settings(json.load(f))) == keys, path
     # and every other committed record reads as what its spec runs today (settings added since are ADDED_SETTINGS)
     from harness.config import recorded_value, resolved_settings
     for path in glob.glob(os.path.join(ROOT, "results", "**", "config.json"), recursive=True):
         with open(path) as f:
             config = json.load(f)
-        if "+" not in path.split(os.sep)[-4] and config["method"] != "craft":
+        if "+" not in path.split(os.sep)[-4] and config["method"] not in moved:
             assert recorded_value(config, "settings") == resolved_settings(config["method"],
                                                                             config.get("method_args") or {}), path
 
