@@ -6,9 +6,10 @@ its training (the row before, R[t-1][t]: the model as test-time routing then use
 group's edit) and after (R[t][t]), and the mean change its training made to its group's earlier tasks
 (R[t][j] - R[t-1][j] over those tasks j). A joining task whose own accuracy falls while it trains, or whose
 group's earlier tasks fall, shows here at once. `--reference seq_lora` puts beside each row the own gain of the
-same task in that method's run of the same stream and seed (sweep layout: <runs>/<label>/<order>/seed<n>, looked
-up in the CRAFT run's own folder of runs, or in `--reference-runs`). The first table averages per configuration
-and stream, joins and group openers apart.
+same task in that folder's run of the same stream and seed (sweep layout: <runs>/<folder>/<order>/seed<n>,
+looked up in the CRAFT run's own folder of runs, or in `--reference-runs`; a folder, not a table row: in
+results/val/tuning/runs, `seq_lora` holds the one-epoch runs and `seq_lora+epochs=3` today's defaults). The first
+table averages per configuration and stream, joins and group openers apart.
 
     python bench/craft_groups.py results/val/tuning/runs/craft*/*/seed* --reference seq_lora \\
         --out results/val/tuning/craft_groups.md

@@ -527,15 +527,17 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
 def sanity_checks(runs: list[Run], frame: pd.DataFrame) -> list[str]:
     """One line per check and block: does the regime forget, do the bounds sit above what they bound."""
     lines = []
-    reference = main_label(frame, FORGETTING_REFERENCE)
     for title, members in blocks_for(set(frame.order)):
+        # each block's own rows: where today's defaults did not run a block, those of an earlier time that did
+        block = frame[frame.order.isin(members)]
+        reference = main_label(block, FORGETTING_REFERENCE)
         if reference is not None:
             pairs = most_pairs(runs, reference, None, members)
             fm, bwt = (summarize(pairs, "FM"), summarize(pairs, "BWT")) if pairs else (None, None)
             if fm is not None and bwt is not None:
                 lines.append(forgetting_check(title, reference, fm, bwt))
         for bound, learner, why in BOUND_CHECKS:
-            bound, learner = main_label(frame, bound), main_label(frame, learner)
+            bound, learner = main_label(block, bound), main_label(block, learner)
             pairs = most_pairs(runs, bound, learner, members) if bound and learner else {}
             diff = summarize(pairs, "AA") if pairs else None
             if diff is not None:

@@ -54,7 +54,7 @@ class ILoRA(MultiLoRAMethod):
       from the slow copy without gradient: `slow` (default) uses its hidden states; `max` reproduces the
       reference code, whose target is elementwise max(fast, slow), so only units where slow > fast are pulled.
     - Test time: the slow copy, no task id.
-    - Cost (`compute`): I-LoRA takes seq_lora's optimizer steps, but from the second task on every step trains
+    - Cost (`compute`): I-LoRA takes seq_lora's optimizer steps per epoch, but from the second task on every step trains
       on the current batch and a replay batch of the same size, twice seq_lora's examples per step (plus the
       slow copy's forward without gradient on the replay batch). extra (the default, the reference, what the
       committed results ran) does that; matched keeps seq_lora's examples per step: half of each batch's

@@ -1,4 +1,5 @@
 from methods._lora import LoRAMethod
+from methods.seq_lora import SeqLoRA
 
 
 class MTL(LoRAMethod):
@@ -9,3 +10,7 @@ class MTL(LoRAMethod):
     KEEPS = "every task's training data, all at once (joint training)"
     JOINT = True
     BOUND = True
+    # An upper bound trains as the learner it bounds does: seq_lora's passes (its default and former ones), over
+    # the union, so it takes as many steps as seq_lora over the whole stream.
+    FORMER_DEFAULTS = SeqLoRA.FORMER_DEFAULTS
+    SETTINGS = {"epochs": SeqLoRA.SETTINGS["epochs"]}

@@ -1,5 +1,6 @@
 from core.scoring import CausalLMScorer
 from methods._adapters import MultiLoRAMethod
+from methods.seq_lora import SeqLoRA
 
 
 class PerTask(MultiLoRAMethod):
@@ -11,6 +12,10 @@ class PerTask(MultiLoRAMethod):
     USES_TASK_ID_AT_TEST = True
     BOUND = True
     KEEPS = "one frozen LoRA adapter per past task, selected by task id at test"
+    # A bound trains each task as the learner it bounds does: seq_lora's passes (its default and former ones), so
+    # that "per_task above seq_lora" tests the task id and the fresh adapter, not a smaller training budget.
+    FORMER_DEFAULTS = SeqLoRA.FORMER_DEFAULTS
+    SETTINGS = {"epochs": SeqLoRA.SETTINGS["epochs"]}
 
     def before_task(self, task, examples):
         name = f"task{task.index}"

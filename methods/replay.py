@@ -25,8 +25,8 @@ class Replay(LoRAMethod):
     NAME = "replay"
     ADDED_SETTINGS = {"compute": "extra"}   # runs made before compute=matched: the memory lengthened the epoch
     SETTINGS = {"memory_size": (100, "examples kept from all past tasks together (evenly per task)"),
-                "compute": ("extra", "extra: the memory lengthens the epoch; matched: seq_lora's step count and "
-                                     "batch size, memory examples replace a share of each batch's task examples",
+                "compute": ("extra", "extra: the memory lengthens the epoch; matched: seq_lora's steps per epoch "
+                                     "and batch size, memory examples replace a share of each batch's task examples",
                             COMPUTE)}
     DESCRIPTION = "seq_lora plus experience replay from a bounded memory of past labelled examples"
 

@@ -1,5 +1,5 @@
-"""compute=matched: replay and i_lora take seq_lora's optimizer steps and examples per step, counted through the
-shared training loop (harness/training.py) on the same data."""
+"""compute=matched: replay and i_lora take seq_lora's optimizer steps per epoch and examples per step, counted
+through the shared training loop (harness/training.py) on the same data."""
 import pytest
 import torch
 

@@ -432,6 +432,27 @@ def test_a_failed_sanity_check_is_stated_under_the_tables_and_in_the_readme(tmp_
         open(os.path.join(out, "main.md")).read()
 
 
+def test_each_block_is_checked_on_the_rows_that_ran_it_where_todays_defaults_did_not(tmp_path):
+    """seq_lora's default moved after it ran offline1: today's seq_lora ran orders 1-3 only. The offline block's
+    forgetting and bound checks are then made on the runs of the old defaults, named as such, not dropped."""
+    from methods.seq_lora import SeqLoRA
+    root = str(tmp_path / "runs")
+    then = {**SeqLoRA.resolve_settings({}), "epochs": 1}
+    for seed in (1, 2):
+        make_run(root, "seq_lora+epochs=3", "seq_lora", "1", seed, seq(30.0, 90.0), args={"epochs": "3"},
+                 n_test=20)
+        make_run(root, "seq_lora", "seq_lora", "offline1", seed, seq(40.0, 90.0), settings=then, n_test=20)
+        make_run(root, "per_task", "per_task", "offline1", seed, seq(80.0, 90.0), n_test=20, bound=True,
+                 settings={**settings_of("per_task", {}), "epochs": 1})
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    main = open(os.path.join(out, "main.md")).read()
+    assert "Check passed (Orders 1-3): the regime forgets: seq_lora's BWT is -50.00 [" in main
+    assert "Check passed (Offline orders): the regime forgets: seq_lora (one-epoch defaults)'s BWT is -40.00 [" in main
+    assert "(Offline orders): per_task (one-epoch defaults) (one adapter per task and the task id at test) is at or " \
+        "above seq_lora (one-epoch defaults)" in main
+
+
 def test_protocols_and_splits_get_tables_of_their_own(tmp_path):
     root = str(tmp_path / "runs")
     make_run(root, "seq_lora", "seq_lora", "1", 1, seq(60.0, 90.0))
@@ -619,17 +640,20 @@ def test_runs_made_before_a_default_moved_are_named_by_what_they_ran(tmp_path):
     assert f"--runs {root} " in current and "craft," not in current
     cell = plan(root, ["craft"], ["1"], ["1"])[0]
     assert cell.out == os.path.join(root, "craft", "1", "seed1") and cell_state(cell) == "stale"
-    # the committed runs of a method's bare folder made before its defaults moved (CRAFT's schedule, seq_lora's
-    # epochs) read as having run the old defaults and nothing else (settings added since read as what they did:
+    # the committed runs of a method's bare folder made before its defaults moved (CRAFT's schedule, seq_lora's and the
+    # bounds' epochs) read as having run the old defaults and nothing else (settings added since read as what they did:
     # ADDED_SETTINGS)
     from harness.config import moved_settings
-    moved = {"craft": {"epochs", "warmup", "warmup_for", "decay"}, "seq_lora": {"epochs"}}
+    moved = {"craft": {"epochs", "warmup", "warmup_for", "decay"}, "seq_lora": {"epochs"}, "per_task": {"epochs"},
+             "mtl": {"epochs"}}
+    moved_at = "2026-12-02T17:00:00"   # the last of these moves (later runs in these folders ran today's defaults)
     for method, keys in moved.items():
-        committed = glob.glob(os.path.join(ROOT, "results", "**", method, "*", "seed*", "config.json"), recursive=True)
+        committed = [c for c in (json.load(open(path)) for path in glob.glob(
+            os.path.join(ROOT, "results", "**", method, "*", "seed*", "config.json"), recursive=True))
+            if c["created"] < moved_at]
         assert committed   # results/runs and results/val/runs hold runs of the old defaults
-        for path in committed:
-            with open(path) as f:
-                assert set(moved_settings(json.load(f))) == keys, path
+        for config in committed:
+            assert set(moved_settings(config)) == keys, (config["method"], config["order"], config["seed"])
     # and every other committed record reads as what its spec runs today (settings added since are ADDED_SETTINGS)
     from harness.config import recorded_value, resolved_settings
     for path in glob.glob(os.path.join(ROOT, "results", "**", "config.json"), recursive=True):
