@@ -537,12 +537,22 @@ def sanity_checks(runs: list[Run], frame: pd.DataFrame) -> list[str]:
             if fm is not None and bwt is not None:
                 lines.append(forgetting_check(title, reference, fm, bwt))
         for bound, learner, why in BOUND_CHECKS:
-            bound, learner = main_label(block, bound), main_label(block, learner)
+            bound, learner = main_label(block, bound), trained_alike(block, learner, main_label(block, bound))
             pairs = most_pairs(runs, bound, learner, members) if bound and learner else {}
             diff = summarize(pairs, "AA") if pairs else None
             if diff is not None:
                 lines.append(bound_check(title, bound, learner, why, diff))
     return lines
+
+
+def trained_alike(block: pd.DataFrame, method: str, other: str | None) -> str | None:
+    """`method`'s row of the same former defaults as the row `other` where `block` has one (`seq_lora (one-epoch
+    defaults)` for `per_task (one-epoch defaults)`: a bound is checked against its learner trained the same way),
+    else its main row."""
+    former = other[other.index(" ("):] if other and " (" in other else None
+    if former and (block.label == method + former).any():
+        return method + former
+    return main_label(block, method)
 
 
 def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str]:

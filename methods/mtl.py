@@ -1,5 +1,5 @@
 from methods._lora import LoRAMethod
-from methods.seq_lora import SeqLoRA
+from methods.seq_lora import seq_lora_budget
 
 
 class MTL(LoRAMethod):
@@ -12,5 +12,4 @@ class MTL(LoRAMethod):
     BOUND = True
     # An upper bound trains as the learner it bounds does: seq_lora's passes (its default and former ones), over
     # the union, so it takes as many steps as seq_lora over the whole stream.
-    FORMER_DEFAULTS = SeqLoRA.FORMER_DEFAULTS
-    SETTINGS = {"epochs": SeqLoRA.SETTINGS["epochs"]}
+    SETTINGS, FORMER_DEFAULTS = seq_lora_budget()

@@ -1,6 +1,6 @@
 from core.scoring import CausalLMScorer
 from methods._adapters import MultiLoRAMethod
-from methods.seq_lora import SeqLoRA
+from methods.seq_lora import seq_lora_budget
 
 
 class PerTask(MultiLoRAMethod):
@@ -14,8 +14,7 @@ class PerTask(MultiLoRAMethod):
     KEEPS = "one frozen LoRA adapter per past task, selected by task id at test"
     # A bound trains each task as the learner it bounds does: seq_lora's passes (its default and former ones), so
     # that "per_task above seq_lora" tests the task id and the fresh adapter, not a smaller training budget.
-    FORMER_DEFAULTS = SeqLoRA.FORMER_DEFAULTS
-    SETTINGS = {"epochs": SeqLoRA.SETTINGS["epochs"]}
+    SETTINGS, FORMER_DEFAULTS = seq_lora_budget()
 
     def before_task(self, task, examples):
         name = f"task{task.index}"

@@ -13,3 +13,10 @@ class SeqLoRA(LoRAMethod):
         # seed agrees (+3.25 [0.38, 5.88]); all six streams +7.21 [3.00, 10.88], FM +1.00 [-3.50, 5.17].
         "epochs": (3, "passes over each task's training examples"),
     }
+
+
+def seq_lora_budget() -> tuple[dict, dict]:
+    """seq_lora's `epochs` and the former defaults of it, for the bounds (per_task, mtl), which train as it does
+    (only the epochs: a learning rate of seq_lora's that moved would stay theirs until tried on them)."""
+    former = {name: {"epochs": then["epochs"]} for name, then in SeqLoRA.FORMER_DEFAULTS.items() if "epochs" in then}
+    return {"epochs": SeqLoRA.SETTINGS["epochs"]}, former

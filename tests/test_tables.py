@@ -434,7 +434,8 @@ def test_a_failed_sanity_check_is_stated_under_the_tables_and_in_the_readme(tmp_
 
 def test_each_block_is_checked_on_the_rows_that_ran_it_where_todays_defaults_did_not(tmp_path):
     """seq_lora's default moved after it ran offline1: today's seq_lora ran orders 1-3 only. The offline block's
-    forgetting and bound checks are then made on the runs of the old defaults, named as such, not dropped."""
+    forgetting and bound checks are then made on the runs of the old defaults, named as such, not dropped; and a
+    bound of the old defaults is checked against its learner of the old defaults, trained alike."""
     from methods.seq_lora import SeqLoRA
     root = str(tmp_path / "runs")
     then = {**SeqLoRA.resolve_settings({}), "epochs": 1}
@@ -451,6 +452,15 @@ def test_each_block_is_checked_on_the_rows_that_ran_it_where_todays_defaults_did
     assert "Check passed (Offline orders): the regime forgets: seq_lora (one-epoch defaults)'s BWT is -40.00 [" in main
     assert "(Offline orders): per_task (one-epoch defaults) (one adapter per task and the task id at test) is at or " \
         "above seq_lora (one-epoch defaults)" in main
+    # today's seq_lora runs offline1 too: it is the block's forgetting reference, but per_task's one-epoch runs are
+    # still set against seq_lora's one-epoch runs ((80+90)/2 - (40+90)/2 = +20; against today's it would be +30)
+    for seed in (1, 2):
+        make_run(root, "seq_lora+epochs=3", "seq_lora", "offline1", seed, seq(20.0, 90.0), args={"epochs": "3"},
+                 n_test=20)
+    write_tables(root, out, figures=False)
+    main = open(os.path.join(out, "main.md")).read()
+    assert "Check passed (Offline orders): the regime forgets: seq_lora's BWT is -60.00 [" in main
+    assert "AA of per_task (one-epoch defaults) minus seq_lora (one-epoch defaults): +20.00 [" in main
 
 
 def test_protocols_and_splits_get_tables_of_their_own(tmp_path):
@@ -648,12 +658,12 @@ def test_runs_made_before_a_default_moved_are_named_by_what_they_ran(tmp_path):
              "mtl": {"epochs"}}
     moved_at = "2026-12-02T17:00:00"   # the last of these moves (later runs in these folders ran today's defaults)
     for method, keys in moved.items():
-        committed = [c for c in (json.load(open(path)) for path in glob.glob(
-            os.path.join(ROOT, "results", "**", method, "*", "seed*", "config.json"), recursive=True))
-            if c["created"] < moved_at]
-        assert committed   # results/runs and results/val/runs hold runs of the old defaults
+        committed = [json.load(open(path)) for path in glob.glob(
+            os.path.join(ROOT, "results", "**", method, "*", "seed*", "config.json"), recursive=True)]
+        assert any(c.get("created", "") < moved_at for c in committed)   # results/runs, results/val/runs hold some
         for config in committed:
-            assert set(moved_settings(config)) == keys, (config["method"], config["order"], config["seed"])
+            expected = keys if config.get("created", "") < moved_at else set()   # later runs ran today's defaults
+            assert set(moved_settings(config)) == expected, (config["method"], config["order"], config["seed"])
     # and every other committed record reads as what its spec runs today (settings added since are ADDED_SETTINGS)
     from harness.config import recorded_value, resolved_settings
     for path in glob.glob(os.path.join(ROOT, "results", "**", "config.json"), recursive=True):
