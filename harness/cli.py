@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("a", metavar="RUNS_A", help="folder of runs (the reference)")
     c.add_argument("b", metavar="RUNS_B", help="folder of runs (the changed setup); differences are B - A")
     c.add_argument("--json", action="store_true", help="print one JSON object instead of the Markdown table")
+    c.add_argument("--pair-by", choices=("spec", "label"), default="spec",
+                   help="spec (default): runs of the same sweep spec, so a default that moved between the setups "
+                        "still pairs; label: runs that ran the same settings, however their folders spell them")
 
     sub.add_parser("list", help="list methods, tasks and orders")
 
@@ -329,7 +332,7 @@ def cmd_general(a) -> int:
 
 def cmd_compare(a) -> int:
     from harness import compare
-    result = compare.compare(a.a, a.b)
+    result = compare.compare(a.a, a.b, a.pair_by)
     print(json.dumps(result) if a.json else compare.markdown(result), end="\n" if a.json else "")
     return 0
 

@@ -30,7 +30,7 @@ def _runs(root: str) -> list[Run]:
     return runs
 
 
-def _differences(a: list[Run], b: list[Run], specs: list[str]) -> dict[str, list]:
+def _differences(a: list[Run], b: list[Run], specs: list[str], pair_by: str = "spec") -> dict[str, list]:
     """field -> [values in A, values in B] for every shown config field whose values differ between the folders,
     and "<spec> <setting>" for a paired method's resolved settings that differ (a default changed between two
     checkouts: the runs still pair, as the same method, order and seed)."""
@@ -43,7 +43,7 @@ def _differences(a: list[Run], b: list[Run], specs: list[str]) -> dict[str, list
         if va != vb:
             out[name] = [[json.loads(v) for v in va], [json.loads(v) for v in vb]]
     for spec in specs:
-        mine_a, mine_b = ([r for r in runs if r.spec == spec] for runs in (a, b))
+        mine_a, mine_b = ([r for r in runs if getattr(r, pair_by) == spec] for runs in (a, b))
         settings_a = [recorded_value(r.config, "settings") or {} for r in mine_a]
         settings_b = [recorded_value(r.config, "settings") or {} for r in mine_b]
         for key in sorted({k for s in settings_a + settings_b for k in s}):
@@ -91,23 +91,31 @@ def paired_difference(pairs: list[tuple[Run, Run]], metric: str) -> dict | None:
             "excludes_zero": stats.excludes_zero(bounds), "pairs": len(pairs)}
 
 
-def _index(runs: list[Run], root: str) -> dict[tuple, Run]:
-    """(spec, order, seed, protocol) -> run; a folder holding two runs of one key is refused (which to pair?)."""
-    return index_runs(runs, "spec", lambda a, b: f"{root} holds two runs of {a.spec}, order {a.order}, seed {a.seed} "
-                      f"under one protocol ({a.path} and {b.path}): move one out to compare")
+PAIR_BY = ("spec", "label")
 
 
-def compare(root_a: str, root_b: str) -> dict:
+def _index(runs: list[Run], root: str, pair_by: str) -> dict[tuple, Run]:
+    """(spec or label, order, seed, protocol) -> run; a folder holding two runs of one key is refused (which to
+    pair?)."""
+    return index_runs(runs, pair_by, lambda a, b: f"{root} holds two runs of {getattr(a, pair_by)}, order {a.order}, "
+                      f"seed {a.seed} under one protocol ({a.path} and {b.path}): move one out to compare")
+
+
+def compare(root_a: str, root_b: str, pair_by: str = "spec") -> dict:
     """Every (method spec, order, seed, evaluation protocol) finished in both folders, paired; per spec (and
-    protocol, where the pairs hold more than one) and over all of them."""
+    protocol, where the pairs hold more than one) and over all of them. pair_by="label" pairs by what the runs ran
+    instead of how their sweep spelled it (`seq_lora+epochs=3` in one folder, `seq_lora` in another, where three
+    epochs is today's default); spec (the default) keeps a default that moved between two checkouts paired."""
+    if pair_by not in PAIR_BY:
+        raise UsageError(f"compare pairs by {' or '.join(PAIR_BY)}, not {pair_by!r}")
     a_runs, b_runs = _runs(root_a), _runs(root_b)
-    a_index, b_index = _index(a_runs, root_a), _index(b_runs, root_b)
+    a_index, b_index = _index(a_runs, root_a, pair_by), _index(b_runs, root_b, pair_by)
     pairs: dict[tuple, list[tuple[Run, Run]]] = {}
     for key, a in a_index.items():
         b = b_index.get(key)
         if b is not None:
             _check_same_examples(a, b)
-            pairs.setdefault((a.spec, a.protocol), []).append((a, b))
+            pairs.setdefault((getattr(a, pair_by), a.protocol), []).append((a, b))
     if not pairs:
         raise UsageError(f"no run of {root_a} has a counterpart (same method, order, seed and protocol) in {root_b}")
     protocols = sorted({protocol for _, protocol in pairs})
@@ -132,7 +140,8 @@ def compare(root_a: str, root_b: str) -> dict:
             **{f"delta_{m}": paired_difference(group, m) for m in METRICS},
             "final_answers_changed": [changed, total]}
     paired = sum(map(len, pairs.values()))
-    return {"A": root_a, "B": root_b, "differences": _differences(a_runs, b_runs, sort_labels({k[0] for k in pairs})),
+    return {"A": root_a, "B": root_b, "pair_by": pair_by,
+            "differences": _differences(a_runs, b_runs, sort_labels({k[0] for k in pairs}), pair_by),
             "rows": rows, "unpaired": {"A": len(a_runs) - paired, "B": len(b_runs) - paired}}
 
 
@@ -166,8 +175,9 @@ def markdown(result: dict) -> str:
                      f"| {num(r['A']['AA'])} | {num(r['B']['AA'])} | {_cell(r['delta_AA'])} | {num(r['A']['FM'])} "
                      f"| {num(r['B']['FM'])} | {_cell(r['delta_FM'])} | {share} |")
     unpaired = result["unpaired"]
-    lines += ["", f"Pairs: the same method (and fixed settings), order, seed and evaluation protocol finished in both "
-              "folders "
+    same = ("the same settings, however their folders spell them (--pair-by label)" if result.get("pair_by") == "label"
+            else "the same method (and fixed settings)")
+    lines += ["", f"Pairs: {same}, order, seed and evaluation protocol finished in both folders "
               f"({unpaired['A']} run(s) of A and {unpaired['B']} of B have no counterpart); a Δ is over the pairs "
               "that give the metric (a joint method has no FM). [lo, hi]: "
               f"{stats.LEVEL}% interval of a hierarchical bootstrap ({stats.RESAMPLES} resamples): seeds drawn with "

@@ -150,3 +150,22 @@ def test_runs_recorded_before_predictions_pair_on_their_sizes_without_an_interva
     make_run(c, "craft", "craft", "1", 1, {"base": [40.0, 40.0], "a": [80.0, 40.0], "b": [60.0, 80.0]}, n_test=5)
     with pytest.raises(UsageError, match="same recorded test examples"):
         compare(a, c)
+
+
+def test_pair_by_label_pairs_the_same_settings_spelled_two_ways(tmp_path, capsys):
+    """A folder that spelled seq_lora's three epochs out (`seq_lora+epochs=3`, made before they became its default)
+    and one of today's bare `seq_lora`: by spec nothing pairs; by label they are the same runs' settings."""
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    for order in ("1", "2"):
+        for seed in (1, 2):
+            make_run(a, "seq_lora+epochs=3", "seq_lora", order, seed, seq(60.0, 70.0), args={"epochs": "3"},
+                     n_test=20)
+            make_run(b, "seq_lora", "seq_lora", order, seed, seq(70.0, 70.0), n_test=20)
+    with pytest.raises(UsageError, match="has a counterpart"):
+        compare(a, b)
+    result = compare(a, b, pair_by="label")
+    assert list(result["rows"]) == ["seq_lora"] and result["rows"]["seq_lora"]["pairs"] == 4
+    assert result["rows"]["seq_lora"]["delta_AA"]["mean"] == 5.0 and result["differences"] == {}
+    assert main(["compare", a, b, "--pair-by", "label"]) == 0
+    assert "| seq_lora | 4 | 1, 2 | 1, 2 | 65.00 | 70.00 | +5.00 [" in capsys.readouterr().out
+    assert main(["compare", a, b, "--pair-by", "method"]) == 2
