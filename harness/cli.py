@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("a", metavar="RUNS_A", help="folder of runs (the reference)")
     c.add_argument("b", metavar="RUNS_B", help="folder of runs (the changed setup); differences are B - A")
     c.add_argument("--json", action="store_true", help="print one JSON object instead of the Markdown table")
-    c.add_argument("--pair-by", choices=("spec", "label"), default="spec",
+    c.add_argument("--pair-by", default="spec",   # compare.PAIR_BY checks it (importing compare here loads pandas)
                    help="spec (default): runs of the same sweep spec, so a default that moved between the setups "
                         "still pairs; label: runs that ran the same settings, however their folders spell them")
 
