@@ -71,6 +71,7 @@ from core.errors import UsageError
 from core.loss import collate
 from methods._modules import linear_targets
 from methods.base import Method
+from methods.seq_lora import seq_lora_budget
 
 TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"   # the reference's LLaMA targets
 IMPORTANCE_BATCH = 8                                                   # the reference's batch size
@@ -79,7 +80,8 @@ IMPORTANCE_BATCH = 8                                                   # the ref
 class AdaptiveSVD(Method):
     NAME = "adaptive_svd"
     DESCRIPTION = "full fine-tuning, each update orthogonal to the matrix's top singular directions (Sculpting Subspaces)"
-    SETTINGS = {
+    # seq_lora's passes (its default and former ones), not a number validated for this method: see seq_lora_budget
+    SETTINGS, FORMER_DEFAULTS = seq_lora_budget({
         "lr": (1e-5, "learning rate (AdamW, no weight decay); the reference's 1e-5 for full fine-tuning"),
         "target_modules": (TARGETS, "comma-separated linear layers whose weights are trained under the projection"),
         "trr_step": (0.07, "target retention ratio gained per finished task: before task t the average matrix "
@@ -94,7 +96,7 @@ class AdaptiveSVD(Method):
                                  "protected directions); false = the reference, gradient projection only"),
         "train_rest": (False, "also train every other parameter (embeddings, norms) unprojected, as the "
                               "reference's scripts do"),
-    }
+    })
 
     @classmethod
     def resolve_settings(cls, overrides):

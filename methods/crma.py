@@ -61,6 +61,7 @@ from core.errors import UsageError
 from methods._lora import LoRAMethod
 from methods._modules import linear_targets, replace_module
 from methods.base import Method
+from methods.seq_lora import seq_lora_budget
 
 TEST_MIXING = ("last", "mean", "task_id")
 # The LoRA baselines' rank, alpha, dropout and targets: the adapters match them (derived, not copied).
@@ -156,7 +157,8 @@ class CRMA(Method):
     NAME = "crma"
     DESCRIPTION = ("CRMA: per-task residual adapters mixed through a Sinkhorn doubly-stochastic matrix "
                    "(||M||_2 <= 1), plus a shared low-rank substrate that trains on every task")
-    SETTINGS = {
+    # seq_lora's passes (its default and former ones), not a number validated for this method: see seq_lora_budget
+    SETTINGS, FORMER_DEFAULTS = seq_lora_budget({
         "r": (LORA["r"], "rank of each task's adapter (the LoRA baselines')"),
         "alpha": (LORA["alpha"], "scale numerator: adapters are scaled alpha / r, the substrate alpha / substrate_r"),
         "dropout": (LORA["dropout"], "dropout on the layer input before the adapters (the LoRA baselines')"),
@@ -173,7 +175,7 @@ class CRMA(Method):
                                   "train on)"),
         "test_mixing": ("last", "test-time adapter weights: last row of M, mean = its column means (uniform 1/K), "
                                 "or task_id = the evaluated task's row (uses the task id)", TEST_MIXING),
-    }
+    })
 
     @classmethod
     def uses_task_id_at_test(cls, settings=None):

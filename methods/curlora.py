@@ -55,6 +55,7 @@ from core.errors import UsageError
 from methods._lora import LoRAMethod
 from methods._modules import linear_targets, replace_module
 from methods.base import Method
+from methods.seq_lora import seq_lora_budget
 
 
 def inverted_probabilities(squared_norms: torch.Tensor, eps: float) -> torch.Tensor:
@@ -102,14 +103,15 @@ class CURLinear(nn.Module):
 class CURLoRA(Method):
     NAME = "curlora"
     DESCRIPTION = "CURLoRA: W + C U R, C and R low-norm columns/rows of the frozen W; only the r x r U trains"
-    SETTINGS = {
+    # seq_lora's passes (its default and former ones), not a number validated for this method: see seq_lora_budget
+    SETTINGS, FORMER_DEFAULTS = seq_lora_budget({
         "r": (16, "columns and rows drawn per weight (U is r x r); the paper runs 8, 16, 24, the reference 16"),
         "alpha": (1.0, "scale of the update: W + alpha * C U R (the reference's alpha, not divided by r)"),
         "eps": (1e-3, "added to each norm share before inverting (the reference's 0.001; 0 = the paper's formula)"),
         "replacement": (True, "draw columns/rows with replacement, duplicates kept unscaled (the reference)"),
         "target_modules": (LoRAMethod.SETTINGS["target_modules"][0], "comma-separated nn.Linear names that get "
                            "C U R (the LoRA baselines'; paper: q, k, v)"),
-    }
+    })
     KEEPS = "one r x r U per target layer, trained through the stream, and its drawn column/row indices (no data)"
 
     def targets(self) -> list[tuple[str, nn.Linear]]:

@@ -50,6 +50,7 @@ import torch
 
 from core.loss import answer_loss, collate
 from methods._lora import LoRAMethod
+from methods.seq_lora import seq_lora_budget
 
 PENALTIES = ("online", "per_task")
 
@@ -58,7 +59,8 @@ class EWC(LoRAMethod):
     NAME = "ewc"
     DESCRIPTION = ("seq_lora plus elastic weight consolidation: a diagonal-Fisher quadratic pull of the LoRA "
                    "towards its state after earlier tasks")
-    SETTINGS = {
+    # seq_lora's passes (its default and former ones), not a number validated for this method: see seq_lora_budget
+    SETTINGS, FORMER_DEFAULTS = seq_lora_budget({
         "lambda": (1e4, "weight of the penalty lambda/2 * sum F (theta - theta*)^2 (large: a LoRA's Fisher "
                         "entries are small, ~1e-4)"),
         "gamma": (1.0, "decay of the older Fisher at every new task: F <- gamma * F_old + F_new (1: plain sum)"),
@@ -68,7 +70,7 @@ class EWC(LoRAMethod):
         "fisher_batch": (1, "examples per squared gradient in the empirical Fisher: 1 = per example (the "
                             "definition); b > 1 = squared gradient of each b-example batch's mean loss"),
         "fisher_examples": (0, "training examples of a task used for its Fisher (a seeded sample; 0: all)"),
-    }
+    })
 
     @classmethod
     def keeps(cls, settings=None):

@@ -8,6 +8,7 @@ from core.loss import answer_loss, collate
 from core.scoring import CausalLMScorer
 from methods._adapters import MultiLoRAMethod
 from methods.replay import COMPUTE
+from methods.seq_lora import seq_lora_budget
 
 
 class Reservoir:
@@ -66,7 +67,8 @@ class ILoRA(MultiLoRAMethod):
                    "consistency loss; the slow copy is evaluated")
     FIRST_ADAPTER = "fast"
     ADDED_SETTINGS = {"compute": "extra"}   # runs made before compute=matched replayed a batch as large as their own
-    SETTINGS = {
+    # seq_lora's passes (its default and former ones), not a number validated for this method: see seq_lora_budget
+    SETTINGS, FORMER_DEFAULTS = seq_lora_budget({
         "ema_alpha": (0.25, "cap of the EMA weight a on the slow side: slow <- a*slow + (1-a)*fast"),
         "buffer_size": (500, "reservoir replay buffer size (labelled training examples, all tasks)"),
         "consistency_weight": (1.0, "weight of the hidden-state MSE between fast and slow on replayed inputs"),
@@ -75,7 +77,7 @@ class ILoRA(MultiLoRAMethod):
         "compute": ("extra", "extra: a replay batch as large as the current one (the reference, 2x seq_lora's "
                              "examples per step); matched: half of each batch replayed, seq_lora's examples per step",
                     COMPUTE),
-    }
+    })
 
     @classmethod
     def keeps(cls, settings=None):

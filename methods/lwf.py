@@ -42,6 +42,7 @@ from torch.nn import functional as F
 
 from core.loss import answer_loss, collate
 from methods._lora import LoRAMethod
+from methods.seq_lora import seq_lora_budget
 
 POSITIONS = ("first", "answer")
 
@@ -53,14 +54,15 @@ class LwF(LoRAMethod):
     KEEPS = ("nothing but the LoRA (the recorded distributions come from the new task's inputs and are dropped "
              "after it)")
     SHARES_TRAIN_PREFIX = False   # its loss reads the answer logits (answer_loss's outputs): whole prompts anyway
-    SETTINGS = {
+    # seq_lora's passes (its default and former ones), not a number validated for this method: see seq_lora_budget
+    SETTINGS, FORMER_DEFAULTS = seq_lora_budget({
         "lambda": (1.0, "weight of the distillation term lambda * T^2 * KL(recorded || current)"),
         "temperature": (2.0, "temperature T of both distributions (the paper's 2)"),
         "positions": ("first", "first: the position predicting the first answer token; answer: every answer "
                                "token's position (teacher-forced)", POSITIONS),
         "distil_backbone": (False, "distil the bare backbone during the first task too (the paper's pretrained "
                                    "network as the old task)"),
-    }
+    })
 
     def setup(self):
         super().setup()

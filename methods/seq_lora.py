@@ -15,8 +15,12 @@ class SeqLoRA(LoRAMethod):
     }
 
 
-def seq_lora_budget() -> tuple[dict, dict]:
-    """seq_lora's `epochs` and the former defaults of it, for the bounds (per_task, mtl), which train as it does
-    (only the epochs: a learning rate of seq_lora's that moved would stay theirs until tried on them)."""
+def seq_lora_budget(settings: dict | None = None) -> tuple[dict, dict]:
+    """(SETTINGS, FORMER_DEFAULTS) of a method that trains on seq_lora's budget rather than on one validated for
+    itself: its own `settings` plus seq_lora's `epochs`, and the former defaults of that. The bounds (per_task, mtl)
+    train as the learner they bound; the continual learners not tuned on their own (ewc, lwf, i_lora, curlora, crma,
+    adaptive_svd) get the passes the compared learners get, so a gap in AA is not a gap in training (docs/results.md,
+    "The baselines' budget"). Only the epochs: a learning rate of seq_lora's that moved would stay theirs until tried
+    on them."""
     former = {name: {"epochs": then["epochs"]} for name, then in SeqLoRA.FORMER_DEFAULTS.items() if "epochs" in then}
-    return {"epochs": SeqLoRA.SETTINGS["epochs"]}, former
+    return {**(settings or {}), "epochs": SeqLoRA.SETTINGS["epochs"]}, former

@@ -31,9 +31,10 @@ def bbc(tokenizer, n=8):
 
 def method_after_one_task(tokenizer, examples, **settings):
     """A method that has trained task 0 (nothing protected) and is about to train task 1 (bases in place)."""
-    # lr 1e-3, not the default 1e-5: a step large enough that float32 rounding of W stays far below 1e-5 of it
+    # lr 1e-3, not the default 1e-5: a step large enough that float32 rounding of W stays far below 1e-5 of it;
+    # one epoch (the tests count steps; the default is seq_lora's epochs)
     m = get_method("adaptive_svd")(tiny_model(tokenizer, seed=0), tokenizer,
-                                   {"lr": 1e-3, "trr_step": 0.3, **settings}, seed=0)
+                                   {"lr": 1e-3, "trr_step": 0.3, "epochs": 1, **settings}, seed=0)
     m.setup()
     m.before_task(ctx(0), examples)
     fit(m, ctx(0), examples, seed=0, pad_id=tokenizer.pad_token_id, progress=False)

@@ -207,7 +207,7 @@ def test_i_lora_evaluates_the_slow_copy(tokenizer):
 
 
 def test_i_lora_run_replays_and_leaves_the_backbone(tmp_path, tokenizer, monkeypatch):
-    out, seen = run_capturing(tmp_path, tokenizer, monkeypatch, "i_lora", buffer_size="10")
+    out, seen = run_capturing(tmp_path, tokenizer, monkeypatch, "i_lora", buffer_size="10", epochs="1")
     m = seen["method"]
     log = steps(out)
     assert all("consistency" not in e for e in log if e["task"] == "bbc")

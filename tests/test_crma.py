@@ -15,7 +15,9 @@ from methods.crma import sinkhorn
 
 
 def make(tokenizer, **settings):
-    method = get_method("crma")(tiny_model(tokenizer, seed=0), tokenizer, {"lr": "0.01", **settings}, seed=0)
+    # one pass a task (the tests count steps; the default is seq_lora's epochs)
+    method = get_method("crma")(tiny_model(tokenizer, seed=0), tokenizer, {"lr": "0.01", "epochs": "1", **settings},
+                                seed=0)
     method.setup()
     return method
 

@@ -28,7 +28,7 @@ def randomise_u(method, seed=1):
 
 
 def test_only_u_is_trainable_and_only_u_moves_in_a_training_step(tokenizer):
-    m = make(tokenizer)
+    m = make(tokenizer, epochs="1")   # one pass over one batch: one step
     us = {id(layer.U) for layer in m.layers.values()}
     assert len(m.layers) == 4                                        # q_proj, v_proj in each of 2 layers
     assert {id(p) for p in m.model.parameters() if p.requires_grad} == us

@@ -124,7 +124,7 @@ def test_ewc_fisher_accumulates_over_tasks_with_the_decay(tokenizer, penalties):
 
 
 def test_ewc_run_logs_its_penalty_and_its_state_round_trips(tmp_path, tokenizer):
-    out, _ = run(tmp_path, "ewc", tokenizer, method="ewc", method_args={"lr": "0.01", "batch_size": "4"})
+    out, _ = run(tmp_path, "ewc", tokenizer, method="ewc", method_args={"lr": "0.01", "batch_size": "4", "epochs": "1"})
     penalty = by_task(steps(out), "ewc_penalty")
     assert penalty["bbc"] == [0, 0]                                   # nothing to consolidate yet
     assert penalty["hutto_amazon"][0] == 0 < penalty["hutto_amazon"][1]   # at theta* before the first step
@@ -196,7 +196,7 @@ def test_lwf_has_nothing_to_distil_on_the_first_task(tokenizer):
 
 def test_lwf_run_distils_from_the_second_task_on(tmp_path, tokenizer):
     out, _ = run(tmp_path, "lwf", tokenizer, method="lwf",
-                 method_args={"lr": "0.01", "batch_size": "4", "dropout": "0"})
+                 method_args={"lr": "0.01", "batch_size": "4", "dropout": "0", "epochs": "1"})
     kl = by_task(steps(out), "lwf_kl")
     assert kl["bbc"] == [0, 0]
     assert kl["hutto_amazon"][0] < 1e-6 < kl["hutto_amazon"][1]

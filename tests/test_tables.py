@@ -654,15 +654,19 @@ def test_runs_made_before_a_default_moved_are_named_by_what_they_ran(tmp_path):
     # bounds' epochs) read as having run the old defaults and nothing else (settings added since read as what they did:
     # ADDED_SETTINGS)
     from harness.config import moved_settings
-    moved = {"craft": {"epochs", "warmup", "warmup_for", "decay"}, "seq_lora": {"epochs"}, "per_task": {"epochs"},
-             "mtl": {"epochs"}}
-    moved_at = "2026-12-02T17:00:00"   # the last of these moves (later runs in these folders ran today's defaults)
-    for method, keys in moved.items():
+    # method -> (the settings that moved, when the last of its moves landed: later runs ran today's defaults)
+    by_seq_lora = ({"epochs"}, "2026-12-02T17:00:00")
+    on_its_budget = ({"epochs"}, "2026-12-02T22:00:00")   # the learners that took seq_lora's epochs later
+    moved = {"craft": ({"epochs", "warmup", "warmup_for", "decay"}, "2026-12-02T17:00:00"), "seq_lora": by_seq_lora,
+             "per_task": by_seq_lora, "mtl": by_seq_lora, "ewc": on_its_budget, "lwf": on_its_budget,
+             "i_lora": on_its_budget, "curlora": on_its_budget, "crma": on_its_budget, "adaptive_svd": on_its_budget}
+    for method, (keys, moved_at) in moved.items():
         committed = [json.load(open(path)) for path in glob.glob(
             os.path.join(ROOT, "results", "**", method, "*", "seed*", "config.json"), recursive=True)]
-        assert any(c.get("created", "") < moved_at for c in committed)   # results/runs, results/val/runs hold some
+        # results/runs, results/val/runs hold some of each method that ran before its move
+        assert any(c.get("created", "") < moved_at for c in committed) or method in ("crma", "adaptive_svd")
         for config in committed:
-            expected = keys if config.get("created", "") < moved_at else set()   # later runs ran today's defaults
+            expected = keys if config.get("created", "") < moved_at else set()
             assert set(moved_settings(config)) == expected, (config["method"], config["order"], config["seed"])
     # and every other committed record reads as what its spec runs today (settings added since are ADDED_SETTINGS)
     from harness.config import recorded_value, resolved_settings
