@@ -122,15 +122,18 @@ def _colours(labels) -> dict:
     return {label: cmap(shades[k % 20]) for k, label in enumerate(sorted(labels))}
 
 
-def _label_heights(points: list[tuple[str, float, float]], gap: float) -> dict:
-    """Where to write each point's label: at its own height, pushed up just enough that labels of points with
-    the same parameter count (one column on the plot) stay at least `gap` apart."""
+def _label_heights(boxes: list[tuple[str, float, float, float]], line: float) -> dict:
+    """Where to write each label: boxes are (label, left, right, height) with the label's horizontal extent and its
+    point's height; each is pushed up just enough that no two labels whose extents overlap are nearer than `line`
+    (labels taken in order of height, so pushed ones keep their points' order)."""
+    placed: list[tuple[float, float, float]] = []
     heights = {}
-    for params in {p for _, p, _ in points}:
-        floor = float("-inf")
-        for label, _, aa in sorted((pt for pt in points if pt[1] == params), key=lambda pt: pt[2]):
-            heights[label] = max(aa, floor + gap)
-            floor = heights[label]
+    for label, left, right, y in sorted(boxes, key=lambda box: (box[3], box[0])):
+        for _, _, other in sorted((p for p in placed if p[0] < right and left < p[1]), key=lambda p: p[2]):
+            if abs(y - other) < line:
+                y = other + line
+        placed.append((left, right, y))
+        heights[label] = y
     return heights
 
 
@@ -142,8 +145,9 @@ def aa_vs_kept(runs, block: str, orders: list[str], folder: str) -> list[str]:
     mine_all = [r for r in runs if r.order in orders]
     if not mine_all:
         return []
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     labels = sorted({r.label for r in mine_all})
+    # taller with many rows (a tuning folder's variants): each label needs its line of height
+    fig, ax = plt.subplots(figsize=(6.4, max(4.4, 1.6 + 0.16 * len(labels))))
     colours = _colours(labels)
     points, learners = [], []
     for label in labels:
@@ -164,15 +168,25 @@ def aa_vs_kept(runs, block: str, orders: list[str], folder: str) -> list[str]:
     if len(front) > 1:
         ax.step([p[1] for p in front], [p[2] for p in front], where="post", color="grey", lw=0.8, ls=":",
                 zorder=0, label="Pareto front (continual learners)")
-        ax.legend(fontsize=7, loc="lower right")
-    lo, hi = min(p[2] for p in points), max(p[2] for p in points)
-    heights = _label_heights(points, gap=max(hi - lo, 1.0) * 0.045)
-    for label, params, aa in points:
-        ax.annotate(label, (params, aa), xytext=(params * 1.25, heights[label]), textcoords="data", fontsize=7,
-                    va="center", arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"}
-                    if abs(heights[label] - aa) > 1e-9 else None)
+        ax.legend(fontsize=7, loc="best")   # the emptiest corner of the points (labels are placed after)
     ax.set_xscale("log")
     ax.set_xlim(right=max(p[1] for p in points) * 12)     # room for the labels right of the last column
+    # Each label starts right of its point; labels whose extents overlap (a column's, or a long one reaching over
+    # the next column) are pushed apart by a line's height, measured on the drawn figure, with a grey line back to
+    # the point of one that moved.
+    texts = {label: ax.text(params * 1.25, aa, label, fontsize=7, va="center") for label, params, aa in points}
+    fig.canvas.draw()
+    boxes = [(label, box.x0, box.x1, ax.transData.transform((params, aa))[1])
+             for (label, params, aa), box in ((p, texts[p[0]].get_window_extent()) for p in points)]
+    heights = _label_heights(boxes, line=1.15 * max(texts[label].get_window_extent().height for label in texts))
+    to_data = ax.transData.inverted()
+    for label, params, aa in points:
+        y = float(to_data.transform((ax.transData.transform((params * 1.25, aa))[0], heights[label]))[1])
+        texts[label].set_y(y)
+        if abs(y - aa) > 1e-9:
+            ax.annotate("", xy=(params, aa), xytext=(params * 1.25, y),
+                        arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"})
+    ax.set_ylim(top=max(ax.get_ylim()[1], max(text.get_position()[1] for text in texts.values()) + 1.0))
     # decades only: matplotlib labels minor ticks on a short log axis, and their labels ran into each other
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("parameters kept beside the backbone at the end of the stream (log; zero shown at 1)")

@@ -283,13 +283,16 @@ def test_no_finished_run_is_a_clear_error(tmp_path):
     assert json.load(open(tmp_path / "r" / "seq_lora" / "1" / "seed1" / "status.json"))["state"] == "running"
 
 
-def test_labels_of_points_in_one_column_of_the_aa_plot_do_not_overlap():
+def test_labels_of_the_aa_plot_do_not_overlap_in_a_column_or_across_columns():
     from harness.figures import _label_heights
-    points = [("o_lora", 100, 45.0), ("per_task", 100, 45.4), ("inc_lora", 100, 44.8), ("replay", 100, 60.0),
-              ("craft", 10, 45.0)]
-    h = _label_heights(points, gap=1.0)
+    # (label, left, right, height): a column of four at x 0-10, one point alone at 20-30, and a long label from an
+    # earlier column that reaches over the first column's labels
+    boxes = [("o_lora", 0, 10, 45.0), ("per_task", 0, 10, 45.4), ("inc_lora", 0, 10, 44.8), ("replay", 0, 10, 60.0),
+             ("craft", 20, 30, 45.0), ("reaching", -20, 5, 45.2)]
+    h = _label_heights(boxes, line=1.0)
     assert h["craft"] == 45.0 and h["replay"] == 60.0 and h["inc_lora"] == 44.8   # nothing to avoid
-    assert h["o_lora"] == 45.8 and h["per_task"] == 46.8                          # pushed up, in AA order
+    # pushed up, in height order, a line apart: within the column, and the label that reaches into it
+    assert [h[k] for k in ("o_lora", "reaching", "per_task")] == pytest.approx([45.8, 46.8, 47.8])
 
 
 @pytest.mark.parametrize("name,content", [("method.json", "{not json"), ("status.json", "[1]"),
@@ -656,7 +659,7 @@ def test_runs_made_before_a_default_moved_are_named_by_what_they_ran(tmp_path):
     from harness.config import moved_settings
     # method -> (the settings that moved, when the last of its moves landed: later runs ran today's defaults)
     by_seq_lora = ({"epochs"}, "2026-12-02T17:00:00")
-    on_its_budget = ({"epochs"}, "2026-12-02T22:00:00")   # the learners that took seq_lora's epochs later
+    on_its_budget = ({"epochs"}, "2026-12-02T21:32:31")   # the learners that took seq_lora's epochs later
     moved = {"craft": ({"epochs", "warmup", "warmup_for", "decay"}, "2026-12-02T17:00:00"), "seq_lora": by_seq_lora,
              "per_task": by_seq_lora, "mtl": by_seq_lora, "ewc": on_its_budget, "lwf": on_its_budget,
              "i_lora": on_its_budget, "curlora": on_its_budget, "crma": on_its_budget, "adaptive_svd": on_its_budget}
