@@ -28,8 +28,11 @@ sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods replay,replay:epoc
 sw --runs $T --orders offline1,offline2 --seeds 1,2,3 --methods $E3:lr=0.001,$E3:settle_tol=0
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods $E3:rank=8:auto_layers=13:lr=0.001
 sw --runs $T --orders $G --seeds 1 --methods seq_lora:epochs=3,$E3:lr=0.001,$E3:settle_tol=0,$E3:routing=per_task
-# 4. first validation runs of the grid's remaining methods
+# 4. first validation runs of the grid's remaining methods, and the first at three epochs (seq_lora's, their default
+#    since 2026-12-02 night) of four that ran one: spelled out, so they land beside the one-epoch runs, which a sweep
+#    of the bare names would refuse as stale
 sw --runs $V --orders offline1 --seeds 1 --methods crma,adaptive_svd,mtl,zero_shot
+sw --runs $V --orders offline1 --seeds 1 --methods ewc:epochs=3,lwf:epochs=3,i_lora:epochs=3,curlora:epochs=3
 # 5. the grouped stream, seed 2 (seq_lora at its three-epoch default, spelled out as its decision runs were)
 sw --runs $T --orders $G --seeds 2 --methods seq_lora:epochs=3,$E3,$E3:lr=0.001
 # 6. o_lora's epochs, by the same rule (it has no run at this size), and seq_lora's learning rates at its

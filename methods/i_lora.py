@@ -49,11 +49,13 @@ class ILoRA(MultiLoRAMethod):
       quarter of itself and takes three quarters of the fast copy at every step. (The warm-up term only bites
       for ema_alpha > 0.5: from step 1 on it is >= 0.5.) The slow copy starts as a copy of the fast one.
     - A reservoir buffer (buffer_size, default 500, seeded): every training batch enters it before replay is
-      drawn, as in the reference. From the second task on, each step also draws a replay batch of the same
-      size, and the loss is (CE(current) + CE(replay)) / 2 + consistency_weight * MSE(fast hidden states,
-      target) over all layers' hidden states of the replayed inputs (padding excluded), the target coming
-      from the slow copy without gradient: `slow` (default) uses its hidden states; `max` reproduces the
-      reference code, whose target is elementwise max(fast, slow), so only units where slow > fast are pulled.
+      drawn, as in the reference, at every pass (three epochs offer each example three times; duplicates are
+      kept, as the reference's loop over epochs keeps them). From the second task on, each step also draws a
+      replay batch of the same size, and the loss is (CE(current) + CE(replay)) / 2 + consistency_weight *
+      MSE(fast hidden states, target) over all layers' hidden states of the replayed inputs (padding
+      excluded), the target coming from the slow copy without gradient: `slow` (default) uses its hidden
+      states; `max` reproduces the reference code, whose target is elementwise max(fast, slow), so only units
+      where slow > fast are pulled.
     - Test time: the slow copy, no task id.
     - Cost (`compute`): I-LoRA takes seq_lora's optimizer steps per epoch, but from the second task on every step trains
       on the current batch and a replay batch of the same size, twice seq_lora's examples per step (plus the

@@ -139,7 +139,7 @@ def test_the_real_methods_package_imports_whole():
 
 
 def test_the_learners_not_tuned_on_their_own_train_seq_loras_passes_and_name_their_one_epoch_runs():
-    """Equal passes over the data (docs/results.md, "The baselines' budget"): the bounds and the continual learners
+    """Equal passes over the data (docs/results.md, "The baselines' epochs"): the bounds and the continual learners
     whose epochs were not validated for themselves take seq_lora's, and its former value names their older runs;
     those measured on their own (craft, and replay and o_lora until their runs decide; inc_lora is o_lora's ablation
     and trains as it does) keep theirs."""
@@ -149,6 +149,7 @@ def test_the_learners_not_tuned_on_their_own_train_seq_loras_passes_and_name_the
                  and klass.FORMER_DEFAULTS == {"one-epoch defaults": {"epochs": 1}}}
     assert on_budget == {"per_task", "mtl", "ewc", "lwf", "i_lora", "curlora", "crma", "adaptive_svd"}
     for name in on_budget:
+        assert found[name].SETTINGS["epochs"] is seq_lora.SETTINGS["epochs"], name   # by reference, not a copy
         assert found[name].resolve_settings({})["epochs"] == seq_lora.resolve_settings({})["epochs"] == 3, name
         assert found[name].resolve_settings({"epochs": "1"})["epochs"] == 1   # still a setting of each
     assert found["inc_lora"].resolve_settings({})["epochs"] == found["o_lora"].resolve_settings({})["epochs"]
