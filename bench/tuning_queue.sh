@@ -30,17 +30,18 @@ sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods replay,replay:epoc
 sw --runs $T --orders offline1,offline2 --seeds 1,2,3 --methods $E3:lr=0.001,$E3:settle_tol=0
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods $E3:rank=8:auto_layers=13:lr=0.001
 sw --runs $T --orders $G --seeds 1 --methods seq_lora:epochs=3,$E3:lr=0.001,$E3:settle_tol=0,$E3:routing=per_task
-# 4. first validation runs of the grid's remaining methods, and the first at three epochs (seq_lora's, their default
-#    since 2026-12-02 night) of four that ran one: spelled out, so they land beside the one-epoch runs, which a sweep
-#    of the bare names would refuse as stale
-sw --runs $V --orders offline1 --seeds 1 --methods crma,adaptive_svd,mtl,zero_shot
-sw --runs $V --orders offline1 --seeds 1 --methods ewc:epochs=3,lwf:epochs=3,i_lora:epochs=3,curlora:epochs=3
 # 5. the grouped stream, seed 2 (seq_lora at its three-epoch default, spelled out as its decision runs were)
 sw --runs $T --orders $G --seeds 2 --methods seq_lora:epochs=3,$E3,$E3:lr=0.001
 # 6. o_lora's epochs, by the same rule (it has no run at this size), and seq_lora's learning rates at its
 #    three-epoch default (3e-4, 3e-3 against the decision runs' 1e-3)
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods o_lora,o_lora:epochs=3
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods seq_lora:epochs=3:lr=0.0003,seq_lora:epochs=3:lr=0.003
+# 4. (run last: the grid's first stages, which decide the verdict, need none of it) first validation runs of the
+#    grid's remaining methods, and the first at three epochs (seq_lora's, their default since 2026-12-02 night) of
+#    four that ran one: spelled out, so they land beside the one-epoch runs, which a sweep of the bare names would
+#    refuse as stale
+sw --runs $V --orders offline1 --seeds 1 --methods crma,adaptive_svd,mtl,zero_shot
+sw --runs $V --orders offline1 --seeds 1 --methods ewc:epochs=3,lwf:epochs=3,i_lora:epochs=3,curlora:epochs=3
 # Next (written once replay's and o_lora's epochs are decided, at the chosen epochs): their learning rates (3e-4,
 # 3e-3), the shared-prefix dropout check, generation on the offline runs.
 echo "== $(date -u +%FT%T) queue done"
