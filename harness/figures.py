@@ -137,6 +137,34 @@ def _label_heights(boxes: list[tuple[str, float, float, float]], line: float) ->
     return heights
 
 
+def place_labels(fig, ax, points: list[tuple[str, float, float]]) -> dict:
+    """Write each (label, x, y) point's label right of it; labels whose drawn extents overlap (a column's, or a long
+    one reaching over the next column) are pushed apart by a line's height, with a grey line back to the point of one
+    that moved. Returns label -> its text."""
+    texts = {label: ax.text(x * 1.25, y, label, fontsize=7, va="center") for label, x, y in points}
+    # Measured on the drawn figure. A stack pushed past the frame raises the axis top, which squeezes every label's
+    # spacing in data units, so the placement is redone on the new axis (a few rounds settle it).
+    for attempt in range(5):
+        fig.canvas.draw()
+        line = 1.15 * max(text.get_window_extent().height for text in texts.values())
+        heights = _label_heights([(label, texts[label].get_window_extent().x0, texts[label].get_window_extent().x1,
+                                   ax.transData.transform((x, y))[1]) for label, x, y in points], line)
+        frame = ax.get_window_extent()
+        overflow = max(heights.values()) + line / 2 - frame.y1
+        if overflow <= 0 or attempt == 4:   # placed on the axis as it stands
+            break
+        bottom, top = ax.get_ylim()
+        ax.set_ylim(bottom, top + overflow * (top - bottom) / frame.height)
+    to_data = ax.transData.inverted()
+    for label, x, y in points:
+        placed = float(to_data.transform((frame.x0, heights[label]))[1])   # x and y map apart: any x will do
+        texts[label].set_y(placed)
+        if abs(placed - y) > 1e-9:
+            ax.annotate("", xy=(x, y), xytext=(x * 1.25, placed), arrowprops={"arrowstyle": "-", "lw": 0.4,
+                                                                               "color": "grey"})
+    return texts
+
+
 def aa_vs_kept(runs, block: str, orders: list[str], folder: str) -> list[str]:
     """One block of orders: each method's AA (mean over its runs in the block, 95% interval as in the forgetting
     table) against the parameters it keeps beside the backbone at the end of the stream, and the Pareto front of
@@ -168,25 +196,10 @@ def aa_vs_kept(runs, block: str, orders: list[str], folder: str) -> list[str]:
     if len(front) > 1:
         ax.step([p[1] for p in front], [p[2] for p in front], where="post", color="grey", lw=0.8, ls=":",
                 zorder=0, label="Pareto front (continual learners)")
-        ax.legend(fontsize=7, loc="best")   # the emptiest corner of the points (labels are placed after)
+        ax.legend(fontsize=7, loc="best")   # chosen at save time, around the points and the placed labels
     ax.set_xscale("log")
     ax.set_xlim(right=max(p[1] for p in points) * 12)     # room for the labels right of the last column
-    # Each label starts right of its point; labels whose extents overlap (a column's, or a long one reaching over
-    # the next column) are pushed apart by a line's height, measured on the drawn figure, with a grey line back to
-    # the point of one that moved.
-    texts = {label: ax.text(params * 1.25, aa, label, fontsize=7, va="center") for label, params, aa in points}
-    fig.canvas.draw()
-    boxes = [(label, box.x0, box.x1, ax.transData.transform((params, aa))[1])
-             for (label, params, aa), box in ((p, texts[p[0]].get_window_extent()) for p in points)]
-    heights = _label_heights(boxes, line=1.15 * max(texts[label].get_window_extent().height for label in texts))
-    to_data = ax.transData.inverted()
-    for label, params, aa in points:
-        y = float(to_data.transform((ax.transData.transform((params * 1.25, aa))[0], heights[label]))[1])
-        texts[label].set_y(y)
-        if abs(y - aa) > 1e-9:
-            ax.annotate("", xy=(params, aa), xytext=(params * 1.25, y),
-                        arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"})
-    ax.set_ylim(top=max(ax.get_ylim()[1], max(text.get_position()[1] for text in texts.values()) + 1.0))
+    place_labels(fig, ax, points)
     # decades only: matplotlib labels minor ticks on a short log axis, and their labels ran into each other
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("parameters kept beside the backbone at the end of the stream (log; zero shown at 1)")

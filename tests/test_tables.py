@@ -293,6 +293,30 @@ def test_labels_of_the_aa_plot_do_not_overlap_in_a_column_or_across_columns():
     assert h["craft"] == 45.0 and h["replay"] == 60.0 and h["inc_lora"] == 44.8   # nothing to avoid
     # pushed up, in height order, a line apart: within the column, and the label that reaches into it
     assert [h[k] for k in ("o_lora", "reaching", "per_task")] == pytest.approx([45.8, 46.8, 47.8])
+    # a label is checked against every placed one it spans, lowest first (in the order they were placed, c would
+    # stop at 45.5, on a3's 46.0)
+    h = _label_heights([("a1", 0, 10, 44.0), ("a2", 0, 10, 44.05), ("a3", 0, 30, 44.1), ("p2", 35, 50, 44.5),
+                        ("c", 25, 40, 44.6)], line=1.0)
+    assert [h[k] for k in ("a1", "a2", "a3", "p2", "c")] == pytest.approx([44.0, 45.0, 46.0, 44.5, 47.0])
+
+
+@pytest.mark.parametrize("points", [
+    [(f"variant {k}", 1e5, 40 + k / 100) for k in range(30)],                                  # a narrow AA range
+    [("alone", 10.0, 10.0)] + [(f"variant number {k}", 1e5, 60 - k / 10) for k in range(20)],  # a stack at the top
+])
+def test_placed_labels_do_not_overlap_on_the_drawn_figure(points):
+    """Where the stack raises the axis top, every label's spacing in data units shrinks: placed on the final axis."""
+    import matplotlib.pyplot as plt
+    from harness.figures import place_labels
+    fig, ax = plt.subplots(figsize=(6.4, max(4.4, 1.6 + 0.16 * len(points))))   # aa_vs_kept's size
+    for _, x, y in points:
+        ax.plot([x], [y], "o")
+    ax.set_xscale("log")
+    texts = place_labels(fig, ax, points)
+    fig.canvas.draw()
+    boxes = [text.get_window_extent() for text in texts.values()]
+    plt.close(fig)
+    assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
 
 
 @pytest.mark.parametrize("name,content", [("method.json", "{not json"), ("status.json", "[1]"),
