@@ -4,7 +4,7 @@
 # and resumes an unfinished one, so rerunning this script after an interruption goes on where it stopped.
 #   bash bench/tuning_queue.sh                      # from the repository root, ../shared beside it
 #   RESULTS=/elsewhere/results CL_DATA_DIR=/data/CL_Benchmark bash bench/tuning_queue.sh
-#   DRY=1 bash bench/tuning_queue.sh    # runs nothing: each step's runs left and their cost (harness sweep --dry-run,
+#   DRY=1 bash bench/tuning_queue.sh    # (any non-empty DRY) runs nothing: each step's runs left and their cost (harness sweep --dry-run,
 #                                       # at the medians of the finished validation runs in both folders)
 # CRAFT's tuning spells its schedule out (E3), so its variants land in folders of their own beside the defaults'.
 set -u
@@ -19,7 +19,8 @@ E3=craft:epochs=3:warmup=8:warmup_for=all:decay=linear
 sw() {
     echo "== $(date -u +%FT%T) sweep $*"
     $PY -m harness sweep --data-dir "$DATA" --eval-split val --matrix needed ${DRY:+--dry-run --costs-from $V,$T} "$@"
-    echo "== $(date -u +%FT%T) exit $?"
+    local rc=$?   # before the log line: its $(date) would reset $?
+    echo "== $(date -u +%FT%T) exit $rc"
 }
 # 1. done: seq_lora's epochs (the baselines' side of CRAFT's three-epoch budget), offline1-2 x seeds 1-3 at
 #    `seq_lora` and `seq_lora:epochs=3`. Three epochs became its default on 2026-12-02, after which a sweep refuses
