@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
-from methods.base import Method
+from methods.base import AtLeast, Method
 
 
 class LoRAMethod(Method):
+    LIMITS = {"r": AtLeast(1), "alpha": AtLeast(0, above=True), "dropout": AtLeast(0)}
     SETTINGS = {
         "r": (8, "LoRA rank"),
         "alpha": (32, "LoRA scaling numerator (scale = alpha / r)"),

@@ -23,6 +23,20 @@ from core.loss import answer_loss
 from core.scoring import CausalLMScorer
 
 
+class AtLeast:
+    """A setting's lower limit (`above`: the limit itself excluded), checked as settings resolve: a value past it
+    would train nothing or fail mid-run, so it fails before anything runs."""
+
+    def __init__(self, low: float, above: bool = False):
+        self.low, self.above = low, above
+
+    def admits(self, value) -> bool:
+        return value > self.low if self.above else value >= self.low
+
+    def __str__(self) -> str:
+        return f"{'above' if self.above else 'at least'} {self.low:g}"
+
+
 def parse_value(raw: str, default):
     if isinstance(default, bool):
         if raw.lower() in ("1", "true", "yes", "on"):
@@ -60,6 +74,10 @@ class Method:
     # run that ran one of these is its method's row of that time in the tables, even where its spec spelled them
     # out; a row holding an entry's settings is named by it: `craft (one-epoch defaults) [lr=0.001]`.
     FORMER_DEFAULTS: dict = {}
+    # name -> the lower limit of its values, for the numeric settings where one exists; subclasses add to their
+    # parents' (a subclass that redefines a setting's default keeps its limit).
+    LIMITS: dict = {"lr": AtLeast(0, above=True), "epochs": AtLeast(1), "batch_size": AtLeast(1),
+                    "grad_clip": AtLeast(0, above=True)}
     # name -> (default, what it controls[, the values allowed]). Subclasses add to their parents' settings.
     SETTINGS: dict = {
         "lr": (1e-3, "learning rate (AdamW, no weight decay)"),
@@ -106,6 +124,12 @@ class Method:
             if allowed is not None and values[key] not in allowed:
                 raise UsageError(f"{cls.NAME} setting {key} must be one of {', '.join(map(repr, allowed))}, "
                                  f"not {values[key]!r}")
+        limits: dict = {}
+        for klass in reversed(cls.__mro__):
+            limits.update(getattr(klass, "LIMITS", {}) or {})
+        for key, limit in limits.items():
+            if key in values and not limit.admits(values[key]):
+                raise UsageError(f"{cls.NAME} setting {key} must be {limit}, not {values[key]!r}")
         return values
 
     @classmethod

@@ -40,6 +40,23 @@ def test_bad_sizes_and_settings(capsys, tmp_path):
     fails(capsys, ["bench", "--method-arg", "lr"], "expects key=value")
 
 
+@pytest.mark.parametrize("method,arg,message", [
+    ("seq_lora", "epochs=0", "seq_lora setting epochs must be at least 1, not 0"),   # would train nothing, "finished"
+    ("ewc", "batch_size=0", "ewc setting batch_size must be at least 1, not 0"),      # the shared loop's, inherited
+    ("craft", "lr=0", "craft setting lr must be above 0, not 0.0"),                    # a method that redefines lr
+    ("replay", "r=0", "replay setting r must be at least 1, not 0"),                   # the LoRA methods' own
+])
+def test_a_setting_past_its_limit_fails_before_anything_runs(capsys, tmp_path, method, arg, message):
+    out = tmp_path / "run"
+    fails(capsys, ["bench", "--method", method, "--method-arg", arg, "--order", "bbc,trec", *TINY, "--out", str(out)],
+          message)
+    assert not out.exists()
+    runs = tmp_path / "runs"   # and a sweep refuses the spec before its first cell
+    fails(capsys, ["sweep", "--methods", f"seq_lora,{method}:{arg}", "--orders", "bbc,trec",
+                   "--seeds", "1", "--runs", str(runs), *TINY], message)
+    assert not any(runs.glob("*/*/seed*/status.json"))
+
+
 def test_data_dir_problems(capsys, tmp_path, monkeypatch, cl_data):
     monkeypatch.delenv("CL_DATA_DIR", raising=False)
     # without a data dir, orders 1-6 read the packaged subset, and config.json says so
