@@ -4,8 +4,8 @@
 # and resumes an unfinished one, so rerunning this script after an interruption goes on where it stopped.
 #   bash bench/tuning_queue.sh                      # from the repository root, ../shared beside it
 #   RESULTS=/elsewhere/results CL_DATA_DIR=/data/CL_Benchmark bash bench/tuning_queue.sh
-#   DRY=1 bash bench/tuning_queue.sh    # (any non-empty DRY) runs nothing: each step's runs left and their cost (harness sweep --dry-run,
-#                                       # at the medians of the finished validation runs in both folders)
+#   DRY=1 bash bench/tuning_queue.sh                # (any non-empty DRY) runs nothing: each step's runs left and
+#                                                   # their cost (sweep --dry-run, at the validation runs' medians)
 # CRAFT's tuning spells its schedule out (E3), so its variants land in folders of their own beside the defaults'.
 set -u
 RESULTS=${RESULTS:-results}
