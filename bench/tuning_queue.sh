@@ -27,6 +27,9 @@ sw() {
 #    the one-epoch runs in the `seq_lora` folder as stale, so the step is no longer run here.
 # 2. replay's epochs, by the same rule
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods replay,replay:epochs=3
+#    and the rule's third seed, queued before seeds 1-2 finished (seed 1 gave ΔAA +8.25 [6.12, 10.50] on both
+#    streams): wasted (about 1.3 h) only if seed 2 undoes that
+sw --runs $T --orders offline1,offline2 --seeds 3 --methods replay,replay:epochs=3
 # 3. round 5, on CRAFT's three-epoch defaults
 sw --runs $T --orders offline1,offline2 --seeds 1,2,3 --methods $E3:lr=0.001,$E3:settle_tol=0
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods $E3:rank=8:auto_layers=13:lr=0.001
