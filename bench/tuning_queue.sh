@@ -27,6 +27,9 @@ sw() {
 #    the one-epoch runs in the `seq_lora` folder as stale, so the step is no longer run here.
 # 2. replay's epochs, by the same rule
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods replay,replay:epochs=3
+#    (round 5's `settle_tol=0` cleared the rule on offline1-2 x seeds 1-3, ΔAA +8.54 [4.54, 12.67]: its grouped
+#    stream, the rule's last check, runs first)
+sw --runs $T --orders $G --seeds 1 --methods $E3:settle_tol=0
 #    and the rule's third seed, queued before seeds 1-2 finished (seed 1 gave ΔAA +8.25 [6.12, 10.50] on both
 #    streams): wasted (about 1.3 h) only if seed 2 undoes that
 sw --runs $T --orders offline1,offline2 --seeds 3 --methods replay,replay:epochs=3
