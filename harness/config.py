@@ -283,15 +283,25 @@ def ran_defaults(config: dict) -> bool:
 
 
 def former_defaults_named(method: str, args: dict) -> tuple[str | None, dict]:
-    """(the name of the method's FORMER_DEFAULTS entry every setting of which `args` (label_args: the settings
-    that differ from today's defaults) fixes, the args that differ from that entry), newest entry first; (None,
-    args) where no entry's settings are all fixed. So runs of old defaults read `craft (one-epoch defaults)`, and
-    a variant of them `craft (one-epoch defaults) [lr=0.001]` or `[warmup=5]`, not every old value spelled out."""
+    """(the name of the method's FORMER_DEFAULTS entry whose own moves `args` (label_args: the settings that differ
+    from today's defaults) all fix, the settings in which the run differs from that entry), or (None, args). An
+    entry's own moves are the settings that moved when its time ended (its keys less the next newer entry's); the
+    oldest entry that qualifies names the run. So runs of old defaults read `craft (one-epoch defaults)`, a variant
+    of them `craft (one-epoch defaults) [lr=0.001]`, and a variant tried then at a value that has become a default
+    since keeps its name: `craft (one-epoch defaults) [settle_tol=0.0]`, not every old value spelled out."""
     from methods import discover
     cls = discover().get(method)
-    for name, former in (cls.FORMER_DEFAULTS.items() if cls is not None else ()):
-        if all(k in args for k in former):
-            return name, {k: v for k, v in args.items() if k not in former or v != spell_setting(former[k])}
+    entries = list(cls.FORMER_DEFAULTS.items()) if cls is not None else []
+    newer: set = set()
+    own = []
+    for name, former in entries:   # newest first
+        own.append((name, former, set(former) - newer))
+        newer |= set(former)
+    for name, former, moved in reversed(own):
+        if moved and moved <= set(args):
+            today = resolved_settings(method, {})
+            rest = {k: v for k, v in args.items() if k not in former or v != spell_setting(former[k])}
+            return name, {**rest, **{k: spell_setting(today[k]) for k in former if k not in args}}
     return None, args
 
 

@@ -758,7 +758,10 @@ def variant_references(runs: list[Run], frame: pd.DataFrame, method: str) -> dic
     of the time runs were made (a row whose runs fixed no setting). First the defaults it was tried against: those
     that differ from it only in settings its own spec fixed (a one-epoch variant made before the schedule moved
     against the one-epoch defaults); else (the old defaults themselves) the nearest, by how many settings differ.
-    Ties go to the method's row."""
+    Ties go to the method's row. A row of former defaults named by its time (`craft (one-epoch defaults)`) is set
+    against the defaults that replaced it, the next newer that ran (`craft (settled-loss defaults)`, then today's):
+    each move's gain, read down the rows, whatever the spec of the runs spelled."""
+    from methods import discover
     main = main_label(frame, method)
     first = {}
     for r in runs:
@@ -766,11 +769,18 @@ def variant_references(runs: list[Run], frame: pd.DataFrame, method: str) -> dic
             first.setdefault(r.label, r)
     defaults = sorted({lab for lab, r in first.items() if lab == method or r.ran_defaults},
                       key=lambda lab: (lab != main, lab))
+    cls = discover().get(method)
+    newest_first = [method] + [f"{method} ({name})" for name in (cls.FORMER_DEFAULTS if cls is not None else ())]
     out = {}
     for lab, run in first.items():
         others = {d: differing_settings(run, first[d]) for d in defaults if d != lab}
         if lab == main or not others:
             continue
+        if lab in newest_first[1:]:
+            newer = [d for d in reversed(newest_first[:newest_first.index(lab)]) if d in first]
+            if newer:
+                out[lab] = newer[0]
+                continue
         fixed = set(run.config.get("method_args") or {})
         tried = [d for d, diff in others.items() if diff <= fixed]
         out[lab] = min(tried or others, key=lambda d: len(others[d]))

@@ -684,7 +684,8 @@ def test_runs_made_before_a_default_moved_are_named_by_what_they_ran(tmp_path):
     # method -> (the settings that moved, when the last of its moves landed: later runs ran today's defaults)
     by_seq_lora = ({"epochs"}, "2026-12-02T17:00:00")
     on_its_budget = ({"epochs"}, "2026-12-02T21:32:31")   # the learners that took seq_lora's epochs later
-    moved = {"craft": ({"epochs", "warmup", "warmup_for", "decay"}, "2026-12-02T17:00:00"), "seq_lora": by_seq_lora,
+    moved = {"craft": ({"epochs", "warmup", "warmup_for", "decay"}, "2026-12-02T17:00:00"),
+             "seq_lora": by_seq_lora,
              "per_task": by_seq_lora, "mtl": by_seq_lora, "ewc": on_its_budget, "lwf": on_its_budget,
              "i_lora": on_its_budget, "curlora": on_its_budget, "crma": on_its_budget, "adaptive_svd": on_its_budget}
     for method, (keys, moved_at) in moved.items():
@@ -727,6 +728,30 @@ def test_a_variant_is_set_against_the_defaults_it_was_tried_under_even_where_tod
         "craft [decay=none, epochs=1, warmup=0]": "craft"}                  # the old defaults against today's
 
 
+def test_each_former_defaults_row_is_set_against_the_defaults_that_replaced_it(tmp_path, monkeypatch):
+    """Defaults that moved twice: the oldest row reads against the middle one, the middle one against today's
+    (each move's gain), though the middle runs' spec spelled only what the first move changed, which alone would
+    set them against the oldest row; a variant of the oldest stays against it."""
+    from methods.craft import CRAFT
+    monkeypatch.setattr(CRAFT, "FORMER_DEFAULTS", {"b defaults": {"settle_tol": 0.5},
+                                                   "a defaults": {"epochs": 7, "settle_tol": 0.5}})
+    now = CRAFT.resolve_settings({})
+    a, b = {**now, "epochs": 7, "settle_tol": 0.5}, {**now, "settle_tol": 0.5}
+    root = str(tmp_path / "runs")
+    make_run(root, "craft+epochs=7+settle_tol=0.5", "craft", "1", 1, seq(60.0, 80.0),
+             args={"epochs": "7", "settle_tol": "0.5"}, settings=a)
+    make_run(root, "craft+epochs=7+settle_tol=0.5+lr=0.001", "craft", "1", 1, seq(65.0, 80.0),
+             args={"epochs": "7", "settle_tol": "0.5", "lr": "0.001"}, settings={**a, "lr": 0.001})
+    make_run(root, "craft+epochs=3", "craft", "1", 1, seq(70.0, 80.0), args={"epochs": str(now["epochs"])},
+             settings=b)   # made while b was today's: its spec fixed epochs alone
+    make_run(root, "craft", "craft", "1", 1, seq(80.0, 80.0))
+    runs, _ = load_runs(root)
+    from harness.tables import runs_frame, variant_references
+    assert variant_references(runs, runs_frame(runs, root), "craft") == {
+        "craft (a defaults)": "craft (b defaults)", "craft (b defaults)": "craft",
+        "craft (a defaults) [lr=0.001]": "craft (a defaults)"}
+
+
 def test_a_setting_spelled_two_ways_names_one_row(tmp_path):
     root = str(tmp_path / "runs")
     make_run(root, "craft+kl_term=False", "craft", "1", 1, seq(60.0, 80.0), args={"kl_term": "False"})
@@ -762,16 +787,24 @@ def test_a_method_whose_defaults_all_moved_is_stood_for_by_its_old_defaults(tmp_
     assert dict(zip(heads, row))["against"] == "craft [epochs=1]"   # not today's defaults: the column says so
 
 
-def test_a_row_is_named_by_the_former_defaults_it_fixed_and_what_it_changed_of_them():
+def test_a_row_is_named_by_the_former_defaults_it_fixed_and_what_it_changed_of_them(monkeypatch):
     from harness.tables import method_label
-    assert method_label("craft", {"epochs": "1", "warmup": "0", "warmup_for": "joining", "decay": "none"}) == \
-        "craft (one-epoch defaults)"
-    assert method_label("craft", {"epochs": "1", "warmup": "5", "warmup_for": "joining", "decay": "none",
-                                  "lr": "0.001"}) == "craft (one-epoch defaults) [lr=0.001, warmup=5]"
-    # not every setting of the entry fixed: spelled out (decay and warmup_for ran today's values)
-    assert method_label("craft", {"epochs": "1", "warmup": "3"}) == "craft [epochs=1, warmup=3]"
-    assert method_label("craft", {"epochs": "1", "warmup": "0", "warmup_for": "joining", "decay": "none"},
-                        named=False) == "craft [decay=none, epochs=1, warmup=0, warmup_for=joining]"
+    from methods.craft import CRAFT
+    # a made-up history, newest first: "a" ended when epochs and warmup moved, "b" when settle_tol did
+    monkeypatch.setattr(CRAFT, "FORMER_DEFAULTS", {"b defaults": {"settle_tol": 0.5},
+                                                   "a defaults": {"epochs": 7, "warmup": 0, "settle_tol": 0.5}})
+    today = CRAFT.resolve_settings({})["settle_tol"]
+    assert method_label("craft", {"settle_tol": "0.5"}) == "craft (b defaults)"
+    assert method_label("craft", {"epochs": "7", "warmup": "0", "settle_tol": "0.5"}) == "craft (a defaults)"
+    assert method_label("craft", {"epochs": "7", "warmup": "5", "settle_tol": "0.5", "lr": "0.001"}) == \
+        "craft (a defaults) [lr=0.001, warmup=5]"
+    # a variant tried in a's time at a value that later became the default keeps a's name
+    assert method_label("craft", {"epochs": "7", "warmup": "0"}) == f"craft (a defaults) [settle_tol={today}]"
+    # a's own moves not all fixed: b's variant, or (b's not fixed either) spelled out
+    assert method_label("craft", {"epochs": "7", "settle_tol": "0.5"}) == "craft (b defaults) [epochs=7]"
+    assert method_label("craft", {"epochs": "7"}) == "craft [epochs=7]"
+    assert method_label("craft", {"epochs": "7", "warmup": "0", "settle_tol": "0.5"},
+                        named=False) == "craft [epochs=7, settle_tol=0.5, warmup=0]"
 
 
 def test_a_folder_that_spells_out_former_defaults_stands_for_its_method(tmp_path):
