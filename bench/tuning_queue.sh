@@ -6,7 +6,8 @@
 #   RESULTS=/elsewhere/results CL_DATA_DIR=/data/CL_Benchmark bash bench/tuning_queue.sh
 #   DRY=1 bash bench/tuning_queue.sh                # (any non-empty DRY) runs nothing: each step's runs left and
 #                                                   # their cost (sweep --dry-run, at the validation runs' medians)
-# CRAFT's tuning spells its schedule out (E3), so its variants land in folders of their own beside the defaults'.
+# CRAFT's tuning spells its defaults out (E3: the schedule, and settle_tol=0 since 2026-12-03), so its variants land
+# in folders of their own beside the defaults' (a sweep refuses the older folders' runs as stale: settings moved).
 set -u
 RESULTS=${RESULTS:-results}
 DATA=${CL_DATA_DIR:-../shared/data/CL_Benchmark}
@@ -15,7 +16,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=${PYTHONPATH:-$(
 T=$RESULTS/val/tuning/runs
 V=$RESULTS/val/runs
 G=MNLI+CB+RTE+IMDB+SST-2+yelp+amazon   # a stream whose tasks share output spaces: where CRAFT's grouping acts
-E3=craft:epochs=3:warmup=8:warmup_for=all:decay=linear
+E3=craft:epochs=3:warmup=8:warmup_for=all:decay=linear:settle_tol=0
 sw() {
     echo "== $(date -u +%FT%T) sweep $*"
     $PY -m harness sweep --data-dir "$DATA" --eval-split val --matrix needed ${DRY:+--dry-run --costs-from $V,$T} "$@"
@@ -27,23 +28,20 @@ sw() {
 #    the one-epoch runs in the `seq_lora` folder as stale, so the step is no longer run here.
 # 2. replay's epochs, by the same rule
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods replay,replay:epochs=3
-#    (round 5's `settle_tol=0` cleared the rule on offline1-2 x seeds 1-3, ΔAA +8.54 [4.54, 12.67]: its grouped
-#    stream, the rule's last check, runs first)
-sw --runs $T --orders $G --seeds 1 --methods $E3:settle_tol=0
 #    and the rule's third seed, queued before seeds 1-2 finished (seed 1 gave ΔAA +8.25 [6.12, 10.50] on both
 #    streams): wasted (about 1.3 h) only if seed 2 undoes that
 sw --runs $T --orders offline1,offline2 --seeds 3 --methods replay,replay:epochs=3
-# 3. round 5, on CRAFT's three-epoch defaults
-sw --runs $T --orders offline1,offline2 --seeds 1,2,3 --methods $E3:lr=0.001,$E3:settle_tol=0
-sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods $E3:rank=8:auto_layers=13:lr=0.001
-sw --runs $T --orders $G --seeds 1 --methods seq_lora:epochs=3,$E3:lr=0.001,$E3:settle_tol=0,$E3:routing=per_task
-# 5. the grouped stream, seed 2 (seq_lora at its three-epoch default, spelled out as its decision runs were)
-sw --runs $T --orders $G --seeds 2 --methods seq_lora:epochs=3,$E3,$E3:lr=0.001
-# 6. o_lora's epochs, by the same rule (it has no run at this size), and seq_lora's learning rates at its
+# 3. done: round 5 on the schedule (settle_tol=0, lr=0.001, rank 8 on 13 layers; seq_lora on the grouped stream).
+#    settle_tol=0 passed the rule and became the default on 2026-12-03 (lr=0.001 and the paper-sized edit did not,
+#    so their grouped runs were dropped); left of it: the routing ablation on the grouped stream, at the new defaults
+sw --runs $T --orders $G --seeds 1 --methods $E3:routing=per_task
+# 4. the grouped stream, seed 2 (seq_lora at its three-epoch default, spelled out as its decision runs were)
+sw --runs $T --orders $G --seeds 2 --methods seq_lora:epochs=3,$E3
+# 5. o_lora's epochs, by the same rule (it has no run at this size), and seq_lora's learning rates at its
 #    three-epoch default (3e-4, 3e-3 against the decision runs' 1e-3)
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods o_lora,o_lora:epochs=3
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods seq_lora:epochs=3:lr=0.0003,seq_lora:epochs=3:lr=0.003
-# 4. (run last: the grid's first stages, which decide the verdict, need none of it) first validation runs of the
+# 6. (run last: the grid's first stages, which decide the verdict, need none of it) first validation runs of the
 #    grid's remaining methods, and the first at three epochs (seq_lora's, their default since 2026-12-02 night) of
 #    four that ran one: spelled out, so they land beside the one-epoch runs, which a sweep of the bare names would
 #    refuse as stale
