@@ -283,24 +283,32 @@ def ran_defaults(config: dict) -> bool:
 
 
 def former_defaults_named(method: str, args: dict) -> tuple[str | None, dict]:
-    """(the name of the method's FORMER_DEFAULTS entry whose own moves `args` (label_args: the settings that differ
-    from today's defaults) all fix, the settings in which the run differs from that entry), or (None, args). An
-    entry's own moves are the settings that moved when its time ended (its keys less the next newer entry's); the
-    oldest entry that qualifies names the run. So runs of old defaults read `craft (one-epoch defaults)`, a variant
-    of them `craft (one-epoch defaults) [lr=0.001]`, and a variant tried then at a value that has become a default
-    since keeps its name: `craft (one-epoch defaults) [settle_tol=0.0]`, not every old value spelled out."""
+    """(the name of the method's FORMER_DEFAULTS entry that names a run whose settings differ from today's defaults
+    in `args` (label_args), the settings in which the run differs from that entry), or (None, args). An entry's own
+    moves are the settings that moved when its time ended (absent from the next newer entry, or another value
+    there); the oldest entry more of whose own moves the run holds at that time's values than at today's names
+    it (a run of today's defaults but for one moved setting at its old value is today's variant). So runs of old
+    defaults read `craft (one-epoch defaults)`, a variant of them `craft (one-epoch defaults) [lr=0.001]`, a
+    variant tried then at a value that has become a default since keeps its name (`craft (one-epoch defaults)
+    [settle_tol=0.0]`), and a run of today's defaults with some other value of a moved setting names none
+    (`seq_lora [epochs=5]`), not every old value spelled out."""
     from methods import discover
     cls = discover().get(method)
     entries = list(cls.FORMER_DEFAULTS.items()) if cls is not None else []
-    newer: set = set()
-    own = []
+    if not entries or not args:
+        return None, args
+    try:
+        ran, today = resolved_settings(method, args), resolved_settings(method, {})
+    except UsageError:
+        return None, args
+    own, newer = [], {}
     for name, former in entries:   # newest first
-        own.append((name, former, set(former) - newer))
-        newer |= set(former)
+        own.append((name, former, {k for k, v in former.items() if k not in newer or newer[k] != v}))
+        newer = former
     for name, former, moved in reversed(own):
-        if moved and moved <= set(args):
-            today = resolved_settings(method, {})
-            rest = {k: v for k, v in args.items() if k not in former or v != spell_setting(former[k])}
+        kept = sum(k in args and ran[k] == former[k] for k in moved)   # own moves the run holds at that time's value
+        if kept > sum(k not in args for k in moved):                    # ... against those it holds at today's
+            rest = {k: v for k, v in args.items() if k not in former or ran[k] != former[k]}
             return name, {**rest, **{k: spell_setting(today[k]) for k in former if k not in args}}
     return None, args
 

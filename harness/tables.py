@@ -777,10 +777,10 @@ def variant_references(runs: list[Run], frame: pd.DataFrame, method: str) -> dic
         if lab == main or not others:
             continue
         if lab in newest_first[1:]:
+            # the next newer defaults that ran; else the method's row (an older one where today's never ran)
             newer = [d for d in reversed(newest_first[:newest_first.index(lab)]) if d in first]
-            if newer:
-                out[lab] = newer[0]
-                continue
+            out[lab] = newer[0] if newer else main
+            continue
         fixed = set(run.config.get("method_args") or {})
         tried = [d for d, diff in others.items() if diff <= fixed]
         out[lab] = min(tried or others, key=lambda d: len(others[d]))

@@ -14,8 +14,8 @@ switched off for ablations:
    + beta * KL(prior || current), the KL of answer-position distributions on the group's anchor prompts
    (a few unlabeled prompts kept from each earlier task of the group), where `prior` is the group's
    state before this task (its distributions are computed once per task and cached: the backbone is
-   frozen). The same KL decides convergence: stop when the task loss has settled, or when the KL
-   reaches `forgetting_budget`.
+   frozen). The same KL stops training early when it reaches `forgetting_budget` (and, where `settle_tol`
+   > 0, a settled task loss does; by default a task trains its scheduled steps).
 3. Merge. The task's edit is folded into the group's shared one: a LoReFT edit is affine
    (h + M h + c), so the two interpolate exactly, (1-a) * group + a * task, and the result is turned back
    into a LoReFT intervention (SVD; truncation error recorded) of rank `merge_rank`: r (the default) is

@@ -706,11 +706,13 @@ def test_runs_made_before_a_default_moved_are_named_by_what_they_ran(tmp_path):
                                                                             config.get("method_args") or {}), path
 
 
-def test_a_variant_is_set_against_the_defaults_it_was_tried_under_even_where_todays_are_nearer(tmp_path):
+def test_a_variant_is_set_against_the_defaults_it_was_tried_under_even_where_todays_are_nearer(
+        tmp_path, monkeypatch):
     """Made under old defaults (epochs 1, warmup 0, decay none), a variant that fixed warmup and decay to what are
     today's defaults differs from today's in one setting (epochs) and from the old in two, both its own: it was
-    tried against the old defaults, and stays against them."""
+    tried against the old defaults, and stays against them (rows spelled out: no former defaults named)."""
     from methods.craft import CRAFT
+    monkeypatch.setattr(CRAFT, "FORMER_DEFAULTS", {})
     root = str(tmp_path / "runs")
     now = CRAFT.resolve_settings({})
     then = {**now, "epochs": 1, "warmup": 0, "decay": "none"}
@@ -750,6 +752,28 @@ def test_each_former_defaults_row_is_set_against_the_defaults_that_replaced_it(t
     assert variant_references(runs, runs_frame(runs, root), "craft") == {
         "craft (a defaults)": "craft (b defaults)", "craft (b defaults)": "craft",
         "craft (a defaults) [lr=0.001]": "craft (a defaults)"}
+
+
+def test_where_todays_defaults_never_ran_the_newest_former_row_reads_against_the_methods_row(tmp_path, monkeypatch):
+    """Three former defaults, today's never ran, the oldest's runs remade last (so they are the method's row): the
+    middle reads against the newest, the newest against the method's row, not back against the middle."""
+    from harness.tables import main_label, runs_frame, variant_references
+    from methods.craft import CRAFT
+    monkeypatch.setattr(CRAFT, "FORMER_DEFAULTS", {"c": {"warmup": 2}, "b": {"warmup": 2, "settle_tol": 0.5},
+                                                   "a": {"warmup": 2, "settle_tol": 0.5, "epochs": 7}})
+    now = CRAFT.resolve_settings({})
+    root = str(tmp_path / "runs")
+    for name, former in CRAFT.FORMER_DEFAULTS.items():
+        make_run(root, f"craft+{name}", "craft", "1", 1, seq(70.0, 80.0),
+                 args={k: str(v) for k, v in former.items()}, settings={**now, **former})
+    remade = os.path.join(root, "craft+a", "1", "seed1", "config.json")
+    with open(remade) as f:
+        config = json.load(f)
+    write_json(remade, {**config, "created": "2026-12-30T10:00:00"})
+    runs, _ = load_runs(root)
+    frame = runs_frame(runs, root)
+    assert main_label(frame, "craft") == "craft (a)"
+    assert variant_references(runs, frame, "craft") == {"craft (b)": "craft (c)", "craft (c)": "craft (a)"}
 
 
 def test_a_setting_spelled_two_ways_names_one_row(tmp_path):
@@ -793,18 +817,26 @@ def test_a_row_is_named_by_the_former_defaults_it_fixed_and_what_it_changed_of_t
     # a made-up history, newest first: "a" ended when epochs and warmup moved, "b" when settle_tol did
     monkeypatch.setattr(CRAFT, "FORMER_DEFAULTS", {"b defaults": {"settle_tol": 0.5},
                                                    "a defaults": {"epochs": 7, "warmup": 0, "settle_tol": 0.5}})
-    today = CRAFT.resolve_settings({})["settle_tol"]
+    today = CRAFT.resolve_settings({})
     assert method_label("craft", {"settle_tol": "0.5"}) == "craft (b defaults)"
     assert method_label("craft", {"epochs": "7", "warmup": "0", "settle_tol": "0.5"}) == "craft (a defaults)"
     assert method_label("craft", {"epochs": "7", "warmup": "5", "settle_tol": "0.5", "lr": "0.001"}) == \
         "craft (a defaults) [lr=0.001, warmup=5]"
-    # a variant tried in a's time at a value that later became the default keeps a's name
-    assert method_label("craft", {"epochs": "7", "warmup": "0"}) == f"craft (a defaults) [settle_tol={today}]"
-    # a's own moves not all fixed: b's variant, or (b's not fixed either) spelled out
+    # a variant tried in a's time at a value that later became the default keeps a's name, the value in brackets
+    assert method_label("craft", {"epochs": "7", "warmup": "0"}) == \
+        f"craft (a defaults) [settle_tol={today['settle_tol']}]"
+    # no more of a's own moves (epochs, warmup) at a's values than at today's: b's, or no former name
     assert method_label("craft", {"epochs": "7", "settle_tol": "0.5"}) == "craft (b defaults) [epochs=7]"
     assert method_label("craft", {"epochs": "7"}) == "craft [epochs=7]"
+    assert method_label("craft", {"epochs": "5"}) == "craft [epochs=5]"   # another value, none of an entry's
+    assert method_label("craft", {"settle_tol": "0.9", "warmup": "2"}) == "craft [settle_tol=0.9, warmup=2]"
     assert method_label("craft", {"epochs": "7", "warmup": "0", "settle_tol": "0.5"},
                         named=False) == "craft [epochs=7, settle_tol=0.5, warmup=0]"
+    # a setting that moved twice (1 -> 5 -> today's): each entry owns its value; values compare as numbers
+    monkeypatch.setattr(CRAFT, "FORMER_DEFAULTS", {"five": {"epochs": 5, "settle_tol": 1},
+                                                   "one": {"epochs": 1, "settle_tol": 1}})
+    assert method_label("craft", {"epochs": "1", "settle_tol": "1.0"}) == "craft (one)"
+    assert method_label("craft", {"epochs": "5", "settle_tol": "1.0"}) == "craft (five)"
 
 
 def test_a_folder_that_spells_out_former_defaults_stands_for_its_method(tmp_path):
