@@ -67,9 +67,9 @@ GRID = $(BIN)/python -m harness sweep --runs $(GRID_RUNS) --matrix needed --jobs
 LEARNERS_MORE = inc_lora,i_lora,ewc,lwf,curlora,crma,adaptive_svd
 BOUNDS = per_task,mtl,zero_shot
 CRAFT_ABLATIONS = craft:kl_term=false,craft:merge=false,craft:routing=single,craft:forgetting_budget=0.1
-# The strongest baselines: three seeds everywhere. The grid waits for replay's and o_lora's epochs (seq_lora trains
-# three since 2026-12-02; replay:compute=matched is seq_lora's steps per epoch, so equal totals need equal epochs:
-# if replay keeps one epoch, its matched row needs epochs=3 spelled out).
+# The strongest baselines: three seeds everywhere. The grid waits for o_lora's epochs (seq_lora trains three since
+# 2026-12-02, replay since 2026-12-03, each by its own validation runs; replay:compute=matched is seq_lora's steps
+# per epoch, so at their equal epochs it trains seq_lora's steps in all).
 GRID_CORE = craft,seq_lora,replay,replay:compute=matched,o_lora
 # --dry-run and --print-commands only look: the measuring and writing steps after the sweeps are left out.
 GRID_LOOKS = $(filter --dry-run --print-commands,$(ARGS))

@@ -26,11 +26,9 @@ sw() {
 # 1. done: seq_lora's epochs (the baselines' side of CRAFT's three-epoch budget), offline1-2 x seeds 1-3 at
 #    `seq_lora` and `seq_lora:epochs=3`. Three epochs became its default on 2026-12-02, after which a sweep refuses
 #    the one-epoch runs in the `seq_lora` folder as stale, so the step is no longer run here.
-# 2. replay's epochs, by the same rule
-sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods replay,replay:epochs=3
-#    and the rule's third seed, queued before seeds 1-2 finished (seed 1 gave ΔAA +8.25 [6.12, 10.50] on both
-#    streams): wasted (about 1.3 h) only if seed 2 undoes that
-sw --runs $T --orders offline1,offline2 --seeds 3 --methods replay,replay:epochs=3
+# 2. done: replay's epochs, by the same rule, offline1-2 x seeds 1-3 at `replay` and `replay:epochs=3`. Three
+#    epochs became its default on 2026-12-03 (+6.17 [2.54, 9.62] AA over the six streams), after which a sweep
+#    refuses the one-epoch runs in the `replay` folder as stale, so the step is no longer run here.
 # 3. done: round 5 on the schedule (settle_tol=0, lr=0.001, rank 8 on 13 layers; seq_lora on the grouped stream).
 #    settle_tol=0 passed the rule and became the default on 2026-12-03 (lr=0.001 and the paper-sized edit did not,
 #    so their grouped runs were dropped); left of it: the routing ablation on the grouped stream, at the new defaults

@@ -35,7 +35,7 @@ def stream(name, tokenizer, train, monkeypatch, **settings):
     monkeypatch.setattr(methods.base, "answer_loss", spy)
     monkeypatch.setattr(methods.i_lora, "answer_loss", spy)
     torch.manual_seed(0)   # peft's LoRA init and dropout draw from the global generator (the runner seeds it too)
-    # one epoch each: matched means seq_lora's steps per epoch (seq_lora's default is three epochs, replay's one)
+    # one epoch each: matched means seq_lora's steps per epoch (at equal epochs, its steps in all)
     method = get_method(name)(tiny_model(tokenizer, seed=0), tokenizer, {"batch_size": "4", "epochs": "1", **settings},
                               seed=3)
     method.setup()
