@@ -31,8 +31,8 @@ sw() {
 #    refuses the one-epoch runs in the `replay` folder as stale, so the step is no longer run here.
 # 3. done: round 5 on the schedule (settle_tol=0, lr=0.001, rank 8 on 13 layers; seq_lora on the grouped stream).
 #    settle_tol=0 passed the rule and became the default on 2026-12-03 (lr=0.001 and the paper-sized edit did not,
-#    so their grouped runs were dropped); left of it: the routing ablation on the grouped stream, at the new defaults
-sw --runs $T --orders $G --seeds 1 --methods $E3:routing=per_task
+#    so their grouped runs were dropped); its routing ablation on the grouped stream ran at the new defaults (+1.00
+#    [-3.00, 5.14] for per-task groups: the grouping not shown to help), so the step is no longer run here.
 # 4. the grouped stream, seed 2 (seq_lora at its three-epoch default, spelled out as its decision runs were)
 sw --runs $T --orders $G --seeds 2 --methods seq_lora:epochs=3,$E3
 # 5. o_lora's epochs, by the same rule (it has no run at this size), and seq_lora's learning rates at its
@@ -45,6 +45,6 @@ sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods seq_lora:epochs=3:
 #    refuse as stale
 sw --runs $V --orders offline1 --seeds 1 --methods crma,adaptive_svd,mtl,zero_shot
 sw --runs $V --orders offline1 --seeds 1 --methods ewc:epochs=3,lwf:epochs=3,i_lora:epochs=3,curlora:epochs=3
-# Next (written once replay's and o_lora's epochs are decided, at the chosen epochs): their learning rates (3e-4,
+# Next (written once o_lora's epochs are decided): replay's and o_lora's learning rates at their epochs (3e-4,
 # 3e-3), the shared-prefix dropout check, generation on the offline runs.
 echo "== $(date -u +%FT%T) queue done"

@@ -70,7 +70,8 @@ class Method:
     # in one table with the new ones) as long as its default is that value.
     ADDED_SETTINGS: dict = {}
     # The defaults of earlier times, newest first: a short name -> the settings that then differed from today's
-    # defaults (when a default moves, add its old value to every entry and a new entry of the keys that moved). A
+    # defaults, every one of them, not only what moved then (when a default moves, add its old value to every entry
+    # and a new entry of the keys that moved; each entry then differs from the next newer in what moved). A
     # run that ran one of these is its method's row of that time in the tables, even where its spec spelled them
     # out; a row holding an entry's settings is named by it: `craft (one-epoch defaults) [lr=0.001]`.
     FORMER_DEFAULTS: dict = {}

@@ -158,3 +158,15 @@ def test_the_learners_not_tuned_on_their_own_train_seq_loras_passes_and_name_the
         assert found[name].resolve_settings({})["epochs"] == seq_lora.resolve_settings({})["epochs"] == 3, name
         assert found[name].resolve_settings({"epochs": "1"})["epochs"] == 1   # still a setting of each
     assert found["inc_lora"].resolve_settings({})["epochs"] == found["o_lora"].resolve_settings({})["epochs"]
+
+
+def test_every_former_defaults_entry_names_current_settings_and_differs_from_the_next_newer():
+    """Each FORMER_DEFAULTS entry (newest first) lists today's settings only, and moves at least one of them against
+    the next newer entry: an entry without a move of its own could never name a run (harness.config)."""
+    for name, klass in methods.discover().items():
+        newer = {}
+        for entry, former in klass.FORMER_DEFAULTS.items():
+            assert set(former) <= set(klass.all_settings()), (name, entry)
+            assert any(k not in newer or newer[k] != v for k, v in former.items()), (name, entry)
+            assert set(newer) <= set(former), (name, entry)   # an older entry holds every newer one's keys
+            newer = former
