@@ -38,6 +38,9 @@ sw --runs $T --orders $G --seeds 2 --methods seq_lora:epochs=3,$E3
 # 5. o_lora's epochs, by the same rule (it has no run at this size), and seq_lora's learning rates at its
 #    three-epoch default (3e-4, 3e-3 against the decision runs' 1e-3)
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods o_lora,o_lora:epochs=3
+# 5b. replay, level with CRAFT on offline1-2, on the stream where CRAFT's grouping acts (no replay run there yet;
+#     spelled out so it lands beside replay's three-epoch decision runs)
+sw --runs $T --orders $G --seeds 1,2 --methods replay:epochs=3
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods seq_lora:epochs=3:lr=0.0003,seq_lora:epochs=3:lr=0.003
 # 6. (run last: the grid's first stages, which decide the verdict, need none of it) first validation runs of the
 #    grid's remaining methods, and the first at three epochs (seq_lora's, their default since 2026-12-02 night) of
