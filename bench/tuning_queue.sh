@@ -33,8 +33,9 @@ sw() {
 #    settle_tol=0 passed the rule and became the default on 2026-12-03 (lr=0.001 and the paper-sized edit did not,
 #    so their grouped runs were dropped); its routing ablation on the grouped stream ran at the new defaults (+1.00
 #    [-3.00, 5.14] for per-task groups: the grouping not shown to help), so the step is no longer run here.
-# 4. the grouped stream, seed 2 (seq_lora at its three-epoch default, spelled out as its decision runs were)
-sw --runs $T --orders $G --seeds 2 --methods seq_lora:epochs=3,$E3
+# 4. the grouped stream, seed 2 (seq_lora at its three-epoch default, spelled out as its decision runs were), and
+#    CRAFT's routing ablation there (per-task groups did as well as the grouping on seed 1)
+sw --runs $T --orders $G --seeds 2 --methods seq_lora:epochs=3,$E3,$E3:routing=per_task
 # 5. o_lora's epochs, by the same rule (it has no run at this size), and seq_lora's learning rates at its
 #    three-epoch default (3e-4, 3e-3 against the decision runs' 1e-3)
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods o_lora,o_lora:epochs=3
