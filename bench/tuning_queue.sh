@@ -36,19 +36,24 @@ sw() {
 # 4. the grouped stream, seed 2 (seq_lora at its three-epoch default, spelled out as its decision runs were), and
 #    CRAFT's routing ablation there (per-task groups did as well as the grouping on seed 1)
 sw --runs $T --orders $G --seeds 2 --methods seq_lora:epochs=3,$E3,$E3:routing=per_task
-# 5. o_lora's epochs, by the same rule (it has no run at this size), and seq_lora's learning rates at its
-#    three-epoch default (3e-4, 3e-3 against the decision runs' 1e-3)
+# 5. o_lora's epochs, by the same rule (it has no run at this size)
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods o_lora,o_lora:epochs=3
 # 5b. replay, level with CRAFT on offline1-2, on the stream where CRAFT's grouping acts (no replay run there yet;
 #     spelled out so it lands beside replay's three-epoch decision runs)
 sw --runs $T --orders $G --seeds 1,2 --methods replay:epochs=3
-sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods seq_lora:epochs=3:lr=0.0003,seq_lora:epochs=3:lr=0.003
+# 5c. the learning rates of seq_lora and replay at their three-epoch defaults (3e-4, 3e-3 against the decision
+#     runs' 1e-3), seed 1 first: a variant whose seed-1 ΔAA interval (offline1-2) lies wholly below 0 is taken out
+#     of 5d by hand before it runs (it cannot pass the rule), which saves its four runs
+LRS="seq_lora:epochs=3:lr=0.0003,seq_lora:epochs=3:lr=0.003,replay:epochs=3:lr=0.0003,replay:epochs=3:lr=0.003"
+sw --runs $T --orders offline1,offline2 --seeds 1 --methods $LRS
+# 5d. their second seed (the rule's offline1-2 x seeds 1-2)
+sw --runs $T --orders offline1,offline2 --seeds 2 --methods $LRS
 # 6. (run last: the grid's first stages, which decide the verdict, need none of it) first validation runs of the
 #    grid's remaining methods, and the first at three epochs (seq_lora's, their default since 2026-12-02 night) of
 #    four that ran one: spelled out, so they land beside the one-epoch runs, which a sweep of the bare names would
 #    refuse as stale
 sw --runs $V --orders offline1 --seeds 1 --methods crma,adaptive_svd,mtl,zero_shot
 sw --runs $V --orders offline1 --seeds 1 --methods ewc:epochs=3,lwf:epochs=3,i_lora:epochs=3,curlora:epochs=3
-# Next (written once o_lora's epochs are decided): replay's and o_lora's learning rates at their epochs (3e-4,
-# 3e-3), the shared-prefix dropout check, generation on the offline runs.
+# Next (written once o_lora's epochs are decided): o_lora's learning rates at its epochs (3e-4, 3e-3), the
+# shared-prefix dropout check, generation on the offline runs.
 echo "== $(date -u +%FT%T) queue done"
