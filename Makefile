@@ -97,6 +97,8 @@ grid: $(STAMP)
 
 tables: $(STAMP)
 	for dir in $(RESULT_DIRS); do $(BIN)/python -m harness tables --runs $$dir/runs --out $$dir || exit 1; done
+	$(if $(filter results/val/tuning,$(RESULT_DIRS)),$(BIN)/python bench/tuning_rule.py results/val/tuning/runs \
+		--out results/val/tuning/rule.md)
 
 general: $(STAMP)
 	$(BIN)/python -m harness general --runs $(RUNS) $(ARGS)

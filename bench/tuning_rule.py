@@ -1,0 +1,131 @@
+"""The tuning rule applied to run records: which tried settings may move a method's default (docs/results.md,
+"How a default moves"), so a decision can be checked by anyone from the committed runs, not read off by hand.
+
+Every variant is paired against the row the ablation table sets it against (harness.tables.variant_references:
+the defaults it was tried under), on the rule's streams (default offline1 and offline2), on the same seeds and
+validation examples:
+- seeds 1-2: ΔAA and ΔFM with 95% intervals. The rule passes when ΔAA's interval excludes 0 in the variant's
+  favour and ΔFM's does not exclude 0 against it (above 0: more forgetting);
+- seed 3, where it ran: its own ΔAA, and seeds 1-3 pooled. Many settings are tried, so a pass on seeds 1-2 may
+  be luck: the move is confirmed when seed 3's ΔAA favours the variant and the pooled intervals pass the rule too.
+Verdicts: `passes` (confirmed: the default may move), `needs seed 3`, `fails: <what>` (on seeds 1-2, or with
+seed 3), `incomplete` (seeds 1-2 not both run on every stream), `no intervals` (runs without per-example
+predictions). A verdict is about the defaults the variant was tried under (column `against`); where those have
+since been replaced it says so. A row of former defaults (`craft (one-epoch defaults)`) is set against the
+defaults that replaced it and reads `replaced`, with the numbers of that move.
+
+    python bench/tuning_rule.py results/val/tuning/runs                  # every variant, a markdown table
+    python bench/tuning_rule.py results/val/tuning/runs --methods o_lora --out results/val/tuning/rule.md
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from core.errors import UsageError  # noqa: E402
+from harness import stats  # noqa: E402
+from harness.rundir import write_report  # noqa: E402
+from harness.tables import (by_seed, load_runs, main_label, runs_frame, sort_labels, summarize,  # noqa: E402
+                            variant_references)
+
+RULE_SEEDS = (1, 2)
+CONFIRMING_SEED = 3
+
+
+def passes(d_aa, d_fm) -> str | None:
+    """None where the rule passes on these summaries, else what failed."""
+    if not stats.above_zero(d_aa.bounds):
+        return "ΔAA's interval does not exclude 0 in its favour"
+    if d_fm is not None and stats.above_zero(d_fm.bounds):
+        return "ΔFM's interval excludes 0 against it"
+    return None
+
+
+def judge(per_seed: dict) -> dict:
+    """per_seed: by_seed's pairs (seed -> [(variant run, reference run)] over the rule's streams) -> the
+    summaries and the verdict."""
+    first = {s: per_seed[s] for s in RULE_SEEDS if s in per_seed}
+    out = {"verdict": "incomplete"}
+    if len(first) < len(RULE_SEEDS):
+        return out
+    out["AA"], out["FM"] = summarize(first, "AA"), summarize(first, "FM")
+    if out["AA"].bounds is None:
+        return {**out, "verdict": "no intervals"}
+    failed = passes(out["AA"], out["FM"])
+    if failed:
+        return {**out, "verdict": f"fails: {failed}"}
+    if CONFIRMING_SEED not in per_seed:
+        return {**out, "verdict": "needs seed 3"}
+    third = {CONFIRMING_SEED: per_seed[CONFIRMING_SEED]}
+    every = {**first, **third}
+    out["AA3"], out["AA_all"], out["FM_all"] = summarize(third, "AA"), summarize(every, "AA"), summarize(every, "FM")
+    if out["AA3"].mean <= 0:
+        return {**out, "verdict": "fails: seed 3's ΔAA does not favour it"}
+    failed = passes(out["AA_all"], out["FM_all"])
+    return {**out, "verdict": f"fails with seed 3: {failed}" if failed else "passes"}
+
+
+def rule_rows(root: str, orders: list[str], methods: list[str] | None = None) -> list[dict]:
+    """One row per variant of the runs under root (of `methods`, default all): its reference and judge()'s."""
+    runs, _ = load_runs(root)
+    if not runs:
+        raise UsageError(f"no finished runs under {root}")
+    frame = runs_frame(runs, root)
+    rows = []
+    for method in sorted(set(frame.method)):
+        if methods and method not in methods:
+            continue
+        against, today = variant_references(runs, frame, method), main_label(frame, method)
+        for label in sort_labels(set(against)):
+            row = {"variant": label, "against": against[label], **judge(by_seed(runs, label, orders, against[label]))}
+            if "[" not in label and label != method:    # a former defaults' own row: the move that replaced them
+                row["verdict"] = f"replaced by {against[label]}"
+            elif against[label] != today and not row["verdict"].startswith(("incomplete", "no intervals")):
+                row["verdict"] += f" (under {against[label]}, since replaced)"
+            rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], orders: list[str]) -> str:
+    def cell(row, key):
+        return row[key].text(signed=True, mark=True) if row.get(key) is not None else "–"
+    head = ["variant", "against", "seeds 1-2: ΔAA", "seeds 1-2: ΔFM", "seed 3: ΔAA", "seeds 1-3: ΔAA",
+            "seeds 1-3: ΔFM", "verdict"]
+    lines = [f"### The tuning rule on {', '.join(orders)} (written by `bench/tuning_rule.py`)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        lines.append("| " + " | ".join([row["variant"], row["against"]] + [
+            cell(row, k) for k in ("AA", "FM", "AA3", "AA_all", "FM_all")] + [row["verdict"]]) + " |")
+    lines += ["", "Δ = the variant minus the row it is set against, paired on the same streams, seeds and validation "
+              "examples; [lo, hi] = 95% interval (seeds, then examples, resampled); * = it excludes 0. A default "
+              "moves where ΔAA's interval on seeds 1-2 excludes 0 in the variant's favour, ΔFM's does not exclude "
+              "0 against it, and seed 3 agrees (its ΔAA favours the variant; the pooled intervals pass too). "
+              "`replaced by`: a row of former defaults against those that replaced it (the numbers of that move)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", help="a sweep's runs folder (<runs>/<folder>/<order>/seed<n>)")
+    parser.add_argument("--orders", default="offline1,offline2", help="the rule's streams (default offline1,offline2)")
+    parser.add_argument("--methods", default="", help="only these methods' variants (comma-separated; default all)")
+    parser.add_argument("--out", help="write the table here (atomically) instead of to stdout")
+    a = parser.parse_args(argv)
+    try:
+        orders = [o for o in a.orders.split(",") if o]
+        rows = rule_rows(a.runs, orders, [m for m in a.methods.split(",") if m] or None)
+        if not rows:
+            raise UsageError(f"no variant with a reference row under {a.runs}"
+                             + (f" for {a.methods}" if a.methods else ""))
+    except UsageError as e:
+        print(f"tuning_rule.py: {e}", file=sys.stderr)
+        return 2
+    write_report(markdown(rows, orders), a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""bench/tuning_rule.py on hand-made runs whose paired differences are known: each verdict of the rule."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_tables import make_run, seq
+
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import tuning_rule  # noqa: E402
+
+ORDERS = ["x1", "x2"]
+N_TEST = 20      # accuracies in whole examples: multiples of 5
+
+
+def stream(root, args, finals, seeds=(1, 2, 3), first_a=80.0):
+    """seq_lora runs with `args` on both orders; finals: seed -> (final a, final b)."""
+    folder = "seq_lora" + "".join(f"+{k}={v}" for k, v in args.items())
+    for seed in seeds:
+        for order in ORDERS:
+            make_run(root, folder, "seq_lora", order, seed, seq(*finals[seed], first_a=first_a), args=args,
+                     n_test=N_TEST)
+
+
+@pytest.fixture(scope="module")
+def verdicts(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("rule") / "runs")
+    same = {s: (60.0, 60.0) for s in (1, 2, 3)}
+    stream(root, {}, same)                                                     # today's defaults: AA 60, FM 20
+    stream(root, {"lr": "0.003"}, {s: (80.0, 80.0) for s in (1, 2, 3)})        # +20 AA, -20 FM on every seed
+    stream(root, {"lr": "0.002"}, {1: (80.0, 80.0), 2: (80.0, 80.0)}, seeds=(1, 2))
+    stream(root, {"lr": "0.004"}, {1: (80.0, 80.0), 2: (80.0, 80.0), 3: (40.0, 40.0)})
+    # more accurate (AA 80) but forgets more: a learns to 100 and ends at 60 (FM 40 against 20)
+    stream(root, {"lr": "0.0003"}, {s: (60.0, 100.0) for s in (1, 2, 3)}, first_a=100.0)
+    stream(root, {"lr": "0.005"}, {1: (80.0, 80.0)}, seeds=(1,))
+    stream(root, {"epochs": "1"}, {s: (40.0, 40.0) for s in (1, 2, 3)})       # the former defaults, replaced
+    rows = tuning_rule.rule_rows(root, ORDERS)
+    return root, {row["variant"]: row for row in rows}
+
+
+def test_each_verdict_of_the_rule(verdicts):
+    _, rows = verdicts
+    assert rows["seq_lora [lr=0.003]"]["verdict"] == "passes"
+    assert rows["seq_lora [lr=0.002]"]["verdict"] == "needs seed 3"
+    assert rows["seq_lora [lr=0.004]"]["verdict"] == "fails: seed 3's ΔAA does not favour it"
+    assert rows["seq_lora [lr=0.0003]"]["verdict"] == "fails: ΔFM's interval excludes 0 against it"
+    assert rows["seq_lora [lr=0.005]"]["verdict"] == "incomplete"
+    assert rows["seq_lora (one-epoch defaults)"]["verdict"] == "replaced by seq_lora"
+    assert {row["against"] for row in rows.values()} == {"seq_lora"}
+
+
+def test_the_numbers_are_the_paired_differences(verdicts):
+    _, rows = verdicts
+    good = rows["seq_lora [lr=0.003]"]
+    assert (good["AA"].mean, good["FM"].mean, good["AA3"].mean) == (20.0, -20.0, 20.0)
+    assert good["AA"].bounds[0] > 0 and good["FM"].bounds[1] < 0
+    wavering = rows["seq_lora [lr=0.004]"]
+    assert wavering["AA"].mean == 20.0 and wavering["AA3"].mean == -20.0
+    assert rows["seq_lora [lr=0.0003]"]["FM"].mean == 20.0 and rows["seq_lora [lr=0.0003]"]["AA"].mean == 20.0
+
+
+def test_the_command_writes_its_table_and_refuses_a_missing_folder(verdicts, tmp_path):
+    root, _ = verdicts
+    out = tmp_path / "rule.md"
+    script = os.path.join(ROOT, "bench", "tuning_rule.py")
+    done = subprocess.run([sys.executable, script, root, "--orders", ",".join(ORDERS), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "| seq_lora [lr=0.003] | seq_lora | +20.00 [" in out.read_text()
+    bad = subprocess.run([sys.executable, script, str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no runs folder" in bad.stderr
