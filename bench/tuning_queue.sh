@@ -41,6 +41,10 @@ sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods o_lora,o_lora:epoc
 # 5b. replay, level with CRAFT on offline1-2, on the stream where CRAFT's grouping acts (no replay run there yet;
 #     spelled out so it lands beside replay's three-epoch decision runs)
 sw --runs $T --orders $G --seeds 1,2 --methods replay:epochs=3
+# 5b'. the shared-prefix dropout check (docs/cli.md, "Caches"): seq_lora at one epoch trained on whole prompts
+#     (--cache off) on the streams and seeds where the tuning folder holds its shared-prefix runs (offline1-2 x
+#     seeds 2-3); `harness compare results/val/tuning/runs results/val/cache_off/runs --pair-by label` pairs them
+sw --runs $RESULTS/val/cache_off/runs --orders offline1,offline2 --seeds 2,3 --methods seq_lora:epochs=1 --cache off
 # 5c. the learning rates of seq_lora and replay at their three-epoch defaults (3e-4, 3e-3 against the decision
 #     runs' 1e-3), seed 1 first: a variant whose seed-1 ΔAA interval (offline1-2) lies wholly below 0 is taken out
 #     of 5d by hand before it runs (it cannot pass the rule), which saves its four runs
@@ -54,6 +58,6 @@ sw --runs $T --orders offline1,offline2 --seeds 2 --methods $LRS
 #    refuse as stale
 sw --runs $V --orders offline1 --seeds 1 --methods crma,adaptive_svd,mtl,zero_shot
 sw --runs $V --orders offline1 --seeds 1 --methods ewc:epochs=3,lwf:epochs=3,i_lora:epochs=3,curlora:epochs=3
-# Next (written once o_lora's epochs are decided): o_lora's learning rates at its epochs (3e-4, 3e-3), the
-# shared-prefix dropout check, generation on the offline runs.
+# Next (written once o_lora's epochs are decided): o_lora's learning rates at its epochs (3e-4, 3e-3),
+# generation on the offline runs.
 echo "== $(date -u +%FT%T) queue done"
