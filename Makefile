@@ -77,6 +77,9 @@ GRID_CORE = craft,seq_lora,replay,replay:compute=matched,o_lora
 # Stage 1 also runs i_lora (its stage-3 cells, moved ahead): at one epoch it was level with replay, the strongest
 # baseline (offline1 seed 1, 84.50 against 83.50), so the verdict needs it early.
 GRID_FIRST = $(GRID_CORE),i_lora
+# Stage 2 also runs O-LoRA as its reference ran the long orders (schedule=long: lambda1 by position, lambda2 by
+# task; docs/methods.md), beside o_lora at the orders 1-3 values that every order's o_lora row uses.
+GRID_LONG = $(GRID_CORE),o_lora:schedule=long
 # --dry-run and --print-commands only look: the measuring and writing steps after the sweeps are left out.
 GRID_LOOKS = $(filter --dry-run --print-commands,$(ARGS))
 
@@ -86,7 +89,7 @@ GRID_FAILED = $(if $(GRID_LOOKS),/dev/null,$(GRID_RUNS)/logs/grid-unfinished.txt
 grid: $(STAMP)
 	$(if $(GRID_LOOKS),,@mkdir -p $(GRID_RUNS)/logs && rm -f $(GRID_FAILED))
 	$(GRID) --methods $(GRID_FIRST) --orders 1,2,3,offline1,offline2,offline3 --seeds 1,2,3 || echo "stage 1 (sweep exit $$?)" >> $(GRID_FAILED)
-	$(GRID) --methods $(GRID_CORE) --orders 4,5,6 --seeds 1 || echo "stage 2 (sweep exit $$?)" >> $(GRID_FAILED)
+	$(GRID) --methods $(GRID_LONG) --orders 4,5,6 --seeds 1 || echo "stage 2 (sweep exit $$?)" >> $(GRID_FAILED)
 	$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS) --orders 1,2,3,offline1,offline2,offline3 --seeds 1,2,3 || echo "stage 3 (sweep exit $$?)" >> $(GRID_FAILED)
 	$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS),$(CRAFT_ABLATIONS) --orders 4,5,6 --seeds 1 || echo "stage 4 (sweep exit $$?)" >> $(GRID_FAILED)
 	$(GRID) --methods $(GRID_CORE) --orders 4,5,6 --seeds 2,3 || echo "stage 5 (sweep exit $$?)" >> $(GRID_FAILED)
