@@ -1,4 +1,4 @@
-"""bench/tuning_rule.py on hand-made runs whose paired differences are known: each verdict of the rule."""
+"""bench/tuning_rule.py on hand-made runs whose paired differences are known: the rule's verdicts."""
 import os
 import subprocess
 import sys
@@ -15,13 +15,14 @@ ORDERS = ["x1", "x2"]
 N_TEST = 20      # accuracies in whole examples: multiples of 5
 
 
-def stream(root, args, finals, seeds=(1, 2, 3), first_a=80.0):
-    """seq_lora runs with `args` on both orders; finals: seed -> (final a, final b)."""
+def stream(root, args, finals, seeds=(1, 2, 3), first_a=80.0, n_test=N_TEST):
+    """seq_lora runs with `args` on both orders; finals: seed -> (final a, final b). n_test None: runs that kept
+    no per-example predictions."""
     folder = "seq_lora" + "".join(f"+{k}={v}" for k, v in args.items())
     for seed in seeds:
         for order in ORDERS:
             make_run(root, folder, "seq_lora", order, seed, seq(*finals[seed], first_a=first_a), args=args,
-                     n_test=N_TEST)
+                     n_test=n_test)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,11 @@ def verdicts(tmp_path_factory):
     stream(root, {"lr": "0.0003"}, {s: (60.0, 100.0) for s in (1, 2, 3)}, first_a=100.0)
     stream(root, {"lr": "0.005"}, {1: (80.0, 80.0)}, seeds=(1,))
     stream(root, {"epochs": "1"}, {s: (40.0, 40.0) for s in (1, 2, 3)})       # the former defaults, replaced
+    # +5 on seed 1, -5 on seed 2: the interval over seeds covers 0
+    stream(root, {"lr": "0.007"}, {1: (65.0, 65.0), 2: (55.0, 55.0), 3: (65.0, 65.0)})
+    stream(root, {"lr": "0.006"}, {s: (80.0, 80.0) for s in (1, 2, 3)}, n_test=None)
+    # a variant tried under the former defaults, better than them on every seed
+    stream(root, {"epochs": "1", "lr": "0.003"}, {s: (60.0, 60.0) for s in (1, 2, 3)})
     rows = tuning_rule.rule_rows(root, ORDERS)
     return root, {row["variant"]: row for row in rows}
 
@@ -48,7 +54,12 @@ def test_each_verdict_of_the_rule(verdicts):
     assert rows["seq_lora [lr=0.0003]"]["verdict"] == "fails: ΔFM's interval excludes 0 against it"
     assert rows["seq_lora [lr=0.005]"]["verdict"] == "incomplete"
     assert rows["seq_lora (one-epoch defaults)"]["verdict"] == "replaced by seq_lora"
-    assert {row["against"] for row in rows.values()} == {"seq_lora"}
+    assert rows["seq_lora [lr=0.007]"]["verdict"] == "fails: ΔAA's interval does not exclude 0 in its favour"
+    assert rows["seq_lora [lr=0.006]"]["verdict"] == "no intervals"
+    old = rows["seq_lora (one-epoch defaults) [lr=0.003]"]
+    assert old["against"] == "seq_lora (one-epoch defaults)"
+    assert old["verdict"] == "passes (under seq_lora (one-epoch defaults), since replaced)"
+    assert {row["against"] for label, row in rows.items() if label != old["variant"]} == {"seq_lora"}
 
 
 def test_the_numbers_are_the_paired_differences(verdicts):
@@ -56,6 +67,9 @@ def test_the_numbers_are_the_paired_differences(verdicts):
     good = rows["seq_lora [lr=0.003]"]
     assert (good["AA"].mean, good["FM"].mean, good["AA3"].mean) == (20.0, -20.0, 20.0)
     assert good["AA"].bounds[0] > 0 and good["FM"].bounds[1] < 0
+    covering = rows["seq_lora [lr=0.007]"]
+    assert covering["AA"].mean == 0.0 and covering["AA"].bounds[0] < 0 < covering["AA"].bounds[1]
+    assert covering["AA3"].mean == 5.0     # the third seed ran: shown, though the variant failed before it
     wavering = rows["seq_lora [lr=0.004]"]
     assert wavering["AA"].mean == 20.0 and wavering["AA3"].mean == -20.0
     assert rows["seq_lora [lr=0.0003]"]["FM"].mean == 20.0 and rows["seq_lora [lr=0.0003]"]["AA"].mean == 20.0
@@ -69,5 +83,6 @@ def test_the_command_writes_its_table_and_refuses_a_missing_folder(verdicts, tmp
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "| seq_lora [lr=0.003] | seq_lora | +20.00 [" in out.read_text()
-    bad = subprocess.run([sys.executable, script, str(tmp_path / "nowhere")], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no runs folder" in bad.stderr
+    for args, said in (([str(tmp_path / "nowhere")], "no runs folder"), ([root, "--orders", ","], "no orders")):
+        bad = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and said in bad.stderr, bad.stderr
