@@ -39,10 +39,10 @@ sw() {
 sw --runs $T --orders $G --seeds 2 --methods seq_lora:epochs=3,$E3,$E3:routing=per_task
 # 5. o_lora's epochs, by the same rule (it has no run at this size)
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods o_lora,o_lora:epochs=3
-# 5a. round 6: CRAFT's KL weight (beta=10 against 1), the setting that acts on a joining task's group: the grouping
-#     cost forgetting on the grouped stream (per-task groups ΔFM -3.00 [-6.67, -0.17] over seeds 1-2). Judged on the
-#     grouped stream, where 4 of 7 tasks join (offline1-2 have one join each): docs/results.md, round 6. CRAFT's
-#     runs are cheap (about 4 min on offline1-2, 13 on the grouped stream), so it runs early
+# 5a. done 2026-12-03 (not adopted): round 6, CRAFT's KL weight (beta=10 against 1), the setting that acts on a
+#     joining task's group: the grouping cost forgetting on the grouped stream (per-task groups ΔFM -3.00 [-6.67,
+#     -0.17] over seeds 1-2). Judged on the grouped stream, where 4 of 7 tasks join (offline1-2 have one join each):
+#     docs/results.md, round 6. CRAFT's runs are cheap (5-6 min on offline1-2, 13 on the grouped stream)
 sw --runs $T --orders $G --seeds 1,2 --methods $E3:beta=10
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods $E3:beta=10
 # 5b. replay, level with CRAFT on offline1-2, on the stream where CRAFT's grouping acts (no replay run there yet;
