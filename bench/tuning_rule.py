@@ -31,8 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core.errors import UsageError  # noqa: E402
 from harness import stats  # noqa: E402
 from harness.rundir import write_report  # noqa: E402
-from harness.tables import (by_protocol, by_seed, check_one_setup, load_runs, runs_frame, sort_labels,  # noqa: E402
-                            summarize, variant_references)
+from harness.tables import (Table, by_protocol, by_seed, check_one_setup, load_runs, runs_frame,  # noqa: E402
+                            sort_labels, summarize, variant_references)
 
 RULE_SEEDS = (1, 2)
 CONFIRMING_SEED = 3
@@ -102,21 +102,21 @@ def rule_rows(root: str, orders: list[str], methods: list[str] | None = None) ->
 
 
 def markdown(rows: list[dict], orders: list[str]) -> str:
+    """The rows as a table of harness.tables' own kind (its Markdown writer), one row per variant."""
     def cell(row, key):
-        return row[key].text(signed=True, mark=True) if row.get(key) is not None else "–"
-    head = ["variant", "against", "seeds 1-2: ΔAA", "seeds 1-2: ΔFM", "seed 3: ΔAA", "seeds 1-3: ΔAA",
-            "seeds 1-3: ΔFM", "verdict"]
-    lines = [f"### The tuning rule on {', '.join(orders)} (written by `bench/tuning_rule.py`)", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        lines.append("| " + " | ".join([row["variant"], row["against"]] + [
-            cell(row, k) for k in ("AA", "FM", "AA3", "AA_all", "FM_all")] + [row["verdict"]]) + " |")
-    lines += ["", "Δ = the variant minus the row it is set against, paired on the same streams, seeds and validation "
-              "examples; [lo, hi] = 95% interval (seeds, then examples, resampled); * = it excludes 0. A default "
-              "moves where ΔAA's interval on seeds 1-2 excludes 0 in the variant's favour, ΔFM's does not exclude "
-              "0 against it, and seed 3 agrees (its ΔAA favours the variant; the pooled intervals pass too). "
-              "`replaced by`: a row of former defaults against those that replaced it (the numbers of that move)."]
-    return "\n".join(lines) + "\n"
+        return row[key].text(signed=True, mark=True) if row.get(key) is not None else None
+    headings = {"AA": "seeds 1-2: ΔAA", "FM": "seeds 1-2: ΔFM", "AA3": "seed 3: ΔAA", "AA_all": "seeds 1-3: ΔAA",
+                "FM_all": "seeds 1-3: ΔFM"}
+    columns = {("", "against"): {row["variant"]: row["against"] for row in rows},
+               **{("", heading): {row["variant"]: cell(row, key) for row in rows} for key, heading in headings.items()},
+               ("", "verdict"): {row["variant"]: row["verdict"] for row in rows}}
+    note = ("Δ = the variant minus the row it is set against, paired on the same streams, seeds and validation "
+            "examples; [lo, hi] = 95% interval (seeds, then examples, resampled); * = it excludes 0. A default "
+            "moves where ΔAA's interval on seeds 1-2 excludes 0 in the variant's favour, ΔFM's does not exclude "
+            "0 against it, and seed 3 agrees (its ΔAA favours the variant; the pooled intervals pass too). "
+            "`replaced by`: a row of former defaults against those that replaced it (the numbers of that move).")
+    return Table("rule", f"The tuning rule on {', '.join(orders)} (written by `bench/tuning_rule.py`)", columns,
+                 [(None, [row["variant"] for row in rows])], [note]).markdown()
 
 
 def main(argv=None) -> int:
