@@ -37,28 +37,31 @@ sw() {
 #    runs were), and
 #    CRAFT's routing ablation there (per-task groups did as well as the grouping on seed 1)
 sw --runs $T --orders $G --seeds 2 --methods seq_lora:epochs=3,$E3,$E3:routing=per_task
-# 5. o_lora's epochs, by the same rule (it has no run at this size)
-sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods o_lora,o_lora:epochs=3
+# 5. o_lora's epochs, by the same rule (it has no run at this size). Seed 3 runs with them, not after a pass on
+#    seeds 1-2: offline1 seed 1 gave three epochs +12.75 AA, and a confirmation that waited for the verdict would
+#    cost a session's restart (tuning_rule.py shows seed 3's columns whatever the verdict)
+sw --runs $T --orders offline1,offline2 --seeds 1,2,3 --methods o_lora,o_lora:epochs=3
 # 5a. done 2026-12-03 (not adopted): round 6, CRAFT's KL weight (beta=10 against 1), the setting that acts on a
 #     joining task's group: the grouping cost forgetting on the grouped stream (per-task groups ΔFM -3.00 [-6.67,
 #     -0.17] over seeds 1-2). Judged on the grouped stream, where 4 of 7 tasks join (offline1-2 have one join each):
 #     docs/results.md, round 6. CRAFT's runs are cheap (5-6 min on offline1-2, 13 on the grouped stream)
 sw --runs $T --orders $G --seeds 1,2 --methods $E3:beta=10
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods $E3:beta=10
-# 5b. replay, level with CRAFT on offline1-2, on the stream where CRAFT's grouping acts (no replay run there yet;
-#     spelled out so it lands beside replay's three-epoch decision runs)
+# 5b. the learning rates of seq_lora and replay at their three-epoch defaults (3e-4, 3e-3 against the decision
+#     runs' 1e-3), seed 1 first: a variant whose seed-1 ΔAA interval (offline1-2) lies wholly below 0 is taken out
+#     of 5c by hand before it runs (it cannot pass the rule), which saves its four runs
+LRS="seq_lora:epochs=3:lr=0.0003,seq_lora:epochs=3:lr=0.003,replay:epochs=3:lr=0.0003,replay:epochs=3:lr=0.003"
+sw --runs $T --orders offline1,offline2 --seeds 1 --methods $LRS
+# 5c. their second seed (the rule's offline1-2 x seeds 1-2)
+sw --runs $T --orders offline1,offline2 --seeds 2 --methods $LRS
+# 5d. (after the learning rates: the grid's stage 1 waits on those, not on 5d-5e) replay, level with CRAFT on
+#     offline1-2, on the stream where CRAFT's grouping acts (no replay run there yet; spelled out so it lands
+#     beside replay's three-epoch decision runs)
 sw --runs $T --orders $G --seeds 1,2 --methods replay:epochs=3
-# 5b'. the shared-prefix dropout check (docs/cli.md, "Caches"): seq_lora at one epoch trained on whole prompts
+# 5e. the shared-prefix dropout check (docs/cli.md, "Caches"): seq_lora at one epoch trained on whole prompts
 #     (--cache off) on the streams and seeds where the tuning folder holds its shared-prefix runs (offline1-2 x
 #     seeds 2-3); `harness compare results/val/tuning/runs results/val/cache_off/runs --pair-by label` pairs them
 sw --runs $RESULTS/val/cache_off/runs --orders offline1,offline2 --seeds 2,3 --methods seq_lora:epochs=1 --cache off
-# 5c. the learning rates of seq_lora and replay at their three-epoch defaults (3e-4, 3e-3 against the decision
-#     runs' 1e-3), seed 1 first: a variant whose seed-1 ΔAA interval (offline1-2) lies wholly below 0 is taken out
-#     of 5d by hand before it runs (it cannot pass the rule), which saves its four runs
-LRS="seq_lora:epochs=3:lr=0.0003,seq_lora:epochs=3:lr=0.003,replay:epochs=3:lr=0.0003,replay:epochs=3:lr=0.003"
-sw --runs $T --orders offline1,offline2 --seeds 1 --methods $LRS
-# 5d. their second seed (the rule's offline1-2 x seeds 1-2)
-sw --runs $T --orders offline1,offline2 --seeds 2 --methods $LRS
 # 6. (run last: the grid's first stages, which decide the verdict, need none of it) first validation runs of the
 #    grid's remaining methods, and the first at three epochs (seq_lora's, their default since 2026-12-02 night) of
 #    four that ran one: spelled out, so they land beside the one-epoch runs, which a sweep of the bare names would
