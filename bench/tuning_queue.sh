@@ -48,12 +48,14 @@ sw --runs $T --orders offline1,offline2 --seeds 1,2,3 --methods o_lora,o_lora:ep
 sw --runs $T --orders $G --seeds 1,2 --methods $E3:beta=10
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods $E3:beta=10
 # 5b. the learning rates of seq_lora and replay at their three-epoch defaults (3e-4, 3e-3 against the decision
-#     runs' 1e-3), seed 1 first: a variant whose seed-1 ΔAA interval (offline1-2) lies wholly below 0 is taken out
-#     of 5c by hand before it runs (it cannot pass the rule), which saves its four runs
+#     runs' 1e-3), seed 1 first
 LRS="seq_lora:epochs=3:lr=0.0003,seq_lora:epochs=3:lr=0.003,replay:epochs=3:lr=0.0003,replay:epochs=3:lr=0.003"
 sw --runs $T --orders offline1,offline2 --seeds 1 --methods $LRS
-# 5c. their second seed (the rule's offline1-2 x seeds 1-2)
-sw --runs $T --orders offline1,offline2 --seeds 2 --methods $LRS
+# 5c. their second seed (the rule's offline1-2 x seeds 1-2), less any variant the screen drops: one whose seed-1
+#     ΔAA interval (offline1-2) lies wholly below 0 cannot pass the rule, so its four runs are saved
+LRS2=$($PY bench/tuning_rule.py $T --screen "$LRS") || { LRS2=$LRS; echo "== the screen failed: every variant runs"; }
+if [ -n "$LRS2" ]; then sw --runs $T --orders offline1,offline2 --seeds 2 --methods "$LRS2"
+else echo "== $(date -u +%FT%T) 5c: the screen dropped every learning rate"; fi
 # 5d. (after the learning rates: the grid's stage 1 waits on those, not on 5d-5e) replay, level with CRAFT on
 #     offline1-2, on the stream where CRAFT's grouping acts (no replay run there yet; spelled out so it lands
 #     beside replay's three-epoch decision runs)

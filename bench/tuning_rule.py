@@ -19,6 +19,7 @@ CRAFT group is judged on the grouped stream (docs/results.md, round 6).
 
     python bench/tuning_rule.py results/val/tuning/runs                  # every variant, a markdown table
     python bench/tuning_rule.py results/val/tuning/runs --methods o_lora --out results/val/tuning/rule.md
+    python bench/tuning_rule.py results/val/tuning/runs --screen seq_lora:lr=0.003,replay:lr=0.003  # seed 1's screen
 """
 from __future__ import annotations
 
@@ -101,6 +102,37 @@ def rule_rows(root: str, orders: list[str], methods: list[str] | None = None) ->
     return rows
 
 
+def screen(root: str, orders: list[str], candidates: list[str], seed: int = 1) -> tuple[list[str], list[str]]:
+    """The screen before a variant's second seed (docs/results.md, the tuning queue): a candidate (a sweep's
+    method spec) whose ΔAA interval on `seed` alone, against the defaults it was tried under, lies wholly below 0
+    cannot pass the rule, so its later seeds need not run. -> (kept specs, one line per dropped spec). A candidate
+    with no finished run on that seed's streams, or no reference there, is kept: nothing is known against it."""
+    from harness import config
+    from harness.sweep import MethodSpec
+    runs, _ = load_runs(root) if os.path.isdir(root) else ([], None)
+    frame = runs_frame(runs, root) if runs else None
+    kept, dropped = [], []
+    for spec in candidates:
+        parsed = MethodSpec.parse(spec)
+        today = config.resolved_settings(parsed.name, dict(parsed.args))
+        # the runs a sweep of this spec counts as its own: in its folder, made at the settings it resolves to today
+        # (a folder's runs from before a default moved are another configuration's)
+        labels = {r.label for r in runs if os.path.relpath(r.path, root).split(os.sep)[0] == parsed.label
+                  and config.recorded_value(r.config, "settings") == today}
+        if len(labels) != 1:
+            kept.append(spec)
+            continue
+        label = labels.pop()
+        reference = variant_references(runs, frame, parsed.name).get(label)
+        pairs = by_seed(runs, label, orders, reference).get(seed) if reference else None
+        aa = summarize({seed: pairs}, "AA") if pairs else None
+        if aa is not None and stats.below_zero(aa.bounds):
+            dropped.append(f"{spec}: seed {seed}'s ΔAA against {reference} is {aa.text(signed=True, mark=True)}")
+        else:
+            kept.append(spec)
+    return kept, dropped
+
+
 def markdown(rows: list[dict], orders: list[str]) -> str:
     """The rows as a table of harness.tables' own kind (its Markdown writer), one row per variant."""
     def cell(row, key):
@@ -125,9 +157,21 @@ def main(argv=None) -> int:
     parser.add_argument("--orders", default="offline1,offline2", help="the rule's streams (default offline1,offline2)")
     parser.add_argument("--methods", default="", help="only these methods' variants (comma-separated; default all)")
     parser.add_argument("--out", help="write the table here (atomically) instead of to stdout")
+    parser.add_argument("--screen", metavar="SPECS", help="instead of the table: of these method specs "
+                        "(comma-separated, as a sweep's --methods), print those the seed-1 screen keeps, "
+                        "comma-separated (empty: none); each dropped one and why go to stderr")
     a = parser.parse_args(argv)
     try:
         orders = [o for o in a.orders.split(",") if o]
+        if a.screen is not None:
+            if not orders:
+                raise UsageError("no orders to screen on: give --orders")
+            from harness.sweep import split_methods
+            kept, dropped = screen(a.runs, orders, split_methods(a.screen))
+            for line in dropped:
+                print(f"tuning_rule.py: screened out {line}", file=sys.stderr)
+            print(",".join(kept))
+            return 0
         rows = rule_rows(a.runs, orders, [m for m in a.methods.split(",") if m] or None)
         if not rows:
             raise UsageError(f"no variant with a reference row under {a.runs}"

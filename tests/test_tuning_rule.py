@@ -42,6 +42,10 @@ def verdicts(tmp_path_factory):
     stream(root, {"lr": "0.006"}, {s: (80.0, 80.0) for s in (1, 2, 3)}, n_test=None)
     # a variant tried under the former defaults, better than them on every seed
     stream(root, {"epochs": "1", "lr": "0.003"}, {s: (60.0, 60.0) for s in (1, 2, 3)})
+    stream(root, {"lr": "0.008"}, {1: (40.0, 40.0)}, seeds=(1,))                # -20 AA on its one seed
+    for order in ORDERS:    # a folder whose runs were made at other settings than its name resolves to today
+        make_run(root, "seq_lora+lr=0.0005", "seq_lora", order, 1, seq(40.0, 40.0), args={"lr": "0.0009"},
+                 n_test=N_TEST)
     rows = tuning_rule.rule_rows(root, ORDERS)
     return root, {row["variant"]: row for row in rows}
 
@@ -86,3 +90,25 @@ def test_the_command_writes_its_table_and_refuses_a_missing_folder(verdicts, tmp
     for args, said in (([str(tmp_path / "nowhere")], "no runs folder"), ([root, "--orders", ","], "no orders")):
         bad = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and said in bad.stderr, bad.stderr
+
+
+def test_the_screen_drops_only_a_variant_whose_first_seed_is_surely_worse(verdicts):
+    root, _ = verdicts
+    kept, dropped = tuning_rule.screen(root, ORDERS, ["seq_lora:lr=0.003", "seq_lora:lr=0.008", "seq_lora:lr=0.009"])
+    assert kept == ["seq_lora:lr=0.003", "seq_lora:lr=0.009"]      # better; not run yet (nothing known against it)
+    assert len(dropped) == 1 and dropped[0].startswith("seq_lora:lr=0.008: seed 1's ΔAA against seq_lora is -20.00")
+    # -5 on seed 2 alone: its interval over 20 examples a task covers 0, so the screen keeps it
+    assert tuning_rule.screen(root, ORDERS, ["seq_lora:lr=0.007"], seed=2) == (["seq_lora:lr=0.007"], [])
+    assert tuning_rule.screen(str(os.path.join(root, "nowhere")), ORDERS, ["seq_lora:lr=0.008"])[0] == [
+        "seq_lora:lr=0.008"]
+    # its folder's runs are another configuration's (a sweep would refuse them as stale): nothing known against it
+    assert tuning_rule.screen(root, ORDERS, ["seq_lora:lr=0.0005"]) == (["seq_lora:lr=0.0005"], [])
+
+
+def test_the_screen_command_prints_what_it_keeps(verdicts):
+    root, _ = verdicts
+    script = os.path.join(ROOT, "bench", "tuning_rule.py")
+    done = subprocess.run([sys.executable, script, root, "--orders", ",".join(ORDERS), "--screen",
+                           "seq_lora:lr=0.008,seq_lora:lr=0.003"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "seq_lora:lr=0.003\n" and "screened out seq_lora:lr=0.008" in done.stderr
