@@ -53,7 +53,8 @@ LRS="seq_lora:epochs=3:lr=0.0003,seq_lora:epochs=3:lr=0.003,replay:epochs=3:lr=0
 sw --runs $T --orders offline1,offline2 --seeds 1 --methods $LRS
 # 5c. their second seed (the rule's offline1-2 x seeds 1-2), less any variant the screen drops: one whose seed-1
 #     ΔAA interval (offline1-2) lies wholly below 0 cannot pass the rule, so its later runs are saved
-LRS2=$($PY bench/tuning_rule.py $T --screen "$LRS") || { LRS2=$LRS; echo "== the screen failed: every variant runs"; }
+LRS2=$($PY bench/tuning_rule.py $T --screen "$LRS") \
+    || { LRS2=$LRS; echo "== $(date -u +%FT%T) 5c: the screen failed, so every variant runs"; }
 if [ -n "$LRS2" ]; then sw --runs $T --orders offline1,offline2 --seeds 2 --methods "$LRS2"
 else echo "== $(date -u +%FT%T) 5c: the screen dropped every learning rate"; fi
 # 5d. (after the learning rates: the grid's stage 1 waits on those, not on 5d-5e) replay, level with CRAFT on

@@ -19,7 +19,7 @@ CRAFT group is judged on the grouped stream (docs/results.md, round 6).
 
     python bench/tuning_rule.py results/val/tuning/runs                  # every variant, a markdown table
     python bench/tuning_rule.py results/val/tuning/runs --methods o_lora --out results/val/tuning/rule.md
-    python bench/tuning_rule.py results/val/tuning/runs --screen seq_lora:lr=0.003,replay:lr=0.003  # seed 1's screen
+    python bench/tuning_rule.py results/val/tuning/runs --screen seq_lora:epochs=3:lr=0.003,replay:epochs=3:lr=0.003
 """
 from __future__ import annotations
 
@@ -110,14 +110,18 @@ def screen(root: str, orders: list[str], candidates: list[str], seed: int = 1) -
     from harness import config
     from harness.sweep import MethodSpec
     runs, _ = load_runs(root) if os.path.isdir(root) else ([], None)
+    if runs:    # as rule_rows: pairs across sizes, models or protocols would mean nothing
+        check_one_setup(runs)
+        if len(by_protocol(runs)) > 1:
+            raise UsageError(f"{root} mixes evaluation protocols; the screen pairs runs of one: point it at one")
     frame = runs_frame(runs, root) if runs else None
     kept, dropped = [], []
     for spec in candidates:
         parsed = MethodSpec.parse(spec)
         today = config.resolved_settings(parsed.name, dict(parsed.args))
-        # the runs a sweep of this spec counts as its own: in its folder, made at the settings it resolves to today
-        # (a folder's runs from before a default moved are another configuration's)
-        labels = {r.label for r in runs if os.path.relpath(r.path, root).split(os.sep)[0] == parsed.label
+        # the runs of this configuration: made at the settings the spec resolves to today, whatever folder a sweep
+        # wrote them to (another spelling's: sweep.same_as_existing); older runs in its folder are another's
+        labels = {r.label for r in runs if r.method == parsed.name
                   and config.recorded_value(r.config, "settings") == today}
         if len(labels) != 1:
             kept.append(spec)

@@ -99,6 +99,11 @@ def test_the_screen_drops_only_a_variant_whose_first_seed_is_surely_worse(verdic
     assert len(dropped) == 1 and dropped[0].startswith("seq_lora:lr=0.008: seed 1's ΔAA against seq_lora is -20.00")
     # -5 on seed 2 alone: its interval over 20 examples a task covers 0, so the screen keeps it
     assert tuning_rule.screen(root, ORDERS, ["seq_lora:lr=0.007"], seed=2) == (["seq_lora:lr=0.007"], [])
+    # the seed asked for, alone: lr=0.004 is +20 on seeds 1-2 and -20 on seed 3
+    assert tuning_rule.screen(root, ORDERS, ["seq_lora:lr=0.004"], seed=1)[1] == []
+    assert len(tuning_rule.screen(root, ORDERS, ["seq_lora:lr=0.004"], seed=3)[1]) == 1
+    # another spelling of a setting finds the same runs (a sweep writes them into the folder already there)
+    assert len(tuning_rule.screen(root, ORDERS, ["seq_lora:lr=8e-3"])[1]) == 1
     assert tuning_rule.screen(str(os.path.join(root, "nowhere")), ORDERS, ["seq_lora:lr=0.008"])[0] == [
         "seq_lora:lr=0.008"]
     # its folder's runs are another configuration's (a sweep would refuse them as stale): nothing known against it
