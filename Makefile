@@ -70,9 +70,9 @@ BOUNDS = per_task,mtl,zero_shot
 # grouping and forgot less (docs/results.md), so the grid asks that of orders 4-6 too.
 CRAFT_ROUTING_ABLATIONS = craft:routing=single,craft:routing=per_task
 CRAFT_ABLATIONS = craft:kl_term=false,craft:merge=false,craft:forgetting_budget=0.1,$(CRAFT_ROUTING_ABLATIONS)
-# The strongest baselines: three seeds everywhere. The grid waits for o_lora's epochs (seq_lora trains three since
-# 2026-12-02, replay since 2026-12-03, each by its own validation runs; replay:compute=matched is seq_lora's steps
-# per epoch, so at their equal epochs it trains seq_lora's steps in all).
+# The strongest baselines: three seeds everywhere. seq_lora trains three epochs since 2026-12-02, replay and o_lora
+# since 2026-12-03, each by its own validation runs (replay:compute=matched is seq_lora's steps per epoch, so at
+# their equal epochs it trains seq_lora's steps in all). The grid waits for their learning rates (the tuning queue).
 GRID_CORE = craft,seq_lora,replay,replay:compute=matched,o_lora
 # Stage 1 also runs i_lora (its stage-3 cells, moved ahead): at one epoch it was level with replay, the strongest
 # baseline (offline1 seed 1, 84.50 against 83.50), so the verdict needs it early.

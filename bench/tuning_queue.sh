@@ -37,19 +37,19 @@ sw() {
 #    runs were), and
 #    CRAFT's routing ablation there (per-task groups did as well as the grouping on seed 1)
 sw --runs $T --orders $G --seeds 2 --methods seq_lora:epochs=3,$E3,$E3:routing=per_task
-# 5. o_lora's epochs, by the same rule (it has no run at this size). Seed 3 runs with them, not after a pass on
-#    seeds 1-2: offline1 seed 1 gave three epochs +12.75 AA, and a confirmation that waited for the verdict would
-#    cost a session's restart (tuning_rule.py shows seed 3's columns whatever the verdict)
-sw --runs $T --orders offline1,offline2 --seeds 1,2,3 --methods o_lora,o_lora:epochs=3
+# 5. done: o_lora's epochs, by the same rule, offline1-2 x seeds 1-3 at `o_lora` and `o_lora:epochs=3`. Three
+#    epochs became its default on 2026-12-03 (+10.67 [4.38, 16.71] AA over the six streams), after which a sweep
+#    refuses the one-epoch runs in the `o_lora` folder as stale, so the step is no longer run here.
 # 5a. done 2026-12-03 (not adopted): round 6, CRAFT's KL weight (beta=10 against 1), the setting that acts on a
 #     joining task's group: the grouping cost forgetting on the grouped stream (per-task groups ΔFM -3.00 [-6.67,
 #     -0.17] over seeds 1-2). Judged on the grouped stream, where 4 of 7 tasks join (offline1-2 have one join each):
 #     docs/results.md, round 6. CRAFT's runs are cheap (5-6 min on offline1-2, 13 on the grouped stream)
 sw --runs $T --orders $G --seeds 1,2 --methods $E3:beta=10
 sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods $E3:beta=10
-# 5b. the learning rates of seq_lora and replay at their three-epoch defaults (3e-4, 3e-3 against the decision
-#     runs' 1e-3), seed 1 first
+# 5b. the learning rates of seq_lora, replay and o_lora at their three-epoch defaults (3e-4, 3e-3 against the
+#     decision runs' 1e-3), seed 1 first
 LRS="seq_lora:epochs=3:lr=0.0003,seq_lora:epochs=3:lr=0.003,replay:epochs=3:lr=0.0003,replay:epochs=3:lr=0.003"
+LRS="$LRS,o_lora:epochs=3:lr=0.0003,o_lora:epochs=3:lr=0.003"
 sw --runs $T --orders offline1,offline2 --seeds 1 --methods $LRS
 # 5c. their second seed (the rule's offline1-2 x seeds 1-2), less any variant the screen drops: one whose seed-1
 #     ΔAA interval (offline1-2) lies wholly below 0 cannot pass the rule, so its later runs are saved
@@ -71,6 +71,5 @@ sw --runs $RESULTS/val/cache_off/runs --orders offline1,offline2 --seeds 2,3 --m
 #    refuse as stale
 sw --runs $V --orders offline1 --seeds 1 --methods crma,adaptive_svd,mtl,zero_shot
 sw --runs $V --orders offline1 --seeds 1 --methods ewc:epochs=3,lwf:epochs=3,i_lora:epochs=3,curlora:epochs=3
-# Next (written once o_lora's epochs are decided): o_lora's learning rates at its epochs (3e-4, 3e-3),
-# generation on the offline runs.
+# Next: generation on the offline runs.
 echo "== $(date -u +%FT%T) queue done"

@@ -141,18 +141,20 @@ def test_the_real_methods_package_imports_whole():
 def test_the_learners_not_tuned_on_their_own_train_seq_loras_passes_and_name_their_one_epoch_runs():
     """Equal passes over the data (docs/results.md, "The baselines' epochs"): the bounds and the continual learners
     whose epochs were not validated for themselves take seq_lora's, and its former value names their older runs;
-    those measured on their own (craft; replay, three by its own runs; o_lora until its runs decide; inc_lora is
-    o_lora's ablation and trains as it does) keep theirs."""
+    those measured on their own (craft; replay and o_lora, three by their own runs; inc_lora is o_lora's ablation
+    and trains as it does) keep theirs."""
     found = methods.discover()
     seq_lora = found["seq_lora"]
     on_budget = {name for name, klass in found.items() if name != "seq_lora"
                  and klass.SETTINGS.get("epochs") is seq_lora.SETTINGS["epochs"]}
     assert on_budget == {"per_task", "mtl", "ewc", "lwf", "i_lora", "curlora", "crma", "adaptive_svd"}
-    for name in on_budget | {"replay"}:
+    for name in on_budget | {"replay", "o_lora", "inc_lora"}:
         assert found[name].FORMER_DEFAULTS == {"one-epoch defaults": {"epochs": 1}}, name
-    # replay's own value (it equals seq_lora's today, measured for itself: a move of seq_lora's does not carry it)
-    assert found["replay"].SETTINGS["epochs"] is not seq_lora.SETTINGS["epochs"]
-    assert found["replay"].resolve_settings({})["epochs"] == 3
+    # replay's and o_lora's own values (equal to seq_lora's today, each measured for itself: a move of seq_lora's
+    # does not carry them)
+    for name in ("replay", "o_lora"):
+        assert found[name].SETTINGS["epochs"] is not seq_lora.SETTINGS["epochs"], name
+        assert found[name].resolve_settings({})["epochs"] == 3, name
     for name in on_budget:
         assert found[name].SETTINGS["epochs"] is seq_lora.SETTINGS["epochs"], name   # by reference, not a copy
         assert found[name].resolve_settings({})["epochs"] == seq_lora.resolve_settings({})["epochs"] == 3, name

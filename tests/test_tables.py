@@ -686,6 +686,7 @@ def test_runs_made_before_a_default_moved_are_named_by_what_they_ran(tmp_path):
     on_its_budget = ({"epochs"}, "2026-12-02T21:32:31")   # the learners that took seq_lora's epochs later
     moved = {"craft": ({"epochs", "warmup", "warmup_for", "decay", "settle_tol"}, "2026-12-03T04:55:00"),
              "seq_lora": by_seq_lora, "replay": ({"epochs"}, "2026-12-03T06:10:00"),
+             "o_lora": ({"epochs"}, "2026-12-03T12:40:00"), "inc_lora": ({"epochs"}, "2026-12-03T12:40:00"),
              "per_task": by_seq_lora, "mtl": by_seq_lora, "ewc": on_its_budget, "lwf": on_its_budget,
              "i_lora": on_its_budget, "curlora": on_its_budget, "crma": on_its_budget, "adaptive_svd": on_its_budget}
     for method, (keys, moved_at) in moved.items():
