@@ -76,16 +76,24 @@ def judge(per_seed: dict) -> dict:
     return {**out, "verdict": f"fails with seed 3: {failed}" if failed else "passes"}
 
 
+def pairable_runs(root: str) -> list:
+    """The finished runs under root, refused where they mix setups or evaluation protocols: pairs across sizes,
+    models or protocols would mean nothing."""
+    runs, _ = load_runs(root)
+    if runs:
+        check_one_setup(runs)
+        if len(by_protocol(runs)) > 1:
+            raise UsageError(f"{root} mixes evaluation protocols; the rule pairs runs of one: point it at one")
+    return runs
+
+
 def rule_rows(root: str, orders: list[str], methods: list[str] | None = None) -> list[dict]:
     """One row per variant of the runs under root (of `methods`, default all): its reference and judge()'s."""
     if not orders:
         raise UsageError("no orders to judge on: give --orders")
-    runs, _ = load_runs(root)
+    runs = pairable_runs(root)
     if not runs:
         raise UsageError(f"no finished runs under {root}")
-    check_one_setup(runs)    # pairs from different sizes or models would mean nothing
-    if len(by_protocol(runs)) > 1:
-        raise UsageError(f"{root} mixes evaluation protocols; the rule pairs runs of one: point it at one")
     frame = runs_frame(runs, root)
     rows = []
     for method in sorted(set(frame.method)):
@@ -109,11 +117,7 @@ def screen(root: str, orders: list[str], candidates: list[str], seed: int = 1) -
     with no finished run on that seed's streams, or no reference there, is kept: nothing is known against it."""
     from harness import config
     from harness.sweep import MethodSpec
-    runs, _ = load_runs(root) if os.path.isdir(root) else ([], None)
-    if runs:    # as rule_rows: pairs across sizes, models or protocols would mean nothing
-        check_one_setup(runs)
-        if len(by_protocol(runs)) > 1:
-            raise UsageError(f"{root} mixes evaluation protocols; the screen pairs runs of one: point it at one")
+    runs = pairable_runs(root) if os.path.isdir(root) else []
     frame = runs_frame(runs, root) if runs else None
     kept, dropped = [], []
     for spec in candidates:
