@@ -80,6 +80,11 @@ GRID_FIRST = $(GRID_CORE),i_lora
 # Stage 2 also runs O-LoRA as its reference ran the long orders (schedule=long: lambda1 by position, lambda2 by
 # task; docs/methods.md), beside o_lora at the orders 1-3 values that every order's o_lora row uses.
 GRID_LONG = $(GRID_CORE),o_lora:schedule=long
+# Each run's general ability, and on the 4-task orders its generated answers, are measured right after it finishes
+# (--probes, docs/cli.md): they need its weights, which are not committed, and the grid spans many sessions. The
+# steps after the stages measure what a kill left over (where the weights are here) and write the reports.
+PROBES_SHORT = --probes general,generation
+PROBES_LONG = --probes general
 # --dry-run and --print-commands only look: the measuring and writing steps after the sweeps are left out.
 GRID_LOOKS = $(filter --dry-run --print-commands,$(ARGS))
 
@@ -88,12 +93,13 @@ GRID_FAILED = $(if $(GRID_LOOKS),/dev/null,$(GRID_RUNS)/logs/grid-unfinished.txt
 
 grid: $(STAMP)
 	$(if $(GRID_LOOKS),,@mkdir -p $(GRID_RUNS)/logs && rm -f $(GRID_FAILED))
-	$(GRID) --methods $(GRID_FIRST) --orders 1,2,3,offline1,offline2,offline3 --seeds 1,2,3 || echo "stage 1 (sweep exit $$?)" >> $(GRID_FAILED)
-	$(GRID) --methods $(GRID_LONG) --orders 4,5,6 --seeds 1 || echo "stage 2 (sweep exit $$?)" >> $(GRID_FAILED)
-	$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS) --orders 1,2,3,offline1,offline2,offline3 --seeds 1,2,3 || echo "stage 3 (sweep exit $$?)" >> $(GRID_FAILED)
-	$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS),$(CRAFT_ABLATIONS) --orders 4,5,6 --seeds 1 || echo "stage 4 (sweep exit $$?)" >> $(GRID_FAILED)
-	$(GRID) --methods $(GRID_CORE) --orders 4,5,6 --seeds 2,3 || echo "stage 5 (sweep exit $$?)" >> $(GRID_FAILED)
-	$(if $(GRID_LOOKS),,$(BIN)/python bench/protocols.py $(GRID_RUNS)/*/{1,2,3}/seed* --out $(patsubst %/runs,%,$(GRID_RUNS))/protocols.md || echo "generation on orders 1-3 (exit $$?)" >> $(GRID_FAILED))
+	$(GRID) --methods $(GRID_FIRST) --orders 1,2,3,offline1,offline2,offline3 --seeds 1,2,3 $(PROBES_SHORT) || echo "stage 1 (sweep exit $$?)" >> $(GRID_FAILED)
+	$(GRID) --methods $(GRID_LONG) --orders 4,5,6 --seeds 1 $(PROBES_LONG) || echo "stage 2 (sweep exit $$?)" >> $(GRID_FAILED)
+	$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS) --orders 1,2,3,offline1,offline2,offline3 --seeds 1,2,3 $(PROBES_SHORT) || echo "stage 3 (sweep exit $$?)" >> $(GRID_FAILED)
+	$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS),$(CRAFT_ABLATIONS) --orders 4,5,6 --seeds 1 $(PROBES_LONG) || echo "stage 4 (sweep exit $$?)" >> $(GRID_FAILED)
+	$(GRID) --methods $(GRID_CORE) --orders 4,5,6 --seeds 2,3 $(PROBES_LONG) || echo "stage 5 (sweep exit $$?)" >> $(GRID_FAILED)
+	$(if $(GRID_LOOKS),,$(BIN)/python bench/protocols.py $(GRID_RUNS)/*/{1,2,3}/seed* --out $(patsubst %/runs,%,$(GRID_RUNS))/protocols-orders1-3.md || echo "generation report, orders 1-3 (exit $$?)" >> $(GRID_FAILED))
+	$(if $(GRID_LOOKS),,$(BIN)/python bench/protocols.py $(GRID_RUNS)/*/offline{1,2,3}/seed* --out $(patsubst %/runs,%,$(GRID_RUNS))/protocols-offline.md || echo "generation report, offline orders (exit $$?)" >> $(GRID_FAILED))
 	$(if $(GRID_LOOKS),,$(BIN)/python -m harness general --runs $(GRID_RUNS) || echo "general (exit $$?)" >> $(GRID_FAILED))
 	$(if $(GRID_LOOKS),,$(BIN)/python -m harness tables --runs $(GRID_RUNS) --out $(patsubst %/runs,%,$(GRID_RUNS)) || { cat $(GRID_FAILED) >&2; exit 1; })
 	@if [ -s $(GRID_FAILED) ]; then echo "make grid: these steps did not finish (failed cells are named above, logs in $(GRID_RUNS)/logs); rerun make grid to resume:" >&2; cat $(GRID_FAILED) >&2; exit 1; fi

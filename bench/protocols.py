@@ -1,13 +1,11 @@
 """Rank scoring against generation, on the same trained models: which methods' ranking changes between them.
 
-Each finished run's final state (its last checkpoint, kept beside the record but not committed) answers the
-run's own evaluation examples twice: `rank` (the label of highest likelihood among the task's own labels,
-read from the run's record) and `generate` (greedy decoding, exact match after O-LoRA's normalisation). A
-generated answer is sorted into: the task's right label, another of its labels, a label of another task of
-the stream (cross-task interference, which rank scoring cannot show), or something else. Writes a markdown
-report; needs the weights, so it measures runs made on this machine. Each run's measurement is kept in its
-folder (`protocols.json`, committed with the record): a rerun reuses it (`--again` measures anew), so a long
-study killed part-way resumes, and the report can be rebuilt without the weights.
+Each finished run's final state answers the run's own evaluation examples twice: `rank` (read from the run's
+record) and `generate` (greedy decoding; the measurement, `harness/protocols.py`, sorts each answer by whose label
+it is). Writes a markdown report. A run's measurement is kept in its folder (`protocols.json`, committed with the
+record), made here from its weights (so for runs made on this machine) or earlier, right after the run, by
+`bench`/`sweep --probes generation`: a rerun reuses it (`--again` measures anew), so a long study killed part-way
+resumes, and the report can be rebuilt without the weights.
 
     python bench/protocols.py results/val/runs/*/offline*/seed* --out results/val/protocols.md
 """
@@ -21,123 +19,10 @@ from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import tasks  # noqa: E402
 from core.errors import UsageError  # noqa: E402
-from harness.config import recorded_value  # noqa: E402
-from harness.evaluation import Evaluator, generate_predictions, normalize_answer, predict  # noqa: E402
-from harness.models import autocast, configure_offline, load_model, set_threads  # noqa: E402
-from harness.prompting import PromptEncoder  # noqa: E402
-from harness.rundir import RunDir, write_json, write_report  # noqa: E402
-from harness.stats import decode_labels, encode_labels  # noqa: E402
-from methods import get_method  # noqa: E402
-
-KINDS = ("right", "own_label", "other_task_label", "no_label")
-
-
-def sort_answer(answer: str, gold: str, own: set[str], others: set[str]) -> str:
-    """Which of KINDS a normalised generated answer is (labels normalised the same way)."""
-    if answer == gold:
-        return "right"
-    if answer in own:
-        return "own_label"
-    if answer in others:
-        return "other_task_label"
-    return "no_label"
-
-
-def final_row(config: dict, status: dict) -> str:
-    return "all" if "all" in status["rows"] else config["tasks"][-1]
-
-
-def measure(path: str, progress: bool = False, unloadable: dict | None = None) -> dict:
-    """One run's final state under both protocols: per task, rank accuracy (from the record) and the generated
-    answers sorted into KINDS (counts). Every error names the run. `unloadable`: {(model, device): why} of the
-    models that failed to load for earlier runs, filled here, so a grid's model is not tried once per run."""
-    run = RunDir(path)
-    status = run.status()
-    if not status or status.get("state") != "finished":
-        raise UsageError(f"{path} is not a finished run")
-    if not run.has_checkpoint():
-        raise UsageError(f"{path} has no checkpoint (run records are committed without their weights)")
-    config = run.read_json("config.json")
-    if recorded_value(config, "eval") != "rank":
-        raise UsageError(f"{path} was evaluated with --eval {config['eval']}: its record holds no rank answers")
-    data_dir = config.get("data_dir") if config.get("data_dir") and os.path.isdir(config["data_dir"]) else None
-    try:
-        data = {n: tasks.load_task(n, data_dir, config["train_per_task"], config["test_per_task"], config["seed"],
-                                   config.get("eval_split", "test")) for n in config["tasks"]}
-        method_cls = get_method(config["method"])
-    except UsageError as e:
-        raise UsageError(f"{path}: {e}") from None
-    for name, d in data.items():   # the same examples the run answered (a data folder gone or changed is not)
-        gold = config["data"][name].get("gold")
-        if gold is not None and encode_labels([d.labels.index(ex.label) for ex in d.test]) != gold:
-            raise UsageError(f"{path}: {name}'s evaluation examples here are not the ones the run answered "
-                             "(its data folder changed or is missing on this machine)")
-    unloadable = {} if unloadable is None else unloadable
-    key = (config["model"], config.get("device", "cpu"))
-    if key not in unloadable:
-        try:
-            model, tok = load_model(*key)
-        except UsageError as e:
-            unloadable[key] = str(e)
-    if key in unloadable:
-        raise UsageError(f"{path}: {unloadable[key]}")
-    encoder = PromptEncoder(tok, config["max_input_tokens"])
-    batch, dtype = recorded_value(config, "eval_batch_size"), recorded_value(config, "dtype")
-    evaluator = Evaluator(encoder, data, "generate", batch, dtype, progress=False)
-    method = method_cls(model, tok, recorded_value(config, "settings"), config["seed"],
-                        cache_mb=config.get("cache_mb", 0) if config.get("cache") == "on" else 0)
-    method.setup()
-    method.load_state_dict(run.load_checkpoint(map_location=method.device))
-    row = status["rows"][final_row(config, status)]
-    labels = {n: {normalize_answer(label) for label in d.labels} for n, d in data.items()}
-    label = "+".join([config["method"]] + [f"{k}={v}" for k, v in config.get("method_args", {}).items()])
-    out = {"label": label, "order": config["order"], "seed": config["seed"], "tasks": {}}   # label: as a sweep's
-    share = config.get("cache") == "on"
-    for k, (name, examples) in enumerate(evaluator.test.items()):
-        gold = [ex.label_index for ex in examples]
-        ranked = decode_labels(row["predictions"][name])
-        scorer = method.scorer(name)
-        if k in (0, len(evaluator.test) - 1):   # the restored state must be the run's: rank answers scored again
-            with autocast(dtype, scorer.device):
-                again = predict(scorer, examples, evaluator.candidates[name], data[name].labels, encoder, "rank",
-                                batch, share_prefix=share)
-            out.setdefault("restored_check", {})[name] = int(sum(int(a) != int(b) for a, b in zip(again, ranked)))
-            scorer = method.scorer(name)
-        max_new = max(len(c) for c in evaluator.candidates[name]) + 2
-        with autocast(dtype, scorer.device):
-            generated = generate_predictions(scorer, examples, encoder.end_id, tok.pad_token_id, max_new,
-                                             batch, share_prefix=share)
-        others = set().union(*[labels[m] for m in labels if m != name]) - labels[name]
-        kinds = dict.fromkeys(KINDS, 0)
-        for g, y in zip(generated, gold):
-            answer = normalize_answer(encoder.decode_answer(g))
-            kinds[sort_answer(answer, normalize_answer(data[name].labels[y]), labels[name], others)] += 1
-        rank = 100.0 * sum(int(p) == y for p, y in zip(ranked, gold)) / len(gold)
-        out["tasks"][name] = {"n": len(gold), "rank": rank, "kinds": kinds}
-        if progress:
-            print(f"{path}: {name} rank {out['tasks'][name]['rank']:.1f}, generate "
-                  f"{100.0 * kinds['right'] / len(gold):.1f}, {kinds}", file=sys.stderr)
-    return out
-
-
-RECORD = "protocols.json"
-RECORD_VERSION = 1   # raise when measure() or the sorting of answers changes: kept measurements are then redone
-
-
-def measured(path: str, again: bool = False, progress: bool = False, unloadable: dict | None = None) -> dict:
-    """measure(path), kept in the run's folder; a kept measurement is reused unless `again`, or unless it was made
-    by another version of this script or of another run in that folder (its finishing time differs)."""
-    run = RunDir(path)
-    stamp = {"version": RECORD_VERSION, "run_finished": (run.status() or {}).get("finished")}
-    if not again and os.path.isfile(run.file(RECORD)):
-        kept = run.read_json(RECORD)
-        if kept.get("stamp") == stamp:
-            return kept
-    result = {**measure(path, progress, unloadable), "stamp": stamp}
-    write_json(run.file(RECORD), result)
-    return result
+from harness.models import configure_offline, set_threads  # noqa: E402
+from harness.protocols import KINDS, RECORD, measured  # noqa: E402
+from harness.rundir import RunDir, write_report  # noqa: E402
 
 
 def summary(results: list[dict]) -> dict:

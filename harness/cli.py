@@ -9,7 +9,7 @@ import os
 import sys
 
 from core.errors import UsageError
-from harness import config, data_cmd
+from harness import config, data_cmd, probes
 
 # The committed sweep lives here: its run records are in git (weights and console logs are not, see
 # .gitignore), so a sweep spread over several machines resumes where the last one stopped.
@@ -189,6 +189,8 @@ def cmd_bench(a) -> int:
         check_base_cache(cfg.base_cache)
     _check_machine(cfg)
     out = cfg.out or cfg.default_out()
+    if cfg.probes and not cfg.overwrite and RunDir(out).is_finished():   # resuming a run whose probes did not all run
+        return _probe_finished(cfg, out)
     made_from = None
     for folder in (out, *_ancestors(out)):
         if os.path.exists(folder):
@@ -213,7 +215,43 @@ def cmd_bench(a) -> int:
     t = card["timing"]
     print(f"\n{card['name']}: {card['trainable_parameters']:,} trainable parameters; "
           f"train {t['train_seconds']:.0f} s, eval {t['eval_seconds']:.0f} s, wall {t['wall_seconds']:.0f} s")
-    return 0
+    return _run_probes(out, probes.names_of(cfg.probes), cfg.progress)
+
+
+def _probe_finished(cfg: config.BenchConfig, out: str) -> int:
+    """`bench --probes` on a finished run: the probes it lacks, once its record is shown to be this very run."""
+    from harness.rundir import RunDir
+    recorded = RunDir(out).read_json("config.json")
+    fields = [name for name in config.names(config.IDENTITY, config.SETUP) if name != "method_args"]
+    want = {**{name: getattr(cfg, name) for name in fields},
+            "settings": config.resolved_settings(cfg.method, cfg.method_args)}   # however the args spell them
+    differ = [name for name, value in want.items() if config.recorded_value(recorded, name) != value]
+    if differ:
+        raise UsageError(f"output directory {out} already holds a finished run with different settings "
+                         f"({', '.join(differ)}); pass --overwrite to replace it")
+    todo = probes.missing(out, cfg.probes)
+    if not todo:
+        print(f"{out}: finished, with every probe asked for ({cfg.probes}) measured")
+        return 0
+    if not RunDir(out).has_checkpoint():
+        raise UsageError(f"{out} is finished but has no checkpoint (records are committed without their weights), "
+                         f"so its {', '.join(todo)} probe(s) cannot run; rerun it with --overwrite to measure them")
+    print(f"{out}: finished; measuring the probe(s) it lacks: {', '.join(todo)}")
+    return _run_probes(out, todo, cfg.progress)
+
+
+def _run_probes(out: str, names: list[str], progress: bool) -> int:
+    """Each probe in turn; one that fails is named with the command that retries it, and the rest still run
+    (the run itself stays finished). Exit status 1 if any failed."""
+    failed = []
+    for name in names:
+        try:
+            print(f"{out}: {probes.measure(out, name, progress)}")
+        except Exception as e:   # noqa: BLE001 - a probe's failure must not hide the others' results
+            failed.append(name)
+            print(f"{out}: probe {name} failed: {type(e).__name__}: {e}; `python -m harness bench` with the same "
+                  f"options and --probes {name} retries it", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_sweep(a) -> int:
@@ -225,6 +263,7 @@ def cmd_sweep(a) -> int:
         raise UsageError(f"--data-dir {a.data_dir} is not a directory")
     check_folder(a.runs, "--runs")
     typed = config.from_args(a)
+    config.check(typed)
     shared = dataclasses.replace(typed, data_dir=os.path.abspath(a.data_dir) if a.data_dir else None)
     cells = sweep.plan(a.runs, sweep.split_methods(a.methods), sweep.split_list(a.orders, "orders"),
                        sweep.split_list(a.seeds, "seeds"), shared)

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 
 from core.errors import UsageError
+from harness import probes
 from harness.evaluation import EVAL_MODES
 from harness.models import DEFAULT_MODEL, DTYPES
 from harness.prompting import DEFAULT_MAX_INPUT_TOKENS
@@ -117,6 +118,11 @@ class BenchConfig:
     base_cache: str | None = option(None, role=VOLATILE, commands=(BENCH,), metavar="JSON",
                                     help="reuse the untouched backbone's scores from this file and add to it "
                                          "(sweeps share one)")
+    # volatile: a probe adds a record beside the run's and changes none of its numbers
+    probes: str | None = option(None, role=VOLATILE, type=probes.parse, metavar="P[,P]",
+                                help="after the run finishes, measure its final state while its weights are here: "
+                                     "general (held-out tasks, general.json), generation (its test examples by "
+                                     "greedy decoding, protocols.json); on a finished run, the probes it lacks")
 
     def default_out(self) -> str:
         return os.path.join("runs", f"{self.method}-{self.order}-s{self.seed}")
@@ -346,3 +352,11 @@ def check(cfg: BenchConfig) -> None:
         raise UsageError(f"unknown --dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
     if cfg.stop_after_task is not None and cfg.stop_after_task < 0:
         raise UsageError(f"--stop-after-task must be 0 or more, got {cfg.stop_after_task}")
+    if cfg.probes is not None:
+        try:
+            cfg.probes = probes.parse(cfg.probes)
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"--probes: {e}") from None
+        if cfg.eval != "rank" and "generation" in probes.names_of(cfg.probes):
+            raise UsageError("--probes generation sets generated answers beside a run's rank answers; this run is "
+                             f"evaluated with --eval {cfg.eval}, which already generates")

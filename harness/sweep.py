@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 from core.errors import UsageError
-from harness import config
+from harness import config, probes
 from harness.config import BenchConfig
 from harness.rundir import RunDir
 
@@ -177,8 +177,8 @@ def same_as_existing(runs: str, spec: MethodSpec, resolved) -> MethodSpec:
 
 def cell_state(cell: Cell) -> str:
     """'finished', 'partial' (resumable), 'new', 'stale': made with other settings than the method's
-    current ones (a default changed since), which neither counts as done nor may be resumed, or 'corrupt': a
-    status.json no run can be resumed from."""
+    current ones (a default changed since), which neither counts as done nor may be resumed, 'corrupt': a
+    status.json no run can be resumed from, or 'probes': finished but for a probe of `--probes` (its weights here)."""
     try:
         status = RunDir(cell.out).status()
     except UsageError:
@@ -192,7 +192,10 @@ def cell_state(cell: Cell) -> str:
                     return "stale"
         except (OSError, ValueError):
             pass
-    return "finished" if status.get("state") == "finished" else "partial"
+    if status.get("state") != "finished":
+        return "partial"
+    # a finished run that lacks a probe asked for and still has its weights: only the probe is left to run
+    return "probes" if probes.missing(cell.out, cell.config.probes) and RunDir(cell.out).has_checkpoint() else "finished"
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -512,7 +515,7 @@ class Report:
         with self.lock:
             if code == 0 and cell_state(cell) == "finished":
                 self.result.finished.append(cell)
-                verb = "resumed and finished" if before == "partial" else "finished"
+                verb = {"partial": "resumed and finished", "probes": "probes measured"}.get(before, "finished")
             else:
                 self.result.failed.append((cell, log))
                 verb = f"FAILED ({why or f'exit {code}'}; see {log})"

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from core.errors import UsageError
-from harness import config
+from harness import config, probes
 from harness.cli import build_parser
 from harness.config import BenchConfig
 from harness.rundir import RunDir
@@ -20,6 +20,8 @@ def non_default(f: dataclasses.Field):
         return not f.default
     if f.metadata["choices"]:
         return next(c for c in f.metadata["choices"] if c != f.default)
+    if f.metadata["type"] is probes.parse:   # names from a list, like choices
+        return probes.NAMES[-1]
     if f.type in ("int", "int | None") or isinstance(f.default, int):
         return (f.default or 0) + 3
     return f"/x/{f.name}"
@@ -43,7 +45,8 @@ def test_sizes_spell_all_and_given_options_are_only_the_changed_ones():
 
 
 @pytest.mark.parametrize("argv", [["--train-per-task", "0"], ["--test-per-task", "-3"], ["--max-input-tokens", "x"],
-                                  ["--eval-batch-size", "0"], ["--stop-after-task", "-1"], ["--eval", "bleu"]])
+                                  ["--eval-batch-size", "0"], ["--stop-after-task", "-1"], ["--eval", "bleu"],
+                                  ["--probes", "general,bleu"]])
 def test_bad_option_values_are_refused_by_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["bench", *argv])

@@ -1,12 +1,13 @@
-"""bench/protocols.py scores a finished run's final state by generation: the state must be the run's own (its
-rank answers come back exactly), generation must be the harness's own `--eval generate`, and every generated
-answer must be sorted by whose label it is."""
+"""The generation probe (harness/protocols.py) scores a finished run's final state by generation: the state must be
+the run's own (its rank answers come back exactly), generation must be the harness's own `--eval generate`, and
+every generated answer must be sorted by whose label it is; bench/protocols.py reports the kept measurements."""
 import json
 import os
 
 import pytest
 from conftest import bench_script
 
+from harness import protocols
 from harness.cli import main
 
 # lr high enough that a few tiny steps move the answers away from the untouched backbone's (CRAFT's 8 warm-up steps
@@ -21,7 +22,7 @@ def rows(path):
 
 
 def test_answers_are_sorted_by_whose_label_they_are():
-    sort = bench_script("protocols").sort_answer
+    sort = protocols.sort_answer
     own, others = {"positive", "negative"}, {"sport", "tech"}
     assert [sort(a, "positive", own, others) for a in ("positive", "negative", "sport", "great")] == [
         "right", "own_label", "other_task_label", "no_label"]
@@ -42,7 +43,7 @@ def runs(tmp_path_factory):
 
 
 def test_generation_on_a_restored_run_matches_the_harness_generate_run(runs):
-    script = bench_script("protocols")
+    script = protocols
     for method in ("seq_lora", "craft"):
         ranked, generated = runs[method, "rank"], runs[method, "generate"]
         trained = rows(ranked)
@@ -77,11 +78,11 @@ def test_each_kind_of_answer_is_counted(runs, monkeypatch):
             answer = [own[ex.label_index], own[(ex.label_index + 1) % len(own)], other[0]][i % 3]
             out.append(list(encoder.answer_ids(answer)))
         return out
-    monkeypatch.setattr(script, "generate_predictions", planted)
-    result = script.measure(runs["craft", "rank"])
+    monkeypatch.setattr(protocols, "generate_predictions", planted)
+    result = protocols.measure(runs["craft", "rank"])
     for t in result["tasks"].values():
         assert t["kinds"] == {"right": 1, "own_label": 1, "other_task_label": 1, "no_label": 0}
-    table = script.summary([result, script.measure(runs["seq_lora", "rank"])])
+    table = script.summary([result, protocols.measure(runs["seq_lora", "rank"])])
     assert set(table) == {"seq_lora+lr=0.5", "craft+lr=0.3+warmup=0"}
     assert table["craft+lr=0.3+warmup=0"]["share"] == pytest.approx(
         {"right": 100 / 3, "own_label": 100 / 3, "other_task_label": 100 / 3, "no_label": 0.0})
@@ -89,7 +90,7 @@ def test_each_kind_of_answer_is_counted(runs, monkeypatch):
 
 def test_a_kept_measurement_is_reused_without_the_weights_and_measured_anew_on_request(runs, tmp_path):
     import shutil
-    script = bench_script("protocols")
+    script = protocols
     run = str(tmp_path / "run")
     shutil.copytree(runs["seq_lora", "rank"], run)
     first = script.measured(run)
@@ -141,7 +142,7 @@ def test_a_model_that_cannot_load_is_tried_once_and_every_run_is_named(runs, tmp
     def unloadable(*args, **kwargs):
         calls.append(args)
         raise UsageError("--model /gone: no such folder")
-    monkeypatch.setattr(script, "load_model", unloadable)
+    monkeypatch.setattr(protocols, "load_model", unloadable)
     out = str(tmp_path / "report.md")
     measured_runs = [runs["seq_lora", "rank"], runs["craft", "rank"]]
     assert script.main([*measured_runs, "--again", "--out", out]) == 2

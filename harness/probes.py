@@ -1,0 +1,64 @@
+"""Probes: measurements of a finished run's final state beyond its accuracy matrix, each kept in the run's folder
+(committed with the record). They need the run's weights, which are not committed, so a grid that spans several
+machines or sessions takes them right after each run (`bench --probes`, `sweep --probes`), while the weights are
+still there; `python -m harness general` and `bench/protocols.py` measure the runs left over.
+
+- general: held-out tasks before and after the stream, balanced accuracy (harness/general.py; general.json).
+- generation: the run's own test examples answered by greedy decoding, beside its rank answers
+  (harness/protocols.py; protocols.json)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+NAMES = ("general", "generation")
+RECORDS = {"general": "general.json", "generation": "protocols.json"}
+
+
+def parse(raw: str) -> str:
+    """`--probes`: comma-separated names, each once, spelled back in NAMES' order (one spelling per request)."""
+    import difflib
+    asked = [p.strip() for p in raw.split(",") if p.strip()]
+    for name in asked:
+        if name not in NAMES:
+            close = difflib.get_close_matches(name, NAMES, n=1)
+            raise argparse.ArgumentTypeError(f"unknown probe {name!r}" + (f" (did you mean {close[0]!r}?)" if close
+                                             else "") + f"; probes: {', '.join(NAMES)}")
+    if not asked:
+        raise argparse.ArgumentTypeError("expected probe names, comma-separated: " + ", ".join(NAMES))
+    return ",".join(n for n in NAMES if n in asked)
+
+
+def names_of(probes: str | None) -> list[str]:
+    return [n for n in (probes or "").split(",") if n]
+
+
+def is_measured(path: str, name: str) -> bool:
+    """Whether the run's folder keeps this probe's measurement (the generation probe's: of this very run, by this
+    version of its code)."""
+    if name == "generation":
+        from harness import protocols
+        return protocols.is_measured(path)
+    return os.path.isfile(os.path.join(path, RECORDS[name]))
+
+
+def missing(path: str, probes: str | None) -> list[str]:
+    return [n for n in names_of(probes) if not is_measured(path, n)]
+
+
+def measure(path: str, name: str, progress: bool = False) -> str:
+    """Run one probe on a finished run (its weights here); writes its record and returns a one-line summary."""
+    if name == "general":
+        from harness import general
+
+        # the defaults read now, not bound at import: one place (harness/general.py) names them
+        r = general.run_general(path, general.GENERAL_TASKS, general.DEFAULT_PER_TASK, progress=progress)
+        ci = r["change_ci"]
+        return (f"general ability (balanced accuracy, {len(r['tasks'])} held-out tasks): before {r['before']:.2f} "
+                f"after {r['after']:.2f} change {r['change']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""))
+    from harness import protocols
+    r = protocols.measured(path, again=True)
+    right = [100.0 * t["kinds"]["right"] / t["n"] for t in r["tasks"].values()]
+    rank = [t["rank"] for t in r["tasks"].values()]
+    return (f"generation: AA {sum(right) / len(right):.2f} generated against {sum(rank) / len(rank):.2f} ranked "
+            f"(final state, {protocols.RECORD})")

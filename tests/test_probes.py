@@ -1,0 +1,125 @@
+"""Probes after a run (`--probes`): a run's general ability and generated answers are measured from its final state
+right after it finishes, kept in its folder; a rerun on the finished run measures only what it lacks, a sweep takes a
+finished cell's missing probes while its weights are there, and bad requests fail in one line before anything runs."""
+import json
+import os
+import shutil
+
+import pytest
+
+from harness import general, probes, protocols
+from harness.cli import main
+from harness.sweep import cell_state, plan
+
+ORDER = "bbc+hutto_amazon"
+TINY = ["--model", "tiny-llama", "--train-per-task", "8", "--test-per-task", "3", "--max-input-tokens", "8",
+        "--order", ORDER, "--quiet", "--method", "seq_lora", "--method-arg", "lr=0.5"]
+
+
+@pytest.fixture
+def small_general(monkeypatch):
+    """The general probe on one held-out task of a few examples (the probe reads the defaults when it runs)."""
+    monkeypatch.setattr(general, "GENERAL_TASKS", ("sms_spam",))
+    monkeypatch.setattr(general, "DEFAULT_PER_TASK", 6)
+
+
+def without_stamp(record):
+    return {k: v for k, v in record.items() if k != "stamp"}
+
+
+def test_a_run_measures_its_probes_and_a_rerun_measures_only_those_it_lacks(tmp_path, small_general, capsys):
+    out = str(tmp_path / "run")
+    assert main(["bench", *TINY, "--probes", "generation,general", "--out", out]) == 0
+    said = capsys.readouterr().out
+    assert "general ability (balanced accuracy, 1 held-out tasks)" in said and "generation: AA" in said
+    kept = json.load(open(os.path.join(out, "general.json")))
+    assert list(kept["tasks"]) == ["sms_spam"] and kept["tasks"]["sms_spam"]["examples"] == 6
+    generated = json.load(open(os.path.join(out, "protocols.json")))
+    # the kept measurement is the final state's: measuring the restored run again gives the same answers
+    assert without_stamp(generated) == protocols.measure(out)
+    assert generated["restored_check"] == {"bbc": 0, "hutto_amazon": 0}
+    assert probes.missing(out, "general,generation") == []
+
+    # (lm-eval's general probe takes most of this test's time: it is the one kept)
+    os.remove(os.path.join(out, "protocols.json"))
+    before = os.path.getmtime(os.path.join(out, "general.json"))
+    assert main(["bench", *TINY, "--probes", "general,generation", "--out", out]) == 0
+    assert "measuring the probe(s) it lacks: generation" in capsys.readouterr().out
+    assert json.load(open(os.path.join(out, "protocols.json"))) == generated   # the same state, the same answers
+    assert os.path.getmtime(os.path.join(out, "general.json")) == before   # kept, not measured again
+    assert main(["bench", *TINY, "--probes", "general", "--out", out]) == 0
+    assert "with every probe asked for (general) measured" in capsys.readouterr().out
+
+    # a finished run of other settings is not this run: refused, as without --probes
+    assert main(["bench", *TINY, "--seed", "2", "--probes", "general", "--out", out]) == 2
+    assert "different settings (seed)" in capsys.readouterr().err
+    # records are committed without their weights: a probe that needs them says so
+    os.remove(os.path.join(out, "protocols.json"))
+    for name in os.listdir(out):
+        if name.startswith("checkpoint-"):
+            os.remove(os.path.join(out, name))
+    assert main(["bench", *TINY, "--probes", "generation", "--out", out]) == 2
+    assert "has no checkpoint" in capsys.readouterr().err
+
+
+def test_a_failed_probe_is_named_and_the_others_still_run(tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "run")
+    real = probes.measure
+
+    def broken(path, name, progress=False):
+        if name == "general":
+            raise RuntimeError("lm-eval fell over")
+        return real(path, name, progress)
+    monkeypatch.setattr(probes, "measure", broken)
+    assert main(["bench", *TINY, "--probes", "general,generation", "--out", out]) == 1
+    err = capsys.readouterr().err
+    assert "probe general failed: RuntimeError: lm-eval fell over" in err and "--probes general retries it" in err
+    assert os.path.isfile(os.path.join(out, "protocols.json"))   # the other probe ran
+    assert json.load(open(os.path.join(out, "status.json")))["state"] == "finished"   # the run is kept
+
+
+def test_bad_probe_requests_fail_in_one_line_before_anything_runs(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["bench", *TINY, "--probes", "genral", "--out", out]) == 2
+    assert "did you mean 'general'?" in capsys.readouterr().err
+    assert main(["bench", *TINY, "--eval", "generate", "--probes", "generation", "--out", out]) == 2
+    assert "already generates" in capsys.readouterr().err
+    assert main(["sweep", "--methods", "seq_lora", "--orders", ORDER, "--runs", str(tmp_path / "runs"),
+                 "--eval", "generate", "--probes", "general,generation"]) == 2
+    assert not os.path.exists(out) and not os.path.exists(str(tmp_path / "runs"))
+    assert probes.parse(" generation , general,general") == "general,generation"   # one spelling per request
+
+
+def test_a_sweep_takes_a_finished_cells_missing_probe_while_its_weights_are_here(tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    sweep = ["sweep", "--methods", "seq_lora:lr=0.5", "--orders", ORDER, "--runs", runs, "--quiet",
+             *TINY[:TINY.index("--order")]]
+    assert main(sweep) == 0   # no probes asked for: the run alone
+    cell = plan(runs, ["seq_lora:lr=0.5"], [ORDER], ["1"])[0]
+    run = cell.out
+    assert cell_state(cell) == "finished" and not os.path.exists(os.path.join(run, "protocols.json"))
+    status = os.path.getmtime(os.path.join(run, "status.json"))
+
+    asked = plan(runs, ["seq_lora:lr=0.5"], [ORDER], ["1"])[0]
+    asked.config.probes = "generation"
+    assert cell_state(asked) == "probes"
+    capsys.readouterr()
+    assert main([*sweep, "--probes", "generation", "--dry-run"]) == 0
+    assert capsys.readouterr().out.split()[0] == "probes"
+    assert main([*sweep, "--probes", "generation"]) == 0
+    captured = capsys.readouterr()
+    assert f"{run}: probes measured" in captured.err and "1 run(s) done now, 0 skipped" in captured.out
+    assert os.path.getmtime(os.path.join(run, "status.json")) == status   # not trained again
+    assert without_stamp(json.load(open(os.path.join(run, "protocols.json")))) == protocols.measure(run)
+    assert cell_state(asked) == "finished"
+
+    # without its weights (a record from another session) the cell is finished: nothing here can measure it
+    bare = str(tmp_path / "bare")
+    shutil.copytree(runs, bare)
+    moved = plan(bare, ["seq_lora:lr=0.5"], [ORDER], ["1"])[0]
+    os.remove(os.path.join(moved.out, "protocols.json"))
+    for name in os.listdir(moved.out):
+        if name.startswith("checkpoint-"):
+            os.remove(os.path.join(moved.out, name))
+    moved.config.probes = "generation"
+    assert cell_state(moved) == "finished"
