@@ -215,20 +215,22 @@ def cmd_bench(a) -> int:
     t = card["timing"]
     print(f"\n{card['name']}: {card['trainable_parameters']:,} trainable parameters; "
           f"train {t['train_seconds']:.0f} s, eval {t['eval_seconds']:.0f} s, wall {t['wall_seconds']:.0f} s")
-    return _run_probes(out, probes.names_of(cfg.probes), cfg.progress)
+    return _run_probes(out, probes.names_of(cfg.probes), cfg.device, cfg.progress)
 
 
 def _probe_finished(cfg: config.BenchConfig, out: str) -> int:
     """`bench --probes` on a finished run: the probes it lacks, once its record is shown to be this very run."""
+    from harness.models import configure_offline, set_threads
     from harness.rundir import RunDir
     recorded = RunDir(out).read_json("config.json")
     fields = [name for name in config.names(config.IDENTITY, config.SETUP) if name != "method_args"]
     want = {**{name: getattr(cfg, name) for name in fields},
             "settings": config.resolved_settings(cfg.method, cfg.method_args)}   # however the args spell them
     differ = [name for name, value in want.items() if config.recorded_value(recorded, name) != value]
-    if differ:
+    if differ:   # not --overwrite: that would throw a finished run away for a probe
         raise UsageError(f"output directory {out} already holds a finished run with different settings "
-                         f"({', '.join(differ)}); pass --overwrite to replace it")
+                         f"({', '.join(differ)}): give its own options (its config.json's `command`), or measure it "
+                         "by its path (`python -m harness general PATH`, `python bench/protocols.py PATH`)")
     todo = probes.missing(out, cfg.probes)
     if not todo:
         print(f"{out}: finished, with every probe asked for ({cfg.probes}) measured")
@@ -237,18 +239,25 @@ def _probe_finished(cfg: config.BenchConfig, out: str) -> int:
         raise UsageError(f"{out} is finished but has no checkpoint (records are committed without their weights), "
                          f"so its {', '.join(todo)} probe(s) cannot run; rerun it with --overwrite to measure them")
     print(f"{out}: finished; measuring the probe(s) it lacks: {', '.join(todo)}")
-    return _run_probes(out, todo, cfg.progress)
+    configure_offline(cfg.allow_download)   # as run_bench does before a fresh run's probes
+    set_threads()
+    return _run_probes(out, todo, cfg.device, cfg.progress)
 
 
-def _run_probes(out: str, names: list[str], progress: bool) -> int:
-    """Each probe in turn; one that fails is named with the command that retries it, and the rest still run
-    (the run itself stays finished). Exit status 1 if any failed."""
+def _run_probes(out: str, names: list[str], device: str, progress: bool) -> int:
+    """Each probe in turn, on `device`; one that fails is named with the command that retries it, and the rest
+    still run (the run itself stays finished). Exit status 1 if any failed."""
+    import gc
+    import traceback
+    gc.collect()   # the run's own model, if nothing holds it now, before a probe loads another
     failed = []
     for name in names:
         try:
-            print(f"{out}: {probes.measure(out, name, progress)}")
+            print(f"{out}: {probes.measure(out, name, device, progress)}")
         except Exception as e:   # noqa: BLE001 - a probe's failure must not hide the others' results
             failed.append(name)
+            if not isinstance(e, UsageError):   # a bug, not bad input: its traceback goes to the cell's log
+                traceback.print_exc()
             print(f"{out}: probe {name} failed: {type(e).__name__}: {e}; `python -m harness bench` with the same "
                   f"options and --probes {name} retries it", file=sys.stderr)
     return 1 if failed else 0

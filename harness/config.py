@@ -193,8 +193,10 @@ def to_argv(cfg: BenchConfig, command: str = BENCH) -> list[str]:
 
 def given_options(cfg: BenchConfig, command: str = SWEEP) -> dict:
     """The options of `command` whose value differs from the built-in default: what a user has to type to
-    make this setup again (a sweep records them; results/README.md prints them)."""
-    return {f.name: getattr(cfg, f.name) for f in cli_fields(command) if getattr(cfg, f.name) != f.default}
+    make this setup again (a sweep records them; results/README.md prints them). Volatile ones (`--probes`) are
+    not part of the setup; the sweep's recorded command keeps them."""
+    return {f.name: getattr(cfg, f.name) for f in cli_fields(command)
+            if getattr(cfg, f.name) != f.default and f.metadata["role"] != VOLATILE}
 
 
 def spell_options(options: dict) -> list[str]:

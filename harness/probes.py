@@ -9,6 +9,7 @@ still there; `python -m harness general` and `bench/protocols.py` measure the ru
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 NAMES = ("general", "generation")
@@ -34,30 +35,39 @@ def names_of(probes: str | None) -> list[str]:
 
 
 def is_measured(path: str, name: str) -> bool:
-    """Whether the run's folder keeps this probe's measurement (the generation probe's: of this very run, by this
-    version of its code)."""
+    """Whether the run's folder keeps this probe's measurement (general: of the default held-out tasks and size;
+    generation: of this very run, by this version of its code)."""
     if name == "generation":
         from harness import protocols
         return protocols.is_measured(path)
-    return os.path.isfile(os.path.join(path, RECORDS[name]))
+    # a general.json of other held-out tasks or sizes (`general --tasks`) is not this probe's
+    from harness import general
+    try:
+        with open(os.path.join(path, RECORDS[name])) as f:
+            kept = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return kept.get("requested") == list(general.GENERAL_TASKS) and kept.get("per_task") == general.DEFAULT_PER_TASK
 
 
 def missing(path: str, probes: str | None) -> list[str]:
     return [n for n in names_of(probes) if not is_measured(path, n)]
 
 
-def measure(path: str, name: str, progress: bool = False) -> str:
-    """Run one probe on a finished run (its weights here); writes its record and returns a one-line summary."""
+def measure(path: str, name: str, device: str | None = None, progress: bool = False) -> str:
+    """Run one probe on a finished run (its weights here), on `device` (default the run's own); writes its record
+    and returns a one-line summary."""
     if name == "general":
         from harness import general
 
         # the defaults read now, not bound at import: one place (harness/general.py) names them
-        r = general.run_general(path, general.GENERAL_TASKS, general.DEFAULT_PER_TASK, progress=progress)
+        r = general.run_general(path, general.GENERAL_TASKS, general.DEFAULT_PER_TASK, progress=progress,
+                                device=device)
         ci = r["change_ci"]
         return (f"general ability (balanced accuracy, {len(r['tasks'])} held-out tasks): before {r['before']:.2f} "
                 f"after {r['after']:.2f} change {r['change']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""))
     from harness import protocols
-    r = protocols.measured(path, again=True)
+    r = protocols.measured(path, again=True, device=device)
     right = [100.0 * t["kinds"]["right"] / t["n"] for t in r["tasks"].values()]
     rank = [t["rank"] for t in r["tasks"].values()]
     return (f"generation: AA {sum(right) / len(right):.2f} generated against {sum(rank) / len(rank):.2f} ranked "

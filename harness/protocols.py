@@ -37,7 +37,7 @@ def final_row(config: dict, status: dict) -> str:
     return "all" if "all" in status["rows"] else config["tasks"][-1]
 
 
-def measure(path: str, progress: bool = False, unloadable: dict | None = None) -> dict:
+def measure(path: str, progress: bool = False, unloadable: dict | None = None, device: str | None = None) -> dict:
     """One run's final state under both protocols: per task, rank accuracy (from the record) and the generated
     answers sorted into KINDS (counts). Every error names the run. `unloadable`: {(model, device): why} of the
     models that failed to load for earlier runs, filled here, so a grid's model is not tried once per run."""
@@ -63,7 +63,7 @@ def measure(path: str, progress: bool = False, unloadable: dict | None = None) -
             raise UsageError(f"{path}: {name}'s evaluation examples here are not the ones the run answered "
                              "(its data folder changed or is missing on this machine)")
     unloadable = {} if unloadable is None else unloadable
-    key = (config["model"], config.get("device", "cpu"))
+    key = (config["model"], device or config.get("device", "cpu"))   # where to measure: the run's own by default
     if key not in unloadable:
         try:
             model, tok = load_model(*key)
@@ -114,13 +114,14 @@ RECORD = "protocols.json"
 RECORD_VERSION = 1   # raise when measure() or the sorting of answers changes: kept measurements are then redone
 
 
-def measured(path: str, again: bool = False, progress: bool = False, unloadable: dict | None = None) -> dict:
+def measured(path: str, again: bool = False, progress: bool = False, unloadable: dict | None = None,
+             device: str | None = None) -> dict:
     """measure(path), kept in the run's folder; a kept measurement is reused unless `again`, or unless it was made
     by another version of this code or of another run in that folder (its finishing time differs)."""
     run = RunDir(path)
     if not again and is_measured(path):
         return run.read_json(RECORD)
-    result = {**measure(path, progress, unloadable), "stamp": _stamp(run)}
+    result = {**measure(path, progress, unloadable, device), "stamp": _stamp(run)}
     write_json(run.file(RECORD), result)
     return result
 

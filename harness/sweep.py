@@ -195,7 +195,8 @@ def cell_state(cell: Cell) -> str:
     if status.get("state") != "finished":
         return "partial"
     # a finished run that lacks a probe asked for and still has its weights: only the probe is left to run
-    return "probes" if probes.missing(cell.out, cell.config.probes) and RunDir(cell.out).has_checkpoint() else "finished"
+    lacking = probes.missing(cell.out, cell.config.probes)
+    return "probes" if lacking and RunDir(cell.out).has_checkpoint() else "finished"
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -263,6 +264,19 @@ def log_path(runs: str, cell: Cell) -> str:
 
 def pending(cells: list[Cell]) -> list[Cell]:
     return [c for c in cells if cell_state(c) != "finished"]
+
+
+def probes_lost(cells: list[Cell]) -> list[Cell]:
+    """Finished cells that lack a probe asked for and whose weights are not here (a session ended between the run
+    and its probes, or the run was made elsewhere): nothing here can measure them."""
+    return [c for c in cells
+            if c.config.probes and cell_state(c) == "finished" and probes.missing(c.out, c.config.probes)]
+
+
+def probes_lost_note(lost: list[Cell]) -> str:
+    return (f"{len(lost)} finished run(s) lack a probe asked for and have no weights here, so no sweep can measure "
+            "them; `bench ... --overwrite` (the cell's command) trains them again, the same way, with their probes: "
+            + ", ".join(c.out for c in lost))
 
 
 # The setup fields that decide what a run costs: a record made with other sizes, model or protocol says nothing
@@ -473,6 +487,11 @@ def dry_run_lines(runs: str, cells: list[Cell], costs_from: list[str] | None = N
                     "their label runs today)")
     if unknown:
         summary += f"; not estimated (no finished run in {source}): {', '.join(unknown)}"
+    if any(cell.config.probes for cell in cells):
+        summary += "; the probes' time (--probes) is not in these costs"
+    lost = probes_lost(cells)
+    if lost:
+        summary += "; " + probes_lost_note(lost)
     costed = {cell.out: model.costed_as(cell) for cell, seconds in left if seconds is not None}
     stand_ins = {(cell.method.label, other, other == model.ran_by(cell.method.name, cell.settings))
                  for cell, seconds in left if seconds is not None
@@ -549,6 +568,9 @@ def run_sweep(runs: str, cells: list[Cell], jobs: int = 1, progress: bool = True
                             "engine": "ray" if ray else "local", "cells": len(cells),
                             "options": options or {}}) + "\n")
     result = SweepResult()
+    lost = probes_lost(cells)
+    if lost:
+        tqdm.write(probes_lost_note(lost), file=sys.stderr)
     todo = pending(cells)
     result.skipped = [c for c in cells if c not in todo]
     report = Report(result, len(cells), progress)

@@ -39,6 +39,12 @@ def test_a_run_measures_its_probes_and_a_rerun_measures_only_those_it_lacks(tmp_
     assert without_stamp(generated) == protocols.measure(out)
     assert generated["restored_check"] == {"bbc": 0, "hutto_amazon": 0}
     assert probes.missing(out, "general,generation") == []
+    # a general.json of other held-out tasks (`general --tasks ...`) is not the probe's
+    json.dump({**kept, "requested": ["hutto_movie"]}, open(str(tmp_path / "other.json"), "w"))
+    os.replace(os.path.join(out, "general.json"), str(tmp_path / "kept.json"))
+    os.replace(str(tmp_path / "other.json"), os.path.join(out, "general.json"))
+    assert probes.missing(out, "general,generation") == ["general"]
+    os.replace(str(tmp_path / "kept.json"), os.path.join(out, "general.json"))
 
     # (lm-eval's general probe takes most of this test's time: it is the one kept)
     os.remove(os.path.join(out, "protocols.json"))
@@ -47,12 +53,13 @@ def test_a_run_measures_its_probes_and_a_rerun_measures_only_those_it_lacks(tmp_
     assert "measuring the probe(s) it lacks: generation" in capsys.readouterr().out
     assert json.load(open(os.path.join(out, "protocols.json"))) == generated   # the same state, the same answers
     assert os.path.getmtime(os.path.join(out, "general.json")) == before   # kept, not measured again
-    assert main(["bench", *TINY, "--probes", "general", "--out", out]) == 0
+    # the same settings spelled another way are the same run
+    assert main(["bench", *TINY, "--method-arg", "lr=5e-1", "--probes", "general", "--out", out]) == 0
     assert "with every probe asked for (general) measured" in capsys.readouterr().out
 
     # a finished run of other settings is not this run: refused, as without --probes
     assert main(["bench", *TINY, "--seed", "2", "--probes", "general", "--out", out]) == 2
-    assert "different settings (seed)" in capsys.readouterr().err
+    assert "different settings (seed)" in capsys.readouterr().err   # and no advice to --overwrite it
     # records are committed without their weights: a probe that needs them says so
     os.remove(os.path.join(out, "protocols.json"))
     for name in os.listdir(out):
@@ -66,14 +73,15 @@ def test_a_failed_probe_is_named_and_the_others_still_run(tmp_path, monkeypatch,
     out = str(tmp_path / "run")
     real = probes.measure
 
-    def broken(path, name, progress=False):
+    def broken(path, name, *args):
         if name == "general":
             raise RuntimeError("lm-eval fell over")
-        return real(path, name, progress)
+        return real(path, name, *args)
     monkeypatch.setattr(probes, "measure", broken)
     assert main(["bench", *TINY, "--probes", "general,generation", "--out", out]) == 1
     err = capsys.readouterr().err
     assert "probe general failed: RuntimeError: lm-eval fell over" in err and "--probes general retries it" in err
+    assert "Traceback" in err   # a bug, not bad input: where it happened goes to the log
     assert os.path.isfile(os.path.join(out, "protocols.json"))   # the other probe ran
     assert json.load(open(os.path.join(out, "status.json")))["state"] == "finished"   # the run is kept
 
@@ -123,3 +131,20 @@ def test_a_sweep_takes_a_finished_cells_missing_probe_while_its_weights_are_here
             os.remove(os.path.join(moved.out, name))
     moved.config.probes = "generation"
     assert cell_state(moved) == "finished"
+    # ... and the sweep says so, with the way out, where a user looks: the dry run and the sweep itself
+    at = sweep.index("--runs") + 1
+    bare_sweep = [*sweep[:at], bare, *sweep[at + 1:], "--probes", "generation"]
+    assert main([*bare_sweep, "--dry-run"]) == 0
+    assert "1 finished run(s) lack a probe asked for and have no weights here" in capsys.readouterr().out
+    assert main(bare_sweep) == 0
+    captured = capsys.readouterr()
+    assert "have no weights here, so no sweep can measure them; `bench ... --overwrite`" in captured.err
+    assert moved.out in captured.err and "0 run(s) done now, 1 skipped" in captured.out
+
+
+def test_a_sweep_records_the_setup_it_was_given_not_its_probes(tmp_path):
+    from harness import config
+    from harness.cli import build_parser
+    given = config.given_options(config.from_args(build_parser().parse_args(
+        ["sweep", "--methods", "x", "--orders", "y", "--test-per-task", "7", "--probes", "general"])))
+    assert given == {"test_per_task": 7}   # the regenerate commands are built from these: a probe changes no number
