@@ -215,7 +215,7 @@ def cmd_bench(a) -> int:
     t = card["timing"]
     print(f"\n{card['name']}: {card['trainable_parameters']:,} trainable parameters; "
           f"train {t['train_seconds']:.0f} s, eval {t['eval_seconds']:.0f} s, wall {t['wall_seconds']:.0f} s")
-    return _run_probes(out, probes.names_of(cfg.probes), cfg.device, cfg.progress)
+    return _run_probes(out, probes.names_of(cfg.probes), cfg)
 
 
 def _probe_finished(cfg: config.BenchConfig, out: str) -> int:
@@ -241,19 +241,19 @@ def _probe_finished(cfg: config.BenchConfig, out: str) -> int:
     print(f"{out}: finished; measuring the probe(s) it lacks: {', '.join(todo)}")
     configure_offline(cfg.allow_download)   # as run_bench does before a fresh run's probes
     set_threads()
-    return _run_probes(out, todo, cfg.device, cfg.progress)
+    return _run_probes(out, todo, cfg)
 
 
-def _run_probes(out: str, names: list[str], device: str, progress: bool) -> int:
-    """Each probe in turn, on `device`; one that fails is named with the command that retries it, and the rest
-    still run (the run itself stays finished). Exit status 1 if any failed."""
+def _run_probes(out: str, names: list[str], cfg: config.BenchConfig) -> int:
+    """Each probe in turn, on the run's --device; one that fails is named with the command that retries it, and the
+    rest still run (the run itself stays finished). Exit status 1 if any failed."""
     import gc
     import traceback
     gc.collect()   # the run's own model, if nothing holds it now, before a probe loads another
     failed = []
     for name in names:
         try:
-            print(f"{out}: {probes.measure(out, name, device, progress)}")
+            print(f"{out}: {probes.measure(out, name, cfg.device, cfg.progress, cfg.base_cache)}")
         except Exception as e:   # noqa: BLE001 - a probe's failure must not hide the others' results
             failed.append(name)
             if not isinstance(e, UsageError):   # a bug, not bad input: its traceback goes to the cell's log

@@ -162,9 +162,10 @@ def run_config(run_path: str) -> dict:
 
 
 def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_TASK, before_cache: dict | None = None,
-                progress: bool = True, device: str | None = None) -> dict:
+                progress: bool = True, device: str | None = None, shared: str | None = None) -> dict:
     """Measure a finished run's general-ability retention; writes general.json into the run directory.
-    device: where to measure (default the run's own)."""
+    device: where to measure (default the run's own). shared: a sweep's base-cache file, where the backbone's
+    answers ("before", the same for every run of a setup) are kept for the next run's probe."""
     from harness.models import configure_offline, load_model, set_threads
     from harness.prompting import PromptEncoder
     from harness.rundir import RunDir, write_json
@@ -190,9 +191,15 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
     encoder = PromptEncoder(tok, config["max_input_tokens"])
     key = (config["model"], config["max_input_tokens"], tuple(names), per_task, device)
     cache = before_cache if before_cache is not None else {}
+    if key not in cache and shared:
+        kept = read_shared_before(shared, key)
+        if kept is not None:
+            cache[key] = kept
     if key not in cache:   # the backbone before any training: the same for every run of a setup
         backbone = CausalLMScorer(model)
         cache[key] = evaluate(lambda task: backbone, tok, encoder, names, per_task, data_dir)
+        if shared:
+            write_shared_before(shared, key, cache[key])
     before = cache[key]
     cache_mb = config.get("cache_mb", 0) if config.get("cache", "on") == "on" else 0   # the run's own budget
     settings = recorded_value(config, "settings")   # a setting added since the run: the value it behaved as
@@ -208,6 +215,33 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
                                 "per-class recall")
     write_json(run.file("general.json"), result)
     return result
+
+
+def _shared_keys(key: tuple) -> dict:
+    """The base-cache keys of a setup's "before" answers, one entry a held-out task, each naming the whole set
+    (lm-eval scores the set together, so another set's batches may round another way)."""
+    model, max_tokens, names, per_task, device = key
+    return {n: "|".join(["general", n, ",".join(names), str(model), str(max_tokens), str(per_task), device])
+            for n in names}
+
+
+def read_shared_before(path: str, key: tuple) -> dict | None:
+    """The backbone's answers for `key` from a base-cache file, or None if it lacks any task of the set."""
+    from harness.runner import read_base_cache
+    cache = read_base_cache(path)
+    entries = {n: cache.get(k) for n, k in _shared_keys(key).items()}
+    if not all(isinstance(e, dict) and isinstance(e.get("gold"), str) for e in entries.values()):
+        return None
+    return {n: (stats.decode_labels(e["gold"]), stats.decode_labels(e["predictions"])) for n, e in entries.items()}
+
+
+def write_shared_before(path: str, key: tuple, before: dict) -> None:
+    """Entries as the runner's base rows are kept (accuracy, predictions; here the gold labels too)."""
+    from harness.runner import write_base_cache
+    write_base_cache(path, {k: {"accuracy": stats.percent_correct(before[n][1], before[n][0]),
+                                "predictions": stats.encode_labels(before[n][1]),
+                                "gold": stats.encode_labels(before[n][0])}
+                            for n, k in _shared_keys(key).items()})
 
 
 def summarize(before: dict, after: dict) -> dict:

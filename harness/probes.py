@@ -54,15 +54,17 @@ def missing(path: str, probes: str | None) -> list[str]:
     return [n for n in names_of(probes) if not is_measured(path, n)]
 
 
-def measure(path: str, name: str, device: str | None = None, progress: bool = False) -> str:
+def measure(path: str, name: str, device: str | None = None, progress: bool = False,
+            base_cache: str | None = None) -> str:
     """Run one probe on a finished run (its weights here), on `device` (default the run's own); writes its record
-    and returns a one-line summary."""
+    and returns a one-line summary. base_cache: a sweep's shared backbone scores, where the general probe keeps
+    the backbone's held-out answers for the next run."""
     if name == "general":
         from harness import general
 
         # the defaults read now, not bound at import: one place (harness/general.py) names them
         r = general.run_general(path, general.GENERAL_TASKS, general.DEFAULT_PER_TASK, progress=progress,
-                                device=device)
+                                device=device, shared=base_cache)
         ci = r["change_ci"]
         return (f"general ability (balanced accuracy, {len(r['tasks'])} held-out tasks): before {r['before']:.2f} "
                 f"after {r['after']:.2f} change {r['change']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""))

@@ -9,6 +9,7 @@ import pytest
 
 from harness import general, probes, protocols
 from harness.cli import main
+from harness.rundir import check_base_cache
 from harness.sweep import cell_state, plan
 
 ORDER = "bbc+hutto_amazon"
@@ -27,9 +28,10 @@ def without_stamp(record):
     return {k: v for k, v in record.items() if k != "stamp"}
 
 
-def test_a_run_measures_its_probes_and_a_rerun_measures_only_those_it_lacks(tmp_path, small_general, capsys):
-    out = str(tmp_path / "run")
-    assert main(["bench", *TINY, "--probes", "generation,general", "--out", out]) == 0
+def test_a_run_measures_its_probes_and_a_rerun_measures_only_those_it_lacks(tmp_path, small_general, capsys,
+                                                                            monkeypatch):
+    out, shared = str(tmp_path / "run"), str(tmp_path / "base-cache.json")
+    assert main(["bench", *TINY, "--probes", "generation,general", "--out", out, "--base-cache", shared]) == 0
     said = capsys.readouterr().out
     assert "general ability (balanced accuracy, 1 held-out tasks)" in said and "generation: AA" in said
     kept = json.load(open(os.path.join(out, "general.json")))
@@ -39,6 +41,14 @@ def test_a_run_measures_its_probes_and_a_rerun_measures_only_those_it_lacks(tmp_
     assert without_stamp(generated) == protocols.measure(out)
     assert generated["restored_check"] == {"bbc": 0, "hutto_amazon": 0}
     assert probes.missing(out, "general,generation") == []
+    # the backbone's held-out answers ("before") are kept in the sweep's base-cache for the next run's probe: a
+    # second measurement scores only the run's own state, and finds the same "before"
+    check_base_cache(shared)
+    calls = []
+    real_evaluate = general.evaluate
+    monkeypatch.setattr(general, "evaluate", lambda *a, **k: calls.append(1) or real_evaluate(*a, **k))
+    again = general.run_general(out, ("sms_spam",), 6, shared=shared)
+    assert len(calls) == 1 and without_stamp(again) == kept
     # a general.json of other held-out tasks (`general --tasks ...`) is not the probe's
     json.dump({**kept, "requested": ["hutto_movie"]}, open(str(tmp_path / "other.json"), "w"))
     os.replace(os.path.join(out, "general.json"), str(tmp_path / "kept.json"))
