@@ -245,7 +245,7 @@ def _probe_finished(cfg: config.BenchConfig, out: str) -> int:
 
 
 def _run_probes(out: str, names: list[str], cfg: config.BenchConfig) -> int:
-    """Each probe in turn, on the run's --device; one that fails is named with the command that retries it, and the
+    """Each probe in turn, on the command's --device (default cpu); one that fails is named with the command that retries it, and the
     rest still run (the run itself stays finished). Exit status 1 if any failed."""
     import gc
     import traceback

@@ -191,15 +191,16 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
     encoder = PromptEncoder(tok, config["max_input_tokens"])
     key = (config["model"], config["max_input_tokens"], tuple(names), per_task, device)
     cache = before_cache if before_cache is not None else {}
+    entries = _shared_keys(key, names, per_task, data_dir) if shared else None
     if key not in cache and shared:
-        kept = read_shared_before(shared, key)
+        kept = read_shared_before(shared, entries)
         if kept is not None:
             cache[key] = kept
     if key not in cache:   # the backbone before any training: the same for every run of a setup
         backbone = CausalLMScorer(model)
         cache[key] = evaluate(lambda task: backbone, tok, encoder, names, per_task, data_dir)
         if shared:
-            write_shared_before(shared, key, cache[key])
+            write_shared_before(shared, entries, cache[key])
     before = cache[key]
     cache_mb = config.get("cache_mb", 0) if config.get("cache", "on") == "on" else 0   # the run's own budget
     settings = recorded_value(config, "settings")   # a setting added since the run: the value it behaved as
@@ -217,31 +218,40 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
     return result
 
 
-def _shared_keys(key: tuple) -> dict:
-    """The base-cache keys of a setup's "before" answers, one entry a held-out task, each naming the whole set
-    (lm-eval scores the set together, so another set's batches may round another way)."""
-    model, max_tokens, names, per_task, device = key
-    return {n: "|".join(["general", n, ",".join(names), str(model), str(max_tokens), str(per_task), device])
-            for n in names}
+# Raise when evaluate() or MethodLM changes how answers are scored: kept "before" answers are then scored again.
+SHARED_VERSION = 1
 
 
-def read_shared_before(path: str, key: tuple) -> dict | None:
-    """The backbone's answers for `key` from a base-cache file, or None if it lacks any task of the set."""
+def _shared_keys(key: tuple, names, per_task: int, data_dir: str | None) -> dict:
+    """The base-cache keys of a setup's "before" answers, one entry a held-out task: the task's examples (a
+    fingerprint, as the runner's base rows are keyed, so two data sets never share answers), the whole set (lm-eval
+    scores the set together, so another set's batches may round another way), the model, input cut, size and
+    device type."""
+    import tasks as task_registry
+    from harness.runner import data_fingerprint
+    model, max_tokens, _, _, device = key
+    common = [",".join(names), str(model), str(max_tokens), str(per_task), device.split(":")[0], f"v{SHARED_VERSION}"]
+    return {n: "|".join(["general", n, data_fingerprint(task_registry.load_task(n, data_dir, 1, per_task, 0)),
+                         *common]) for n in names}
+
+
+def read_shared_before(path: str, entries: dict) -> dict | None:
+    """The backbone's answers kept under `entries` (task -> key) in a base-cache file, or None if any is missing."""
     from harness.runner import read_base_cache
     cache = read_base_cache(path)
-    entries = {n: cache.get(k) for n, k in _shared_keys(key).items()}
-    if not all(isinstance(e, dict) and isinstance(e.get("gold"), str) for e in entries.values()):
+    kept = {n: cache.get(k) for n, k in entries.items()}
+    if not all(isinstance(e, dict) and isinstance(e.get("gold"), str) for e in kept.values()):
         return None
-    return {n: (stats.decode_labels(e["gold"]), stats.decode_labels(e["predictions"])) for n, e in entries.items()}
+    return {n: (stats.decode_labels(e["gold"]), stats.decode_labels(e["predictions"])) for n, e in kept.items()}
 
 
-def write_shared_before(path: str, key: tuple, before: dict) -> None:
+def write_shared_before(path: str, entries: dict, before: dict) -> None:
     """Entries as the runner's base rows are kept (accuracy, predictions; here the gold labels too)."""
     from harness.runner import write_base_cache
     write_base_cache(path, {k: {"accuracy": stats.percent_correct(before[n][1], before[n][0]),
                                 "predictions": stats.encode_labels(before[n][1]),
                                 "gold": stats.encode_labels(before[n][0])}
-                            for n, k in _shared_keys(key).items()})
+                            for n, k in entries.items()})
 
 
 def summarize(before: dict, after: dict) -> dict:

@@ -47,7 +47,8 @@ def is_measured(path: str, name: str) -> bool:
             kept = json.load(f)
     except (OSError, ValueError):
         return False
-    return kept.get("requested") == list(general.GENERAL_TASKS) and kept.get("per_task") == general.DEFAULT_PER_TASK
+    return (isinstance(kept, dict) and kept.get("requested") == list(general.GENERAL_TASKS)
+            and kept.get("per_task") == general.DEFAULT_PER_TASK)
 
 
 def missing(path: str, probes: str | None) -> list[str]:

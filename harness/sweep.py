@@ -274,9 +274,10 @@ def probes_lost(cells: list[Cell]) -> list[Cell]:
 
 
 def probes_lost_note(lost: list[Cell]) -> str:
+    shown = ", ".join(c.out for c in lost[:10]) + (f" and {len(lost) - 10} more" if len(lost) > 10 else "")
     return (f"{len(lost)} finished run(s) lack a probe asked for and have no weights here, so no sweep can measure "
-            "them; `bench ... --overwrite` (the cell's command) trains them again, the same way, with their probes: "
-            + ", ".join(c.out for c in lost))
+            "them; their own command with --overwrite (the first line of the cell's log, or config.json's `command`) "
+            f"trains them again, the same way, with their probes: {shown}")
 
 
 # The setup fields that decide what a run costs: a record made with other sizes, model or protocol says nothing

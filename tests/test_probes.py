@@ -148,7 +148,7 @@ def test_a_sweep_takes_a_finished_cells_missing_probe_while_its_weights_are_here
     assert "1 finished run(s) lack a probe asked for and have no weights here" in capsys.readouterr().out
     assert main(bare_sweep) == 0
     captured = capsys.readouterr()
-    assert "have no weights here, so no sweep can measure them; `bench ... --overwrite`" in captured.err
+    assert "have no weights here, so no sweep can measure them; their own command with --overwrite" in captured.err
     assert moved.out in captured.err and "0 run(s) done now, 1 skipped" in captured.out
 
 
