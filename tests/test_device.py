@@ -57,11 +57,14 @@ def test_the_fake_device_catches_a_batch_left_on_the_cpu(tokenizer, monkeypatch)
                                                              for m, o in VARIANTS])
 def test_every_method_runs_on_the_models_device(tmp_path, tokenizer, monkeypatch, method, overrides):
     """A whole stream (training, rank evaluation, checkpoints) with the model on the fake device: no op mixes
-    devices, and the numbers are the CPU run's, bit for bit (the fake device computes on the CPU)."""
+    devices, and the numbers are the CPU run's (the fake device computes on the CPU): the same matrix, and the same
+    logged losses up to one unit of their fifth decimal. On an AMD EPYC host (2026-12-03) one seq_lora step's loss
+    sat on a rounding boundary and the fake path's float noise (below 1e-6) flipped it; Intel hosts gave every
+    loss bit for bit."""
     cpu = bench(tmp_path / "cpu", tokenizer, method, **overrides)
     with on_fake_device(monkeypatch):
         fake = bench(tmp_path / "fake", tokenizer, method, device=FAKE, **overrides)
-    assert losses(fake) == losses(cpu)
+    assert losses(fake) == pytest.approx(losses(cpu), abs=1.01e-5, rel=0)
     pd.testing.assert_frame_equal(pd.read_csv(os.path.join(fake, "matrix.csv")),
                                   pd.read_csv(os.path.join(cpu, "matrix.csv")))
 
