@@ -245,8 +245,8 @@ def _probe_finished(cfg: config.BenchConfig, out: str) -> int:
 
 
 def _run_probes(out: str, names: list[str], cfg: config.BenchConfig) -> int:
-    """Each probe in turn, on the command's --device (default cpu); one that fails is named with the command that retries it, and the
-    rest still run (the run itself stays finished). Exit status 1 if any failed."""
+    """Each probe in turn, on the command's --device (default cpu); one that fails is named with the command that
+    retries it, and the rest still run (the run itself stays finished). Exit status 1 if any failed."""
     import gc
     import traceback
     gc.collect()   # the run's own model, if nothing holds it now, before a probe loads another
