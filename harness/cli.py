@@ -349,7 +349,8 @@ def cmd_general(a) -> int:
     paths = a.paths or sorted(root for root, _, files in os.walk(a.runs) if "status.json" in files)
     if not paths:
         raise UsageError(f"no run directories under {a.runs}")
-    todo = [p for p in paths if RunDir(p).is_finished() and (a.redo or not os.path.isfile(os.path.join(p, "general.json")))]
+    # a general.json of other tasks or sizes does not count as done (as for the probes)
+    todo = [p for p in paths if RunDir(p).is_finished() and (a.redo or not general.measured_as(p, names, per_task))]
     weightless = [p for p in todo if not RunDir(p).has_checkpoint()]
     if weightless:
         print(f"{len(weightless)} run(s) have no checkpoint (records kept without weights) and are skipped; rerun "

@@ -9,8 +9,6 @@ still there; `python -m harness general` and `bench/protocols.py` measure the ru
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 NAMES = ("general", "generation")
 RECORDS = {"general": "general.json", "generation": "protocols.json"}
@@ -42,13 +40,7 @@ def is_measured(path: str, name: str) -> bool:
         return protocols.is_measured(path)
     # a general.json of other held-out tasks or sizes (`general --tasks`) is not this probe's
     from harness import general
-    try:
-        with open(os.path.join(path, RECORDS[name])) as f:
-            kept = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return (isinstance(kept, dict) and kept.get("requested") == list(general.GENERAL_TASKS)
-            and kept.get("per_task") == general.DEFAULT_PER_TASK)
+    return general.measured_as(path, general.GENERAL_TASKS, general.DEFAULT_PER_TASK)
 
 
 def missing(path: str, probes: str | None) -> list[str]:

@@ -80,13 +80,18 @@ def test_general_measures_a_finished_run_before_and_after(tmp_path, tokenizer, c
         json.dump({**cfg, "device": "cuda:3"}, f)
     again = general.run_general(out, ("sms_spam", "bbc"), per_task=10, device="cpu")
     assert again["device"] == "cpu" and again["tasks"] == result["tasks"]
+    # the run counts as measured for what its general.json asked, not for other tasks or sizes
+    assert general.measured_as(out, ("bbc", "sms_spam"), 10)
+    assert not general.measured_as(out, ("sms_spam",), 10) and not general.measured_as(out, ("sms_spam", "bbc"), 6)
     # A committed record carries no weights: `general` says so and the CLI skips it instead of failing the batch
     os.unlink(os.path.join(out, status["checkpoint"]))
-    os.unlink(os.path.join(out, "general.json"))
     with pytest.raises(UsageError, match="has no checkpoint"):
         general.run_general(out, ("sms_spam",), per_task=10)
-    assert main(["general", "--tasks", "sms_spam", "--per-task", "10", out]) == 0
-    assert "have no checkpoint" in capsys.readouterr().err and not os.path.exists(os.path.join(out, "general.json"))
+    capsys.readouterr()
+    assert main(["general", "--tasks", "sms_spam", "--per-task", "10", out]) == 0   # its general.json is of 2 tasks
+    assert "have no checkpoint" in capsys.readouterr().err
+    assert main(["general", "--tasks", "sms_spam,bbc", "--per-task", "10", out]) == 0   # this one it measured
+    assert "0 run(s); 1 skipped" in capsys.readouterr().out
 
 
 # ---- balanced accuracy and its interval -------------------------------------------------------------------
