@@ -256,7 +256,7 @@ def write_shared_before(path: str, entries: dict, before: dict) -> None:
 
 def measured_as(run_path: str, names, per_task: int) -> bool:
     """Whether the run's general.json measured these held-out tasks (as asked, before the run's own were dropped) at
-    this size. A file from before `requested` was kept names the tasks it kept and those it skipped."""
+    this size."""
     try:
         with open(os.path.join(run_path, "general.json")) as f:
             kept = json.load(f)
@@ -264,8 +264,7 @@ def measured_as(run_path: str, names, per_task: int) -> bool:
         return False
     if not isinstance(kept, dict):
         return False
-    asked = kept.get("requested") or [*kept.get("tasks", ()), *kept.get("skipped_in_stream", ())]
-    return sorted(asked) == sorted(names) and kept.get("per_task", per_task) == per_task
+    return sorted(stats.general_asked(kept)) == sorted(names) and kept.get("per_task", per_task) == per_task
 
 
 def summarize(before: dict, after: dict) -> dict:

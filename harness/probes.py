@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 
 NAMES = ("general", "generation")
-RECORDS = {"general": "general.json", "generation": "protocols.json"}
 
 
 def parse(raw: str) -> str:

@@ -92,6 +92,12 @@ def balanced_change(gold, before, after, key: str, resamples: int = RESAMPLES) -
     return point, balanced_accuracy(after, gold, weights) - balanced_accuracy(before, gold, weights)
 
 
+def general_asked(record: dict) -> list[str]:
+    """The held-out tasks a general.json was asked for (a run skips those in its stream); a file from before
+    `requested` was kept names the tasks it kept and those it skipped."""
+    return list(record.get("requested") or [*record.get("tasks", ()), *record.get("skipped_in_stream", ())])
+
+
 def general_samples(tasks: dict, resamples: int = RESAMPLES) -> np.ndarray | None:
     """A general.json's held-out tasks -> the change of their mean balanced accuracy under every resample
     ([resamples]; each task's examples drawn as class_weights draws them); None for a record kept before

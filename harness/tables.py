@@ -948,9 +948,8 @@ def by_order_seed(runs: list[Run]) -> dict:
 def general_commands(runs: list[Run], root: str) -> list[str]:
     """`general` commands for exactly the runs that have a general.json: a glob where every run of an
     order and seed has one (and the runs sit in the sweep layout), else the run directories by name."""
-    def key_of(r):   # the tasks asked for (a run skips those in its stream); older files list only the kept ones
-        asked = r.general.get("requested") or [*r.general.get("tasks", ()), *r.general.get("skipped_in_stream", ())]
-        return tuple(asked), r.general.get("per_task")
+    def key_of(r):
+        return tuple(stats.general_asked(r.general)), r.general.get("per_task")
 
     paths: dict = {}   # (tasks, per_task) -> paths
     for (order, seed), rs in by_order_seed(runs).items():
