@@ -935,7 +935,15 @@ def portable_path(path: str) -> str:
     if not os.path.isabs(path):
         return path
     relative = os.path.relpath(path)
-    return path if relative.startswith(os.path.join(os.pardir, os.pardir)) else relative
+    if not relative.startswith(os.path.join(os.pardir, os.pardir)):
+        return relative
+    # the same folder reached through a link beside the checkout (../shared -> /elsewhere/shared), as CI lays it out
+    parts = path.strip(os.sep).split(os.sep)
+    for k in range(1, len(parts)):
+        beside = os.path.join(os.pardir, *parts[k:])
+        if os.path.exists(path) and os.path.exists(beside) and os.path.samefile(beside, path):
+            return beside
+    return path
 
 
 def by_order_seed(runs: list[Run]) -> dict:

@@ -990,3 +990,13 @@ def test_a_default_that_moved_since_the_runs_is_named(tmp_path):
     shutil.rmtree(os.path.join(root, "seq_lora"))   # only replay's run is left, made at today's lr
     write_tables(root, out, figures=False)
     assert "moved since" not in open(os.path.join(out, "README.md")).read()
+
+
+def test_a_data_folder_reached_through_a_link_beside_the_checkout_is_written_as_that_link(tmp_path, monkeypatch):
+    from harness.tables import portable_path
+    (tmp_path / "real" / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "clone" / "main").mkdir(parents=True)
+    os.symlink(tmp_path / "real" / "shared", tmp_path / "clone" / "shared")
+    monkeypatch.chdir(tmp_path / "clone" / "main")
+    assert portable_path(str(tmp_path / "real" / "shared" / "data")) == os.path.join("..", "shared", "data")
+    assert portable_path(str(tmp_path / "real")) == str(tmp_path / "real")   # nothing beside it: kept absolute
