@@ -37,6 +37,9 @@ from harness.tables import (Table, by_protocol, by_seed, check_one_setup, load_r
 
 RULE_SEEDS = (1, 2)
 CONFIRMING_SEED = 3
+# The rule's intervals draw seeds with replacement, as when the rule was fixed (2026-12-02), not the tables' t over
+# runs (stats.over_runs): a tuning choice may be lenient where a claim may not. Its false-pass rate, by simulation
+# at seed noise 2-4 times the examples': 8-17% after seeds 1-2, 4-9% with seed 3's check (docs/results.md).
 
 
 def passes(d_aa, d_fm) -> str | None:
@@ -55,12 +58,13 @@ def judge(per_seed: dict) -> dict:
     out = {"verdict": "incomplete"}
     if len(first) < len(RULE_SEEDS):
         return out
-    out["AA"], out["FM"] = summarize(first, "AA"), summarize(first, "FM")
+    out["AA"], out["FM"] = summarize(first, "AA", rule=True), summarize(first, "FM", rule=True)
     if CONFIRMING_SEED in per_seed:    # shown whatever the verdict, so a failed variant's third seed reads as run
         third = {CONFIRMING_SEED: per_seed[CONFIRMING_SEED]}
         every = {**first, **third}
-        out["AA3"], out["AA_all"], out["FM_all"] = (summarize(third, "AA"), summarize(every, "AA"),
-                                                    summarize(every, "FM"))
+        out["AA3"], out["AA_all"], out["FM_all"] = (summarize(third, "AA", rule=True),
+                                                    summarize(every, "AA", rule=True),
+                                                    summarize(every, "FM", rule=True))
     if out["AA"].bounds is None:
         return {**out, "verdict": "no intervals"}
     failed = passes(out["AA"], out["FM"])

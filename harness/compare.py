@@ -1,9 +1,9 @@
 """Two folders of runs, compared run for run: the same method, order and seed in each, made under two setups
 (fp32 against bf16, caches on against off, this code against an older one). Each pair's AA and FM
-difference, averaged per method and over every method, with a hierarchical-bootstrap interval over seeds
-and the test examples both runs scored (tables' own resampling, so a pair stays paired on examples), and the
-share of final answers that changed. It answers "does this change of setup move the numbers beyond the
-spread a rerun has?", which a table of each folder alone cannot."""
+difference, averaged per method and over every method, with the tables' interval over seeds (Student's t over
+the pairs) and the test examples both runs scored (the tables' own resampling, so a pair stays paired on
+examples), and the share of final answers that changed. It answers "does this change of setup move the numbers
+beyond the spread a rerun has?", which a table of each folder alone cannot."""
 from __future__ import annotations
 
 import json
@@ -71,10 +71,10 @@ def _check_same_examples(a: Run, b: Run) -> None:
 
 
 def paired_difference(pairs: list[tuple[Run, Run]], metric: str) -> dict | None:
-    """Mean over pairs of (B's metric - A's), and its 95% interval: seeds drawn with replacement (each bringing all
-    its pairs), then each task's test examples, the same draws for both runs of a pair. None when a pair lacks the
-    metric (over the pairs that give it, as the tables average over the runs that give one: a joint method has no
-    FM); no interval when a run kept no predictions."""
+    """Mean over pairs of (B's metric - A's), and its 95% interval: Student's t over the pairs (stats.over_runs, each
+    method's order a stratum), each task's test examples resampled, the same draws for both runs of a pair. None
+    when a pair lacks the metric (over the pairs that give it, as the tables average over the runs that give one: a
+    joint method has no FM); no interval when a run kept no predictions."""
     pairs = [(a, b) for a, b in pairs if a.metrics[metric] is not None and b.metrics[metric] is not None]
     if not pairs:
         return None
@@ -83,10 +83,8 @@ def paired_difference(pairs: list[tuple[Run, Run]], metric: str) -> dict | None:
     draws = [(a.samples(metric), b.samples(metric)) for a, b in pairs]
     bounds = None
     if all(x is not None and y is not None for x, y in draws):
-        seeds = sorted({a.seed for a, _ in pairs})
-        groups = [[y - x for (a, _), (x, y) in zip(pairs, draws) if a.seed == s] for s in seeds]
-        per_seed = np.stack([np.mean(g, axis=0) for g in groups])
-        bounds = stats.interval(stats.over_seeds(per_seed, [len(g) for g in groups]))
+        strata = [(a.label, a.order, a.protocol) for a, _ in pairs]   # a stream of one method under one protocol
+        bounds = stats.interval(stats.over_runs(np.stack([y - x for x, y in draws]), strata))
     return {"mean": stats.shown(point), "ci": None if bounds is None else [stats.shown(b) for b in bounds],
             "excludes_zero": stats.excludes_zero(bounds), "pairs": len(pairs)}
 
@@ -180,7 +178,8 @@ def markdown(result: dict) -> str:
     lines += ["", f"Pairs: {same}, order, seed and evaluation protocol finished in both folders "
               f"({unpaired['A']} run(s) of A and {unpaired['B']} of B have no counterpart); a Δ is over the pairs "
               "that give the metric (a joint method has no FM). [lo, hi]: "
-              f"{stats.LEVEL}% interval of a hierarchical bootstrap ({stats.RESAMPLES} resamples): seeds drawn with "
-              "replacement, then each task's test examples, the same draws for both runs of a pair; * = it "
-              "excludes 0. Final answers changed: test examples of the last row whose predicted label differs."]
+              f"{stats.LEVEL}% interval ({stats.RESAMPLES} resamples): Student's t over the pairs' spread about their "
+              "stream's mean (pairs - streams degrees of freedom), each task's test examples bootstrapped, the "
+              "same draws for both runs of a pair; * = it excludes 0. Final answers changed: test examples of the "
+              "last row whose predicted label differs."]
     return "\n".join(lines) + "\n"

@@ -1,7 +1,7 @@
 """Figures from finished runs (matplotlib, PNG and PDF): accuracy-matrix heatmaps, per-task accuracy along
 the stream with 95% bands, and per block of orders AA against the parameters kept at the end of the stream,
 with 95% intervals and the Pareto front of the continual learners. Bounds are drawn apart (dashed lines,
-hollow markers). Intervals are the tables' (seeds, then each task's test examples, resampled)."""
+hollow markers). Intervals are the tables' (Student's t over the runs, each task's test examples resampled)."""
 from __future__ import annotations
 
 import os
@@ -90,7 +90,7 @@ def stream_curves(runs, order: str, folder: str) -> list[str]:
 
 def cell_interval(runs, resampled: dict, task: str, k: int) -> tuple[float, float] | None:
     """95% interval of one cell of the trained rows (after the k-th stage, on `task`), mean over the runs (one per
-    seed here, on one order): seeds drawn with replacement, then each task's test examples. None for a cell
+    seed here, on one order): Student's t over the runs, each task's test examples resampled. None for a cell
     some run did not evaluate."""
     per_run = []
     for r in runs:
@@ -98,9 +98,7 @@ def cell_interval(runs, resampled: dict, task: str, k: int) -> tuple[float, floa
         per_run.append((r.seed, resampled[r.path][:, row, r.tasks.index(task)]))
     if any(np.isnan(x).any() for _, x in per_run):
         return None
-    seeds = sorted({seed for seed, _ in per_run})
-    groups = [[x for seed, x in per_run if seed == s] for s in seeds]
-    return stats.interval(stats.over_seeds(np.stack([np.mean(g, axis=0) for g in groups]), [len(g) for g in groups]))
+    return stats.interval(stats.over_runs(np.stack([x for _, x in per_run]), [0] * len(per_run), stats.ACCURACY))
 
 
 def pareto_front(points: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:

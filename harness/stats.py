@@ -197,11 +197,53 @@ def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float] |
     return float(lo), float(hi)
 
 
+@lru_cache(maxsize=16)
+def t_draws(df: int, resamples: int = RESAMPLES) -> np.ndarray:
+    """Student's t draws with df degrees of freedom ([resamples]), seeded by df alone: the same in every table."""
+    draws = np.random.default_rng([BOOTSTRAP_SEED, df, 7]).standard_t(df, size=resamples)
+    draws.setflags(write=False)
+    return draws
+
+
+# Every metric here is in points: an accuracy lies in [0, 100], a difference, BWT, FM or FWT in [-100, 100]. The t
+# level's tails are unbounded, so its draws are clipped to the range the value can take (at 2-3 seeds they can reach
+# past it: an AA interval of [66, 105] reads as [66, 100]).
+POINTS = (-100.0, 100.0)
+ACCURACY = (0.0, 100.0)
+
+
+def over_runs(samples: np.ndarray, strata, within=POINTS) -> np.ndarray:
+    """The mean over runs under every resample, whose percentiles are the interval (tables, compare, figures):
+    samples [runs, resamples] (each run's value under the shared example resampling), strata [runs] (each run's
+    order: a run's seed varies within its order). Resample r gives mean_r + se_r * T_r: mean_r the mean over the
+    runs under that example draw, se_r its standard error from the runs' spread about their order's mean (pooled
+    over orders, so an order's own level is not counted as noise), T_r Student's t with runs - orders degrees of
+    freedom, clipped to `within`. No run repeats an order (one seed): the examples' spread alone.
+    Why not seeds drawn with replacement (over_seeds, until 2026-12-03): over 2-3 seeds a percentile bootstrap is
+    too narrow (it shrinks their variance by (n-1)/n and has no t tails); simulated at 3 seeds with seed noise
+    2-4 times the examples', it covered a planted 0 in 81-88% of experiments, t in 96-98% (tests/test_stats.py).
+    Runs of one seed on different orders count as independent: they share the seed's training subsamples but not
+    its training path (docs/results.md#intervals)."""
+    samples = np.asarray(samples, dtype=float)
+    n_runs, resamples = samples.shape
+    mean = samples.mean(0)
+    keys = sorted(set(strata), key=str)
+    df = n_runs - len(keys)
+    if df < 1:
+        return mean
+    residual = np.zeros(resamples)
+    for key in keys:
+        rows = samples[[i for i, k in enumerate(strata) if k == key]]
+        residual += ((rows - rows.mean(0)) ** 2).sum(0)
+    se = np.sqrt(residual / df / n_runs)
+    return np.clip(mean + se * t_draws(df, resamples), *within)
+
+
 def over_seeds(samples: np.ndarray, counts=None) -> np.ndarray:
-    """Hierarchical bootstrap of a mean over seeds: samples [seeds, resamples] (each seed's value under the shared
-    example resampling) -> [resamples]: each resample draws the seeds with replacement, then averages their
-    values under that resample's example draw. counts [seeds]: each seed's value is a mean over that many runs,
-    and a resample averages the runs of its drawn seeds (a mean over runs where seeds ran unequal numbers)."""
+    """The tuning rule's statistic (bench/tuning_rule.py), as it was fixed on 2026-12-02: samples [seeds, resamples]
+    -> [resamples]: each resample draws the seeds with replacement, then averages their values under that
+    resample's example draw. counts [seeds]: each seed's value is a mean over that many runs, and a resample
+    averages the runs of its drawn seeds. The tables use over_runs."""
     samples = np.asarray(samples, dtype=float)
     draws = seed_draws(samples.shape[0], samples.shape[1])
     drawn = np.take_along_axis(samples.T, draws, axis=1)

@@ -290,6 +290,9 @@ def order_dispersion(runs: list[Run], label: str, members: list[str]) -> dict | 
 
 
 # ---- intervals over seeds and test examples ---------------------------------------------------------------
+ACCURACIES = ("AA", "LA")   # metrics that are accuracies, in [0, 100] (the others are changes, in [-100, 100])
+
+
 @dataclass
 class Summary:
     """A mean over seeds of per-seed values (each a mean over orders), or over runs, with its bootstrap interval
@@ -308,37 +311,45 @@ class Summary:
         return num.format(self.mean) + ("" if self.std is None or self.values < 2 else f" ± {self.std:.2f}")
 
 
-def summarize(per_seed: dict[int, list[tuple[Run, Run | None]]], metric: str) -> Summary | None:
+def summarize(per_seed: dict[int, list[tuple[Run, Run | None]]], metric: str,
+              rule: bool = False) -> Summary | None:
     """per_seed: seed -> the (run, reference) pairs of that seed, one per order; the value of a pair is the run's
-    metric minus the reference's (None: the metric itself). Per seed the mean over its pairs, then over seeds;
-    the interval resamples seeds, then each task's test examples (the same draws for every run: pairs stay
-    paired on examples too). None when no seed gives the metric."""
+    metric minus the reference's (None: the metric itself). Per seed the mean over its pairs, then over seeds
+    (the mean over pairs: every seed brings every order); the interval is stats.over_runs' over the pairs (each
+    order a stratum) and each task's resampled test examples (the same draws for every run: pairs stay paired on
+    examples too). rule: the tuning rule's seeds drawn with replacement instead (stats.over_seeds). None when no
+    seed gives the metric."""
     def value(run, ref, get):
         a = get(run)
         b = get(ref) if ref is not None else 0.0
         return None if a is None or b is None else a - b
 
-    points, samples = [], []
+    plain = all(ref is None for pairs in per_seed.values() for _, ref in pairs)
+    within = stats.ACCURACY if plain and metric in ACCURACIES else stats.POINTS
+    points, per_seed_samples, pair_samples, orders = [], [], [], []
     for pairs in per_seed.values():
         values = [value(r, ref, lambda x: x.metrics[metric]) for r, ref in pairs]
         if not pairs or any(v is None for v in values):
             continue
         points.append(float(np.mean(values)))
         draws = [value(r, ref, lambda x: x.samples(metric)) for r, ref in pairs]
-        samples.append(None if any(d is None for d in draws) else np.mean(draws, axis=0))
+        per_seed_samples.append(None if any(d is None for d in draws) else np.mean(draws, axis=0))
+        pair_samples += draws
+        orders += [r.order for r, _ in pairs]
     if not points:
         return None
-    bounds = None if any(x is None for x in samples) else stats.interval(stats.over_seeds(np.stack(samples)))
+    bounds = None
+    if all(x is not None for x in per_seed_samples):
+        bounds = stats.interval(stats.over_seeds(np.stack(per_seed_samples)) if rule
+                                else stats.over_runs(np.stack(pair_samples), orders, within))
     std = float(np.std(points, ddof=1)) if len(points) > 1 else None
     return Summary(float(np.mean(points)), std, bounds, len(points))
 
 
 def over_runs(runs: list[Run], value, samples) -> Summary | None:
     """The mean of value(run) over the runs that give one (every order and seed of a block that ran: the
-    forgetting table's cells), with the interval of a hierarchical bootstrap where every such run gives
-    samples(run) (its value under each resample of the test examples): each resample draws the seeds with
-    replacement, each bringing all its runs, so the interval stays centred on the mean over runs where seeds
-    ran unequal numbers of orders. Otherwise the std over runs."""
+    forgetting table's cells), with stats.over_runs' interval (each order a stratum) where every such run gives
+    samples(run) (its value under each resample of the test examples). Otherwise the std over runs."""
     have = [(r, v) for r in runs if (v := value(r)) is not None]
     if not have:
         return None
@@ -346,10 +357,7 @@ def over_runs(runs: list[Run], value, samples) -> Summary | None:
     draws = [samples(r) for r, _ in have]
     bounds = None
     if all(d is not None for d in draws):
-        seeds = sorted({r.seed for r, _ in have})
-        groups = [[d for (r, _), d in zip(have, draws) if r.seed == seed] for seed in seeds]
-        per_seed = np.stack([np.mean(g, axis=0) for g in groups])
-        bounds = stats.interval(stats.over_seeds(per_seed, [len(g) for g in groups]))
+        bounds = stats.interval(stats.over_runs(np.stack(draws), [r.order for r, _ in have]))
     std = float(np.std(points, ddof=1)) if len(points) > 1 else None
     return Summary(float(points.mean()), std, bounds, len(points))
 
@@ -381,9 +389,10 @@ def missing_predictions_note(runs: list[Run]) -> str | None:
             "mean ± std over seeds only (no interval over test examples, which the seeds share).")
 
 
-BOOTSTRAP_NOTE = (f"[lo, hi] = {stats.LEVEL}% interval of a hierarchical bootstrap ({stats.RESAMPLES} resamples): "
-                  "seeds drawn with replacement, then each task's test examples drawn with replacement, the same "
-                  "draws for every run, so methods compared on one task are compared on the same examples.")
+BOOTSTRAP_NOTE = (f"[lo, hi] = {stats.LEVEL}% interval over seeds and test examples ({stats.RESAMPLES} resamples): "
+                  "Student's t over the runs' spread about their order's mean (runs - orders degrees of freedom), "
+                  "around the mean under a bootstrap of each task's test examples, the same draws for every run, so "
+                  "methods compared on one task are compared on the same examples.")
 
 
 # ---- tables ---------------------------------------------------------------------------------------------

@@ -114,24 +114,25 @@ def test_interval_covers_the_point_and_shrinks_with_more_examples():
 def test_paired_bootstrap_finds_a_planted_difference_and_none_against_itself():
     n = 100
     rng = np.random.default_rng(0)
-    weak = (rng.random((2, n)) < 0.5).astype(float)
-    strong = np.maximum(weak, (rng.random((2, n)) < 0.4).astype(float))    # right wherever weak is, and more
-    a = np.stack([fake_scores("t", [r]).metric_samples()["AA"] for r in strong])   # two seeds
+    weak = (rng.random((4, n)) < 0.5).astype(float)
+    strong = np.maximum(weak, (rng.random((4, n)) < 0.4).astype(float))    # right wherever weak is, and more
+    a = np.stack([fake_scores("t", [r]).metric_samples()["AA"] for r in strong])   # four seeds of one order
     b = np.stack([fake_scores("t", [r]).metric_samples()["AA"] for r in weak])
-    diff = stats.over_seeds(a - b)
+    one_order = ["1"] * 4
+    diff = stats.over_runs(a - b, one_order)
     assert stats.excludes_zero(stats.interval(diff)) and stats.interval(diff)[0] > 0
-    same = stats.over_seeds(b - b)
+    same = stats.over_runs(b - b, one_order)
     assert not stats.excludes_zero(stats.interval(same)) and stats.interval(same) == (0.0, 0.0)
     # unpaired, the same planted gap is far less certain: the pairing is what narrows it
-    separate = stats.interval(stats.over_seeds(a))[0] - stats.interval(stats.over_seeds(b))[1]
+    separate = stats.interval(stats.over_runs(a, one_order))[0] - stats.interval(stats.over_runs(b, one_order))[1]
     assert separate < stats.interval(diff)[0]
 
 
-def test_a_mean_over_runs_resamples_seeds_with_all_their_runs():
+def test_the_tuning_rules_seed_bootstrap_weighs_each_seed_by_its_runs():
     # seed 1 ran two orders (values 10 and 30 in every resample), seed 2 one (40): the mean over runs is 80/3
     per_seed = np.array([[20.0] * 500, [40.0] * 500])
-    samples = stats.over_seeds(per_seed, counts=[2, 1])
     # a draw of seeds (1, 1), (1, 2) or (2, 2) gives 20, 80/3 or 40
+    samples = stats.over_seeds(per_seed, counts=[2, 1])
     assert set(np.round(samples, 6)) <= {20.0, round(80 / 3, 6), 40.0}
     lo, hi = stats.interval(samples)
     assert lo <= 80 / 3 <= hi
@@ -164,12 +165,42 @@ def test_cells_no_metric_reads_may_be_missing():
         assert np.isfinite(samples).all(), name
 
 
-def test_the_seed_level_spreads_the_interval_over_the_seeds():
-    # no test-example noise at all (each seed's value is the same in every resample), seeds 10 points apart: the
-    # interval comes from drawing seeds alone, (A, A) and (B, B) included; without that level it would be [5, 5]
-    samples = stats.over_seeds(np.array([[0.0] * 2000, [10.0] * 2000]))
-    assert set(np.round(samples, 6)) == {0.0, 5.0, 10.0}
-    assert stats.interval(samples) == (0.0, 10.0)
+def test_the_seed_level_is_students_t_over_the_runs_about_their_orders_means():
+    # no test-example noise at all (each run's value is the same in every resample), three seeds of one order 10
+    # points apart: the t interval of their mean, 10 +- t(0.975, 2) * 10 / sqrt(3) = 10 +- 24.84
+    level = np.array([[0.0] * 20000, [10.0] * 20000, [20.0] * 20000])
+    lo, hi = stats.interval(stats.over_runs(level, ["1"] * 3))
+    assert lo == pytest.approx(10 - 24.84, abs=1.5) and hi == pytest.approx(10 + 24.84, abs=1.5)
+    # a second order 50 points higher with the same spread: its level is not noise; the pooled spread is the same,
+    # with 4 degrees of freedom over 6 runs: 35 +- t(0.975, 4) * 10 / sqrt(6) = 35 +- 11.34
+    two = np.concatenate([level, level + 50])
+    lo, hi = stats.interval(stats.over_runs(two, ["1"] * 3 + ["2"] * 3))
+    assert lo == pytest.approx(35 - 11.34, abs=0.8) and hi == pytest.approx(35 + 11.34, abs=0.8)
+    # its tails are clipped to the range the value can take: an accuracy near 100 stays at most 100
+    near_top = stats.over_runs(np.array([[90.0] * 2000, [100.0] * 2000]), ["1", "1"], within=stats.ACCURACY)
+    assert near_top.max() == 100.0 and stats.interval(near_top)[1] == 100.0
+    assert stats.interval(near_top)[0] < 40.0                    # t with 1 degree of freedom: 95 - 12.7 * 5
+    # one seed of each order: no seed level, the examples' spread alone
+    runs = np.arange(100, dtype=float).reshape(2, 50)
+    assert np.array_equal(stats.over_runs(runs, ["1", "2"]), runs.mean(0))
+
+
+def test_the_interval_covers_a_planted_difference_at_three_seeds():
+    # A true difference of 0; each experiment: 3 seeds with training noise (sd 3), scored on one sample of test
+    # examples shared by the seeds (its bias sd 1, the bootstrap's spread of it sd 1). The t level covers 0 in about
+    # 95% of experiments; seeds drawn with replacement (the tuning rule's) cover far less often (the reason for t).
+    rng = np.random.default_rng(5)
+    covered = {"t": 0, "bootstrap": 0}
+    experiments, resamples = 400, 1000
+    for _ in range(experiments):
+        seeds = rng.normal(0, 3, size=3)
+        examples = rng.normal(0, 1) + rng.normal(0, 1, size=resamples)   # shared by the seeds under each draw
+        samples = seeds[:, None] + examples[None, :]
+        for level, drawn in (("t", stats.over_runs(samples, ["1"] * 3)), ("bootstrap", stats.over_seeds(samples))):
+            lo, hi = stats.interval(drawn)
+            covered[level] += lo <= 0 <= hi
+    assert covered["t"] / experiments >= 0.92
+    assert covered["bootstrap"] / experiments < 0.85
 
 
 def test_the_interval_is_the_central_95_percent():
