@@ -137,7 +137,7 @@ def screen(root: str, orders: list[str], candidates: list[str], seed: int = 1) -
         label = labels.pop()
         reference = variant_references(runs, frame, parsed.name).get(label)
         pairs = by_seed(runs, label, orders, reference).get(seed) if reference else None
-        aa = summarize({seed: pairs}, "AA") if pairs else None
+        aa = summarize({seed: pairs}, "AA", rule=True) if pairs else None
         if aa is not None and stats.below_zero(aa.bounds):
             dropped.append(f"{spec}: seed {seed}'s ΔAA against {reference} is {aa.text(signed=True, mark=True)}")
         else:

@@ -346,10 +346,11 @@ def summarize(per_seed: dict[int, list[tuple[Run, Run | None]]], metric: str,
     return Summary(float(np.mean(points)), std, bounds, len(points))
 
 
-def over_runs(runs: list[Run], value, samples) -> Summary | None:
+def over_runs(runs: list[Run], value, samples, accuracy: bool = False) -> Summary | None:
     """The mean of value(run) over the runs that give one (every order and seed of a block that ran: the
     forgetting table's cells), with stats.over_runs' interval (each order a stratum) where every such run gives
-    samples(run) (its value under each resample of the test examples). Otherwise the std over runs."""
+    samples(run) (its value under each resample of the test examples); accuracy: the value is an accuracy, in
+    [0, 100] (else a change, in [-100, 100]). Otherwise the std over runs."""
     have = [(r, v) for r in runs if (v := value(r)) is not None]
     if not have:
         return None
@@ -357,7 +358,8 @@ def over_runs(runs: list[Run], value, samples) -> Summary | None:
     draws = [samples(r) for r, _ in have]
     bounds = None
     if all(d is not None for d in draws):
-        bounds = stats.interval(stats.over_runs(np.stack(draws), [r.order for r, _ in have]))
+        within = stats.ACCURACY if accuracy else stats.POINTS
+        bounds = stats.interval(stats.over_runs(np.stack(draws), [r.order for r, _ in have], within))
     std = float(np.std(points, ddof=1)) if len(points) > 1 else None
     return Summary(float(points.mean()), std, bounds, len(points))
 
@@ -622,6 +624,9 @@ def forgetting_check(block: str, reference: str, fm: Summary, bwt: Summary) -> s
     what = f"{reference}'s BWT is {bwt.text(signed=True)} (FM {fm.text()})"
     if stats.below_zero(bwt.bounds):
         return f"Check passed ({block}): the regime forgets: {what}, BWT below 0."
+    if bwt.bounds is not None and bwt.mean < 0:   # forgets on average, but the interval reaches 0
+        return (f"**Check failed** ({block}): {what}, BWT's interval reaches 0: forgetting is not established at "
+                "these sizes and seeds, so a method's low FM here shows nothing.")
     if bwt.bounds is not None or bwt.mean >= 0:
         return (f"**Check failed** ({block}): {what}, BWT not below 0: no forgetting to prevent at these sizes, so "
                 "a method's low FM here shows nothing.")
@@ -660,14 +665,14 @@ def forgetting_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "")
         block = [r for r in runs if r.order in members]
         for metric, heading in headings.items():
             cells = {lab: over_runs([r for r in block if r.label == lab], lambda r: r.metrics[metric],
-                                    lambda r: r.samples(metric)) for lab in labels}
+                                    lambda r: r.samples(metric), metric in ACCURACIES) for lab in labels}
             columns[(title, heading)] = pd.Series({lab: c.text() for lab, c in cells.items() if c}, dtype=object)
         if measured.any():
             cells = {lab: general_cell([r for r in block if r.label == lab]) for lab in labels}
             columns[(title, "GEN Δ")] = pd.Series({lab: c for lab, c in cells.items() if c}, dtype=object)
     notes = [f"{m} = {metrics_mod.METRICS[m].description}." for m in headings]
-    notes.append(f"Mean over every run (orders x seeds) of the block, with {BOOTSTRAP_NOTE} Here each drawn seed "
-                 "brings all its runs of the block. Without an interval: ± std over those runs.")
+    notes.append(f"Mean over every run (orders x seeds) of the block, with {BOOTSTRAP_NOTE} Without an interval: "
+                 "± std over those runs.")
     notes += [n for n in (missing_predictions_note(runs),) if n]
     if measured.any():
         counts = frame.groupby(["seed", "order"]).general_change.agg(["count", "size"])

@@ -180,6 +180,11 @@ def test_the_seed_level_is_students_t_over_the_runs_about_their_orders_means():
     near_top = stats.over_runs(np.array([[90.0] * 2000, [100.0] * 2000]), ["1", "1"], within=stats.ACCURACY)
     assert near_top.max() == 100.0 and stats.interval(near_top)[1] == 100.0
     assert stats.interval(near_top)[0] < 40.0                    # t with 1 degree of freedom: 95 - 12.7 * 5
+    # at the tables' 2,000 resamples the t tails are exact too (quantiles, not random draws)
+    lo, hi = stats.interval(stats.over_runs(level[:, :stats.RESAMPLES], ["1"] * 3))
+    assert lo == pytest.approx(10 - 24.84, abs=0.3) and hi == pytest.approx(10 + 24.84, abs=0.3)
+    lo, hi = stats.interval(stats.over_runs(np.array([[0.0] * 2000, [10.0] * 2000]), ["1", "1"]))
+    assert lo == pytest.approx(5 - 63.5, abs=1.5) and hi == pytest.approx(5 + 63.5, abs=1.5)   # t(0.975, 1) = 12.71
     # one seed of each order: no seed level, the examples' spread alone
     runs = np.arange(100, dtype=float).reshape(2, 50)
     assert np.array_equal(stats.over_runs(runs, ["1", "2"]), runs.mean(0))

@@ -376,7 +376,7 @@ def test_forgetting_cells_carry_intervals_that_cover_the_planted_values(tmp_path
     # a cell with a run that kept no predictions falls back to mean ± std over the runs
     assert cells_of(os.path.join(out, "forgetting.md"), "replay")[:2] == ["-15.00 ± 7.07", "15.00 ± 7.07"]
     md = open(os.path.join(out, "forgetting.md")).read()
-    assert "each drawn seed brings all its runs of the block" in md and "GEN Δ" not in md
+    assert "Student's t over the runs' spread about their order's mean" in md and "GEN Δ" not in md
 
 
 def test_gen_delta_is_balanced_with_its_interval_and_older_files_stay_plain_accuracy(tmp_path):
@@ -457,6 +457,18 @@ def test_a_failed_sanity_check_is_stated_under_the_tables_and_in_the_readme(tmp_
     # seq_lora's orders 1 and 2 (BWT 0 and -50 on each seed): -25 on average, with an interval below 0
     assert "Check passed (Orders 1-3): the regime forgets: seq_lora's BWT is -25.00 [" in \
         open(os.path.join(out, "main.md")).read()
+
+
+def test_forgetting_on_average_that_its_interval_does_not_establish_fails_the_check_as_unestablished(tmp_path):
+    root = str(tmp_path / "runs")
+    # seed 1 forgets task a (80 -> 40), seed 2 keeps it: BWT -20 on average, over two seeds of one order
+    for seed, final in ((1, 40.0), (2, 80.0)):
+        make_run(root, "seq_lora", "seq_lora", "1", seed, seq(final, 90.0), n_test=20)
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    text = open(os.path.join(out, "main.md")).read()
+    assert "**Check failed** (Orders 1-3): seq_lora's BWT is -20.00 [" in text
+    assert "BWT's interval reaches 0: forgetting is not established at these sizes and seeds" in text
 
 
 def test_each_block_is_checked_on_the_rows_that_ran_it_where_todays_defaults_did_not(tmp_path):
