@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from core.errors import UsageError
 from harness.metrics import BASE_ROW, METRICS
@@ -204,7 +203,9 @@ def t_draws(df: int, resamples: int = RESAMPLES) -> np.ndarray:
     """Student's t with df degrees of freedom, [resamples]: its quantiles at (i + 0.5) / resamples, in an order
     shuffled by df alone (the same in every table). Quantiles, not random draws: 2,000 random draws missed the
     97.5% point by up to 15% at one degree of freedom (its tails are heavy), and every table shared the miss."""
-    quantiles = scipy_stats.t.ppf((np.arange(resamples) + 0.5) / resamples, df)
+    from scipy.special import stdtrit   # here, not at the top: every `harness` command imports this module, and
+    # scipy costs a second or more to import (scipy.stats two or three), which only the tables' intervals need
+    quantiles = stdtrit(df, (np.arange(resamples) + 0.5) / resamples)
     draws = np.random.default_rng([BOOTSTRAP_SEED, df, 7]).permutation(quantiles)
     draws.setflags(write=False)
     return draws
