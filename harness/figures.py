@@ -182,7 +182,7 @@ def aa_vs_kept(runs, block: str, orders: list[str], folder: str) -> list[str]:
         # groups depend on the order)
         params = max(max((r.card.get("parameters_kept") if r.card.get("parameters_kept") is not None
                           else r.card["trainable_parameters"]) for r in mine), 1)
-        summary = over_runs(mine, lambda r: r.metrics["AA"], lambda r: r.samples("AA"), accuracy=True)
+        summary = over_runs(mine, lambda r: r.metrics["AA"], lambda r: r.samples("AA"), stats.ACCURACY)
         bound = mine[0].bound
         err = None if summary.bounds is None else [[summary.mean - summary.bounds[0]], [summary.bounds[1] - summary.mean]]
         ax.errorbar([params], [summary.mean], yerr=err, fmt="s" if bound else "o", color=colours[label],

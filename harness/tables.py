@@ -293,6 +293,11 @@ def order_dispersion(runs: list[Run], label: str, members: list[str]) -> dict | 
 ACCURACIES = ("AA", "LA")   # metrics that are accuracies, in [0, 100] (the others are changes, in [-100, 100])
 
 
+def value_range(metric: str) -> tuple[float, float]:
+    """The range a metric's value can take, to which its interval's draws are clipped (stats.over_runs)."""
+    return stats.ACCURACY if metric in ACCURACIES else stats.POINTS
+
+
 @dataclass
 class Summary:
     """A mean over seeds of per-seed values (each a mean over orders), or over runs, with its bootstrap interval
@@ -325,7 +330,7 @@ def summarize(per_seed: dict[int, list[tuple[Run, Run | None]]], metric: str,
         return None if a is None or b is None else a - b
 
     plain = all(ref is None for pairs in per_seed.values() for _, ref in pairs)
-    within = stats.ACCURACY if plain and metric in ACCURACIES else stats.POINTS
+    within = value_range(metric) if plain else stats.POINTS   # a difference of accuracies is a change
     points, per_seed_samples, pair_samples, orders = [], [], [], []
     for pairs in per_seed.values():
         values = [value(r, ref, lambda x: x.metrics[metric]) for r, ref in pairs]
@@ -346,11 +351,11 @@ def summarize(per_seed: dict[int, list[tuple[Run, Run | None]]], metric: str,
     return Summary(float(np.mean(points)), std, bounds, len(points))
 
 
-def over_runs(runs: list[Run], value, samples, accuracy: bool = False) -> Summary | None:
+def over_runs(runs: list[Run], value, samples, within=stats.POINTS) -> Summary | None:
     """The mean of value(run) over the runs that give one (every order and seed of a block that ran: the
     forgetting table's cells), with stats.over_runs' interval (each order a stratum) where every such run gives
-    samples(run) (its value under each resample of the test examples); accuracy: the value is an accuracy, in
-    [0, 100] (else a change, in [-100, 100]). Otherwise the std over runs."""
+    samples(run) (its value under each resample of the test examples), clipped to `within` (value_range).
+    Otherwise the std over runs."""
     have = [(r, v) for r in runs if (v := value(r)) is not None]
     if not have:
         return None
@@ -358,7 +363,6 @@ def over_runs(runs: list[Run], value, samples, accuracy: bool = False) -> Summar
     draws = [samples(r) for r, _ in have]
     bounds = None
     if all(d is not None for d in draws):
-        within = stats.ACCURACY if accuracy else stats.POINTS
         bounds = stats.interval(stats.over_runs(np.stack(draws), [r.order for r, _ in have], within))
     std = float(np.std(points, ddof=1)) if len(points) > 1 else None
     return Summary(float(points.mean()), std, bounds, len(points))
@@ -665,7 +669,7 @@ def forgetting_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "")
         block = [r for r in runs if r.order in members]
         for metric, heading in headings.items():
             cells = {lab: over_runs([r for r in block if r.label == lab], lambda r: r.metrics[metric],
-                                    lambda r: r.samples(metric), metric in ACCURACIES) for lab in labels}
+                                    lambda r: r.samples(metric), value_range(metric)) for lab in labels}
             columns[(title, heading)] = pd.Series({lab: c.text() for lab, c in cells.items() if c}, dtype=object)
         if measured.any():
             cells = {lab: general_cell([r for r in block if r.label == lab]) for lab in labels}
@@ -952,10 +956,12 @@ def portable_path(path: str) -> str:
     if not relative.startswith(os.path.join(os.pardir, os.pardir)):
         return relative
     # the same folder reached through a link beside the checkout (../shared -> /elsewhere/shared), as CI lays it out
+    if not os.path.exists(path):
+        return path
     parts = path.strip(os.sep).split(os.sep)
     for k in range(1, len(parts)):
         beside = os.path.join(os.pardir, *parts[k:])
-        if os.path.exists(path) and os.path.exists(beside) and os.path.samefile(beside, path):
+        if os.path.exists(beside) and os.path.samefile(beside, path):
             return beside
     return path
 
