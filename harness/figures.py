@@ -84,7 +84,7 @@ def stream_curves(runs, order: str, folder: str) -> list[str]:
     axes[0][0].set_ylabel("accuracy (%)")
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(f"Accuracy of each task along order {order} (grey line: when it is trained; dashed: bounds"
-                 + ("; bands: 95% over seeds and test examples" if banded else "") + ")", fontsize=9)
+                 + ("; bands: 95% over seeds and evaluation examples" if banded else "") + ")", fontsize=9)
     return _save(fig, folder, f"stream-{order}")
 
 

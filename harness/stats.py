@@ -218,7 +218,7 @@ POINTS = (-100.0, 100.0)
 ACCURACY = (0.0, 100.0)
 
 
-def over_runs(samples: np.ndarray, strata, within=POINTS) -> np.ndarray:
+def over_runs(samples: np.ndarray, strata, within=POINTS, of=None) -> np.ndarray:
     """The mean over runs under every resample, whose percentiles are the interval (tables, compare, figures):
     samples [runs, resamples] (each run's value under the shared example resampling), strata [runs] (each run's
     order: a run's seed varies within its order). Resample r gives mean_r + se_r * T_r: mean_r the mean over the
@@ -229,10 +229,16 @@ def over_runs(samples: np.ndarray, strata, within=POINTS) -> np.ndarray:
     too narrow (it shrinks their variance by (n-1)/n and has no t tails); simulated at 3 seeds with seed noise
     2-4 times the examples', it covered a planted 0 in 78-90% of experiments, t in 96-97% (tests/test_stats.py).
     Runs of one seed on different orders count as independent: they share the seed's training subsamples but not
-    its training path (docs/results.md#intervals)."""
+    its training path (docs/results.md#intervals).
+    of: one stratum's mean instead (a table's column of one order), its standard error from the spread pooled over
+    every stratum given (the block's orders), so that an order run on 2-3 seeds is not left with 1-2 degrees of
+    freedom; this assumes the seeds spread alike on every order of a block (measured: docs/results.md#intervals)."""
     samples = np.asarray(samples, dtype=float)
     n_runs, resamples = samples.shape
-    mean = samples.mean(0)
+    counted = n_runs if of is None else sum(k == of for k in strata)
+    if not counted:
+        raise ValueError(f"no run of stratum {of!r}")
+    mean = samples.mean(0) if of is None else samples[[i for i, k in enumerate(strata) if k == of]].mean(0)
     keys = sorted(set(strata), key=str)
     df = n_runs - len(keys)
     if df < 1:
@@ -241,7 +247,7 @@ def over_runs(samples: np.ndarray, strata, within=POINTS) -> np.ndarray:
     for key in keys:
         rows = samples[[i for i, k in enumerate(strata) if k == key]]
         residual += ((rows - rows.mean(0)) ** 2).sum(0)
-    se = np.sqrt(residual / df / n_runs)
+    se = np.sqrt(residual / df / counted)
     return np.clip(mean + se * t_draws(df, resamples), *within)
 
 

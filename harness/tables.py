@@ -351,19 +351,22 @@ def summarize(per_seed: dict[int, list[tuple[Run, Run | None]]], metric: str,
     return Summary(float(np.mean(points)), std, bounds, len(points))
 
 
-def over_runs(runs: list[Run], value, samples, within=stats.POINTS) -> Summary | None:
+def over_runs(runs: list[Run], value, samples, within=stats.POINTS, of: str | None = None) -> Summary | None:
     """The mean of value(run) over the runs that give one (every order and seed of a block that ran: the
     forgetting table's cells), with stats.over_runs' interval (each order a stratum) where every such run gives
     samples(run) (its value under each resample of the test examples), clipped to `within` (value_range).
-    Otherwise the std over runs."""
+    Otherwise the std over runs. of: the mean of that order's runs alone, its interval's spread pooled over
+    every order of `runs` (the main table's column of one order)."""
     have = [(r, v) for r in runs if (v := value(r)) is not None]
-    if not have:
+    if of is not None and not any(r.order == of for r, _ in have):
         return None
-    points = np.array([v for _, v in have], dtype=float)
+    points = np.array([v for r, v in have if of is None or r.order == of], dtype=float)
+    if not len(points):
+        return None
     draws = [samples(r) for r, _ in have]
     bounds = None
     if all(d is not None for d in draws):
-        bounds = stats.interval(stats.over_runs(np.stack(draws), [r.order for r, _ in have], within))
+        bounds = stats.interval(stats.over_runs(np.stack(draws), [r.order for r, _ in have], within, of=of))
     std = float(np.std(points, ddof=1)) if len(points) > 1 else None
     return Summary(float(points.mean()), std, bounds, len(points))
 
@@ -392,13 +395,14 @@ def missing_predictions_note(runs: list[Run]) -> str | None:
     if not missing:
         return None
     return (f"{missing} of {len(runs)} runs were recorded before per-example predictions were kept: their cells show "
-            "mean ± std over seeds only (no interval over test examples, which the seeds share).")
+            "mean ± std over seeds only (no interval over evaluation examples, which the seeds share).")
 
 
-BOOTSTRAP_NOTE = (f"[lo, hi] = {stats.LEVEL}% interval over seeds and test examples ({stats.RESAMPLES} resamples): "
-                  "Student's t over the runs' spread about their order's mean (runs - orders degrees of freedom), "
-                  "around the mean under a bootstrap of each task's test examples, the same draws for every run, so "
-                  "methods compared on one task are compared on the same examples.")
+BOOTSTRAP_NOTE = (f"[lo, hi] = {stats.LEVEL}% interval over seeds and evaluation examples ({stats.RESAMPLES} "
+                  "resamples): Student's t over the runs' spread about their order's mean (runs - orders degrees of "
+                  "freedom), around the mean under a bootstrap of each task's evaluation examples (of the split the "
+                  "heading names), the same draws for every run, so methods compared on one task are compared on the "
+                  "same examples.")
 
 
 # ---- tables ---------------------------------------------------------------------------------------------
@@ -492,8 +496,10 @@ def main_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> Ta
     columns = {}
     labels = sorted(set(frame.label))
     for title, members in blocks_for(set(frame.order)):
+        block = [r for r in runs if r.order in members]
         for o in members:
-            cells = {lab: summarize(by_seed(runs, lab, [o]), "AA") for lab in labels}
+            cells = {lab: over_runs([r for r in block if r.label == lab], lambda r: r.metrics["AA"],
+                                    lambda r: r.samples("AA"), stats.ACCURACY, of=o) for lab in labels}
             columns[(title, o)] = pd.Series({lab: c.text() for lab, c in cells.items() if c}, dtype=object)
         if len(members) > 1:
             cells = {lab: summarize(by_seed(runs, lab, members), "AA") for lab in labels}
@@ -501,8 +507,12 @@ def main_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> Ta
                                                            dtype=object)
     seeds = ", ".join(map(str, sorted(set(frame.seed))))
     notes = [f"AA = {metrics_mod.METRICS['AA'].description}. Mean over seeds {seeds} where several ran, with "
-             f"{BOOTSTRAP_NOTE} Without an interval: mean ± std over seeds. Avg = mean over the block's orders (per "
-             f"seed, then over seeds; only seeds that ran every order of the block). {MISSING} = no finished run."]
+             f"{BOOTSTRAP_NOTE} A column of one order takes the spread about each order's mean pooled over the "
+             "block's orders (the runs of the block less its orders degrees of freedom: at 2-3 seeds one order alone "
+             "has 1-2), assuming the seeds spread alike on each order, as the validation runs show "
+             "(docs/results.md#intervals). Without an interval: mean ± std over seeds. Avg = mean over the block's "
+             f"orders (per seed, then over seeds; only seeds that ran every order of the block). {MISSING} = no "
+             "finished run."]
     notes += [n for n in (missing_predictions_note(runs),) if n]
     return Table("main", "Average accuracy AA (%) after the last task, per order" + title_note, columns,
                  sections_of(frame), notes)
@@ -527,7 +537,7 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
             add_paired_cells(cells, lab, most_pairs(runs, target, lab, members), ("ΔAA ↑", "ΔFM ↓"))
         for heading, values in cells.items():
             columns[(title, heading)] = pd.Series(values, dtype=object)
-    notes = [f"Δ = {target} minus the row's method, on the same orders, seeds and test examples: the "
+    notes = [f"Δ = {target} minus the row's method, on the same orders, seeds and evaluation examples: the "
              "block's orders both ran, on the seeds that ran all of them, or only the orders that every seed ran "
              "where that gives more pairs (pairs = orders × seeds). ΔAA > 0: "
              f"{target} is more accurate; ΔFM < 0: it forgets less (FM = "
@@ -596,7 +606,7 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
                           f"{_judged(fm, 'FM', 'forgets more', 'forgets less', 'forgetting', beside=bwt)}")
             lines.append(f"{title}, against {lab} ({orders} order{'s' * (orders > 1)} × {seeds} "
                          f"seed{'s' * (seeds > 1)}): {target} {judged}."
-                         + (" One seed: its intervals cover the test examples only, not how training varies from "
+                         + (" One seed: its intervals cover the evaluation examples only, not how training varies from "
                             "seed to seed." if seeds == 1 and tested else "")
                          + (" The block's sanity checks fail: this does not rank the two." if failed else ""))
     return lines
@@ -634,7 +644,7 @@ def forgetting_check(block: str, reference: str, fm: Summary, bwt: Summary) -> s
     if bwt.bounds is not None or bwt.mean >= 0:
         return (f"**Check failed** ({block}): {what}, BWT not below 0: no forgetting to prevent at these sizes, so "
                 "a method's low FM here shows nothing.")
-    return (f"Check unresolved ({block}): {what} (no interval over test examples: the runs predate per-example "
+    return (f"Check unresolved ({block}): {what} (no interval over evaluation examples: the runs predate per-example "
             "predictions); forgetting is not established.")
 
 
@@ -862,7 +872,7 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
              f"{'s' if len(orders) > 1 else ''} {', '.join(orders)}; {seeds_text} in all), so the rows compare the "
              "same streams; references, to the cells where any variant ran. AA, BWT, FM: mean ± std over those seeds. "
              "Against the default: the variant minus its method with default "
-             "settings, paired on the same orders, seeds and test examples (pairs = orders × seeds), per block "
+             "settings, paired on the same orders, seeds and evaluation examples (pairs = orders × seeds), per block "
              "of orders" + ("" if not elsewhere else " (column 'against': where defaults moved between runs, the "
                             "defaults the variant was tried under, those that differ from it only in settings it "
                             "fixed; the old defaults themselves against the nearest)") + "; "
@@ -1101,9 +1111,9 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
         lines += [f"## What these runs support about {PAIRED_TARGET}", "",
                   f"From the paired table: {PAIRED_TARGET}'s own row (today's defaults where they ran, else the "
                   "defaults of the runs' time, as each line names it) minus each continual learner on the same "
-                  "orders, seeds "
-                  "and test examples; significant = the 95% interval excludes 0; ΔFM < 0 = it forgets less; ΔBWT, "
-                  "stated beside it, has not FM's upward noise bias (ΔBWT > 0 = it forgets less); * = significant.",
+                  "orders, seeds and evaluation examples; significant = the 95% interval excludes 0; ΔFM < 0 = it "
+                  "forgets less; ΔBWT, stated beside it, has not FM's upward noise bias (ΔBWT > 0 = it forgets "
+                  "less); * = significant.",
                   ""]
         for protocol, lines_of in verdicts.items():
             if lines_of:
@@ -1112,8 +1122,8 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
              f"- Model: `{s['model']}`; evaluation " +
              " and ".join(f"`{protocol_text(p)}`" for p in by_protocol(runs)) + f", `{s['dtype']}`, inputs cut to "
              f"{s['max_input_tokens']} tokens.",
-             f"- Per task: {s['train_per_task']} training and {s['test_per_task']} test examples (stratified by "
-             "label; the test subsample is the same for every seed). Actual sizes: " +
+             f"- Per task: {s['train_per_task']} training and {s['test_per_task']} evaluation examples (stratified "
+             "by label, from the split the evaluation line names; the same subsample for every seed). Actual sizes: " +
              ", ".join(f"{t} {a}/{b}" for t, (a, b) in sorted(data.items())) + ".",
              f"- {len(runs)} finished runs: methods {', '.join(sort_labels({r.label for r in runs}))}; orders "
              f"{', '.join(sorted({r.order for r in runs}))}; seeds {', '.join(map(str, sorted({r.seed for r in runs})))}.",

@@ -347,6 +347,22 @@ def test_cells_of_runs_with_predictions_carry_intervals_and_the_others_say_why_n
     assert "1 of 5 runs were recorded before per-example predictions" in main
 
 
+def test_a_column_of_one_order_pools_the_seeds_spread_over_the_blocks_orders(tmp_path):
+    root = str(tmp_path / "runs")
+    # order 1: two seeds at AA 80 (no spread of their own); order 2: AA 80 and 60. Pooled over both orders: s^2 =
+    # (10^2 + 10^2) / (4 runs - 2 orders) = 100, an order's error 10 / sqrt(2), t(0.975, 2) = 4.30: +-30.4
+    for seed, final_a in ((1, 80.0), (2, 80.0)):
+        make_run(root, "craft", "craft", "1", seed, seq(final_a, 80.0), n_test=40)
+    for seed, final_a in ((1, 80.0), (2, 40.0)):
+        make_run(root, "craft", "craft", "2", seed, seq(final_a, 80.0), n_test=40)
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    first, second = (numbers(c) for c in cells_of(os.path.join(out, "main.md"), "craft")[:2])
+    assert first[0] == 80.0 and first[1] < 55.0 and first[2] == 100.0    # order 1 borrows order 2's spread
+    assert second[0] == 70.0 and 30.0 < second[1] < 45.0                 # alone (1 df, t 12.7) it would reach 0
+    assert "pooled over the block's orders" in open(os.path.join(out, "main.md")).read()
+
+
 def numbers(cell):
     """"m [lo, hi]" -> (m, lo, hi); "m" or "m ± s" -> (m, None, None)."""
     if "[" not in cell:
@@ -978,7 +994,7 @@ def test_a_verdict_on_one_seed_says_its_interval_leaves_out_the_seed(tmp_path):
     write_tables(root, out, figures=False)
     readme = open(os.path.join(out, "README.md")).read()
     line = next(ln for ln in readme.splitlines() if ln.startswith("- Orders 1-3, against seq_lora"))
-    assert "(1 order × 1 seed)" in line and "forgets less" in line and "One seed: its intervals cover the test " \
+    assert "(1 order × 1 seed)" in line and "forgets less" in line and "One seed: its intervals cover the evaluation " \
         "examples only" in line
     # BWT's difference beside FM's: seq_lora falls 90 -> 30 on task a, craft 90 -> 80, so craft's BWT is 50 higher
     assert re.search(r"ΔFM -50\.00 \[[^]]*\] \*; ΔBWT \+50\.00 \[[^]]*\] \*\)", line), line
