@@ -132,12 +132,15 @@ def evaluate(scorer_for, tokenizer, encoder, names=GENERAL_TASKS, per_task: int 
     lm_eval.simple_evaluate: lm-eval's samples give each example's option log-likelihoods, and the answer is
     their argmax, as lm-eval's own `acc` takes it (kept per example for balanced accuracy and the bootstrap)."""
     import lm_eval
+    from lm_eval.tasks import TaskManager
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     lm = MethodLM(scorer_for, tokenizer, batch_size)
     with tempfile.TemporaryDirectory(prefix="clh-general-") as folder, quiet_progress():
         configs = build_tasks(names, per_task, encoder, folder, data_dir)
-        out = lm_eval.simple_evaluate(model=lm, tasks=configs, num_fewshot=0, bootstrap_iters=0,
-                                      log_samples=True, verbosity="ERROR")
+        # The tasks are inline configs: without a manager of its own, simple_evaluate builds one that parses every
+        # YAML file of lm-eval's task library (about 55,000 loads, 10-20 s here) on each call.
+        out = lm_eval.simple_evaluate(model=lm, tasks=configs, num_fewshot=0, bootstrap_iters=0, log_samples=True,
+                                      verbosity="ERROR", task_manager=TaskManager(include_defaults=False))
     answers = {}
     for name in names:
         samples = sorted(out["samples"][TASK_PREFIX + name], key=lambda s: s["doc_id"])
