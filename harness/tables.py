@@ -525,18 +525,33 @@ BOUND_CHECKS = [("per_task", "seq_lora", "one adapter per task and the task id a
 FORGETTING_REFERENCE = "seq_lora"
 
 
+def block_targets(frame: pd.DataFrame) -> dict[str, str]:
+    """block title -> PAIRED_TARGET's row in that block: today's defaults where they ran it, else the defaults of
+    the time of the runs that did (as the sanity checks choose their rows); blocks where neither ran are left out."""
+    targets = {}
+    for title, members in blocks_for(set(frame.order)):
+        target = main_label(frame[frame.order.isin(members)], PAIRED_TARGET)
+        if target is not None:
+            targets[title] = target
+    return targets
+
+
 def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> Table | None:
-    target = main_label(frame, PAIRED_TARGET)
-    if target is None:
+    targets = block_targets(frame)
+    if not targets:
         return None
+    target = main_label(frame, PAIRED_TARGET)   # the title's, where every block has the same row
     baselines = sort_labels(set(frame.label[~frame.bound & (frame.method != PAIRED_TARGET)]))
     columns = {}
     for title, members in blocks_for(set(frame.order)):
+        if title not in targets:
+            continue
         cells: dict = {"ΔAA ↑": {}, "ΔFM ↓": {}, "pairs": {}}
         for lab in baselines:
-            add_paired_cells(cells, lab, most_pairs(runs, target, lab, members), ("ΔAA ↑", "ΔFM ↓"))
+            add_paired_cells(cells, lab, most_pairs(runs, targets[title], lab, members), ("ΔAA ↑", "ΔFM ↓"))
         for heading, values in cells.items():
             columns[(title, heading)] = pd.Series(values, dtype=object)
+    others = {title: t for title, t in targets.items() if t != target}
     notes = [f"Δ = {target} minus the row's method, on the same orders, seeds and evaluation examples: the "
              "block's orders both ran, on the seeds that ran all of them, or only the orders that every seed ran "
              "where that gives more pairs (pairs = orders × seeds). ΔAA > 0: "
@@ -544,6 +559,9 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
              f"{metrics_mod.METRICS['FM'].description}). {BOOTSTRAP_NOTE} Paired: each draw takes the difference "
              "on the same seeds and examples, which is far tighter than two separate intervals. * = the interval "
              "excludes 0. Without an interval: mean ± std over seeds of the per-seed difference."]
+    if others:
+        notes.append(f"Where {target} did not run a block, that block's Δ is of the row that did: " +
+                     "; ".join(f"{title}: {t}" for title, t in others.items()) + ".")
     notes += [n for n in (missing_predictions_note(runs),) if n]
     return Table("paired", f"{target} against each baseline, paired" + title_note, columns,
                  [(None, baselines)], notes)
@@ -581,15 +599,17 @@ def trained_alike(block: pd.DataFrame, method: str, other: str | None) -> str | 
 
 
 def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str]:
-    """What the paired comparisons support about PAIRED_TARGET, one line per block and continual learner: whether
-    its AA and its FM differ significantly (the paired table's interval excludes 0), in which direction, or that
-    they do not; a block whose sanity checks fail is said to be unable to rank methods."""
-    target = main_label(frame, PAIRED_TARGET)
-    if target is None:
-        return []
+    """What the paired comparisons support about PAIRED_TARGET (its row per block: block_targets), one line per
+    block and continual learner: whether its AA and its FM differ significantly (the paired table's interval
+    excludes 0), in which direction, or that they do not; a block whose sanity checks fail is said to be unable
+    to rank methods."""
+    targets = block_targets(frame)
     baselines = sort_labels(set(frame.label[~frame.bound & (frame.method != PAIRED_TARGET)]))
     lines = []
     for title, members in blocks_for(set(frame.order)):
+        if title not in targets:
+            continue
+        target = targets[title]
         failed = any(c.startswith("**Check failed**") and f"({title})" in c for c in checks)
         for lab in baselines:
             pairs = most_pairs(runs, target, lab, members)

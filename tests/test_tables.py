@@ -518,6 +518,28 @@ def test_each_block_is_checked_on_the_rows_that_ran_it_where_todays_defaults_did
     assert "AA of per_task (one-epoch defaults) minus seq_lora (one-epoch defaults): +20.00 [" in main
 
 
+def test_a_block_where_todays_craft_did_not_run_is_judged_on_the_craft_row_that_did(tmp_path):
+    """CRAFT's defaults moved after it ran offline1: today's craft ran order 1 only. The offline block keeps its
+    verdict lines and paired cells, set on the craft runs of the old defaults and named so."""
+    root = str(tmp_path / "runs")
+    then = {**settings_of("craft", {}), "epochs": 1, "warmup": 0, "warmup_for": "joining", "decay": "none",
+            "settle_tol": 0.02}
+    for seed in (1, 2):
+        make_run(root, "craft", "craft", "1", seed, seq(80.0, 90.0), n_test=20)
+        make_run(root, "craft", "craft", "offline1", seed, seq(70.0, 90.0), settings=then, n_test=20)
+        for order in ("1", "offline1"):
+            make_run(root, "seq_lora", "seq_lora", order, seed, seq(30.0, 90.0), n_test=20)
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    readme = open(os.path.join(out, "README.md")).read()
+    assert "- Orders 1-3, against seq_lora (1 order × 2 seeds): craft is more accurate (ΔAA +25.00 [" in readme
+    assert ("- Offline orders, against seq_lora (1 order × 2 seeds): craft (one-epoch defaults) is more accurate "
+            "(ΔAA +20.00 [") in readme
+    paired = open(os.path.join(out, "paired.md")).read()
+    assert "Where craft did not run a block, that block's Δ is of the row that did: Offline orders: craft "         "(one-epoch defaults)." in paired
+    assert cells_of(os.path.join(out, "paired.md"), "seq_lora")[3].startswith("+20.00 [")
+
+
 def test_protocols_and_splits_get_tables_of_their_own(tmp_path):
     root = str(tmp_path / "runs")
     make_run(root, "seq_lora", "seq_lora", "1", 1, seq(60.0, 90.0))
