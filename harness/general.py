@@ -138,7 +138,7 @@ def evaluate(scorer_for, tokenizer, encoder, names=GENERAL_TASKS, per_task: int 
     with tempfile.TemporaryDirectory(prefix="clh-general-") as folder, quiet_progress():
         configs = build_tasks(names, per_task, encoder, folder, data_dir)
         # The tasks are inline configs: without a manager of its own, simple_evaluate builds one that parses every
-        # YAML file of lm-eval's task library (about 55,000 loads, 10-20 s here) on each call.
+        # YAML file of lm-eval's task library (about 55,000 loads, 9-10 s here) on each call.
         out = lm_eval.simple_evaluate(model=lm, tasks=configs, num_fewshot=0, bootstrap_iters=0, log_samples=True,
                                       verbosity="ERROR", task_manager=TaskManager(include_defaults=False))
     answers = {}

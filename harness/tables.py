@@ -356,17 +356,21 @@ def over_runs(runs: list[Run], value, samples, within=stats.POINTS, of: str | No
     forgetting table's cells), with stats.over_runs' interval (each order a stratum) where every such run gives
     samples(run) (its value under each resample of the test examples), clipped to `within` (value_range).
     Otherwise the std over runs. of: the mean of that order's runs alone, its interval's spread pooled over
-    every order of `runs` (the main table's column of one order)."""
+    every order of `runs` (the main table's column of one order): over those of their runs that give samples, an
+    interval wherever every run of that order does."""
     have = [(r, v) for r in runs if (v := value(r)) is not None]
     if of is not None and not any(r.order == of for r, _ in have):
         return None
     points = np.array([v for r, v in have if of is None or r.order == of], dtype=float)
     if not len(points):
         return None
-    draws = [samples(r) for r, _ in have]
+    draws = [(r, samples(r)) for r, _ in have]
+    if of is not None:   # another order's run without samples lends no spread, and takes none away
+        draws = [(r, d) for r, d in draws if d is not None or r.order == of]
     bounds = None
-    if all(d is not None for d in draws):
-        bounds = stats.interval(stats.over_runs(np.stack(draws), [r.order for r, _ in have], within, of=of))
+    if all(d is not None for _, d in draws):
+        bounds = stats.interval(stats.over_runs(np.stack([d for _, d in draws]), [r.order for r, _ in draws], within,
+                                                of=of))
     std = float(np.std(points, ddof=1)) if len(points) > 1 else None
     return Summary(float(points.mean()), std, bounds, len(points))
 
@@ -400,8 +404,8 @@ def missing_predictions_note(runs: list[Run]) -> str | None:
 
 BOOTSTRAP_NOTE = (f"[lo, hi] = {stats.LEVEL}% interval over seeds and evaluation examples ({stats.RESAMPLES} "
                   "resamples): Student's t over the runs' spread about their order's mean (runs - orders degrees of "
-                  "freedom), around the mean under a bootstrap of each task's evaluation examples (of the split the "
-                  "heading names), the same draws for every run, so methods compared on one task are compared on the "
+                  "freedom), around the mean under a bootstrap of each task's evaluation examples (of the test split "
+                  "unless the heading names another), the same draws for every run, so methods compared on one task are compared on the "
                   "same examples.")
 
 
@@ -551,7 +555,7 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
             add_paired_cells(cells, lab, most_pairs(runs, targets[title], lab, members), ("ΔAA ↑", "ΔFM ↓"))
         for heading, values in cells.items():
             columns[(title, heading)] = pd.Series(values, dtype=object)
-    others = {title: t for title, t in targets.items() if t != target}
+    others = {title: t for title, t in targets.items() if t != target}   # blocks judged on another row of it
     notes = [f"Δ = {target} minus the row's method, on the same orders, seeds and evaluation examples: the "
              "block's orders both ran, on the seeds that ran all of them, or only the orders that every seed ran "
              "where that gives more pairs (pairs = orders × seeds). ΔAA > 0: "
@@ -560,7 +564,7 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
              "on the same seeds and examples, which is far tighter than two separate intervals. * = the interval "
              "excludes 0. Without an interval: mean ± std over seeds of the per-seed difference."]
     if others:
-        notes.append(f"Where {target} did not run a block, that block's Δ is of the row that did: " +
+        notes.append(f"Blocks whose Δ is of another row of {PAIRED_TARGET} (the one that ran them): " +
                      "; ".join(f"{title}: {t}" for title, t in others.items()) + ".")
     notes += [n for n in (missing_predictions_note(runs),) if n]
     return Table("paired", f"{target} against each baseline, paired" + title_note, columns,

@@ -361,6 +361,17 @@ def test_a_column_of_one_order_pools_the_seeds_spread_over_the_blocks_orders(tmp
     assert first[0] == 80.0 and first[1] < 55.0 and first[2] == 100.0    # order 1 borrows order 2's spread
     assert second[0] == 70.0 and 30.0 < second[1] < 45.0                 # alone (1 df, t 12.7) it would reach 0
     assert "pooled over the block's orders" in open(os.path.join(out, "main.md")).read()
+    # another block's spread is not borrowed (offline1: AA 90 and 50), and a run of order 2 that kept no predictions
+    # neither lends order 1 spread nor takes its interval away
+    for seed, final_a in ((1, 100.0), (2, 20.0)):
+        make_run(root, "craft", "craft", "offline1", seed, seq(final_a, 80.0), n_test=40)
+    write_tables(root, out, figures=False)
+    assert [numbers(c) for c in cells_of(os.path.join(out, "main.md"), "craft")[:2]] == [first, second]
+    make_run(root, "craft", "craft", "2", 3, seq(60.0, 80.0))            # recorded before predictions
+    write_tables(root, out, figures=False)
+    cells = cells_of(os.path.join(out, "main.md"), "craft")
+    assert numbers(cells[0]) == first
+    assert cells[1] == "70.00 ± 10.00"                 # order 2: mean ± std, as one of its runs kept no predictions
 
 
 def numbers(cell):
@@ -536,7 +547,8 @@ def test_a_block_where_todays_craft_did_not_run_is_judged_on_the_craft_row_that_
     assert ("- Offline orders, against seq_lora (1 order × 2 seeds): craft (one-epoch defaults) is more accurate "
             "(ΔAA +20.00 [") in readme
     paired = open(os.path.join(out, "paired.md")).read()
-    assert "Where craft did not run a block, that block's Δ is of the row that did: Offline orders: craft "         "(one-epoch defaults)." in paired
+    assert "Blocks whose Δ is of another row of craft (the one that ran them): Offline orders: craft (one-epoch " \
+        "defaults)." in paired
     assert cells_of(os.path.join(out, "paired.md"), "seq_lora")[3].startswith("+20.00 [")
 
 
