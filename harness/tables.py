@@ -359,8 +359,6 @@ def over_runs(runs: list[Run], value, samples, within=stats.POINTS, of: str | No
     every order of `runs` (the main table's column of one order): over those of their runs that give samples, an
     interval wherever every run of that order does."""
     have = [(r, v) for r in runs if (v := value(r)) is not None]
-    if of is not None and not any(r.order == of for r, _ in have):
-        return None
     points = np.array([v for r, v in have if of is None or r.order == of], dtype=float)
     if not len(points):
         return None
@@ -405,8 +403,8 @@ def missing_predictions_note(runs: list[Run]) -> str | None:
 BOOTSTRAP_NOTE = (f"[lo, hi] = {stats.LEVEL}% interval over seeds and evaluation examples ({stats.RESAMPLES} "
                   "resamples): Student's t over the runs' spread about their order's mean (runs - orders degrees of "
                   "freedom), around the mean under a bootstrap of each task's evaluation examples (of the test split "
-                  "unless the heading names another), the same draws for every run, so methods compared on one task are compared on the "
-                  "same examples.")
+                  "unless the heading names another), the same draws for every run, so methods compared on one task "
+                  "are compared on the same examples.")
 
 
 # ---- tables ---------------------------------------------------------------------------------------------
