@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("metrics", help="print AA, BWT, FM, FWT, LA of a matrix.csv or run directory")
     m.add_argument("path")
     m.add_argument("--json", action="store_true",
-                   help="print one JSON object: AA, BWT, FM, FWT, LA and their 95%% bootstrap intervals over test examples "
-                        "(AA_ci, ...: [lo, hi], null for a run recorded without predictions)")
+                   help="print one JSON object: AA, BWT, FM, FWT, LA and their 95%% bootstrap intervals over the "
+                        "evaluated examples (AA_ci, ...: [lo, hi], null for a run recorded without predictions)")
 
     data_cmd.add_parser(sub)
     return p
@@ -209,7 +209,7 @@ def cmd_bench(a) -> int:
     print(f"\nAccuracy matrix (%), rows = after training on, columns = evaluated task — {out}/matrix.csv")
     print(R.to_string(float_format=lambda v: f"{v:6.2f}"))
     print()
-    print(metrics.format_metrics(metrics.compute(R), _run_intervals(out, R)))
+    print(metrics.format_metrics(metrics.compute(R), *_run_intervals(out, R)))
     with open(os.path.join(out, "method.json")) as f:
         card = json.load(f)
     t = card["timing"]
@@ -416,24 +416,27 @@ def cmd_metrics(a) -> int:
                          else f"no matrix.csv at {a.path}")
     R = metrics.read_matrix(path)
     values = metrics.compute(R)
-    intervals = _run_intervals(os.path.dirname(path), R)
+    intervals, split = _run_intervals(os.path.dirname(path), R)
     if a.json:
         print(json.dumps({**values, **{f"{k}_ci": v for k, v in intervals.items()}}))
     else:
-        print(metrics.format_metrics(values, intervals))
+        print(metrics.format_metrics(values, intervals, split))
     return 0
 
 
-def _run_intervals(folder: str, R) -> dict:
-    """95% intervals over test examples (printed in brackets), where the run beside the matrix kept its
-    predictions; else None each."""
+def _run_intervals(folder: str, R) -> tuple[dict, str]:
+    """95% intervals over the evaluated examples (printed in brackets), where the run beside the matrix kept its
+    predictions, else None each; and the split they were drawn from (the run's --eval-split; test without a
+    config)."""
     from harness import stats
     from harness.metrics import METRICS
     from harness.rundir import RunDir
     run = RunDir(folder)
     status = run.status() if os.path.isfile(run.file("config.json")) else None
-    scores = status and stats.example_scores(run.read_json("config.json"), status, R, folder)
-    return stats.run_intervals(scores) if scores else {name: None for name in METRICS}
+    config = run.read_json("config.json") if status else {}
+    scores = status and stats.example_scores(config, status, R, folder)
+    return (stats.run_intervals(scores) if scores else {name: None for name in METRICS},
+            config.get("eval_split", "test"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -192,12 +192,13 @@ def _percent(cell: str):
     return value if math.isfinite(value) else cell
 
 
-def format_metrics(values: dict[str, float | None], intervals: dict | None = None) -> str:
+def format_metrics(values: dict[str, float | None], intervals: dict | None = None, split: str = "test") -> str:
+    """One line per metric; `split` names the examples the intervals resample (a run's --eval-split)."""
     parts = []
     for name, value in values.items():
         arrow = "higher is better" if METRICS[name].higher_is_better else "lower is better"
         bounds = (intervals or {}).get(name)
-        ci = f" [{bounds[0]:.2f}, {bounds[1]:.2f}] (95% over test examples)" if bounds else ""
+        ci = f" [{bounds[0]:.2f}, {bounds[1]:.2f}] (95% over {split} examples)" if bounds else ""
         parts.append(f"{name:>4} = {'n/a' if value is None else f'{value:7.2f}'}{ci}   "
                      f"({METRICS[name].description}; {arrow})")
     return "\n".join(parts)

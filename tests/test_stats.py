@@ -75,6 +75,18 @@ def test_metrics_json_adds_intervals_that_cover_the_point(tmp_path, tokenizer):
         assert lo <= values[name] <= hi, name
 
 
+def test_metrics_names_the_split_its_intervals_resample(tmp_path, tokenizer, capsys):
+    from harness.cli import main
+    out, _ = run(tmp_path, "r", tokenizer)
+    assert main(["metrics", out]) == 0
+    assert "(95% over test examples)" in capsys.readouterr().out
+    path = os.path.join(out, "config.json")
+    json.dump({**json.load(open(path)), "eval_split": "val"}, open(path, "w"))   # as a validation run records it
+    assert main(["metrics", out]) == 0
+    text = capsys.readouterr().out
+    assert "(95% over val examples)" in text and "test examples" not in text
+
+
 def test_labels_round_trip_and_generation_is_normalised_as_o_lora_does():
     assert stats.encode_labels([0, 9, 10, 13, -1]) == "09ad-"
     assert list(stats.decode_labels("09ad-")) == [0, 9, 10, 13, -1]
