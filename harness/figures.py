@@ -62,7 +62,7 @@ def stream_curves(runs, order: str, folder: str) -> list[str]:
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.0), sharey=True, squeeze=False)
     colours = _colours(labels)
     resampled = {r.path: r.scores.resampled() for r in rs if r.scores is not None}   # [resamples, rows, tasks]
-    banded = False
+    banded = []   # how many seeds each banded line averages
     for i, task in enumerate(tasks):
         ax = axes[0][i]
         for label in labels:
@@ -76,7 +76,8 @@ def stream_curves(runs, order: str, folder: str) -> list[str]:
                 lo = [np.nan if b is None else b[0] for b in band]
                 hi = [np.nan if b is None else b[1] for b in band]
                 ax.fill_between(steps, lo, hi, color=colours[label], alpha=0.15, lw=0)
-                banded = banded or any(b is not None for b in band)
+                if any(b is not None for b in band):
+                    banded.append(len(mine))
         ax.axvline(i + 1, color="grey", lw=0.5)
         ax.set_title(task, fontsize=9)
         ax.set_xticks(range(1, len(tasks) + 1))
@@ -84,8 +85,21 @@ def stream_curves(runs, order: str, folder: str) -> list[str]:
     axes[0][0].set_ylabel("accuracy (%)")
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(f"Accuracy of each task along order {order} (grey line: when it is trained; dashed: bounds"
-                 + ("; bands: 95% over seeds and evaluation examples" if banded else "") + ")", fontsize=9)
+                 + band_note(banded) + ")", fontsize=9)
     return _save(fig, folder, f"stream-{order}")
+
+
+def band_note(seeds_per_line: list[int]) -> str:
+    """What a stream figure's bands are, given how many seeds each banded line averages: a line of one seed has
+    no seed spread to show (a cell of one order is its own quantity, so none is borrowed from other orders, as
+    the tables' order columns do), and its band is the evaluation examples' alone."""
+    if not seeds_per_line:
+        return ""
+    if min(seeds_per_line) > 1:
+        return "; bands: 95% over seeds and evaluation examples"
+    if max(seeds_per_line) == 1:
+        return "; bands: 95% over evaluation examples (one seed: no seed spread in them)"
+    return "; bands: 95% over seeds and evaluation examples (the examples' alone for a line of one seed)"
 
 
 def cell_interval(runs, resampled: dict, task: str, k: int) -> tuple[float, float] | None:

@@ -955,6 +955,14 @@ def test_stream_bands_and_kept_parameter_intervals_cover_the_planted_values(tmp_
     assert "figures/aa_vs_kept-orders_1-3.png" in info["files"]
 
 
+def test_a_stream_figure_says_when_a_band_has_no_seed_spread():
+    from harness.figures import band_note
+    assert band_note([]) == ""
+    assert "over seeds and evaluation examples" in band_note([3, 2]) and "one seed" not in band_note([3, 2])
+    assert "seeds" not in band_note([1, 1]).replace("one seed", "")   # one seed each: the examples' spread only
+    assert "alone for a line of one seed" in band_note([3, 1])
+
+
 def test_the_readme_opens_with_what_the_paired_comparisons_support(tmp_path):
     root = str(tmp_path / "runs")
     planted_pairs(root)
