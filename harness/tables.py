@@ -237,6 +237,7 @@ def runs_frame(runs: list[Run], root: str) -> pd.DataFrame:
         "wall_seconds": r.card["timing"]["wall_seconds"], "created": r.config.get("created"),
         "block": block_of(r.order), "bound": r.bound, "ran_defaults": r.ran_defaults, "tasks": len(r.tasks),
         "train_seconds": r.card["timing"]["train_seconds"], "eval_seconds": r.card["timing"]["eval_seconds"],
+        "train_steps": sum(stage.get("steps") or 0 for stage in r.card["timing"].get("per_stage", {}).values()),
         "uses_task_id_at_test": bool(r.card.get("uses_task_id_at_test")),
         "keeps_from_past_tasks": r.card.get("keeps_from_past_tasks", "")} for r in runs])
 
@@ -252,9 +253,10 @@ def mean_std(grouped) -> pd.Series | pd.DataFrame:
 def spread(grouped, digits: int = 1) -> pd.Series:
     """Per group: "median [min–max]". For timings, where a run slowed by a busy machine should not move the
     centre the way it moves a mean."""
-    s = grouped.agg(["median", "min", "max", "size"])
+    s = grouped.agg(["median", "min", "max", "count"])   # count: the values there are (NaN: none to time)
     num = f"{{:.{digits}f}}".format
-    return s["median"].map(num) + (" [" + s["min"].map(num) + "–" + s["max"].map(num) + "]").where(s["size"] > 1, "")
+    text = s["median"].map(num) + (" [" + s["min"].map(num) + "–" + s["max"].map(num) + "]").where(s["count"] > 1, "")
+    return text.where(s["count"] > 0, MISSING)
 
 
 def block_average(frame: pd.DataFrame, members: list[str]) -> pd.Series:
@@ -758,13 +760,18 @@ def cost_table(frame: pd.DataFrame) -> Table:
                ("", "params kept"): kept.groupby(frame.label).max().map("{:,.0f}".format),
                ("", "kept per task"): (kept / frame.tasks).groupby(frame.label).mean().map("{:,.0f}".format),
                ("", "train s/task"): spread((frame.train_seconds / frame.tasks).groupby(frame.label)),
+               ("", "train s/step"): spread((frame.train_seconds / frame.train_steps.where(frame.train_steps > 0))
+                                            .groupby(frame.label), digits=2),
                ("", "eval s/run"): spread(frame.groupby("label").eval_seconds),
                ("", "wall s/run"): spread(frame.groupby("label").wall_seconds),
                ("", "task id at test"): first.uses_task_id_at_test.map({True: "yes", False: "no"})}
     notes = ["params kept = parameters stored beside the frozen backbone at the end of the stream, the most over "
              "the row's runs (it can vary: CRAFT keeps one intervention per group); kept per task = that over the "
              "number of tasks, mean over runs. Seconds are median [min–max] over runs (wall includes model loading); "
-             "the range spans the orders' different tasks and any run slowed by a busy machine.",
+             "the range spans the orders' different tasks and any run slowed by a busy machine. train s/step = a "
+             "run's training loop time over its optimizer steps (what a step costs with everything it does: "
+             "replayed rows, CRAFT's anchor KL; not the work between tasks, such as CRAFT's routing and merge); "
+             f"{MISSING} = no step taken.",
              "What each method keeps from past tasks: " +
              "; ".join(f"{k}: {v}" for k, v in first.keeps_from_past_tasks.items()) + "."]
     return Table("cost", "Cost: parameters and time", columns, sections_of(frame), notes)

@@ -16,8 +16,9 @@ TASKS = ["a", "b"]
 
 
 def make_run(root, label, method, order, seed, rows, args=None, params=100, bound=False, finished=True,
-             general=None, model="tiny-llama", settings=None, machine=None, n_test=None, protocol=None):
-    """rows: {"base": [..], "a": [..], "b": [..]} accuracies over TASKS. n_test: also record per-example
+             general=None, model="tiny-llama", settings=None, machine=None, n_test=None, protocol=None, steps=None):
+    """rows: {"base": [..], "a": [..], "b": [..]} accuracies over TASKS. steps: optimizer steps per task, as
+    the method card's timing records them (none recorded without). n_test: also record per-example
     predictions of n_test examples a task (gold label 0 for all; the first k examples right, k from the
     accuracy), so that runs share their right examples as far as their accuracies allow."""
     path = os.path.join(root, label, order, f"seed{seed}")
@@ -35,7 +36,9 @@ def make_run(root, label, method, order, seed, rows, args=None, params=100, boun
     write_json(os.path.join(path, "method.json"), {
         "name": method, "trainable_parameters": params, "parameters_kept": params * 2, "bound": bound,
         "uses_task_id_at_test": bound, "keeps_from_past_tasks": "nothing",
-        "timing": {"wall_seconds": 10.0 * seed, "train_seconds": 4.0, "eval_seconds": 2.0}})
+        "timing": {"wall_seconds": 10.0 * seed, "train_seconds": 4.0, "eval_seconds": 2.0,
+                   **({"per_stage": {"base": {"steps": None}, **{t: {"steps": k} for t, k in zip(TASKS, steps)}}}
+                      if steps else {})}})
     status_rows = {}
     if n_test:
         for r, vals in rows.items():
@@ -71,7 +74,7 @@ def seq(final_a, final_b, first_a=80.0, base=(50.0, 40.0)):
 def runs(tmp_path):
     root = str(tmp_path / "runs")
     # seq_lora: orders 1 and 2 (two seeds on order 1), orders 1-3 block incomplete (no order 3)
-    make_run(root, "seq_lora", "seq_lora", "1", 1, seq(60.0, 90.0), general=-2.0)
+    make_run(root, "seq_lora", "seq_lora", "1", 1, seq(60.0, 90.0), general=-2.0, steps=(2, 3))
     make_run(root, "seq_lora", "seq_lora", "1", 2, seq(70.0, 80.0), general=-4.0,
              machine={"cpu": "Xeon", "torch_cpu_capability": "AVX512", "threads": 2})
     make_run(root, "seq_lora", "seq_lora", "2", 1, seq(50.0, 70.0))
@@ -141,7 +144,10 @@ def test_forgetting_robustness_and_ablation_tables(runs, tmp_path):
     cost = open(os.path.join(out, "cost.md")).read()
     assert cost.splitlines()[2].startswith("| Method | trainable params | params kept |")
     row = [c.strip() for c in next(ln for ln in cost.splitlines() if ln.startswith("| seq_lora |")).strip("|").split("|")]
-    assert row[1:4] == ["100", "200", "100"] and row[4] == "2.0 [2.0–2.0]" and row[6] == "10.0 [10.0–20.0]"
+    assert row[1:4] == ["100", "200", "100"] and row[4] == "2.0 [2.0–2.0]" and row[7] == "10.0 [10.0–20.0]"
+    assert row[5] == "0.80"   # train s/step: 4 s over 2 + 3 steps, the one run that recorded its steps
+    row = [c.strip() for c in next(ln for ln in cost.splitlines() if ln.startswith("| craft |")).strip("|").split("|")]
+    assert row[5] == "–"      # no run of it recorded a step
     readme = open(os.path.join(out, "README.md")).read()
     assert "8 finished runs" in readme and "o_lora/1/seed1" in readme and "tiny-llama" in readme
     assert "- CPUs: Xeon (AVX512, 2 threads): 1 run; not recorded: 7 runs." in readme
