@@ -57,6 +57,21 @@ LRS2=$($PY bench/tuning_rule.py $T --screen "$LRS") \
     || { LRS2=$LRS; echo "== $(date -u +%FT%T) 5c: the screen failed, so every variant runs"; }
 if [ -n "$LRS2" ]; then sw --runs $T --orders offline1,offline2 --seeds 2 --methods "$LRS2"
 else echo "== $(date -u +%FT%T) 5c: the screen dropped every learning rate"; fi
+# 5c'. seed 3 of those that pass the rule on seeds 1-2: its confirming seed (their references' seed 3 ran with the
+#      decision runs of their epochs). A default then moves by hand: code, FORMER_DEFAULTS, tests, docs.
+LRS3=$($PY bench/tuning_rule.py $T --confirm "${LRS2:-$LRS}") || LRS3=""
+if [ -n "$LRS3" ]; then sw --runs $T --orders offline1,offline2 --seeds 3 --methods "$LRS3"
+else echo "== $(date -u +%FT%T) 5c': no learning rate passes seeds 1-2 (or their runs are unfinished)"; fi
+# 5c''. the paper grid's first cells (test split, results/test/runs; make grid, docs/results.md): craft's cells of
+#       stage 1, which wait on no baseline's setting (the baselines' learning rates are chosen by the rule from
+#       validation runs alone, so these test numbers cannot steer them). `make grid` later skips them as finished.
+#       make -o: the shared .venv counts as installed (a worktree's fresh requirements files would trigger pip).
+VENV=$(dirname "$(dirname "$PY")")
+echo "== $(date -u +%FT%T) make grid-stage1 GRID_FIRST=craft"
+make -s -o "$VENV/.installed" grid-stage1 GRID_FIRST=craft GRID_RUNS="$RESULTS/test/runs" CL_DATA_DIR="$DATA" \
+    VENV="$VENV" ${DRY:+ARGS="--dry-run --costs-from $V,$T"}
+rc=$?
+echo "== $(date -u +%FT%T) exit $rc"
 # 5d. (after the learning rates: the grid's stage 1 waits on those, not on 5d-5e) replay, level with CRAFT on
 #     offline1-2, on the stream where CRAFT's grouping acts (no replay run there yet; spelled out so it lands
 #     beside replay's three-epoch decision runs)

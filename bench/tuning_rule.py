@@ -20,6 +20,7 @@ CRAFT group is judged on the grouped stream (docs/results.md, round 6).
     python bench/tuning_rule.py results/val/tuning/runs                  # every variant, a markdown table
     python bench/tuning_rule.py results/val/tuning/runs --methods o_lora --out results/val/tuning/rule.md
     python bench/tuning_rule.py results/val/tuning/runs --screen seq_lora:epochs=3:lr=0.003,replay:epochs=3:lr=0.003
+    python bench/tuning_rule.py results/val/tuning/runs --confirm o_lora:epochs=3:lr=0.003   # those needing seed 3
 """
 from __future__ import annotations
 
@@ -114,28 +115,35 @@ def rule_rows(root: str, orders: list[str], methods: list[str] | None = None) ->
     return rows
 
 
+def _spec_runs(runs: list, frame, spec: str) -> tuple[str | None, str | None]:
+    """A sweep's method spec -> (the label of its runs, the label it is set against), or Nones where its runs are
+    not known: the runs made at the settings the spec resolves to today, whatever folder a sweep wrote them to
+    (another spelling's: sweep.same_as_existing); older runs in its folder are another configuration's."""
+    from harness import config
+    from harness.sweep import MethodSpec
+    parsed = MethodSpec.parse(spec)
+    today = config.resolved_settings(parsed.name, dict(parsed.args))
+    labels = {r.label for r in runs if r.method == parsed.name and config.recorded_value(r.config, "settings") == today}
+    if len(labels) != 1:
+        return None, None
+    label = labels.pop()
+    return label, variant_references(runs, frame, parsed.name).get(label)
+
+
+def _finished_runs(root: str) -> tuple[list, object]:
+    runs = pairable_runs(root) if os.path.isdir(root) else []
+    return runs, (runs_frame(runs, root) if runs else None)
+
+
 def screen(root: str, orders: list[str], candidates: list[str], seed: int = 1) -> tuple[list[str], list[str]]:
     """The screen before a variant's second seed (docs/results.md, the tuning queue): a candidate (a sweep's
     method spec) whose ΔAA interval on `seed` alone, against the defaults it was tried under, lies wholly below 0
     cannot pass the rule, so its later seeds need not run. -> (kept specs, one line per dropped spec). A candidate
     with no finished run on that seed's streams, or no reference there, is kept: nothing is known against it."""
-    from harness import config
-    from harness.sweep import MethodSpec
-    runs = pairable_runs(root) if os.path.isdir(root) else []
-    frame = runs_frame(runs, root) if runs else None
+    runs, frame = _finished_runs(root)
     kept, dropped = [], []
     for spec in candidates:
-        parsed = MethodSpec.parse(spec)
-        today = config.resolved_settings(parsed.name, dict(parsed.args))
-        # the runs of this configuration: made at the settings the spec resolves to today, whatever folder a sweep
-        # wrote them to (another spelling's: sweep.same_as_existing); older runs in its folder are another's
-        labels = {r.label for r in runs if r.method == parsed.name
-                  and config.recorded_value(r.config, "settings") == today}
-        if len(labels) != 1:
-            kept.append(spec)
-            continue
-        label = labels.pop()
-        reference = variant_references(runs, frame, parsed.name).get(label)
+        label, reference = _spec_runs(runs, frame, spec)
         pairs = by_seed(runs, label, orders, reference).get(seed) if reference else None
         aa = summarize({seed: pairs}, "AA", rule=True) if pairs else None
         if aa is not None and stats.below_zero(aa.bounds):
@@ -143,6 +151,29 @@ def screen(root: str, orders: list[str], candidates: list[str], seed: int = 1) -
         else:
             kept.append(spec)
     return kept, dropped
+
+
+def to_confirm(root: str, orders: list[str], candidates: list[str]) -> tuple[list[str], list[str]]:
+    """The step after seeds 1-2 (docs/results.md, the tuning queue): of these candidates (sweep method specs), those
+    that pass the rule on seeds 1-2, whose seed 3 decides whether the default moves. -> (those specs, one line per
+    candidate left out, with its verdict). A candidate whose seeds 1-2 are not all finished is left out: its
+    verdict is not known yet. Its reference needs seed 3 too; where that is missing it is said on the line."""
+    runs, frame = _finished_runs(root)
+    chosen, left = [], []
+    for spec in candidates:
+        label, reference = _spec_runs(runs, frame, spec)
+        per_seed = by_seed(runs, label, orders, reference) if reference else {}
+        verdict = judge(per_seed)
+        aa = verdict.get("AA")
+        if aa is None or aa.bounds is None or passes(aa, verdict["FM"]) is not None:
+            said = verdict["verdict"] if reference else "no finished runs against a reference"
+            left.append(f"left out {spec}: {said}")
+            continue
+        chosen.append(spec)
+        if CONFIRMING_SEED not in {r.seed for r in runs if r.label == reference and r.order in orders}:
+            left.append(f"{spec} passes seeds {RULE_SEEDS[0]}-{RULE_SEEDS[-1]}, but its reference {reference} has "
+                        f"no seed {CONFIRMING_SEED} to pair with: run that too")
+    return chosen, left
 
 
 def markdown(rows: list[dict], orders: list[str]) -> str:
@@ -169,20 +200,26 @@ def main(argv=None) -> int:
     parser.add_argument("--orders", default="offline1,offline2", help="the rule's streams (default offline1,offline2)")
     parser.add_argument("--methods", default="", help="only these methods' variants (comma-separated; default all)")
     parser.add_argument("--out", help="write the table here (atomically) instead of to stdout")
-    parser.add_argument("--screen", metavar="SPECS", help="instead of the table: of these method specs "
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--screen", metavar="SPECS", help="instead of the table: of these method specs "
                         "(comma-separated, as a sweep's --methods), print those the seed-1 screen keeps, "
                         "comma-separated (empty: none); each dropped one and why go to stderr")
+    choice.add_argument("--confirm", metavar="SPECS", help="instead of the table: of these method specs, print "
+                        "those that pass the rule on seeds 1-2 (their seed 3 decides), comma-separated (empty: "
+                        "none); each left out and its verdict go to stderr")
     a = parser.parse_args(argv)
     try:
         orders = [o for o in a.orders.split(",") if o]
-        if a.screen is not None:
+        for specs, choose, said in ((a.screen, screen, "screened out "), (a.confirm, to_confirm, "")):
+            if specs is None:
+                continue
             if not orders:
-                raise UsageError("no orders to screen on: give --orders")
+                raise UsageError("no orders to judge on: give --orders")
             from harness.sweep import split_methods
-            kept, dropped = screen(a.runs, orders, split_methods(a.screen))
-            for line in dropped:
-                print(f"tuning_rule.py: screened out {line}", file=sys.stderr)
-            print(",".join(kept))
+            chosen, lines = choose(a.runs, orders, split_methods(specs))
+            for line in lines:
+                print(f"tuning_rule.py: {said}{line}", file=sys.stderr)
+            print(",".join(chosen))
             return 0
         rows = rule_rows(a.runs, orders, [m for m in a.methods.split(",") if m] or None)
         if not rows:

@@ -117,3 +117,31 @@ def test_the_screen_command_prints_what_it_keeps(verdicts):
                            "seq_lora:lr=0.008,seq_lora:lr=0.003"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "seq_lora:lr=0.003\n" and "screened out seq_lora:lr=0.008" in done.stderr
+
+
+def test_the_confirm_step_picks_the_variants_that_pass_seeds_one_and_two(verdicts, tmp_path):
+    root, rows = verdicts
+    candidates = ["seq_lora:lr=0.002", "seq_lora:lr=0.003", "seq_lora:lr=4e-3", "seq_lora:lr=0.0003",
+                  "seq_lora:lr=0.005", "seq_lora:lr=0.007", "seq_lora:lr=0.006", "seq_lora:lr=0.009"]
+    chosen, left = tuning_rule.to_confirm(root, ORDERS, candidates)
+    # lr=0.004 passed seeds 1-2 before its seed 3 failed: chosen all the same (its seed 3 is run, the sweep skips it)
+    assert chosen == ["seq_lora:lr=0.002", "seq_lora:lr=0.003", "seq_lora:lr=4e-3"]
+    assert left == ["left out seq_lora:lr=0.0003: fails: ΔFM's interval excludes 0 against it",
+                    "left out seq_lora:lr=0.005: incomplete",
+                    "left out seq_lora:lr=0.007: fails: ΔAA's interval does not exclude 0 in its favour",
+                    "left out seq_lora:lr=0.006: no intervals",
+                    "left out seq_lora:lr=0.009: no finished runs against a reference"]
+    # a reference with no seed 3 to pair with: said, as the variant's seed 3 alone would leave it at `needs seed 3`
+    alone = str(tmp_path / "runs")
+    stream(alone, {}, {s: (60.0, 60.0) for s in (1, 2)}, seeds=(1, 2))
+    stream(alone, {"lr": "0.002"}, {s: (80.0, 80.0) for s in (1, 2)}, seeds=(1, 2))
+    chosen, left = tuning_rule.to_confirm(alone, ORDERS, ["seq_lora:lr=0.002"])
+    assert chosen == ["seq_lora:lr=0.002"] and len(left) == 1 and "reference seq_lora has no seed 3" in left[0]
+    script = os.path.join(ROOT, "bench", "tuning_rule.py")
+    done = subprocess.run([sys.executable, script, root, "--orders", ",".join(ORDERS), "--confirm",
+                           "seq_lora:lr=0.007,seq_lora:lr=0.002"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "seq_lora:lr=0.002\n" and "left out seq_lora:lr=0.007: fails" in done.stderr
+    both = subprocess.run([sys.executable, script, root, "--screen", "seq_lora", "--confirm", "seq_lora"],
+                          capture_output=True, text=True)
+    assert both.returncode == 2 and "not allowed with" in both.stderr
