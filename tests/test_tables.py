@@ -483,6 +483,9 @@ def test_a_failed_sanity_check_is_stated_under_the_tables_and_in_the_readme(tmp_
                "not below 0: no forgetting to prevent at these sizes" in text
         assert "**Check failed** (Orders 1-3): per_task (one adapter per task and the task id at test) is below " \
                "seq_lora (beyond noise): AA of per_task minus seq_lora: -40.00 [" in text
+    # mtl and replay never ran: that check is said to be missing, not left out as if it held
+    assert "Not checked (Orders 1-3): mtl (joint training on every task at once) against replay: no mtl or replay " \
+        "run here." in main
     # forgetting planted: the check passes
     for seed in (1, 2):
         make_run(root, "seq_lora", "seq_lora", "2", seed, seq(30.0, 90.0), n_test=20)
@@ -490,6 +493,14 @@ def test_a_failed_sanity_check_is_stated_under_the_tables_and_in_the_readme(tmp_
     # seq_lora's orders 1 and 2 (BWT 0 and -50 on each seed): -25 on average, with an interval below 0
     assert "Check passed (Orders 1-3): the regime forgets: seq_lora's BWT is -25.00 [" in \
         open(os.path.join(out, "main.md")).read()
+    # a folder of craft runs alone (a grid under way): no check can be made, and each says why
+    alone = str(tmp_path / "craft_only")
+    make_run(alone, "craft", "craft", "1", 1, seq(80.0, 90.0), n_test=20)
+    write_tables(alone, out, figures=False)
+    readme = open(os.path.join(out, "README.md")).read()
+    assert "- Not checked (Orders 1-3): no seq_lora run here, so whether the regime forgets is not known." in readme
+    assert "- Not checked (Orders 1-3): per_task (one adapter per task and the task id at test) against seq_lora: " \
+        "no per_task or seq_lora run here." in readme
 
 
 def test_forgetting_on_average_that_its_interval_does_not_establish_fails_the_check_as_unestablished(tmp_path):
