@@ -59,19 +59,26 @@ if [ -n "$LRS2" ]; then sw --runs $T --orders offline1,offline2 --seeds 2 --meth
 else echo "== $(date -u +%FT%T) 5c: the screen dropped every learning rate"; fi
 # 5c'. seed 3 of those that pass the rule on seeds 1-2: its confirming seed (their references' seed 3 ran with the
 #      decision runs of their epochs). A default then moves by hand: code, FORMER_DEFAULTS, tests, docs.
-LRS3=$($PY bench/tuning_rule.py $T --confirm "${LRS2:-$LRS}") || LRS3=""
+LRS3=""
+if [ -n "$LRS2" ]; then
+    LRS3=$($PY bench/tuning_rule.py $T --confirm "$LRS2") \
+        || { LRS3=""; echo "== $(date -u +%FT%T) 5c': the rule failed (above), so no seed 3 runs"; }
+fi
 if [ -n "$LRS3" ]; then sw --runs $T --orders offline1,offline2 --seeds 3 --methods "$LRS3"
-else echo "== $(date -u +%FT%T) 5c': no learning rate passes seeds 1-2 (or their runs are unfinished)"; fi
+else echo "== $(date -u +%FT%T) 5c': no learning rate to confirm (none passed seeds 1-2, or runs unfinished)"; fi
 # 5c''. the paper grid's first cells (test split, results/test/runs; make grid, docs/results.md): craft's cells of
 #       stage 1, which wait on no baseline's setting (the baselines' learning rates are chosen by the rule from
 #       validation runs alone, so these test numbers cannot steer them). `make grid` later skips them as finished.
 #       make -o: the shared .venv counts as installed (a worktree's fresh requirements files would trigger pip).
-VENV=$(dirname "$(dirname "$PY")")
-echo "== $(date -u +%FT%T) make grid-stage1 GRID_FIRST=craft"
-make -s -o "$VENV/.installed" grid-stage1 GRID_FIRST=craft GRID_RUNS="$RESULTS/test/runs" CL_DATA_DIR="$DATA" \
-    VENV="$VENV" ${DRY:+ARGS="--dry-run --costs-from $V,$T"}
-rc=$?
-echo "== $(date -u +%FT%T) exit $rc"
+VENV=$(dirname "$(dirname "$PY")")   # make's VENV: PYTHON must be a virtual environment's bin/python here
+if [ -x "$VENV/bin/python" ]; then
+    echo "== $(date -u +%FT%T) make grid-stage1 GRID_FIRST=craft"
+    make -s -o "$VENV/.installed" grid-stage1 GRID_FIRST=craft GRID_RUNS="$RESULTS/test/runs" CL_DATA_DIR="$DATA" \
+        VENV="$VENV" ${DRY:+ARGS="--dry-run --costs-from $V,$T"}
+    rc=$?
+    echo "== $(date -u +%FT%T) exit $rc"
+else echo "== $(date -u +%FT%T) 5c'': skipped: $PY is not a virtual environment's bin/python (PYTHON=.venv/bin/python)"
+fi
 # 5d. (after the learning rates: the grid's stage 1 waits on those, not on 5d-5e) replay, level with CRAFT on
 #     offline1-2, on the stream where CRAFT's grouping acts (no replay run there yet; spelled out so it lands
 #     beside replay's three-epoch decision runs)

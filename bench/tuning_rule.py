@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core.errors import UsageError  # noqa: E402
 from harness import stats  # noqa: E402
 from harness.rundir import write_report  # noqa: E402
+from harness.sweep import MethodSpec, split_methods  # noqa: E402
 from harness.tables import (Table, by_protocol, by_seed, check_one_setup, load_runs, runs_frame,  # noqa: E402
                             sort_labels, summarize, variant_references)
 
@@ -120,7 +121,6 @@ def _spec_runs(runs: list, frame, spec: str) -> tuple[str | None, str | None]:
     not known: the runs made at the settings the spec resolves to today, whatever folder a sweep wrote them to
     (another spelling's: sweep.same_as_existing); older runs in its folder are another configuration's."""
     from harness import config
-    from harness.sweep import MethodSpec
     parsed = MethodSpec.parse(spec)
     today = config.resolved_settings(parsed.name, dict(parsed.args))
     labels = {r.label for r in runs if r.method == parsed.name and config.recorded_value(r.config, "settings") == today}
@@ -155,24 +155,28 @@ def screen(root: str, orders: list[str], candidates: list[str], seed: int = 1) -
 
 def to_confirm(root: str, orders: list[str], candidates: list[str]) -> tuple[list[str], list[str]]:
     """The step after seeds 1-2 (docs/results.md, the tuning queue): of these candidates (sweep method specs), those
-    that pass the rule on seeds 1-2, whose seed 3 decides whether the default moves. -> (those specs, one line per
-    candidate left out, with its verdict). A candidate whose seeds 1-2 are not all finished is left out: its
-    verdict is not known yet. Its reference needs seed 3 too; where that is missing it is said on the line."""
+    that pass the rule on seeds 1-2 against today's defaults, whose seed 3 decides whether the default moves. ->
+    (those specs, one line per candidate left out, with its verdict). Left out too: a candidate whose seeds 1-2 are
+    not all finished (its verdict is not known yet), and one tried under defaults since replaced (its seed 3 could
+    not move today's). Its reference needs seed 3 on every stream too; where that is missing it is said."""
     runs, frame = _finished_runs(root)
+    ran = {(r.label, r.order, r.seed) for r in runs}
     chosen, left = [], []
     for spec in candidates:
         label, reference = _spec_runs(runs, frame, spec)
-        per_seed = by_seed(runs, label, orders, reference) if reference else {}
-        verdict = judge(per_seed)
+        verdict = judge(by_seed(runs, label, orders, reference)) if reference else {"verdict": "no reference"}
         aa = verdict.get("AA")
         if aa is None or aa.bounds is None or passes(aa, verdict["FM"]) is not None:
             said = verdict["verdict"] if reference else "no finished runs against a reference"
             left.append(f"left out {spec}: {said}")
             continue
+        if reference != MethodSpec.parse(spec).name:
+            left.append(f"left out {spec}: it passes against {reference}, defaults since replaced")
+            continue
         chosen.append(spec)
-        if CONFIRMING_SEED not in {r.seed for r in runs if r.label == reference and r.order in orders}:
+        if not all((reference, order, CONFIRMING_SEED) in ran for order in orders):
             left.append(f"{spec} passes seeds {RULE_SEEDS[0]}-{RULE_SEEDS[-1]}, but its reference {reference} has "
-                        f"no seed {CONFIRMING_SEED} to pair with: run that too")
+                        f"no seed {CONFIRMING_SEED} on every stream to pair with: run that too")
     return chosen, left
 
 
@@ -210,12 +214,14 @@ def main(argv=None) -> int:
     a = parser.parse_args(argv)
     try:
         orders = [o for o in a.orders.split(",") if o]
-        for specs, choose, said in ((a.screen, screen, "screened out "), (a.confirm, to_confirm, "")):
+        for flag, specs, choose, said in (("--screen", a.screen, screen, "screened out "),
+                                          ("--confirm", a.confirm, to_confirm, "")):
             if specs is None:
                 continue
             if not orders:
                 raise UsageError("no orders to judge on: give --orders")
-            from harness.sweep import split_methods
+            if not specs.strip(","):
+                raise UsageError(f"{flag} is empty: give method specs")
             chosen, lines = choose(a.runs, orders, split_methods(specs))
             for line in lines:
                 print(f"tuning_rule.py: {said}{line}", file=sys.stderr)

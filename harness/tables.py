@@ -578,14 +578,16 @@ def sanity_checks(runs: list[Run], frame: pd.DataFrame) -> list[str]:
         # each block's own rows: where today's defaults did not run a block, those of an earlier time that did
         block = frame[frame.order.isin(members)]
         reference = main_label(block, FORGETTING_REFERENCE)
-        if reference is not None:
-            pairs = most_pairs(runs, reference, None, members)
-            fm, bwt = (summarize(pairs, "FM"), summarize(pairs, "BWT")) if pairs else (None, None)
-            if fm is not None and bwt is not None:
-                lines.append(forgetting_check(title, reference, fm, bwt))
-        else:   # said, so a folder that lacks them (a grid under way) does not read as checked
-            lines.append(f"Not checked ({title}): no {FORGETTING_REFERENCE} run here, so whether the regime "
-                         "forgets is not known.")
+        # a check that cannot be made is said, so a folder that lacks its runs (a grid under way) does not read
+        # as checked
+        pairs = most_pairs(runs, reference, None, members) if reference else {}
+        fm, bwt = (summarize(pairs, "FM"), summarize(pairs, "BWT")) if pairs else (None, None)
+        if fm is not None and bwt is not None:
+            lines.append(forgetting_check(title, reference, fm, bwt))
+        else:
+            why_not = (f"{reference}'s runs here give no BWT" if reference
+                       else f"no run of {FORGETTING_REFERENCE}'s defaults here")
+            lines.append(f"Not checked ({title}): {why_not}, so whether the regime forgets is not known.")
         for bound_method, learner_method, why in BOUND_CHECKS:
             bound = main_label(block, bound_method)
             learner = trained_alike(block, learner_method, bound)
@@ -593,10 +595,12 @@ def sanity_checks(runs: list[Run], frame: pd.DataFrame) -> list[str]:
             diff = summarize(pairs, "AA") if pairs else None
             if diff is not None:
                 lines.append(bound_check(title, bound, learner, why, diff))
-            elif not (bound and learner):
-                missing = " or ".join(m for m, label in ((bound_method, bound), (learner_method, learner)) if not label)
-                lines.append(f"Not checked ({title}): {bound_method} ({why}) against {learner_method}: no {missing} "
-                             "run here.")
+                continue
+            missing = " or ".join(f"{m}'s" for m, label in ((bound_method, bound), (learner_method, learner))
+                                  if not label)
+            why_not = (f"no run of {missing} defaults here" if missing
+                       else f"{bound} and {learner} share no stream and seed here")
+            lines.append(f"Not checked ({title}): {bound_method} ({why}) against {learner_method}: {why_not}.")
     return lines
 
 
@@ -614,7 +618,7 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
     """What the paired comparisons support about PAIRED_TARGET (its row per block: block_targets), one line per
     block and continual learner: whether its AA and its FM differ significantly (the paired table's interval
     excludes 0), in which direction, or that they do not; a block whose sanity checks fail is said to be unable
-    to rank methods."""
+    to rank methods, one where some could not be made says so."""
     targets = block_targets(frame)
     baselines = sort_labels(set(frame.label[~frame.bound & (frame.method != PAIRED_TARGET)]))
     lines = []
@@ -623,6 +627,7 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
             continue
         target = targets[title]
         failed = any(c.startswith("**Check failed**") and f"({title})" in c for c in checks)
+        unchecked = any(c.startswith("Not checked") and f"({title})" in c for c in checks)
         for lab in baselines:
             pairs = most_pairs(runs, target, lab, members)
             if not pairs:
@@ -640,7 +645,8 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
                          f"seed{'s' * (seeds > 1)}): {target} {judged}."
                          + (" One seed: its intervals cover the evaluation examples only, not how training varies from "
                             "seed to seed." if seeds == 1 and tested else "")
-                         + (" The block's sanity checks fail: this does not rank the two." if failed else ""))
+                         + (" The block's sanity checks fail: this does not rank the two." if failed
+                            else " Not every sanity check could be made in this block (below)." if unchecked else ""))
     return lines
 
 

@@ -484,8 +484,8 @@ def test_a_failed_sanity_check_is_stated_under_the_tables_and_in_the_readme(tmp_
         assert "**Check failed** (Orders 1-3): per_task (one adapter per task and the task id at test) is below " \
                "seq_lora (beyond noise): AA of per_task minus seq_lora: -40.00 [" in text
     # mtl and replay never ran: that check is said to be missing, not left out as if it held
-    assert "Not checked (Orders 1-3): mtl (joint training on every task at once) against replay: no mtl or replay " \
-        "run here." in main
+    assert "Not checked (Orders 1-3): mtl (joint training on every task at once) against replay: no run of mtl's or " \
+        "replay's defaults here." in main
     # forgetting planted: the check passes
     for seed in (1, 2):
         make_run(root, "seq_lora", "seq_lora", "2", seed, seq(30.0, 90.0), n_test=20)
@@ -493,14 +493,26 @@ def test_a_failed_sanity_check_is_stated_under_the_tables_and_in_the_readme(tmp_
     # seq_lora's orders 1 and 2 (BWT 0 and -50 on each seed): -25 on average, with an interval below 0
     assert "Check passed (Orders 1-3): the regime forgets: seq_lora's BWT is -25.00 [" in \
         open(os.path.join(out, "main.md")).read()
-    # a folder of craft runs alone (a grid under way): no check can be made, and each says why
+    # a folder of craft runs alone (a grid under way): no check can be made, each says why, and so does the verdict
     alone = str(tmp_path / "craft_only")
     make_run(alone, "craft", "craft", "1", 1, seq(80.0, 90.0), n_test=20)
+    make_run(alone, "replay", "replay", "1", 1, seq(70.0, 90.0), n_test=20)
     write_tables(alone, out, figures=False)
     readme = open(os.path.join(out, "README.md")).read()
-    assert "- Not checked (Orders 1-3): no seq_lora run here, so whether the regime forgets is not known." in readme
+    assert "- Not checked (Orders 1-3): no run of seq_lora's defaults here, so whether the regime forgets is not " \
+        "known." in readme
     assert "- Not checked (Orders 1-3): per_task (one adapter per task and the task id at test) against seq_lora: " \
-        "no per_task or seq_lora run here." in readme
+        "no run of per_task's or seq_lora's defaults here." in readme
+    assert "- Not checked (Orders 1-3): mtl (joint training on every task at once) against replay: no run of mtl's " \
+        "defaults here." in readme
+    assert "against replay (1 order × 1 seed): craft " in readme
+    assert "Not every sanity check could be made in this block (below)." in readme
+    # both ran, but on no common stream and seed
+    make_run(alone, "seq_lora", "seq_lora", "2", 1, seq(30.0, 90.0), n_test=20)
+    make_run(alone, "per_task", "per_task", "1", 1, seq(90.0, 90.0), n_test=20, bound=True)
+    write_tables(alone, out, figures=False)
+    assert "against seq_lora: per_task and seq_lora share no stream and seed here." in \
+        open(os.path.join(out, "README.md")).read()
 
 
 def test_forgetting_on_average_that_its_interval_does_not_establish_fails_the_check_as_unestablished(tmp_path):

@@ -137,6 +137,13 @@ def test_the_confirm_step_picks_the_variants_that_pass_seeds_one_and_two(verdict
     stream(alone, {"lr": "0.002"}, {s: (80.0, 80.0) for s in (1, 2)}, seeds=(1, 2))
     chosen, left = tuning_rule.to_confirm(alone, ORDERS, ["seq_lora:lr=0.002"])
     assert chosen == ["seq_lora:lr=0.002"] and len(left) == 1 and "reference seq_lora has no seed 3" in left[0]
+    # seed 3 of the reference on one stream only: the rule pairs a seed only where every stream ran it
+    make_run(alone, "seq_lora", "seq_lora", ORDERS[0], 3, seq(60.0, 60.0), n_test=N_TEST)
+    assert "has no seed 3 on every stream" in tuning_rule.to_confirm(alone, ORDERS, ["seq_lora:lr=0.002"])[1][0]
+    # passing against defaults since replaced: its seed 3 could not move today's default
+    assert tuning_rule.to_confirm(root, ORDERS, ["seq_lora:epochs=1:lr=0.003"]) == (
+        [], ["left out seq_lora:epochs=1:lr=0.003: it passes against seq_lora (one-epoch defaults), defaults since "
+             "replaced"])
     script = os.path.join(ROOT, "bench", "tuning_rule.py")
     done = subprocess.run([sys.executable, script, root, "--orders", ",".join(ORDERS), "--confirm",
                            "seq_lora:lr=0.007,seq_lora:lr=0.002"], capture_output=True, text=True)
@@ -145,3 +152,5 @@ def test_the_confirm_step_picks_the_variants_that_pass_seeds_one_and_two(verdict
     both = subprocess.run([sys.executable, script, root, "--screen", "seq_lora", "--confirm", "seq_lora"],
                           capture_output=True, text=True)
     assert both.returncode == 2 and "not allowed with" in both.stderr
+    empty = subprocess.run([sys.executable, script, root, "--confirm", ""], capture_output=True, text=True)
+    assert empty.returncode == 2 and empty.stderr == "tuning_rule.py: --confirm is empty: give method specs\n"
