@@ -1,7 +1,9 @@
 #!/bin/bash
-# The tuning queue still to run, in order (docs/results.md, "Left of the tuning queue"): validation runs only,
-# into results/val/tuning/runs (and results/val/runs for first runs of a method). Each sweep skips finished runs
-# and resumes an unfinished one, so rerunning this script after an interruption goes on where it stopped.
+# The tuning queue still to run, in order (docs/results.md, "Left of the tuning queue"): validation runs into
+# results/val/tuning/runs (and results/val/runs for first runs of a method), then the paper grid on the test split
+# into results/test/runs (craft's stage-1 cells early; the rest once no learning rate is left to move). Each sweep
+# skips finished runs and resumes an unfinished one, so rerunning this script after an interruption goes on where
+# it stopped.
 #   bash bench/tuning_queue.sh                      # from the repository root, ../shared beside it
 #   RESULTS=/elsewhere/results CL_DATA_DIR=/data/CL_Benchmark bash bench/tuning_queue.sh
 #   DRY=1 bash bench/tuning_queue.sh                # (any non-empty DRY) runs nothing: each step's runs left and
@@ -93,5 +95,17 @@ sw --runs $RESULTS/val/cache_off/runs --orders offline1,offline2 --seeds 2,3 --m
 #    refuse as stale
 sw --runs $V --orders offline1 --seeds 1 --methods crma,adaptive_svd,mtl,zero_shot
 sw --runs $V --orders offline1 --seeds 1 --methods ewc:epochs=3,lwf:epochs=3,i_lora:epochs=3,curlora:epochs=3
-# Next: generation on the offline runs.
+# 7. the paper grid (make grid, every stage; craft's stage-1 cells of 5c'' are skipped as finished), once no
+#    learning rate of 5b is left open or passing: a default that moves must move by hand first (code, tests, docs),
+#    or the grid's runs of that method would be made at the old one and refused later as stale
+OPEN=$($PY bench/tuning_rule.py $T --undecided "$LRS") || OPEN="(the rule failed, above)"
+if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 7: the grid waits on these learning rates: $OPEN"
+elif [ -x "$VENV/bin/python" ]; then
+    echo "== $(date -u +%FT%T) make grid"
+    make -s -o "$VENV/.installed" grid GRID_RUNS="$RESULTS/test/runs" CL_DATA_DIR="$DATA" VENV="$VENV" \
+        ${DRY:+ARGS="--dry-run --costs-from $V,$T"}
+    rc=$?
+    echo "== $(date -u +%FT%T) exit $rc"
+else echo "== $(date -u +%FT%T) 7: skipped: $PY is not a virtual environment's bin/python (PYTHON=.venv/bin/python)"
+fi
 echo "== $(date -u +%FT%T) queue done"

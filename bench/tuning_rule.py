@@ -21,6 +21,7 @@ CRAFT group is judged on the grouped stream (docs/results.md, round 6).
     python bench/tuning_rule.py results/val/tuning/runs --methods o_lora --out results/val/tuning/rule.md
     python bench/tuning_rule.py results/val/tuning/runs --screen seq_lora:epochs=3:lr=0.003,replay:epochs=3:lr=0.003
     python bench/tuning_rule.py results/val/tuning/runs --confirm o_lora:epochs=3:lr=0.003   # those needing seed 3
+    python bench/tuning_rule.py results/val/tuning/runs --undecided o_lora:epochs=3:lr=0.003  # empty: defaults stand
 """
 from __future__ import annotations
 
@@ -180,6 +181,27 @@ def to_confirm(root: str, orders: list[str], candidates: list[str]) -> tuple[lis
     return chosen, left
 
 
+def undecided(root: str, orders: list[str], candidates: list[str]) -> tuple[list[str], list[str]]:
+    """Whether the grid may start (the tuning queue's last step): of these candidates, those whose question is
+    still open (unfinished seeds, seed 3 not run) or answered in their favour (`passes`: a default to move by
+    hand, after which runs made at the old one would be stale). -> (those specs, one line each saying why).
+    Decided, so left out: a candidate the seed-1 screen drops, one whose verdict fails, and one tried under
+    defaults since replaced."""
+    kept, _ = screen(root, orders, candidates)
+    runs, frame = _finished_runs(root)
+    open_specs, lines = [], []
+    for spec in kept:
+        label, reference = _spec_runs(runs, frame, spec)
+        if reference is not None and reference != MethodSpec.parse(spec).name:
+            continue
+        verdict = judge(by_seed(runs, label, orders, reference))["verdict"] if reference else "no finished runs"
+        if verdict.startswith("fails"):
+            continue
+        open_specs.append(spec)
+        lines.append(f"{spec}: {verdict}" + (": move the default by hand" if verdict == "passes" else ""))
+    return open_specs, lines
+
+
 def markdown(rows: list[dict], orders: list[str]) -> str:
     """The rows as a table of harness.tables' own kind (its Markdown writer), one row per variant."""
     def cell(row, key):
@@ -211,11 +233,15 @@ def main(argv=None) -> int:
     choice.add_argument("--confirm", metavar="SPECS", help="instead of the table: of these method specs, print "
                         "those that pass the rule on seeds 1-2 (their seed 3 decides), comma-separated (empty: "
                         "none); each left out and its verdict go to stderr")
+    choice.add_argument("--undecided", metavar="SPECS", help="instead of the table: of these method specs, print "
+                        "those still open or passing (a default to move), comma-separated (empty: every one "
+                        "decided against: the defaults stand); each printed one and why go to stderr")
     a = parser.parse_args(argv)
     try:
         orders = [o for o in a.orders.split(",") if o]
         for flag, specs, choose, said in (("--screen", a.screen, screen, "screened out "),
-                                          ("--confirm", a.confirm, to_confirm, "")):
+                                          ("--confirm", a.confirm, to_confirm, ""),
+                                          ("--undecided", a.undecided, undecided, "undecided ")):
             if specs is None:
                 continue
             if not orders:

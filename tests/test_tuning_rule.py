@@ -154,3 +154,16 @@ def test_the_confirm_step_picks_the_variants_that_pass_seeds_one_and_two(verdict
     assert both.returncode == 2 and "not allowed with" in both.stderr
     empty = subprocess.run([sys.executable, script, root, "--confirm", ""], capture_output=True, text=True)
     assert empty.returncode == 2 and empty.stderr == "tuning_rule.py: --confirm is empty: give method specs\n"
+
+
+def test_undecided_names_what_keeps_the_grid_waiting(verdicts):
+    root, _ = verdicts
+    candidates = ["seq_lora:lr=0.003", "seq_lora:lr=0.002", "seq_lora:lr=0.004", "seq_lora:lr=0.0003",
+                  "seq_lora:lr=0.005", "seq_lora:lr=0.008", "seq_lora:epochs=1:lr=0.003", "seq_lora:lr=0.009"]
+    open_specs, lines = tuning_rule.undecided(root, ORDERS, candidates)
+    # decided: 0.004 (seed 3 failed it), 0.0003 (more forgetting), 0.008 (screened out on seed 1, its only seed),
+    # epochs=1:lr=0.003 (tried under replaced defaults)
+    assert open_specs == ["seq_lora:lr=0.003", "seq_lora:lr=0.002", "seq_lora:lr=0.005", "seq_lora:lr=0.009"]
+    assert lines == ["seq_lora:lr=0.003: passes: move the default by hand", "seq_lora:lr=0.002: needs seed 3",
+                     "seq_lora:lr=0.005: incomplete", "seq_lora:lr=0.009: no finished runs"]
+    assert tuning_rule.undecided(root, ORDERS, ["seq_lora:lr=0.004", "seq_lora:lr=0.008"]) == ([], [])
