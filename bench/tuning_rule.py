@@ -248,6 +248,8 @@ def main(argv=None) -> int:
                 raise UsageError("no orders to judge on: give --orders")
             if not specs.strip(","):
                 raise UsageError(f"{flag} is empty: give method specs")
+            if a.out or a.methods:
+                raise UsageError(f"--out and --methods go with the table, not with {flag}")
             chosen, lines = choose(a.runs, orders, split_methods(specs))
             for line in lines:
                 print(f"tuning_rule.py: {said}{line}", file=sys.stderr)

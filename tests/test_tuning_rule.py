@@ -154,6 +154,9 @@ def test_the_confirm_step_picks_the_variants_that_pass_seeds_one_and_two(verdict
     assert both.returncode == 2 and "not allowed with" in both.stderr
     empty = subprocess.run([sys.executable, script, root, "--confirm", ""], capture_output=True, text=True)
     assert empty.returncode == 2 and empty.stderr == "tuning_rule.py: --confirm is empty: give method specs\n"
+    stray = subprocess.run([sys.executable, script, root, "--undecided", "seq_lora:lr=0.002", "--out", "x.md"],
+                           capture_output=True, text=True)
+    assert stray.returncode == 2 and "--out and --methods go with the table, not with --undecided" in stray.stderr
 
 
 def test_undecided_names_what_keeps_the_grid_waiting(verdicts):
