@@ -97,7 +97,8 @@ sw --runs $V --orders offline1 --seeds 1 --methods crma,adaptive_svd,mtl,zero_sh
 sw --runs $V --orders offline1 --seeds 1 --methods ewc:epochs=3,lwf:epochs=3,i_lora:epochs=3,curlora:epochs=3
 # 7. the paper grid (make grid, every stage; craft's stage-1 cells of 5c'' are skipped as finished), once no
 #    learning rate of 5b is left open or passing: a default that moves must move by hand first (code, tests, docs),
-#    or the grid's runs of that method would be made at the old one and refused later as stale
+#    or the grid's runs of that method would be made at the old one and refused later as stale. After such a move,
+#    drop the moved spec from LRS above (it then spells today's defaults, whose runs have no variant label)
 OPEN=$($PY bench/tuning_rule.py $T --undecided "$LRS") || OPEN="(the rule failed, above)"
 if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 7: the grid waits on these learning rates: $OPEN"
 elif [ -x "$VENV/bin/python" ]; then
