@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import random
+import subprocess
 import sys
 import time
 from importlib import metadata
@@ -40,6 +41,25 @@ def package_versions() -> dict:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CODE_DIRS = ("harness", "methods", "core", "tasks")   # what a run's numbers depend on (not docs, bench, results)
+
+
+def code_version() -> dict | None:
+    """The commit the run's code came from, and whether the code folders held uncommitted changes: a grid spans
+    many sessions, and a fix landing mid-grid must be visible in its records. None outside a git checkout."""
+    def git(*args):
+        return subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True, timeout=30)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None
+        changes = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_DIRS)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head.stdout.strip(), "dirty": bool(changes.stdout.strip()) or changes.returncode != 0}
 
 
 def machine_info(device: str = "cpu") -> dict:
@@ -130,7 +150,8 @@ def _record(cfg: BenchConfig, out: str, names: list[str], data, settings: dict) 
             "data": {d.name: {"train": len(d.train), "test": len(d.test), "full": d.sizes_full,
                               "source": d.source, "dropped": d.dropped, "labels": list(d.labels),
                               "gold": gold_labels(d)} for d in data},
-            "settings": settings, "packages": package_versions(), "machine": machine_info(cfg.device),
+            "settings": settings, "packages": package_versions(), "code": code_version(),
+            "machine": machine_info(cfg.device),
             "command": " ".join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
@@ -221,10 +242,12 @@ def _run_stream(cfg: BenchConfig, run: RunDir, method_cls, settings: dict, names
                 model_and_tokenizer) -> str:
     """run_bench's work once it holds the run directory: open or resume it, the base row, then each stage."""
     out = run.path
-    status = _open_run(cfg, run, _record(cfg, out, names, data, settings))
+    record = _record(cfg, out, names, data, settings)
+    status = _open_run(cfg, run, record)
     rows: dict = status["rows"]
     clock = RunClock(status, run)
-    run.log("run_start", resumed=bool(rows), method=cfg.method, order=cfg.order, seed=cfg.seed)
+    # each sitting's code: config.json keeps the first one's, and a resumed run may span a commit
+    run.log("run_start", resumed=bool(rows), method=cfg.method, order=cfg.order, seed=cfg.seed, code=record["code"])
 
     t0 = time.time()
     model, tok = model_and_tokenizer or load_model(cfg.model, cfg.device, cfg.allow_download)

@@ -175,23 +175,34 @@ def same_as_existing(runs: str, spec: MethodSpec, resolved) -> MethodSpec:
     return spec
 
 
+def setup_differs(cell: Cell, recorded: dict) -> list[str]:
+    """The setup fields (sizes, model, split, evaluation...) in which a run directory's record differs from what
+    this cell would make (its method, order and seed are the folder's path; its settings, cell_state's)."""
+    return [name for name in config.names(config.SETUP)
+            if config.recorded_value(recorded, name) != getattr(cell.config, name)]
+
+
 def cell_state(cell: Cell) -> str:
     """'finished', 'partial' (resumable), 'new', 'stale': made with other settings than the method's
-    current ones (a default changed since), which neither counts as done nor may be resumed, 'corrupt': a
-    status.json no run can be resumed from, or 'probes': finished but for a probe of `--probes` (its weights here)."""
+    current ones (a default changed since), which neither counts as done nor may be resumed, 'other setup': made
+    under another setup than the sweep's (other sizes, split, model...), likewise, 'corrupt': a status.json no run
+    can be resumed from, or 'probes': finished but for a probe of `--probes` (its weights here)."""
     try:
         status = RunDir(cell.out).status()
     except UsageError:
         return "corrupt"
     if status is None:
         return "new"
-    if cell.settings:
-        try:
-            with open(os.path.join(cell.out, "config.json")) as f:
-                if config.recorded_value(json.load(f), "settings") != cell.settings:
-                    return "stale"
-        except (OSError, ValueError):
-            pass
+    try:
+        with open(os.path.join(cell.out, "config.json")) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        recorded = None
+    if isinstance(recorded, dict):
+        if cell.settings and config.recorded_value(recorded, "settings") != cell.settings:
+            return "stale"
+        if setup_differs(cell, recorded):   # else a finished run of another setup would be skipped as done
+            return "other setup"
     if status.get("state") != "finished":
         return "partial"
     # a finished run that lacks a probe asked for and still has its weights: only the probe is left to run
@@ -209,6 +220,12 @@ def check_cells(runs: str, cells: list[Cell]) -> None:
         raise UsageError(f"{len(stale)} run director{'y was' if len(stale) == 1 else 'ies were'} made with other "
                          "settings than the methods' current ones (a default changed?); move them out of "
                          f"{runs} or sweep into another --runs: " + ", ".join(stale))
+    other = [c for c in cells if cell_state(c) == "other setup"]
+    if other:
+        differ = sorted({name for c in other for name in setup_differs(c, RunDir(c.out).read_json("config.json"))})
+        raise UsageError(f"{len(other)} run director{'y was' if len(other) == 1 else 'ies were'} made under another "
+                         f"setup than this sweep's ({', '.join(differ)}); sweep with the options they ran with "
+                         f"(their config.json's `command`), or into another --runs: " + ", ".join(c.out for c in other))
     corrupt = [c.out for c in cells if cell_state(c) == "corrupt"]
     if corrupt:
         raise UsageError(f"{len(corrupt)} run director{'y has' if len(corrupt) == 1 else 'ies have'} a corrupt "
@@ -421,7 +438,7 @@ def _stages_kept(cell: Cell) -> set[str]:
     """The stages a rerun of the cell keeps: those its status records, unless the runner would redo them: a stale
     cell starts over, and a run whose checkpoint file is gone trains every stage again (its base row stays)."""
     state = cell_state(cell)
-    if state in ("new", "stale", "corrupt"):
+    if state in ("new", "stale", "other setup", "corrupt"):
         return set()
     status = RunDir(cell.out).status() or {}
     rows = set(status.get("rows", {}))

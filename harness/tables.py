@@ -1091,6 +1091,27 @@ def machines_line(runs) -> str:
     return "; ".join(f"{k}: {n} run{'s' * (n != 1)}" for k, n in sorted(seen.items()))
 
 
+def code_line(runs: list[Run]) -> str | None:
+    """The commits the runs' code came from (each sitting's, from log.jsonl: a resumed run may span one), so a fix
+    landing mid-grid shows which runs it reached; None where no run recorded its code (before 2026-12-04)."""
+    sittings = {}
+    for r in runs:   # a sitting before the record (a run resumed across it, say) counts as None: not known
+        starts = [e.get("code") for e in RunDir(r.path).events() if e.get("event") == "run_start"]
+        sittings[r.path] = starts or [r.config.get("code")]
+    if not any(c for seen in sittings.values() for c in seen):
+        return None
+    commits = Counter(commit[:10] for seen in sittings.values() for commit in {c["commit"] for c in seen if c})
+    spanning = sum(len({c["commit"] for c in seen if c}) > 1 for seen in sittings.values())
+    dirty = sum(any(c and c["dirty"] for c in seen) for seen in sittings.values())
+    unknown = sum(None in seen for seen in sittings.values())
+    parts = [", ".join(f"`{c}` ({n} run{'s' * (n != 1)})" for c, n in sorted(commits.items()))]
+    parts += [f"{spanning} run{'s' * (spanning != 1)} resumed across commits"] if spanning else []
+    parts += [f"{dirty} made with uncommitted changes to the code"] if dirty else []
+    parts += [f"{unknown} with no commit recorded (made before that record, or outside a git checkout)"] \
+        if unknown else []
+    return "- Code: " + "; ".join(parts) + "."
+
+
 PREFACE = "preface.md"   # a results folder's own note, put at the top of its README
 
 
@@ -1178,7 +1199,7 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
              "- CPUs: " + machines_line(runs) + ".",
              "- Every run is listed, with its metrics, in `runs.csv`."]
     moved = moved_settings_line(runs)
-    lines += [line for line in (former_names_line(runs), moved) if line]
+    lines += [line for line in (code_line(runs), former_names_line(runs), moved) if line]
     if unfinished:
         lines.append(f"- Unfinished runs, not in any table ({len(unfinished)}): " +
                      ", ".join(f"`{os.path.relpath(u, root)}`" for u in unfinished) + ".")

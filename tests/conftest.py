@@ -19,6 +19,15 @@ REAL_DATA = os.environ.get("CL_DATA_DIR") or os.path.join(ROOT, "..", "shared", 
 HAVE_REAL_DATA = os.path.isdir(REAL_DATA)
 
 
+def sweep_setup(options):
+    """The config every cell of `harness sweep ... *options` shares, as the sweep command builds it: what a test's
+    plan() must be given for its cells to be that sweep's (a finished run of another setup is not)."""
+    from harness import config
+    from harness.cli import build_parser
+    return config.from_args(build_parser().parse_args(["sweep", "--methods", "zero_shot", "--orders", "bbc",
+                                                       *options]))
+
+
 def bench_script(name):
     """A script of bench/ (not a package) loaded as a module, so tests can call its functions."""
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", f"{name}.py"))

@@ -11,6 +11,7 @@ from harness import general, probes, protocols
 from harness.cli import main
 from harness.rundir import check_base_cache
 from harness.sweep import cell_state, plan
+from tests.conftest import sweep_setup
 
 ORDER = "bbc+hutto_amazon"
 TINY = ["--model", "tiny-llama", "--train-per-task", "8", "--test-per-task", "3", "--max-input-tokens", "8",
@@ -112,13 +113,14 @@ def test_a_sweep_takes_a_finished_cells_missing_probe_while_its_weights_are_here
     runs = str(tmp_path / "runs")
     sweep = ["sweep", "--methods", "seq_lora:lr=0.5", "--orders", ORDER, "--runs", runs, "--quiet",
              *TINY[:TINY.index("--order")]]
+    setup = sweep_setup(TINY[:TINY.index("--order")])
     assert main(sweep) == 0   # no probes asked for: the run alone
-    cell = plan(runs, ["seq_lora:lr=0.5"], [ORDER], ["1"])[0]
+    cell = plan(runs, ["seq_lora:lr=0.5"], [ORDER], ["1"], setup)[0]
     run = cell.out
     assert cell_state(cell) == "finished" and not os.path.exists(os.path.join(run, "protocols.json"))
     status = os.path.getmtime(os.path.join(run, "status.json"))
 
-    asked = plan(runs, ["seq_lora:lr=0.5"], [ORDER], ["1"])[0]
+    asked = plan(runs, ["seq_lora:lr=0.5"], [ORDER], ["1"], setup)[0]
     asked.config.probes = "generation"
     assert cell_state(asked) == "probes"
     capsys.readouterr()
@@ -134,7 +136,7 @@ def test_a_sweep_takes_a_finished_cells_missing_probe_while_its_weights_are_here
     # without its weights (a record from another session) the cell is finished: nothing here can measure it
     bare = str(tmp_path / "bare")
     shutil.copytree(runs, bare)
-    moved = plan(bare, ["seq_lora:lr=0.5"], [ORDER], ["1"])[0]
+    moved = plan(bare, ["seq_lora:lr=0.5"], [ORDER], ["1"], setup)[0]
     os.remove(os.path.join(moved.out, "protocols.json"))
     for name in os.listdir(moved.out):
         if name.startswith("checkpoint-"):

@@ -13,6 +13,7 @@ import pytest
 from harness.cli import main
 from harness.ray_engine import ATTEMPT
 from harness.sweep import cell_state, plan
+from tests.conftest import sweep_setup
 
 TINY = ["--model", "tiny-llama", "--train-per-task", "4", "--test-per-task", "3", "--max-input-tokens", "8"]
 METHODS = "seq_lora,zero_shot"
@@ -26,7 +27,7 @@ def _sweep_argv(runs, *extra):
 
 def _matrices(runs):
     return {c.out[len(runs):]: pd.read_csv(os.path.join(c.out, "matrix.csv"), index_col=0)
-            for c in plan(runs, METHODS.split(","), [LONG, SHORT], ["1"])}
+            for c in plan(runs, METHODS.split(","), [LONG, SHORT], ["1"], sweep_setup(TINY))}
 
 
 def _children(pid):
@@ -93,7 +94,7 @@ def test_a_ray_sweep_matches_the_local_one_and_survives_a_killed_worker(tmp_path
     assert ray_matrices.keys() == local_matrices.keys() and len(ray_matrices) == 4
     for cell, matrix in local_matrices.items():
         pd.testing.assert_frame_equal(ray_matrices[cell], matrix, check_exact=True, obj=cell)
-    assert all(cell_state(c) == "finished" for c in plan(ray_runs, METHODS.split(","), [LONG, SHORT], ["1"]))
+    assert all(cell_state(c) == "finished" for c in plan(ray_runs, METHODS.split(","), [LONG, SHORT], ["1"], sweep_setup(TINY)))
 
 
 def test_engine_ray_without_ray_installed_is_one_line_and_status_2(tmp_path, monkeypatch, capsys):

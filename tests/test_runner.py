@@ -1,5 +1,6 @@
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -64,6 +65,11 @@ def test_two_task_stream_writes_a_complete_run_directory(tmp_path, tokenizer):
     events = [json.loads(ln)["event"] for ln in open(os.path.join(out, "log.jsonl"))]
     assert events[0] == "run_start" and events[-1] == "run_end"
     assert events.count("task_start") == 2 and events.count("evaluation") == 3 and "step" in events
+    # the code it ran: the checkout's commit, in the record and in the sitting's start event
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert cfg["code"]["commit"] == head.stdout.strip() and isinstance(cfg["code"]["dirty"], bool)
+        assert json.loads(open(os.path.join(out, "log.jsonl")).readline())["code"] == cfg["code"]
 
 
 def test_same_seed_same_matrix(tmp_path, tokenizer):
@@ -151,9 +157,25 @@ def test_caches_off_give_the_same_matrix(tmp_path, tokenizer, method):
     pd.testing.assert_frame_equal(*matrix)
 
 
+def tensor_elements(state) -> int:
+    if isinstance(state, torch.Tensor):
+        return state.numel()
+    if isinstance(state, dict):
+        return sum(tensor_elements(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(tensor_elements(v) for v in state)
+    return 0
+
+
 @pytest.mark.parametrize("method", sorted(discover()))
 def test_every_method_resumes_after_a_stop_to_the_matrix_of_a_straight_run(tmp_path, tokenizer, method):
-    straight, _ = run(tmp_path, "straight", tokenizer, method=method, order="bbc,trec,hutto_amazon", method_args={})
+    straight, model = run(tmp_path, "straight", tokenizer, method=method, order="bbc,trec,hutto_amazon",
+                          method_args={})
+    # and keeps no copy of the backbone: a grid keeps every run's last checkpoint (its probes need it), and one
+    # holding the whole backbone is about 0.5 GB a run. The tiny model is mostly embeddings, which no method trains.
+    state = torch.load(os.path.join(straight, json.load(open(os.path.join(straight, "status.json")))["checkpoint"]),
+                       weights_only=False)
+    assert tensor_elements(state) < sum(p.numel() for p in model.parameters()) / 2
     # a fresh process would load a fresh backbone: so does each sitting here
     split, _ = run(tmp_path, "split", tokenizer, method=method, order="bbc,trec,hutto_amazon", method_args={},
                    stop_after_task=2)

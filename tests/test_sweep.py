@@ -13,6 +13,7 @@ from harness import config
 from harness.cli import build_parser, main
 from harness.config import BenchConfig
 from harness.sweep import MethodSpec, cell_state, plan, split_methods
+from tests.conftest import sweep_setup
 
 TINY = ["--model", "tiny-llama", "--train-per-task", "4", "--test-per-task", "3", "--max-input-tokens", "8"]
 ORDER = "bbc+hutto_amazon"
@@ -77,7 +78,7 @@ def test_sweep_skips_finished_resumes_unfinished_and_runs_the_rest(tmp_path, cap
     assert main(["bench", "--method", "zero_shot", "--order", ORDER, "--out", finished, "--quiet", *TINY]) == 0
     assert main(["bench", "--method", "seq_lora", "--order", ORDER, "--out", partial, "--quiet",
                  "--stop-after-task", "1", *TINY]) == 0
-    assert cell_state(plan(runs, ["seq_lora"], [ORDER], ["1"])[0]) == "partial"
+    assert cell_state(plan(runs, ["seq_lora"], [ORDER], ["1"], sweep_setup(TINY))[0]) == "partial"
     finished_mtime = os.path.getmtime(os.path.join(finished, "status.json"))
     # --print-commands: one line per unfinished cell, exactly what the local engine then runs (and logs)
     capsys.readouterr()
@@ -104,7 +105,7 @@ def test_sweep_skips_finished_resumes_unfinished_and_runs_the_rest(tmp_path, cap
     assert [e["task"] for e in log if e["event"] == "task_start"] == ["bbc", "hutto_amazon"]   # bbc once
     fresh = os.path.join(runs, "replay+memory_size=2", ORDER, "seed1")
     assert json.load(open(os.path.join(fresh, "config.json")))["method_args"] == {"memory_size": "2"}
-    for cell in plan(runs, ["seq_lora", "zero_shot", "replay:memory_size=2"], [ORDER], ["1"]):
+    for cell in plan(runs, ["seq_lora", "zero_shot", "replay:memory_size=2"], [ORDER], ["1"], sweep_setup(TINY)):
         assert cell_state(cell) == "finished"
     # a second identical command does nothing
     assert main(["sweep", "--methods", "seq_lora,zero_shot,replay:memory_size=2", "--orders", ORDER,
@@ -124,7 +125,7 @@ def test_sweep_reports_a_failed_run_and_goes_on(tmp_path, capsys):
     code = main(["sweep", "--methods", "seq_lora,zero_shot", "--orders", ORDER, "--runs", runs, "--quiet", *TINY])
     out = capsys.readouterr().out
     assert code == 1 and "1 failed" in out and "failed: " + blocker in out
-    assert cell_state(plan(runs, ["zero_shot"], [ORDER], ["1"])[0]) == "finished"
+    assert cell_state(plan(runs, ["zero_shot"], [ORDER], ["1"], sweep_setup(TINY))[0]) == "finished"
 
 
 def _processes_mentioning(text):
@@ -163,21 +164,21 @@ def test_sigterm_stops_the_sweep_and_its_runs_and_the_same_command_resumes(tmp_p
     assert sweep.returncode == 130, err.decode()
     time.sleep(0.5)
     assert _processes_mentioning(run) == []          # the bench run went with it, not orphaned
-    if cell_state(plan(runs, ["seq_lora"], [order], ["1"])[0]) == "finished":
+    if cell_state(plan(runs, ["seq_lora"], [order], ["1"], sweep_setup(sizes))[0]) == "finished":
         pytest.skip("the run finished before the signal landed (machine faster than this test expects)")
 
     assert main(argv) == 0, capsys.readouterr().err
     log = events(run)
     assert [s["resumed"] for s in log if s["event"] == "run_start"] == [False, True]
     assert [e["task"] for e in log if e["event"] == "task_start"].count("bbc") == 1
-    assert cell_state(plan(runs, ["seq_lora"], [order], ["1"])[0]) == "finished"
+    assert cell_state(plan(runs, ["seq_lora"], [order], ["1"], sweep_setup(sizes))[0]) == "finished"
 
 
 def test_a_run_made_with_other_settings_is_neither_skipped_nor_resumed(tmp_path, capsys):
     runs = str(tmp_path / "runs")
     out = os.path.join(runs, "seq_lora", ORDER, "seed1")
     assert main(["bench", "--method", "seq_lora", "--order", ORDER, "--out", out, "--quiet", *TINY]) == 0
-    cell = plan(runs, ["seq_lora"], [ORDER], ["1"])[0]
+    cell = plan(runs, ["seq_lora"], [ORDER], ["1"], sweep_setup(TINY))[0]
     assert cell_state(cell) == "finished"
     config = json.load(open(os.path.join(out, "config.json")))
     config["settings"]["lr"] *= 2          # as if seq_lora's default lr changed after this run
@@ -185,6 +186,25 @@ def test_a_run_made_with_other_settings_is_neither_skipped_nor_resumed(tmp_path,
     assert cell_state(cell) == "stale"
     code = main(["sweep", "--methods", "seq_lora", "--orders", ORDER, "--runs", runs, "--quiet", *TINY])
     assert code == 2 and "made with other settings" in capsys.readouterr().err
+
+
+def test_a_finished_run_of_another_setup_is_refused_not_skipped(tmp_path, capsys):
+    # else a grid rerun with other sizes (or split, model...) would count it as done, and the tables would fail or
+    # file it apart only at the end, hours later
+    runs = str(tmp_path / "runs")
+    out = os.path.join(runs, "zero_shot", ORDER, "seed1")
+    assert main(["bench", "--method", "zero_shot", "--order", ORDER, "--out", out, "--quiet", *TINY]) == 0
+    other = [*TINY[:-3], "5", *TINY[-2:]]                       # --test-per-task 5, not 3
+    assert other[TINY.index("--test-per-task") + 1] == "5"
+    argv = ["sweep", "--methods", "zero_shot", "--orders", ORDER, "--runs", runs, "--quiet"]
+    assert cell_state(plan(runs, ["zero_shot"], [ORDER], ["1"], sweep_setup(other))[0]) == "other setup"
+    before = open(os.path.join(out, "status.json")).read()
+    code = main([*argv, *other])
+    err = capsys.readouterr().err
+    assert code == 2 and "made under another setup than this sweep's (test_per_task)" in err, err
+    assert open(os.path.join(out, "status.json")).read() == before
+    assert main([*argv, *TINY]) == 0                               # its own setup skips it as finished
+    assert "1 of 1 run(s) already finished" in capsys.readouterr().err
 
 
 def test_the_default_runs_folder_keeps_records_in_git_and_weights_out():
@@ -204,6 +224,8 @@ def test_the_default_runs_folder_keeps_records_in_git_and_weights_out():
         assert not ignored(os.path.join(run, kept)), kept
     assert not ignored(os.path.join(RUNS_DEFAULT, "base-cache.json"))
     assert ignored(os.path.join(run, "checkpoint-3.pt"))
+    assert ignored(os.path.join(run, ".tmp-x1y2checkpoint-3.pt"))          # a kill mid-write leaves these
+    assert ignored(os.path.join(RUNS_DEFAULT, ".tmp-x1y2base-cache.json"))
     assert ignored(os.path.join(RUNS_DEFAULT, "logs", "seq_lora-1-seed1.log"))
     assert ignored(os.path.join("runs", "sweep", "seq_lora", "1", "seed1", "matrix.csv"))   # scratch runs stay out
 
@@ -432,7 +454,7 @@ def test_a_cell_dies_with_its_sweep_when_the_sweep_is_killed_outright_and_the_ne
         pytest.skip("the run finished before the kill landed (machine faster than this test expects)")
     assert not left   # no orphan left training
     assert main(argv) == 0, capsys.readouterr().err   # the next sweep resumes the run, unhindered
-    assert cell_state(plan(runs, ["seq_lora"], [order], ["1"])[0]) == "finished"
+    assert cell_state(plan(runs, ["seq_lora"], [order], ["1"], sweep_setup(sizes))[0]) == "finished"
 
 
 def _alive(pid: int) -> bool:

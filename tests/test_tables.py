@@ -1099,3 +1099,28 @@ def test_a_data_folder_reached_through_a_link_beside_the_checkout_is_written_as_
     monkeypatch.chdir(tmp_path / "clone" / "main")
     assert portable_path(str(tmp_path / "real" / "shared" / "data")) == os.path.join("..", "shared", "data")
     assert portable_path(str(tmp_path / "real")) == str(tmp_path / "real")   # nothing beside it: kept absolute
+
+
+def test_the_code_line_names_each_sittings_commit(tmp_path):
+    from types import SimpleNamespace
+
+    from harness.tables import code_line
+
+    def made(name, config, *sittings):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "log.jsonl").write_text("".join(json.dumps({"event": "run_start", "code": c}) + "\n"
+                                                for c in sittings))
+        return SimpleNamespace(path=str(path), config=config)
+
+    a, b = {"commit": "a" * 40, "dirty": False}, {"commit": "b" * 40, "dirty": True}
+    old = made("old", {})                                   # made before the record: no line at all
+    (tmp_path / "old" / "log.jsonl").write_text(json.dumps({"event": "run_start"}) + "\n")
+    assert code_line([old]) is None
+    runs = [made("resumed", {"code": a}, a, b),             # its config keeps the first sitting's commit
+            made("once", {"code": a}, a), old,
+            made("no_git", {"code": None}, None),
+            made("across_the_record", {}, None, a)]         # begun before the record, resumed after it
+    assert code_line(runs) == ("- Code: `aaaaaaaaaa` (3 runs), `bbbbbbbbbb` (1 run); 1 run resumed across commits; "
+                               "1 made with uncommitted changes to the code; 3 with no commit recorded (made before "
+                               "that record, or outside a git checkout).")
