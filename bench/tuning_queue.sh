@@ -1,7 +1,8 @@
 #!/bin/bash
 # The tuning queue still to run, in order (docs/results.md, "Left of the tuning queue"): validation runs into
 # results/val/tuning/runs (and results/val/runs for first runs of a method), then the paper grid on the test split
-# into results/test/runs (craft's stage-1 cells early; the rest once no learning rate is left to move). Each sweep
+# into results/test/runs (craft's stage-1 cells early; the rest of stage 1, then after the last validation runs the
+# whole grid, once no learning rate is left to move). Each sweep
 # skips finished runs and resumes an unfinished one, so rerunning this script after an interruption goes on where
 # it stopped.
 #   bash bench/tuning_queue.sh                      # from the repository root, ../shared beside it
@@ -73,14 +74,30 @@ else echo "== $(date -u +%FT%T) 5c': no learning rate to confirm (none passed se
 #       validation runs alone, so these test numbers cannot steer them). `make grid` later skips them as finished.
 #       make -o: the shared .venv counts as installed (a worktree's fresh requirements files would trigger pip).
 VENV=$(dirname "$(dirname "$PY")")   # make's VENV: PYTHON must be a virtual environment's bin/python here
-if [ -x "$VENV/bin/python" ]; then
-    echo "== $(date -u +%FT%T) make grid-stage1 GRID_FIRST=craft"
-    make -s -o "$VENV/.installed" grid-stage1 GRID_FIRST=craft GRID_RUNS="$RESULTS/test/runs" CL_DATA_DIR="$DATA" \
-        VENV="$VENV" ${DRY:+ARGS="--dry-run --costs-from $V,$T"}
-    rc=$?
+grid() {   # grid TARGET [VAR=value...]: a make target of the paper grid, into $RESULTS/test/runs
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "== $(date -u +%FT%T) make $1: skipped: $PY is not a virtual environment's bin/python" \
+             "(PYTHON=.venv/bin/python)"
+        return
+    fi
+    echo "== $(date -u +%FT%T) make $*"
+    make -s -o "$VENV/.installed" "$@" GRID_RUNS="$RESULTS/test/runs" CL_DATA_DIR="$DATA" VENV="$VENV" \
+        ${DRY:+ARGS="--dry-run --costs-from $V,$T"}
+    local rc=$?
     echo "== $(date -u +%FT%T) exit $rc"
-else echo "== $(date -u +%FT%T) 5c'': skipped: $PY is not a virtual environment's bin/python (PYTHON=.venv/bin/python)"
-fi
+}
+# The grid beyond craft's cells waits until no learning rate of 5b is left open or passing: a default that moves
+# must move by hand first (code, tests, docs), or the grid's runs of that method would be made at the old one and
+# refused later as stale. After such a move, drop the moved spec from LRS above (it then spells today's defaults,
+# whose runs have no variant label). Prints nothing when the grid may go on.
+undecided() { $PY bench/tuning_rule.py $T --undecided "$LRS" || echo "(the rule failed, above)"; }
+grid grid-stage1 GRID_FIRST=craft
+# 5c'''. (added 2026-12-04, when every learning rate of 5b was decided, none moving) the rest of the grid's stage 1:
+#        the strongest baselines beside craft on orders 1-3 and the offline orders, three seeds (the cells that
+#        decide the verdict there, about 31 h), ahead of the validation runs of 5d-6, none of which it needs
+OPEN=$(undecided)
+if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 5c''': the grid waits on these learning rates: $OPEN"
+else grid grid-stage1; fi
 # 5d. (after the learning rates: the grid's stage 1 waits on those, not on 5d-5e) replay, level with CRAFT on
 #     offline1-2, on the stream where CRAFT's grouping acts (no replay run there yet; spelled out so it lands
 #     beside replay's three-epoch decision runs)
@@ -89,24 +106,15 @@ sw --runs $T --orders $G --seeds 1,2 --methods replay:epochs=3
 #     (--cache off) on the streams and seeds where the tuning folder holds its shared-prefix runs (offline1-2 x
 #     seeds 2-3); `harness compare results/val/tuning/runs results/val/cache_off/runs --pair-by label` pairs them
 sw --runs $RESULTS/val/cache_off/runs --orders offline1,offline2 --seeds 2,3 --methods seq_lora:epochs=1 --cache off
-# 6. (run last: the grid's first stages, which decide the verdict, need none of it) first validation runs of the
+# 6. (after the grid's stage 1, which decides the verdict and needs none of it) first validation runs of the
 #    grid's remaining methods, and the first at three epochs (seq_lora's, their default since 2026-12-02 night) of
 #    four that ran one: spelled out, so they land beside the one-epoch runs, which a sweep of the bare names would
 #    refuse as stale
 sw --runs $V --orders offline1 --seeds 1 --methods crma,adaptive_svd,mtl,zero_shot
 sw --runs $V --orders offline1 --seeds 1 --methods ewc:epochs=3,lwf:epochs=3,i_lora:epochs=3,curlora:epochs=3
-# 7. the paper grid (make grid, every stage; craft's stage-1 cells of 5c'' are skipped as finished), once no
-#    learning rate of 5b is left open or passing: a default that moves must move by hand first (code, tests, docs),
-#    or the grid's runs of that method would be made at the old one and refused later as stale. After such a move,
-#    drop the moved spec from LRS above (it then spells today's defaults, whose runs have no variant label)
-OPEN=$($PY bench/tuning_rule.py $T --undecided "$LRS") || OPEN="(the rule failed, above)"
+# 7. the paper grid (make grid, every stage; the stage-1 cells of 5c''-5c''' are skipped as finished), once no
+#    learning rate of 5b is left open or passing (as for 5c''')
+OPEN=$(undecided)
 if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 7: the grid waits on these learning rates: $OPEN"
-elif [ -x "$VENV/bin/python" ]; then
-    echo "== $(date -u +%FT%T) make grid"
-    make -s -o "$VENV/.installed" grid GRID_RUNS="$RESULTS/test/runs" CL_DATA_DIR="$DATA" VENV="$VENV" \
-        ${DRY:+ARGS="--dry-run --costs-from $V,$T"}
-    rc=$?
-    echo "== $(date -u +%FT%T) exit $rc"
-else echo "== $(date -u +%FT%T) 7: skipped: $PY is not a virtual environment's bin/python (PYTHON=.venv/bin/python)"
-fi
+else grid grid; fi
 echo "== $(date -u +%FT%T) queue done"
