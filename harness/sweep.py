@@ -215,18 +215,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def check_cells(runs: str, cells: list[Cell]) -> None:
     """Refuse a grid with run directories no cell may skip or resume (before anything runs or is printed)."""
-    stale = [c.out for c in cells if cell_state(c) == "stale"]
+    states = {c.out: cell_state(c) for c in cells}   # each reads the run's status and config: once
+    stale = [c.out for c in cells if states[c.out] == "stale"]
     if stale:
         raise UsageError(f"{len(stale)} run director{'y was' if len(stale) == 1 else 'ies were'} made with other "
                          "settings than the methods' current ones (a default changed?); move them out of "
                          f"{runs} or sweep into another --runs: " + ", ".join(stale))
-    other = [c for c in cells if cell_state(c) == "other setup"]
+    other = [c for c in cells if states[c.out] == "other setup"]
     if other:
         differ = sorted({name for c in other for name in setup_differs(c, RunDir(c.out).read_json("config.json"))})
         raise UsageError(f"{len(other)} run director{'y was' if len(other) == 1 else 'ies were'} made under another "
                          f"setup than this sweep's ({', '.join(differ)}); sweep with the options they ran with "
                          f"(their config.json's `command`), or into another --runs: " + ", ".join(c.out for c in other))
-    corrupt = [c.out for c in cells if cell_state(c) == "corrupt"]
+    corrupt = [c.out for c in cells if states[c.out] == "corrupt"]
     if corrupt:
         raise UsageError(f"{len(corrupt)} run director{'y has' if len(corrupt) == 1 else 'ies have'} a corrupt "
                          "status.json; remove them to run them again: " + ", ".join(corrupt))

@@ -206,7 +206,9 @@ class Method:
 
     # --- state (resume after the last finished task) --------------------------------------------
     def state_dict(self) -> dict:
-        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        # what the method trains, not whatever the loader left requires_grad (the whole backbone, for zero_shot)
+        trained = {id(p) for p in self.trainable_parameters()}
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if id(p) in trained}
 
     def load_state_dict(self, state: dict) -> None:
         params = dict(self.model.named_parameters())

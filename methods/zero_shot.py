@@ -10,13 +10,5 @@ class ZeroShot(Method):
     def trainable_parameters(self):
         return []
 
-    # nothing to keep: without these the base class would checkpoint every parameter the loader left trainable,
-    # a full copy of the backbone (about 0.5 GB for SmolLM2-135M) in every run directory
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
     def evaluation_key(self, task_name):
         return "backbone"   # same model as the base row: its scores are reused, not recomputed
