@@ -329,16 +329,17 @@ class CostModel:
     runs: int                            # finished runs read
     skipped: int = 0                     # finished runs of another setup (sizes, model, protocol), left out
     moved: int = 0                       # finished runs made with settings that have moved since, left out
+    elsewhere: int = 0                   # finished runs on another kind of device (a GPU's seconds are not a CPU's)
     ran_as: dict[str, str] = field(default_factory=dict)   # settings_key of what runs ran -> a label they are under
 
     @classmethod
     def read(cls, runs: str | list[str], like: BenchConfig | None = None) -> "CostModel":
         """`runs`: a folder of runs, or several, pooled (a method spec's medians over all their runs). `like`: read
-        only runs made with this config's setup (COST_SETUP)."""
+        only runs made with this config's setup (COST_SETUP) on its kind of device (cpu, cuda)."""
         train: dict[str, dict[str, list[float]]] = {}
         per_cell: dict[str, list[float]] = {}
         base: list[float] = []
-        count = skipped = moved = 0
+        count = skipped = moved = elsewhere = 0
         ran_as: dict[str, str] = {}
         folders = distinct_folders([runs] if isinstance(runs, str) else runs)
         paths = [path for folder in folders   # <label>/<order>/seed<n>
@@ -353,6 +354,10 @@ class CostModel:
                 if like is not None and any(config.recorded_value(recorded, n) != getattr(like, n)
                                             for n in COST_SETUP):
                     skipped += 1
+                    continue
+                if like is not None and device_kind(config.recorded_value(recorded, "device")) != \
+                        device_kind(like.device):
+                    elsewhere += 1
                     continue
                 if recorded.get("method") and config.moved_settings(recorded):
                     moved += 1
@@ -370,7 +375,7 @@ class CostModel:
             base.extend(found["base"])
         return cls({lab: {task: statistics.median(v) for task, v in tasks_.items()} for lab, tasks_ in train.items()},
                    {lab: statistics.median(v) if v else 0.0 for lab, v in per_cell.items()},
-                   statistics.median(base) if base else None, count, skipped, moved, ran_as)
+                   statistics.median(base) if base else None, count, skipped, moved, elsewhere, ran_as)
 
     def costed_as(self, cell: Cell) -> str | None:
         """The label whose runs cost the cell: its own, else one whose runs ran the cell's settings, else its
@@ -410,6 +415,11 @@ class CostModel:
             cells = len(needed_cells(names, k)) if cell.config.matrix == "needed" and not joint else len(names)
             seconds += trained.get(task, typical) + (0 if joint and k < len(names) else cells) * self.per_cell[label]
         return seconds
+
+
+def device_kind(device: str | None) -> str:
+    """cpu or cuda: what decides a run's seconds (cuda:1 costs what cuda does)."""
+    return (device or "cpu").split(":")[0]
 
 
 def settings_key(method: str, settings: dict) -> str:
@@ -501,6 +511,8 @@ def dry_run_lines(runs: str, cells: list[Cell], costs_from: list[str] | None = N
                     f"run(s) in {source} (wall times: they include whatever else ran on the machine)")
     if model.skipped:
         summary += f"; {model.skipped} finished run(s) there with another setup left out"
+    if model.elsewhere:
+        summary += f"; {model.elsewhere} finished run(s) there on another kind of device left out"
     if model.moved:
         summary += (f"; {model.moved} finished run(s) there made before a setting of theirs moved left out (not what "
                     "their label runs today)")

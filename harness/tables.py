@@ -235,6 +235,7 @@ def runs_frame(runs: list[Run], root: str) -> pd.DataFrame:
         "general_change": r.general["change"] if r.general else None, "general_metric": r.general_metric,
         "trainable_parameters": r.card["trainable_parameters"], "parameters_kept": r.card.get("parameters_kept"),
         "wall_seconds": r.card["timing"]["wall_seconds"], "created": r.config.get("created"),
+        "device": (r.config.get("device") or "cpu").split(":")[0],
         "block": block_of(r.order), "bound": r.bound, "ran_defaults": r.ran_defaults, "tasks": len(r.tasks),
         "train_seconds": r.card["timing"]["train_seconds"], "eval_seconds": r.card["timing"]["eval_seconds"],
         "train_steps": sum(stage.get("steps") or 0 for stage in r.card["timing"].get("per_stage", {}).values()),
@@ -767,17 +768,30 @@ def robustness_table(runs: list[Run], frame: pd.DataFrame) -> Table:
                   f"{MISSING} = no seed ran every order of the block."])
 
 
+def timed_runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, str, list[str]]:
+    """The runs whose seconds the cost table shows, the kind of device they ran on, and the labels timed on
+    another: a GPU's seconds are not a CPU's, so where a folder mixes them each row is timed over its runs on
+    the CPU (the kind every cell can run on), and a row with none over its own runs, marked."""
+    reference = "cpu" if (frame.device == "cpu").any() else frame.device.iloc[0]
+    on_reference = frame.device == reference
+    has_reference = on_reference.groupby(frame.label).transform("any")
+    return frame[on_reference | ~has_reference], reference, sorted(set(frame.label[~has_reference]))
+
+
 def cost_table(frame: pd.DataFrame) -> Table:
     first = frame.drop_duplicates("label").set_index("label")    # a label's first run speaks for its method card
     kept = frame.parameters_kept.fillna(frame.trainable_parameters)
+    timed, reference, elsewhere = timed_runs(frame)
+    seconds = {("", "train s/task"): spread((timed.train_seconds / timed.tasks).groupby(timed.label)),
+               ("", "train s/step"): spread((timed.train_seconds / timed.train_steps.where(timed.train_steps > 0))
+                                            .groupby(timed.label), digits=2),
+               ("", "eval s/run"): spread(timed.groupby("label").eval_seconds),
+               ("", "wall s/run"): spread(timed.groupby("label").wall_seconds)}
+    marks = pd.Series({lab: f" ({timed.device[timed.label == lab].iloc[0]})" for lab in elsewhere}, dtype=object)
     columns = {("", "trainable params"): first.trainable_parameters.map("{:,}".format),
                ("", "params kept"): kept.groupby(frame.label).max().map("{:,.0f}".format),
                ("", "kept per task"): (kept / frame.tasks).groupby(frame.label).mean().map("{:,.0f}".format),
-               ("", "train s/task"): spread((frame.train_seconds / frame.tasks).groupby(frame.label)),
-               ("", "train s/step"): spread((frame.train_seconds / frame.train_steps.where(frame.train_steps > 0))
-                                            .groupby(frame.label), digits=2),
-               ("", "eval s/run"): spread(frame.groupby("label").eval_seconds),
-               ("", "wall s/run"): spread(frame.groupby("label").wall_seconds),
+               **{k: v + marks.reindex(v.index).fillna("") for k, v in seconds.items()},
                ("", "task id at test"): first.uses_task_id_at_test.map({True: "yes", False: "no"})}
     notes = ["params kept = parameters stored beside the frozen backbone at the end of the stream, the most over "
              "the row's runs (it can vary: CRAFT keeps one intervention per group); kept per task = that over the "
@@ -788,6 +802,14 @@ def cost_table(frame: pd.DataFrame) -> Table:
              f"{MISSING} = no step taken.",
              "What each method keeps from past tasks: " +
              "; ".join(f"{k}: {v}" for k, v in first.keeps_from_past_tasks.items()) + "."]
+    if frame.device.nunique() > 1:
+        left_out = frame[~frame.index.isin(timed.index)]
+        notes.append(f"Devices differ: seconds are over each row's runs on the {reference}"
+                     + (f"; {len(left_out)} run(s) on another kind of device are left out of them "
+                        f"({', '.join(f'{k} {n}' for k, n in sorted(Counter(left_out.device).items()))})"
+                        if len(left_out) else "")
+                     + (f"; a row marked with a device has no run on the {reference}, and is timed over its own runs "
+                        "(not comparable with the others)" if elsewhere else "") + ".")
     return Table("cost", "Cost: parameters and time", columns, sections_of(frame), notes)
 
 
@@ -1085,10 +1107,30 @@ def spec_of(method: str, args: dict) -> str:
 
 
 def machines_line(runs) -> str:
-    """Which CPUs made the runs (numbers are bit-for-bit comparable only between runs of one kernel set)."""
-    seen = Counter(f"{m['cpu']} ({m['torch_cpu_capability']}, {m['threads']} threads)" if m else "not recorded"
-                   for m in (r.config.get("machine") for r in runs))
+    """Which CPUs (and GPUs, for runs on CUDA) made the runs (numbers are bit-for-bit comparable only between runs of
+    one kernel set)."""
+    def name(m, device):
+        if not m:
+            return "not recorded"
+        cpu = f"{m['cpu']} ({m['torch_cpu_capability']}, {m['threads']} threads)"
+        on_gpu = m.get("gpu") and device.startswith("cuda")
+        return f"{m['gpu']} (CUDA {m.get('cuda')}) beside {cpu}" if on_gpu else cpu
+    seen = Counter(name(r.config.get("machine"), r.config.get("device") or "cpu") for r in runs)
     return "; ".join(f"{k}: {n} run{'s' * (n != 1)}" for k, n in sorted(seen.items()))
+
+
+def packages_line(runs) -> str:
+    """The packages the runs were made with: the most common set, then each other set by what differs from it
+    (a GPU machine's torch, say)."""
+    sets = Counter(tuple((k, v) for k, v in (r.config.get("packages") or {}).items() if v) for r in runs)
+    (common, count), *others = sets.most_common()
+    text = ", ".join(f"{k} {v}" for k, v in common)
+    if others:
+        known = dict(common)
+        text += f" ({count} runs)" + "".join(
+            f"; {n} run{'s' * (n != 1)} with " + ", ".join(f"{k} {v}" for k, v in other if known.get(k) != v)
+            for other, n in others)
+    return text
 
 
 def code_line(runs: list[Run]) -> str | None:
@@ -1162,7 +1204,6 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
     for r in runs:
         for task, sizes in r.config.get("data", {}).items():
             data.setdefault(task, (sizes["train"], sizes["test"]))
-    packages = runs[0].config.get("packages", {})
     lines: list[str] = ["# Results", "",
              f"Generated by `python -m harness tables` from the run directories under `{root}`; do not edit "
              "by hand.", ""]
@@ -1191,12 +1232,11 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
              ", ".join(f"{t} {a}/{b}" for t, (a, b) in sorted(data.items())) + ".",
              f"- {len(runs)} finished runs: methods {', '.join(sort_labels({r.label for r in runs}))}; orders "
              f"{', '.join(sorted({r.order for r in runs}))}; seeds {', '.join(map(str, sorted({r.seed for r in runs})))}.",
-             f"- Run dates: {created[0]} to {created[-1]}. Packages: " +
-             ", ".join(f"{k} {v}" for k, v in packages.items() if v) + ".",
+             f"- Run dates: {created[0]} to {created[-1]}. Packages: {packages_line(runs)}.",
              f"- Cost: {sum(r.card['timing']['wall_seconds'] for r in runs) / 3600:.2f} hours of run wall time in all "
              f"(training {sum(r.card['timing']['train_seconds'] for r in runs) / 3600:.2f} h, evaluation "
              f"{sum(r.card['timing']['eval_seconds'] for r in runs) / 3600:.2f} h).",
-             "- CPUs: " + machines_line(runs) + ".",
+             "- Machines: " + machines_line(runs) + ".",
              "- Every run is listed, with its metrics, in `runs.csv`."]
     moved = moved_settings_line(runs)
     lines += [line for line in (code_line(runs), former_names_line(runs), moved) if line]

@@ -349,6 +349,28 @@ def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, ca
     assert f"--costs-from {tmp_path / 'nowhere'} is not a folder" in capsys.readouterr().err
 
 
+def test_runs_on_another_kind_of_device_do_not_cost_a_grid(tmp_path, capsys):
+    # A grid cell run on a GPU takes a fraction of a CPU cell's seconds: pooled, its seconds would make a CPU grid
+    # look nearly done (and a CPU run would make a GPU grid look slow). cuda:1 costs what cuda does.
+    from harness.sweep import CostModel
+    runs = str(tmp_path / "runs")
+    two = {"bbc": 1, "hutto_amazon": 1}
+    for seed, device, seconds in ((1, None, 100.0), (2, "cpu", 120.0), (3, "cuda", 5.0)):   # None: predates the field
+        _finished_run(os.path.join(runs, "seq_lora", ORDER, f"seed{seed}"),
+                      {"bbc": {"train_seconds": seconds, "eval_seconds": 0.0}},
+                      {"base": {"accuracy": two, "reused": ["bbc", "hutto_amazon"]}, "bbc": {"accuracy": two}},
+                      {"device": device} if device else None)
+    on_cpu = CostModel.read(runs, BenchConfig(model="tiny-llama"))
+    assert (on_cpu.runs, on_cpu.elsewhere, on_cpu.train["seq_lora"]["bbc"]) == (2, 1, 110.0)
+    on_gpu = CostModel.read(runs, BenchConfig(model="tiny-llama", device="cuda:1"))
+    assert (on_gpu.runs, on_gpu.elsewhere, on_gpu.train["seq_lora"]["bbc"]) == (1, 2, 5.0)
+    assert main(["sweep", "--methods", "seq_lora", "--orders", ORDER, "--seeds", "4", "--runs", runs,
+                 "--model", "tiny-llama", "--dry-run"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "at the medians of the 2 finished run(s)" in last, last
+    assert "1 finished run(s) there on another kind of device left out" in last, last
+
+
 def test_a_run_made_before_a_default_moved_does_not_cost_its_label_and_one_that_ran_the_settings_does(tmp_path,
                                                                                                    capsys):
     """The label seq_lora holds a run recorded at another learning rate than today's default (a moved default): it is

@@ -150,8 +150,39 @@ def test_forgetting_robustness_and_ablation_tables(runs, tmp_path):
     assert row[5] == "–"      # no run of it recorded a step
     readme = open(os.path.join(out, "README.md")).read()
     assert "8 finished runs" in readme and "o_lora/1/seed1" in readme and "tiny-llama" in readme
-    assert "- CPUs: Xeon (AVX512, 2 threads): 1 run; not recorded: 7 runs." in readme
+    assert "- Machines: Xeon (AVX512, 2 threads): 1 run; not recorded: 7 runs." in readme
     assert len(open(os.path.join(out, "runs.csv")).read().splitlines()) == 9
+
+
+def test_cost_table_times_rows_on_one_kind_of_device(tmp_path):
+    # A GPU's seconds are not a CPU's: seq_lora's CUDA run (wall 20 s) stays out of its row, timed on its CPU run
+    # (10 s); craft ran on CUDA alone, so its row is timed over that run and says so.
+    root = str(tmp_path / "runs")
+    cpu = {"cpu": "Xeon", "torch_cpu_capability": "AVX512", "threads": 2}
+    gpu = {**cpu, "gpu": "NVIDIA H200", "cuda": "13.0"}
+    rows = {"base": [40, 40], "a": [80, 45], "b": [70, 90]}
+    make_run(root, "seq_lora", "seq_lora", "1", 1, rows, machine=cpu)
+    on_gpu = {"packages": {"torch": "2.11.0+cu130"}}
+    make_run(root, "seq_lora", "seq_lora", "1", 2, rows, machine=gpu, protocol={"device": "cuda", **on_gpu})
+    make_run(root, "craft", "craft", "1", 3, rows, machine=gpu, protocol={"device": "cuda:1", **on_gpu})
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    cost = open(os.path.join(out, "cost.md")).read()
+
+    def cells(label):
+        return [c.strip() for c in next(ln for ln in cost.splitlines() if ln.startswith(f"| {label} |"))
+                .strip("|").split("|")]
+    assert cells("seq_lora")[7] == "10.0" and cells("craft")[7] == "30.0 (cuda)"
+    assert ("Devices differ: seconds are over each row's runs on the cpu; 1 run(s) on another kind of device are "
+            "left out of them (cuda 1); a row marked with a device has no run on the cpu") in cost
+    readme = open(os.path.join(out, "README.md")).read()
+    assert ("- Machines: NVIDIA H200 (CUDA 13.0) beside Xeon (AVX512, 2 threads): 2 runs; Xeon (AVX512, 2 threads): "
+            "1 run.") in readme
+    assert "Packages: torch 2.11.0+cu130 (2 runs); 1 run with torch 2.13.0." in readme
+    one_kind = str(tmp_path / "one")        # a folder of CPU runs alone: no note, no mark
+    make_run(one_kind, "seq_lora", "seq_lora", "1", 1, rows, machine=cpu)
+    write_tables(one_kind, str(tmp_path / "one-results"), figures=False)
+    assert "Devices differ" not in open(os.path.join(str(tmp_path / "one-results"), "cost.md")).read()
 
 
 def test_regenerate_commands_make_exactly_the_runs_in_the_tables(runs, tmp_path):
