@@ -8,7 +8,12 @@ CUDA, from the same backbone, and compares them: per method the largest differen
 matrices (points), whether the matrices are identical, and the largest difference between the two runs'
 training losses. fp32 on both sides: a difference is float rounding between kernels (a near-tie prediction
 may flip), a large one is a bug. --bf16 adds a CUDA run under bf16 autocast, compared with CUDA fp32.
-Without CUDA it runs the CPU half only and says so. Prints one JSON summary last; exits 1 when a run failed."""
+Without CUDA it runs the CPU half only and says so. Prints one JSON summary last; exits 1 when a run failed.
+
+--repeat runs every side twice and compares each with its own rerun (`repeat`): on the CPU the same seed gives
+the same matrix; on CUDA it did not (2026-12-04, docs/cli.md#gpus), and --deterministic, which asks torch for
+deterministic kernels (use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8), is the candidate fix to
+measure with it."""
 from __future__ import annotations
 
 import argparse
@@ -42,14 +47,18 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda", help="the GPU to compare with the CPU (default cuda)")
     p.add_argument("--bf16", action="store_true", help="also run CUDA under bf16 autocast (compared with CUDA fp32)")
     p.add_argument("--out", default=None, help="folder for the runs (default: a temporary folder)")
+    p.add_argument("--repeat", action="store_true", help="run every side twice and compare each with its rerun")
+    p.add_argument("--deterministic", action="store_true",
+                   help="torch.use_deterministic_algorithms(True) and CUBLAS_WORKSPACE_CONFIG=:4096:8, set before "
+                        "CUDA starts")
     return p.parse_args(argv)
 
 
-def one_run(name: str, backbone, tok, device: str, dtype: str, args, out: str) -> dict:
+def one_run(name: str, backbone, tok, device: str, dtype: str, args, out: str, again: bool = False) -> dict:
     """A tiny bench of `name` on a copy of `backbone`: its matrix and step losses, or the error."""
     cfg = BenchConfig(method=name, order=args.order, seed=1, train_per_task=args.train, test_per_task=args.test,
                       model=args.model, device=device, dtype=dtype, progress=False, overwrite=True,
-                      out=os.path.join(out, f"{name}-{device.replace(':', '')}-{dtype}"))
+                      out=os.path.join(out, f"{name}-{device.replace(':', '')}-{dtype}" + ("-again" if again else "")))
     started = time.time()
     try:
         run = run_bench(cfg, model_and_tokenizer=(copy.deepcopy(backbone), tok))
@@ -75,6 +84,9 @@ def compare(a: dict, b: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.deterministic:   # cuBLAS reads this when CUDA starts, so before any model is loaded
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     configure_offline()
     names = sorted(discover()) if args.methods == "all" else [n.strip() for n in args.methods.split(",") if n.strip()]
     out = args.out or tempfile.mkdtemp(prefix="gpu-check-")
@@ -97,19 +109,25 @@ def main(argv=None) -> int:
             for name in names:
                 print(f"{name} on {device} {dtype}", file=sys.stderr)
                 results[name][f"{device}-{dtype}"] = one_run(name, backbone, tok, device, dtype, args, out)
+                if args.repeat:
+                    results[name][f"{device}-{dtype}-again"] = one_run(name, backbone, tok, device, dtype, args, out,
+                                                                       again=True)
         del backbone
         if device != "cpu":
             torch.cuda.empty_cache()
     summary = {"model": args.model, "order": args.order, "train": args.train, "test": args.test, "out": out,
                "cuda_available": cuda, "gpu": gpu_info(args.device) if cuda else None, "load_seconds": load_seconds,
-               "methods": {}}
+               "deterministic": args.deterministic, "methods": {}}
     failed = []
     for name, runs in results.items():
         entry = {side: {"error": r["error"]} if "error" in r else
                  {"seconds": r["seconds"], "steps": len(r["losses"]),
                   "last_row": r["matrix"].iloc[-1].round(2).to_dict()}
-                 for side, r in runs.items()}
+                 for side, r in runs.items() if not side.endswith("-again")}
         failed += [f"{name} {side}" for side, r in runs.items() if "error" in r]
+        if args.repeat:
+            entry["repeat"] = {side: compare(runs[side], runs[f"{side}-again"])
+                               for side in runs if not side.endswith("-again")}
         if cuda:
             entry["cuda_vs_cpu"] = compare(runs["cpu-fp32"], runs[f"{args.device}-fp32"])
             if args.bf16:

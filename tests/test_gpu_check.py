@@ -1,0 +1,36 @@
+"""bench/gpu_check.py on a machine without CUDA: the CPU half, and --repeat's rerun comparison (the check a GPU
+session runs to see whether a seed gives the same matrix twice)."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+
+import gpu_check  # noqa: E402
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU half alone is checked here")
+def test_repeat_compares_each_side_with_its_rerun(tmp_path, capsys):
+    code = gpu_check.main(["--methods", "seq_lora,craft", "--model", "tiny-llama", "--train", "2", "--test", "2",
+                           "--repeat", "--out", str(tmp_path)])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["ok"] and not summary["cuda_available"] and summary["deterministic"] is False
+    for name in ("seq_lora", "craft"):
+        entry = summary["methods"][name]
+        assert set(entry) == {"cpu-fp32", "repeat"} and entry["cpu-fp32"]["steps"] > 0
+        # on the CPU one seed gives the same matrix and the same losses twice (dropout included, for seq_lora)
+        assert entry["repeat"]["cpu-fp32"] == {"max_abs_accuracy_diff": 0.0, "matrices_identical": True,
+                                               "max_abs_loss_diff": 0.0, "same_step_count": True}
+    assert os.path.isdir(tmp_path / "seq_lora-cpu-fp32-again")
+
+
+def test_compare_reports_the_largest_differences():
+    import pandas as pd
+    a = {"matrix": pd.DataFrame({"x": [50.0, 75.0]}), "losses": [1.0, 0.5]}
+    b = {"matrix": pd.DataFrame({"x": [50.0, 50.0]}), "losses": [1.0, 0.25]}
+    assert gpu_check.compare(a, b) == {"max_abs_accuracy_diff": 25.0, "matrices_identical": False,
+                                       "max_abs_loss_diff": 0.25, "same_step_count": True}
+    assert gpu_check.compare(a, {"error": "boom"}) == {}
