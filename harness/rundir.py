@@ -8,6 +8,7 @@ import errno
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -25,6 +26,7 @@ from harness.config import recorded_value, resume_keys
 
 RUN_FILES = ("config.json", "status.json", "log.jsonl", "matrix.csv", "metrics.json", "method.json")
 TMP_PREFIX = ".tmp-"
+CHECKPOINT = re.compile(r"checkpoint-\d+\.pt")   # save_checkpoint's names
 
 
 # flock's errors on a filesystem that cannot lock a directory: the run goes ahead without the lock.
@@ -142,6 +144,15 @@ def matrix_csv(R: pd.DataFrame) -> str:
     return R.to_csv(float_format="%.2f", lineterminator="\n")
 
 
+def other_test_examples(recorded: dict | None, now: dict | None) -> list[str]:
+    """The tasks whose test examples differ between a run's record and the data at hand, by what the record keeps of
+    them (their number, label set and gold labels in order; a record too old to keep gold labels is not compared
+    on them)."""
+    recorded, now = recorded or {}, now or {}
+    return [task for task, was in recorded.items() if task in now and any(
+        key in was and key in now[task] and was[key] != now[task][key] for key in ("test", "labels", "gold"))]
+
+
 class RunDir:
     def __init__(self, path: str):
         self.path = path
@@ -239,7 +250,12 @@ class RunDir:
                 if diff:
                     raise UsageError(f"output directory {self.path} holds an unfinished run with different "
                                      f"settings ({', '.join(diff)}); pass --overwrite or choose another --out")
-                self._clear_interrupted_writes()
+                other_data = other_test_examples(old.get("data"), config.get("data"))
+                if other_data:   # another --data-dir: its finished rows scored other examples than the rest would
+                    raise UsageError(f"output directory {self.path} holds an unfinished run made on other test data "
+                                     f"({', '.join(other_data)}: another --data-dir?); pass the data it was made "
+                                     "with, --overwrite, or another --out")
+                self._clear_interrupted_writes(keep=status.get("checkpoint"))
                 return status
         return self._create(config)
 
@@ -265,13 +281,15 @@ class RunDir:
             return False
         return isinstance(config, dict) and all(k in config for k in ("method", "order", "seed", "tasks"))
 
-    def _clear_interrupted_writes(self) -> None:
-        """Remove the temporary files of writes a kill interrupted (atomic_write's): with the lock held, no
-        write of this run is under way."""
+    def _clear_interrupted_writes(self, keep: str | None = None) -> None:
+        """Remove the temporary files of writes a kill interrupted (atomic_write's), and on a resume the checkpoints
+        its status no longer names (one killed between naming its successor and being deleted: save_checkpoint):
+        with the lock held, no write of this run is under way."""
         if not os.path.isdir(self.path):
             return
         for name in os.listdir(self.path):
-            if name.startswith(TMP_PREFIX) and os.path.isfile(self.file(name)):
+            stale_checkpoint = keep is not None and CHECKPOINT.fullmatch(name) and name != keep
+            if (name.startswith(TMP_PREFIX) or stale_checkpoint) and os.path.isfile(self.file(name)):
                 os.unlink(self.file(name))
 
     def _check_resumable(self, status: dict) -> None:

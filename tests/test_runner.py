@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from core.errors import UsageError
 from harness.config import BenchConfig
 from harness.models import tiny_model
 from harness.rundir import kept_seconds
@@ -112,6 +113,39 @@ def test_a_record_without_its_checkpoint_retrains_to_the_same_matrix(tmp_path, t
     events = [json.loads(ln) for ln in open(os.path.join(resumed, "log.jsonl"))]
     assert [e["retrained"] for e in events if e["event"] == "checkpoint_missing"] == [["bbc"]]
     assert sum(e["event"] == "task_start" and e["task"] == "bbc" for e in events) == 2
+
+
+def test_a_resume_deletes_the_checkpoint_a_kill_orphaned_and_keeps_the_one_its_status_names(tmp_path, tokenizer,
+                                                                                            monkeypatch):
+    # save_checkpoint names the new checkpoint in the status, then deletes the old one: a kill in between leaves
+    # the old one behind for good (a grid's runs keep their last checkpoint, so it would sit beside it forever).
+    kill_during_second_task(tmp_path, "orphan", tokenizer, monkeypatch)
+    named = json.load(open(tmp_path / "orphan" / "status.json"))["checkpoint"]
+    orphan = "checkpoint-7.pt"   # any checkpoint the status does not name is one a kill left behind
+    assert named and named != orphan
+    (tmp_path / "orphan" / orphan).write_bytes(b"a stage the status moved past")
+    (tmp_path / "orphan" / "notes.pt").write_bytes(b"not the run's: kept")
+    out, _ = run(tmp_path, "orphan", tokenizer)
+    kept = sorted(n for n in os.listdir(out) if n.endswith(".pt"))
+    assert kept == sorted([json.load(open(os.path.join(out, "status.json")))["checkpoint"], "notes.pt"])
+    assert named not in kept and orphan not in kept
+
+
+def test_a_resume_on_other_test_data_is_refused_with_the_run_untouched(tmp_path, tokenizer, monkeypatch):
+    # Rows scored on one data folder must not be finished on another (a sweep resumed with another CL_DATA_DIR).
+    from harness.rundir import other_test_examples
+    kill_during_second_task(tmp_path, "data", tokenizer, monkeypatch)
+    record = json.load(open(tmp_path / "data" / "config.json"))
+    gold = record["data"]["bbc"]["gold"]
+    record["data"]["bbc"]["gold"] = gold[1:] + gold[:1] if len(set(gold)) > 1 else gold + gold[:1]
+    (tmp_path / "data" / "config.json").write_text(json.dumps(record))
+    before = {n: open(tmp_path / "data" / n, "rb").read() for n in os.listdir(tmp_path / "data")}
+    with pytest.raises(UsageError, match=r"made on other test data \(bbc: another --data-dir\?\)"):
+        run(tmp_path, "data", tokenizer)
+    assert {n: open(tmp_path / "data" / n, "rb").read() for n in os.listdir(tmp_path / "data")} == before
+    # a record too old to keep gold labels is compared on what it keeps
+    assert other_test_examples({"a": {"test": 4}}, {"a": {"test": 4, "gold": "0101"}}) == []
+    assert other_test_examples({"a": {"test": 4}}, {"a": {"test": 5, "gold": "01010"}}) == ["a"]
 
 
 def test_replay_memory_is_bounded_and_mixed_in(tmp_path, tokenizer):
