@@ -148,8 +148,9 @@ def other_test_examples(recorded: dict | None, now: dict | None) -> list[str]:
     """The tasks whose test examples differ between a run's record and the data at hand, by what the record keeps of
     them (their number, label set and gold labels in order; a record too old to keep gold labels is not compared
     on them)."""
-    recorded, now = recorded or {}, now or {}
-    return [task for task, was in recorded.items() if task in now and any(
+    recorded = recorded if isinstance(recorded, dict) else {}
+    now = now if isinstance(now, dict) else {}
+    return [task for task, was in recorded.items() if isinstance(was, dict) and isinstance(now.get(task), dict) and any(
         key in was and key in now[task] and was[key] != now[task][key] for key in ("test", "labels", "gold"))]
 
 

@@ -222,7 +222,7 @@ def sort_labels(labels: set[str]) -> list[str]:
 # ---- the runs as one table ------------------------------------------------------------------------------
 CSV_COLUMNS = ["run", "method", "label", "order", "seed", *PROTOCOL_DEFAULTS, "AA", "BWT", "FM", "FWT", "LA",
                "general_change", "general_metric", "trainable_parameters", "parameters_kept", "wall_seconds",
-               "created"]
+               "device", "created"]
 
 
 def runs_frame(runs: list[Run], root: str) -> pd.DataFrame:
@@ -772,10 +772,31 @@ def timed_runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, str, list[str]]:
     """The runs whose seconds the cost table shows, the kind of device they ran on, and the labels timed on
     another: a GPU's seconds are not a CPU's, so where a folder mixes them each row is timed over its runs on
     the CPU (the kind every cell can run on), and a row with none over its own runs, marked."""
+    if frame.empty:
+        return frame, "cpu", []
     reference = "cpu" if (frame.device == "cpu").any() else frame.device.iloc[0]
     on_reference = frame.device == reference
     has_reference = on_reference.groupby(frame.label).transform("any")
     return frame[on_reference | ~has_reference], reference, sorted(set(frame.label[~has_reference]))
+
+
+def device_marked(cells: pd.Series, timed: pd.DataFrame, elsewhere: list[str]) -> pd.Series:
+    """Per-label seconds, each label timed on another kind of device than the rest marked with it: "57.0 (cuda)"."""
+    marks = pd.Series({lab: f" ({timed.device[timed.label == lab].iloc[0]})" for lab in elsewhere}, dtype=object)
+    return cells + marks.reindex(cells.index).fillna("")
+
+
+def devices_note(frame: pd.DataFrame, timed: pd.DataFrame, reference: str, elsewhere: list[str]) -> str | None:
+    """What the seconds of a table built by timed_runs are over; None for a table of CPU runs alone."""
+    if frame.device.nunique() == 1:
+        return None if reference == "cpu" else f"Seconds are on {reference} (a GPU): not comparable with a CPU's."
+    left_out = frame[~frame.index.isin(timed.index)]
+    return (f"Devices differ: seconds are over each row's runs on the {reference}"
+            + (f"; {len(left_out)} run(s) on another kind of device are left out of them "
+               f"({', '.join(f'{k} {n}' for k, n in sorted(Counter(left_out.device).items()))})"
+               if len(left_out) else "")
+            + (f"; a row marked with a device has no run on the {reference}, and is timed over its own runs "
+               "(not comparable with the others)" if elsewhere else "") + ".")
 
 
 def cost_table(frame: pd.DataFrame) -> Table:
@@ -787,11 +808,10 @@ def cost_table(frame: pd.DataFrame) -> Table:
                                             .groupby(timed.label), digits=2),
                ("", "eval s/run"): spread(timed.groupby("label").eval_seconds),
                ("", "wall s/run"): spread(timed.groupby("label").wall_seconds)}
-    marks = pd.Series({lab: f" ({timed.device[timed.label == lab].iloc[0]})" for lab in elsewhere}, dtype=object)
     columns = {("", "trainable params"): first.trainable_parameters.map("{:,}".format),
                ("", "params kept"): kept.groupby(frame.label).max().map("{:,.0f}".format),
                ("", "kept per task"): (kept / frame.tasks).groupby(frame.label).mean().map("{:,.0f}".format),
-               **{k: v + marks.reindex(v.index).fillna("") for k, v in seconds.items()},
+               **{k: device_marked(v, timed, elsewhere) for k, v in seconds.items()},
                ("", "task id at test"): first.uses_task_id_at_test.map({True: "yes", False: "no"})}
     notes = ["params kept = parameters stored beside the frozen backbone at the end of the stream, the most over "
              "the row's runs (it can vary: CRAFT keeps one intervention per group); kept per task = that over the "
@@ -802,14 +822,7 @@ def cost_table(frame: pd.DataFrame) -> Table:
              f"{MISSING} = no step taken.",
              "What each method keeps from past tasks: " +
              "; ".join(f"{k}: {v}" for k, v in first.keeps_from_past_tasks.items()) + "."]
-    if frame.device.nunique() > 1:
-        left_out = frame[~frame.index.isin(timed.index)]
-        notes.append(f"Devices differ: seconds are over each row's runs on the {reference}"
-                     + (f"; {len(left_out)} run(s) on another kind of device are left out of them "
-                        f"({', '.join(f'{k} {n}' for k, n in sorted(Counter(left_out.device).items()))})"
-                        if len(left_out) else "")
-                     + (f"; a row marked with a device has no run on the {reference}, and is timed over its own runs "
-                        "(not comparable with the others)" if elsewhere else "") + ".")
+    notes += [note for note in (devices_note(frame, timed, reference, elsewhere),) if note]
     return Table("cost", "Cost: parameters and time", columns, sections_of(frame), notes)
 
 
@@ -932,7 +945,8 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
                                              dtype=object)
     columns[("", "trainable params")] = (scoped.drop_duplicates("label").set_index("label")
                                          .trainable_parameters.map("{:,}".format))
-    columns[("", "wall s/run")] = spread(scoped.groupby("label").wall_seconds, 0)
+    timed, reference, timed_elsewhere = timed_runs(scoped)
+    columns[("", "wall s/run")] = device_marked(spread(timed.groupby("label").wall_seconds, 0), timed, timed_elsewhere)
     notes = [f"Every method's rows are restricted to the orders and seeds where one of its variants ran (order"
              f"{'s' if len(orders) > 1 else ''} {', '.join(orders)}; {seeds_text} in all), so the rows compare the "
              "same streams; references, to the cells where any variant ran. AA, BWT, FM: mean ± std over those seeds. "
@@ -943,6 +957,7 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
                             "fixed; the old defaults themselves against the nearest)") + "; "
              f"{BOOTSTRAP_NOTE} * = the interval excludes 0. Trainable params: per run. Wall s/run: median "
              "[min–max] over the row's runs in the table."]
+    notes += [note for note in (devices_note(scoped, timed, reference, timed_elsewhere),) if note]
     notes += [n for n in (missing_predictions_note([r for r in runs if r.label in set(scoped.label)]),) if n]
     title = "Variants of a method against its defaults (settings in brackets)" if len(varied) > 1 else (
         f"{varied[0]} and its variants (settings in brackets)")
@@ -1126,10 +1141,12 @@ def packages_line(runs) -> str:
     (common, count), *others = sets.most_common()
     text = ", ".join(f"{k} {v}" for k, v in common)
     if others:
-        known = dict(common)
-        text += f" ({count} runs)" + "".join(
-            f"; {n} run{'s' * (n != 1)} with " + ", ".join(f"{k} {v}" for k, v in other if known.get(k) != v)
-            for other, n in others)
+        def differs(other):   # what another set has otherwise, and what it lacks ("–": not recorded there)
+            theirs = dict(other)
+            return [f"{k} {v}" for k, v in other if dict(common).get(k) != v] + \
+                [f"{k} {MISSING}" for k, _ in common if k not in theirs]
+        text += f" ({count} run{'s' * (count != 1)})" + "".join(
+            f"; {n} run{'s' * (n != 1)} with " + ", ".join(differs(other)) for other, n in others)
     return text
 
 

