@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import random
 
 from core.loss import collate
@@ -94,8 +95,10 @@ class Replay(LoRAMethod):
         self.diagnostics["memory"] = {name: len(kept) for name, kept in self.memory.items()}
 
     def state_dict(self):
-        return {"lora": super().state_dict(), "memory": self.memory}
+        return {"lora": super().state_dict(), "memory": self.memory, "diagnostics": copy.deepcopy(self.diagnostics)}
 
     def load_state_dict(self, state):
         super().load_state_dict(state["lora"])
         self.memory = state["memory"]
+        # a checkpoint from before diagnostics were kept: the resumed card holds the later tasks' only
+        self.diagnostics = copy.deepcopy(state.get("diagnostics", self.diagnostics))
