@@ -1026,8 +1026,10 @@ def remove_stale_tables(out: str, written: list[str]) -> None:
 
 def run_options_of(sweeps: list[dict], runs: list[Run]) -> str:
     """The run options (sizes, data, model) as the user gave them to the latest sweep, else every setup
-    option as the runs' config.json records it (and the data folder, where one was named)."""
+    option as the runs' config.json records it (and the data folder, where one was named). The device is each
+    command's own (regenerate_commands): a folder can hold runs made on a CPU and on a GPU."""
     options = next((entry["options"] for entry in reversed(sweeps) if "options" in entry), None)
+    options = None if options is None else {k: v for k, v in options.items() if k != "device"}
     if options is None:
         c = runs[0].config
         options = {name: c.get(name) for name in SETUP_KEYS + ("data_dir",) if name in c and (name != "data_dir" or c[name])}
@@ -1089,26 +1091,28 @@ def regenerate_commands(runs: list[Run], root: str, sweeps: list[dict]) -> list[
     spelled with the value it ran (reproducing_args) and made again in remade_folder(root): in root, beside the
     stale folder, one row would hold two runs of a stream."""
     labels, cells, remade = {}, {}, set()
-    for r in runs:
+    for r in runs:   # per spec and kind of device: a run made on a GPU is made again there (--device cuda)
         spec = spec_of(r.method, reproducing_args(r.config))
         labels[spec] = r.label
-        cells.setdefault(spec, {}).setdefault(r.seed, set()).add(r.order)
+        device = (r.config.get("device") or "cpu").split(":")[0]
+        cells.setdefault((spec, device), {}).setdefault(r.seed, set()).add(r.order)
         if moved_settings(r.config):
             remade.add(spec)
-    grids = {}   # (folder, orders, seeds) -> specs
-    for spec, by_seed in cells.items():
+    grids = {}   # (folder, orders, seeds, device) -> specs
+    for (spec, device), by_seed in cells.items():
         merged = {}   # orders -> seeds that ran exactly those orders
         for seed, orders in by_seed.items():
             merged.setdefault(tuple(sorted(orders, key=order_rank)), []).append(seed)
         folder = remade_folder(root) if spec in remade else root
         for orders, seeds in merged.items():
-            grids.setdefault((folder, orders, tuple(sorted(seeds))), []).append(spec)
+            grids.setdefault((folder, orders, tuple(sorted(seeds)), device), []).append(spec)
     options = run_options_of(sweeps, runs)
     ranked = sort_labels(set(labels.values()))
     return [f"python -m harness sweep --methods {','.join(sorted(specs, key=lambda x: (ranked.index(labels[x]), x)))} "
             f"--orders {','.join(orders)} --seeds {','.join(map(str, seeds))} --runs {folder} {options}".rstrip()
-            for (folder, orders, seeds), specs in sorted(grids.items(),
-                                                          key=lambda g: (g[0][0], g[0][2], -len(g[1]), g[0][1]))]
+            + (f" --device {device}" if device != "cpu" else "")
+            for (folder, orders, seeds, device), specs in sorted(
+                grids.items(), key=lambda g: (g[0][0], g[0][2], -len(g[1]), g[0][1], g[0][3]))]
 
 
 def remade_folder(root: str) -> str:

@@ -166,6 +166,9 @@ def test_cost_table_times_rows_on_one_kind_of_device(tmp_path):
     make_run(root, "seq_lora", "seq_lora", "1", 2, rows, machine=gpu, protocol={"device": "cuda", **on_gpu})
     make_run(root, "craft", "craft", "1", 3, rows, machine=gpu, protocol={"device": "cuda:1", **on_gpu})
     out = str(tmp_path / "results")
+    with open(os.path.join(root, "sweeps.jsonl"), "w") as f:   # the latest sweep's own device is not every cell's
+        f.write(json.dumps({"command": "python -m harness sweep", "options": {"device": "cuda", "matrix": "needed"}})
+                + "\n")
     write_tables(root, out, figures=False)
     cost = open(os.path.join(out, "cost.md")).read()
 
@@ -179,6 +182,12 @@ def test_cost_table_times_rows_on_one_kind_of_device(tmp_path):
     assert ("- Machines: NVIDIA H200 (CUDA 13.0) beside Xeon (AVX512, 2 threads): 2 runs; Xeon (AVX512, 2 threads): "
             "1 run.") in readme
     assert "Packages: torch 2.11.0+cu130 (2 runs); 1 run with torch 2.13.0." in readme
+    # each run is made again on its own kind of device: seq_lora's seed 1 on the CPU, its seed 2 and craft on CUDA
+    commands = [c for c in readme.split("## Regenerate")[1].split("```")[1].strip().splitlines() if " sweep " in c]
+    assert sorted(commands) == sorted([
+        f"python -m harness sweep --methods seq_lora --orders 1 --seeds 1 --runs {root} --matrix needed",
+        f"python -m harness sweep --methods seq_lora --orders 1 --seeds 2 --runs {root} --matrix needed --device cuda",
+        f"python -m harness sweep --methods craft --orders 1 --seeds 3 --runs {root} --matrix needed --device cuda"])
     assert "seq_lora,seq_lora,1,2" in open(os.path.join(out, "runs.csv")).read() and ",cuda," in \
         open(os.path.join(out, "runs.csv")).read()
     one_kind = str(tmp_path / "one")        # a folder of CPU runs alone: no note, no mark
@@ -227,6 +236,7 @@ def test_regenerate_commands_make_exactly_the_runs_in_the_tables(runs, tmp_path)
         cells |= {c.out for c in plan(a.runs, split_methods(a.methods), a.orders.split(","), a.seeds.split(","))}
     finished, _ = load_runs(runs)
     assert cells == {r.path for r in finished}   # the unfinished o_lora run is not asked for
+    assert not any("--device" in c for c in commands)
     # general: a glob where every run of an order and seed was measured, else the runs by name
     assert block.strip().splitlines()[-2] == (f"python -m harness general --tasks sms_spam --per-task 50 "
                                               f"{runs}/seq_lora/1/seed1 {runs}/*/1/seed2")
