@@ -326,13 +326,18 @@ def setup_of(config: dict) -> tuple:
     return tuple(recorded_value(config, name) for name in names(SETUP))
 
 
+def device_kind(device: str | None) -> str:
+    """cpu or cuda: what decides a run's float path and seconds (cuda:1 is cuda; a record without one ran on cpu)."""
+    return (device or "cpu").split(":")[0]
+
+
 def backbone_cache_key(cfg: BenchConfig, task: str, test_fingerprint: str) -> str:
     """Everything that decides an untouched backbone's score on a task: the setup, and the test examples
     themselves (a fingerprint, so two data folders with different rows never share a score; the seed does
     not enter, the test subsample does not depend on it). Two environment fields enter where they are not the
     defaults, as they change the float path of the scores: the device type (a GPU's scores are not the CPU's up
     to rounding) and --cache off (whole prompts); keys made on the CPU with caches on stay as they were."""
-    path = [f"device={cfg.device.split(':')[0]}"] if cfg.device.split(":")[0] != "cpu" else []
+    path = [f"device={device_kind(cfg.device)}"] if device_kind(cfg.device) != "cpu" else []
     path += ["cache=off"] if cfg.cache == "off" else []
     return "|".join([task, test_fingerprint] + [str(getattr(cfg, name)) for name in names(SETUP)] + path)
 

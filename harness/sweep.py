@@ -355,8 +355,8 @@ class CostModel:
                                             for n in COST_SETUP):
                     skipped += 1
                     continue
-                if like is not None and device_kind(config.recorded_value(recorded, "device")) != \
-                        device_kind(like.device):
+                if like is not None and config.device_kind(config.recorded_value(recorded, "device")) != \
+                        config.device_kind(like.device):
                     elsewhere += 1
                     continue
                 if recorded.get("method") and config.moved_settings(recorded):
@@ -415,11 +415,6 @@ class CostModel:
             cells = len(needed_cells(names, k)) if cell.config.matrix == "needed" and not joint else len(names)
             seconds += trained.get(task, typical) + (0 if joint and k < len(names) else cells) * self.per_cell[label]
         return seconds
-
-
-def device_kind(device: str | None) -> str:
-    """cpu or cuda: what decides a run's seconds (cuda:1 costs what cuda does)."""
-    return (device or "cpu").split(":")[0]
 
 
 def settings_key(method: str, settings: dict) -> str:

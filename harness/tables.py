@@ -18,8 +18,8 @@ import pandas as pd
 from core.errors import UsageError
 from harness import metrics as metrics_mod
 from harness import stats
-from harness.config import (FIELDS, SETUP, former_defaults_named, label_args, moved_settings, names, recorded_value,
-                            reproducing_args, setup_of, spell_options, spell_setting)
+from harness.config import (FIELDS, SETUP, device_kind, former_defaults_named, label_args, moved_settings, names,
+                            recorded_value, reproducing_args, setup_of, spell_options, spell_setting)
 from harness.config import ran_defaults as config_ran_defaults
 from harness.rundir import RunDir, atomic_write
 
@@ -235,7 +235,7 @@ def runs_frame(runs: list[Run], root: str) -> pd.DataFrame:
         "general_change": r.general["change"] if r.general else None, "general_metric": r.general_metric,
         "trainable_parameters": r.card["trainable_parameters"], "parameters_kept": r.card.get("parameters_kept"),
         "wall_seconds": r.card["timing"]["wall_seconds"], "created": r.config.get("created"),
-        "device": (r.config.get("device") or "cpu").split(":")[0],
+        "device": device_kind(r.config.get("device")),
         "block": block_of(r.order), "bound": r.bound, "ran_defaults": r.ran_defaults, "tasks": len(r.tasks),
         "train_seconds": r.card["timing"]["train_seconds"], "eval_seconds": r.card["timing"]["eval_seconds"],
         "train_steps": sum(stage.get("steps") or 0 for stage in r.card["timing"].get("per_stage", {}).values()),
@@ -1094,7 +1094,7 @@ def regenerate_commands(runs: list[Run], root: str, sweeps: list[dict]) -> list[
     for r in runs:   # per spec and kind of device: a run made on a GPU is made again there (--device cuda)
         spec = spec_of(r.method, reproducing_args(r.config))
         labels[spec] = r.label
-        device = (r.config.get("device") or "cpu").split(":")[0]
+        device = device_kind(r.config.get("device"))
         cells.setdefault((spec, device), {}).setdefault(r.seed, set()).add(r.order)
         if moved_settings(r.config):
             remade.add(spec)
@@ -1145,10 +1145,12 @@ def packages_line(runs) -> str:
     (common, count), *others = sets.most_common()
     text = ", ".join(f"{k} {v}" for k, v in common)
     if others:
+        known = dict(common)
+
         def differs(other):   # what another set has otherwise, and what it lacks ("–": not recorded there)
             theirs = dict(other)
-            return [f"{k} {v}" for k, v in other if dict(common).get(k) != v] + \
-                [f"{k} {MISSING}" for k, _ in common if k not in theirs]
+            return ([f"{k} {v}" for k, v in other if known.get(k) != v]
+                    + [f"{k} {MISSING}" for k in known if k not in theirs])
         text += f" ({count} run{'s' * (count != 1)})" + "".join(
             f"; {n} run{'s' * (n != 1)} with " + ", ".join(differs(other)) for other, n in others)
     return text
