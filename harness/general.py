@@ -26,7 +26,7 @@ from lm_eval.api.model import LM
 from core.errors import UsageError
 from core.scoring import CausalLMScorer
 from harness import stats
-from harness.config import recorded_value
+from harness.config import device_kind, recorded_value
 from harness.evaluation import candidate_logprobs
 
 # The default held-out tasks: in none of orders 1-3 and offline1-3 (the committed sweep's), shipped with the harness
@@ -233,7 +233,7 @@ def _shared_keys(key: tuple, names, per_task: int, data_dir: str | None) -> dict
     import tasks as task_registry
     from harness.runner import data_fingerprint
     model, max_tokens, _, _, device = key
-    common = [",".join(names), str(model), str(max_tokens), str(per_task), device.split(":")[0], f"v{SHARED_VERSION}"]
+    common = [",".join(names), str(model), str(max_tokens), str(per_task), device_kind(device), f"v{SHARED_VERSION}"]
     return {n: "|".join(["general", n, data_fingerprint(task_registry.load_task(n, data_dir, 1, per_task, 0)),
                          *common]) for n in names}
 
