@@ -2,6 +2,7 @@
 
     python bench/gpu_check.py                        # every method, offline1, 4 train / 4 test per task
     python bench/gpu_check.py --methods seq_lora,craft --bf16
+    python bench/gpu_check.py --methods seq_lora:dropout=0,o_lora:dropout=0   # a method with settings, as a sweep's
 
 Runs a tiny bench of each method (one optimizer step per task) with the embedded model on the CPU and on
 CUDA, from the same backbone, and compares them: per method the largest difference between the two accuracy
@@ -30,16 +31,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from core.errors import UsageError  # noqa: E402
+from harness import config  # noqa: E402
 from harness.config import BenchConfig  # noqa: E402
 from harness.models import DEFAULT_MODEL, check_device, configure_offline, gpu_info, load_model  # noqa: E402
 from harness.rundir import RunDir  # noqa: E402
 from harness.runner import run_bench  # noqa: E402
+from harness.sweep import MethodSpec  # noqa: E402
 from methods import discover  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", default="all", help="comma-separated method names (default: every method)")
+    p.add_argument("--methods", default="all",
+                   help="comma-separated methods, each a name or a sweep's name:key=value (default: every method)")
     p.add_argument("--order", default="offline1")
     p.add_argument("--train", type=int, default=4, help="training examples per task (default 4)")
     p.add_argument("--test", type=int, default=4, help="test examples per task (default 4)")
@@ -55,10 +60,13 @@ def parse_args(argv=None):
 
 
 def one_run(name: str, backbone, tok, device: str, dtype: str, args, out: str, again: bool = False) -> dict:
-    """A tiny bench of `name` on a copy of `backbone`: its matrix and step losses, or the error."""
-    cfg = BenchConfig(method=name, order=args.order, seed=1, train_per_task=args.train, test_per_task=args.test,
+    """A tiny bench of `name` (a method spec) on a copy of `backbone`: its matrix and step losses, or the error."""
+    spec = MethodSpec.parse(name)
+    cfg = BenchConfig(method=spec.name, method_args=dict(spec.args), order=args.order, seed=1,
+                      train_per_task=args.train, test_per_task=args.test,
                       model=args.model, device=device, dtype=dtype, progress=False, overwrite=True,
-                      out=os.path.join(out, f"{name}-{device.replace(':', '')}-{dtype}" + ("-again" if again else "")))
+                      out=os.path.join(out, f"{spec.label}-{device.replace(':', '')}-{dtype}"
+                                       + ("-again" if again else "")))
     started = time.time()
     try:
         run = run_bench(cfg, model_and_tokenizer=(copy.deepcopy(backbone), tok))
@@ -89,6 +97,13 @@ def main(argv=None) -> int:
         torch.use_deterministic_algorithms(True)
     configure_offline()
     names = sorted(discover()) if args.methods == "all" else [n.strip() for n in args.methods.split(",") if n.strip()]
+    try:   # a typo in a spec or a setting fails here, in one line, not as one method's error after the others ran
+        for name in names:
+            spec = MethodSpec.parse(name)
+            config.resolved_settings(spec.name, dict(spec.args))
+    except UsageError as e:
+        print(f"gpu_check: {e}", file=sys.stderr)
+        return 2
     out = args.out or tempfile.mkdtemp(prefix="gpu-check-")
     cuda = torch.cuda.is_available()
     if cuda:

@@ -34,3 +34,19 @@ def test_compare_reports_the_largest_differences():
     assert gpu_check.compare(a, b) == {"max_abs_accuracy_diff": 25.0, "matrices_identical": False,
                                        "max_abs_loss_diff": 0.25, "same_step_count": True}
     assert gpu_check.compare(a, {"error": "boom"}) == {}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU half alone is checked here")
+def test_a_method_spec_runs_with_its_settings(tmp_path, capsys):
+    code = gpu_check.main(["--methods", "seq_lora:dropout=0", "--model", "tiny-llama", "--train", "2", "--test", "2",
+                           "--out", str(tmp_path)])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["ok"] and set(summary["methods"]) == {"seq_lora:dropout=0"}
+    recorded = json.load(open(tmp_path / "seq_lora+dropout=0-cpu-fp32" / "config.json"))
+    assert recorded["method"] == "seq_lora" and recorded["settings"]["dropout"] == 0.0
+
+
+def test_a_bad_spec_stops_before_any_run(tmp_path, capsys):
+    assert gpu_check.main(["--methods", "seq_lora,seq_lora:dropot=0", "--model", "tiny-llama",
+                           "--out", str(tmp_path)]) == 2
+    assert "no setting 'dropot'" in capsys.readouterr().err and not os.listdir(tmp_path)
