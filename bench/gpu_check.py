@@ -11,6 +11,7 @@ training losses. fp32 on both sides: a difference is float rounding between kern
 may flip), a large one is a bug. --bf16 adds a CUDA run under bf16 autocast, compared with CUDA fp32.
 Without CUDA it runs the CPU half only and says so. Prints one JSON summary last; exits 1 when a run failed.
 
+--cuda-only leaves the CPU side out: `--cuda-only --repeat [--deterministic]` is the rerun check alone.
 --repeat runs every side twice and compares each with its own rerun (`repeat`): on the CPU the same seed gives
 the same matrix; on CUDA it did not (2026-12-04, docs/cli.md#gpus), and --deterministic, which asks torch for
 deterministic kernels (use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8), is the candidate fix to
@@ -56,6 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--deterministic", action="store_true",
                    help="torch.use_deterministic_algorithms(True) and CUBLAS_WORKSPACE_CONFIG=:4096:8, set before "
                         "CUDA starts")
+    p.add_argument("--cuda-only", action="store_true",
+                   help="leave the CPU side out (with --repeat: CUDA's rerun check alone, in seconds; on a GPU "
+                        "machine whose cores a sweep is using, the CPU side is what takes minutes)")
     return p.parse_args(argv)
 
 
@@ -108,10 +112,13 @@ def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     if cuda:
         check_device(args.device)
+    elif args.cuda_only:
+        print(f"gpu_check: --cuda-only, but CUDA is not available here (torch {torch.__version__})", file=sys.stderr)
+        return 2
     else:
         print(f"CUDA is not available here (torch {torch.__version__}, built with CUDA {torch.version.cuda}): "
               "running the CPU half only", file=sys.stderr)
-    sides = [("cpu", "fp32")]
+    sides = [] if args.cuda_only else [("cpu", "fp32")]
     if cuda:
         sides += [(args.device, "fp32")] + ([(args.device, "bf16")] if args.bf16 else [])
     results: dict = {name: {} for name in names}
@@ -132,7 +139,7 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
     summary = {"model": args.model, "order": args.order, "train": args.train, "test": args.test, "out": out,
                "cuda_available": cuda, "gpu": gpu_info(args.device) if cuda else None, "load_seconds": load_seconds,
-               "deterministic": args.deterministic, "methods": {}}
+               "deterministic": args.deterministic, "cuda_only": args.cuda_only, "methods": {}}
     failed = []
     for name, runs in results.items():
         entry = {side: {"error": r["error"]} if "error" in r else
@@ -143,7 +150,7 @@ def main(argv=None) -> int:
         if args.repeat:
             entry["repeat"] = {side: compare(runs[side], runs[f"{side}-again"])
                                for side in runs if not side.endswith("-again")}
-        if cuda:
+        if cuda and not args.cuda_only:
             entry["cuda_vs_cpu"] = compare(runs["cpu-fp32"], runs[f"{args.device}-fp32"])
             if args.bf16:
                 entry["bf16_vs_fp32_on_cuda"] = compare(runs[f"{args.device}-fp32"], runs[f"{args.device}-bf16"])

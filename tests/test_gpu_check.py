@@ -50,3 +50,10 @@ def test_a_bad_spec_stops_before_any_run(tmp_path, capsys):
     assert gpu_check.main(["--methods", "seq_lora,seq_lora:dropot=0", "--model", "tiny-llama",
                            "--out", str(tmp_path)]) == 2
     assert "no setting 'dropot'" in capsys.readouterr().err and not os.listdir(tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA is checked here")
+def test_cuda_only_without_cuda_is_a_usage_error(tmp_path, capsys):
+    assert gpu_check.main(["--methods", "seq_lora", "--cuda-only", "--repeat", "--model", "tiny-llama",
+                           "--out", str(tmp_path)]) == 2
+    assert "--cuda-only, but CUDA is not available" in capsys.readouterr().err and not os.listdir(tmp_path)
