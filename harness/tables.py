@@ -567,7 +567,7 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
     if others:
         notes.append(f"Blocks whose Δ is of another row of {PAIRED_TARGET} (the one that ran them): " +
                      "; ".join(f"{title}: {t}" for title, t in others.items()) + ".")
-    notes += [n for n in (missing_predictions_note(runs),) if n]
+    notes += [n for n in (one_seed_note(columns), missing_predictions_note(runs)) if n]
     return Table("paired", f"{target} against each baseline, paired" + title_note, columns,
                  [(None, baselines)], notes)
 
@@ -826,6 +826,18 @@ def cost_table(frame: pd.DataFrame) -> Table:
     return Table("cost", "Cost: parameters and time", columns, sections_of(frame), notes)
 
 
+def one_seed_note(columns: dict) -> str | None:
+    """The note a paired table needs when a row pairs one seed alone (add_paired_cells' "n × 1"): its interval
+    holds no seed's spread, which on these runs can be larger than the examples' (docs/results.md#intervals)."""
+    rows = sorted({lab for (_, heading), values in columns.items() if heading == "pairs"
+                   for lab, text in values.items() if str(text).endswith("× 1")})
+    if not rows:
+        return None
+    return (f"One seed (pairs n × 1: {', '.join(rows)}): the interval is the evaluation examples' spread alone, "
+            "no seed's spread is in it, so its * says the difference holds on these examples for that seed, not "
+            "that another seed would give it.")
+
+
 def add_paired_cells(cells: dict, label: str, pairs: dict, headings: tuple[str, str]) -> None:
     """cells[heading][label] = the paired ΔAA and ΔFM of pairs (by_seed's), and cells["pairs"][label] = how many
     orders × seeds they are over; nothing without pairs."""
@@ -957,7 +969,8 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
                             "fixed; the old defaults themselves against the nearest)") + "; "
              f"{BOOTSTRAP_NOTE} * = the interval excludes 0. Trainable params: per run. Wall s/run: median "
              "[min–max] over the row's runs in the table."]
-    notes += [note for note in (devices_note(scoped, timed, reference, timed_elsewhere),) if note]
+    notes += [note for note in (one_seed_note(columns), devices_note(scoped, timed, reference, timed_elsewhere))
+              if note]
     notes += [n for n in (missing_predictions_note([r for r in runs if r.label in set(scoped.label)]),) if n]
     title = "Variants of a method against its defaults (settings in brackets)" if len(varied) > 1 else (
         f"{varied[0]} and its variants (settings in brackets)")

@@ -529,6 +529,18 @@ def test_paired_table_finds_a_planted_difference_and_none_against_an_identical_r
     assert planted[1].startswith("-30.00 [") and planted[1].endswith("] *")      # ΔFM: 0 against 30
     assert planted[2] == "1 × 2"                                                 # order 1 only, two seeds
     assert cells_of(os.path.join(out, "paired.md"), "o_lora")[:2] == ["+0.00 [0.00, 0.00]"] * 2
+    assert "One seed" not in open(os.path.join(out, "paired.md")).read()   # every row pairs two seeds
+
+
+def test_a_paired_row_of_one_seed_says_its_interval_holds_no_seed_spread(tmp_path):
+    root = str(tmp_path / "runs")
+    planted_pairs(root)
+    make_run(root, "replay", "replay", "1", 1, seq(50.0, 50.0), n_test=20)   # seed 1 alone
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    text = open(os.path.join(out, "paired.md")).read()
+    assert cells_of(os.path.join(out, "paired.md"), "replay")[2] == "1 × 1"
+    assert "One seed (pairs n × 1: replay): the interval is the evaluation examples' spread alone" in text
 
 
 def test_a_failed_sanity_check_is_stated_under_the_tables_and_in_the_readme(tmp_path):
