@@ -38,7 +38,7 @@ from harness.config import BenchConfig  # noqa: E402
 from harness.models import DEFAULT_MODEL, check_device, configure_offline, gpu_info, load_model  # noqa: E402
 from harness.rundir import RunDir  # noqa: E402
 from harness.runner import run_bench  # noqa: E402
-from harness.sweep import MethodSpec  # noqa: E402
+from harness.sweep import MethodSpec, split_methods  # noqa: E402
 from methods import discover  # noqa: E402
 
 
@@ -100,15 +100,15 @@ def main(argv=None) -> int:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     configure_offline()
-    names = sorted(discover()) if args.methods == "all" else [n.strip() for n in args.methods.split(",") if n.strip()]
     try:   # a typo in a spec or a setting fails here, in one line, not as one method's error after the others ran
+        # split as a sweep splits them, so a list-valued setting (craft:layers=3,7,11) stays whole
+        names = sorted(discover()) if args.methods == "all" else split_methods(args.methods)
         for name in names:
             spec = MethodSpec.parse(name)
             config.resolved_settings(spec.name, dict(spec.args))
     except UsageError as e:
         print(f"gpu_check: {e}", file=sys.stderr)
         return 2
-    out = args.out or tempfile.mkdtemp(prefix="gpu-check-")
     cuda = torch.cuda.is_available()
     if cuda:
         check_device(args.device)
@@ -118,6 +118,7 @@ def main(argv=None) -> int:
     else:
         print(f"CUDA is not available here (torch {torch.__version__}, built with CUDA {torch.version.cuda}): "
               "running the CPU half only", file=sys.stderr)
+    out = args.out or tempfile.mkdtemp(prefix="gpu-check-")
     sides = [] if args.cuda_only else [("cpu", "fp32")]
     if cuda:
         sides += [(args.device, "fp32")] + ([(args.device, "bf16")] if args.bf16 else [])
@@ -152,8 +153,8 @@ def main(argv=None) -> int:
                                for side in runs if not side.endswith("-again")}
         if cuda and not args.cuda_only:
             entry["cuda_vs_cpu"] = compare(runs["cpu-fp32"], runs[f"{args.device}-fp32"])
-            if args.bf16:
-                entry["bf16_vs_fp32_on_cuda"] = compare(runs[f"{args.device}-fp32"], runs[f"{args.device}-bf16"])
+        if cuda and args.bf16:
+            entry["bf16_vs_fp32_on_cuda"] = compare(runs[f"{args.device}-fp32"], runs[f"{args.device}-bf16"])
         summary["methods"][name] = entry
     summary["failed"] = failed
     summary["ok"] = not failed

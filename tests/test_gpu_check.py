@@ -57,3 +57,35 @@ def test_cuda_only_without_cuda_is_a_usage_error(tmp_path, capsys):
     assert gpu_check.main(["--methods", "seq_lora", "--cuda-only", "--repeat", "--model", "tiny-llama",
                            "--out", str(tmp_path)]) == 2
     assert "--cuda-only, but CUDA is not available" in capsys.readouterr().err and not os.listdir(tmp_path)
+
+
+def test_the_summary_compares_the_sides_that_ran(monkeypatch, capsys, tmp_path):
+    """With CUDA faked (one_run stubbed: what is checked is which sides run and which comparisons the summary
+    makes of them), --cuda-only leaves the CPU out and still compares bf16 with fp32."""
+    import pandas as pd
+    monkeypatch.setattr(gpu_check.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu_check.torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(gpu_check, "check_device", lambda device: None)
+    monkeypatch.setattr(gpu_check, "gpu_info", lambda device: {"gpu": "fake"})
+    monkeypatch.setattr(gpu_check, "load_model", lambda model, device: ("backbone", "tokenizer"))
+    ran = []
+
+    def fake_run(name, backbone, tok, device, dtype, args, out, again=False):
+        ran.append((name, device, dtype, again))
+        return {"matrix": pd.DataFrame({"a": [75.0 if dtype == "bf16" else 50.0]}), "losses": [1.0], "seconds": 0.1}
+
+    monkeypatch.setattr(gpu_check, "one_run", fake_run)
+    # a list-valued setting stays one spec, as in a sweep
+    code = gpu_check.main(["--methods", "seq_lora,craft:layers=0,1", "--cuda-only", "--bf16", "--repeat",
+                           "--out", str(tmp_path)])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and set(summary["methods"]) == {"seq_lora", "craft:layers=0,1"} and summary["cuda_only"]
+    assert {device for _, device, _, _ in ran} == {"cuda"} and len(ran) == 8   # 2 methods x fp32/bf16 x twice
+    entry = summary["methods"]["seq_lora"]
+    assert "cuda_vs_cpu" not in entry and entry["bf16_vs_fp32_on_cuda"]["max_abs_accuracy_diff"] == 25.0
+    assert set(entry["repeat"]) == {"cuda-fp32", "cuda-bf16"}
+    ran.clear()
+    assert gpu_check.main(["--methods", "seq_lora", "--bf16", "--out", str(tmp_path)]) == 0
+    entry = json.loads(capsys.readouterr().out)["methods"]["seq_lora"]
+    assert {device for _, device, _, _ in ran} == {"cpu", "cuda"} and entry["cuda_vs_cpu"]["matrices_identical"]
+    assert entry["bf16_vs_fp32_on_cuda"]["max_abs_accuracy_diff"] == 25.0
