@@ -828,14 +828,21 @@ def cost_table(frame: pd.DataFrame) -> Table:
 
 def one_seed_note(columns: dict) -> str | None:
     """The note a paired table needs when a row pairs one seed alone (add_paired_cells' "n × 1"): its interval
-    holds no seed's spread, which on these runs can be larger than the examples' (docs/results.md#intervals)."""
-    rows = sorted({lab for (_, heading), values in columns.items() if heading == "pairs"
-                   for lab, text in values.items() if str(text).endswith("× 1")})
-    if not rows:
+    holds no seed's spread, which on these runs can be larger than the examples' (docs/results.md#intervals).
+    Each such row is named in the table's order, with the column groups it is of one seed in where there are
+    several."""
+    where: dict = {}
+    groups = [group for group, heading in columns if heading == "pairs"]
+    for group in groups:
+        for lab, text in columns[(group, "pairs")].items():
+            if str(text).endswith("× 1"):
+                where.setdefault(lab, []).append(group)
+    if not where:
         return None
-    return (f"One seed (pairs n × 1: {', '.join(rows)}): the interval is the evaluation examples' spread alone, "
-            "no seed's spread is in it, so its * says the difference holds on these examples for that seed, not "
-            "that another seed would give it.")
+    rows = [lab + (f" ({'; '.join(where[lab])})" if len(groups) > 1 else "") for lab in sort_labels(set(where))]
+    return (f"One seed (pairs n × 1: {', '.join(rows)}): the interval, where there is one, is the evaluation "
+            "examples' spread alone, no seed's spread is in it, so its * says the difference holds on these "
+            "examples for that seed, not that another seed would give it.")
 
 
 def add_paired_cells(cells: dict, label: str, pairs: dict, headings: tuple[str, str]) -> None:

@@ -540,7 +540,14 @@ def test_a_paired_row_of_one_seed_says_its_interval_holds_no_seed_spread(tmp_pat
     write_tables(root, out, figures=False)
     text = open(os.path.join(out, "paired.md")).read()
     assert cells_of(os.path.join(out, "paired.md"), "replay")[2] == "1 × 1"
-    assert "One seed (pairs n × 1: replay): the interval is the evaluation examples' spread alone" in text
+    assert "One seed (pairs n × 1: replay): the interval, where there is one, is the evaluation examples' " \
+        "spread alone" in text
+    # two blocks: the row is named with the block it has one seed in
+    for seed in (1, 2):
+        make_run(root, "craft", "craft", "offline1", seed, seq(90.0, 90.0, first_a=90.0), n_test=20)
+        make_run(root, "replay", "replay", "offline1", seed, seq(50.0, 50.0), n_test=20)
+    write_tables(root, out, figures=False)
+    assert "One seed (pairs n × 1: replay (Orders 1-3)): " in open(os.path.join(out, "paired.md")).read()
 
 
 def test_a_failed_sanity_check_is_stated_under_the_tables_and_in_the_readme(tmp_path):
@@ -753,6 +760,8 @@ def test_a_variants_difference_is_given_per_block_so_a_one_seed_stream_is_not_hi
     assert cell["Against the default, Orders 1-3: pairs"] == "1 × 2"
     assert cell["Against the default, Offline orders: ΔAA vs default ↑"].startswith("+20.00 [")
     assert cell["Against the default, Offline orders: pairs"] == "1 × 1"
+    # and the note says that offline interval holds no seed's spread, naming the block
+    assert "One seed (pairs n × 1: craft [lr=0.01] (Against the default, Offline orders)): the interval" in abl
 
 
 def test_a_comparison_takes_the_orders_every_seed_ran_where_that_gives_more_pairs(tmp_path):
