@@ -144,12 +144,16 @@ class RunClock:
         row["kept_at"] = round(self.elapsed(), 2)
 
 
+def data_record(data) -> dict:
+    """config.json's `data`: what each task actually had (sizes, source, labels, the test examples' gold labels),
+    which a resume compares with the data at hand (rundir.other_test_examples; a sweep, before any cell runs)."""
+    return {d.name: {"train": len(d.train), "test": len(d.test), "full": d.sizes_full, "source": d.source,
+                     "dropped": d.dropped, "labels": list(d.labels), "gold": gold_labels(d)} for d in data}
+
+
 def _record(cfg: BenchConfig, out: str, names: list[str], data, settings: dict) -> dict:
     """config.json: the config, the data each task actually had, the method's resolved settings, where it ran."""
-    return {**cfg.recorded(), "out": out, "tasks": names,
-            "data": {d.name: {"train": len(d.train), "test": len(d.test), "full": d.sizes_full,
-                              "source": d.source, "dropped": d.dropped, "labels": list(d.labels),
-                              "gold": gold_labels(d)} for d in data},
+    return {**cfg.recorded(), "out": out, "tasks": names, "data": data_record(data),
             "settings": settings, "packages": package_versions(), "code": code_version(),
             "machine": machine_info(cfg.device),
             "command": " ".join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -213,6 +213,22 @@ def cell_state(cell: Cell) -> str:
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def other_test_data(cell: Cell) -> list[str]:
+    """The tasks whose test examples differ between an unfinished cell's record and the data this sweep would give
+    it (another --data-dir): the check the cell's resume makes, made before any cell runs."""
+    import tasks
+    from harness.rundir import other_test_examples
+    from harness.runner import data_record   # here: the sweep's own start does not need the model stack
+    try:
+        recorded = RunDir(cell.out).read_json("config.json")
+    except UsageError:
+        return []   # no record to compare: the resume says what is wrong with it
+    c = cell.config
+    data = [tasks.load_task(name, c.data_dir, c.train_per_task, c.test_per_task, c.seed, c.eval_split)
+            for name in tasks.get_order(c.order)]
+    return other_test_examples(recorded.get("data"), data_record(data))
+
+
 def check_cells(runs: str, cells: list[Cell]) -> None:
     """Refuse a grid with run directories no cell may skip or resume (before anything runs or is printed)."""
     states = {c.out: cell_state(c) for c in cells}   # each reads the run's status and config: once
@@ -227,6 +243,13 @@ def check_cells(runs: str, cells: list[Cell]) -> None:
         raise UsageError(f"{len(other)} run director{'y was' if len(other) == 1 else 'ies were'} made under another "
                          f"setup than this sweep's ({', '.join(differ)}); sweep with the options they ran with "
                          f"(their config.json's `command`), or into another --runs: " + ", ".join(c.out for c in other))
+    elsewhere = {c.out: found for c in cells if states[c.out] == "partial" and (found := other_test_data(c))}
+    if elsewhere:
+        tasks_named = sorted({task for found in elsewhere.values() for task in found})
+        raise UsageError(f"{len(elsewhere)} unfinished run director{'y was' if len(elsewhere) == 1 else 'ies were'} "
+                         f"made on other test data than this sweep's ({', '.join(tasks_named)}: another --data-dir?); "
+                         f"sweep with the data they were made with, or move them out of {runs}: "
+                         + ", ".join(elsewhere))
     corrupt = [c.out for c in cells if states[c.out] == "corrupt"]
     if corrupt:
         raise UsageError(f"{len(corrupt)} run director{'y has' if len(corrupt) == 1 else 'ies have'} a corrupt "

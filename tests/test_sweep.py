@@ -12,7 +12,7 @@ from core.errors import UsageError
 from harness import config
 from harness.cli import build_parser, main
 from harness.config import BenchConfig
-from harness.sweep import MethodSpec, cell_state, plan, split_methods
+from harness.sweep import MethodSpec, cell_state, other_test_data, plan, split_methods
 from tests.conftest import sweep_setup
 
 TINY = ["--model", "tiny-llama", "--train-per-task", "4", "--test-per-task", "3", "--max-input-tokens", "8"]
@@ -205,6 +205,31 @@ def test_a_finished_run_of_another_setup_is_refused_not_skipped(tmp_path, capsys
     assert open(os.path.join(out, "status.json")).read() == before
     assert main([*argv, *TINY]) == 0                               # its own setup skips it as finished
     assert "1 of 1 run(s) already finished" in capsys.readouterr().err
+
+
+def test_an_unfinished_run_on_other_test_data_is_refused_before_any_cell_runs(tmp_path, capsys):
+    # a grid resumed with another --data-dir: refused in one line before anything runs (as a stale or other-setup
+    # cell is), not as one failed cell among the others when its turn comes
+    runs = str(tmp_path / "runs")
+    out = os.path.join(runs, "zero_shot", ORDER, "seed1")
+    assert main(["bench", "--method", "zero_shot", "--order", ORDER, "--out", out, "--quiet", *TINY]) == 0
+    status = json.load(open(os.path.join(out, "status.json")))
+    status["state"] = "running"   # unfinished, as a kill leaves it
+    json.dump(status, open(os.path.join(out, "status.json"), "w"))
+    argv = ["sweep", "--methods", "zero_shot,seq_lora", "--orders", ORDER, "--runs", runs, "--quiet", *TINY]
+    cells = plan(runs, ["zero_shot"], [ORDER], ["1"], sweep_setup(TINY))
+    assert cell_state(cells[0]) == "partial" and other_test_data(cells[0]) == []
+    record = json.load(open(os.path.join(out, "config.json")))
+    record["data"]["bbc"]["gold"] = "9" * len(record["data"]["bbc"]["gold"])   # scored on other examples
+    json.dump(record, open(os.path.join(out, "config.json"), "w"))
+    assert other_test_data(cells[0]) == ["bbc"]
+    before = {n: open(os.path.join(out, n), "rb").read() for n in os.listdir(out)}
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "1 unfinished run directory was made on other test data than this sweep's (bbc: another " \
+        "--data-dir?)" in err, err
+    assert {n: open(os.path.join(out, n), "rb").read() for n in os.listdir(out)} == before
+    assert not os.path.exists(os.path.join(runs, "seq_lora"))   # the other cell did not start either
 
 
 def test_the_default_runs_folder_keeps_records_in_git_and_weights_out():
