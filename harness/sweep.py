@@ -224,8 +224,11 @@ def other_test_data(cell: Cell) -> list[str]:
     except UsageError:
         return []   # no record to compare: the resume says what is wrong with it
     c = cell.config
-    data = [tasks.load_task(name, c.data_dir, c.train_per_task, c.test_per_task, c.seed, c.eval_split)
-            for name in tasks.get_order(c.order)]
+    try:
+        data = [tasks.load_task(name, c.data_dir, c.train_per_task, c.test_per_task, c.seed, c.eval_split)
+                for name in tasks.get_order(c.order)]
+    except UsageError:
+        return []   # data that cannot be loaded fails the cell on its turn, as it fails the order's other cells
     return other_test_examples(recorded.get("data"), data_record(data))
 
 
@@ -518,8 +521,9 @@ def dry_run_lines(runs: str, cells: list[Cell], costs_from: list[str] | None = N
     import tasks
     model, costs = grid_costs(runs, cells, costs_from)
     source = " and ".join(distinct_folders(costs_from) if costs_from else [runs])
-    lines = [f"{state:>8}  {cell.out}" + (f"  ~{hours(seconds)}" if seconds is not None else "")
-             for cell, state, seconds in costs]
+    # an unfinished cell on other test data is refused when the sweep runs (check_cells): named so here too
+    lines = [f"{'other data' if state == 'partial' and other_test_data(cell) else state:>8}  {cell.out}"
+             + (f"  ~{hours(seconds)}" if seconds is not None else "") for cell, state, seconds in costs]
     left = [(cell, seconds) for cell, state, seconds in costs if state != "finished"]
     estimated = [seconds for _, seconds in left if seconds is not None]
     unknown = sorted({cell.method.label for cell, seconds in left if seconds is None})

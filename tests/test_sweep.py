@@ -230,6 +230,8 @@ def test_an_unfinished_run_on_other_test_data_is_refused_before_any_cell_runs(tm
         "--data-dir?)" in err, err
     assert {n: open(os.path.join(out, n), "rb").read() for n in os.listdir(out)} == before
     assert not os.path.exists(os.path.join(runs, "seq_lora"))   # the other cell did not start either
+    assert main([*argv, "--dry-run"]) == 0   # a dry run names it as the sweep would refuse it
+    assert f"other data  {out}" in capsys.readouterr().out
 
 
 def test_the_default_runs_folder_keeps_records_in_git_and_weights_out():
