@@ -94,9 +94,9 @@ undecided() { $PY bench/tuning_rule.py $T --undecided "$LRS" || echo "(the rule 
 grid grid-stage1 GRID_FIRST=craft
 # 5c''''. (added 2026-12-04 evening) budget_stop=rewind under today's schedule, offline1-2 x seeds 1-3: on the
 #        validation split 1 of today's 6 craft runs there (offline1 seed 3) had its joining task's budget stop fire
-#        on a KL jump and keep that state (AA 76.75 against 88.0-89.5); rewind gave 87.50 on that run (a test-split
-#        cell, craft offline2 seed 1, showed the same, which is what prompted the look). Where the stop does not
-#        fire the variant trains as the default does, so the rule's screen can hardly pass it: docs/results.md.
+#        on a KL jump and keep that state (AA 76.75 against 88.0-89.5); rewind gave 87.50 on that run, but 75.75 on
+#        offline2 seed 3 (88.0 by default), where the jump came in its own run and the rewound state was already
+#        past it. It measures how often the jump comes (docs/results.md, item 3c); it is not a fix to adopt.
 sw --runs $T --orders offline1,offline2 --seeds 3,1,2 --methods $E3:budget_stop=rewind
 # 5c'''. (added 2026-12-04, when every learning rate of 5b was decided, none moving) the rest of the grid's stage 1:
 #        the strongest baselines beside craft on orders 1-3 and the offline orders, three seeds (the cells that
