@@ -144,6 +144,13 @@ class RunClock:
         row["kept_at"] = round(self.elapsed(), 2)
 
 
+def load_order_data(cfg: BenchConfig) -> list:
+    """Every task of cfg's order as a run trains and scores it (a sweep's check of an unfinished cell loads the
+    same)."""
+    return [task_registry.load_task(n, cfg.data_dir, cfg.train_per_task, cfg.test_per_task, cfg.seed, cfg.eval_split)
+            for n in task_registry.get_order(cfg.order)]
+
+
 def data_record(data) -> dict:
     """config.json's `data`: what each task actually had (sizes, source, labels, the test examples' gold labels),
     which a resume compares with the data at hand (rundir.other_test_examples; a sweep, before any cell runs)."""
@@ -224,8 +231,7 @@ def run_bench(cfg: BenchConfig, model_and_tokenizer=None, on_failure=None) -> st
     configure_offline(cfg.allow_download)
     set_threads()
 
-    data = [task_registry.load_task(n, cfg.data_dir, cfg.train_per_task, cfg.test_per_task, cfg.seed, cfg.eval_split)
-            for n in names]
+    data = load_order_data(cfg)
     for d in data:
         if any(d.dropped.values()):
             _say(f"{d.name}: dropped {d.dropped['train']} train and {d.dropped['test']} test rows whose label "

@@ -216,17 +216,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def other_test_data(cell: Cell) -> list[str]:
     """The tasks whose test examples differ between an unfinished cell's record and the data this sweep would give
     it (another --data-dir): the check the cell's resume makes, made before any cell runs."""
-    import tasks
     from harness.rundir import other_test_examples
-    from harness.runner import data_record   # here: the sweep's own start does not need the model stack
+    from harness.runner import data_record, load_order_data   # here: the sweep's start needs no model stack
     try:
         recorded = RunDir(cell.out).read_json("config.json")
     except UsageError:
         return []   # no record to compare: the resume says what is wrong with it
-    c = cell.config
     try:
-        data = [tasks.load_task(name, c.data_dir, c.train_per_task, c.test_per_task, c.seed, c.eval_split)
-                for name in tasks.get_order(c.order)]
+        data = load_order_data(cell.config)
     except UsageError:
         return []   # data that cannot be loaded fails the cell on its turn, as it fails the order's other cells
     return other_test_examples(recorded.get("data"), data_record(data))
