@@ -91,13 +91,18 @@ grid() {   # grid TARGET [VAR=value...]: a make target of the paper grid, into $
 # refused later as stale. After such a move, drop the moved spec from LRS above (it then spells today's defaults,
 # whose runs have no variant label). Prints nothing when the grid may go on.
 undecided() { $PY bench/tuning_rule.py $T --undecided "$LRS" || echo "(the rule failed, above)"; }
+# 5c''''. (added 2026-12-04 evening, replaced that night) the budget stop's reading, budget_check=all against
+#        today's batch, on offline1-2, seeds 3-5 first (then 1-2), with today's defaults on the new seeds 4-5: on the
+#        validation split 1 of the defaults' 6 runs there (offline1 seed 3) had its joining task's budget stop fire on
+#        one 4-anchor batch's KL (1.05; 0.56 on all 16 anchors of the state it kept) and keep that state (AA 76.75
+#        against 88.0-89.5); in the runs that trained on, batch KLs up to 0.93 came and went while the KL term pulled
+#        the group back (whole-anchor KL 0.002-0.008 at the end). budget_check=all stops only where every anchor
+#        confirms; a run whose batch KL never reaches the budget trains exactly as today's, so seeds 1-2 are also a
+#        rerun check. budget_stop=rewind was not the fix (docs/results.md, item 3c). Ahead of craft's grid cells:
+#        if it moves the default, their runs would be made at the old one.
+sw --runs $T --orders offline1,offline2 --seeds 3,4,5 --methods $E3:budget_check=all,$E3
+sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods $E3:budget_check=all
 grid grid-stage1 GRID_FIRST=craft
-# 5c''''. (added 2026-12-04 evening) budget_stop=rewind under today's schedule, offline1-2 x seeds 1-3: on the
-#        validation split 1 of today's 6 craft runs there (offline1 seed 3) had its joining task's budget stop fire
-#        on a KL jump and keep that state (AA 76.75 against 88.0-89.5); rewind gave 87.50 on that run, but 75.75 on
-#        offline2 seed 3 (88.0 by default), where the jump came in its own run and the rewound state was already
-#        past it. It measures how often the jump comes (docs/results.md, item 3c); it is not a fix to adopt.
-sw --runs $T --orders offline1,offline2 --seeds 3,1,2 --methods $E3:budget_stop=rewind
 # 5c'''. (added 2026-12-04, when every learning rate of 5b was decided, none moving) the rest of the grid's stage 1:
 #        the strongest baselines beside craft on orders 1-3 and the offline orders, three seeds (the cells that
 #        decide the verdict there, about 31 h), ahead of the validation runs of 5d-6, none of which it needs
