@@ -9,7 +9,8 @@
 #   RESULTS=/elsewhere/results CL_DATA_DIR=/data/CL_Benchmark bash bench/tuning_queue.sh
 #   DRY=1 bash bench/tuning_queue.sh                # (any non-empty DRY) runs nothing: each step's runs left and
 #                                                   # their cost (sweep --dry-run, at the validation runs' medians)
-# CRAFT's tuning spells its defaults out (E3: the schedule, and settle_tol=0 since 2026-12-03), so its variants land
+# CRAFT's tuning spells its defaults out (E3: the schedule, and settle_tol=0 since 2026-12-03; its folders hold runs
+# of the batch check, the default until 2026-12-04), so its variants land
 # in folders of their own beside the defaults' (a sweep refuses the older folders' runs as stale: settings moved).
 set -u
 RESULTS=${RESULTS:-results}
@@ -38,17 +39,16 @@ sw() {
 #    [-3.00, 5.14] for per-task groups: the grouping not shown to help), so the step is no longer run here.
 # 4. done 2026-12-03: the grouped stream, seed 2 (seq_lora at its three-epoch default, spelled out as its decision
 #    runs were), and
-#    CRAFT's routing ablation there (per-task groups did as well as the grouping on seed 1)
-sw --runs $T --orders $G --seeds 2 --methods seq_lora:epochs=3,$E3,$E3:routing=per_task
+#    CRAFT's routing ablation there (per-task groups did as well as the grouping on seed 1); no longer run here
+#    since budget_check=all became the default (its craft runs ran the batch check: stale to a sweep)
 # 5. done: o_lora's epochs, by the same rule, offline1-2 x seeds 1-3 at `o_lora` and `o_lora:epochs=3`. Three
 #    epochs became its default on 2026-12-03 (+10.67 [4.38, 16.71] AA over the six streams), after which a sweep
 #    refuses the one-epoch runs in the `o_lora` folder as stale, so the step is no longer run here.
 # 5a. done 2026-12-03 (not adopted): round 6, CRAFT's KL weight (beta=10 against 1), the setting that acts on a
 #     joining task's group: the grouping cost forgetting on the grouped stream (per-task groups ΔFM -3.00 [-6.67,
 #     -0.17] over seeds 1-2). Judged on the grouped stream, where 4 of 7 tasks join (offline1-2 have one join each):
-#     docs/results.md, round 6. CRAFT's runs are cheap (5-6 min on offline1-2, 13 on the grouped stream)
-sw --runs $T --orders $G --seeds 1,2 --methods $E3:beta=10
-sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods $E3:beta=10
+#     docs/results.md, round 6. CRAFT's runs are cheap (5-6 min on offline1-2, 13 on the grouped stream). No longer
+#     run here since budget_check=all became the default (its runs ran the batch check: stale to a sweep)
 # 5b. the learning rates of seq_lora, replay and o_lora at their three-epoch defaults (3e-4, 3e-3 against the
 #     decision runs' 1e-3), seed 1 first
 LRS="seq_lora:epochs=3:lr=0.0003,seq_lora:epochs=3:lr=0.003,replay:epochs=3:lr=0.0003,replay:epochs=3:lr=0.003"
@@ -91,17 +91,11 @@ grid() {   # grid TARGET [VAR=value...]: a make target of the paper grid, into $
 # refused later as stale. After such a move, drop the moved spec from LRS above (it then spells today's defaults,
 # whose runs have no variant label). Prints nothing when the grid may go on.
 undecided() { $PY bench/tuning_rule.py $T --undecided "$LRS" || echo "(the rule failed, above)"; }
-# 5c''''. (added 2026-12-04 evening, replaced that night) the budget stop's reading, budget_check=all against
-#        today's batch, on offline1-2, seeds 3-5 first (then 1-2), with today's defaults on the new seeds 4-5: on the
-#        validation split 1 of the defaults' 6 runs there (offline1 seed 3) had its joining task's budget stop fire on
-#        one 4-anchor batch's KL (1.05; 0.56 on all 16 anchors of the state it kept) and keep that state (AA 76.75
-#        against 88.0-89.5); in the runs that trained on, batch KLs up to 0.93 came and went while the KL term pulled
-#        the group back (whole-anchor KL 0.002-0.008 at the end). budget_check=all stops only where every anchor
-#        confirms; a run whose batch KL never reaches the budget trains exactly as today's, so seeds 1-2 are also a
-#        rerun check. budget_stop=rewind was not the fix (docs/results.md, item 3c). Ahead of craft's grid cells:
-#        if it moves the default, their runs would be made at the old one.
-sw --runs $T --orders offline1,offline2 --seeds 3,4,5 --methods $E3:budget_check=all,$E3
-sw --runs $T --orders offline1,offline2 --seeds 1,2 --methods $E3:budget_check=all
+# 5c''''. done 2026-12-04 night (adopted): the budget stop's reading, budget_check=all against the batch check, on
+#        offline1-2 x seeds 1-5 (the defaults' new seeds 4-5 beside it) and the batch-check defaults rerun on this
+#        machine where the check fired (results/val/same_machine/runs): docs/results.md, round 7. all became the
+#        default, after which a sweep refuses the batch-check runs of the E3 folders as stale, so the step (and
+#        steps 4 and 5a, run at the batch check) is no longer run here.
 grid grid-stage1 GRID_FIRST=craft
 # 5c'''. (added 2026-12-04, when every learning rate of 5b was decided, none moving) the rest of the grid's stage 1:
 #        the strongest baselines beside craft on orders 1-3 and the offline orders, three seeds (the cells that

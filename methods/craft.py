@@ -78,11 +78,13 @@ class CRAFT(Method):
     # runs recorded before 2026-12-01 trained without warm-up and kept the state at which the budget stop fired
     ADDED_SETTINGS = {"warmup": 0, "budget_stop": "keep", "auto_layers": 4, "warmup_for": "joining", "decay": "none",
                       "budget_check": "batch", "merge_rank": "r"}
-    # Newest first. Until 2026-12-03: the schedule below, with a task's training ended once its loss settled
-    # (settle_tol 0.02); until 2026-12-02: besides, one epoch at a constant rate, warm-up only for a joining task.
-    FORMER_DEFAULTS = {"settled-loss defaults": {"settle_tol": 0.02},
+    # Newest first. Until 2026-12-04: the budget stop read one anchor batch's KL; until 2026-12-03: besides, a
+    # task's training ended once its loss settled (settle_tol 0.02); until 2026-12-02: besides, one epoch at a
+    # constant rate, warm-up only for a joining task.
+    FORMER_DEFAULTS = {"batch-check defaults": {"budget_check": "batch"},
+                       "settled-loss defaults": {"settle_tol": 0.02, "budget_check": "batch"},
                        "one-epoch defaults": {"epochs": 1, "warmup": 0, "warmup_for": "joining", "decay": "none",
-                                              "settle_tol": 0.02}}
+                                              "settle_tol": 0.02, "budget_check": "batch"}}
     SETTINGS = {
         "lr": (4e-3, "learning rate of the interventions"),
         # The schedule (epochs, warmup, warmup_for, decay) is LoReFT's own, chosen on validation runs (docs/results.md,
@@ -120,7 +122,10 @@ class CRAFT(Method):
         "decay": ("linear", "learning rate after the warm-up: none = constant; linear = down towards 0 over the "
                             "task's scheduled steps (epochs x batches; lr/(n+1) on the last of n), LoReFT's linear "
                             "schedule", ("none", "linear")),
-        "budget_check": ("batch", "what the budget stop reads: batch = the step's anchor-batch KL (anchor_batch "
+        # all, not batch: chosen on validation runs (docs/results.md, round 7): the batch check stopped joining tasks
+        # on one 4-anchor batch's KL (1.02-1.30) whose state measured 0.12-0.68 on every anchor; a run whose batch KL
+        # never reaches the budget trains the same under both
+        "budget_check": ("all", "what the budget stop reads: batch = the step's anchor-batch KL (anchor_batch "
                                   "prompts); all = once that reaches the budget, the KL of the state the step reached "
                                   "on every anchor of the group (as the merge measures it) decides, so one batch of "
                                   "sensitive anchors does not end training (a joining task's batch KLs ran 0.92, "

@@ -516,9 +516,10 @@ def test_budget_check_all_confirms_a_batch_kl_on_every_anchor_before_stopping(to
 @pytest.mark.parametrize("mode", ["keep", "rewind"])
 def test_budget_stop_keeps_the_reached_state_or_rewinds_to_the_last_within_budget(tokenizer, mode):
     """Scripted anchor KLs 0.1, 0.2, 5.0 against a budget of 1: training stops after update 3; rewind keeps the
-    state after update 1 (the one the 0.2 was measured on), keep the state after update 3."""
+    state after update 1 (the one the 0.2 was measured on), keep the state after update 3 (budget_check=batch: the
+    scripted KL decides alone)."""
     m, examples = _craft_and_examples(tokenizer, routing="single", batch_size="2", min_steps="100", lr="0.05",
-                                      forgetting_budget="1.0", budget_stop=mode, merge="false")
+                                      forgetting_budget="1.0", budget_stop=mode, merge="false", budget_check="batch")
     first = TaskContext(index=0, name="bbc", tasks=["bbc", "bbc_again"])
     m.before_task(first, examples)
     fit(m, first, examples, seed=1, pad_id=tokenizer.pad_token_id, progress=False)
