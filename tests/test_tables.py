@@ -644,7 +644,7 @@ def test_a_block_where_todays_craft_did_not_run_is_judged_on_the_craft_row_that_
     verdict lines and paired cells, set on the craft runs of the old defaults and named so."""
     root = str(tmp_path / "runs")
     then = {**settings_of("craft", {}), "epochs": 1, "warmup": 0, "warmup_for": "joining", "decay": "none",
-            "settle_tol": 0.02}
+            "settle_tol": 0.02, "budget_check": "batch"}
     for seed in (1, 2):
         make_run(root, "craft", "craft", "1", seed, seq(80.0, 90.0), n_test=20)
         make_run(root, "craft", "craft", "offline1", seed, seq(70.0, 90.0), settings=then, n_test=20)
@@ -855,21 +855,24 @@ def test_runs_made_before_a_default_moved_are_named_by_what_they_ran(tmp_path):
     # bounds' epochs) read as having run the old defaults and nothing else (settings added since read as what they did:
     # ADDED_SETTINGS)
     from harness.config import moved_settings
-    # method -> (the settings that moved, when the last of its moves landed: later runs ran today's defaults)
+    # method -> (the settings that moved, when the last of its moves landed: later runs ran today's defaults), or a
+    # list of them, oldest first, where a later move left runs of the defaults between (CRAFT's budget check)
     by_seq_lora = ({"epochs"}, "2026-12-02T17:00:00")
     on_its_budget = ({"epochs"}, "2026-12-02T21:32:31")   # the learners that took seq_lora's epochs later
-    moved = {"craft": ({"epochs", "warmup", "warmup_for", "decay", "settle_tol"}, "2026-12-03T04:55:00"),
+    moved = {"craft": [({"epochs", "warmup", "warmup_for", "decay", "settle_tol", "budget_check"},
+                        "2026-12-03T04:55:00"), ({"budget_check"}, "2026-12-04T23:05:00")],
              "seq_lora": by_seq_lora, "replay": ({"epochs"}, "2026-12-03T06:10:00"),
              "o_lora": ({"epochs"}, "2026-12-03T12:40:00"), "inc_lora": ({"epochs"}, "2026-12-03T12:40:00"),
              "per_task": by_seq_lora, "mtl": by_seq_lora, "ewc": on_its_budget, "lwf": on_its_budget,
              "i_lora": on_its_budget, "curlora": on_its_budget, "crma": on_its_budget, "adaptive_svd": on_its_budget}
-    for method, (keys, moved_at) in moved.items():
+    for method, steps in moved.items():
+        steps = steps if isinstance(steps, list) else [steps]
         committed = [json.load(open(path)) for path in glob.glob(
             os.path.join(ROOT, "results", "**", method, "*", "seed*", "config.json"), recursive=True)]
         # results/runs, results/val/runs hold some of each method that ran before its move
-        assert any(c.get("created", "") < moved_at for c in committed) or method in ("crma", "adaptive_svd")
+        assert any(c.get("created", "") < steps[0][1] for c in committed) or method in ("crma", "adaptive_svd")
         for config in committed:
-            expected = keys if config.get("created", "") < moved_at else set()
+            expected = next((keys for keys, moved_at in steps if config.get("created", "") < moved_at), set())
             assert set(moved_settings(config)) == expected, (config["method"], config["order"], config["seed"])
     # and every other committed record reads as what its spec runs today (settings added since are ADDED_SETTINGS)
     from harness.config import recorded_value, resolved_settings
