@@ -10,7 +10,8 @@
 #   DRY=1 bash bench/tuning_queue.sh                # (any non-empty DRY) runs nothing: each step's runs left and
 #                                                   # their cost (sweep --dry-run, at the validation runs' medians)
 # CRAFT's tuning spells its defaults out (E3: the schedule, and settle_tol=0 since 2026-12-03; its folders hold runs
-# of the batch check, the default until 2026-12-04), so its variants land
+# of the batch check, the default until 2026-12-04: a bare $E3 sweep is now refused as stale, so a new variant spells
+# $E3:budget_check=all), so its variants land
 # in folders of their own beside the defaults' (a sweep refuses the older folders' runs as stale: settings moved).
 set -u
 RESULTS=${RESULTS:-results}

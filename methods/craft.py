@@ -123,7 +123,7 @@ class CRAFT(Method):
                             "task's scheduled steps (epochs x batches; lr/(n+1) on the last of n), LoReFT's linear "
                             "schedule", ("none", "linear")),
         # all, not batch: chosen on validation runs (docs/results.md, round 7): the batch check stopped joining tasks
-        # on one 4-anchor batch's KL (1.02-1.30) whose state measured 0.12-0.68 on every anchor; a run whose batch KL
+        # on one 4-anchor batch's KL (1.01-1.94) whose state measured 0.12-0.68 on every anchor; a run whose batch KL
         # never reaches the budget trains the same under both
         "budget_check": ("all", "what the budget stop reads: batch = the step's anchor-batch KL (anchor_batch "
                                   "prompts); all = once that reaches the budget, the KL of the state the step reached "
