@@ -35,8 +35,8 @@ from core.errors import UsageError  # noqa: E402
 from harness import stats  # noqa: E402
 from harness.rundir import write_report  # noqa: E402
 from harness.sweep import MethodSpec, split_methods  # noqa: E402
-from harness.tables import (Table, by_protocol, by_seed, check_one_setup, load_runs, runs_frame,  # noqa: E402
-                            sort_labels, summarize, variant_references)
+from harness.tables import (Table, by_protocol, by_seed, check_one_setup, load_runs, mixed_kernels,  # noqa: E402
+                            runs_frame, sort_labels, summarize, variant_references)
 
 RULE_SEEDS = (1, 2)
 CONFIRMING_SEED = 3
@@ -108,7 +108,8 @@ def rule_rows(root: str, orders: list[str], methods: list[str] | None = None) ->
             continue
         against = variant_references(runs, frame, method)
         for label in sort_labels(set(against)):
-            row = {"variant": label, "against": against[label], **judge(by_seed(runs, label, orders, against[label]))}
+            pairs = by_seed(runs, label, orders, against[label])
+            row = {"variant": label, "against": against[label], **judge(pairs), "mixed": mixed_kernels(pairs)}
             if "[" not in label and label != method:    # a former defaults' own row: the move that replaced them
                 row["verdict"] = f"replaced by {against[label]}"
             elif against[label] != method and not row["verdict"].startswith(("incomplete", "no intervals")):
@@ -210,12 +211,16 @@ def markdown(rows: list[dict], orders: list[str]) -> str:
                 "FM_all": "seeds 1-3: ΔFM"}
     columns = {("", "against"): {row["variant"]: row["against"] for row in rows},
                **{("", heading): {row["variant"]: cell(row, key) for row in rows} for key, heading in headings.items()},
-               ("", "verdict"): {row["variant"]: row["verdict"] for row in rows}}
+               ("", "verdict"): {row["variant"]: row["verdict"] for row in rows},
+               ("", "kernels differ"): {row["variant"]: f"{k} of {n}" for row in rows for k, n in [row["mixed"]] if k}}
     note = ("Δ = the variant minus the row it is set against, paired on the same streams, seeds and validation "
             "examples; [lo, hi] = 95% interval (seeds, then examples, resampled); * = it excludes 0. A default "
             "moves where ΔAA's interval on seeds 1-2 excludes 0 in the variant's favour, ΔFM's does not exclude "
             "0 against it, and seed 3 agrees (its ΔAA favours the variant; the pooled intervals pass too). "
-            "`replaced by`: a row of former defaults against those that replaced it (the numbers of that move).")
+            "`replaced by`: a row of former defaults against those that replaced it (the numbers of that move). "
+            "Kernels differ: how many of the row's pairs (on every seed both ran) set runs made on two kernel sets against each "
+            "other (a GPU against a CPU, or AVX2 against AVX512 CPU kernels); such runs part from the first task on "
+            "by rounding alone (docs/reproducibility.md), so their Δ holds that drift too.")
     return Table("rule", f"The tuning rule on {', '.join(orders)} (written by `bench/tuning_rule.py`)", columns,
                  [(None, [row["variant"] for row in rows])], [note]).markdown()
 

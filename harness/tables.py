@@ -547,13 +547,15 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
         return None
     target = main_label(frame, PAIRED_TARGET)   # the title's, where every block has the same row
     baselines = sort_labels(set(frame.label[~frame.bound & (frame.method != PAIRED_TARGET)]))
-    columns = {}
+    columns, mixed = {}, {}
     for title, members in blocks_for(set(frame.order)):
         if title not in targets:
             continue
         cells: dict = {"ΔAA ↑": {}, "ΔFM ↓": {}, "pairs": {}}
         for lab in baselines:
-            add_paired_cells(cells, lab, most_pairs(runs, targets[title], lab, members), ("ΔAA ↑", "ΔFM ↓"))
+            pairs = most_pairs(runs, targets[title], lab, members)
+            add_paired_cells(cells, lab, pairs, ("ΔAA ↑", "ΔFM ↓"))
+            mixed.setdefault(lab, {})[title] = mixed_kernels(pairs)
         for heading, values in cells.items():
             columns[(title, heading)] = pd.Series(values, dtype=object)
     others = {title: t for title, t in targets.items() if t != target}   # blocks judged on another row of it
@@ -567,7 +569,7 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
     if others:
         notes.append(f"Blocks whose Δ is of another row of {PAIRED_TARGET} (the one that ran them): " +
                      "; ".join(f"{title}: {t}" for title, t in others.items()) + ".")
-    notes += [n for n in (one_seed_note(columns), missing_predictions_note(runs)) if n]
+    notes += [n for n in (one_seed_note(columns), mixed_kernels_note(mixed), missing_predictions_note(runs)) if n]
     return Table("paired", f"{target} against each baseline, paired" + title_note, columns,
                  [(None, baselines)], notes)
 
@@ -634,6 +636,7 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
             if not pairs:
                 continue
             orders, seeds = len(next(iter(pairs.values()))), len(pairs)
+            k, n = mixed_kernels(pairs)
             aa, fm, bwt = summarize(pairs, "AA"), summarize(pairs, "FM"), summarize(pairs, "BWT")
             tested = not all(d is None or d.bounds is None for d in (aa, fm))
             if not tested:   # records without per-example predictions
@@ -646,6 +649,8 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
                          f"seed{'s' * (seeds > 1)}): {target} {judged}."
                          + (" One seed: its intervals cover the evaluation examples only, not how training varies from "
                             "seed to seed." if seeds == 1 and tested else "")
+                         + (f" {crossing(k, n)} kernel sets (a GPU against a CPU, or AVX2 against AVX512): the "
+                            "difference holds their rounding drift too." if k else "")
                          + (" The block's sanity checks fail: this does not rank the two." if failed
                             else " Not every sanity check could be made in this block (below)." if unchecked else ""))
     return lines
@@ -870,6 +875,44 @@ def most_pairs(runs: list[Run], label: str, reference: str | None = None, member
     return max(options, key=lambda p: sum(map(len, p.values())), default={})
 
 
+def kernel_set(run: Run) -> str | None:
+    """What decides a run's float path besides its settings: the GPU it ran on, or the CPU's torch kernel set
+    (AVX2, AVX512: config.json's machine.torch_cpu_capability); None where the run did not record it. Runs of two
+    kernel sets part from the first task on by rounding alone (docs/reproducibility.md)."""
+    machine = run.config.get("machine") or {}
+    if device_kind(run.config.get("device")) == "cuda":
+        return f"cuda: {machine.get('gpu') or 'GPU not recorded'}"
+    return machine.get("torch_cpu_capability")
+
+
+def mixed_kernels(pairs: dict) -> tuple[int, int]:
+    """(how many of by_seed's pairs set runs of two recorded kernel sets against each other, how many pairs)."""
+    kernels = [(kernel_set(a), kernel_set(b)) for per_seed in pairs.values() for a, b in per_seed if b is not None]
+    return sum(None not in (ka, kb) and ka != kb for ka, kb in kernels), len(kernels)
+
+
+def crossing(k: int, n: int) -> str:
+    """How many of a comparison's n pairs cross kernel sets, as a verdict line's subject."""
+    if k == n:
+        return "Its one pair crosses" if n == 1 else f"Each of its {n} pairs crosses"
+    return f"{k} of its {n} pairs cross"
+
+
+def mixed_kernels_note(mixed: dict) -> str | None:
+    """The note a paired table needs where some of a row's pairs cross kernel sets: mixed[label][group] =
+    mixed_kernels(pairs), each such row named with its count (and the column group, where there are several)."""
+    groups = {group for by_group in mixed.values() for group in by_group}
+    rows = [f"{lab} (" + "; ".join(f"{group + ': ' if len(groups) > 1 else ''}{k} of {n}"
+                                   for group, (k, n) in mixed[lab].items() if k) + ")"
+            for lab in sort_labels(set(mixed)) if any(k for k, _ in mixed[lab].values())]
+    if not rows:
+        return None
+    return (f"Kernel sets differ in some pairs ({', '.join(rows)} pairs): one run of the pair was made on a GPU and "
+            "the other on a CPU, or on CPUs with different torch kernels (AVX2, AVX512). Such runs part from the "
+            "first task on by rounding alone (docs/reproducibility.md), so their Δ holds that drift as well as the "
+            "methods' difference: read each such pair as another draw of its seed.")
+
+
 def differing_settings(a: Run, b: Run) -> set[str]:
     """The settings two runs of one method ran differently."""
     sa, sb = recorded_value(a.config, "settings"), recorded_value(b.config, "settings")
@@ -929,6 +972,7 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
     mains = main_labels(frame)
     blocks = blocks_for(set(frame.order[frame.method.isin(varied) & ~frame.label.isin(mains)]))
     paired = {title: {"ΔAA vs default ↑": {}, "ΔFM vs default ↓": {}, "pairs": {}} for title, _ in blocks}
+    mixed: dict = {}
     for method in varied:
         ablated = frame[(frame.method == method) & ~frame.label.isin(mains)]
         cells_run = pd.MultiIndex.from_frame(ablated[["order", "seed"]])
@@ -939,8 +983,9 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
                          [lab for lab in [main] + sort_labels(set(mine.label) - {main}) if lab in set(mine.label)]))
         for lab, reference in against[method].items():
             for title, members in blocks:
-                add_paired_cells(paired[title], lab, most_pairs(runs, lab, reference, members),
-                                 ("ΔAA vs default ↑", "ΔFM vs default ↓"))
+                pairs = most_pairs(runs, lab, reference, members)
+                add_paired_cells(paired[title], lab, pairs, ("ΔAA vs default ↑", "ΔFM vs default ↓"))
+                mixed.setdefault(lab, {})[title] = mixed_kernels(pairs)
     scoped = pd.concat(scoped_parts)
     all_cells = pd.MultiIndex.from_frame(scoped[["order", "seed"]])
     refs = [lab for lab in (main_label(frame, m) for m in references) if lab and lab not in set(scoped.label)]
@@ -976,8 +1021,8 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
                             "fixed; the old defaults themselves against the nearest)") + "; "
              f"{BOOTSTRAP_NOTE} * = the interval excludes 0. Trainable params: per run. Wall s/run: median "
              "[min–max] over the row's runs in the table."]
-    notes += [note for note in (one_seed_note(columns), devices_note(scoped, timed, reference, timed_elsewhere))
-              if note]
+    notes += [note for note in (one_seed_note(columns), mixed_kernels_note(mixed),
+                                devices_note(scoped, timed, reference, timed_elsewhere)) if note]
     notes += [n for n in (missing_predictions_note([r for r in runs if r.label in set(scoped.label)]),) if n]
     title = "Variants of a method against its defaults (settings in brackets)" if len(varied) > 1 else (
         f"{varied[0]} and its variants (settings in brackets)")

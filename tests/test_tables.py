@@ -550,6 +550,45 @@ def test_a_paired_row_of_one_seed_says_its_interval_holds_no_seed_spread(tmp_pat
     assert "One seed (pairs n × 1: replay (Orders 1-3)): " in open(os.path.join(out, "paired.md")).read()
 
 
+def test_pairs_across_kernel_sets_are_named_under_the_paired_table_and_in_the_verdict(tmp_path):
+    # craft on an AVX512 CPU; seq_lora's seed 2 on a GPU (1 of 2 pairs crosses), o_lora on AVX2 (both cross),
+    # replay on the same kernels (none), i_lora without a recorded machine (not counted: unknown, not different)
+    root = str(tmp_path / "runs")
+    avx512 = {"cpu": "EPYC", "torch_cpu_capability": "AVX512", "threads": 2}
+    avx2 = {**avx512, "torch_cpu_capability": "AVX2"}
+    gpu = {**avx512, "gpu": "NVIDIA H200", "cuda": "13.0"}
+    for seed in (1, 2):
+        make_run(root, "craft", "craft", "1", seed, seq(90.0, 90.0, first_a=90.0), n_test=20, machine=avx512)
+        make_run(root, "seq_lora", "seq_lora", "1", seed, seq(50.0, 50.0), n_test=20,
+                 **({"machine": gpu, "protocol": {"device": "cuda"}} if seed == 2 else {"machine": avx512}))
+        make_run(root, "o_lora", "o_lora", "1", seed, seq(50.0, 50.0), n_test=20, machine=avx2)
+        make_run(root, "replay", "replay", "1", seed, seq(50.0, 50.0), n_test=20, machine=avx512)
+        make_run(root, "i_lora", "i_lora", "1", seed, seq(50.0, 50.0), n_test=20)
+        make_run(root, "craft+merge=false", "craft", "1", seed, seq(90.0, 90.0, first_a=90.0), n_test=20,
+                 args={"merge": "false"}, machine=avx2)   # an ablation against craft's AVX512 runs
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    assert "Kernel sets differ in some pairs (craft [merge=false] (2 of 2) pairs)" in open(
+        os.path.join(out, "ablations.md")).read()
+    text = open(os.path.join(out, "paired.md")).read()
+    assert "Kernel sets differ in some pairs (seq_lora (1 of 2), o_lora (2 of 2) pairs)" in text
+    readme = open(os.path.join(out, "README.md")).read()
+    verdicts = {lab: next(ln for ln in readme.splitlines() if ln.startswith(f"- Orders 1-3, against {lab} "))
+                for lab in ("seq_lora", "o_lora", "replay", "i_lora")}
+    assert "1 of its 2 pairs cross kernel sets" in verdicts["seq_lora"]
+    assert "Each of its 2 pairs crosses kernel sets" in verdicts["o_lora"]
+    assert "kernel sets" not in verdicts["replay"] + verdicts["i_lora"]
+    # the same runs on one kernel set: no note
+    for run in ("seq_lora/1/seed2", "o_lora/1/seed1", "o_lora/1/seed2"):
+        path = os.path.join(root, run, "config.json")
+        config = json.load(open(path))
+        config.pop("device", None)
+        write_json(path, {**config, "machine": avx512})
+    write_tables(root, out, figures=False)
+    assert "Kernel sets differ" not in open(os.path.join(out, "paired.md")).read()
+    assert "kernel sets" not in open(os.path.join(out, "README.md")).read()
+
+
 def test_a_failed_sanity_check_is_stated_under_the_tables_and_in_the_readme(tmp_path):
     root = str(tmp_path / "runs")
     for seed in (1, 2):

@@ -92,6 +92,23 @@ def test_the_command_writes_its_table_and_refuses_a_missing_folder(verdicts, tmp
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and said in bad.stderr, bad.stderr
 
 
+def test_a_row_says_how_many_of_its_pairs_cross_kernel_sets(tmp_path):
+    # the defaults on AVX2 for seed 1 and AVX512 for seeds 2-3, the variant on AVX512 throughout: 2 of 6 pairs cross
+    root = str(tmp_path / "runs")
+    avx512 = {"cpu": "EPYC", "torch_cpu_capability": "AVX512", "threads": 2}
+    for seed in (1, 2, 3):
+        for order in ORDERS:
+            machine = {**avx512, "torch_cpu_capability": "AVX2"} if seed == 1 else avx512
+            make_run(root, "seq_lora", "seq_lora", order, seed, seq(60.0, 60.0), n_test=N_TEST, machine=machine)
+            make_run(root, "seq_lora+lr=0.003", "seq_lora", order, seed, seq(80.0, 80.0), args={"lr": "0.003"},
+                     n_test=N_TEST, machine=avx512)
+    row = {r["variant"]: r for r in tuning_rule.rule_rows(root, ORDERS)}["seq_lora [lr=0.003]"]
+    assert row["mixed"] == (2, 6)
+    table = tuning_rule.markdown(list({r["variant"]: r for r in tuning_rule.rule_rows(root, ORDERS)}.values()), ORDERS)
+    line = next(ln for ln in table.splitlines() if ln.startswith("| seq_lora [lr=0.003] |"))
+    assert line.rstrip(" |").endswith("2 of 6") and "kernels differ" in table
+
+
 def test_the_screen_drops_only_a_variant_whose_first_seed_is_surely_worse(verdicts):
     root, _ = verdicts
     kept, dropped = tuning_rule.screen(root, ORDERS, ["seq_lora:lr=0.003", "seq_lora:lr=0.008", "seq_lora:lr=0.009"])
