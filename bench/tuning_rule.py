@@ -35,8 +35,8 @@ from core.errors import UsageError  # noqa: E402
 from harness import stats  # noqa: E402
 from harness.rundir import write_report  # noqa: E402
 from harness.sweep import MethodSpec, split_methods  # noqa: E402
-from harness.tables import (Table, by_protocol, by_seed, check_one_setup, load_runs, mixed_kernels,  # noqa: E402
-                            runs_frame, sort_labels, summarize, variant_references)
+from harness.tables import (KERNELS_WHY, Table, by_protocol, by_seed, check_one_setup, kernel_mix,  # noqa: E402
+                            load_runs, runs_frame, sort_labels, summarize, variant_references)
 
 RULE_SEEDS = (1, 2)
 CONFIRMING_SEED = 3
@@ -109,7 +109,8 @@ def rule_rows(root: str, orders: list[str], methods: list[str] | None = None) ->
         against = variant_references(runs, frame, method)
         for label in sort_labels(set(against)):
             pairs = by_seed(runs, label, orders, against[label])
-            row = {"variant": label, "against": against[label], **judge(pairs), "mixed": mixed_kernels(pairs)}
+            row = {"variant": label, "against": against[label], **judge(pairs),
+                   "kernels": kernel_mix({s: p for s, p in pairs.items() if s in (*RULE_SEEDS, CONFIRMING_SEED)})}
             if "[" not in label and label != method:    # a former defaults' own row: the move that replaced them
                 row["verdict"] = f"replaced by {against[label]}"
             elif against[label] != method and not row["verdict"].startswith(("incomplete", "no intervals")):
@@ -203,6 +204,16 @@ def undecided(root: str, orders: list[str], candidates: list[str]) -> tuple[list
     return open_specs, lines
 
 
+def kernels_cell(row: dict) -> str | None:
+    """How many of the pairs behind a row's Δ columns cross kernel sets (harness.tables.kernel_mix), and which;
+    nothing for a row with no Δ or none crossing or unknown."""
+    mix = row["kernels"]
+    if row.get("AA") is None or not (mix.k or mix.unknown):
+        return None
+    return (f"{mix.k} of {mix.n}" + (f" ({mix.sets()})" if mix.k else "")
+            + (f", {mix.unknown} not known" if mix.unknown else ""))
+
+
 def markdown(rows: list[dict], orders: list[str]) -> str:
     """The rows as a table of harness.tables' own kind (its Markdown writer), one row per variant."""
     def cell(row, key):
@@ -212,15 +223,14 @@ def markdown(rows: list[dict], orders: list[str]) -> str:
     columns = {("", "against"): {row["variant"]: row["against"] for row in rows},
                **{("", heading): {row["variant"]: cell(row, key) for row in rows} for key, heading in headings.items()},
                ("", "verdict"): {row["variant"]: row["verdict"] for row in rows},
-               ("", "kernels differ"): {row["variant"]: f"{k} of {n}" for row in rows for k, n in [row["mixed"]] if k}}
+               ("", "kernels differ"): {row["variant"]: kernels_cell(row) for row in rows}}
     note = ("Δ = the variant minus the row it is set against, paired on the same streams, seeds and validation "
             "examples; [lo, hi] = 95% interval (seeds, then examples, resampled); * = it excludes 0. A default "
             "moves where ΔAA's interval on seeds 1-2 excludes 0 in the variant's favour, ΔFM's does not exclude "
             "0 against it, and seed 3 agrees (its ΔAA favours the variant; the pooled intervals pass too). "
             "`replaced by`: a row of former defaults against those that replaced it (the numbers of that move). "
-            "Kernels differ: how many of the row's pairs (on every seed both ran) set runs made on two kernel sets against each "
-            "other (a GPU against a CPU, or AVX2 against AVX512 CPU kernels); such runs part from the first task on "
-            "by rounding alone (docs/reproducibility.md), so their Δ holds that drift too.")
+            f"Kernels differ: of the pairs the Δ columns use (seeds 1-3), how many set runs of two kernel sets "
+            f"against each other, and which. {KERNELS_WHY}, so such a Δ holds the machines' difference too.")
     return Table("rule", f"The tuning rule on {', '.join(orders)} (written by `bench/tuning_rule.py`)", columns,
                  [(None, [row["variant"] for row in rows])], [note]).markdown()
 

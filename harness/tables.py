@@ -547,7 +547,7 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
         return None
     target = main_label(frame, PAIRED_TARGET)   # the title's, where every block has the same row
     baselines = sort_labels(set(frame.label[~frame.bound & (frame.method != PAIRED_TARGET)]))
-    columns, mixed = {}, {}
+    columns, mixes = {}, {}
     for title, members in blocks_for(set(frame.order)):
         if title not in targets:
             continue
@@ -555,7 +555,7 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
         for lab in baselines:
             pairs = most_pairs(runs, targets[title], lab, members)
             add_paired_cells(cells, lab, pairs, ("ΔAA ↑", "ΔFM ↓"))
-            mixed.setdefault(lab, {})[title] = mixed_kernels(pairs)
+            mixes.setdefault(lab, {})[title] = kernel_mix(pairs)
         for heading, values in cells.items():
             columns[(title, heading)] = pd.Series(values, dtype=object)
     others = {title: t for title, t in targets.items() if t != target}   # blocks judged on another row of it
@@ -569,7 +569,7 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
     if others:
         notes.append(f"Blocks whose Δ is of another row of {PAIRED_TARGET} (the one that ran them): " +
                      "; ".join(f"{title}: {t}" for title, t in others.items()) + ".")
-    notes += [n for n in (one_seed_note(columns), mixed_kernels_note(mixed), missing_predictions_note(runs)) if n]
+    notes += [n for n in (one_seed_note(columns), kernels_note(mixes), missing_predictions_note(runs)) if n]
     return Table("paired", f"{target} against each baseline, paired" + title_note, columns,
                  [(None, baselines)], notes)
 
@@ -636,7 +636,7 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
             if not pairs:
                 continue
             orders, seeds = len(next(iter(pairs.values()))), len(pairs)
-            k, n = mixed_kernels(pairs)
+            mix = kernel_mix(pairs)
             aa, fm, bwt = summarize(pairs, "AA"), summarize(pairs, "FM"), summarize(pairs, "BWT")
             tested = not all(d is None or d.bounds is None for d in (aa, fm))
             if not tested:   # records without per-example predictions
@@ -649,8 +649,8 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
                          f"seed{'s' * (seeds > 1)}): {target} {judged}."
                          + (" One seed: its intervals cover the evaluation examples only, not how training varies from "
                             "seed to seed." if seeds == 1 and tested else "")
-                         + (f" {crossing(k, n)} kernel sets (a GPU against a CPU, or AVX2 against AVX512): the "
-                            "difference holds their rounding drift too." if k else "")
+                         + (f" {crossing_subject(mix)} kernel sets ({mix.sets()}): the difference holds the "
+                            "machines' difference too (rounding; on a GPU also its own random draws)." if mix.k else "")
                          + (" The block's sanity checks fail: this does not rank the two." if failed
                             else " Not every sanity check could be made in this block (below)." if unchecked else ""))
     return lines
@@ -875,42 +875,89 @@ def most_pairs(runs: list[Run], label: str, reference: str | None = None, member
     return max(options, key=lambda p: sum(map(len, p.values())), default={})
 
 
-def kernel_set(run: Run) -> str | None:
-    """What decides a run's float path besides its settings: the GPU it ran on, or the CPU's torch kernel set
-    (AVX2, AVX512: config.json's machine.torch_cpu_capability); None where the run did not record it. Runs of two
-    kernel sets part from the first task on by rounding alone (docs/reproducibility.md)."""
+def kernel_set(run: Run) -> tuple[str, str | None] | None:
+    """What decides a run's float path besides its settings: ("cuda", the GPU's name) or ("cpu", the CPU's torch
+    kernel set: AVX2, AVX512, config.json's machine.torch_cpu_capability), the name None where the run did not
+    record it; None for a CPU run that recorded no machine."""
     machine = run.config.get("machine") or {}
     if device_kind(run.config.get("device")) == "cuda":
-        return f"cuda: {machine.get('gpu') or 'GPU not recorded'}"
-    return machine.get("torch_cpu_capability")
+        return "cuda", machine.get("gpu")
+    capability = machine.get("torch_cpu_capability")
+    return None if capability is None else ("cpu", capability)
 
 
-def mixed_kernels(pairs: dict) -> tuple[int, int]:
-    """(how many of by_seed's pairs set runs of two recorded kernel sets against each other, how many pairs)."""
-    kernels = [(kernel_set(a), kernel_set(b)) for per_seed in pairs.values() for a, b in per_seed if b is not None]
-    return sum(None not in (ka, kb) and ka != kb for ka, kb in kernels), len(kernels)
+@dataclass
+class KernelMix:
+    """Of a comparison's n pairs: those that set runs of two kernel sets against each other, counted by what
+    crossed ("AVX2 against AVX512", "AVX512 against NVIDIA H200"), and those where a run recorded too little to
+    tell."""
+    n: int
+    crossed: Counter
+    unknown: int
+
+    @property
+    def k(self) -> int:
+        return sum(self.crossed.values())
+
+    def sets(self) -> str:
+        return ", ".join(sorted(self.crossed))
 
 
-def crossing(k: int, n: int) -> str:
-    """How many of a comparison's n pairs cross kernel sets, as a verdict line's subject."""
-    if k == n:
-        return "Its one pair crosses" if n == 1 else f"Each of its {n} pairs crosses"
-    return f"{k} of its {n} pairs cross"
+def kernel_mix(pairs: dict) -> KernelMix:
+    """by_seed's pairs (seed -> [(run, reference run or None)]) -> their KernelMix. A GPU and a CPU run always
+    cross; two runs of one kind cross where both name their kernel set (or GPU) and the names differ."""
+    def name(kernels):
+        return (kernels[1] or "a GPU") if kernels[0] == "cuda" else kernels[1]
+    crossed, unknown, n = Counter(), 0, 0
+    for a, b in (pair for per_seed in pairs.values() for pair in per_seed if pair[1] is not None):
+        n += 1
+        ka, kb = kernel_set(a), kernel_set(b)
+        if ka is None or kb is None or (ka[0] == kb[0] and None in (ka[1], kb[1])):
+            unknown += 1
+        elif ka != kb:
+            crossed[" against ".join(sorted((name(ka), name(kb))))] += 1
+    return KernelMix(n, crossed, unknown)
 
 
-def mixed_kernels_note(mixed: dict) -> str | None:
-    """The note a paired table needs where some of a row's pairs cross kernel sets: mixed[label][group] =
-    mixed_kernels(pairs), each such row named with its count (and the column group, where there are several)."""
-    groups = {group for by_group in mixed.values() for group in by_group}
-    rows = [f"{lab} (" + "; ".join(f"{group + ': ' if len(groups) > 1 else ''}{k} of {n}"
-                                   for group, (k, n) in mixed[lab].items() if k) + ")"
-            for lab in sort_labels(set(mixed)) if any(k for k, _ in mixed[lab].values())]
-    if not rows:
-        return None
-    return (f"Kernel sets differ in some pairs ({', '.join(rows)} pairs): one run of the pair was made on a GPU and "
-            "the other on a CPU, or on CPUs with different torch kernels (AVX2, AVX512). Such runs part from the "
-            "first task on by rounding alone (docs/reproducibility.md), so their Δ holds that drift as well as the "
-            "methods' difference: read each such pair as another draw of its seed.")
+KERNELS_WHY = ("Runs made on two kernel sets (a GPU and a CPU, two GPUs, or CPUs with other torch kernels) may part "
+               "from the first task on, by rounding and, on a GPU, by its own random draws (dropout masks; "
+               "docs/reproducibility.md)")
+
+
+def crossing_subject(mix: KernelMix) -> str:
+    """How many of a comparison's pairs cross kernel sets, as the subject of a verdict line's sentence."""
+    if mix.k == mix.n:
+        return "Its one pair crosses" if mix.n == 1 else f"Each of its {mix.n} pairs crosses"
+    return f"{mix.k} of its {mix.n} pairs " + ("crosses" if mix.k == 1 else "cross")
+
+
+def kernels_note(mixes: dict) -> str | None:
+    """The note a paired or ablation table needs where a row's pairs cross kernel sets, or cannot be told:
+    mixes[label][group] = kernel_mix(pairs). Each row with a crossing pair is named with its counts (per column
+    group, where there are several) and what crossed; rows where some runs recorded no machine and none is seen
+    to cross are counted together (older records: naming each would bury the rows that do cross)."""
+    several = len({group for by_group in mixes.values() for group in by_group}) > 1
+    rows, untold = [], []
+    for lab in sort_labels(set(mixes)):
+        if not any(mix.k for mix in mixes[lab].values()):
+            untold += [(lab, mix) for mix in mixes[lab].values() if mix.unknown]
+            continue
+        shown = {group: mix for group, mix in mixes[lab].items() if mix.k or mix.unknown}
+        counts = ", ".join(f"{mix.k} of {mix.n}" + (f" in {group}" if several else "")
+                           + (f" ({mix.unknown} not known: a run recorded no machine)" if mix.unknown else "")
+                           for group, mix in shown.items())
+        rows.append(f"{lab}: {counts} ({', '.join(sorted({s for mix in shown.values() for s in mix.crossed}))})")
+    notes = []
+    if rows:
+        notes.append(f"Pairs across kernel sets, of each row's pairs: {'; '.join(rows)}. {KERNELS_WHY}, so such a "
+                     "pair's Δ holds the machines' difference as well as the methods': read it as another draw of "
+                     "its seed.")
+    if untold:
+        labels = len({lab for lab, _ in untold})
+        unknown, n = sum(m.unknown for _, m in untold), sum(m.n for _, m in untold)
+        notes.append(f"In {labels} {'other ' if rows else ''}row{'s' * (labels > 1)}, {unknown} of {n} pairs have a "
+                     "run that recorded no machine: whether they cross kernel sets cannot be told.")
+    return " ".join(notes) or None
 
 
 def differing_settings(a: Run, b: Run) -> set[str]:
@@ -972,7 +1019,7 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
     mains = main_labels(frame)
     blocks = blocks_for(set(frame.order[frame.method.isin(varied) & ~frame.label.isin(mains)]))
     paired = {title: {"ΔAA vs default ↑": {}, "ΔFM vs default ↓": {}, "pairs": {}} for title, _ in blocks}
-    mixed: dict = {}
+    mixes: dict = {}
     for method in varied:
         ablated = frame[(frame.method == method) & ~frame.label.isin(mains)]
         cells_run = pd.MultiIndex.from_frame(ablated[["order", "seed"]])
@@ -985,7 +1032,7 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
             for title, members in blocks:
                 pairs = most_pairs(runs, lab, reference, members)
                 add_paired_cells(paired[title], lab, pairs, ("ΔAA vs default ↑", "ΔFM vs default ↓"))
-                mixed.setdefault(lab, {})[title] = mixed_kernels(pairs)
+                mixes.setdefault(lab, {})[title] = kernel_mix(pairs)
     scoped = pd.concat(scoped_parts)
     all_cells = pd.MultiIndex.from_frame(scoped[["order", "seed"]])
     refs = [lab for lab in (main_label(frame, m) for m in references) if lab and lab not in set(scoped.label)]
@@ -1021,7 +1068,7 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
                             "fixed; the old defaults themselves against the nearest)") + "; "
              f"{BOOTSTRAP_NOTE} * = the interval excludes 0. Trainable params: per run. Wall s/run: median "
              "[min–max] over the row's runs in the table."]
-    notes += [note for note in (one_seed_note(columns), mixed_kernels_note(mixed),
+    notes += [note for note in (one_seed_note(columns), kernels_note(mixes),
                                 devices_note(scoped, timed, reference, timed_elsewhere)) if note]
     notes += [n for n in (missing_predictions_note([r for r in runs if r.label in set(scoped.label)]),) if n]
     title = "Variants of a method against its defaults (settings in brackets)" if len(varied) > 1 else (
@@ -1197,7 +1244,7 @@ def machines_line(runs) -> str:
         if not m:
             return "not recorded"
         cpu = f"{m['cpu']} ({m['torch_cpu_capability']}, {m['threads']} threads)"
-        on_gpu = m.get("gpu") and device.startswith("cuda")
+        on_gpu = m.get("gpu") and device_kind(device) == "cuda"
         return f"{m['gpu']} (CUDA {m.get('cuda')}) beside {cpu}" if on_gpu else cpu
     seen = Counter(name(r.config.get("machine"), r.config.get("device") or "cpu") for r in runs)
     return "; ".join(f"{k}: {n} run{'s' * (n != 1)}" for k, n in sorted(seen.items()))

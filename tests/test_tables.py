@@ -552,7 +552,7 @@ def test_a_paired_row_of_one_seed_says_its_interval_holds_no_seed_spread(tmp_pat
 
 def test_pairs_across_kernel_sets_are_named_under_the_paired_table_and_in_the_verdict(tmp_path):
     # craft on an AVX512 CPU; seq_lora's seed 2 on a GPU (1 of 2 pairs crosses), o_lora on AVX2 (both cross),
-    # replay on the same kernels (none), i_lora without a recorded machine (not counted: unknown, not different)
+    # replay on the same kernels (none), i_lora without a recorded machine (not known, not counted as crossing)
     root = str(tmp_path / "runs")
     avx512 = {"cpu": "EPYC", "torch_cpu_capability": "AVX512", "threads": 2}
     avx2 = {**avx512, "torch_cpu_capability": "AVX2"}
@@ -568,25 +568,64 @@ def test_pairs_across_kernel_sets_are_named_under_the_paired_table_and_in_the_ve
                  args={"merge": "false"}, machine=avx2)   # an ablation against craft's AVX512 runs
     out = str(tmp_path / "results")
     write_tables(root, out, figures=False)
-    assert "Kernel sets differ in some pairs (craft [merge=false] (2 of 2) pairs)" in open(
-        os.path.join(out, "ablations.md")).read()
+    assert "Pairs across kernel sets, of each row's pairs: craft [merge=false]: 2 of 2 (AVX2 against AVX512). " in \
+        open(os.path.join(out, "ablations.md")).read()
     text = open(os.path.join(out, "paired.md")).read()
-    assert "Kernel sets differ in some pairs (seq_lora (1 of 2), o_lora (2 of 2) pairs)" in text
+    assert ("Pairs across kernel sets, of each row's pairs: seq_lora: 1 of 2 (AVX512 against NVIDIA H200); o_lora: "
+            "2 of 2 (AVX2 against AVX512). ") in text
+    assert "In 1 other row, 2 of 2 pairs have a run that recorded no machine: whether they cross" in text  # i_lora
     readme = open(os.path.join(out, "README.md")).read()
     verdicts = {lab: next(ln for ln in readme.splitlines() if ln.startswith(f"- Orders 1-3, against {lab} "))
                 for lab in ("seq_lora", "o_lora", "replay", "i_lora")}
-    assert "1 of its 2 pairs cross kernel sets" in verdicts["seq_lora"]
-    assert "Each of its 2 pairs crosses kernel sets" in verdicts["o_lora"]
+    assert "1 of its 2 pairs crosses kernel sets (AVX512 against NVIDIA H200)" in verdicts["seq_lora"]
+    assert "Each of its 2 pairs crosses kernel sets (AVX2 against AVX512)" in verdicts["o_lora"]
     assert "kernel sets" not in verdicts["replay"] + verdicts["i_lora"]
-    # the same runs on one kernel set: no note
+    # the same runs on one kernel set: the note keeps i_lora alone, no verdict line names kernel sets
     for run in ("seq_lora/1/seed2", "o_lora/1/seed1", "o_lora/1/seed2"):
         path = os.path.join(root, run, "config.json")
         config = json.load(open(path))
         config.pop("device", None)
         write_json(path, {**config, "machine": avx512})
     write_tables(root, out, figures=False)
-    assert "Kernel sets differ" not in open(os.path.join(out, "paired.md")).read()
-    assert "kernel sets" not in open(os.path.join(out, "README.md")).read()
+    text = open(os.path.join(out, "paired.md")).read()
+    assert "Pairs across kernel sets" not in text and "In 1 row, 2 of 2 pairs have a run that recorded" in text
+    readme = open(os.path.join(out, "README.md")).read()
+    assert not [ln for ln in readme.splitlines() if ln.startswith("- Orders 1-3, against") and "kernel sets" in ln]
+
+
+def test_which_pairs_cross_kernel_sets_and_which_cannot_be_told():
+    from types import SimpleNamespace
+
+    from harness.tables import crossing_subject, kernel_mix, kernels_note
+
+    def run(device=None, **machine):
+        return SimpleNamespace(config={**({"device": device} if device else {}),
+                                       **({"machine": machine} if machine else {})})
+    h200, a100 = run("cuda", gpu="NVIDIA H200"), run("cuda:1", gpu="NVIDIA A100")
+    avx512, avx2 = run(torch_cpu_capability="AVX512"), run("cpu", torch_cpu_capability="AVX2")
+    unnamed_gpu, bare_cpu = run("cuda"), run()
+    mix = kernel_mix({1: [(h200, a100), (h200, unnamed_gpu), (unnamed_gpu, avx512), (avx2, avx512)],
+                      2: [(avx512, avx512), (bare_cpu, avx512), (bare_cpu, bare_cpu), (h200, None)]})
+    # two named GPUs cross, an unnamed GPU against a named one cannot be told, a GPU against a CPU always crosses,
+    # a CPU without a record cannot be told; a pair without a reference run is no pair
+    assert (mix.n, mix.k, mix.unknown) == (7, 3, 3)
+    assert mix.sets() == "AVX2 against AVX512, AVX512 against a GPU, NVIDIA A100 against NVIDIA H200"
+    assert crossing_subject(mix) == "3 of its 7 pairs cross"
+    assert crossing_subject(kernel_mix({1: [(avx2, avx512)]})) == "Its one pair crosses"
+    assert crossing_subject(kernel_mix({1: [(avx2, avx512), (avx2, avx512)]})) == "Each of its 2 pairs crosses"
+    assert crossing_subject(kernel_mix({1: [(avx2, avx512), (avx2, avx2)]})) == "1 of its 2 pairs crosses"
+    two_blocks = {"seq_lora": {"Orders 1-3": kernel_mix({1: [(avx2, avx512)]}),
+                               "Offline orders": kernel_mix({1: [(avx2, avx2)], 2: [(h200, avx2)]})},
+                  "replay": {"Orders 1-3": kernel_mix({1: [(avx2, avx2)]})}}
+    assert kernels_note(two_blocks).startswith("Pairs across kernel sets, of each row's pairs: seq_lora: 1 of 1 in "
+                                               "Orders 1-3, 1 of 2 in Offline orders (AVX2 against AVX512, AVX2 "
+                                               "against NVIDIA H200). ")
+    assert kernels_note({"replay": two_blocks["replay"]}) is None
+    note = kernels_note({**two_blocks, "o_lora": {"Orders 1-3": kernel_mix({1: [(avx2, avx512), (bare_cpu, avx2)]})},
+                         "i_lora": {"Orders 1-3": kernel_mix({1: [(bare_cpu, avx2), (avx2, avx2)]})}})
+    assert "; o_lora: 1 of 2 in Orders 1-3 (1 not known: a run recorded no machine) (AVX2 against AVX512). " in note
+    assert note.endswith(" In 1 other row, 1 of 2 pairs have a run that recorded no machine: whether they cross "
+                         "kernel sets cannot be told.")
 
 
 def test_a_failed_sanity_check_is_stated_under_the_tables_and_in_the_readme(tmp_path):
