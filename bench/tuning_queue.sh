@@ -97,6 +97,14 @@ undecided() { $PY bench/tuning_rule.py $T --undecided "$LRS" || echo "(the rule 
 #        machine where the check fired (results/val/same_machine/runs): docs/results.md, round 7. all became the
 #        default, after which a sweep refuses the batch-check runs of the E3 folders as stale, so the step (and
 #        steps 4 and 5a, run at the batch check) is no longer run here.
+# 5f. (added 2026-12-05) today's CRAFT on the grouped stream, where tasks join groups and the budget check can act
+#     (none of budget_check=all's runs is there yet; the batch check's were made on AVX2), beside its
+#     routing=per_task ablation on the same machine (the grouping's test: every task its own group), seeds 1-2; and
+#     the batch check rerun there into results/val/same_machine/runs, so the move's effect on this stream pairs on
+#     one kernel set. About 1.5 h, ahead of craft's remaining grid cells and the baselines' 27 h: how much the
+#     grouping adds is what the grid's CRAFT rows will be read by.
+sw --runs $T --orders $G --seeds 1,2 --methods $E3:budget_check=all,$E3:budget_check=all:routing=per_task
+sw --runs $RESULTS/val/same_machine/runs --orders $G --seeds 1,2 --methods $E3:budget_check=batch
 grid grid-stage1 GRID_FIRST=craft
 # 5c'''. (added 2026-12-04, when every learning rate of 5b was decided, none moving) the rest of the grid's stage 1:
 #        the strongest baselines beside craft on orders 1-3 and the offline orders, three seeds (the cells that
