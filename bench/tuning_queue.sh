@@ -105,6 +105,12 @@ undecided() { $PY bench/tuning_rule.py $T --undecided "$LRS" || echo "(the rule 
 #     grouping adds is what the grid's CRAFT rows will be read by.
 sw --runs $T --orders $G --seeds 1,2 --methods $E3:budget_check=all,$E3:budget_check=all:routing=per_task
 sw --runs $RESULTS/val/same_machine/runs --orders $G --seeds 1,2 --methods $E3:budget_check=batch
+# 5g. (added 2026-12-05, when per-task groups led the grouping on both seeds of 5f: AA 58.71 and 55.86 against
+#     54.43 and 53.71, FM 0 against 3.67 and 2.67) the rule's confirming seed 3 of both on the grouped stream, where
+#     4 of 7 tasks join (as round 6 judged the grouping there), then per-task groups on the rule's streams
+#     (offline1-2 x seeds 1-3, one join each), so the grouping is judged on both. About 1 h.
+sw --runs $T --orders $G --seeds 3 --methods $E3:budget_check=all,$E3:budget_check=all:routing=per_task
+sw --runs $T --orders offline1,offline2 --seeds 1,2,3 --methods $E3:budget_check=all:routing=per_task
 grid grid-stage1 GRID_FIRST=craft
 # 5c'''. (added 2026-12-04, when every learning rate of 5b was decided, none moving) the rest of the grid's stage 1:
 #        the strongest baselines beside craft on orders 1-3 and the offline orders, three seeds (the cells that
