@@ -229,7 +229,7 @@ def markdown(rows: list[dict], orders: list[str]) -> str:
             "moves where ΔAA's interval on seeds 1-2 excludes 0 in the variant's favour, ΔFM's does not exclude "
             "0 against it, and seed 3 agrees (its ΔAA favours the variant; the pooled intervals pass too). "
             "`replaced by`: a row of former defaults against those that replaced it (the numbers of that move). "
-            f"Kernels differ: of the pairs the Δ columns use (seeds 1-3), how many set runs of two kernel sets "
+            "Kernels differ: of the pairs the Δ columns use (seeds 1-3), how many set runs of two kernel sets "
             f"against each other, and which. {KERNELS_WHY}, so such a Δ holds the machines' difference too.")
     return Table("rule", f"The tuning rule on {', '.join(orders)} (written by `bench/tuning_rule.py`)", columns,
                  [(None, [row["variant"] for row in rows])], [note]).markdown()
