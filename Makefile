@@ -90,8 +90,10 @@ GRID_LOOKS = $(filter --dry-run --print-commands,$(ARGS))
 
 # Each step that did not finish is noted here and named at the end (exit 1), after the tables of what did.
 GRID_FAILED = $(if $(GRID_LOOKS),/dev/null,$(GRID_RUNS)/logs/grid-unfinished.txt)
-# Stage 1: the methods the verdict needs first, everywhere they run three seeds.
-GRID_STAGE1 = $(GRID) --methods $(GRID_FIRST) --orders 1,2,3,offline1,offline2,offline3 --seeds 1,2,3 $(PROBES_SHORT)
+# Stage 1: the methods the verdict needs first, everywhere they run three seeds (GRID_SEEDS: fewer, for a pass
+# that finishes one seed of every method before the next seed starts).
+GRID_SEEDS = 1,2,3
+GRID_STAGE1 = $(GRID) --methods $(GRID_FIRST) --orders 1,2,3,offline1,offline2,offline3 --seeds $(GRID_SEEDS) $(PROBES_SHORT)
 
 grid: $(STAMP)
 	$(if $(GRID_LOOKS),,@mkdir -p $(GRID_RUNS)/logs && rm -f $(GRID_FAILED))
@@ -106,8 +108,8 @@ grid: $(STAMP)
 	$(if $(GRID_LOOKS),,$(BIN)/python -m harness tables --runs $(GRID_RUNS) --out $(patsubst %/runs,%,$(GRID_RUNS)) || { cat $(GRID_FAILED) >&2; exit 1; })
 	@if [ -s $(GRID_FAILED) ]; then echo "make grid: these steps did not finish (failed cells are named above, logs in $(GRID_RUNS)/logs); rerun make grid to resume:" >&2; cat $(GRID_FAILED) >&2; exit 1; fi
 
-# Stage 1 alone, of the methods given: `make grid-stage1 GRID_FIRST=craft` runs the cells that wait on no baseline's
-# setting (the tuning queue does, ahead of the grid); `make grid` later skips them as finished.
+# Stage 1 alone, of the methods and seeds given: `make grid-stage1 GRID_FIRST=craft` runs the cells that wait on no
+# baseline's setting (the tuning queue does, ahead of the grid); `make grid` later skips them as finished.
 grid-stage1: $(STAMP)
 	$(GRID_STAGE1)
 

@@ -111,6 +111,14 @@ sw --runs $RESULTS/val/same_machine/runs --orders $G --seeds 1,2 --methods $E3:b
 #     (offline1-2 x seeds 1-3, one join each), so the grouping is judged on both. About 1 h.
 sw --runs $T --orders $G --seeds 3 --methods $E3:budget_check=all,$E3:budget_check=all:routing=per_task
 sw --runs $T --orders offline1,offline2 --seeds 1,2,3 --methods $E3:budget_check=all:routing=per_task
+# 5h. (added 2026-12-05 morning) seed 1 of every stage-1 method first: craft's seed-1 cells, then the four baseline
+#     cells of seed 1 the H200 did not make (replay, o_lora and i_lora on offline1, i_lora on offline2; about 2 h),
+#     so the paired table is whole on seed 1 before craft's seeds 2-3, which pair with nothing until the baselines'
+#     seeds 2-3 run
+grid grid-stage1 GRID_FIRST=craft GRID_SEEDS=1
+OPEN=$(undecided)
+if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 5h: the grid waits on these learning rates: $OPEN"
+else grid grid-stage1 GRID_SEEDS=1; fi
 grid grid-stage1 GRID_FIRST=craft
 # 5c'''. (added 2026-12-04, when every learning rate of 5b was decided, none moving) the rest of the grid's stage 1:
 #        the strongest baselines beside craft on orders 1-3 and the offline orders, three seeds (the cells that
