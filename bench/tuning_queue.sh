@@ -120,6 +120,25 @@ OPEN=$(undecided)
 if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 5h: the grid waits on these learning rates: $OPEN"
 else grid grid-stage1 GRID_SEEDS=1; fi
 grid grid-stage1 GRID_FIRST=craft
+# 5i. (added 2026-12-05 morning) i_lora's learning rate, the screen 5b-5c gave seq_lora, replay and o_lora: i_lora
+#     is the baseline closest to craft on orders 1-3 of the test grid (seed 1: ΔAA +3.17 [-0.42, 6.83]) and trains
+#     seq_lora's lr by reference, never tried. Its defaults spelled (i_lora:epochs=3) so they land beside the
+#     variants; seed 1, then seed 2 of what the screen keeps, then seed 3 of what passes. About 4-8 h. The stage-1
+#     grid below waits on its verdict too (a move would make i_lora's grid cells again).
+ILRS="i_lora:epochs=3:lr=0.0003,i_lora:epochs=3:lr=0.003"
+LRS="$LRS,$ILRS"
+sw --runs $T --orders offline1,offline2 --seeds 1 --methods i_lora:epochs=3,$ILRS
+ILRS2=$($PY bench/tuning_rule.py $T --screen "$ILRS") \
+    || { ILRS2=$ILRS; echo "== $(date -u +%FT%T) 5i: the screen failed, so every variant runs"; }
+if [ -n "$ILRS2" ]; then sw --runs $T --orders offline1,offline2 --seeds 2 --methods i_lora:epochs=3,$ILRS2
+else echo "== $(date -u +%FT%T) 5i: the screen dropped every learning rate"; fi
+ILRS3=""
+if [ -n "$ILRS2" ]; then
+    ILRS3=$($PY bench/tuning_rule.py $T --confirm "$ILRS2") \
+        || { ILRS3=""; echo "== $(date -u +%FT%T) 5i': the rule failed (above), so no seed 3 runs"; }
+fi
+if [ -n "$ILRS3" ]; then sw --runs $T --orders offline1,offline2 --seeds 3 --methods i_lora:epochs=3,$ILRS3
+else echo "== $(date -u +%FT%T) 5i': no learning rate to confirm (none passed seeds 1-2, or runs unfinished)"; fi
 # 5c'''. (added 2026-12-04, when every learning rate of 5b was decided, none moving) the rest of the grid's stage 1:
 #        the strongest baselines beside craft on orders 1-3 and the offline orders, three seeds (the cells that
 #        decide the verdict there, about 31 h), ahead of the validation runs of 5d-6, none of which it needs
