@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
+
 import tasks
 from core.errors import UsageError
 from harness.config import recorded_value
@@ -20,6 +22,18 @@ from harness.stats import decode_labels, encode_labels
 from methods import get_method
 
 KINDS = ("right", "own_label", "other_task_label", "no_label")
+# A task's generated answers, one character per evaluation example in the run's order (its "answers"): which of
+# KINDS each is, so a report can resample the examples and pair the runs on them (kept since 2026-12-05; a
+# measurement made before has the counts alone).
+KIND_CODES = dict(zip(KINDS, "rotn"))
+
+
+def generated_right(task: dict):
+    """A measured task's generated answers as a 0/1 array (1 = right), or None where only counts were kept."""
+    answers = task.get("answers")
+    if answers is None:
+        return None
+    return np.array([c == KIND_CODES["right"] for c in answers], dtype=float)
 
 
 def sort_answer(answer: str, gold: str, own: set[str], others: set[str]) -> str:
@@ -31,6 +45,11 @@ def sort_answer(answer: str, gold: str, own: set[str], others: set[str]) -> str:
     if answer in others:
         return "other_task_label"
     return "no_label"
+
+
+def run_label(config: dict) -> str:
+    """A run's method and fixed settings, named as a sweep names its folder (`replay+compute=matched`)."""
+    return "+".join([config["method"]] + [f"{k}={v}" for k, v in config.get("method_args", {}).items()])
 
 
 def final_row(config: dict, status: dict) -> str:
@@ -80,8 +99,7 @@ def measure(path: str, progress: bool = False, unloadable: dict | None = None, d
     method.load_state_dict(run.load_checkpoint(map_location=method.device))
     row = status["rows"][final_row(config, status)]
     labels = {n: {normalize_answer(label) for label in d.labels} for n, d in data.items()}
-    label = "+".join([config["method"]] + [f"{k}={v}" for k, v in config.get("method_args", {}).items()])
-    out = {"label": label, "order": config["order"], "seed": config["seed"], "tasks": {}}   # label: as a sweep's
+    out = {"label": run_label(config), "order": config["order"], "seed": config["seed"], "tasks": {}}
     share = config.get("cache") == "on"
     for k, (name, examples) in enumerate(evaluator.test.items()):
         gold = [ex.label_index for ex in examples]
@@ -98,12 +116,13 @@ def measure(path: str, progress: bool = False, unloadable: dict | None = None, d
             generated = generate_predictions(scorer, examples, encoder.end_id, tok.pad_token_id, max_new,
                                              batch, share_prefix=share)
         others = set().union(*[labels[m] for m in labels if m != name]) - labels[name]
-        kinds = dict.fromkeys(KINDS, 0)
-        for g, y in zip(generated, gold):
-            answer = normalize_answer(encoder.decode_answer(g))
-            kinds[sort_answer(answer, normalize_answer(data[name].labels[y]), labels[name], others)] += 1
+        sorted_answers = [sort_answer(normalize_answer(encoder.decode_answer(g)),
+                                      normalize_answer(data[name].labels[y]), labels[name], others)
+                          for g, y in zip(generated, gold)]
+        kinds = {kind: sorted_answers.count(kind) for kind in KINDS}
         rank = 100.0 * sum(int(p) == y for p, y in zip(ranked, gold)) / len(gold)
-        out["tasks"][name] = {"n": len(gold), "rank": rank, "kinds": kinds}
+        out["tasks"][name] = {"n": len(gold), "rank": rank, "kinds": kinds,
+                              "answers": "".join(KIND_CODES[kind] for kind in sorted_answers)}
         if progress:
             print(f"{path}: {name} rank {out['tasks'][name]['rank']:.1f}, generate "
                   f"{100.0 * kinds['right'] / len(gold):.1f}, {kinds}", file=sys.stderr)

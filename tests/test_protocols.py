@@ -82,6 +82,7 @@ def test_each_kind_of_answer_is_counted(runs, monkeypatch):
     result = protocols.measure(runs["craft", "rank"])
     for t in result["tasks"].values():
         assert t["kinds"] == {"right": 1, "own_label": 1, "other_task_label": 1, "no_label": 0}
+        assert t["answers"] == "rot"   # each example's kind, in the run's order
     table = script.summary([result, protocols.measure(runs["seq_lora", "rank"])])
     assert set(table) == {"seq_lora+lr=0.5", "craft+lr=0.3+warmup=0"}
     assert table["craft+lr=0.3+warmup=0"]["share"] == pytest.approx(
@@ -112,7 +113,7 @@ def test_unfinished_runs_named_by_a_glob_are_left_out_and_said_so(runs, tmp_path
     out = str(tmp_path / "report.md")
     assert script.main([runs["seq_lora", "rank"], str(tmp_path / "not-a-run"), "--out", out]) == 0
     assert "1 run(s) not finished, left out" in capsys.readouterr().err
-    assert "| seq_lora+lr=0.5 | 1 |" in open(out).read()
+    assert "| seq_lora [lr=0.5] | 1 |" in open(out).read()
     assert script.main([str(tmp_path / "not-a-run")]) == 2
     assert not os.path.exists(str(tmp_path / "not-a-run"))
 
@@ -129,7 +130,7 @@ def test_a_run_that_cannot_be_measured_is_left_out_of_the_report_not_the_end_of_
     assert script.main([runs["seq_lora", "rank"], bare, "--out", out]) == 1
     assert "left out: " in capsys.readouterr().err
     text = open(out).read()
-    assert "| seq_lora+lr=0.5 | 1 |" in text and f"1 run(s): {bare}." in text
+    assert "| seq_lora [lr=0.5] | 1 |" in text and f"1 run(s): {bare}." in text
     assert script.main([bare, "--out", str(tmp_path / "none.md")]) == 2   # nothing measurable: no report
     assert not os.path.exists(str(tmp_path / "none.md"))
 
@@ -151,3 +152,53 @@ def test_a_model_that_cannot_load_is_tried_once_and_every_run_is_named(runs, tmp
     for path in measured_runs:
         assert f"left out: {path}: --model /gone: no such folder" in err
     assert not os.path.exists(out)
+
+
+def planted_run(label, order, ranked, generated):
+    """A measured run as the report reads it: one 100-example task, each example right (1) or not (0) by rank and
+    by generation."""
+    import numpy as np
+    ranked, generated = np.array(ranked, dtype=float), np.array(generated, dtype=float)
+    kinds = {"right": int(generated.sum()), "own_label": int(100 - generated.sum()), "other_task_label": 0,
+             "no_label": 0}
+    return {"label": label, "order": order, "seed": 1, "restored_check": {"bbc": 0},
+            "tasks": {"bbc": {"n": 100, "rank": float(ranked.mean() * 100), "kinds": kinds}},
+            "outcomes": {"bbc": (ranked, generated)}}
+
+
+def test_the_report_pairs_methods_on_the_same_examples_and_its_intervals_cover_a_planted_difference():
+    script = bench_script("protocols")
+    right = lambda k: [1] * k + [0] * (100 - k)   # noqa: E731
+    results = []
+    for order in ("1", "2"):
+        # rank: both right on the same 70 examples; generation: craft right on the first 80, seq_lora on the first 60
+        results += [planted_run("craft", order, right(70), right(80)),
+                    planted_run("seq_lora", order, right(70), right(60))]
+    text = script.report(results, "craft")
+    paired = text.split("## craft minus each method, paired")[1]
+    row = [line for line in paired.splitlines() if line.startswith("| seq_lora |")][0]
+    # the same answers by rank: every resample gives 0; generation: a 20-point difference on nested right sets,
+    # so every resample keeps craft ahead, and the interval covers the planted 20
+    assert row.startswith("| seq_lora | 2 | +0.00 [0.00, 0.00] | +20.00 [")
+    low, high = (float(x) for x in row.split("+20.00 [")[1].split("]")[0].split(", "))
+    assert 0 < low < 20 < high and row.endswith("] * |")
+    craft_row = [line for line in text.splitlines() if line.startswith("| craft |")][0]
+    assert "| 70.00 [" in craft_row and "| 80.00 [" in craft_row and "| +10.00 [" in craft_row
+    # a run measured before each answer was kept: its counts give the points, its generation cells no interval
+    results[1] = {**results[1], "outcomes": {"bbc": (results[1]["outcomes"]["bbc"][0], None)}}
+    text = script.report(results, "craft")
+    assert "1 of 4 runs were measured before each answer was kept" in text
+    row = [line for line in text.split("paired")[-1].splitlines() if line.startswith("| seq_lora |")][0]
+    assert row == "| seq_lora | 2 | +0.00 [0.00, 0.00] | +20.00 |"
+
+
+def test_the_report_names_runs_as_the_tables_do_and_keeps_the_methods_asked(runs, tmp_path):
+    script = bench_script("protocols")
+    out = str(tmp_path / "report.md")
+    both = [runs["seq_lora", "rank"], runs["craft", "rank"]]
+    assert script.main([*both, "--methods", "seq_lora:lr=0.5", "--out", out]) == 0
+    text = open(out).read()
+    assert "| seq_lora [lr=0.5] | 1 |" in text and "craft [" not in text
+    # each run's rank answers read from its record give the intervals (tiny runs: 3 examples a task)
+    row = [line for line in text.splitlines() if line.startswith("| seq_lora [lr=0.5] | 1 |")][0]
+    assert row.count("[") == 4   # its label's, then AA rank, AA generate and their difference
