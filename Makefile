@@ -92,12 +92,13 @@ GRID_LOOKS = $(filter --dry-run --print-commands,$(ARGS))
 # methods the grid runs on orders 1-3 and the offline orders: named, so that a former default's rows (craft's
 # batch-check cells, seeds 1-2) do not narrow the pairs every method ran.
 GEN_METHODS = $(GRID_CORE),$(LEARNERS_MORE),$(BOUNDS)
-# $(call gen_report,RUNS,ORDERS,NAME,GLOB[,METHODS]): RUNS/../protocols-NAME.md from the runs RUNS/*/ORDERS/GLOB
-# (ORDERS a pattern without commas, which would split call's arguments: [123], offline[123]; GLOB seed* measures a
-# run that has its weights and no measurement yet, seed*/protocols.json reads kept ones alone), of those METHODS
-# (default: every one); no run: nothing
-gen_report = runs=$$(ls -d $(1)/*/$(2)/$(4) 2>/dev/null | sed 's,/protocols.json$$,,'); [ -z "$$runs" ] || \
-	$(BIN)/python bench/protocols.py $$runs $(if $(5),--methods $(5)) --out $(patsubst %/runs,%,$(1))/protocols-$(3).md
+# $(call gen_report,RUNS,ORDERS,NAME[,METHODS[,--kept]]): RUNS/../protocols-NAME.md from the runs RUNS/*/ORDERS/seed*
+# (ORDERS a pattern without commas, which would split call's arguments: [123], offline[123]) of those METHODS
+# (default: every one); --kept measures nothing (the kept records alone, what make tables uses), else a run with
+# its weights and no record is measured (make grid, after a kill). No run: nothing.
+gen_report = runs=$$(ls -d $(1)/*/$(2)/seed*$(if $(5),/protocols.json) 2>/dev/null | sed 's,/protocols.json$$,,'); \
+	[ -z "$$runs" ] || $(BIN)/python bench/protocols.py $$runs $(if $(4),--methods $(4)) $(5) \
+		--out $(patsubst %/runs,%,$(1))/protocols-$(3).md
 
 # Each step that did not finish is noted here and named at the end (exit 1), after the tables of what did.
 GRID_FAILED = $(if $(GRID_LOOKS),/dev/null,$(GRID_RUNS)/logs/grid-unfinished.txt)
@@ -113,8 +114,10 @@ grid: $(STAMP)
 	$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS) --orders 1,2,3,offline1,offline2,offline3 --seeds 1,2,3 $(PROBES_SHORT) || echo "stage 3 (sweep exit $$?)" >> $(GRID_FAILED)
 	$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS),$(CRAFT_ABLATIONS) --orders 4,5,6 --seeds 1 $(PROBES_LONG) || echo "stage 4 (sweep exit $$?)" >> $(GRID_FAILED)
 	$(GRID) --methods $(GRID_CORE) --orders 4,5,6 --seeds 2,3 $(PROBES_LONG) || echo "stage 5 (sweep exit $$?)" >> $(GRID_FAILED)
-	$(if $(GRID_LOOKS),,$(call gen_report,$(GRID_RUNS),[123],orders1-3,seed*,$(GEN_METHODS)) || echo "generation report, orders 1-3 (exit $$?)" >> $(GRID_FAILED))
-	$(if $(GRID_LOOKS),,$(call gen_report,$(GRID_RUNS),offline[123],offline,seed*,$(GEN_METHODS)) || echo "generation report, offline orders (exit $$?)" >> $(GRID_FAILED))
+	$(if $(GRID_LOOKS),,$(call gen_report,$(GRID_RUNS),[123],orders1-3,$(GEN_METHODS)) \
+		|| echo "generation report, orders 1-3 (exit $$?)" >> $(GRID_FAILED))
+	$(if $(GRID_LOOKS),,$(call gen_report,$(GRID_RUNS),offline[123],offline,$(GEN_METHODS)) \
+		|| echo "generation report, offline orders (exit $$?)" >> $(GRID_FAILED))
 	$(if $(GRID_LOOKS),,$(BIN)/python -m harness general --runs $(GRID_RUNS) || echo "general (exit $$?)" >> $(GRID_FAILED))
 	$(if $(GRID_LOOKS),,$(BIN)/python -m harness tables --runs $(GRID_RUNS) --out $(patsubst %/runs,%,$(GRID_RUNS)) || { cat $(GRID_FAILED) >&2; exit 1; })
 	@if [ -s $(GRID_FAILED) ]; then echo "make grid: these steps did not finish (failed cells are named above, logs in $(GRID_RUNS)/logs); rerun make grid to resume:" >&2; cat $(GRID_FAILED) >&2; exit 1; fi
@@ -126,9 +129,10 @@ grid-stage1: $(STAMP)
 
 tables: $(STAMP)
 	for dir in $(RESULT_DIRS); do $(BIN)/python -m harness tables --runs $$dir/runs --out $$dir || exit 1; done
-	$(if $(filter results/test,$(RESULT_DIRS)),$(call gen_report,results/test/runs,[123],orders1-3,seed*/protocols.json,$(GEN_METHODS)))
-	$(if $(filter results/test,$(RESULT_DIRS)),$(call gen_report,results/test/runs,offline[123],offline,seed*/protocols.json,$(GEN_METHODS)))
-	$(if $(filter results/val,$(RESULT_DIRS)),$(call gen_report,results/val/runs,[123],orders1-3,seed*/protocols.json))
+	$(if $(filter results/test,$(RESULT_DIRS)),$(call gen_report,results/test/runs,[123],orders1-3,$(GEN_METHODS),--kept))
+	$(if $(filter results/test,$(RESULT_DIRS)),\
+		$(call gen_report,results/test/runs,offline[123],offline,$(GEN_METHODS),--kept))
+	$(if $(filter results/val,$(RESULT_DIRS)),$(call gen_report,results/val/runs,[123],orders1-3,,--kept))
 	$(if $(filter results/val/tuning,$(RESULT_DIRS)),$(BIN)/python bench/tuning_rule.py results/val/tuning/runs \
 		--out results/val/tuning/rule.md)
 

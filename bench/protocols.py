@@ -16,6 +16,7 @@ import os
 import statistics
 import sys
 from collections import defaultdict
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -25,11 +26,11 @@ from core.errors import UsageError  # noqa: E402
 from harness import stats  # noqa: E402
 from harness.config import label_args  # noqa: E402
 from harness.models import configure_offline, set_threads  # noqa: E402
-from harness.protocols import KINDS, RECORD, final_row, generated_right, measured  # noqa: E402
+from harness.protocols import KINDS, RECORD, final_row, generated_right, is_measured, measured  # noqa: E402
 from harness.rundir import RunDir, write_report  # noqa: E402
 from harness.stats import decode_labels  # noqa: E402
 from harness.sweep import MethodSpec  # noqa: E402
-from harness.tables import method_label  # noqa: E402
+from harness.tables import method_label, most_pairs  # noqa: E402
 
 
 def row_label(config: dict) -> str:
@@ -49,7 +50,7 @@ def on_shared_pairs(results: list[dict]) -> dict[str, list[dict]]:
 
 
 def summary(results: list[dict]) -> dict:
-    """Per method (its folder label): AA under each protocol (mean over runs of the mean over tasks) and the
+    """Per method (its row label): AA under each protocol (mean over runs of the mean over tasks) and the
     share of each answer kind over every generated answer."""
     table = {}
     for label, runs in on_shared_pairs(results).items():
@@ -73,7 +74,7 @@ def example_outcomes(path: str, result: dict) -> dict:
     out = {}
     for name, task in result["tasks"].items():
         generated = generated_right(task)
-        gold, predicted = config["data"][name].get("gold"), row.get("predictions", {}).get(name)
+        gold, predicted = (config.get("data") or {}).get(name, {}).get("gold"), row.get("predictions", {}).get(name)
         ranked = None if gold is None or predicted is None else \
             (decode_labels(predicted) == decode_labels(gold)).astype(float)
         for answers, accuracy in ((ranked, task["rank"]), (generated, 100.0 * task["kinds"]["right"] / task["n"])):
@@ -94,14 +95,14 @@ def aa_samples(result: dict, protocol: int) -> np.ndarray | None:
                    axis=0)
 
 
-def interval_over_runs(runs: list[dict], value) -> tuple[float, float] | None:
+def interval_over_runs(runs: list[dict], value, within=stats.POINTS) -> tuple[float, float] | None:
     """The 95% interval of the mean over runs of value(run) -> [resamples]: Student's t over the runs with each
-    order a stratum, under the shared resampling of the examples, as the tables' (docs/results.md#intervals).
-    None where a run has no outcomes."""
+    order a stratum, under the shared resampling of the examples, clipped to `within` (an accuracy to [0, 100]),
+    as the tables' (docs/results.md#intervals). None where a run has no outcomes."""
     samples = [value(r) for r in runs]
     if not samples or any(s is None for s in samples):
         return None
-    return stats.interval(stats.over_runs(np.stack(samples), [r["order"] for r in runs]))
+    return stats.interval(stats.over_runs(np.stack(samples), [r["order"] for r in runs], within))
 
 
 def with_interval(point: float, bounds, signed: bool = False) -> str:
@@ -117,13 +118,13 @@ def ranking(table: dict, key: str) -> list[str]:
 
 
 def paired_against(results: list[dict], against: str) -> list[str]:
-    """Markdown rows: `against` minus each other method, paired on the (order, seed) pairs both ran and on the same
-    examples, under rank and under generation."""
-    mine = {(r["order"], r["seed"]): r for r in results if r["label"] == against}
+    """Markdown rows: `against` minus each other method under rank and under generation, on the same examples and
+    the (order, seed) pairs the tables' paired table takes (harness.tables.most_pairs: whole seeds of a set of
+    orders both ran, never an average over uneven orders)."""
+    runs = [SimpleNamespace(label=r["label"], order=r["order"], seed=r["seed"], result=r) for r in results]
     rows = []
     for label in sorted({r["label"] for r in results} - {against}):
-        pairs = [(mine[r["order"], r["seed"]], r) for r in results
-                 if r["label"] == label and (r["order"], r["seed"]) in mine]
+        pairs = [(a.result, b.result) for seed in most_pairs(runs, against, label).values() for a, b in seed]
         if not pairs:
             continue
         cells = []
@@ -177,8 +178,8 @@ def report(results: list[dict], against: str | None = None) -> str:
         return None if rank is None or gen is None else gen - rank
     for m in by_rank:
         t, runs = table[m], shared[m]
-        rank = with_interval(t["rank"], interval_over_runs(runs, lambda r: aa_samples(r, 0)))
-        gen = with_interval(t["generate"], interval_over_runs(runs, lambda r: aa_samples(r, 1)))
+        rank = with_interval(t["rank"], interval_over_runs(runs, lambda r: aa_samples(r, 0), stats.ACCURACY))
+        gen = with_interval(t["generate"], interval_over_runs(runs, lambda r: aa_samples(r, 1), stats.ACCURACY))
         delta = with_interval(t["generate"] - t["rank"], interval_over_runs(runs, gap), signed=True)
         lines.append(f"| {m} | {t['runs']} | {rank} | {gen} | {delta} | {by_rank.index(m) + 1} | "
                      f"{by_gen.index(m) + 1} | {t['share']['own_label']:.1f} | {t['share']['other_task_label']:.1f} "
@@ -195,8 +196,9 @@ def report(results: list[dict], against: str | None = None) -> str:
     paired = paired_against(results, against) if against else []
     if paired:
         lines += ["", f"## {against} minus each method, paired", "",
-                  f"On every (order, seed) pair both ran (not only those every method ran) and the same examples: "
-                  f"does {against}'s difference hold under generation?", "",
+                  f"On the (order, seed) pairs both ran (not only those every method ran; whole seeds of the orders, "
+                  f"as the paired table's) and the same examples: does {against}'s difference hold under "
+                  "generation?", "",
                   "| method | pairs | ΔAA rank | ΔAA generate |", "|---|---|---|---|", *paired]
     lines += ["", "## Per run", "",
               "| method | order | seed | task | rank | generate | wrong own label | other task's label | no label |",
@@ -214,54 +216,78 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="finished run directories with their last checkpoint")
     p.add_argument("--out", help="markdown report (default: stdout)")
-    p.add_argument("--again", action="store_true", help=f"measure runs that already hold a {RECORD} anew")
+    measuring = p.add_mutually_exclusive_group()
+    measuring.add_argument("--again", action="store_true", help=f"measure runs that already hold a {RECORD} anew")
+    measuring.add_argument("--kept", action="store_true", help=f"measure nothing: the runs' kept {RECORD} alone "
+                           "(what a rebuild of the tables uses); a run without one this code reuses is left out, "
+                           "and the report names it")
     p.add_argument("--methods", metavar="SPECS", help="only the runs of these sweep method specs (comma-separated; "
                    "default: every run named): a former default's few seeds would narrow the pairs every method ran")
-    p.add_argument("--against", metavar="LABEL", help="the method whose difference from each other one is tabled, "
+    p.add_argument("--against", metavar="LABEL", help="the row whose difference from each other one is tabled, "
                    "paired (default: craft, where it ran)")
     a = p.parse_args(argv)
     configure_offline()
     set_threads()
+    notes = []
     try:
-        wanted = None if a.methods is None else {
-            row_label({"method": spec.name, "method_args": dict(spec.args)})
-            for spec in map(MethodSpec.parse, a.methods.split(",")) if spec.name}
         # a glob over a grid that is still running names unfinished runs too: they are left out, and said so
         finished = [path for path in a.runs if RunDir(path).is_finished()]
         if len(finished) < len(a.runs):
             left = sorted(set(a.runs) - set(finished))
             print(f"{len(left)} run(s) not finished, left out: {' '.join(left)}", file=sys.stderr)
-        if wanted is not None:
-            finished = [path for path in finished if row_label(RunDir(path).read_json("config.json")) in wanted]
+        labels = {path: row_label(RunDir(path).read_json("config.json")) for path in finished}
+        if a.methods is not None:
+            specs = [s for s in a.methods.split(",") if s.strip()]
+            wanted = {s: row_label({"method": spec.name, "method_args": dict(spec.args)})
+                      for s, spec in zip(specs, map(MethodSpec.parse, specs))}
+            unmatched = [s for s, label in wanted.items() if label not in labels.values()]
+            if unmatched:
+                print(f"--methods: no finished run of {', '.join(unmatched)} among those named", file=sys.stderr)
+            dropped = sorted({labels[path] for path in finished if labels[path] not in wanted.values()})
+            if dropped:
+                notes.append(f"Not in this report (not among `--methods`): {', '.join(dropped)}.")
+            finished = [path for path in finished if labels[path] in wanted.values()]
         if not finished:
-            raise UsageError("no finished run among those named" + (" of --methods" if wanted is not None else ""))
-        results, failed = [], []
+            raise UsageError("no finished run among those named" + (" of --methods" if a.methods else ""))
+        seen: dict = {}
+        for path in finished:   # as the tables: one row holds one run of a stream and seed (before any measuring)
+            config = RunDir(path).read_json("config.json")
+            key = (labels[path], str(config["order"]), config["seed"])
+            if key in seen:
+                raise UsageError(f"{seen[key]} and {path} are both {key[0]} on order {key[1]}, seed {key[2]}: "
+                                 "name one of them")
+            seen[key] = path
+        results, failed, unmeasured = [], [], []
         unloadable: dict = {}   # a model that cannot load is tried once, not once per run
         for path in finished:   # a run that cannot be measured (no weights, changed data) is left out, and said so
+            if a.kept and not is_measured(path):
+                unmeasured.append(path)
+                continue
             try:
                 result = measured(path, a.again, progress=True, unloadable=unloadable)
-                results.append({**result, "label": row_label(RunDir(path).read_json("config.json")),
-                                "outcomes": example_outcomes(path, result)})
+                results.append({**result, "label": labels[path], "outcomes": example_outcomes(path, result)})
             except UsageError as e:
                 failed.append(path)
                 print(f"left out: {e}", file=sys.stderr)
         if not results:
-            raise UsageError(f"none of the {len(finished)} finished run(s) could be measured (above)")
-        seen: dict = {}
-        for path, r in zip([p for p in finished if p not in failed], results):
-            key = (r["label"], r["order"], r["seed"])
-            if key in seen:   # as the tables: one row holds one run of a stream and seed
-                raise UsageError(f"{seen[key]} and {path} are both {r['label']} on order {r['order']}, seed "
-                                 f"{r['seed']}: name one of them")
-            seen[key] = path
+            raise UsageError(f"none of the {len(finished)} finished run(s) " +
+                             ("holds a measurement this code reuses" if a.kept else "could be measured (above)"))
+        if a.against and not any(r["label"] == a.against for r in results):
+            raise UsageError(f"--against {a.against}: no run of that row among those reported "
+                             f"({', '.join(sorted({r['label'] for r in results}))})")
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     against = a.against or ("craft" if any(r["label"] == "craft" for r in results) else None)
     text = report(results, against)
+    if unmeasured:
+        notes.append(f"Left out, as they hold no {RECORD} this code reuses (`--kept` measures nothing; "
+                     f"`bench/protocols.py` without it measures those with their weights): {len(unmeasured)} run(s): "
+                     + ", ".join(unmeasured) + ".")
     if failed:
-        text += (f"\nLeft out, as they could not be measured (their errors went to stderr): {len(failed)} run(s): "
-                 + ", ".join(failed) + ".\n")
+        notes.append(f"Left out, as they could not be measured (their errors went to stderr): {len(failed)} run(s): "
+                     + ", ".join(failed) + ".")
+    text += "".join(f"\n{n}\n" for n in notes)
     write_report(text, a.out)
     return 1 if failed else 0
 

@@ -58,8 +58,9 @@ def final_row(config: dict, status: dict) -> str:
 
 def measure(path: str, progress: bool = False, unloadable: dict | None = None, device: str | None = None) -> dict:
     """One run's final state under both protocols: per task, rank accuracy (from the record) and the generated
-    answers sorted into KINDS (counts). Every error names the run. `unloadable`: {(model, device): why} of the
-    models that failed to load for earlier runs, filled here, so a grid's model is not tried once per run."""
+    answers sorted into KINDS (their counts, and each example's kind in `answers`). Every error names the run.
+    `unloadable`: {(model, device): why} of the models that failed to load for earlier runs, filled here, so a
+    grid's model is not tried once per run."""
     run = RunDir(path)
     status = run.status()
     if not status or status.get("state") != "finished":

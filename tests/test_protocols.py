@@ -123,6 +123,8 @@ def test_a_run_that_cannot_be_measured_is_left_out_of_the_report_not_the_end_of_
     script = bench_script("protocols")
     bare = str(tmp_path / "bare")   # a finished record without its weights nor a kept measurement
     shutil.copytree(runs["seq_lora", "rank"], bare)
+    config = json.load(open(os.path.join(bare, "config.json")))
+    json.dump({**config, "seed": 7}, open(os.path.join(bare, "config.json"), "w"))   # another row's run
     for name in os.listdir(bare):
         if name.startswith("checkpoint-") or name == "protocols.json":
             os.remove(os.path.join(bare, name))
@@ -198,7 +200,56 @@ def test_the_report_names_runs_as_the_tables_do_and_keeps_the_methods_asked(runs
     both = [runs["seq_lora", "rank"], runs["craft", "rank"]]
     assert script.main([*both, "--methods", "seq_lora:lr=0.5", "--out", out]) == 0
     text = open(out).read()
-    assert "| seq_lora [lr=0.5] | 1 |" in text and "craft [" not in text
+    assert "| seq_lora [lr=0.5] | 1 |" in text and "| craft [" not in text
     # each run's rank answers read from its record give the intervals (tiny runs: 3 examples a task)
     row = [line for line in text.splitlines() if line.startswith("| seq_lora [lr=0.5] | 1 |")][0]
     assert row.count("[") == 4   # its label's, then AA rank, AA generate and their difference
+
+
+def test_the_paired_table_takes_whole_seeds_as_the_tables_do_and_an_accuracy_stays_within_0_100():
+    script = bench_script("protocols")
+    right = lambda k: [1] * k + [0] * (100 - k)   # noqa: E731
+    results = []
+    for order, seed in (("1", 1), ("2", 1), ("1", 2), ("2", 2)):
+        results.append({**planted_run("craft", order, right(2 * seed - 2), right(90)), "seed": seed})
+    for order, seed in (("1", 1), ("2", 1), ("1", 2)):   # seq_lora's seed 2 lacks order 2
+        results.append({**planted_run("seq_lora", order, right(70), right(60)), "seed": seed})
+    rows = script.paired_against(results, "craft")
+    # harness.tables.most_pairs: seed 1 on both orders (2 pairs), not seed 2's lone order 1 besides (3)
+    assert rows[0].startswith("| seq_lora | 2 | -70.00 [")
+    # craft's AA by rank on the 3 (order, seed) pairs every method ran: 0, 0 and 2, whose t tails (1 degree of
+    # freedom) reach below 0 unclipped (a difference of accuracies may, an accuracy may not)
+    craft = [line for line in script.report(results, "craft").splitlines() if line.startswith("| craft |")][0]
+    assert craft.split(" | ")[2].startswith("0.67 [0.00, ")
+
+
+def test_rows_are_refused_twice_and_left_out_runs_are_named(runs, tmp_path, capsys):
+    import shutil
+    script = bench_script("protocols")
+    twice = str(tmp_path / "twice")
+    shutil.copytree(runs["seq_lora", "rank"], twice)
+    assert script.main([runs["seq_lora", "rank"], twice, "--out", str(tmp_path / "r.md")]) == 2
+    assert "are both seq_lora [lr=0.5] on order bbc+hutto_amazon, seed 1" in capsys.readouterr().err
+    assert not os.path.exists(str(tmp_path / "r.md"))
+    both = [runs["seq_lora", "rank"], runs["craft", "rank"]]
+    assert script.main([*both, "--against", "ewc", "--out", str(tmp_path / "r.md")]) == 2
+    assert "--against ewc: no run of that row" in capsys.readouterr().err
+    out = str(tmp_path / "report.md")
+    assert script.main([*both, "--methods", "seq_lora:lr=0.5,ewc", "--out", out]) == 0
+    assert "Not in this report (not among `--methods`): craft [lr=0.3, warmup=0]." in open(out).read()
+    assert "no finished run of ewc" in capsys.readouterr().err
+
+
+def test_kept_reads_the_records_alone_and_names_a_run_without_one(runs, tmp_path):
+    import shutil
+    script = bench_script("protocols")
+    bare = str(tmp_path / "bare")   # its weights are here, but --kept measures nothing
+    shutil.copytree(runs["craft", "rank"], bare)
+    os.remove(os.path.join(bare, "protocols.json"))
+    script.main([runs["seq_lora", "rank"], "--out", str(tmp_path / "first.md")])   # seq_lora's record is kept
+    out = str(tmp_path / "report.md")
+    assert script.main([runs["seq_lora", "rank"], bare, "--kept", "--out", out]) == 0
+    assert not os.path.exists(os.path.join(bare, "protocols.json"))
+    text = open(out).read()
+    assert "| seq_lora [lr=0.5] | 1 |" in text and f"1 run(s): {bare}." in text
+    assert script.main([bare, "--kept", "--out", str(tmp_path / "none.md")]) == 2
