@@ -123,7 +123,7 @@ grid grid-stage1 GRID_FIRST=craft
 # 5i. (added 2026-12-05 morning) i_lora's learning rate, the screen 5b-5c gave seq_lora, replay and o_lora: i_lora
 #     is the baseline closest to craft on orders 1-3 of the test grid (seed 1: ΔAA +3.17 [-0.42, 6.83]) and trains
 #     seq_lora's lr by reference, never tried. Its defaults spelled (i_lora:epochs=3) so they land beside the
-#     variants; seed 1, then seed 2 of what the screen keeps, then seed 3 of what passes. About 4-8 h. The stage-1
+#     variants; seed 1, then seed 2 of what the screen keeps, then seed 3 of what passes. About 4-11 h. The stage-1
 #     grid below waits on its verdict too (a move would make i_lora's grid cells again).
 ILRS="i_lora:epochs=3:lr=0.0003,i_lora:epochs=3:lr=0.003"
 LRS="$LRS,$ILRS"
