@@ -235,7 +235,8 @@ def main(argv=None) -> int:
         if len(finished) < len(a.runs):
             left = sorted(set(a.runs) - set(finished))
             print(f"{len(left)} run(s) not finished, left out: {' '.join(left)}", file=sys.stderr)
-        labels = {path: row_label(RunDir(path).read_json("config.json")) for path in finished}
+        configs = {path: RunDir(path).read_json("config.json") for path in finished}
+        labels = {path: row_label(config) for path, config in configs.items()}
         if a.methods is not None:
             specs = [s for s in a.methods.split(",") if s.strip()]
             wanted = {s: row_label({"method": spec.name, "method_args": dict(spec.args)})
@@ -251,8 +252,7 @@ def main(argv=None) -> int:
             raise UsageError("no finished run among those named" + (" of --methods" if a.methods else ""))
         seen: dict = {}
         for path in finished:   # as the tables: one row holds one run of a stream and seed (before any measuring)
-            config = RunDir(path).read_json("config.json")
-            key = (labels[path], str(config["order"]), config["seed"])
+            key = (labels[path], str(configs[path]["order"]), configs[path]["seed"])
             if key in seen:
                 raise UsageError(f"{seen[key]} and {path} are both {key[0]} on order {key[1]}, seed {key[2]}: "
                                  "name one of them")
