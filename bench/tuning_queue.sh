@@ -91,7 +91,7 @@ grid() {   # grid TARGET [VAR=value...]: a make target of the paper grid, into $
 # must move by hand first (code, tests, docs), or the grid's runs of that method would be made at the old one and
 # refused later as stale. After such a move, drop the moved spec from LRS above (it then spells today's defaults,
 # whose runs have no variant label). Prints nothing when the grid may go on.
-undecided() { $PY bench/tuning_rule.py $T --undecided "$LRS" || echo "(the rule failed, above)"; }
+undecided() { $PY bench/tuning_rule.py $T --undecided "${1:-$LRS}" || echo "(the rule failed, above)"; }
 # 5c''''. done 2026-12-04 night (adopted): the budget stop's reading, budget_check=all against the batch check, on
 #        offline1-2 x seeds 1-5 (the defaults' new seeds 4-5 beside it) and the batch-check defaults rerun on this
 #        machine where the check fired (results/val/same_machine/runs): docs/results.md, round 7. all became the
@@ -120,6 +120,17 @@ OPEN=$(undecided)
 if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 5h: the grid waits on these learning rates: $OPEN"
 else grid grid-stage1 GRID_SEEDS=1; fi
 grid grid-stage1 GRID_FIRST=craft
+# 5j. (added 2026-12-05 noon) the long orders' first cells (orders 4-6, seed 1; make grid's stage 2 of the methods
+#     named): craft, then o_lora (the paper's LoRA-based reference, about 1.1 h a cell), replay (the strongest
+#     baseline so far, about 4.7 h a cell on this CPU) and seq_lora, ahead of i_lora's screen and stage 1's later
+#     seeds. Orders 4-6 are where tasks share output spaces and CRAFT's grouping acts, and the verdict has no cell
+#     there yet; at some 3 h of queue a session, stage 1's seeds 2-3 (about 20 h) would keep them out for weeks.
+#     About 1.3 h for craft's three cells and 14 h for the baselines' nine by the validation runs' medians (the
+#     test cells' wall times say nearer 2.5 h and 25 h). The baselines' learning rates are decided.
+grid grid-stage2 GRID_LONG=craft
+OPEN=$(undecided)
+if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 5j: the long orders' baselines wait on these learning rates: $OPEN"
+else for m in o_lora replay seq_lora; do grid grid-stage2 GRID_LONG=$m; done; fi
 # 5i. (added 2026-12-05 morning) i_lora's learning rate, the screen 5b-5c gave seq_lora, replay and o_lora: i_lora
 #     is the baseline closest to craft on orders 1-3 of the test grid (seed 1: ΔAA +3.17 [-0.42, 6.83]) and trains
 #     seq_lora's lr by reference, never tried. Its defaults spelled (i_lora:epochs=3) so they land beside the
@@ -142,8 +153,14 @@ else echo "== $(date -u +%FT%T) 5i': no learning rate to confirm (none passed se
 # 5c'''. (added 2026-12-04, when every learning rate of 5b was decided, none moving) the rest of the grid's stage 1:
 #        the strongest baselines beside craft on orders 1-3 and the offline orders, three seeds (the cells that
 #        decide the verdict there, about 31 h), ahead of the validation runs of 5d-6, none of which it needs
-OPEN=$(undecided)
+#        (2026-12-05 noon) while only i_lora's learning rate is open, the other methods go on without it
+#        ('$(GRID_CORE)' is expanded by make: stage 1's methods less i_lora, named in one place)
+OPEN=$(undecided "${LRS%",$ILRS"}")
+IOPEN=$(undecided "$ILRS")
 if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 5c''': the grid waits on these learning rates: $OPEN"
+elif [ -n "$IOPEN" ]; then
+    echo "== $(date -u +%FT%T) 5c''': i_lora's cells wait on these learning rates: $IOPEN"
+    grid grid-stage1 'GRID_FIRST=$(GRID_CORE)'
 else grid grid-stage1; fi
 # 5d. (after the learning rates: the grid's stage 1 waits on those, not on 5d-5e) replay, level with CRAFT on
 #     offline1-2, on the stream where CRAFT's grouping acts (no replay run there yet; spelled out so it lands
