@@ -4,7 +4,9 @@ For every task of every CRAFT run given: its group, whether it opened the group 
 training stopped at and why, the weight its merge took, and, from the accuracy matrix, its own accuracy before
 its training (the row before, R[t-1][t]: the model as test-time routing then used it, so for a joining task its
 group's edit) and after (R[t][t]), and the mean change its training made to its group's earlier tasks
-(R[t][j] - R[t-1][j] over those tasks j). A joining task whose own accuracy falls while it trains, or whose
+(R[t][j] - R[t-1][j] over those tasks j), and how many of those tasks' test answers its training changed (from
+the predictions each row keeps): a mean change near 0 can hide many answers moved both ways, and the budget's KL
+does not see them. A joining task whose own accuracy falls while it trains, or whose
 group's earlier tasks fall, shows here at once. `--reference seq_lora` puts beside each row the own gain of the
 same task in that folder's run of the same stream and seed (sweep layout: <runs>/<folder>/<order>/seed<n>,
 looked up in the CRAFT run's own folder of runs, or in `--reference-runs`; a folder, not a table row: in
@@ -25,12 +27,25 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.errors import UsageError  # noqa: E402
 from harness.rundir import RunDir, write_report  # noqa: E402
+from harness.stats import decode_labels  # noqa: E402
 
 
 def accuracy_rows(status: dict, order: list[str]) -> list[dict]:
     """[base row, row after task 1, ...] as {task: accuracy}; a cell the run did not score is absent."""
     rows = status["rows"]
     return [rows["base"]["accuracy"]] + [rows.get(name, {}).get("accuracy", {}) for name in order]
+
+
+def answers_changed(status: dict, order: list[str], k: int, earlier: list[str]) -> tuple[int, int] | None:
+    """(test answers of the `earlier` tasks that the k-th task's training changed, answers compared), from the
+    predictions of the row before it and the row after it; None where no row keeps both."""
+    rows = status["rows"]
+    before = (rows["base"] if k == 0 else rows.get(order[k - 1], {})).get("predictions", {})
+    after = rows.get(order[k], {}).get("predictions", {})
+    pairs = [(decode_labels(before[t]), decode_labels(after[t])) for t in earlier if t in before and t in after]
+    if not pairs:
+        return None
+    return sum(int((b != a).sum()) for b, a in pairs), sum(len(b) for b, _ in pairs)
 
 
 def own_gain(rows: list[dict], k: int, task: str) -> tuple[float | None, float | None]:
@@ -71,6 +86,7 @@ def task_records(path: str, reference: str | None = None, reference_runs: str | 
         before, after = own_gain(rows, k, task)
         changes = [rows[k + 1][t] - rows[k][t] for t in earlier if t in rows[k] and t in rows[k + 1]]
         ref = own_gain(ref_rows, k, task) if ref_rows else (None, None)
+        changed = answers_changed(status, order, k, earlier) if earlier else None
         trace = training.get(task, {})
         records.append({
             "run": path, "order": os.path.basename(os.path.dirname(os.path.normpath(path))), "task": task,
@@ -80,6 +96,7 @@ def task_records(path: str, reference: str | None = None, reference_runs: str | 
             "before": before, "after": after,
             "gain": None if before is None or after is None else after - before,
             "group_change": statistics.mean(changes) if changes else None,
+            "group_answers_changed": changed,
             "reference_gain": None if None in ref else ref[1] - ref[0], "reference_found": ref_rows is not None})
     return records
 
@@ -101,6 +118,10 @@ def _fmt(x, digits: int = 2, sign: bool = False) -> str:
     if x is None:
         return "–"
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _changed(counts) -> str:
+    return "–" if counts is None else f"{counts[0]} of {counts[1]} ({100 * counts[0] / counts[1]:.0f}%)"
 
 
 def _mean(records: list[dict], key: str) -> float | None:
@@ -132,7 +153,10 @@ def report(records: list[dict], reference: str | None) -> str:
     lines = ["# What training does to a CRAFT task and its group (from run records)", "",
              "Own gain = accuracy on the task right after its training minus right before it (the row before, "
              "which already holds its group's edit for a task that joins). Group Δ = the mean change the task's "
-             "training made to the earlier tasks of its group. Written by `bench/craft_groups.py`.", "",
+             "training made to the earlier tasks of its group; group's answers changed = how many of their test "
+             "answers it changed, either way (a Δ near 0 can hide many). KL after = the merged state's KL against "
+             "the group's prior on the group's anchors, what the forgetting budget reads. "
+             "Written by `bench/craft_groups.py`.", "",
              "## Per configuration", "",
              f"| configuration | stream | joins a group | tasks | mean own gain | mean group Δ | stopped early "
              f"| paired: tasks "
@@ -147,13 +171,14 @@ def report(records: list[dict], reference: str | None) -> str:
               "them.", "",
               "## Tasks that join a group", "",
               f"| run | task | group's earlier tasks | steps, stop | merge weight | KL after | own: before -> after "
-              f"| group Δ | {ref} |", "|---|---|---|---|---|---|---|---|---|"]
+              f"| group Δ | group's answers changed | {ref} |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         if r["joins"]:
             lines.append(f"| {r['run']} | {r['task']} | {', '.join(r['earlier'])} | {r['steps']}, {r['why']} | "
                          f"{_fmt(r['weight'])} | {_fmt(r['kl_after'], 3)} | {_fmt(r['before'], 0)} -> "
                          f"{_fmt(r['after'], 0)} ({_fmt(r['gain'], 0, sign=True)}) | "
-                         f"{_fmt(r['group_change'], sign=True)} | {_fmt(r['reference_gain'], 0, sign=True)} |")
+                         f"{_fmt(r['group_change'], sign=True)} | {_changed(r['group_answers_changed'])} | "
+                         f"{_fmt(r['reference_gain'], 0, sign=True)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -91,7 +91,9 @@ grid() {   # grid TARGET [VAR=value...]: a make target of the paper grid, into $
 # must move by hand first (code, tests, docs), or the grid's runs of that method would be made at the old one and
 # refused later as stale. After such a move, drop the moved spec from LRS above (it then spells today's defaults,
 # whose runs have no variant label). Prints nothing when the grid may go on.
-undecided() { $PY bench/tuning_rule.py $T --undecided "${1:-$LRS}" || echo "(the rule failed, above)"; }
+undecided() {   # undecided [SPECS [rule options]]: default the learning rates
+    $PY bench/tuning_rule.py $T --undecided "${1:-$LRS}" "${@:2}" || echo "(the rule failed, above)"
+}
 # 5c''''. done 2026-12-04 night (adopted): the budget stop's reading, budget_check=all against the batch check, on
 #        offline1-2 x seeds 1-5 (the defaults' new seeds 4-5 beside it) and the batch-check defaults rerun on this
 #        machine where the check fired (results/val/same_machine/runs): docs/results.md, round 7. all became the
@@ -119,7 +121,38 @@ grid grid-stage1 GRID_FIRST=craft GRID_SEEDS=1
 OPEN=$(undecided)
 if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 5h: the grid waits on these learning rates: $OPEN"
 else grid grid-stage1 GRID_SEEDS=1; fi
-grid grid-stage1 GRID_FIRST=craft
+# 5k. (added 2026-12-05 noon) CRAFT's forgetting budget at the scale its KL reaches where a task joins a group.
+#     Under today's defaults every join of the validation runs (22: the grouped stream's 12, offline1-2's 10)
+#     ended at an anchor KL of 0.002-0.022 nats against the budget's 1.0, merged at weight 1 and trained every
+#     scheduled step, while its group's earlier tasks lost up to 10 points and 15-32% of their answers changed
+#     on the grouped stream (bench/craft_groups.py): the budget and the merge never act. 0.01 binds at about half
+#     of those joins, late in their training; 0.003 at nearly all. On the grouped stream (4 of 7 tasks join):
+#     seed 1, the screen, seed 2, seed 3 of what passes; then offline1-2 x seeds 1-3 of what passed there (one
+#     join each). About 1.5-2.5 h. craft's grid cells wait on its verdict (a move would make them again): a budget
+#     that passes on the grouped stream holds them until a session reads offline1-2's runs beside it and moves
+#     the default by hand (code, FORMER_DEFAULTS, tests, docs), or drops it from BUDGETS.
+BUDGETS="$E3:budget_check=all:forgetting_budget=0.003,$E3:budget_check=all:forgetting_budget=0.01"
+sw --runs $T --orders $G --seeds 1 --methods $BUDGETS
+B2=$($PY bench/tuning_rule.py $T --orders $G --screen "$BUDGETS") \
+    || { B2=$BUDGETS; echo "== $(date -u +%FT%T) 5k: the screen failed, so every budget runs"; }
+if [ -n "$B2" ]; then sw --runs $T --orders $G --seeds 2 --methods "$B2"
+else echo "== $(date -u +%FT%T) 5k: the screen dropped every budget"; fi
+B3=""
+if [ -n "$B2" ]; then
+    B3=$($PY bench/tuning_rule.py $T --orders $G --confirm "$B2") \
+        || { B3=""; echo "== $(date -u +%FT%T) 5k': the rule failed (above), so no seed 3 runs"; }
+fi
+if [ -n "$B3" ]; then
+    sw --runs $T --orders $G --seeds 3 --methods "$B3"
+    BPASS=$(undecided "$B3" --orders $G)
+    if [ -n "$BPASS" ]; then sw --runs $T --orders offline1,offline2 --seeds 1,2,3 --methods "$BPASS"; fi
+else echo "== $(date -u +%FT%T) 5k': no budget to confirm (none passed seeds 1-2, or runs unfinished)"; fi
+COPEN=$(undecided "$BUDGETS" --orders $G)
+craft_cells() {   # craft_cells TARGET VAR=value: craft's grid cells, unless its budget's question is open
+    if [ -n "$COPEN" ]; then echo "== $(date -u +%FT%T) make $*: waits on CRAFT's budget: $COPEN"
+    else grid "$@"; fi
+}
+craft_cells grid-stage1 GRID_FIRST=craft
 # 5j. (added 2026-12-05 noon) the long orders' first cells (orders 4-6, seed 1; make grid's stage 2 of the methods
 #     named): craft, then o_lora (the paper's LoRA-based reference, about 1.1 h a cell), replay (the strongest
 #     baseline so far, about 4.7 h a cell on this CPU) and seq_lora, ahead of i_lora's screen and stage 1's later
@@ -127,7 +160,7 @@ grid grid-stage1 GRID_FIRST=craft
 #     there yet; at some 3 h of queue a session, stage 1's seeds 2-3 (about 20 h) would keep them out for weeks.
 #     About 1.3 h for craft's three cells and 14 h for the baselines' nine by the validation runs' medians (the
 #     test cells' wall times say nearer 2.5 h and 25 h). The baselines' learning rates are decided.
-grid grid-stage2 GRID_LONG=craft
+craft_cells grid-stage2 GRID_LONG=craft
 OPEN=$(undecided)
 if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 5j: the long orders' baselines wait on these learning rates: $OPEN"
 else for m in o_lora replay seq_lora; do grid grid-stage2 GRID_LONG=$m; done; fi
@@ -179,6 +212,7 @@ sw --runs $V --orders offline1 --seeds 1 --methods ewc:epochs=3,lwf:epochs=3,i_l
 # 7. the paper grid (make grid, every stage; the stage-1 cells of 5c''-5c''' are skipped as finished), once no
 #    learning rate of 5b is left open or passing (as for 5c''')
 OPEN=$(undecided)
-if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 7: the grid waits on these learning rates: $OPEN"
+OPEN=${OPEN:+$OPEN }$COPEN
+if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 7: the grid waits on these settings: $OPEN"
 else grid grid; fi
 echo "== $(date -u +%FT%T) queue done"

@@ -61,7 +61,7 @@ def test_gains_and_group_change_come_from_the_matrix(tmp_path, capsys):
     text = out.read_text()
     # joins: -5 (seed 1) and +15 (seed 2, 60 -> 75): mean +5.00; group Δ -18 and -8; paired: seed 1 only
     assert "| craft | a+b+c | yes | 2 | +5.00 | -13.00 | 2 | 1 | -5.00 | +45.00 |" in text
-    assert text.count("| 60 -> 55 (-5) | -18.00 | +45 |") == 1
+    assert text.count("| 60 -> 55 (-5) | -18.00 | – | +45 |") == 1   # – : these records keep no predictions
     # the reference may live in another folder of runs (own gains there: a +10, b +10, c +20)
     elsewhere = str(tmp_path / "elsewhere")
     _run(elsewhere, "seq_lora", 2, [{"a": 1, "b": 2, "c": 3}, {"a": 11, "b": 2}, {"b": 12, "c": 13}, {"c": 33}],
@@ -87,3 +87,27 @@ def test_no_craft_run_or_no_run_is_an_error(tmp_path, capsys):
     assert "nowhere: not a run directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         groups.main([])
+
+
+def test_the_groups_changed_answers_are_counted_from_the_rows_predictions(tmp_path):
+    """A join whose group's accuracy does not move can still change many of its answers: they are counted."""
+    groups = bench_script("craft_groups")
+    path = _run(str(tmp_path), "craft", 1, CRAFT_ROWS, DIAGNOSTICS)
+    status_path = os.path.join(path, "status.json")
+    with open(status_path) as f:
+        status = json.load(f)
+    # a's answers before c trains (row b) and after (row c): 2 of 4 move, one right -> wrong, one wrong -> right
+    for row, a_answers in (("b", "0011"), ("c", "0110")):
+        status["rows"][row]["predictions"] = {"a": a_answers, "b": "1111"}
+    status["rows"]["a"]["predictions"] = {"a": "0000"}   # b opens its own group: nothing of a's is counted for it
+    with open(status_path, "w") as f:
+        json.dump(status, f)
+    a, b, c = groups.task_records(path)
+    assert (a["group_answers_changed"], b["group_answers_changed"], c["group_answers_changed"]) == (None, None, (2, 4))
+    assert "| 2 of 4 (50%) |" in groups.report([a, b, c], None)
+    # a record without predictions (made before rows kept them) says so with a dash, not a zero
+    for row in ("b", "c"):
+        del status["rows"][row]["predictions"]
+    with open(status_path, "w") as f:
+        json.dump(status, f)
+    assert groups.task_records(path)[2]["group_answers_changed"] is None
