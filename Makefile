@@ -73,7 +73,8 @@ CRAFT_ABLATIONS = craft:kl_term=false,craft:merge=false,craft:forgetting_budget=
 # The strongest baselines: three seeds everywhere. seq_lora trains three epochs since 2026-12-02, replay and o_lora
 # since 2026-12-03, each by its own validation runs (replay:compute=matched is seq_lora's steps per epoch, so at
 # their equal epochs it trains seq_lora's steps in all). The grid waits for their learning rates (the tuning queue).
-GRID_CORE = craft,seq_lora,replay,replay:compute=matched,o_lora
+GRID_BASELINES = seq_lora,replay,replay:compute=matched,o_lora
+GRID_CORE = craft,$(GRID_BASELINES)
 # Stage 1 also runs i_lora (its stage-3 cells, moved ahead): at one epoch it was level with replay, the strongest
 # baseline (offline1 seed 1, 84.50 against 83.50), so the verdict needs it early.
 GRID_FIRST = $(GRID_CORE),i_lora

@@ -4,7 +4,7 @@ For every task of every CRAFT run given: its group, whether it opened the group 
 training stopped at and why, the weight its merge took, and, from the accuracy matrix, its own accuracy before
 its training (the row before, R[t-1][t]: the model as test-time routing then used it, so for a joining task its
 group's edit) and after (R[t][t]), and the mean change its training made to its group's earlier tasks
-(R[t][j] - R[t-1][j] over those tasks j), and how many of those tasks' test answers its training changed (from
+(R[t][j] - R[t-1][j] over those tasks j), and how many of those tasks' evaluation answers its training changed (from
 the predictions each row keeps): a mean change near 0 can hide many answers moved both ways, and the budget's KL
 does not see them. A joining task whose own accuracy falls while it trains, or whose
 group's earlier tasks fall, shows here at once. `--reference seq_lora` puts beside each row the own gain of the
@@ -37,12 +37,14 @@ def accuracy_rows(status: dict, order: list[str]) -> list[dict]:
 
 
 def answers_changed(status: dict, order: list[str], k: int, earlier: list[str]) -> tuple[int, int] | None:
-    """(test answers of the `earlier` tasks that the k-th task's training changed, answers compared), from the
-    predictions of the row before it and the row after it; None where no row keeps both."""
+    """(evaluation answers of the `earlier` tasks that the k-th task's training changed, answers compared), from
+    the predictions of the row before it and the row after it; None where no row keeps both."""
     rows = status["rows"]
     before = (rows["base"] if k == 0 else rows.get(order[k - 1], {})).get("predictions", {})
     after = rows.get(order[k], {}).get("predictions", {})
     pairs = [(decode_labels(before[t]), decode_labels(after[t])) for t in earlier if t in before and t in after]
+    if any(len(b) != len(a) for b, a in pairs):   # numpy would broadcast a length-1 row silently
+        raise ValueError(f"rows {order[k - 1] if k else 'base'} and {order[k]} keep different numbers of answers")
     if not pairs:
         return None
     return sum(int((b != a).sum()) for b, a in pairs), sum(len(b) for b, _ in pairs)
@@ -86,7 +88,10 @@ def task_records(path: str, reference: str | None = None, reference_runs: str | 
         before, after = own_gain(rows, k, task)
         changes = [rows[k + 1][t] - rows[k][t] for t in earlier if t in rows[k] and t in rows[k + 1]]
         ref = own_gain(ref_rows, k, task) if ref_rows else (None, None)
-        changed = answers_changed(status, order, k, earlier) if earlier else None
+        try:
+            changed = answers_changed(status, order, k, earlier) if earlier else None
+        except ValueError as e:
+            raise UsageError(f"{path}: {e}") from None
         trace = training.get(task, {})
         records.append({
             "run": path, "order": os.path.basename(os.path.dirname(os.path.normpath(path))), "task": task,
@@ -153,9 +158,9 @@ def report(records: list[dict], reference: str | None) -> str:
     lines = ["# What training does to a CRAFT task and its group (from run records)", "",
              "Own gain = accuracy on the task right after its training minus right before it (the row before, "
              "which already holds its group's edit for a task that joins). Group Δ = the mean change the task's "
-             "training made to the earlier tasks of its group; group's answers changed = how many of their test "
-             "answers it changed, either way (a Δ near 0 can hide many). KL after = the merged state's KL against "
-             "the group's prior on the group's anchors, what the forgetting budget reads. "
+             "training made to the earlier tasks of its group; group's answers changed = how many of their "
+             "evaluation answers it changed, either way (a Δ near 0 can hide many). KL after = the merged state's "
+             "KL against the group's prior on the group's anchors, what the forgetting budget reads. "
              "Written by `bench/craft_groups.py`.", "",
              "## Per configuration", "",
              f"| configuration | stream | joins a group | tasks | mean own gain | mean group Δ | stopped early "

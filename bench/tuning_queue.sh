@@ -91,8 +91,8 @@ grid() {   # grid TARGET [VAR=value...]: a make target of the paper grid, into $
 # must move by hand first (code, tests, docs), or the grid's runs of that method would be made at the old one and
 # refused later as stale. After such a move, drop the moved spec from LRS above (it then spells today's defaults,
 # whose runs have no variant label). Prints nothing when the grid may go on.
-undecided() {   # undecided [SPECS [rule options]]: default the learning rates
-    $PY bench/tuning_rule.py $T --undecided "${1:-$LRS}" "${@:2}" || echo "(the rule failed, above)"
+undecided() {   # undecided [SPECS [rule options]]: default the learning rates of 5b (and 5i's, once added)
+    $PY bench/tuning_rule.py $T --undecided "${1-$LRS}" "${@:2}" || echo "(the rule failed, above)"
 }
 # 5c''''. done 2026-12-04 night (adopted): the budget stop's reading, budget_check=all against the batch check, on
 #        offline1-2 x seeds 1-5 (the defaults' new seeds 4-5 beside it) and the batch-check defaults rerun on this
@@ -124,9 +124,10 @@ else grid grid-stage1 GRID_SEEDS=1; fi
 # 5k. (added 2026-12-05 noon) CRAFT's forgetting budget at the scale its KL reaches where a task joins a group.
 #     Under today's defaults every join of the validation runs (22: the grouped stream's 12, offline1-2's 10)
 #     ended at an anchor KL of 0.002-0.022 nats against the budget's 1.0, merged at weight 1 and trained every
-#     scheduled step, while its group's earlier tasks lost up to 10 points and 15-32% of their answers changed
-#     on the grouped stream (bench/craft_groups.py): the budget and the merge never act. 0.01 binds at about half
-#     of those joins, late in their training; 0.003 at nearly all. On the grouped stream (4 of 7 tasks join):
+#     scheduled step, while its group's earlier tasks lost up to 10 points and 8-32% of their answers changed
+#     on the grouped stream (bench/craft_groups.py): the budget and the merge never act. 0.01 lies under the final
+#     KL of 10 of those joins (8 of the grouped stream's 12), so it binds late in their training; 0.003 under
+#     nearly all. On the grouped stream (4 of 7 tasks join):
 #     seed 1, the screen, seed 2, seed 3 of what passes; then offline1-2 x seeds 1-3 of what passed there (one
 #     join each). About 1.5-2.5 h. craft's grid cells wait on its verdict (a move would make them again): a budget
 #     that passes on the grouped stream holds them until a session reads offline1-2's runs beside it and moves
@@ -144,7 +145,8 @@ if [ -n "$B2" ]; then
 fi
 if [ -n "$B3" ]; then
     sw --runs $T --orders $G --seeds 3 --methods "$B3"
-    BPASS=$(undecided "$B3" --orders $G)
+    BPASS=$($PY bench/tuning_rule.py $T --orders $G --undecided "$B3") \
+        || { BPASS=""; echo "== $(date -u +%FT%T) 5k': the rule failed (above), so no offline runs"; }
     if [ -n "$BPASS" ]; then sw --runs $T --orders offline1,offline2 --seeds 1,2,3 --methods "$BPASS"; fi
 else echo "== $(date -u +%FT%T) 5k': no budget to confirm (none passed seeds 1-2, or runs unfinished)"; fi
 COPEN=$(undecided "$BUDGETS" --orders $G)
@@ -167,9 +169,10 @@ else for m in o_lora replay seq_lora; do grid grid-stage2 GRID_LONG=$m; done; fi
 # 5i. (added 2026-12-05 morning) i_lora's learning rate, the screen 5b-5c gave seq_lora, replay and o_lora: i_lora
 #     is the baseline closest to craft on orders 1-3 of the test grid (seed 1: ΔAA +3.17 [-0.42, 6.83]) and trains
 #     seq_lora's lr by reference, never tried. Its defaults spelled (i_lora:epochs=3) so they land beside the
-#     variants; seed 1, then seed 2 of what the screen keeps, then seed 3 of what passes. About 4-11 h. The stage-1
-#     grid below waits on its verdict too (a move would make i_lora's grid cells again).
+#     variants; seed 1, then seed 2 of what the screen keeps, then seed 3 of what passes. About 4-11 h. i_lora's
+#     cells of the stage-1 grid below wait on its verdict (a move would make them again); the others' do not.
 ILRS="i_lora:epochs=3:lr=0.0003,i_lora:epochs=3:lr=0.003"
+LRS5B=$LRS
 LRS="$LRS,$ILRS"
 sw --runs $T --orders offline1,offline2 --seeds 1 --methods i_lora:epochs=3,$ILRS
 ILRS2=$($PY bench/tuning_rule.py $T --screen "$ILRS") \
@@ -185,16 +188,20 @@ if [ -n "$ILRS3" ]; then sw --runs $T --orders offline1,offline2 --seeds 3 --met
 else echo "== $(date -u +%FT%T) 5i': no learning rate to confirm (none passed seeds 1-2, or runs unfinished)"; fi
 # 5c'''. (added 2026-12-04, when every learning rate of 5b was decided, none moving) the rest of the grid's stage 1:
 #        the strongest baselines beside craft on orders 1-3 and the offline orders, three seeds (the cells that
-#        decide the verdict there, about 31 h), ahead of the validation runs of 5d-6, none of which it needs
-#        (2026-12-05 noon) while only i_lora's learning rate is open, the other methods go on without it
-#        ('$(GRID_CORE)' is expanded by make: stage 1's methods less i_lora, named in one place)
-OPEN=$(undecided "${LRS%",$ILRS"}")
+#        decide the verdict there, about 31 h), ahead of the validation runs of 5d-6, none of which it needs.
+#        (2026-12-05 noon) Each method whose setting is still open or passing (a default to move by hand) waits,
+#        the others go on: craft on its budget (5k), i_lora on its learning rate (5i). '$(GRID_BASELINES)' is
+#        expanded by make (stage 1's methods less craft and i_lora, named in one place).
+OPEN=$(undecided "$LRS5B")
 IOPEN=$(undecided "$ILRS")
 if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 5c''': the grid waits on these learning rates: $OPEN"
-elif [ -n "$IOPEN" ]; then
-    echo "== $(date -u +%FT%T) 5c''': i_lora's cells wait on these learning rates: $IOPEN"
-    grid grid-stage1 'GRID_FIRST=$(GRID_CORE)'
-else grid grid-stage1; fi
+else
+    FIRST='$(GRID_BASELINES)'
+    if [ -z "$COPEN" ]; then FIRST="craft,$FIRST"; fi
+    if [ -z "$IOPEN" ]; then FIRST="$FIRST,i_lora"
+    else echo "== $(date -u +%FT%T) 5c''': i_lora's cells wait on these learning rates: $IOPEN"; fi
+    grid grid-stage1 "GRID_FIRST=$FIRST"
+fi
 # 5d. (after the learning rates: the grid's stage 1 waits on those, not on 5d-5e) replay, level with CRAFT on
 #     offline1-2, on the stream where CRAFT's grouping acts (no replay run there yet; spelled out so it lands
 #     beside replay's three-epoch decision runs)
@@ -209,8 +216,8 @@ sw --runs $RESULTS/val/cache_off/runs --orders offline1,offline2 --seeds 2,3 --m
 #    refuse as stale
 sw --runs $V --orders offline1 --seeds 1 --methods crma,adaptive_svd,mtl,zero_shot
 sw --runs $V --orders offline1 --seeds 1 --methods ewc:epochs=3,lwf:epochs=3,i_lora:epochs=3,curlora:epochs=3
-# 7. the paper grid (make grid, every stage; the stage-1 cells of 5c''-5c''' are skipped as finished), once no
-#    learning rate of 5b is left open or passing (as for 5c''')
+# 7. the paper grid (make grid, every stage; the cells made above are skipped as finished), once no learning rate
+#    of 5b or 5i and no budget of 5k is left open or passing
 OPEN=$(undecided)
 OPEN=${OPEN:+$OPEN }$COPEN
 if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 7: the grid waits on these settings: $OPEN"

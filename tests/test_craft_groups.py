@@ -5,6 +5,8 @@ import os
 import pytest
 from conftest import bench_script
 
+from core.errors import UsageError
+
 ORDER = ["a", "b", "c"]
 
 
@@ -90,21 +92,28 @@ def test_no_craft_run_or_no_run_is_an_error(tmp_path, capsys):
 
 
 def test_the_groups_changed_answers_are_counted_from_the_rows_predictions(tmp_path):
-    """A join whose group's accuracy does not move can still change many of its answers: they are counted."""
+    """The answers a join changed in its group's earlier tasks are counted between the row before it and its own
+    row (not any earlier row), and a row pair that keeps different numbers of answers is refused."""
     groups = bench_script("craft_groups")
     path = _run(str(tmp_path), "craft", 1, CRAFT_ROWS, DIAGNOSTICS)
     status_path = os.path.join(path, "status.json")
     with open(status_path) as f:
         status = json.load(f)
-    # a's answers before c trains (row b) and after (row c): 2 of 4 move, one right -> wrong, one wrong -> right
+    # a's answers before c trains (row b) and after (row c): 2 of 4 move; row a (two rows back) differs from row c
+    # in all 4, so counting from the wrong row shows
     for row, a_answers in (("b", "0011"), ("c", "0110")):
         status["rows"][row]["predictions"] = {"a": a_answers, "b": "1111"}
-    status["rows"]["a"]["predictions"] = {"a": "0000"}   # b opens its own group: nothing of a's is counted for it
+    status["rows"]["a"]["predictions"] = {"a": "1001"}   # b opens its own group: nothing of a's is counted for it
     with open(status_path, "w") as f:
         json.dump(status, f)
     a, b, c = groups.task_records(path)
     assert (a["group_answers_changed"], b["group_answers_changed"], c["group_answers_changed"]) == (None, None, (2, 4))
     assert "| 2 of 4 (50%) |" in groups.report([a, b, c], None)
+    status["rows"]["c"]["predictions"]["a"] = "0"   # a row cut short: refused, not broadcast against the other
+    with open(status_path, "w") as f:
+        json.dump(status, f)
+    with pytest.raises(UsageError, match="rows b and c keep different numbers of answers"):
+        groups.task_records(path)
     # a record without predictions (made before rows kept them) says so with a dash, not a zero
     for row in ("b", "c"):
         del status["rows"][row]["predictions"]
