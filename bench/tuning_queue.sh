@@ -132,7 +132,12 @@ else grid grid-stage1 GRID_SEEDS=1; fi
 #     join each). About 1.5-2.5 h. craft's grid cells wait on its verdict (a move would make them again): a budget
 #     that passes on the grouped stream holds them until a session reads offline1-2's runs beside it and moves
 #     the default by hand (code, FORMER_DEFAULTS, tests, docs), or drops it from BUDGETS.
+#     (added 2026-12-05 afternoon, when both stopped CB after 2 of its 75 steps on seed 1: a joining task's KL peaks
+#     in its first steps, then the KL term pulls it back) the same budgets read by the merge alone
+#     (budget_stop=none: training never stops on the budget).
 BUDGETS="$E3:budget_check=all:forgetting_budget=0.003,$E3:budget_check=all:forgetting_budget=0.01"
+BUDGETS="$BUDGETS,$E3:budget_check=all:budget_stop=none:forgetting_budget=0.003"
+BUDGETS="$BUDGETS,$E3:budget_check=all:budget_stop=none:forgetting_budget=0.01"
 sw --runs $T --orders $G --seeds 1 --methods $BUDGETS
 B2=$($PY bench/tuning_rule.py $T --orders $G --screen "$BUDGETS") \
     || { B2=$BUDGETS; echo "== $(date -u +%FT%T) 5k: the screen failed, so every budget runs"; }

@@ -547,3 +547,30 @@ def test_budget_stop_keeps_the_reached_state_or_rewinds_to_the_last_within_budge
     assert not same(kept, states[1])   # the states differ step to step
     assert trace.get("rewound_to_update") == (1 if mode == "rewind" else None)
     m.hooks.remove()
+
+
+@pytest.mark.parametrize("mode", ["keep", "none"])
+def test_budget_stop_none_trains_every_step_and_leaves_the_budget_to_the_merge(tokenizer, mode):
+    """A budget no trained state meets (1e-9 nats): keep stops the joining task once its anchor KL passes it;
+    none trains every scheduled step (8 examples, batch 2, 3 epochs: 12), and either way the merge keeps the
+    group's state within the budget (weight 0: only the prior itself has KL 0)."""
+    m, examples = _craft_and_examples(tokenizer, routing="single", batch_size="2", lr="0.05", epochs="3",
+                                      forgetting_budget="1e-9", budget_stop=mode, budget_check="batch")
+    first = TaskContext(index=0, name="bbc", tasks=["bbc", "bbc_again"])
+    m.before_task(first, examples)
+    fit(m, first, examples, seed=1, pad_id=tokenizer.pad_token_id, progress=False)
+    m.after_task(first, examples)
+    second = TaskContext(index=1, name="bbc_again", tasks=["bbc", "bbc_again"])
+    m.before_task(second, examples)
+    stats = fit(m, second, examples, seed=1, pad_id=tokenizer.pad_token_id, progress=False)
+    m.after_task(second, examples)
+    trace = m.diagnostics["training"]["bbc_again"]
+    if mode == "none":
+        assert stats["steps"] == 12 and trace["stop_reason"] == "epochs done" and max(trace["kl_trace"]) > 1e-9
+    else:
+        assert stats["steps"] < 12 and trace["stop_reason"].startswith("KL")
+    merge = m.diagnostics["merge"]["bbc_again"]
+    assert merge["weight"] == 0.0 and merge["tried"][0]["kl"] > 1e-9
+    # the group's edit after the merge answers the anchors as the prior did (re-projected, so not the same numbers)
+    assert m._kl_on_anchors(m.groups[0].state) < 1e-6
+    m.hooks.remove()
