@@ -157,6 +157,17 @@ def _craft_and_examples(tokenizer, **settings):
     return m, enc.encode(tasks.load_task("bbc", None, 8, 4, 1), "train")
 
 
+def _join_with_a_second_task(m, examples, tokenizer) -> TaskContext:
+    """Train `bbc` into a group, then set up `bbc_again` (the same examples) to join it; returns its context."""
+    first = TaskContext(index=0, name="bbc", tasks=["bbc", "bbc_again"])
+    m.before_task(first, examples)
+    fit(m, first, examples, seed=1, pad_id=tokenizer.pad_token_id, progress=False)
+    m.after_task(first, examples)
+    second = TaskContext(index=1, name="bbc_again", tasks=["bbc", "bbc_again"])
+    m.before_task(second, examples)
+    return second
+
+
 def test_before_task_routes_and_training_examples_is_left_to_the_default(tokenizer):
     assert CRAFT.training_examples is Method.training_examples
     m, examples = _craft_and_examples(tokenizer)
@@ -484,13 +495,7 @@ def test_budget_check_all_confirms_a_batch_kl_on_every_anchor_before_stopping(to
         m, examples = _craft_and_examples(tokenizer, routing="single", batch_size="2", min_steps="100", lr=lr,
                                           epochs="1", warmup="0", decay="none", forgetting_budget=budget,
                                           budget_check=check, merge="false")
-        tasks_ = ["bbc", "bbc_again"]
-        m.before_task(TaskContext(index=0, name="bbc", tasks=tasks_), examples)
-        fit(m, TaskContext(index=0, name="bbc", tasks=tasks_), examples, seed=1, pad_id=tokenizer.pad_token_id,
-            progress=False)
-        m.after_task(TaskContext(index=0, name="bbc", tasks=tasks_), examples)
-        second = TaskContext(index=1, name="bbc_again", tasks=tasks_)
-        m.before_task(second, examples)
+        second = _join_with_a_second_task(m, examples, tokenizer)
         m._anchor_kl = lambda: torch.tensor(5.0)
         reached = []
         after_step = m.after_step
@@ -520,12 +525,7 @@ def test_budget_stop_keeps_the_reached_state_or_rewinds_to_the_last_within_budge
     scripted KL decides alone)."""
     m, examples = _craft_and_examples(tokenizer, routing="single", batch_size="2", min_steps="100", lr="0.05",
                                       forgetting_budget="1.0", budget_stop=mode, merge="false", budget_check="batch")
-    first = TaskContext(index=0, name="bbc", tasks=["bbc", "bbc_again"])
-    m.before_task(first, examples)
-    fit(m, first, examples, seed=1, pad_id=tokenizer.pad_token_id, progress=False)
-    m.after_task(first, examples)
-    second = TaskContext(index=1, name="bbc_again", tasks=["bbc", "bbc_again"])
-    m.before_task(second, examples)
+    second = _join_with_a_second_task(m, examples, tokenizer)
     scripted = iter([0.1, 0.2, 5.0])
     m._anchor_kl = lambda: torch.tensor(next(scripted))
     states = []
@@ -556,12 +556,7 @@ def test_budget_stop_none_trains_every_step_and_leaves_the_budget_to_the_merge(t
     group's state within the budget (weight 0: only the prior itself has KL 0)."""
     m, examples = _craft_and_examples(tokenizer, routing="single", batch_size="2", lr="0.05", epochs="3",
                                       forgetting_budget="1e-9", budget_stop=mode, budget_check="batch")
-    first = TaskContext(index=0, name="bbc", tasks=["bbc", "bbc_again"])
-    m.before_task(first, examples)
-    fit(m, first, examples, seed=1, pad_id=tokenizer.pad_token_id, progress=False)
-    m.after_task(first, examples)
-    second = TaskContext(index=1, name="bbc_again", tasks=["bbc", "bbc_again"])
-    m.before_task(second, examples)
+    second = _join_with_a_second_task(m, examples, tokenizer)
     stats = fit(m, second, examples, seed=1, pad_id=tokenizer.pad_token_id, progress=False)
     m.after_task(second, examples)
     trace = m.diagnostics["training"]["bbc_again"]
