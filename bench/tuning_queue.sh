@@ -126,10 +126,10 @@ else grid grid-stage1 GRID_SEEDS=1; fi
 #     ended at an anchor KL of 0.002-0.022 nats against the budget's 1.0, merged at weight 1 and trained every
 #     scheduled step, while its group's earlier tasks lost up to 10 points and 8-32% of their answers changed
 #     on the grouped stream (bench/craft_groups.py): the budget and the merge never act. 0.01 lies under the final
-#     KL of 10 of those joins (8 of the grouped stream's 12), so it binds late in their training; 0.003 under
-#     nearly all. On the grouped stream (4 of 7 tasks join):
+#     KL of 10 of those joins (8 of the grouped stream's 12), so it was expected to bind late in their training
+#     (it stopped them at step 2: below); 0.003 under nearly all. On the grouped stream (4 of 7 tasks join):
 #     seed 1, the screen, seed 2, seed 3 of what passes; then offline1-2 x seeds 1-3 of what passed there (one
-#     join each). About 1.5-2.5 h. craft's grid cells wait on its verdict (a move would make them again): a budget
+#     join each). About 2-3.5 h with the merge-only pair below. craft's grid cells wait on its verdict (a move would make them again): a budget
 #     that passes on the grouped stream holds them until a session reads offline1-2's runs beside it and moves
 #     the default by hand (code, FORMER_DEFAULTS, tests, docs), or drops it from BUDGETS.
 #     (added 2026-12-05 afternoon, when both stopped CB after 2 of its 75 steps on seed 1: a joining task's KL peaks

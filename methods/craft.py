@@ -14,8 +14,8 @@ switched off for ablations:
    + beta * KL(prior || current), the KL of answer-position distributions on the group's anchor prompts
    (a few unlabeled prompts kept from each earlier task of the group), where `prior` is the group's
    state before this task (its distributions are computed once per task and cached: the backbone is
-   frozen). The same KL stops training early when it reaches `forgetting_budget` (and, where `settle_tol`
-   > 0, a settled task loss does; by default a task trains its scheduled steps).
+   frozen). The same KL stops training early when it reaches `forgetting_budget` (unless budget_stop=none;
+   and, where `settle_tol` > 0, a settled task loss does; by default a task trains its scheduled steps).
 3. Merge. The task's edit is folded into the group's shared one: a LoReFT edit is affine
    (h + M h + c), so the two interpolate exactly, (1-a) * group + a * task, and the result is turned back
    into a LoReFT intervention (SVD; truncation error recorded) of rank `merge_rank`: r (the default) is
@@ -108,7 +108,8 @@ class CRAFT(Method):
         "beta": (1.0, "weight of the KL term"),
         # 1.0, not 0.1: measured on offline1 (seed 1, 32/20), 0.1 stopped every in-group task at its first
         # or second step and merged it with weight 0 (AA 43.75); 1.0 gave 51.25 with FM still <= 0.
-        "forgetting_budget": (1.0, "KL (nats) on the group's anchors at which training stops and that a merge may not exceed"),
+        "forgetting_budget": (1.0, "KL (nats) on the group's anchors at which training stops (unless budget_stop=none) "
+                                    "and that a merge may not exceed"),
         "anchors_per_task": (16, "unlabeled prompts kept per task for the KL term and the merge"),
         "anchor_batch": (4, "anchors per training step for the KL term"),
         # 8 of a task's 75 scheduled steps at the default sizes (200 examples, batch 8, 3 epochs): about LoReFT's 6-10%

@@ -549,15 +549,21 @@ def test_budget_stop_keeps_the_reached_state_or_rewinds_to_the_last_within_budge
     m.hooks.remove()
 
 
-@pytest.mark.parametrize("mode", ["keep", "none"])
-def test_budget_stop_none_trains_every_step_and_leaves_the_budget_to_the_merge(tokenizer, mode):
+@pytest.mark.parametrize("mode,check", [("keep", "batch"), ("none", "batch"), ("none", "all")])
+def test_budget_stop_none_trains_every_step_and_leaves_the_budget_to_the_merge(tokenizer, mode, check):
     """A budget no trained state meets (1e-9 nats): keep stops the joining task once its anchor KL passes it;
-    none trains every scheduled step (8 examples, batch 2, 3 epochs: 12), and either way the merge keeps the
-    group's state within the budget (weight 0: only the prior itself has KL 0)."""
+    none trains every scheduled step (8 examples, batch 2, 3 epochs: 12) with the KL term still in its loss,
+    and either way the merge keeps the group's state within the budget (weight 0: only the prior has KL 0)."""
     m, examples = _craft_and_examples(tokenizer, routing="single", batch_size="2", lr="0.05", epochs="3",
-                                      forgetting_budget="1e-9", budget_stop=mode, budget_check="batch")
+                                      forgetting_budget="1e-9", budget_stop=mode, budget_check=check)
     second = _join_with_a_second_task(m, examples, tokenizer)
+    losses = []
+    training_loss = m.training_loss
+    m.training_loss = lambda batch, task: losses.append(training_loss(batch, task)) or losses[-1]
     stats = fit(m, second, examples, seed=1, pad_id=tokenizer.pad_token_id, progress=False)
+    # beta 1: each step's loss is its task loss plus its anchor KL (none leaves the KL term in the loss)
+    assert max(parts["kl"] for _, parts in losses) > 1e-3
+    assert all(loss.item() == pytest.approx(parts["task_loss"] + parts["kl"], abs=1e-5) for loss, parts in losses)
     m.after_task(second, examples)
     trace = m.diagnostics["training"]["bbc_again"]
     if mode == "none":
