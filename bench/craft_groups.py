@@ -38,13 +38,14 @@ def accuracy_rows(status: dict, order: list[str]) -> list[dict]:
 
 def answers_changed(status: dict, order: list[str], k: int, earlier: list[str]) -> tuple[int, int] | None:
     """(evaluation answers of the `earlier` tasks that the k-th task's training changed, answers compared), from
-    the predictions of the row before it and the row after it; None where no row keeps both."""
+    the predictions of the row before it and the row after it; None where no row keeps both. k >= 1: a task with
+    earlier tasks in its group is not the stream's first."""
     rows = status["rows"]
-    before = (rows["base"] if k == 0 else rows.get(order[k - 1], {})).get("predictions", {})
+    before = rows.get(order[k - 1], {}).get("predictions", {})
     after = rows.get(order[k], {}).get("predictions", {})
     pairs = [(decode_labels(before[t]), decode_labels(after[t])) for t in earlier if t in before and t in after]
     if any(len(b) != len(a) for b, a in pairs):   # numpy would broadcast a length-1 row silently
-        raise ValueError(f"rows {order[k - 1] if k else 'base'} and {order[k]} keep different numbers of answers")
+        raise ValueError(f"rows {order[k - 1]} and {order[k]} keep different numbers of answers")
     if not pairs:
         return None
     return sum(int((b != a).sum()) for b, a in pairs), sum(len(b) for b, _ in pairs)

@@ -50,26 +50,32 @@ sw() {
 #     -0.17] over seeds 1-2). Judged on the grouped stream, where 4 of 7 tasks join (offline1-2 have one join each):
 #     docs/results.md, round 6. CRAFT's runs are cheap (5-6 min on offline1-2, 13 on the grouped stream). No longer
 #     run here since budget_check=all became the default (its runs ran the batch check: stale to a sweep)
-# 5b. the learning rates of seq_lora, replay and o_lora at their three-epoch defaults (3e-4, 3e-3 against the
-#     decision runs' 1e-3), seed 1 first
+# The rule's seeds for a list of variants (docs/results.md, "How a default moves"): seed 1 of them all, then
+# seed 2 of those the screen keeps (a variant whose seed-1 ΔAA interval lies wholly below 0 cannot pass), then
+# seed 3 of those that pass on seeds 1-2, its confirming seed. A default then moves by hand: code, FORMER_DEFAULTS,
+# tests, docs. Sets PASSED to the variants seed 3 ran for.
+#   rule_seeds STEP ORDERS SPECS [REFERENCE]   REFERENCE: today's defaults spelled, run beside each seed
+rule_seeds() {
+    local step=$1 orders=$2 specs=$3 with=${4:+$4,} kept
+    sw --runs $T --orders $orders --seeds 1 --methods $with$specs
+    kept=$($PY bench/tuning_rule.py $T --orders $orders --screen "$specs") \
+        || { kept=$specs; echo "== $(date -u +%FT%T) $step: the screen failed, so every variant runs"; }
+    if [ -n "$kept" ]; then sw --runs $T --orders $orders --seeds 2 --methods "$with$kept"
+    else echo "== $(date -u +%FT%T) $step: the screen dropped every variant"; fi
+    PASSED=""
+    if [ -n "$kept" ]; then
+        PASSED=$($PY bench/tuning_rule.py $T --orders $orders --confirm "$kept") \
+            || { PASSED=""; echo "== $(date -u +%FT%T) $step': the rule failed (above), so no seed 3 runs"; }
+    fi
+    if [ -n "$PASSED" ]; then sw --runs $T --orders $orders --seeds 3 --methods "$with$PASSED"
+    else echo "== $(date -u +%FT%T) $step': no variant to confirm (none passed seeds 1-2, or runs unfinished)"; fi
+}
+# 5b-5c'. the learning rates of seq_lora, replay and o_lora at their three-epoch defaults (3e-4, 3e-3 against the
+#     decision runs' 1e-3), by the rule's seeds on its streams, offline1-2 (their references' seed 3 ran with the
+#     decision runs of their epochs)
 LRS="seq_lora:epochs=3:lr=0.0003,seq_lora:epochs=3:lr=0.003,replay:epochs=3:lr=0.0003,replay:epochs=3:lr=0.003"
 LRS="$LRS,o_lora:epochs=3:lr=0.0003,o_lora:epochs=3:lr=0.003"
-sw --runs $T --orders offline1,offline2 --seeds 1 --methods $LRS
-# 5c. their second seed (the rule's offline1-2 x seeds 1-2), less any variant the screen drops: one whose seed-1
-#     ΔAA interval (offline1-2) lies wholly below 0 cannot pass the rule, so its later runs are saved
-LRS2=$($PY bench/tuning_rule.py $T --screen "$LRS") \
-    || { LRS2=$LRS; echo "== $(date -u +%FT%T) 5c: the screen failed, so every variant runs"; }
-if [ -n "$LRS2" ]; then sw --runs $T --orders offline1,offline2 --seeds 2 --methods "$LRS2"
-else echo "== $(date -u +%FT%T) 5c: the screen dropped every learning rate"; fi
-# 5c'. seed 3 of those that pass the rule on seeds 1-2: its confirming seed (their references' seed 3 ran with the
-#      decision runs of their epochs). A default then moves by hand: code, FORMER_DEFAULTS, tests, docs.
-LRS3=""
-if [ -n "$LRS2" ]; then
-    LRS3=$($PY bench/tuning_rule.py $T --confirm "$LRS2") \
-        || { LRS3=""; echo "== $(date -u +%FT%T) 5c': the rule failed (above), so no seed 3 runs"; }
-fi
-if [ -n "$LRS3" ]; then sw --runs $T --orders offline1,offline2 --seeds 3 --methods "$LRS3"
-else echo "== $(date -u +%FT%T) 5c': no learning rate to confirm (none passed seeds 1-2, or runs unfinished)"; fi
+rule_seeds 5c offline1,offline2 "$LRS"
 # 5c''. the paper grid's first cells (test split, results/test/runs; make grid, docs/results.md): craft's cells of
 #       stage 1, which wait on no baseline's setting (the baselines' learning rates are chosen by the rule from
 #       validation runs alone, so these test numbers cannot steer them). `make grid` later skips them as finished.
@@ -138,22 +144,12 @@ else grid grid-stage1 GRID_SEEDS=1; fi
 BUDGETS="$E3:budget_check=all:forgetting_budget=0.003,$E3:budget_check=all:forgetting_budget=0.01"
 BUDGETS="$BUDGETS,$E3:budget_check=all:budget_stop=none:forgetting_budget=0.003"
 BUDGETS="$BUDGETS,$E3:budget_check=all:budget_stop=none:forgetting_budget=0.01"
-sw --runs $T --orders $G --seeds 1 --methods $BUDGETS
-B2=$($PY bench/tuning_rule.py $T --orders $G --screen "$BUDGETS") \
-    || { B2=$BUDGETS; echo "== $(date -u +%FT%T) 5k: the screen failed, so every budget runs"; }
-if [ -n "$B2" ]; then sw --runs $T --orders $G --seeds 2 --methods "$B2"
-else echo "== $(date -u +%FT%T) 5k: the screen dropped every budget"; fi
-B3=""
-if [ -n "$B2" ]; then
-    B3=$($PY bench/tuning_rule.py $T --orders $G --confirm "$B2") \
-        || { B3=""; echo "== $(date -u +%FT%T) 5k': the rule failed (above), so no seed 3 runs"; }
-fi
-if [ -n "$B3" ]; then
-    sw --runs $T --orders $G --seeds 3 --methods "$B3"
-    BPASS=$($PY bench/tuning_rule.py $T --orders $G --undecided "$B3") \
+rule_seeds 5k $G "$BUDGETS"
+if [ -n "$PASSED" ]; then
+    BPASS=$($PY bench/tuning_rule.py $T --orders $G --undecided "$PASSED") \
         || { BPASS=""; echo "== $(date -u +%FT%T) 5k': the rule failed (above), so no offline runs"; }
     if [ -n "$BPASS" ]; then sw --runs $T --orders offline1,offline2 --seeds 1,2,3 --methods "$BPASS"; fi
-else echo "== $(date -u +%FT%T) 5k': no budget to confirm (none passed seeds 1-2, or runs unfinished)"; fi
+fi
 COPEN=$(undecided "$BUDGETS" --orders $G)
 craft_cells() {   # craft_cells TARGET VAR=value: craft's grid cells, unless its budget's question is open
     if [ -n "$COPEN" ]; then echo "== $(date -u +%FT%T) make $*: waits on CRAFT's budget: $COPEN"
@@ -179,18 +175,7 @@ else for m in o_lora replay seq_lora; do grid grid-stage2 GRID_LONG=$m; done; fi
 ILRS="i_lora:epochs=3:lr=0.0003,i_lora:epochs=3:lr=0.003"
 LRS5B=$LRS
 LRS="$LRS,$ILRS"
-sw --runs $T --orders offline1,offline2 --seeds 1 --methods i_lora:epochs=3,$ILRS
-ILRS2=$($PY bench/tuning_rule.py $T --screen "$ILRS") \
-    || { ILRS2=$ILRS; echo "== $(date -u +%FT%T) 5i: the screen failed, so every variant runs"; }
-if [ -n "$ILRS2" ]; then sw --runs $T --orders offline1,offline2 --seeds 2 --methods i_lora:epochs=3,$ILRS2
-else echo "== $(date -u +%FT%T) 5i: the screen dropped every learning rate"; fi
-ILRS3=""
-if [ -n "$ILRS2" ]; then
-    ILRS3=$($PY bench/tuning_rule.py $T --confirm "$ILRS2") \
-        || { ILRS3=""; echo "== $(date -u +%FT%T) 5i': the rule failed (above), so no seed 3 runs"; }
-fi
-if [ -n "$ILRS3" ]; then sw --runs $T --orders offline1,offline2 --seeds 3 --methods i_lora:epochs=3,$ILRS3
-else echo "== $(date -u +%FT%T) 5i': no learning rate to confirm (none passed seeds 1-2, or runs unfinished)"; fi
+rule_seeds 5i offline1,offline2 "$ILRS" i_lora:epochs=3
 # 5c'''. (added 2026-12-04, when every learning rate of 5b was decided, none moving) the rest of the grid's stage 1:
 #        the strongest baselines beside craft on orders 1-3 and the offline orders, three seeds (the cells that
 #        decide the verdict there, about 31 h), ahead of the validation runs of 5d-6, none of which it needs.
