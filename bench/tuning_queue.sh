@@ -135,15 +135,20 @@ else grid grid-stage1 GRID_SEEDS=1; fi
 #     KL of 10 of those joins (8 of the grouped stream's 12), so it was expected to bind late in their training
 #     (it stopped them at step 2: below); 0.003 under nearly all. On the grouped stream (4 of 7 tasks join):
 #     seed 1, the screen, seed 2, seed 3 of what passes; then offline1-2 x seeds 1-3 of what passed there (one
-#     join each). About 2-3.5 h with the merge-only pair below. craft's grid cells wait on its verdict (a move would make them again): a budget
-#     that passes on the grouped stream holds them until a session reads offline1-2's runs beside it and moves
-#     the default by hand (code, FORMER_DEFAULTS, tests, docs), or drops it from BUDGETS.
+#     join each). About 2-4 h with the merge-only variants below. craft's grid cells wait on its verdict (a move
+#     would make them again): a budget that passes on the grouped stream holds them until a session reads
+#     offline1-2's runs beside it and moves the default by hand (code, FORMER_DEFAULTS, tests, docs), or drops it
+#     from BUDGETS.
 #     (added 2026-12-05 afternoon, when both stopped CB after 2 of its 75 steps on seed 1: a joining task's KL peaks
 #     in its first steps, then the KL term pulls it back) the same budgets read by the merge alone
 #     (budget_stop=none: training never stops on the budget).
 BUDGETS="$E3:budget_check=all:forgetting_budget=0.003,$E3:budget_check=all:forgetting_budget=0.01"
 BUDGETS="$BUDGETS,$E3:budget_check=all:budget_stop=none:forgetting_budget=0.003"
 BUDGETS="$BUDGETS,$E3:budget_check=all:budget_stop=none:forgetting_budget=0.01"
+#     (added 2026-12-05 evening, after merge-only 0.01 led on seed 1: ΔAA +1.00 [-1.86, 3.71], ΔFM -2.67 *) the
+#     same with the exact merge (merge_rank=2r): at rank r the merge's KL is not monotone in the weight, the
+#     re-projection adding 0.04-0.13 nats at intermediate weights (docs/results.md, round 9). One run a seed.
+BUDGETS="$BUDGETS,$E3:budget_check=all:budget_stop=none:forgetting_budget=0.01:merge_rank=2r"
 rule_seeds 5k $G "$BUDGETS"
 if [ -n "$PASSED" ]; then
     BPASS=$($PY bench/tuning_rule.py $T --orders $G --undecided "$PASSED") \
