@@ -391,6 +391,13 @@ def test_listed_layers_have_one_spelling_and_a_malformed_list_is_refused_up_fron
             CRAFT.resolve_settings({"layers": bad})
 
 
+def test_a_budget_that_nothing_would_read_is_refused_up_front():
+    with pytest.raises(UsageError, match="budget_stop=none with merge=false"):
+        CRAFT.resolve_settings({"budget_stop": "none", "merge": "false"})
+    for ok in ({"budget_stop": "none"}, {"budget_stop": "keep", "merge": "false"}):
+        assert CRAFT.resolve_settings(ok)["budget_stop"] == ok["budget_stop"]
+
+
 def test_cli_refuses_zero_positions_with_one_line_and_exit_2(tmp_path, capsys):
     from harness.cli import main
     code = main(["bench", "--method", "craft", "--order", "bbc", "--model", "tiny-llama", "--out", str(tmp_path / "x"),
