@@ -147,7 +147,7 @@ BUDGETS="$BUDGETS,$E3:budget_check=all:budget_stop=none:forgetting_budget=0.003"
 BUDGETS="$BUDGETS,$E3:budget_check=all:budget_stop=none:forgetting_budget=0.01"
 #     (added 2026-12-05 evening, after merge-only 0.01 led on seed 1: ΔAA +1.00 [-1.86, 3.71], ΔFM -2.67 *) the
 #     same with the exact merge (merge_rank=2r): at rank r the merge's KL is not monotone in the weight, the
-#     re-projection adding 0.04-0.13 nats at intermediate weights (docs/results.md, round 9). One run a seed.
+#     re-projection's truncation error 0.04-0.13 at intermediate weights (docs/results.md, round 9). One run a seed.
 BUDGETS="$BUDGETS,$E3:budget_check=all:budget_stop=none:forgetting_budget=0.01:merge_rank=2r"
 rule_seeds 5k $G "$BUDGETS"
 if [ -n "$PASSED" ]; then
@@ -172,8 +172,8 @@ craft_cells grid-stage2 GRID_LONG=craft
 # 5l. (added 2026-12-05 evening) the bounds' seed 1 (per_task, mtl, zero_shot; make grid's stage 3 otherwise) on the
 #     six stage-1 orders, ahead of the long orders' baselines: the test tables' bound checks (per_task above
 #     seq_lora, mtl above replay) read "not checked" without them. About 5 h on this CPU (per_task and mtl train
-#     seq_lora's budget; zero_shot only evaluates), against 14-25 h for the baselines below. They share seq_lora's
-#     learning rate and epochs by reference, so they wait on nothing.
+#     seq_lora's budget; zero_shot only evaluates), against 14-25 h for the baselines below. They take seq_lora's
+#     epochs by reference and the LoRA learning rate, 1e-3 like it, so they wait on no open setting.
 grid grid-stage1 'GRID_FIRST=$(BOUNDS)' GRID_SEEDS=1
 OPEN=$(undecided)
 if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 5j: the long orders' baselines wait on these learning rates: $OPEN"

@@ -163,7 +163,9 @@ class CRAFT(Method):
             raise UsageError(f"craft: auto_layers must be at least 1 (got {values['auto_layers']})")
         if str(values["layers"]) != "auto" and not re.fullmatch(r"\s*\d+\s*(,\s*\d+\s*)*", str(values["layers"])):
             raise UsageError(f"craft: layers must be auto or comma-separated layer numbers (got {values['layers']!r})")
-        if values["budget_stop"] == "none" and not values["merge"]:   # a label would name a budget nothing reads
+        # a spec that names budget_stop=none beside merge=false names a budget nothing reads (only when named: were
+        # none a default, merge=false, the merge ablation, must still run)
+        if overrides.get("budget_stop") == "none" and not values["merge"]:
             raise UsageError("craft: budget_stop=none with merge=false leaves nothing to read forgetting_budget: "
                              "set budget_stop=keep or rewind, or merge=true")
         if str(values["layers"]) != "auto":   # one spelling per set of layers: 7,3 and 3,7,7 run (and file) as 3,7

@@ -2,6 +2,7 @@ import copy
 import json
 import os
 import random
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -396,6 +397,8 @@ def test_a_budget_that_nothing_would_read_is_refused_up_front():
         CRAFT.resolve_settings({"budget_stop": "none", "merge": "false"})
     for ok in ({"budget_stop": "none"}, {"budget_stop": "keep", "merge": "false"}):
         assert CRAFT.resolve_settings(ok)["budget_stop"] == ok["budget_stop"]
+    with patch.dict(CRAFT.SETTINGS, budget_stop=("none",) + CRAFT.SETTINGS["budget_stop"][1:]):
+        assert CRAFT.resolve_settings({"merge": "false"})["budget_stop"] == "none"   # the ablation under such a default
 
 
 def test_cli_refuses_zero_positions_with_one_line_and_exit_2(tmp_path, capsys):
