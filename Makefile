@@ -24,6 +24,10 @@ RUNS ?= results/runs
 # make tables: each folder's tables from its runs/ (the committed ones by default; RESULT_DIRS=DIR for another)
 RESULT_DIRS ?= $(patsubst %/runs,%,$(wildcard results/runs results/test/runs results/val/runs results/val/tuning/runs))
 JOBS ?= 1
+# The validation stream whose tasks share output spaces, where CRAFT's grouping acts: the rule judges its grouping
+# and budget settings there (results/val/tuning/rule-grouped.md; docs/results.md, round 6). The tuning queue reads it
+# from here.
+GROUPED_STREAM = MNLI+CB+RTE+IMDB+SST-2+yelp+amazon
 
 BENCH_ARGS = $(if $(METHOD),--method $(METHOD)) $(if $(ORDER),--order $(ORDER)) $(if $(SEED),--seed $(SEED)) \
 	$(if $(TRAIN),--train-per-task $(TRAIN)) $(if $(TEST),--test-per-task $(TEST)) \
@@ -143,6 +147,8 @@ tables: $(STAMP)
 	$(if $(filter results/val,$(RESULT_DIRS)),$(call gen_report,results/val/runs,[123],orders1-3,,--kept))
 	$(if $(filter results/val/tuning,$(RESULT_DIRS)),$(BIN)/python bench/tuning_rule.py results/val/tuning/runs \
 		--out results/val/tuning/rule.md)
+	$(if $(filter results/val/tuning,$(RESULT_DIRS)),$(BIN)/python bench/tuning_rule.py results/val/tuning/runs \
+		--orders $(GROUPED_STREAM) --methods craft --out results/val/tuning/rule-grouped.md)
 
 general: $(STAMP)
 	$(BIN)/python -m harness general --runs $(RUNS) $(ARGS)

@@ -20,7 +20,9 @@ PY=${PYTHON:-.venv/bin/python}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=${PYTHONPATH:-$(pwd)}
 T=$RESULTS/val/tuning/runs
 V=$RESULTS/val/runs
-G=MNLI+CB+RTE+IMDB+SST-2+yelp+amazon   # a stream whose tasks share output spaces: where CRAFT's grouping acts
+# the stream whose tasks share output spaces, where CRAFT's grouping acts (the Makefile's GROUPED_STREAM)
+G=$(make -s --no-print-directory --eval 'print-%: ; @echo $($*)' print-GROUPED_STREAM)
+[ -n "$G" ] || { echo "tuning_queue.sh: no GROUPED_STREAM in ./Makefile (run from the repository root)" >&2; exit 2; }
 E3=craft:epochs=3:warmup=8:warmup_for=all:decay=linear:settle_tol=0
 sw() {
     echo "== $(date -u +%FT%T) sweep $*"
@@ -127,7 +129,8 @@ grid grid-stage1 GRID_FIRST=craft GRID_SEEDS=1
 OPEN=$(undecided)
 if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 5h: the grid waits on these learning rates: $OPEN"
 else grid grid-stage1 GRID_SEEDS=1; fi
-# 5k. (added 2026-12-05 noon) CRAFT's forgetting budget at the scale its KL reaches where a task joins a group.
+# 5k. (added 2026-12-05 noon; decided that evening: none passed seeds 1-2, the default stays) CRAFT's forgetting
+#     budget at the scale its KL reaches where a task joins a group.
 #     Under today's defaults every join of the validation runs (22: the grouped stream's 12, offline1-2's 10)
 #     ended at an anchor KL of 0.002-0.022 nats against the budget's 1.0, merged at weight 1 and trained every
 #     scheduled step, while its group's earlier tasks lost up to 10 points and 8-32% of their answers changed
