@@ -11,7 +11,8 @@ group's earlier tasks fall, shows here at once. `--reference seq_lora` puts besi
 same task in that folder's run of the same stream and seed (sweep layout: <runs>/<folder>/<order>/seed<n>,
 looked up in the CRAFT run's own folder of runs, or in `--reference-runs`; a folder, not a table row: in
 results/val/tuning/runs, `seq_lora` holds the one-epoch runs and `seq_lora+epochs=3` today's defaults). The first
-table averages per configuration and stream, joins and group openers apart.
+table averages per configuration and stream, joins and group openers apart; the last asks whether the budget's
+KL ranks what a join did to its group (Spearman's rank correlation over the joins whose merge kept some edit).
 
     python bench/craft_groups.py results/val/tuning/runs/craft*/*/seed* --reference seq_lora \\
         --out results/val/tuning/craft_groups.md
@@ -22,6 +23,8 @@ import argparse
 import os
 import statistics
 import sys
+
+from scipy.stats import spearmanr
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -154,6 +157,25 @@ def summary(records: list[dict]) -> list[dict]:
     return out
 
 
+def kl_ranks(records: list[dict]) -> dict:
+    """Over the joins whose merge kept some of their edit (weight > 0; at 0 the KL is 0 and nothing changed, which
+    would lend the KL a rank order it did not earn) and whose KL after and answers changed are recorded: n and
+    Spearman's rho (with its p-value) of the KL after against the share of the group's answers changed and
+    against the group's Δ. rho None for fewer than 3 joins or a constant column."""
+    kept = [r for r in records if r["joins"] and (r["weight"] or 0) > 0 and r["kl_after"] is not None
+            and r["group_answers_changed"] is not None and r["group_change"] is not None]
+    out = {"n": len(kept)}
+    columns = {"changed": [r["group_answers_changed"][0] / r["group_answers_changed"][1] for r in kept],
+               "group_change": [r["group_change"] for r in kept]}
+    kl = [r["kl_after"] for r in kept]
+    for name, values in columns.items():
+        rho, p = (None, None)
+        if len(kept) >= 3 and len(set(kl)) > 1 and len(set(values)) > 1:
+            rho, p = (float(x) for x in spearmanr(kl, values))
+        out[name] = (rho, p)
+    return out
+
+
 def report(records: list[dict], reference: str | None) -> str:
     ref = f"{reference} own gain" if reference else "reference own gain"
     lines = ["# What training does to a CRAFT task and its group (from run records)", "",
@@ -185,6 +207,14 @@ def report(records: list[dict], reference: str | None) -> str:
                          f"{_fmt(r['after'], 0)} ({_fmt(r['gain'], 0, sign=True)}) | "
                          f"{_fmt(r['group_change'], sign=True)} | {_changed(r['group_answers_changed'])} | "
                          f"{_fmt(r['reference_gain'], 0, sign=True)} |")
+    ranks = kl_ranks(records)
+    lines += ["", "## Does the budget's KL rank what a join did to its group?", "",
+              f"Over the {ranks['n']} joins above whose merge kept some of their edit (weight > 0), Spearman's rank "
+              "correlation of the KL after against:", "",
+              "| against | rho | p |", "|---|---|---|"]
+    for name, what in (("changed", "the share of the group's answers changed"), ("group_change", "group Δ")):
+        rho, p = ranks[name]
+        lines.append(f"| {what} | {_fmt(rho)} | {_fmt(p, 3)} |")
     return "\n".join(lines) + "\n"
 
 

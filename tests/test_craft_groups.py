@@ -120,3 +120,27 @@ def test_the_groups_changed_answers_are_counted_from_the_rows_predictions(tmp_pa
     with open(status_path, "w") as f:
         json.dump(status, f)
     assert groups.task_records(path)[2]["group_answers_changed"] is None
+
+
+def test_the_kl_is_ranked_against_the_joins_it_kept_and_not_against_discarded_ones():
+    """Spearman's rho of the KL after against a join's answer changes and group Δ, over the joins whose merge kept
+    some edit: a planted monotone relation gives rho 1 and -1; a weight-0 join (KL 0, nothing changed), which
+    would agree with any ranking, is left out; a non-join and a join without answers are left out too."""
+    groups = bench_script("craft_groups")
+
+    def join(kl, changed, delta, weight=1.0):
+        return {"joins": True, "weight": weight, "kl_after": kl, "group_answers_changed": changed,
+                "group_change": delta}
+    planted = [join(0.01, (10, 100), -1.0), join(0.02, (20, 100), -2.0), join(0.005, (5, 100), 0.5),
+               join(0.04, (30, 100), -4.0)]
+    ignored = [join(0.0, (0, 100), 0.0, weight=0.0), join(0.03, None, -3.0),
+               {"joins": False, "weight": 1.0, "kl_after": None, "group_answers_changed": None, "group_change": None}]
+    ranks = groups.kl_ranks(planted + ignored)
+    assert ranks["n"] == 4
+    assert ranks["changed"][0] == pytest.approx(1.0) and ranks["group_change"][0] == pytest.approx(-1.0)
+    shuffled = [join(0.01, (30, 100), 0.0), join(0.02, (5, 100), -1.0), join(0.03, (20, 100), 1.0)]
+    assert groups.kl_ranks(shuffled)["changed"][0] == pytest.approx(-0.5)
+    assert groups.kl_ranks(planted[:2])["changed"] == (None, None)   # fewer than 3 joins: no rho
+    assert "| the share of the group's answers changed | 1.00 |" in groups.report(
+        [dict(r, run="x/craft/a+b+c/seed1", order="a+b+c", task="c", earlier=["a"], steps=75, why="epochs",
+              before=1.0, after=2.0, gain=1.0, reference_gain=None, reference_found=False) for r in planted], None)
