@@ -35,7 +35,17 @@ def _safe(label: str) -> str:
     return label.replace(" [", "+").replace("]", "").replace(", ", "+").replace(" ", "_")
 
 
-def heatmap(run, folder: str) -> list[str]:
+def heatmap_names(runs) -> list[str]:
+    """Each run's heatmap file name (no extension): the spec it was made under, as its run folder is, so that a
+    default moving later renames its row, not its file. Two runs of one stream can share a spec where one was
+    kept under its former default's folder beside today's run (craft's batch-check cells): those take their row
+    labels instead, which the tables keep apart (one row never holds two runs of a stream)."""
+    by_spec = [f"{_safe(r.spec)}-{r.order}-seed{r.seed}" for r in runs]
+    shared = {n for n in by_spec if by_spec.count(n) > 1}
+    return [f"{_safe(r.label)}-{r.order}-seed{r.seed}" if n in shared else n for r, n in zip(runs, by_spec)]
+
+
+def heatmap(run, folder: str, name: str) -> list[str]:
     R = run.matrix
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(R.columns), 1.0 + 0.55 * len(R.index)))
     ax.imshow(R.to_numpy(), vmin=0, vmax=100, cmap="viridis", aspect="auto")
@@ -48,8 +58,7 @@ def heatmap(run, folder: str) -> list[str]:
                 continue
             ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="white" if v < 60 else "black", fontsize=8)
     ax.set_title(f"{run.label}, order {run.order}, seed {run.seed}", fontsize=9)
-    # named by the spec it was made under, as its run folder is: a default moving later renames its row, not its file
-    return _save(fig, folder, f"{_safe(run.spec)}-{run.order}-seed{run.seed}")
+    return _save(fig, folder, name)
 
 
 def stream_curves(runs, order: str, folder: str) -> list[str]:
@@ -224,8 +233,8 @@ def aa_vs_kept(runs, block: str, orders: list[str], folder: str) -> list[str]:
 
 def write_figures(runs, folder: str) -> list[str]:
     written = []
-    for run in runs:
-        written += heatmap(run, os.path.join(folder, "heatmaps"))
+    for run, name in zip(runs, heatmap_names(runs)):
+        written += heatmap(run, os.path.join(folder, "heatmaps"), name)
     for order in sorted({r.order for r in runs}):
         written += stream_curves(runs, order, folder)
     from harness.tables import blocks_for

@@ -1124,6 +1124,29 @@ def test_a_folder_that_spells_out_former_defaults_stands_for_its_method(tmp_path
     assert f"`craft ({name})` ran " + ", ".join(f"{k}={v}" for k, v in sorted(spelled.items())) in readme
 
 
+def test_a_run_kept_under_its_former_defaults_folder_draws_its_own_heatmap(tmp_path):
+    """craft's batch-check cells were moved to a folder named by their former value beside today's runs of the
+    same streams; both were made under the spec `craft`. Each run must keep a heatmap of its own (they once wrote
+    one file, the later run's matrix under today's run's name)."""
+    from harness.figures import heatmap_names
+    from methods.craft import CRAFT
+    name, former = next(iter(CRAFT.FORMER_DEFAULTS.items()))
+    root = str(tmp_path / "runs")
+    make_run(root, "craft", "craft", "1", 1, seq(90.0, 80.0))
+    make_run(root, "craft+former", "craft", "1", 1, seq(40.0, 30.0),
+             settings={**CRAFT.resolve_settings({}), **former})   # recorded args {}: its spec is `craft` too
+    make_run(root, "seq_lora", "seq_lora", "1", 1, seq(70.0, 80.0))
+    runs, _ = load_runs(root)
+    assert [r.spec for r in runs if r.method == "craft"] == ["craft", "craft"]
+    names = dict(zip((r.label for r in runs), heatmap_names(runs)))
+    former_name = f"craft_({name.replace(' ', '_')})-1-seed1"
+    assert names == {"craft": "craft-1-seed1", f"craft ({name})": former_name, "seq_lora": "seq_lora-1-seed1"}
+    out = str(tmp_path / "results")
+    info = write_tables(root, out, figures=True)
+    drawn = sorted(f for f in info["files"] if f.startswith("figures/heatmaps/") and f.endswith(".png"))
+    assert drawn == sorted(f"figures/heatmaps/{n}.png" for n in names.values())
+
+
 def test_pareto_front_keeps_exactly_the_points_nothing_beats():
     from harness.figures import pareto_front
     points = [("a", 10, 50.0), ("b", 100, 60.0), ("c", 100, 55.0), ("d", 1000, 58.0), ("e", 5, 40.0),
