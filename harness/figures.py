@@ -14,6 +14,7 @@ matplotlib.use("Agg")   # files only; no screen on these machines
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
+from core.errors import UsageError  # noqa: E402
 from harness import stats  # noqa: E402
 from harness.metrics import trained_rows  # noqa: E402
 
@@ -36,13 +37,19 @@ def _safe(label: str) -> str:
 
 
 def heatmap_names(runs) -> list[str]:
-    """Each run's heatmap file name (no extension): the spec it was made under, as its run folder is, so that a
-    default moving later renames its row, not its file. Two runs of one stream can share a spec where one was
-    kept under its former default's folder beside today's run (craft's batch-check cells): those take their row
-    labels instead, which the tables keep apart (one row never holds two runs of a stream)."""
+    """Each run's heatmap file name (no extension): the spec it was made under, so that a default moving later
+    renames its row, not its file. Two runs of one stream can share a spec where one was kept under its former
+    default's folder beside today's run (craft's batch-check cells): those take their run folder's name instead
+    (runs/<folder>/<order>/seed<N>), which no default moves. Names that still collide are refused."""
     by_spec = [f"{_safe(r.spec)}-{r.order}-seed{r.seed}" for r in runs]
     shared = {n for n in by_spec if by_spec.count(n) > 1}
-    return [f"{_safe(r.label)}-{r.order}-seed{r.seed}" if n in shared else n for r, n in zip(runs, by_spec)]
+    names = [f"{_safe(os.path.basename(os.path.dirname(os.path.dirname(os.path.normpath(r.path)))))}-{r.order}-"
+             f"seed{r.seed}" if n in shared else n for r, n in zip(runs, by_spec)]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"two runs would draw one heatmap, {twice[0]}.png: "
+                         + " and ".join(r.path for r, n in zip(runs, names) if n == twice[0]))
+    return names
 
 
 def heatmap(run, folder: str, name: str) -> list[str]:

@@ -1139,12 +1139,19 @@ def test_a_run_kept_under_its_former_defaults_folder_draws_its_own_heatmap(tmp_p
     runs, _ = load_runs(root)
     assert [r.spec for r in runs if r.method == "craft"] == ["craft", "craft"]
     names = dict(zip((r.label for r in runs), heatmap_names(runs)))
-    former_name = f"craft_({name.replace(' ', '_')})-1-seed1"
-    assert names == {"craft": "craft-1-seed1", f"craft ({name})": former_name, "seq_lora": "seq_lora-1-seed1"}
+    # the moved run takes its folder's name, which no later move of a default changes
+    assert names == {"craft": "craft-1-seed1",
+                     f"craft ({name})": "craft+former-1-seed1", "seq_lora": "seq_lora-1-seed1"}
     out = str(tmp_path / "results")
     info = write_tables(root, out, figures=True)
     drawn = sorted(f for f in info["files"] if f.startswith("figures/heatmaps/") and f.endswith(".png"))
     assert drawn == sorted(f"figures/heatmaps/{n}.png" for n in names.values())
+    # two folders of one name in two subtrees, one spec: no name tells them apart, so none is drawn over the other
+    other = str(tmp_path / "other")
+    for sub in ("a", "b"):
+        make_run(os.path.join(other, sub), "craft", "craft", "1", 1, seq(90.0, 80.0))
+    with pytest.raises(UsageError, match="two runs would draw one heatmap, craft-1-seed1.png"):
+        heatmap_names(load_runs(other)[0])
 
 
 def test_pareto_front_keeps_exactly_the_points_nothing_beats():
