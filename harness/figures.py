@@ -5,6 +5,7 @@ hollow markers). Intervals are the tables' (Student's t over the runs, each task
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import matplotlib
 import numpy as np
@@ -41,11 +42,13 @@ def heatmap_names(runs) -> list[str]:
     renames its row, not its file. Two runs of one stream can share a spec where one was kept under its former
     default's folder beside today's run (craft's batch-check cells): those take their run folder's name instead
     (runs/<folder>/<order>/seed<N>), which no default moves. Names that still collide are refused."""
+    def folder(r):   # runs/<folder>/<order>/seed<N>
+        return os.path.basename(os.path.dirname(os.path.dirname(os.path.normpath(r.path))))
+
     by_spec = [f"{_safe(r.spec)}-{r.order}-seed{r.seed}" for r in runs]
-    shared = {n for n in by_spec if by_spec.count(n) > 1}
-    names = [f"{_safe(os.path.basename(os.path.dirname(os.path.dirname(os.path.normpath(r.path)))))}-{r.order}-"
-             f"seed{r.seed}" if n in shared else n for r, n in zip(runs, by_spec)]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    shared = {n for n, k in Counter(by_spec).items() if k > 1}
+    names = [f"{_safe(folder(r))}-{r.order}-seed{r.seed}" if n in shared else n for r, n in zip(runs, by_spec)]
+    twice = sorted(n for n, k in Counter(names).items() if k > 1)
     if twice:
         raise UsageError(f"two runs would draw one heatmap, {twice[0]}.png: "
                          + " and ".join(r.path for r, n in zip(runs, names) if n == twice[0]))
