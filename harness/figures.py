@@ -55,7 +55,7 @@ def heatmap_names(runs) -> list[str]:
     return names
 
 
-def heatmap(run, folder: str, name: str) -> list[str]:
+def heatmap(run, folder: str, name: str, note: str = "") -> list[str]:
     R = run.matrix
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(R.columns), 1.0 + 0.55 * len(R.index)))
     ax.imshow(R.to_numpy(), vmin=0, vmax=100, cmap="viridis", aspect="auto")
@@ -67,11 +67,11 @@ def heatmap(run, folder: str, name: str) -> list[str]:
             if v != v:   # a cell the run did not evaluate (--matrix needed): left blank
                 continue
             ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="white" if v < 60 else "black", fontsize=8)
-    ax.set_title(f"{run.label}, order {run.order}, seed {run.seed}", fontsize=9)
+    ax.set_title(f"{run.label}, order {run.order}, seed {run.seed}{note}", fontsize=9)
     return _save(fig, folder, name)
 
 
-def stream_curves(runs, order: str, folder: str) -> list[str]:
+def stream_curves(runs, order: str, folder: str, suffix: str = "", note: str = "") -> list[str]:
     """Each task's accuracy after every stage (seed mean), one panel per task, one line per method."""
     rs = [r for r in runs if r.order == order and len(trained_rows(r.matrix)) == len(r.tasks)]
     if not rs:
@@ -103,9 +103,9 @@ def stream_curves(runs, order: str, folder: str) -> list[str]:
         ax.set_xlabel("after task #")
     axes[0][0].set_ylabel("accuracy (%)")
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle(f"Accuracy of each task along order {order} (grey line: when it is trained; dashed: bounds"
+    fig.suptitle(f"Accuracy of each task along order {order}{note} (grey line: when it is trained; dashed: bounds"
                  + band_note(banded) + ")", fontsize=9)
-    return _save(fig, folder, f"stream-{order}")
+    return _save(fig, folder, f"stream-{order}{suffix}")
 
 
 def band_note(seeds_per_line: list[int]) -> str:
@@ -196,7 +196,7 @@ def place_labels(fig, ax, points: list[tuple[str, float, float]]) -> dict:
     return texts
 
 
-def aa_vs_kept(runs, block: str, orders: list[str], folder: str) -> list[str]:
+def aa_vs_kept(runs, block: str, orders: list[str], folder: str, suffix: str = "", note: str = "") -> list[str]:
     """One block of orders: each method's AA (mean over its runs in the block, 95% interval as in the forgetting
     table) against the parameters it keeps beside the backbone at the end of the stream, and the Pareto front of
     the continual learners (bounds excluded: they need the task id or train jointly)."""
@@ -235,21 +235,24 @@ def aa_vs_kept(runs, block: str, orders: list[str], folder: str) -> list[str]:
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("parameters kept beside the backbone at the end of the stream (log; zero shown at 1)")
     ax.set_ylabel("AA (%), mean over the runs of each row, 95% interval")
-    ax.set_title(f"{block} ({', '.join(sorted({r.order for r in mine_all}))}): AA against parameters kept "
+    ax.set_title(f"{block} ({', '.join(sorted({r.order for r in mine_all}))}){note}: AA against parameters kept "
                  "(hollow squares: bounds;\nstored examples, replay's memory and CRAFT's anchor prompts, are data and not counted)",
                  fontsize=8)
-    return _save(fig, folder, "aa_vs_kept-" + block.lower().replace(" ", "_"))
+    return _save(fig, folder, "aa_vs_kept-" + block.lower().replace(" ", "_") + suffix)
 
 
-def write_figures(runs, folder: str) -> list[str]:
-    written = []
-    for run, name in zip(runs, heatmap_names(runs)):
-        written += heatmap(run, os.path.join(folder, "heatmaps"), name)
-    for order in sorted({r.order for r in runs}):
-        written += stream_curves(runs, order, folder)
+def write_figures(groups, folder: str) -> list[str]:
+    """groups: (suffix, note, runs) per evaluation protocol, as the tables name and title theirs; every file of
+    a group ends in its suffix ("" where the runs share one protocol), so no protocol draws over another."""
     from harness.tables import blocks_for
-    for block, orders in blocks_for({r.order for r in runs}):
-        written += aa_vs_kept(runs, block, orders, folder)
+    written = []
+    for suffix, note, runs in groups:
+        for run, name in zip(runs, heatmap_names(runs)):
+            written += heatmap(run, os.path.join(folder, "heatmaps"), name + suffix, note)
+        for order in sorted({r.order for r in runs}):
+            written += stream_curves(runs, order, folder, suffix, note)
+        for block, orders in blocks_for({r.order for r in runs}):
+            written += aa_vs_kept(runs, block, orders, folder, suffix, note)
     remove_stale(folder, written)
     return [os.path.relpath(p, os.path.dirname(folder)) for p in written]
 

@@ -1096,12 +1096,13 @@ def write_tables(root: str, out: str, figures: bool = True) -> dict:
     setup = check_one_setup(runs)
     os.makedirs(out, exist_ok=True)
     groups = by_protocol(runs)
-    md, written, checks, verdicts = [], [], {}, {}
+    md, written, checks, verdicts, drawn = [], [], {}, {}, []
     for protocol, group in groups.items():
         # one protocol: the tables as always; several: a set per protocol, named and titled by it
         suffix = "" if len(groups) == 1 else "-" + "-".join(protocol)
         note = "" if protocol == tuple(PROTOCOL_DEFAULTS.values()) and len(groups) == 1 \
             else f" ({protocol_text(protocol)})"
+        drawn.append((suffix, note, group))
         frame_of = runs_frame(group, root)
         tables, checks[protocol_text(protocol)] = all_tables(group, frame_of, note)
         verdicts[protocol_text(protocol)] = verdict(group, frame_of, checks[protocol_text(protocol)])
@@ -1116,8 +1117,8 @@ def write_tables(root: str, out: str, figures: bool = True) -> dict:
                  .to_csv(index=False, lineterminator="\n"))
     written.append("runs.csv")
     if figures:
-        from harness import figures as figs  # the figures of the first protocol's runs (heatmaps are per run)
-        written += figs.write_figures(next(iter(groups.values())), os.path.join(out, "figures"))
+        from harness import figures as figs
+        written += figs.write_figures(drawn, os.path.join(out, "figures"))
     from harness.sweep import sweep_commands
     readme = results_readme(runs, unfinished, setup, root, out, sweep_commands(root), md, checks, verdicts)
     atomic_write(os.path.join(out, "README.md"), readme)

@@ -770,6 +770,22 @@ def test_protocols_and_splits_get_tables_of_their_own(tmp_path):
                and f != "README.md")
 
 
+def test_each_protocol_draws_its_own_figures(tmp_path):
+    """Figures follow the tables: one set per protocol, under its suffix; before, only the first was drawn."""
+    root = str(tmp_path / "runs")
+    make_run(root, "seq_lora", "seq_lora", "1", 1, seq(60.0, 90.0))
+    make_run(os.path.join(root, "gen"), "seq_lora", "seq_lora", "1", 1, seq(10.0, 20.0),
+             protocol={"eval": "generate"})
+    out = str(tmp_path / "results")
+    info = write_tables(root, out, figures=True)
+    for suffix in ("-rank-test", "-generate-test"):
+        for name in (f"heatmaps/seq_lora-1-seed1{suffix}.png", f"stream-1{suffix}.png",
+                     f"aa_vs_kept-orders_1-3{suffix}.pdf"):
+            assert f"figures/{name}" in info["files"] and os.path.getsize(os.path.join(out, "figures", name)) > 1000
+    # nothing under the plain names: a reader could not tell which protocol they showed
+    assert not os.path.exists(os.path.join(out, "figures", "heatmaps", "seq_lora-1-seed1.png"))
+
+
 def test_the_committed_runs_build_every_table_without_example_level_intervals(tmp_path):
     """results/runs predates per-example predictions: `make tables` must still work, and say what is missing."""
     out = str(tmp_path / "results")
