@@ -1102,7 +1102,7 @@ def write_tables(root: str, out: str, figures: bool = True) -> dict:
         suffix = "" if len(groups) == 1 else "-" + "-".join(protocol)
         note = "" if protocol == tuple(PROTOCOL_DEFAULTS.values()) and len(groups) == 1 \
             else f" ({protocol_text(protocol)})"
-        drawn.append((suffix, note, group))
+        drawn.append((suffix, note if suffix else "", group))   # one protocol: the figures' titles as always
         frame_of = runs_frame(group, root)
         tables, checks[protocol_text(protocol)] = all_tables(group, frame_of, note)
         verdicts[protocol_text(protocol)] = verdict(group, frame_of, checks[protocol_text(protocol)])
