@@ -5,11 +5,14 @@ no earlier position attends to an edited one, so every earlier position has the 
 every layer, in every training step, anchor KL, merge trial and evaluation of a run. This cache holds them
 per prompt; a forward then runs only the last k prompt tokens and what follows them (the answer, the
 candidate labels) on top. About 46 KB per token in fp32 for SmolLM2 (30 layers x 3 KV heads x 64 x K and V),
-so about 5 MB per 110-token prompt: entries are kept until `budget_mb` is full, then new prompts are computed
-each time and not stored (a scan larger than the budget keeps its first part instead of thrashing).
+so about 5 MB per 110-token prompt. The prefix a task's prompts share (chat template, instruction, options:
+about half of each prompt) is stored once, beside each prompt's own part, so a 15-task order's test, training
+and anchor prompts held at once (about 1,900) take about 4.5 GB, not 9. Entries are kept until `budget_mb` is full, then
+new prompts are computed each time and not stored (a scan larger than the budget keeps its first part instead
+of thrashing).
 Entries live on the model's device (GPU memory on a GPU run): `bytes_per_token` says what a model needs
-(Llama-2-7B: 32 layers x 32 KV heads x 128 x 2 x 4 bytes = 1 MB a token, so the default 4096 MB holds about
-35 prompts of 110 tokens; Llama-3.2-1B 64 KB, Gemma-2B 36 KB)."""
+(Llama-2-7B: 32 layers x 32 KV heads x 128 x 2 x 4 bytes = 1 MB a token, so the default 6144 MB holds about
+110 prompts' own 55 tokens; Llama-3.2-1B 64 KB, Gemma-2B 36 KB)."""
 from __future__ import annotations
 
 import copy
@@ -29,6 +32,10 @@ def bytes_per_token(config, dtype=torch.float32) -> int:
     return 2 * config.num_hidden_layers * heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
+def kv_bytes(kv) -> int:
+    return sum(k.nbytes + v.nbytes for k, v in kv)
+
+
 class BackboneCache:
     def __init__(self, model, edited_tail: int, pad_id: int, budget_mb: float, dtype=torch.float32):
         self.model = model
@@ -36,7 +43,10 @@ class BackboneCache:
         self.pad_id = pad_id
         self.budget = int(budget_mb * 2**20)
         self.dtype = dtype               # storage: fp32 keeps results exact; bf16 halves the memory
-        self.entries: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        # head -> (the shared prefix it was computed on, () if none; per layer (keys, values) of its own tokens)
+        self.entries: dict[tuple[int, ...], tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+        # prefix -> [per layer (keys, values), how many entries use it]: stored once, freed with its last user
+        self.prefixes: dict[tuple[int, ...], list] = {}
         self.bytes = 0
         self.computed = self.reused = 0  # prompts whose head was computed / found, for the diagnostics
         self.bytes_per_token = bytes_per_token(model.config, dtype)
@@ -49,9 +59,15 @@ class BackboneCache:
     def drop(self, prompts) -> None:
         """Forget these prompts' heads (a finished task's training prompts)."""
         for prompt in prompts:
-            kv = self.entries.pop(self.split(prompt)[0], None)
-            if kv is not None:
-                self.bytes -= sum(k.nbytes + v.nbytes for k, v in kv)
+            entry = self.entries.pop(self.split(prompt)[0], None)
+            if entry is None:
+                continue
+            prefix, own = entry
+            self.bytes -= kv_bytes(own)
+            if prefix:
+                self.prefixes[prefix][1] -= 1
+                if not self.prefixes[prefix][1]:
+                    self.bytes -= kv_bytes(self.prefixes.pop(prefix)[0])
 
     @torch.no_grad()
     def _forward(self, ids, mask, position_ids, past=None):
@@ -87,16 +103,33 @@ class BackboneCache:
             self.bytes += size - old
         return found
 
+    def _store(self, head, prefix, prefix_kv, own) -> None:
+        """Keep a computed head within the budget: its own part, and its prefix unless another entry holds it."""
+        size = kv_bytes(own) + (kv_bytes(prefix_kv) if prefix and prefix not in self.prefixes else 0)
+        if self.bytes + size > self.budget:
+            return
+        if prefix:
+            self.prefixes.setdefault(prefix, [prefix_kv, 0])[1] += 1
+        self.entries[head] = (prefix, own)
+        self.bytes += size
+
     @torch.no_grad()
-    def _heads(self, heads: list[tuple[int, ...]]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Per head: per layer (keys, values) of shape [kv_heads, len, head_dim], from the cache or computed
-        (each head's own tokens on top of the prefix the missing heads share, as the evaluation does)."""
-        out: list = [self.entries.get(h) for h in heads]
+    def _heads(self, heads: list[tuple[int, ...]]) -> list[tuple[list | None, list]]:
+        """Per head: (its shared prefix's per layer (keys, values), or None; the same for its own tokens), each of
+        shape [kv_heads, len, head_dim], from the cache or computed (each head's own tokens on top of the prefix
+        the missing heads share, as the evaluation does). The two parts side by side are the head's keys/values."""
+        def stored(h):
+            entry = self.entries.get(h)
+            return None if entry is None else (self.prefixes[entry[0]][0] if entry[0] else None, entry[1])
+        out: list = [stored(h) for h in heads]
         missing = sorted({h for h, kv in zip(heads, out) if kv is None and h}, key=len)
         self.reused += sum(kv is not None for kv in out)
         device = device_of(self.model)
         prefix, prefix_past = self._shared_prefix(missing, device)
         p = len(prefix)
+        # the prefix's keys/values as every row's first p positions hold them after the forward (copies of these)
+        prefix_kv = None if not p else self.prefixes[prefix][0] if prefix in self.prefixes else [
+            (layer.keys[0].to(self.dtype), layer.values[0].to(self.dtype)) for layer in prefix_past.layers]
         for start in range(0, len(missing), 16):
             chunk = missing[start:start + 16]
             width = len(chunk[-1]) - p
@@ -114,16 +147,12 @@ class BackboneCache:
             past = self._forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)[:, p:], past)
             for i, h in enumerate(chunk):
                 own = slice(p + width - len(h) + p, None)   # the row's own tokens, after its left padding
-                kv = [(torch.cat([layer.keys[i, :, :p], layer.keys[i, :, own]], dim=1).to(self.dtype),
-                       torch.cat([layer.values[i, :, :p], layer.values[i, :, own]], dim=1).to(self.dtype))
+                kv = [(layer.keys[i, :, own].to(self.dtype), layer.values[i, :, own].to(self.dtype))
                       for layer in past.layers]
-                size = sum(k.nbytes + v.nbytes for k, v in kv)
-                if self.bytes + size <= self.budget:
-                    self.entries[h] = kv
-                    self.bytes += size
+                self._store(h, prefix, prefix_kv, kv)
                 for j, other in enumerate(heads):
                     if other == h:
-                        out[j] = kv
+                        out[j] = (prefix_kv, kv)
             self.computed += len(chunk)
         return out
 
@@ -153,14 +182,21 @@ class BackboneCache:
         past = None
         if width_h:
             layers = []
-            for layer in range(len(next(k for k in kv if k is not None))):
-                shape = next(k for k in kv if k is not None)[layer][0].shape
+            some = next(own for _, own in (k for k in kv if k is not None))
+            for layer in range(len(some)):
+                shape = some[layer][0].shape
                 keys = torch.zeros((len(prompts), shape[0], width_h, shape[2]), device=device)
                 values = torch.zeros_like(keys)
                 for i, (h, entry) in enumerate(zip(heads, kv)):
-                    if h:
-                        keys[i, :, width_h - len(h):] = entry[layer][0]
-                        values[i, :, width_h - len(h):] = entry[layer][1]
+                    if not h:
+                        continue
+                    start = width_h - len(h)
+                    for part in entry:   # the shared prefix (if any), then the head's own tokens
+                        if part is not None:
+                            n = part[layer][0].shape[1]
+                            keys[i, :, start:start + n] = part[layer][0]
+                            values[i, :, start:start + n] = part[layer][1]
+                            start += n
                 layers.append((keys, values))
             past = DynamicCache(layers)
         return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids, "past_key_values": past,

@@ -261,7 +261,7 @@ def test_the_backbone_cache_gives_the_loss_gradients_and_scores_of_the_full_forw
 def test_backbone_heads_computed_over_a_shared_prefix_equal_each_prompt_alone(tokenizer):
     """The cache encodes the prefix a call's prompts share once (and keeps it for the next call of the same task);
     every head's keys/values must still be those of the prompt encoded on its own."""
-    from methods._backbone_cache import BackboneCache
+    from methods._backbone_cache import BackboneCache, kv_bytes
     model, pad = tiny_model(tokenizer, seed=0), tokenizer.pad_token_id
     data = tasks.load_task("bbc", None, 8, 2, 1)
     prompts = [ex.prompt_ids for ex in PromptEncoder(tokenizer, 16).encode(data, "train")]
@@ -271,17 +271,26 @@ def test_backbone_heads_computed_over_a_shared_prefix_equal_each_prompt_alone(to
     assert len(kept) >= 8
     shared.batch(prompts[5:])   # starts with the same prefix: reused, not encoded again
     assert shared._prefix[0] is kept and shared.computed == len(set(prompts))
-    sizes = [sum(k.nbytes + v.nbytes for k, v in kv) for kv in shared.entries.values()]
-    prefix = sum(layer.keys.nbytes + layer.values.nbytes for layer in shared._prefix[1].layers)
-    assert shared.bytes == sum(sizes) + prefix   # the kept prefix counts in the budget
+    own = sum(kv_bytes(kv) for _, kv in shared.entries.values())
+    kept_prefix = sum(layer.keys.nbytes + layer.values.nbytes for layer in shared._prefix[1].layers)
+    # the prefix is stored once for every entry that shares it, and counts in the budget like the kept one
+    assert len(shared.prefixes) == 1 and shared.prefixes[kept][1] == len(shared.entries)
+    assert shared.bytes == own + kv_bytes(shared.prefixes[kept][0]) + kept_prefix
     tight = BackboneCache(model, 4, pad, 1e-3)   # room for nothing: computed each time, nothing kept
     tight.batch(prompts[:2])
-    assert not tight.entries and tight._prefix[1] is None and tight.bytes == 0
+    assert not tight.entries and not tight.prefixes and tight._prefix[1] is None and tight.bytes == 0
+
+    def whole(parts):   # a head's keys/values per layer, its shared prefix (if any) and own part side by side
+        return [tuple(torch.cat([p[i][j] for p in parts if p is not None], dim=1) for j in (0, 1))
+                for i in range(len(parts[1]))]
     for prompt in prompts:
         alone = BackboneCache(model, 4, pad, 64)
         head = alone.split(prompt)[0]
-        for (k, v), (k_s, v_s) in zip(alone._heads([head])[0], shared.entries[head]):
+        for (k, v), (k_s, v_s) in zip(whole(alone._heads([head])[0]), whole(shared._heads([head])[0])):
             assert k.shape == k_s.shape and torch.allclose(k, k_s, atol=1e-5) and torch.allclose(v, v_s, atol=1e-5)
+    # dropping every prompt frees its prefix with the last of them: nothing is left but the kept prefix
+    shared.drop(prompts)
+    assert not shared.entries and not shared.prefixes and shared.bytes == kept_prefix
 
 
 def test_no_edited_tail_runs_with_the_cache_on(tmp_path, tokenizer):
