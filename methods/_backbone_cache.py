@@ -127,9 +127,11 @@ class BackboneCache:
         device = device_of(self.model)
         prefix, prefix_past = self._shared_prefix(missing, device)
         p = len(prefix)
-        # the prefix's keys/values as every row's first p positions hold them after the forward (copies of these)
+        # the prefix's keys/values as every row's first p positions hold them after the forward (copies of these);
+        # copies, not views: a view would keep the kept prefix (or below, the whole batch's tensor) alive uncounted
         prefix_kv = None if not p else self.prefixes[prefix][0] if prefix in self.prefixes else [
-            (layer.keys[0].to(self.dtype), layer.values[0].to(self.dtype)) for layer in prefix_past.layers]
+            (layer.keys[0].to(self.dtype, copy=True), layer.values[0].to(self.dtype, copy=True))
+            for layer in prefix_past.layers]
         for start in range(0, len(missing), 16):
             chunk = missing[start:start + 16]
             width = len(chunk[-1]) - p
@@ -147,7 +149,7 @@ class BackboneCache:
             past = self._forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)[:, p:], past)
             for i, h in enumerate(chunk):
                 own = slice(p + width - len(h) + p, None)   # the row's own tokens, after its left padding
-                kv = [(layer.keys[i, :, own].to(self.dtype), layer.values[i, :, own].to(self.dtype))
+                kv = [tuple(t[i, :, own].to(self.dtype, copy=True) for t in (layer.keys, layer.values))
                       for layer in past.layers]
                 self._store(h, prefix, prefix_kv, kv)
                 for j, other in enumerate(heads):

@@ -276,6 +276,10 @@ def test_backbone_heads_computed_over_a_shared_prefix_equal_each_prompt_alone(to
     # the prefix is stored once for every entry that shares it, and counts in the budget like the kept one
     assert len(shared.prefixes) == 1 and shared.prefixes[kept][1] == len(shared.entries)
     assert shared.bytes == own + kv_bytes(shared.prefixes[kept][0]) + kept_prefix
+    # what is counted is what is held: no stored part is a view that keeps its whole batch's tensor alive
+    stored = [t for _, kv in shared.entries.values() for pair in kv for t in pair]
+    stored += [t for pair in shared.prefixes[kept][0] for t in pair]
+    assert all(t.untyped_storage().nbytes() == t.nbytes for t in stored)
     tight = BackboneCache(model, 4, pad, 1e-3)   # room for nothing: computed each time, nothing kept
     tight.batch(prompts[:2])
     assert not tight.entries and not tight.prefixes and tight._prefix[1] is None and tight.bytes == 0
