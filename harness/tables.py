@@ -1406,5 +1406,7 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
               "(each task's accuracy along the stream, per method, seed mean), `aa_vs_kept-<block>` (per block "
               "of orders, AA with its 95% interval against the parameters kept at the end of the stream, and the "
               "continual learners' Pareto front); stream curves carry 95% bands where the runs kept their "
-              "predictions; PNG and PDF each.", ""]
+              "predictions; PNG and PDF each"
+              + ("; with several protocols each name ends in `-<eval>-<split>`, as the tables' do" if len(checks) > 1
+                 else "") + ".", ""]
     return "\n".join(lines)

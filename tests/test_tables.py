@@ -784,6 +784,19 @@ def test_each_protocol_draws_its_own_figures(tmp_path):
             assert f"figures/{name}" in info["files"] and os.path.getsize(os.path.join(out, "figures", name)) > 1000
     # nothing under the plain names: a reader could not tell which protocol they showed
     assert not os.path.exists(os.path.join(out, "figures", "heatmaps", "seq_lora-1-seed1.png"))
+    assert "each name ends in `-<eval>-<split>`" in open(os.path.join(out, "README.md")).read()
+
+
+def test_one_protocol_draws_under_plain_names_and_titles(tmp_path, monkeypatch):
+    """A folder of validation runs alone keeps the figures' names and titles as they were (its tables say the
+    split): rebuilding a committed folder must not redraw every figure."""
+    from harness import figures
+    root = str(tmp_path / "runs")
+    make_run(root, "seq_lora", "seq_lora", "1", 1, seq(60.0, 90.0), protocol={"eval_split": "val"})
+    drawn = []
+    monkeypatch.setattr(figures, "write_figures", lambda groups, folder: drawn.extend(groups) or [])
+    write_tables(root, str(tmp_path / "results"), figures=True)
+    assert [(suffix, note, len(runs)) for suffix, note, runs in drawn] == [("", "", 1)]
 
 
 def test_the_committed_runs_build_every_table_without_example_level_intervals(tmp_path):
