@@ -42,12 +42,9 @@ def heatmap_names(runs) -> list[str]:
     renames its row, not its file. Two runs of one stream can share a spec where one was kept under its former
     default's folder beside today's run (craft's batch-check cells): those take their run folder's name instead
     (runs/<folder>/<order>/seed<N>), which no default moves. Names that still collide are refused."""
-    def folder(r):   # runs/<folder>/<order>/seed<N>
-        return os.path.basename(os.path.dirname(os.path.dirname(os.path.normpath(r.path))))
-
     by_spec = [f"{_safe(r.spec)}-{r.order}-seed{r.seed}" for r in runs]
     shared = {n for n, k in Counter(by_spec).items() if k > 1}
-    names = [f"{_safe(folder(r))}-{r.order}-seed{r.seed}" if n in shared else n for r, n in zip(runs, by_spec)]
+    names = [f"{_safe(r.folder)}-{r.order}-seed{r.seed}" if n in shared else n for r, n in zip(runs, by_spec)]
     twice = sorted(n for n, k in Counter(names).items() if k > 1)
     if twice:
         raise UsageError(f"two runs would draw one heatmap, {twice[0]}.png: "

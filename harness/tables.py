@@ -87,6 +87,11 @@ class Run:
         return method_label(self.method, self.config.get("method_args") or {}, named=False)
 
     @property
+    def folder(self) -> str:
+        """The folder its sweep filed it under (runs/<folder>/<order>/seed<N>): the spec's name when it was made."""
+        return os.path.basename(os.path.dirname(os.path.dirname(os.path.normpath(self.path))))
+
+    @property
     def ran_defaults(self) -> bool:
         """Ran its method's defaults of some time (today's or earlier ones): config.ran_defaults."""
         return config_ran_defaults(self.config)
