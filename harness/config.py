@@ -103,7 +103,8 @@ class BenchConfig:
     matrix: str = option("full", role=ENVIRONMENT, choices=("full", "needed"),
                          help="full: score every task after every stage; needed: only the cells AA, BWT, FM and "
                               "FWT use (the base and last rows, and R[t][i] for i <= t+1)")
-    # 6144: a 15-task order's CRAFT cache at the grid's sizes (about 4.5 GB, docs/cli.md "Caches"), with room to spare
+    # 6144: a 15-task order's CRAFT cache at the grid's sizes (about 4.5 GB, docs/cli.md "Caches"; order 6's test cell
+    # kept all it needed in 3.9 GB), with room to spare. A speed setting, not a science one: no result depends on it
     cache_mb: int = option(6144, role=ENVIRONMENT, type=positive_int,
                            help="memory a method may fill with caches of frozen computations (CRAFT: the backbone's "
                                 "keys/values of seen prompts, about 2.4 MB a prompt beside one prefix a task)")
