@@ -24,6 +24,8 @@ RUNS ?= results/runs
 # make tables: each folder's tables from its runs/ (the committed ones by default; RESULT_DIRS=DIR for another)
 RESULT_DIRS ?= $(patsubst %/runs,%,$(wildcard results/runs results/test/runs results/val/runs results/val/tuning/runs))
 JOBS ?= 1
+# make test: pytest-xdist workers (conftest gives each its share of the cores; TEST_JOBS=1 runs in one process)
+TEST_JOBS ?= 2
 # The validation stream whose tasks share output spaces, where CRAFT's grouping acts: the rule judges its grouping
 # and budget settings there (results/val/tuning/rule-grouped.md; docs/results.md, round 6). The tuning queue reads it
 # from here.
@@ -154,7 +156,7 @@ general: $(STAMP)
 	$(BIN)/python -m harness general --runs $(RUNS) $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist worksteal tests
 
 perf: $(STAMP)
 	$(BIN)/python bench/perf.py

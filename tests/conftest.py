@@ -9,6 +9,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# Under pytest-xdist (make test runs 2 workers) each worker, and every run it starts, gets its share of the
+# cores: two workers of 2 OpenMP threads each on a 2-core machine spin against each other.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 and not os.environ.get("CL_THREADS"):
+    os.environ["CL_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 from harness.models import load_model, load_tokenizer, set_threads, tiny_model  # noqa: E402
 

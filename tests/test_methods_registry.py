@@ -132,6 +132,20 @@ def test_the_scan_is_cached_and_sees_a_file_added_fixed_or_removed(package, monk
     assert len(scans) == 5
 
 
+def test_a_method_file_dropped_into_the_package_is_discovered_and_runs(package, tmp_path, tokenizer):
+    # In a temporary package, not methods/: a file there would show up in other test workers' scans.
+    _, folder = package
+    (folder / "dropped_probe.py").write_text(
+        "from methods.base import Method\n\n\n"
+        "class Probe(Method):\n    NAME = 'dropped_probe'\n    DESCRIPTION = 'test probe'\n\n"
+        "    def trainable_parameters(self):\n        return []\n")
+    assert "dropped_probe" in methods.discover()
+    out, _ = run(tmp_path, "p", tokenizer, method="dropped_probe", method_args={})
+    assert json.load(open(os.path.join(out, "method.json")))["name"] == "dropped_probe"
+    (folder / "dropped_probe.py").unlink()
+    assert "dropped_probe" not in methods.discover()
+
+
 def test_the_real_methods_package_imports_whole():
     assert methods.broken_modules() == {}
     assert {"seq_lora", "replay", "craft", "o_lora", "inc_lora", "i_lora", "per_task", "mtl",

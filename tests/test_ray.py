@@ -131,6 +131,7 @@ def test_address_joins_a_running_cluster_and_leaves_it_running(tmp_path):
     # RAY_AUTH_MODE=token waits for the cluster forever.
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token")
+    env.pop("CL_THREADS", None)   # the sweep picks the cell's threads itself (conftest sets it under xdist)
     head = subprocess.Popen([sys.executable, "-c", HOLD_A_CLUSTER], env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:

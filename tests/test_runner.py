@@ -164,21 +164,6 @@ def test_zero_shot_rows_equal_the_base_row(tmp_path, tokenizer):
     assert (R.loc["hutto_amazon"] == R.loc["base"]).all()
 
 
-def test_a_method_file_dropped_into_methods_is_discovered_and_runs(tmp_path, tokenizer):
-    path = os.path.join(ROOT, "methods", "dropped_probe_for_tests.py")
-    with open(path, "w") as f:
-        f.write("from methods.base import Method\n\n\n"
-                "class Probe(Method):\n    NAME = 'dropped_probe'\n    DESCRIPTION = 'test probe'\n\n"
-                "    def trainable_parameters(self):\n        return []\n")
-    try:
-        assert "dropped_probe" in discover()
-        out, _ = run(tmp_path, "p", tokenizer, method="dropped_probe", method_args={})
-        assert json.load(open(os.path.join(out, "method.json")))["name"] == "dropped_probe"
-    finally:
-        os.remove(path)
-    assert "dropped_probe" not in discover()
-
-
 @pytest.mark.parametrize("method", sorted(discover()))
 def test_caches_off_give_the_same_matrix(tmp_path, tokenizer, method):
     """--cache off turns every cache off; a tiny run of each method gives the same accuracy matrix either way.
