@@ -51,7 +51,9 @@ def code_version() -> dict | None:
     """The commit the run's code came from, and whether the code folders held uncommitted changes: a grid spans
     many sessions, and a fix landing mid-grid must be visible in its records. None outside a git checkout."""
     def git(*args):
-        return subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True, timeout=30)
+        # no optional locks: `git status` would otherwise take .git/index.lock, failing a commit made meanwhile
+        return subprocess.run(["git", "--no-optional-locks", "-C", ROOT, *args], capture_output=True, text=True,
+                              timeout=30)
     try:
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:

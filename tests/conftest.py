@@ -1,6 +1,7 @@
 import importlib.util
 import json
 import os
+import secrets
 import sys
 
 import pytest
@@ -10,9 +11,14 @@ sys.path.insert(0, ROOT)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # Under pytest-xdist (make test runs 2 workers) each worker, and every run it starts, gets its share of the
-# cores: two workers of 2 OpenMP threads each on a 2-core machine spin against each other.
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 and not os.environ.get("CL_THREADS"):
-    os.environ["CL_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+# cores, at most the 2 threads measured fastest: two workers of 2 OpenMP threads each on a 2-core machine spin
+# against each other.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1 and not os.environ.get("CL_THREADS"):
+    os.environ["CL_THREADS"] = str(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
+# One Ray token for every Ray process the tests start: where ~/.ray/auth_token is missing, two workers' Ray
+# instances starting at once would each write it (unlocked) and could reject each other's processes.
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 from harness.models import load_model, load_tokenizer, set_threads, tiny_model  # noqa: E402
 

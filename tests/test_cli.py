@@ -59,21 +59,24 @@ def test_a_setting_past_its_limit_fails_before_anything_runs(capsys, tmp_path, m
 
 def test_data_dir_problems(capsys, tmp_path, monkeypatch, cl_data):
     monkeypatch.delenv("CL_DATA_DIR", raising=False)
+    elsewhere = ["--out", str(tmp_path / "b")]   # refused before the run folder is made (checked last)
     # without a data dir, orders 1-6 read the packaged subset, and config.json says so
     assert main(["bench", "--order", "1", *TINY, "--out", str(tmp_path / "a"), "--stop-after-task", "0"]) == 0
     assert {d["source"] for d in json.load(open(tmp_path / "a" / "config.json"))["data"].values()} == {"packaged"}
-    fails(capsys, ["bench", "--order", "1", "--data-dir", str(tmp_path / "missing"), *TINY], "does not exist")
+    fails(capsys, ["bench", "--order", "1", "--data-dir", str(tmp_path / "missing"), *TINY, *elsewhere],
+          "does not exist")
     with open(os.path.join(cl_data, "TC/yahoo/labels.json"), "w") as f:
         f.write("{not json")
-    fails(capsys, ["bench", "--order", "1", "--data-dir", cl_data, *TINY], "malformed JSON")
+    fails(capsys, ["bench", "--order", "1", "--data-dir", cl_data, *TINY, *elsewhere], "malformed JSON")
     with open(os.path.join(cl_data, "TC/yahoo/labels.json"), "w") as f:
         json.dump(["Health", "Sports"], f)
     with open(os.path.join(cl_data, "TC/yahoo/test.json"), "w") as f:
         json.dump([], f)
-    fails(capsys, ["bench", "--order", "1", "--data-dir", cl_data, *TINY], "no usable rows")
+    fails(capsys, ["bench", "--order", "1", "--data-dir", cl_data, *TINY, *elsewhere], "no usable rows")
     os.chmod(os.path.join(cl_data, "TC/yahoo/train.json"), 0)
     if os.geteuid() != 0:  # root reads anything
-        fails(capsys, ["bench", "--order", "1", "--data-dir", cl_data, *TINY], "permission denied")
+        fails(capsys, ["bench", "--order", "1", "--data-dir", cl_data, *TINY, *elsewhere], "permission denied")
+    assert not (tmp_path / "b").exists()
 
 
 def test_finished_run_is_refused_unless_overwrite(capsys, tmp_path, tokenizer):

@@ -72,7 +72,9 @@ def test_a_ray_sweep_matches_the_local_one_and_survives_a_killed_worker(tmp_path
         except (OSError, ValueError, KeyError, IndexError):
             pass
         time.sleep(0.02)
-    assert worker is not None, "the run never finished its first task: " + (sweep.communicate()[1] or "")
+    if worker is None:
+        sweep.kill()
+        pytest.fail("the run never finished its first task: " + (sweep.communicate(timeout=60)[1] or ""))
     runs_of_worker = _children(worker)
     os.kill(worker, signal.SIGKILL)
     out, err = sweep.communicate(timeout=300)
@@ -140,7 +142,8 @@ def test_address_joins_a_running_cluster_and_leaves_it_running(tmp_path):
         runs = str(tmp_path / "runs")
         argv = [sys.executable, "-m", "harness", "sweep", "--methods", "zero_shot", "--orders", SHORT, "--runs", runs,
                 "--quiet", *TINY, "--engine", "ray", "--address", address]
-        refused = subprocess.run(argv + ["--gpus-per-cell", "1"], env=env, capture_output=True, text=True)
+        refused = subprocess.run(argv + ["--gpus-per-cell", "1"], env=env, capture_output=True, text=True,
+                                 timeout=300)
         assert refused.returncode == 2 and "no node of the Ray cluster has 1 GPU" in refused.stderr, refused.stderr
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
@@ -159,11 +162,11 @@ def test_an_address_where_nothing_answers_is_refused_at_once(tmp_path, capsys):
     # ray.init would retry for about 13 minutes before failing; the sweep refuses in one line and writes nothing
     import socket
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]   # free once closed: nothing listens there
-    runs = str(tmp_path / "runs") + os.sep
-    started = time.monotonic()
-    assert main(_sweep_argv(runs, "--engine", "ray", "--address", f"127.0.0.1:{port}")) == 2
+        s.bind(("127.0.0.1", 0))   # bound, never listening: connections are refused, and no other process
+        port = s.getsockname()[1]  # (another test's Ray) can take the port meanwhile
+        runs = str(tmp_path / "runs") + os.sep
+        started = time.monotonic()
+        assert main(_sweep_argv(runs, "--engine", "ray", "--address", f"127.0.0.1:{port}")) == 2
     assert time.monotonic() - started < 60
     err = capsys.readouterr().err
     assert f"--address 127.0.0.1:{port}: nothing answers there" in err and len(err.strip().splitlines()) == 1
