@@ -113,7 +113,9 @@ def run_cells(runs: str, todo: list[Cell], report: Report, options: RayOptions) 
                 raise UsageError(f"--address {options.address}: cannot join a Ray cluster there ("
                                  + (str(e).strip().splitlines() or [type(e).__name__])[0] + ")") from None
         else:
-            ray.init(num_cpus=os.cpu_count() or 1, **init)
+            # "local": a new instance even where RAY_ADDRESS names a cluster (Ray would join it, and refuse num_cpus
+            # there, or retry a dead one for minutes); --address is how to join one
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, **init)
     try:
         _run(ray, runs, todo, report, options)
     finally:

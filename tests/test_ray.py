@@ -53,7 +53,9 @@ def _alive(pid):
 @pytest.mark.ray
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the cell's Ray worker")
 def test_a_ray_sweep_matches_the_local_one_and_survives_a_killed_worker(tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # RAY_ADDRESS where nothing answers: without --address the sweep must start its own instance regardless
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+               RAY_ADDRESS="127.0.0.1:9")
     ray_runs = str(tmp_path / "ray") + os.sep
     # No --address: the sweep starts a local Ray instance (num_cpus = the machine's cores) and shuts it down.
     sweep = subprocess.Popen([sys.executable, "-m", "harness", *_sweep_argv(ray_runs, "--engine", "ray",
