@@ -179,7 +179,8 @@ def markdown(result: dict) -> str:
               f"({unpaired['A']} run(s) of A and {unpaired['B']} of B have no counterpart); a Δ is over the pairs "
               "that give the metric (a joint method has no FM). [lo, hi]: "
               f"{stats.LEVEL}% interval ({stats.RESAMPLES} resamples): Student's t over the pairs' spread about their "
-              "stream's mean (pairs - streams degrees of freedom), each task's evaluation examples bootstrapped, "
+              "stream's mean (pairs - streams degrees of freedom; with one pair a stream, none: the examples' spread "
+              "alone), each task's evaluation examples bootstrapped, "
               "the same draws for both runs of a pair; * = it excludes 0. Final answers changed: evaluation examples "
               "of the last row whose predicted label differs."]
     return "\n".join(lines) + "\n"

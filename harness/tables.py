@@ -314,6 +314,9 @@ class Summary:
     std: float | None
     bounds: tuple[float, float] | None
     values: int    # how many values the mean and std are over (seeds, or runs)
+    # the interval holds the evaluation examples' spread alone: one run per order (stats.over_runs' 0 degrees of
+    # freedom), so no seed's spread is in it
+    examples_only: bool = False
 
     def text(self, signed: bool = False, mark: bool = False) -> str:
         num = "{:+.2f}" if signed else "{:.2f}"
@@ -356,7 +359,8 @@ def summarize(per_seed: dict[int, list[tuple[Run, Run | None]]], metric: str,
         bounds = stats.interval(stats.over_seeds(np.stack(per_seed_samples)) if rule
                                 else stats.over_runs(np.stack(pair_samples), orders, within))
     std = float(np.std(points, ddof=1)) if len(points) > 1 else None
-    return Summary(float(np.mean(points)), std, bounds, len(points))
+    alone = bounds is not None and (len(points) < 2 if rule else len(orders) - len(set(orders)) < 1)
+    return Summary(float(np.mean(points)), std, bounds, len(points), alone)
 
 
 def over_runs(runs: list[Run], value, samples, within=stats.POINTS, of: str | None = None) -> Summary | None:
@@ -378,7 +382,8 @@ def over_runs(runs: list[Run], value, samples, within=stats.POINTS, of: str | No
         bounds = stats.interval(stats.over_runs(np.stack([d for _, d in draws]), [r.order for r, _ in draws], within,
                                                 of=of))
     std = float(np.std(points, ddof=1)) if len(points) > 1 else None
-    return Summary(float(points.mean()), std, bounds, len(points))
+    alone = bounds is not None and len(draws) - len({r.order for r, _ in draws}) < 1
+    return Summary(float(points.mean()), std, bounds, len(points), alone)
 
 
 def by_seed(runs: list[Run], label: str, orders: list[str], reference: str | None = None) -> dict:
@@ -408,7 +413,8 @@ def missing_predictions_note(runs: list[Run]) -> str | None:
             "mean ± std over seeds only (no interval over evaluation examples, which the seeds share).")
 
 
-BOOTSTRAP_NOTE = (f"[lo, hi] = {stats.LEVEL}% interval over seeds and evaluation examples ({stats.RESAMPLES} "
+BOOTSTRAP_NOTE = (f"[lo, hi] = {stats.LEVEL}% interval over seeds (where an order ran several) and evaluation examples "
+                  f"({stats.RESAMPLES} "
                   "resamples): Student's t over the runs' spread about their order's mean (runs - orders degrees of "
                   "freedom), around the mean under a bootstrap of each task's evaluation examples (of the test split "
                   "unless the heading names another), the same draws for every run, so methods compared on one task "
@@ -503,7 +509,7 @@ def sections_of(frame: pd.DataFrame) -> list[tuple[str | None, list[str]]]:
 
 
 def main_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> Table:
-    columns = {}
+    columns, alone = {}, {}
     labels = sorted(set(frame.label))
     for title, members in blocks_for(set(frame.order)):
         block = [r for r in runs if r.order in members]
@@ -511,10 +517,12 @@ def main_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> Ta
             cells = {lab: over_runs([r for r in block if r.label == lab], lambda r: r.metrics["AA"],
                                     lambda r: r.samples("AA"), stats.ACCURACY, of=o) for lab in labels}
             columns[(title, o)] = pd.Series({lab: c.text() for lab, c in cells.items() if c}, dtype=object)
+            note_examples_only(alone, title, cells)
         if len(members) > 1:
             cells = {lab: summarize(by_seed(runs, lab, members), "AA") for lab in labels}
             columns[(title, f"Avg ({title})")] = pd.Series({lab: c.text() for lab, c in cells.items() if c},
                                                            dtype=object)
+            note_examples_only(alone, title, cells)
     seeds = ", ".join(map(str, sorted(set(frame.seed))))
     notes = [f"AA = {metrics_mod.METRICS['AA'].description}. Mean over seeds {seeds} where several ran, with "
              f"{BOOTSTRAP_NOTE} A column of one order takes the spread about each order's mean pooled over the "
@@ -523,7 +531,7 @@ def main_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> Ta
              "(docs/results.md#intervals). Without an interval: mean ± std over seeds. Avg = mean over the block's "
              f"orders (per seed, then over seeds; only seeds that ran every order of the block). {MISSING} = no "
              "finished run."]
-    notes += [n for n in (missing_predictions_note(runs),) if n]
+    notes += [n for n in (examples_only_note(alone), missing_predictions_note(runs)) if n]
     return Table("main", "Average accuracy AA (%) after the last task, per order" + title_note, columns,
                  sections_of(frame), notes)
 
@@ -677,7 +685,15 @@ def _judged(d: Summary | None, metric: str, up: str, down: str, what: str, besid
                 stats.excludes_zero(beside.bounds) and stats.above_zero(beside.bounds) != stats.above_zero(d.bounds)):
             side += f" by {metric} only, which BWT does not bear out"   # BWT rises as FM falls
         return f"{side} ({delta})"
+    if beside is not None and beside.bounds is not None and stats.excludes_zero(beside.bounds):
+        # FM's interval covers 0 but BWT's does not: BWT decides (it rises as forgetting falls)
+        return (f"shows no significant difference in {what} by {metric}, but "
+                f"{down if stats.above_zero(beside.bounds) else up} by BWT ({delta})")
     return f"shows no significant difference in {what} ({delta})"
+
+
+# a sanity check's caveat where its interval holds no seed's spread (Summary.examples_only)
+ONE_RUN_AN_ORDER = " One run per order: its interval is the evaluation examples' spread alone."
 
 
 def forgetting_check(block: str, reference: str, fm: Summary, bwt: Summary) -> str:
@@ -686,24 +702,27 @@ def forgetting_check(block: str, reference: str, fm: Summary, bwt: Summary) -> s
     when nothing is forgotten."""
     what = f"{reference}'s BWT is {bwt.text(signed=True)} (FM {fm.text()})"
     if stats.below_zero(bwt.bounds):
-        return f"Check passed ({block}): the regime forgets: {what}, BWT below 0."
-    if bwt.bounds is not None and bwt.mean < 0:   # forgets on average, but the interval reaches 0
-        return (f"**Check failed** ({block}): {what}, BWT's interval reaches 0: forgetting is not established at "
+        line = f"Check passed ({block}): the regime forgets: {what}, BWT below 0."
+    elif bwt.bounds is not None and bwt.mean < 0:   # forgets on average, but the interval reaches 0
+        line = (f"**Check failed** ({block}): {what}, BWT's interval reaches 0: forgetting is not established at "
                 "these sizes and seeds, so a method's low FM here shows nothing.")
-    if bwt.bounds is not None or bwt.mean >= 0:
-        return (f"**Check failed** ({block}): {what}, BWT not below 0: no forgetting to prevent at these sizes, so "
+    elif bwt.bounds is not None or bwt.mean >= 0:
+        line = (f"**Check failed** ({block}): {what}, BWT not below 0: no forgetting to prevent at these sizes, so "
                 "a method's low FM here shows nothing.")
-    return (f"Check unresolved ({block}): {what} (no interval over evaluation examples: the runs predate per-example "
-            "predictions); forgetting is not established.")
+    else:
+        line = (f"Check unresolved ({block}): {what} (no interval over evaluation examples: the runs predate "
+                "per-example predictions); forgetting is not established.")
+    return line + (ONE_RUN_AN_ORDER if bwt.examples_only else "")
 
 
 def bound_check(block: str, bound: str, learner: str, why: str, diff: Summary) -> str:
     what = f"AA of {bound} minus {learner}: {diff.text(signed=True)}"
+    caveat = ONE_RUN_AN_ORDER if diff.examples_only else ""
     if diff.mean >= 0:
-        return f"Check passed ({block}): {bound} ({why}) is at or above {learner}: {what}."
+        return f"Check passed ({block}): {bound} ({why}) is at or above {learner}: {what}.{caveat}"
     noise = "" if diff.bounds is None else (" (beyond noise)" if stats.below_zero(diff.bounds) else " (within noise)")
     return (f"**Check failed** ({block}): {bound} ({why}) is below {learner}{noise}: {what}. The bound does not "
-            "hold: training is too short at these sizes for these numbers to rank methods.")
+            f"hold: training is too short at these sizes for these numbers to rank methods.{caveat}")
 
 
 OLD_GENERAL = " †"   # marks a GEN Δ in plain accuracy (general.json files written before balanced accuracy)
@@ -722,7 +741,7 @@ def general_cell(runs: list[Run]) -> str | None:
 def forgetting_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> Table:
     measured = frame.general_change.notna()
     headings = {"BWT": "BWT ↑", "FM": "FM ↓", "FWT": "FWT ↑", "LA": "LA ↑"}
-    columns = {}
+    columns, alone = {}, {}
     labels = set(frame.label)
     for title, members in blocks_for(set(frame.order)):
         block = [r for r in runs if r.order in members]
@@ -730,13 +749,14 @@ def forgetting_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "")
             cells = {lab: over_runs([r for r in block if r.label == lab], lambda r: r.metrics[metric],
                                     lambda r: r.samples(metric), value_range(metric)) for lab in labels}
             columns[(title, heading)] = pd.Series({lab: c.text() for lab, c in cells.items() if c}, dtype=object)
+            note_examples_only(alone, title, cells)
         if measured.any():
             cells = {lab: general_cell([r for r in block if r.label == lab]) for lab in labels}
             columns[(title, "GEN Δ")] = pd.Series({lab: c for lab, c in cells.items() if c}, dtype=object)
     notes = [f"{m} = {metrics_mod.METRICS[m].description}." for m in headings]
     notes.append(f"Mean over every run (orders x seeds) of the block, with {BOOTSTRAP_NOTE} Without an interval: "
                  "± std over those runs.")
-    notes += [n for n in (missing_predictions_note(runs),) if n]
+    notes += [n for n in (examples_only_note(alone), missing_predictions_note(runs)) if n]
     if measured.any():
         counts = frame.groupby(["seed", "order"]).general_change.agg(["count", "size"])
         cells = sorted((seed, order_rank(order), f"{order} seed {seed} {n}/{size}")
@@ -834,6 +854,25 @@ def cost_table(frame: pd.DataFrame) -> Table:
              "; ".join(f"{k}: {v}" for k, v in first.keeps_from_past_tasks.items()) + "."]
     notes += [note for note in (devices_note(frame, timed, reference, elsewhere),) if note]
     return Table("cost", "Cost: parameters and time", columns, sections_of(frame), notes)
+
+
+def note_examples_only(alone: dict, group: str, cells: dict) -> None:
+    """alone[label] gets `group` (a block's title) where the label's cell there has an interval of the evaluation
+    examples alone (Summary.examples_only), for examples_only_note."""
+    for lab, cell in cells.items():
+        if cell is not None and cell.examples_only and group not in alone.setdefault(lab, []):
+            alone[lab].append(group)
+
+
+def examples_only_note(alone: dict) -> str | None:
+    """The main and forgetting tables' counterpart of one_seed_note: the rows (and blocks) whose intervals hold no
+    seed's spread because each order ran once there."""
+    rows = [f"{lab} ({'; '.join(alone[lab])})" for lab in sort_labels({lab for lab, groups in alone.items() if groups})]
+    if not rows:
+        return None
+    return (f"One run per order ({', '.join(rows)}): there the interval is the evaluation examples' spread alone; "
+            "no seed's spread is in it, which on these runs can be larger than the examples' "
+            "(docs/results.md#intervals).")
 
 
 def one_seed_note(columns: dict) -> str | None:

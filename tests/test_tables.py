@@ -1252,6 +1252,15 @@ def test_the_verdict_takes_its_direction_from_the_interval_and_its_mark_from_the
     for bwt in (covers, opposes):
         assert _judged(fm, "FM", "more", "forgets less", "forgetting", beside=bwt).startswith(
             "forgets less by FM only, which BWT does not bear out (ΔFM -6.00 [-10.00, -2.00] *; ΔBWT ")
+    # FM's interval covers 0 but BWT's does not: BWT speaks (lower BWT: forgets more), not "no difference"
+    flat = Summary(mean=1.9, std=None, bounds=(-0.4, 3.9), values=2)
+    assert _judged(flat, "FM", "forgets more", "forgets less", "forgetting", beside=opposes) == (
+        "shows no significant difference in forgetting by FM, but forgets more by BWT "
+        "(ΔFM +1.90 [-0.40, 3.90]; ΔBWT -3.00 [-5.00, -1.00] *)")
+    assert _judged(flat, "FM", "forgets more", "forgets less", "forgetting", beside=agrees).endswith(
+        "but forgets less by BWT (ΔFM +1.90 [-0.40, 3.90]; ΔBWT +5.00 [1.00, 9.00] *)")
+    assert _judged(flat, "FM", "forgets more", "forgets less", "forgetting", beside=covers).startswith(
+        "shows no significant difference in forgetting (ΔFM")
 
 
 def test_a_folders_preface_opens_its_readme_and_survives_a_rebuild(runs, tmp_path):
@@ -1292,10 +1301,19 @@ def test_a_verdict_on_one_seed_says_its_interval_leaves_out_the_seed(tmp_path):
         "examples only" in line
     # BWT's difference beside FM's: seq_lora falls 90 -> 30 on task a, craft 90 -> 80, so craft's BWT is 50 higher
     assert re.search(r"ΔFM -50\.00 \[[^]]*\] \*; ΔBWT \+50\.00 \[[^]]*\] \*\)", line), line
+    # the main and forgetting tables say which rows' intervals hold no seed's spread, and the sanity check too
+    for name in ("main.md", "forgetting.md"):
+        assert "One run per order (seq_lora (Orders 1-3), craft (Orders 1-3)): there the interval is the " \
+            "evaluation examples' spread alone" in open(os.path.join(out, name)).read(), name
+    assert re.search(r"seq_lora's BWT is -50\.00 \[[^]]*\] \(FM [^)]*\), BWT below 0\. One run per order: its "
+                     r"interval is the evaluation examples' spread alone\.", readme), readme
     make_run(root, "craft", "craft", "1", 2, seq(80.0, 90.0), n_test=20)
     make_run(root, "seq_lora", "seq_lora", "1", 2, seq(30.0, 90.0), n_test=20)
     write_tables(root, out, figures=False)
     assert "One seed" not in open(os.path.join(out, "README.md")).read()
+    for name in ("main.md", "forgetting.md", "README.md"):
+        assert "One run per order" not in open(os.path.join(out, name)).read()
+        assert "one run per order" not in open(os.path.join(out, name)).read()
 
 
 def test_a_default_that_moved_since_the_runs_is_named(tmp_path):
