@@ -356,20 +356,25 @@ def summarize(per_seed: dict[int, list[tuple[Run, Run | None]]], metric: str,
         return None
     bounds = None
     if all(x is not None for x in per_seed_samples):
+        # the tuning rule's statistic stays as it was fixed (percentile ends; bench/tuning_rule.py)
+        about = float(np.mean(points)) if metric in stats.REFLECTED and not rule else None
         bounds = stats.interval(stats.over_seeds(np.stack(per_seed_samples)) if rule
-                                else stats.over_runs(np.stack(pair_samples), orders, within))
+                                else stats.over_runs(np.stack(pair_samples), orders, within), about=about,
+                                within=within)
     std = float(np.std(points, ddof=1)) if len(points) > 1 else None
     alone = bounds is not None and (len(points) < 2 if rule else len(orders) - len(set(orders)) < 1)
     return Summary(float(np.mean(points)), std, bounds, len(points), alone)
 
 
-def over_runs(runs: list[Run], value, samples, within=stats.POINTS, of: str | None = None) -> Summary | None:
+def over_runs(runs: list[Run], value, samples, within=stats.POINTS, of: str | None = None,
+              reflect: bool = False) -> Summary | None:
     """The mean of value(run) over the runs that give one (every order and seed of a block that ran: the
     forgetting table's cells), with stats.over_runs' interval (each order a stratum) where every such run gives
     samples(run) (its value under each resample of the test examples), clipped to `within` (value_range).
     Otherwise the std over runs. of: the mean of that order's runs alone, its interval's spread pooled over
     every order of `runs` (the main table's column of one order): over those of their runs that give samples, an
-    interval wherever every run of that order does."""
+    interval wherever every run of that order does. reflect: the basic bootstrap interval, about the mean
+    (stats.REFLECTED)."""
     have = [(r, v) for r in runs if (v := value(r)) is not None]
     points = np.array([v for r, v in have if of is None or r.order == of], dtype=float)
     if not len(points):
@@ -380,7 +385,7 @@ def over_runs(runs: list[Run], value, samples, within=stats.POINTS, of: str | No
     bounds = None
     if all(d is not None for _, d in draws):
         bounds = stats.interval(stats.over_runs(np.stack([d for _, d in draws]), [r.order for r, _ in draws], within,
-                                                of=of))
+                                                of=of), about=float(points.mean()) if reflect else None, within=within)
     std = float(np.std(points, ddof=1)) if len(points) > 1 else None
     alone = bounds is not None and len(draws) - len({r.order for r, _ in draws}) < 1
     return Summary(float(points.mean()), std, bounds, len(points), alone)
@@ -418,7 +423,9 @@ BOOTSTRAP_NOTE = (f"[lo, hi] = {stats.LEVEL}% interval over seeds (where an orde
                   "resamples): Student's t over the runs' spread about their order's mean (runs - orders degrees of "
                   "freedom), around the mean under a bootstrap of each task's evaluation examples (of the test split "
                   "unless the heading names another), the same draws for every run, so methods compared on one task "
-                  "are compared on the same examples.")
+                  "are compared on the same examples. FM's interval (and ΔFM's) is reflected about its point (2 FM - hi, "
+                  "2 FM - lo: the basic bootstrap), since its maximum over rows lifts the resamples above it "
+                  "(docs/results.md#intervals).")
 
 
 # ---- tables ---------------------------------------------------------------------------------------------
@@ -747,7 +754,8 @@ def forgetting_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "")
         block = [r for r in runs if r.order in members]
         for metric, heading in headings.items():
             cells = {lab: over_runs([r for r in block if r.label == lab], lambda r: r.metrics[metric],
-                                    lambda r: r.samples(metric), value_range(metric)) for lab in labels}
+                                    lambda r: r.samples(metric), value_range(metric), reflect=metric in stats.REFLECTED)
+                     for lab in labels}
             columns[(title, heading)] = pd.Series({lab: c.text() for lab, c in cells.items() if c}, dtype=object)
             note_examples_only(alone, title, cells)
         if measured.any():

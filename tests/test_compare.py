@@ -23,11 +23,13 @@ CELLS = [(label, order, seed) for label in ("seq_lora", "craft") for order in ("
 
 def test_a_planted_shift_is_found_with_its_interval_and_a_folder_against_itself_shows_none(tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    grid(a, {cell: (60.0, 70.0) for cell in CELLS})
+    # 100 examples a task: B's gain is then 20 answers of task a, all one way; at 20 examples it would be 4, which
+    # McNemar's exact test does not call significant (p 0.125) and FM's reflected interval does not either
+    grid(a, {cell: (60.0, 70.0) for cell in CELLS}, n_test=100)
     # B: craft's final accuracy on task a is 20 points higher everywhere (AA +10, FM -20 on its one old task);
     # seq_lora's moves by +5 on seed 1 and -5 on seed 2 (no shift on average)
     grid(b, {cell: ((80.0 if cell[0] == "craft" else 65.0 if cell[2] == 1 else 55.0), 70.0) for cell in CELLS},
-         protocol={"dtype": "bf16"})
+         protocol={"dtype": "bf16"}, n_test=100)
     result = compare(a, b)
     craft, seq_lora, pooled = result["rows"]["craft"], result["rows"]["seq_lora"], result["rows"]["all methods"]
     assert craft["pairs"] == 4 and craft["orders"] == ["1", "2"] and craft["seeds"] == [1, 2]
@@ -36,8 +38,8 @@ def test_a_planted_shift_is_found_with_its_interval_and_a_folder_against_itself_
     lo, hi = craft["delta_AA"]["ci"]
     assert 0 < lo <= 10.0 <= hi
     assert craft["delta_FM"]["mean"] == -20.0 and craft["delta_FM"]["excludes_zero"]
-    # 20 points of task a's 20 examples = 4 answers changed per run, over 4 runs and 2 tasks of 20
-    assert craft["final_answers_changed"] == [16, 160]
+    # 20 points of task a's 100 examples = 20 answers changed per run, over 4 runs and 2 tasks of 100
+    assert craft["final_answers_changed"] == [80, 800]
     assert seq_lora["delta_AA"]["mean"] == 0.0 and not seq_lora["delta_AA"]["excludes_zero"]
     assert pooled["pairs"] == 8 and pooled["delta_AA"]["mean"] == 5.0
     assert result["differences"] == {"dtype": [["fp32"], ["bf16"]]}
