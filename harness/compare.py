@@ -182,6 +182,7 @@ def markdown(result: dict) -> str:
               f"{stats.LEVEL}% interval ({stats.RESAMPLES} resamples): Student's t over the pairs' spread about their "
               "stream's mean (pairs - streams degrees of freedom; with one pair a stream, none: the examples' spread "
               "alone), each task's evaluation examples bootstrapped, "
-              "the same draws for both runs of a pair; * = it excludes 0. Final answers changed: evaluation examples "
+              "the same draws for both runs of a pair (ΔFM's ends reflected about its point: docs/results.md"
+              "#intervals); * = it excludes 0. Final answers changed: evaluation examples "
               "of the last row whose predicted label differs."]
     return "\n".join(lines) + "\n"

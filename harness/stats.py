@@ -4,7 +4,8 @@ A run keeps, per evaluated cell, the predicted label index of every test example
 (`encode_labels`), and the gold indices once per task in config.json. From them every accuracy of the matrix
 is recomputed exactly, and resampled: each task's test examples are drawn with replacement, the same draw for
 every row of a matrix, every run, seed and order (the weights depend only on the task and its size), so that
-rows, runs and methods stay paired on the examples they share. A percentile bootstrap by hand: it is a few
+rows, runs and methods stay paired on the examples they share (FM's interval reflected about its point:
+REFLECTED). A percentile bootstrap by hand: it is a few
 lines, and scipy.stats.bootstrap resamples one sample, not strata shared across many runs.
 
 numpy, and scipy for t quantiles; the metric formulas are harness/metrics.py's, applied to batches of resampled

@@ -342,12 +342,13 @@ def summarize(per_seed: dict[int, list[tuple[Run, Run | None]]], metric: str,
 
     plain = all(ref is None for pairs in per_seed.values() for _, ref in pairs)
     within = value_range(metric) if plain else stats.POINTS   # a difference of accuracies is a change
-    points, per_seed_samples, pair_samples, orders = [], [], [], []
+    points, per_seed_samples, pair_samples, orders, pair_values = [], [], [], [], []
     for pairs in per_seed.values():
         values = [value(r, ref, lambda x: x.metrics[metric]) for r, ref in pairs]
         if not pairs or any(v is None for v in values):
             continue
         points.append(float(np.mean(values)))
+        pair_values += values
         draws = [value(r, ref, lambda x: x.samples(metric)) for r, ref in pairs]
         per_seed_samples.append(None if any(d is None for d in draws) else np.mean(draws, axis=0))
         pair_samples += draws
@@ -357,7 +358,8 @@ def summarize(per_seed: dict[int, list[tuple[Run, Run | None]]], metric: str,
     bounds = None
     if all(x is not None for x in per_seed_samples):
         # the tuning rule's statistic stays as it was fixed (percentile ends; bench/tuning_rule.py)
-        about = float(np.mean(points)) if metric in stats.REFLECTED and not rule else None
+        # reflected about the mean over the pairs: what stats.over_runs' draws are the mean of
+        about = float(np.mean(pair_values)) if metric in stats.REFLECTED and not rule else None
         bounds = stats.interval(stats.over_seeds(np.stack(per_seed_samples)) if rule
                                 else stats.over_runs(np.stack(pair_samples), orders, within), about=about,
                                 within=within)
@@ -423,9 +425,9 @@ BOOTSTRAP_NOTE = (f"[lo, hi] = {stats.LEVEL}% interval over seeds (where an orde
                   "resamples): Student's t over the runs' spread about their order's mean (runs - orders degrees of "
                   "freedom), around the mean under a bootstrap of each task's evaluation examples (of the test split "
                   "unless the heading names another), the same draws for every run, so methods compared on one task "
-                  "are compared on the same examples. FM's interval (and ΔFM's) is reflected about its point (2 FM - hi, "
-                  "2 FM - lo: the basic bootstrap), since its maximum over rows lifts the resamples above it "
-                  "(docs/results.md#intervals).")
+                  "are compared on the same examples. FM's interval (and ΔFM's) is reflected about its point "
+                  "(2 FM - hi, 2 FM - lo: the basic bootstrap), since its maximum over rows lifts the resamples above "
+                  "it (docs/results.md#intervals).")
 
 
 # ---- tables ---------------------------------------------------------------------------------------------

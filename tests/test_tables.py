@@ -5,9 +5,11 @@ import os
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 from core.errors import UsageError
+from harness import stats
 from harness.rundir import write_json
 from harness.tables import load_runs, order_dispersion, write_tables
 from tests.conftest import ROOT
@@ -1261,6 +1263,31 @@ def test_the_verdict_takes_its_direction_from_the_interval_and_its_mark_from_the
         "but forgets less by BWT (ΔFM +1.90 [-0.40, 3.90]; ΔBWT +5.00 [1.00, 9.00] *)")
     assert _judged(flat, "FM", "forgets more", "forgets less", "forgetting", beside=covers).startswith(
         "shows no significant difference in forgetting (ΔFM")
+
+
+def test_fm_is_reflected_about_the_mean_over_pairs_and_the_rules_statistic_keeps_percentile_ends():
+    from types import SimpleNamespace
+
+    from harness.tables import summarize
+    rng = np.random.default_rng(3)
+
+    def run(order, value, lift):   # its resamples sit `lift` above its value, as FM's maximum lifts them
+        draws = value + lift + rng.normal(0, 1, stats.RESAMPLES)
+        return SimpleNamespace(order=order, metrics={"FM": value, "AA": value}, samples=lambda metric: draws)
+
+    per_seed = {seed: [(run("1", 4.0 + seed, 2.0), None), (run("2", 6.0 + seed, 2.0), None)] for seed in (1, 2)}
+    point = 6.5   # the mean over the four pairs
+    fm, aa, rule = summarize(per_seed, "FM"), summarize(per_seed, "AA"), summarize(per_seed, "FM", rule=True)
+    assert fm.mean == aa.mean == rule.mean == point
+    # percentile ends (AA; the tuning rule's FM) centre near point + lift, FM's reflected ends near point - lift
+    assert sum(aa.bounds) / 2 == pytest.approx(point + 2.0, abs=0.6)
+    assert sum(rule.bounds) / 2 == pytest.approx(point + 2.0, abs=0.6)
+    assert sum(fm.bounds) / 2 == pytest.approx(point - 2.0, abs=0.6)
+    assert fm.bounds == pytest.approx((2 * point - aa.bounds[1], 2 * point - aa.bounds[0]))
+    # two seeds of each order: the interval holds the seeds' spread; one seed: the examples' alone
+    assert not fm.examples_only and not rule.examples_only
+    one = {1: per_seed[1]}
+    assert summarize(one, "FM").examples_only and summarize(one, "FM", rule=True).examples_only
 
 
 def test_a_folders_preface_opens_its_readme_and_survives_a_rebuild(runs, tmp_path):
