@@ -596,6 +596,15 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
                  [(None, baselines)], notes)
 
 
+def checked_on(title: str, members: list[str], pairs: dict) -> str:
+    """A check's block, with the orders it was made on where those are not all of the block's (a grid under way):
+    "Orders 1-3: order 1 only"."""
+    orders = [r.order for r, _ in next(iter(pairs.values()))]
+    if len(orders) == len(members):
+        return title
+    return f"{title}: order{'s' * (len(orders) > 1)} {', '.join(orders)} only"
+
+
 def sanity_checks(runs: list[Run], frame: pd.DataFrame) -> list[str]:
     """One line per check and block: does the regime forget, do the bounds sit above what they bound."""
     lines = []
@@ -608,7 +617,7 @@ def sanity_checks(runs: list[Run], frame: pd.DataFrame) -> list[str]:
         pairs = most_pairs(runs, reference, None, members) if reference else {}
         fm, bwt = (summarize(pairs, "FM"), summarize(pairs, "BWT")) if pairs else (None, None)
         if fm is not None and bwt is not None:
-            lines.append(forgetting_check(title, reference, fm, bwt))
+            lines.append(forgetting_check(checked_on(title, members, pairs), reference, fm, bwt))
         else:
             why_not = (f"{reference}'s runs here give no BWT" if reference
                        else f"no run of {FORGETTING_REFERENCE}'s defaults here")
@@ -619,7 +628,7 @@ def sanity_checks(runs: list[Run], frame: pd.DataFrame) -> list[str]:
             pairs = most_pairs(runs, bound, learner, members) if bound and learner else {}
             diff = summarize(pairs, "AA") if pairs else None
             if diff is not None:
-                lines.append(bound_check(title, bound, learner, why, diff))
+                lines.append(bound_check(checked_on(title, members, pairs), bound, learner, why, diff))
                 continue
             missing = " or ".join(f"{m}'s" for m, label in ((bound_method, bound), (learner_method, learner))
                                   if not label)
@@ -651,8 +660,10 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
         if title not in targets:
             continue
         target = targets[title]
-        failed = any(c.startswith("**Check failed**") and f"({title})" in c for c in checks)
-        unchecked = any(c.startswith("Not checked") and f"({title})" in c for c in checks)
+        # a check names its block as "(title)", or "(title: order 1 only)" where it was made on some orders
+        of_block = [c for c in checks if f"({title})" in c or f"({title}: " in c]
+        failed = any(c.startswith("**Check failed**") for c in of_block)
+        unchecked = any(c.startswith("Not checked") for c in of_block)
         for lab in baselines:
             pairs = most_pairs(runs, target, lab, members)
             if not pairs:

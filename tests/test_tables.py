@@ -640,9 +640,12 @@ def test_a_failed_sanity_check_is_stated_under_the_tables_and_in_the_readme(tmp_
     write_tables(root, out, figures=False)
     main, readme = (open(os.path.join(out, name)).read() for name in ("main.md", "README.md"))
     for text in (main, readme):
-        assert "**Check failed** (Orders 1-3): seq_lora's BWT is +0.00 [0.00, 0.00] (FM 0.00 [0.00, 0.00]), BWT " \
+        # made on order 1 alone, and the check says so
+        assert "**Check failed** (Orders 1-3: order 1 only): seq_lora's BWT is +0.00 [0.00, 0.00] (FM 0.00 [0.00, " \
+               "0.00]), BWT " \
                "not below 0: no forgetting to prevent at these sizes" in text
-        assert "**Check failed** (Orders 1-3): per_task (one adapter per task and the task id at test) is below " \
+        assert "**Check failed** (Orders 1-3: order 1 only): per_task (one adapter per task and the task id at " \
+               "test) is below " \
                "seq_lora (beyond noise): AA of per_task minus seq_lora: -40.00 [" in text
     # mtl and replay never ran: that check is said to be missing, not left out as if it held
     assert "Not checked (Orders 1-3): mtl (joint training on every task at once) against replay: no run of mtl's or " \
@@ -652,7 +655,7 @@ def test_a_failed_sanity_check_is_stated_under_the_tables_and_in_the_readme(tmp_
         make_run(root, "seq_lora", "seq_lora", "2", seed, seq(30.0, 90.0), n_test=20)
     write_tables(root, out, figures=False)
     # seq_lora's orders 1 and 2 (BWT 0 and -50 on each seed): -25 on average, with an interval below 0
-    assert "Check passed (Orders 1-3): the regime forgets: seq_lora's BWT is -25.00 [" in \
+    assert "Check passed (Orders 1-3: orders 1, 2 only): the regime forgets: seq_lora's BWT is -25.00 [" in \
         open(os.path.join(out, "main.md")).read()
     # a folder of craft runs alone (a grid under way): no check can be made, each says why, and so does the verdict
     alone = str(tmp_path / "craft_only")
@@ -684,7 +687,7 @@ def test_forgetting_on_average_that_its_interval_does_not_establish_fails_the_ch
     out = str(tmp_path / "results")
     write_tables(root, out, figures=False)
     text = open(os.path.join(out, "main.md")).read()
-    assert "**Check failed** (Orders 1-3): seq_lora's BWT is -20.00 [" in text
+    assert "**Check failed** (Orders 1-3: order 1 only): seq_lora's BWT is -20.00 [" in text
     assert "BWT's interval reaches 0: forgetting is not established at these sizes and seeds" in text
 
 
@@ -704,9 +707,10 @@ def test_each_block_is_checked_on_the_rows_that_ran_it_where_todays_defaults_did
     out = str(tmp_path / "results")
     write_tables(root, out, figures=False)
     main = open(os.path.join(out, "main.md")).read()
-    assert "Check passed (Orders 1-3): the regime forgets: seq_lora's BWT is -50.00 [" in main
-    assert "Check passed (Offline orders): the regime forgets: seq_lora (one-epoch defaults)'s BWT is -40.00 [" in main
-    assert "(Offline orders): per_task (one-epoch defaults) (one adapter per task and the task id at test) is at or " \
+    assert "Check passed (Orders 1-3: order 1 only): the regime forgets: seq_lora's BWT is -50.00 [" in main
+    assert "Check passed (Offline orders: order offline1 only): the regime forgets: seq_lora (one-epoch defaults)'s " \
+        "BWT is -40.00 [" in main
+    assert "(Offline orders: order offline1 only): per_task (one-epoch defaults) (one adapter per task and the task id at test) is at or " \
         "above seq_lora (one-epoch defaults)" in main
     # today's seq_lora runs offline1 too: it is the block's forgetting reference, but per_task's one-epoch runs are
     # still set against seq_lora's one-epoch runs ((80+90)/2 - (40+90)/2 = +20; against today's it would be +30)
@@ -715,7 +719,7 @@ def test_each_block_is_checked_on_the_rows_that_ran_it_where_todays_defaults_did
                  n_test=20)
     write_tables(root, out, figures=False)
     main = open(os.path.join(out, "main.md")).read()
-    assert "Check passed (Offline orders): the regime forgets: seq_lora's BWT is -60.00 [" in main
+    assert "Check passed (Offline orders: order offline1 only): the regime forgets: seq_lora's BWT is -60.00 [" in main
     assert "AA of per_task (one-epoch defaults) minus seq_lora (one-epoch defaults): +20.00 [" in main
 
 
