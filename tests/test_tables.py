@@ -710,8 +710,8 @@ def test_each_block_is_checked_on_the_rows_that_ran_it_where_todays_defaults_did
     assert "Check passed (Orders 1-3: order 1 only): the regime forgets: seq_lora's BWT is -50.00 [" in main
     assert "Check passed (Offline orders: order offline1 only): the regime forgets: seq_lora (one-epoch defaults)'s " \
         "BWT is -40.00 [" in main
-    assert "(Offline orders: order offline1 only): per_task (one-epoch defaults) (one adapter per task and the task id at test) is at or " \
-        "above seq_lora (one-epoch defaults)" in main
+    assert "(Offline orders: order offline1 only): per_task (one-epoch defaults) (one adapter per task and the task " \
+        "id at test) is at or above seq_lora (one-epoch defaults)" in main
     # today's seq_lora runs offline1 too: it is the block's forgetting reference, but per_task's one-epoch runs are
     # still set against seq_lora's one-epoch runs ((80+90)/2 - (40+90)/2 = +20; against today's it would be +30)
     for seed in (1, 2):
