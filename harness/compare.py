@@ -84,8 +84,8 @@ def paired_difference(pairs: list[tuple[Run, Run]], metric: str) -> dict | None:
     bounds = None
     if all(x is not None and y is not None for x, y in draws):
         strata = [(a.label, a.order, a.protocol) for a, _ in pairs]   # a stream of one method under one protocol
-        bounds = stats.interval(stats.over_runs(np.stack([y - x for x, y in draws]), strata),
-                                about=point if metric in stats.REFLECTED else None, within=stats.POINTS)
+        bounds = stats.metric_interval(stats.over_runs(np.stack([y - x for x, y in draws]), strata), metric, point,
+                                       stats.POINTS)
     return {"mean": stats.shown(point), "ci": None if bounds is None else [stats.shown(b) for b in bounds],
             "excludes_zero": stats.excludes_zero(bounds), "pairs": len(pairs)}
 

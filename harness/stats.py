@@ -223,6 +223,20 @@ def interval(samples: np.ndarray, level: float = LEVEL, about: float | None = No
     return float(lo), float(hi)
 
 
+def metric_interval(samples: np.ndarray, metric: str, point: float,
+                    within: tuple[float, float] | None = None) -> tuple[float, float] | None:
+    """A metric's interval from its resamples and its point: reflected about the point for REFLECTED metrics,
+    the percentile ends for the rest."""
+    return interval(samples, about=point if metric in REFLECTED else None, within=within)
+
+
+def seed_degrees(strata) -> int:
+    """over_runs' degrees of freedom for the seeds: runs less strata (orders). Below 1 its interval is the
+    examples' spread alone."""
+    strata = list(strata)
+    return len(strata) - len(set(strata))
+
+
 @lru_cache(maxsize=16)
 def t_draws(df: int, resamples: int = RESAMPLES) -> np.ndarray:
     """Student's t with df degrees of freedom, [resamples]: its quantiles at (i + 0.5) / resamples, in an order
@@ -265,7 +279,7 @@ def over_runs(samples: np.ndarray, strata, within=POINTS, of=None) -> np.ndarray
         raise ValueError(f"no run of stratum {of!r}")
     mean = samples.mean(0) if of is None else samples[[i for i, k in enumerate(strata) if k == of]].mean(0)
     keys = sorted(set(strata), key=str)
-    df = n_runs - len(keys)
+    df = seed_degrees(strata)
     if df < 1:
         return mean
     residual = np.zeros(resamples)
@@ -315,7 +329,6 @@ def run_intervals(scores: ExampleScores, resamples: int = RESAMPLES) -> dict[str
     """One run's metrics' LEVEL% intervals over its test examples (resampled within each task)."""
     out, points = {}, scores.metric_points()
     for name, samples in scores.metric_samples(resamples).items():
-        about = points[name] if name in REFLECTED else None
-        bounds = None if samples is None else interval(samples, about=about, within=POINTS)
+        bounds = None if samples is None else metric_interval(samples, name, points[name], POINTS)
         out[name] = None if bounds is None else [round(bounds[0], 4), round(bounds[1], 4)]
     return out

@@ -357,26 +357,25 @@ def summarize(per_seed: dict[int, list[tuple[Run, Run | None]]], metric: str,
         return None
     bounds = None
     if all(x is not None for x in per_seed_samples):
-        # the tuning rule's statistic stays as it was fixed (percentile ends; bench/tuning_rule.py)
-        # reflected about the mean over the pairs: what stats.over_runs' draws are the mean of
-        about = float(np.mean(pair_values)) if metric in stats.REFLECTED and not rule else None
-        bounds = stats.interval(stats.over_seeds(np.stack(per_seed_samples)) if rule
-                                else stats.over_runs(np.stack(pair_samples), orders, within), about=about,
-                                within=within)
+        if rule:   # the tuning rule's statistic stays as it was fixed (percentile ends; bench/tuning_rule.py)
+            bounds = stats.interval(stats.over_seeds(np.stack(per_seed_samples)))
+        else:      # about the mean over the pairs: what stats.over_runs' draws are the mean of
+            bounds = stats.metric_interval(stats.over_runs(np.stack(pair_samples), orders, within), metric,
+                                           float(np.mean(pair_values)), within)
     std = float(np.std(points, ddof=1)) if len(points) > 1 else None
-    alone = bounds is not None and (len(points) < 2 if rule else len(orders) - len(set(orders)) < 1)
+    alone = bounds is not None and (len(points) < 2 if rule else stats.seed_degrees(orders) < 1)
     return Summary(float(np.mean(points)), std, bounds, len(points), alone)
 
 
 def over_runs(runs: list[Run], value, samples, within=stats.POINTS, of: str | None = None,
-              reflect: bool = False) -> Summary | None:
+              metric: str | None = None) -> Summary | None:
     """The mean of value(run) over the runs that give one (every order and seed of a block that ran: the
     forgetting table's cells), with stats.over_runs' interval (each order a stratum) where every such run gives
     samples(run) (its value under each resample of the test examples), clipped to `within` (value_range).
     Otherwise the std over runs. of: the mean of that order's runs alone, its interval's spread pooled over
     every order of `runs` (the main table's column of one order): over those of their runs that give samples, an
-    interval wherever every run of that order does. reflect: the basic bootstrap interval, about the mean
-    (stats.REFLECTED)."""
+    interval wherever every run of that order does. metric: the metric the values are, which picks the interval's
+    kind (stats.metric_interval; percentile ends without one)."""
     have = [(r, v) for r in runs if (v := value(r)) is not None]
     points = np.array([v for r, v in have if of is None or r.order == of], dtype=float)
     if not len(points):
@@ -386,10 +385,10 @@ def over_runs(runs: list[Run], value, samples, within=stats.POINTS, of: str | No
         draws = [(r, d) for r, d in draws if d is not None or r.order == of]
     bounds = None
     if all(d is not None for _, d in draws):
-        bounds = stats.interval(stats.over_runs(np.stack([d for _, d in draws]), [r.order for r, _ in draws], within,
-                                                of=of), about=float(points.mean()) if reflect else None, within=within)
+        bounds = stats.metric_interval(stats.over_runs(np.stack([d for _, d in draws]), [r.order for r, _ in draws],
+                                                       within, of=of), metric, float(points.mean()), within)
     std = float(np.std(points, ddof=1)) if len(points) > 1 else None
-    alone = bounds is not None and len(draws) - len({r.order for r, _ in draws}) < 1
+    alone = bounds is not None and stats.seed_degrees(r.order for r, _ in draws) < 1
     return Summary(float(points.mean()), std, bounds, len(points), alone)
 
 
@@ -767,7 +766,7 @@ def forgetting_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "")
         block = [r for r in runs if r.order in members]
         for metric, heading in headings.items():
             cells = {lab: over_runs([r for r in block if r.label == lab], lambda r: r.metrics[metric],
-                                    lambda r: r.samples(metric), value_range(metric), reflect=metric in stats.REFLECTED)
+                                    lambda r: r.samples(metric), value_range(metric), metric=metric)
                      for lab in labels}
             columns[(title, heading)] = pd.Series({lab: c.text() for lab, c in cells.items() if c}, dtype=object)
             note_examples_only(alone, title, cells)
