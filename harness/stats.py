@@ -230,6 +230,40 @@ def metric_interval(samples: np.ndarray, metric: str, point: float,
     return interval(samples, about=point if metric in REFLECTED else None, within=within)
 
 
+def p_value(samples: np.ndarray, about: float | None = None) -> float | None:
+    """Two-sided bootstrap p-value of "the value is 0", read off the samples `interval` reads (reflected about
+    `about` where given, as interval reflects them): twice the share of resamples on the far side of 0, counted with
+    one added to share and total (Davison & Hinkley 1997, eq. 4.11), so a finite number of resamples never claims
+    p = 0; at RESAMPLES that floor is 2/2001, about 0.001. An interval that excludes 0 at LEVEL has p below
+    1 - LEVEL/100, up to the percentile's interpolation between resamples."""
+    samples = np.asarray(samples, dtype=float)
+    samples = samples[~np.isnan(samples)]
+    if not len(samples):
+        return None
+    if about is not None:
+        samples = 2 * about - samples
+    far = min(int((samples <= 0).sum()), int((samples >= 0).sum()))
+    return min(1.0, 2 * (far + 1) / (len(samples) + 1))
+
+
+def metric_p_value(samples: np.ndarray, metric: str, point: float) -> float | None:
+    """p_value of a metric's resamples, reflected about its point where its interval is (REFLECTED)."""
+    return p_value(samples, about=point if metric in REFLECTED else None)
+
+
+def holm(p_values: list[float], level: float = LEVEL) -> list[bool]:
+    """Holm's step-down correction: which hypotheses of a family are rejected at a family-wise error of
+    1 - level/100: sorted by p, the k-th smallest (from 0) is rejected while p <= alpha / (m - k). By hand: a few
+    lines, where statsmodels' multipletests would be a dependency for them alone."""
+    alpha, m = 1 - level / 100, len(p_values)
+    rejected = [False] * m
+    for k, i in enumerate(np.argsort(p_values, kind="stable")):
+        if p_values[i] > alpha / (m - k):
+            break
+        rejected[i] = True
+    return rejected
+
+
 def seed_degrees(strata) -> int:
     """over_runs' degrees of freedom for the seeds: runs less strata (orders). Below 1 its interval is the
     examples' spread alone."""

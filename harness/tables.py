@@ -317,12 +317,15 @@ class Summary:
     # the interval holds the evaluation examples' spread alone: one run per order (stats.over_runs' 0 degrees of
     # freedom), so no seed's spread is in it
     examples_only: bool = False
+    p: float | None = None       # two-sided p of "no difference" from the interval's resamples (stats.p_value)
+    # significant under Holm's correction over its family (compare_block); None: not part of a family
+    holm: bool | None = None
 
     def text(self, signed: bool = False, mark: bool = False) -> str:
         num = "{:+.2f}" if signed else "{:.2f}"
         if self.bounds is not None:
             lo, hi = self.bounds
-            starred = " *" if mark and stats.excludes_zero(self.bounds) else ""
+            starred = (" **" if self.holm else " *") if mark and stats.excludes_zero(self.bounds) else ""
             return f"{num.format(self.mean)} [{lo:.2f}, {hi:.2f}]{starred}"
         return num.format(self.mean) + ("" if self.std is None or self.values < 2 else f" ± {self.std:.2f}")
 
@@ -355,16 +358,17 @@ def summarize(per_seed: dict[int, list[tuple[Run, Run | None]]], metric: str,
         orders += [r.order for r, _ in pairs]
     if not points:
         return None
-    bounds = None
+    bounds = p = None
     if all(x is not None for x in per_seed_samples):
         if rule:   # the tuning rule's statistic stays as it was fixed (percentile ends; bench/tuning_rule.py)
             bounds = stats.interval(stats.over_seeds(np.stack(per_seed_samples)))
         else:      # about the mean over the pairs: what stats.over_runs' draws are the mean of
-            bounds = stats.metric_interval(stats.over_runs(np.stack(pair_samples), orders, within), metric,
-                                           float(np.mean(pair_values)), within)
+            draws, point = stats.over_runs(np.stack(pair_samples), orders, within), float(np.mean(pair_values))
+            bounds = stats.metric_interval(draws, metric, point, within)
+            p = stats.metric_p_value(draws, metric, point)
     std = float(np.std(points, ddof=1)) if len(points) > 1 else None
     alone = bounds is not None and (len(points) < 2 if rule else stats.seed_degrees(orders) < 1)
-    return Summary(float(np.mean(points)), std, bounds, len(points), alone)
+    return Summary(float(np.mean(points)), std, bounds, len(points), alone, p)
 
 
 def over_runs(runs: list[Run], value, samples, within=stats.POINTS, of: str | None = None,
@@ -568,15 +572,16 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
         return None
     target = main_label(frame, PAIRED_TARGET)   # the title's, where every block has the same row
     baselines = sort_labels(set(frame.label[~frame.bound & (frame.method != PAIRED_TARGET)]))
-    columns, mixes = {}, {}
+    columns, mixes, family = {}, {}, {}
     for title, members in blocks_for(set(frame.order)):
         if title not in targets:
             continue
         cells: dict = {"ΔAA ↑": {}, "ΔFM ↓": {}, "pairs": {}}
-        for lab in baselines:
-            pairs = most_pairs(runs, targets[title], lab, members)
-            add_paired_cells(cells, lab, pairs, ("ΔAA ↑", "ΔFM ↓"))
+        compared = compare_block(runs, targets[title], baselines, members)
+        for lab, (pairs, deltas) in compared.items():
+            add_paired_cells(cells, lab, pairs, ("ΔAA ↑", "ΔFM ↓"), deltas)
             mixes.setdefault(lab, {})[title] = kernel_mix(pairs)
+        family[title] = len(holm_family(compared))
         for heading, values in cells.items():
             columns[(title, heading)] = pd.Series(values, dtype=object)
     others = {title: t for title, t in targets.items() if t != target}   # blocks judged on another row of it
@@ -586,7 +591,9 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
              f"{target} is more accurate; ΔFM < 0: it forgets less (FM = "
              f"{metrics_mod.METRICS['FM'].description}). {BOOTSTRAP_NOTE} Paired: each draw takes the difference "
              "on the same seeds and examples, which is far tighter than two separate intervals. * = the interval "
-             "excludes 0. Without an interval: mean ± std over seeds of the per-seed difference."]
+             "excludes 0" + (f"; ** = {HOLM_NOTE} " + ", ".join(f"{title}: {m}" for title, m in family.items() if m)
+                             + ")" if any(family.values()) else "") +
+             ". Without an interval: mean ± std over seeds of the per-seed difference."]
     if others:
         notes.append(f"Blocks whose Δ is of another row of {PAIRED_TARGET} (the one that ran them): " +
                      "; ".join(f"{title}: {t}" for title, t in others.items()) + ".")
@@ -663,13 +670,13 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
         of_block = [c for c in checks if f"({title})" in c or f"({title}: " in c]
         failed = any(c.startswith("**Check failed**") for c in of_block)
         unchecked = any(c.startswith("Not checked") for c in of_block)
-        for lab in baselines:
-            pairs = most_pairs(runs, target, lab, members)
-            if not pairs:
-                continue
+        caveat = (" The block's sanity checks fail: this does not rank the two." if failed
+                  else " Not every sanity check could be made in this block (below)." if unchecked else "")
+        compared = compare_block(runs, target, baselines, members)
+        for lab, (pairs, deltas) in compared.items():
             orders, seeds = len(next(iter(pairs.values()))), len(pairs)
             mix = kernel_mix(pairs)
-            aa, fm, bwt = summarize(pairs, "AA"), summarize(pairs, "FM"), summarize(pairs, "BWT")
+            aa, fm, bwt = deltas["AA"], deltas["FM"], deltas["BWT"]
             tested = not all(d is None or d.bounds is None for d in (aa, fm))
             if not tested:   # records without per-example predictions
                 judged = ("is not tested (no intervals: the runs predate per-example predictions): " + ", ".join(
@@ -683,9 +690,27 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
                             "seed to seed." if seeds == 1 and tested else "")
                          + (f" {crossing_subject(mix)} kernel sets ({mix.sets()}): the difference holds the "
                             "machines' difference too (rounding; on a GPU also its own random draws)." if mix.k else "")
-                         + (" The block's sanity checks fail: this does not rank the two." if failed
-                            else " Not every sanity check could be made in this block (below)." if unchecked else ""))
+                         + caveat)
+        if holm_family(compared):
+            lines.append(holm_line(title, compared) + caveat.replace("the two", "these methods"))
     return lines
+
+
+def holm_line(title: str, compared: dict) -> str:
+    """The block's count of significant differences that Holm's correction keeps (compare_block), and those it
+    does not: claimed together, the block's lines hold at 5% family-wise error only where marked **."""
+    family = holm_family(compared)
+    significant = [(m, lab) for lab, (_, deltas) in compared.items() for m in HOLM_METRICS
+                   if (d := deltas[m]) is not None and d.p is not None and stats.excludes_zero(d.bounds)]
+    lost = [f"Δ{m} against {lab}" for m, lab in significant if not compared[lab][1][m].holm]
+    baselines = sum(any(deltas[m] is not None and deltas[m].p is not None for m in HOLM_METRICS)
+                    for _, deltas in compared.values())
+    head = (f"{title}, all lines together: Holm's correction over the block's {len(family)} comparisons (ΔAA and ΔFM "
+            f"against {baselines} baseline{'s' * (baselines > 1)}, family-wise error 5%) ")
+    if not significant:
+        return head + "has nothing to keep: no difference is significant on its own."
+    return head + (f"keeps {len(significant) - len(lost)} of the {len(significant)} significant differences (**)"
+                   + (f"; not {', '.join(lost)}." if lost else "."))
 
 
 def _judged(d: Summary | None, metric: str, up: str, down: str, what: str, beside: Summary | None = None) -> str:
@@ -914,16 +939,53 @@ def one_seed_note(columns: dict) -> str | None:
             "examples for that seed, not that another seed would give it.")
 
 
-def add_paired_cells(cells: dict, label: str, pairs: dict, headings: tuple[str, str]) -> None:
-    """cells[heading][label] = the paired ΔAA and ΔFM of pairs (by_seed's), and cells["pairs"][label] = how many
-    orders × seeds they are over; nothing without pairs."""
+def add_paired_cells(cells: dict, label: str, pairs: dict, headings: tuple[str, str],
+                     deltas: dict | None = None) -> None:
+    """cells[heading][label] = the paired ΔAA and ΔFM of pairs (by_seed's; `deltas`: their Summaries, already
+    made), and cells["pairs"][label] = how many orders × seeds they are over; nothing without pairs."""
     if not pairs:
         return
     for metric, heading in zip(("AA", "FM"), headings):
-        d = summarize(pairs, metric)
+        d = deltas[metric] if deltas is not None else summarize(pairs, metric)
         if d is not None:
             cells[heading][label] = d.text(signed=True, mark=True)
     cells["pairs"][label] = f"{len(next(iter(pairs.values())))} × {len(pairs)}"
+
+
+# The metrics of a block's verdict, the family Holm's correction is over (with every baseline of the block): the
+# verdict answers, per block, whether craft's AA and FM differ from each baseline's.
+HOLM_METRICS = ("AA", "FM")
+HOLM_NOTE = ("also significant under Holm's correction over the block's ΔAA and ΔFM against every baseline "
+             "(family-wise error 5%; p = twice the share of the interval's resamples beyond 0, one added to share and total, "
+             "so 0.001 at the least: a family of more than 50 could confirm nothing; comparisons a block:")
+
+
+def compare_block(runs: list[Run], target: str, baselines: list[str], members: list[str]) -> dict:
+    """label -> (pairs, {"AA", "FM", "BWT": Summary or None}) of `target` minus each baseline that shares runs
+    with it on the block's orders (most_pairs), with Holm's correction (Summary.holm) over the block's family
+    (holm_family): the paired table's cells and the verdict's lines, made once."""
+    compared = {}
+    for lab in baselines:
+        pairs = most_pairs(runs, target, lab, members)
+        if pairs:
+            compared[lab] = (pairs, {m: summarize(pairs, m) for m in ("AA", "FM", "BWT")})
+    apply_holm(compared)
+    return compared
+
+
+def apply_holm(compared: dict) -> None:
+    """Sets Summary.holm on every difference of holm_family(compared): rejected by Holm's correction over them
+    and its interval excludes 0 (never more than the interval itself says)."""
+    family = holm_family(compared)
+    for d, rejected in zip(family, stats.holm([d.p for d in family])):
+        d.holm = rejected and stats.excludes_zero(d.bounds)
+
+
+def holm_family(compared: dict) -> list[Summary]:
+    """The differences of compare_block's output that Holm's correction is over: each baseline's ΔAA and ΔFM
+    that carry an interval (HOLM_METRICS)."""
+    return [d for _, deltas in compared.values() for m in HOLM_METRICS
+            if (d := deltas[m]) is not None and d.p is not None]
 
 
 def most_pairs(runs: list[Run], label: str, reference: str | None = None, members: list[str] | None = None) -> dict:
@@ -1418,7 +1480,8 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
                   "defaults of the runs' time, as each line names it) minus each continual learner on the same "
                   "orders, seeds and evaluation examples; significant = the 95% interval excludes 0; ΔFM < 0 = it "
                   "forgets less; ΔBWT, stated beside it, has not FM's upward noise bias (ΔBWT > 0 = it forgets "
-                  "less); * = significant.",
+                  "less); * = significant; ** = significant also under Holm's correction over the block's ΔAA and "
+                  "ΔFM against every baseline (family-wise error 5%; each block's last line).",
                   ""]
         for protocol, lines_of in verdicts.items():
             if lines_of:

@@ -141,6 +141,32 @@ def test_paired_bootstrap_finds_a_planted_difference_and_none_against_itself():
     assert separate < stats.interval(diff)[0]
 
 
+def test_the_p_value_inverts_the_interval_and_never_claims_zero():
+    from scipy.stats import norm
+    grid = norm.ppf((np.arange(stats.RESAMPLES) + 0.5) / stats.RESAMPLES)   # N(0, 1) quantiles, no draw noise
+    for mu in (0.5, 1.0, 2.5, 3.5):
+        p = stats.p_value(mu + grid)
+        assert p == pytest.approx(2 * norm.cdf(-mu), abs=2e-3)   # the normal's two-sided p, to the resamples' grain
+        assert (p < 0.05) == stats.excludes_zero(stats.interval(mu + grid))
+    # no resample beyond 0: the floor 2/(R+1), not 0; every resample at 0 (a method against itself): 1
+    assert stats.p_value(5.0 + np.abs(grid)) == pytest.approx(2 / (stats.RESAMPLES + 1))
+    assert stats.p_value(np.zeros(stats.RESAMPLES)) == 1.0
+    # reflected about the point as the interval is: resamples lifted 2 above a point of 1.5 read as centred on -0.5
+    lifted = 3.5 + grid
+    assert stats.metric_p_value(lifted, "FM", 1.5) == stats.p_value(2 * 1.5 - lifted) == stats.p_value(-0.5 + grid)
+    assert stats.metric_p_value(lifted, "AA", 1.5) == stats.p_value(lifted)
+
+
+def test_holm_rejects_step_down_and_stops_at_the_first_it_keeps():
+    # m = 3: thresholds 0.05/3, 0.05/2, 0.05: all three fall (Bonferroni's 0.05/3 would reject the first alone)
+    assert stats.holm([0.04, 0.001, 0.02]) == [True, True, True]
+    # m = 4, thresholds 0.0125, 0.0167, 0.025, 0.05: 0.02 stands, so 0.021 and 0.024 stand too though each is
+    # under its own threshold
+    assert stats.holm([0.024, 0.001, 0.021, 0.02]) == [False, True, False, False]
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == [True, False, False, True]
+    assert stats.holm([0.2], level=95) == [False] and stats.holm([0.05]) == [True] and stats.holm([]) == []
+
+
 def test_the_tuning_rules_seed_bootstrap_weighs_each_seed_by_its_runs():
     # seed 1 ran two orders (values 10 and 30 in every resample), seed 2 one (40): the mean over runs is 80/3
     per_seed = np.array([[20.0] * 500, [40.0] * 500])

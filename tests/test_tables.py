@@ -527,8 +527,9 @@ def test_paired_table_finds_a_planted_difference_and_none_against_an_identical_r
     out = str(tmp_path / "results")
     write_tables(root, out, figures=False)
     planted = cells_of(os.path.join(out, "paired.md"), "seq_lora")
-    assert planted[0].startswith("+40.00 [") and planted[0].endswith("] *")      # ΔAA, interval above 0
-    assert planted[1].startswith("-30.00 [") and planted[1].endswith("] *")      # ΔFM: 0 against 30
+    # ΔAA, interval above 0; ** = also under Holm's correction over the block's 4 comparisons (p at its floor)
+    assert planted[0].startswith("+40.00 [") and planted[0].endswith("] **")
+    assert planted[1].startswith("-30.00 [") and planted[1].endswith("] **")     # ΔFM: 0 against 30
     assert planted[2] == "1 × 2"                                                 # order 1 only, two seeds
     assert cells_of(os.path.join(out, "paired.md"), "o_lora")[:2] == ["+0.00 [0.00, 0.00]"] * 2
     assert "One seed" not in open(os.path.join(out, "paired.md")).read()   # every row pairs two seeds
@@ -1236,8 +1237,13 @@ def test_the_readme_opens_with_what_the_paired_comparisons_support(tmp_path):
     assert "forgets less (ΔFM -30.00 [" in line
     line = next(ln for ln in head.splitlines() if "against o_lora" in ln)
     assert "shows no significant difference in accuracy (ΔAA +0.00 [0.00, 0.00])" in line
+    # the block's lines together: Holm's correction over ΔAA and ΔFM against seq_lora and o_lora keeps both of
+    # seq_lora's (p at its floor, 2/2001, under 0.05/4)
+    assert "- Orders 1-3, all lines together: Holm's correction over the block's 4 comparisons (ΔAA and ΔFM " \
+        "against 2 baselines, family-wise error 5%) keeps 2 of the 2 significant differences (**)." in head
     # per_task below seq_lora: the block's check fails, and every line of the block says what that means
-    assert all(ln.endswith("this does not rank the two.") for ln in head.splitlines() if ln.startswith("- Orders"))
+    assert all(ln.endswith(("this does not rank the two.", "this does not rank these methods."))
+               for ln in head.splitlines() if ln.startswith("- Orders"))
     assert "per_task" not in head   # a bound is not a baseline craft is judged against
 
 
@@ -1267,6 +1273,33 @@ def test_the_verdict_takes_its_direction_from_the_interval_and_its_mark_from_the
         "but forgets less by BWT (ΔFM +1.90 [-0.40, 3.90]; ΔBWT +5.00 [1.00, 9.00] *)")
     assert _judged(flat, "FM", "forgets more", "forgets less", "forgetting", beside=covers).startswith(
         "shows no significant difference in forgetting (ΔFM")
+
+
+def test_holm_keeps_what_survives_the_blocks_family_and_the_blocks_line_names_what_it_drops():
+    from harness.tables import Summary, apply_holm, holm_line
+
+    def delta(p, bounds):
+        return Summary(mean=sum(bounds) / 2, std=None, bounds=bounds, values=1, p=p)
+
+    compared = {
+        "seq_lora": ({}, {"AA": delta(0.001, (5.0, 9.0)), "FM": delta(0.001, (-9.0, -5.0)),
+                          "BWT": delta(0.001, (5.0, 9.0))}),
+        "replay": ({}, {"AA": delta(0.03, (0.5, 6.0)), "FM": delta(0.6, (-2.0, 3.0)), "BWT": None}),
+        # a small p whose interval's end prints as 0.00: not significant, so the correction cannot make it so
+        "o_lora": ({}, {"AA": delta(0.001, (0.003, 4.0)), "FM": None, "BWT": None}),
+        "old": ({}, {"AA": Summary(1.0, 0.5, None, 2), "FM": None, "BWT": None}),   # no interval: outside it
+    }
+    apply_holm(compared)
+    # a family of 5; thresholds 0.05/5, /4, /3, /2, /1: the three p of 0.001 fall, 0.03 > 0.025 stands, so 0.6 too
+    marks = {(lab, m): d.holm for lab, (_, deltas) in compared.items() for m, d in deltas.items() if d is not None}
+    assert marks == {("seq_lora", "AA"): True, ("seq_lora", "FM"): True, ("seq_lora", "BWT"): None,
+                     ("replay", "AA"): False, ("replay", "FM"): False, ("o_lora", "AA"): False, ("old", "AA"): None}
+    assert compared["seq_lora"][1]["AA"].text(signed=True, mark=True) == "+7.00 [5.00, 9.00] **"
+    assert compared["replay"][1]["AA"].text(signed=True, mark=True) == "+3.25 [0.50, 6.00] *"
+    assert compared["o_lora"][1]["AA"].text(signed=True, mark=True) == "+2.00 [0.00, 4.00]"
+    assert holm_line("Orders 1-3", compared) == (
+        "Orders 1-3, all lines together: Holm's correction over the block's 5 comparisons (ΔAA and ΔFM against 3 "
+        "baselines, family-wise error 5%) keeps 2 of the 3 significant differences (**); not ΔAA against replay.")
 
 
 def test_fm_is_reflected_about_the_mean_over_pairs_and_the_rules_statistic_keeps_percentile_ends():
@@ -1331,7 +1364,8 @@ def test_a_verdict_on_one_seed_says_its_interval_leaves_out_the_seed(tmp_path):
     assert "(1 order × 1 seed)" in line and "forgets less" in line and "One seed: its intervals cover the evaluation " \
         "examples only" in line
     # BWT's difference beside FM's: seq_lora falls 90 -> 30 on task a, craft 90 -> 80, so craft's BWT is 50 higher
-    assert re.search(r"ΔFM -50\.00 \[[^]]*\] \*; ΔBWT \+50\.00 \[[^]]*\] \*\)", line), line
+    # (FM ** : kept by Holm's correction over the block's ΔAA and ΔFM; BWT, outside that family, * only)
+    assert re.search(r"ΔFM -50\.00 \[[^]]*\] \*\*; ΔBWT \+50\.00 \[[^]]*\] \*\)", line), line
     # the main and forgetting tables say which rows' intervals hold no seed's spread, and the sanity check too
     for name in ("main.md", "forgetting.md"):
         assert "One run per order (seq_lora (Orders 1-3), craft (Orders 1-3)): there the interval is the " \
