@@ -709,8 +709,14 @@ def holm_line(title: str, compared: dict) -> str:
             f"against {baselines} baseline{'s' * (baselines > 1)}, family-wise error 5%) ")
     if not significant:
         return head + "has nothing to keep: no difference is significant on its own."
-    return head + (f"keeps {len(significant) - len(lost)} of the {len(significant)} significant differences (**)"
-                   + (f"; not {', '.join(lost)}." if lost else "."))
+    n = len(significant)
+    every = "the one significant difference" if n == 1 else f"all {n} significant differences"
+    if len(lost) == len(significant):
+        return head + f"drops {every}: {', '.join(lost)}."
+    if not lost:
+        return head + f"keeps {every} (**)."
+    return head + (f"keeps {len(significant) - len(lost)} of the {len(significant)} significant differences (**); "
+                   f"not {', '.join(lost)}.")
 
 
 def _judged(d: Summary | None, metric: str, up: str, down: str, what: str, beside: Summary | None = None) -> str:

@@ -1240,7 +1240,7 @@ def test_the_readme_opens_with_what_the_paired_comparisons_support(tmp_path):
     # the block's lines together: Holm's correction over ΔAA and ΔFM against seq_lora and o_lora keeps both of
     # seq_lora's (p at its floor, 2/2001, under 0.05/4)
     assert "- Orders 1-3, all lines together: Holm's correction over the block's 4 comparisons (ΔAA and ΔFM " \
-        "against 2 baselines, family-wise error 5%) keeps 2 of the 2 significant differences (**)." in head
+        "against 2 baselines, family-wise error 5%) keeps all 2 significant differences (**)." in head
     # per_task below seq_lora: the block's check fails, and every line of the block says what that means
     assert all(ln.endswith(("this does not rank the two.", "this does not rank these methods."))
                for ln in head.splitlines() if ln.startswith("- Orders"))
@@ -1300,6 +1300,11 @@ def test_holm_keeps_what_survives_the_blocks_family_and_the_blocks_line_names_wh
     assert holm_line("Orders 1-3", compared) == (
         "Orders 1-3, all lines together: Holm's correction over the block's 5 comparisons (ΔAA and ΔFM against 3 "
         "baselines, family-wise error 5%) keeps 2 of the 3 significant differences (**); not ΔAA against replay.")
+    del compared["seq_lora"]
+    apply_holm(compared)   # family of 3: 0.001 falls (but its interval touches 0), 0.03 > 0.05/2 stands
+    assert holm_line("Offline orders", compared).endswith(
+        "(ΔAA and ΔFM against 2 baselines, family-wise error 5%) drops the one significant difference: "
+        "ΔAA against replay.")
 
 
 def test_fm_is_reflected_about_the_mean_over_pairs_and_the_rules_statistic_keeps_percentile_ends():
