@@ -221,6 +221,21 @@ def test_the_forgetting_interval_reflected_about_its_point_covers_a_planted_zero
     assert covered["percentile"] / experiments <= 0.75
 
 
+def test_on_a_long_stream_fm_alone_calls_the_steadier_method_better_and_bwt_beside_it_does_not():
+    # bench/fm_simulation.py: neither method forgets; one's answers barely move after a task, the other's do.
+    # Over 15 tasks ΔFM's interval alone says "the steady one forgets less" far above its nominal 2.5% (about 24%
+    # at 400 experiments); with ΔBWT required to agree (tables.forgetting_claim) about 2-4%.
+    from argparse import Namespace
+
+    from conftest import bench_script
+    args = Namespace(tasks=15, examples=100, accuracy=0.7, stable=0.02, noisy=0.3, experiments=60, resamples=500,
+                     seed=11)
+    counts = bench_script("fm_simulation").simulate(args)
+    assert counts["ΔFM < 0"] >= 6                # 10% or more of 60 (expected about 14)
+    assert counts["both (the verdict)"] <= 5     # under 10% (expected about 2)
+    assert counts["ΔFM > 0"] <= 2
+
+
 def test_metric_points_are_the_matrixs_metrics():
     # a base row and --matrix needed's blank cell (after task a, on task c): the same values metrics.compute gives
     rng = np.random.default_rng(2)

@@ -1240,7 +1240,8 @@ def test_the_readme_opens_with_what_the_paired_comparisons_support(tmp_path):
     # the block's lines together: Holm's correction over ΔAA and ΔFM against seq_lora and o_lora keeps both of
     # seq_lora's (p at its floor, 2/2001, under 0.05/4)
     assert "- Orders 1-3, all lines together: Holm's correction over the block's 4 comparisons (ΔAA and ΔFM " \
-        "against 2 baselines, family-wise error 5%) keeps all 2 significant differences (**)." in head
+        "against 2 baselines, family-wise error 5%; ΔFM's with ΔBWT bearing it out) keeps all 2 significant " \
+        "differences (**)." in head
     # per_task below seq_lora: the block's check fails, and every line of the block says what that means
     assert all(ln.endswith(("this does not rank the two.", "this does not rank these methods."))
                for ln in head.splitlines() if ln.startswith("- Orders"))
@@ -1287,24 +1288,44 @@ def test_holm_keeps_what_survives_the_blocks_family_and_the_blocks_line_names_wh
         "replay": ({}, {"AA": delta(0.03, (0.5, 6.0)), "FM": delta(0.6, (-2.0, 3.0)), "BWT": None}),
         # a small p whose interval's end prints as 0.00: not significant, so the correction cannot make it so
         "o_lora": ({}, {"AA": delta(0.001, (0.003, 4.0)), "FM": None, "BWT": None}),
+        # ΔFM significant, but ΔBWT does not bear it out: the forgetting claim takes the larger p, and cannot stand
+        "lwf": ({}, {"AA": None, "FM": delta(0.001, (-6.0, -2.0)), "BWT": delta(0.3, (-1.0, 4.0))}),
         "old": ({}, {"AA": Summary(1.0, 0.5, None, 2), "FM": None, "BWT": None}),   # no interval: outside it
     }
     apply_holm(compared)
-    # a family of 5; thresholds 0.05/5, /4, /3, /2, /1: the three p of 0.001 fall, 0.03 > 0.025 stands, so 0.6 too
+    # a family of 6 (p .001, .001, .001, .03, .3, .6); thresholds 0.05/6, /5, /4, /3: the three of .001 fall, .03
+    # > 0.05/3 stands, and everything after it
     marks = {(lab, m): d.holm for lab, (_, deltas) in compared.items() for m, d in deltas.items() if d is not None}
     assert marks == {("seq_lora", "AA"): True, ("seq_lora", "FM"): True, ("seq_lora", "BWT"): None,
-                     ("replay", "AA"): False, ("replay", "FM"): False, ("o_lora", "AA"): False, ("old", "AA"): None}
+                     ("replay", "AA"): False, ("replay", "FM"): False, ("o_lora", "AA"): False,
+                     ("lwf", "FM"): False, ("lwf", "BWT"): None, ("old", "AA"): None}
     assert compared["seq_lora"][1]["AA"].text(signed=True, mark=True) == "+7.00 [5.00, 9.00] **"
     assert compared["replay"][1]["AA"].text(signed=True, mark=True) == "+3.25 [0.50, 6.00] *"
     assert compared["o_lora"][1]["AA"].text(signed=True, mark=True) == "+2.00 [0.00, 4.00]"
+    assert compared["lwf"][1]["FM"].text(signed=True, mark=True) == "-4.00 [-6.00, -2.00] *"
     assert holm_line("Orders 1-3", compared) == (
-        "Orders 1-3, all lines together: Holm's correction over the block's 5 comparisons (ΔAA and ΔFM against 3 "
-        "baselines, family-wise error 5%) keeps 2 of the 3 significant differences (**); not ΔAA against replay.")
+        "Orders 1-3, all lines together: Holm's correction over the block's 6 comparisons (ΔAA and ΔFM against 4 "
+        "baselines, family-wise error 5%; ΔFM's with ΔBWT bearing it out) keeps 2 of the 4 significant differences "
+        "(**); not ΔAA against replay, ΔFM against lwf.")
     del compared["seq_lora"]
-    apply_holm(compared)   # family of 3: 0.001 falls (but its interval touches 0), 0.03 > 0.05/2 stands
+    apply_holm(compared)   # family of 4: .001 falls (but its interval touches 0), .03 > 0.05/3 stands
     assert holm_line("Offline orders", compared).endswith(
-        "(ΔAA and ΔFM against 2 baselines, family-wise error 5%) drops the one significant difference: "
-        "ΔAA against replay.")
+        "drops all 2 significant differences: ΔAA against replay, ΔFM against lwf.")
+    del compared["lwf"]
+    assert holm_line("Offline orders", compared).endswith("drops the one significant difference: ΔAA against replay.")
+
+
+def test_the_forgetting_claim_needs_fm_and_bwt_on_agreeing_sides_at_the_larger_p():
+    from harness.tables import Summary, forgetting_claim
+
+    def delta(p, bounds):
+        return Summary(mean=sum(bounds) / 2, std=None, bounds=bounds, values=1, p=p)
+
+    fm = delta(0.002, (-6.0, -2.0))
+    assert forgetting_claim(fm, delta(0.01, (1.0, 5.0))) == (0.01, True)     # BWT up as FM down: the larger p
+    assert forgetting_claim(fm, delta(0.2, (-1.0, 5.0))) == (0.2, False)     # BWT covers 0
+    assert forgetting_claim(fm, delta(0.01, (-5.0, -1.0))) == (1.0, False)   # BWT says it forgets more
+    assert forgetting_claim(fm, None) == (0.002, True)                       # no BWT interval: FM alone
 
 
 def test_fm_is_reflected_about_the_mean_over_pairs_and_the_rules_statistic_keeps_percentile_ends():
