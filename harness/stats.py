@@ -232,10 +232,11 @@ def metric_interval(samples: np.ndarray, metric: str, point: float,
 
 def p_value(samples: np.ndarray, about: float | None = None) -> float | None:
     """Two-sided bootstrap p-value of "the value is 0", read off the samples `interval` reads (reflected about
-    `about` where given, as interval reflects them): twice the share of resamples on the far side of 0, counted with
-    one added to share and total (Davison & Hinkley 1997, eq. 4.11), so a finite number of resamples never claims
-    p = 0; at RESAMPLES that floor is 2/2001, about 0.001. An interval that excludes 0 at LEVEL has p below
-    1 - LEVEL/100, up to the percentile's interpolation between resamples."""
+    `about` where given, as interval reflects them): twice the share of resamples on the far side of 0 (ties at 0
+    count on both sides). It inverts `interval`: where the LEVEL% interval excludes 0, p <= 1 - LEVEL/100 (at 2,000
+    resamples 51 beyond 0 keep the interpolated end on their side; the converse holds up to that interpolation).
+    Without Davison & Hinkley's +1 correction, which would break that at the boundary (50 beyond 0: an interval
+    excluding 0 beside p 0.051): p = 0 reads "below 1/RESAMPLES"."""
     samples = np.asarray(samples, dtype=float)
     samples = samples[~np.isnan(samples)]
     if not len(samples):
@@ -243,7 +244,7 @@ def p_value(samples: np.ndarray, about: float | None = None) -> float | None:
     if about is not None:
         samples = 2 * about - samples
     far = min(int((samples <= 0).sum()), int((samples >= 0).sum()))
-    return min(1.0, 2 * (far + 1) / (len(samples) + 1))
+    return min(1.0, 2 * far / len(samples))
 
 
 def metric_p_value(samples: np.ndarray, metric: str, point: float) -> float | None:

@@ -703,9 +703,10 @@ def holm_line(title: str, compared: dict) -> str:
     significant = [(lab, m, d) for lab, m, d, _, _ in family if stats.excludes_zero(d.bounds)]
     lost = [f"Δ{m} against {lab}" for lab, m, d in significant if not d.holm]
     baselines = len({lab for lab, *_ in family})
-    head = (f"{title}, all lines together: Holm's correction over the block's {len(family)} comparisons (ΔAA and ΔFM "
-            f"against {baselines} baseline{'s' * (baselines > 1)}, family-wise error 5%; ΔFM's with ΔBWT bearing it "
-            "out) ")
+    metrics = " and ".join(f"Δ{m}" for m in HOLM_METRICS if any(entry[1] == m for entry in family))
+    head = (f"{title}, all lines together: Holm's correction over the block's {len(family)} "
+            f"comparison{'s' * (len(family) > 1)} ({metrics} against {baselines} baseline{'s' * (baselines > 1)}, "
+            "family-wise error 5%" + ("; ΔFM's with ΔBWT bearing it out) " if "ΔFM" in metrics else ") "))
     if not significant:
         return head + "has nothing to keep: no difference is significant on its own."
     n = len(significant)
@@ -962,8 +963,8 @@ def add_paired_cells(cells: dict, label: str, pairs: dict, headings: tuple[str, 
 HOLM_METRICS = ("AA", "FM")
 HOLM_NOTE = ("also significant under Holm's correction over the block's ΔAA and ΔFM against every baseline "
              "(family-wise error 5%; a ΔFM only where ΔBWT, which FM's noise bias does not lift, bears it out, at "
-             "the larger of their p; p = twice the share of the interval's resamples beyond 0, one added to share "
-             "and total, so 0.001 at the least: a family of more than 50 could confirm nothing; comparisons a block:")
+             "the larger of their p; p = twice the share of the interval's resamples beyond 0; comparisons a "
+             "block:")
 
 
 def compare_block(runs: list[Run], target: str, baselines: list[str], members: list[str]) -> dict:
@@ -1010,9 +1011,12 @@ def forgetting_claim(fm: Summary, bwt: Summary | None) -> tuple[float, bool]:
     docs/results.md#intervals). Without ΔBWT's interval, ΔFM's alone."""
     if bwt is None or bwt.p is None:
         return fm.p, stats.excludes_zero(fm.bounds)
-    agree = np.sign(fm.mean) * np.sign(bwt.mean) < 0
-    stands = (agree and stats.excludes_zero(fm.bounds) and stats.excludes_zero(bwt.bounds)
-              and stats.above_zero(fm.bounds) != stats.above_zero(bwt.bounds))
+
+    def side(d):   # the interval's side where it excludes 0 (FM's reflected one may leave its point), else the point's
+        return stats.above_zero(d.bounds) if stats.excludes_zero(d.bounds) else (d.mean > 0 if d.mean else None)
+
+    agree = None not in (side(fm), side(bwt)) and side(fm) != side(bwt)
+    stands = agree and stats.excludes_zero(fm.bounds) and stats.excludes_zero(bwt.bounds)
     return (max(fm.p, bwt.p) if agree else 1.0), bool(stands)
 
 

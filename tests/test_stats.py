@@ -148,8 +148,13 @@ def test_the_p_value_inverts_the_interval_and_never_claims_zero():
         p = stats.p_value(mu + grid)
         assert p == pytest.approx(2 * norm.cdf(-mu), abs=2e-3)   # the normal's two-sided p, to the resamples' grain
         assert (p < 0.05) == stats.excludes_zero(stats.interval(mu + grid))
-    # no resample beyond 0: the floor 2/(R+1), not 0; every resample at 0 (a method against itself): 1
-    assert stats.p_value(5.0 + np.abs(grid)) == pytest.approx(2 / (stats.RESAMPLES + 1))
+    # no resample beyond 0: p 0 (below 1/R); every resample at 0 (a method against itself): 1
+    assert stats.p_value(5.0 + np.abs(grid)) == 0.0
+    # at the boundary p and the interval agree: 50 of 2,000 resamples at or below 0 exclude it at p 0.05, 51 do not
+    for beyond, excluded in ((50, True), (51, False)):
+        samples = np.concatenate([-np.linspace(0.1, 3.0, beyond), np.linspace(0.05, 5.0, stats.RESAMPLES - beyond)])
+        assert stats.excludes_zero(stats.interval(samples)) == excluded
+        assert (stats.p_value(samples) <= 0.05) == excluded and stats.holm([stats.p_value(samples)]) == [excluded]
     assert stats.p_value(np.zeros(stats.RESAMPLES)) == 1.0
     # reflected about the point as the interval is: resamples lifted 2 above a point of 1.5 read as centred on -0.5
     lifted = 3.5 + grid

@@ -527,7 +527,7 @@ def test_paired_table_finds_a_planted_difference_and_none_against_an_identical_r
     out = str(tmp_path / "results")
     write_tables(root, out, figures=False)
     planted = cells_of(os.path.join(out, "paired.md"), "seq_lora")
-    # ΔAA, interval above 0; ** = also under Holm's correction over the block's 4 comparisons (p at its floor)
+    # ΔAA, interval above 0; ** = also under Holm's correction over the block's 4 comparisons (p 0: no resample crosses)
     assert planted[0].startswith("+40.00 [") and planted[0].endswith("] **")
     assert planted[1].startswith("-30.00 [") and planted[1].endswith("] **")     # ΔFM: 0 against 30
     assert planted[2] == "1 × 2"                                                 # order 1 only, two seeds
@@ -1238,7 +1238,7 @@ def test_the_readme_opens_with_what_the_paired_comparisons_support(tmp_path):
     line = next(ln for ln in head.splitlines() if "against o_lora" in ln)
     assert "shows no significant difference in accuracy (ΔAA +0.00 [0.00, 0.00])" in line
     # the block's lines together: Holm's correction over ΔAA and ΔFM against seq_lora and o_lora keeps both of
-    # seq_lora's (p at its floor, 2/2001, under 0.05/4)
+    # seq_lora's (p 0: no resample crosses 0)
     assert "- Orders 1-3, all lines together: Holm's correction over the block's 4 comparisons (ΔAA and ΔFM " \
         "against 2 baselines, family-wise error 5%; ΔFM's with ΔBWT bearing it out) keeps all 2 significant " \
         "differences (**)." in head
@@ -1326,6 +1326,12 @@ def test_the_forgetting_claim_needs_fm_and_bwt_on_agreeing_sides_at_the_larger_p
     assert forgetting_claim(fm, delta(0.2, (-1.0, 5.0))) == (0.2, False)     # BWT covers 0
     assert forgetting_claim(fm, delta(0.01, (-5.0, -1.0))) == (1.0, False)   # BWT says it forgets more
     assert forgetting_claim(fm, None) == (0.002, True)                       # no BWT interval: FM alone
+    # sides come from the intervals where they exclude 0: FM's reflected interval may sit across 0 from its point
+    # (here a point below 0, an interval above it, as the verdict reads it: forgets more, which BWT bears out)
+    across = Summary(mean=-0.5, std=None, bounds=(0.97, 4.05), values=1, p=0.001)
+    assert forgetting_claim(across, delta(0.001, (-5.0, -1.0))) == (0.001, True)
+    level = Summary(mean=0.0, std=None, bounds=(-1.0, 1.0), values=1, p=1.0)    # a point at 0, no side
+    assert forgetting_claim(level, delta(0.001, (1.0, 5.0))) == (1.0, False)
 
 
 def test_fm_is_reflected_about_the_mean_over_pairs_and_the_rules_statistic_keeps_percentile_ends():
