@@ -97,7 +97,8 @@ class BenchConfig:
     # (the same distribution per example; measured: docs/cli.md#caches)
     cache: str = option("on", role=ENVIRONMENT, choices=("on", "off"),
                         help="on: encode each batch's and each task's shared prompt prefix once (training and "
-                             "evaluation), score every label on one copy of a prompt's cache; off: every cache "
+                             "evaluation), score every label on one copy of a prompt's cache, score again only "
+                             "the inputs whose test-time model changed (CRAFT: its group); off: every cache "
                              "off, to check that they change nothing beyond float rounding (and dropout's draw)")
     # environment, not setup: the metrics are the same either way; the unevaluated cells are blank
     matrix: str = option("full", role=ENVIRONMENT, choices=("full", "needed"),

@@ -240,13 +240,17 @@ def accuracy(scorer: Scorer, examples: list[Encoded], candidates: list[tuple[int
 
 
 class Evaluator:
-    """Scores every task of a stream after each stage and owns the score cache: a method names its test-time
-    model with `evaluation_key(task)`, and a task whose key was scored before is not scored again."""
+    """Scores every task of a stream after each stage and owns the score caches: a method names its test-time
+    model with `evaluation_key(task)`, and a task whose key was scored before is not scored again; or, where
+    its test-time model differs per input, with `example_keys(task, prompts)`, and only the inputs whose key is
+    new are scored (with the caches on: reused scores were computed in other batches, the same up to float
+    rounding)."""
 
     def __init__(self, encoder, tasks: dict, mode: str, batch_size: int, dtype: str, progress: bool = True,
                  log=None, share_prefix: bool = True):
         self.encoder, self.mode, self.batch_size, self.dtype = encoder, mode, batch_size, dtype
-        self.share_prefix = share_prefix
+        self.share_prefix = share_prefix   # the caches on (--cache on): the shared prefix and per-input reuse
+        self.by_example: dict = {}   # (task, example index, example key) -> predicted label index
         self.names = list(tasks)
         self.test = {name: encoder.encode(task, "test") for name, task in tasks.items()}
         self.candidates = {name: encoder.candidates(task) for name, task in tasks.items()}
@@ -257,11 +261,13 @@ class Evaluator:
     def remember(self, key, task: str, accuracy: float, predictions: str) -> None:
         self.scores[(key, task)] = (accuracy, predictions)
 
-    def evaluate(self, row: str, scorer_for, key_for, tasks: list[str] | None = None) -> dict:
+    def evaluate(self, row: str, scorer_for, key_for, tasks: list[str] | None = None,
+                 example_keys_for=None) -> dict:
         """Accuracy on the stream's tasks (or `tasks`) after stage `row`, and the predicted label of every test
-        example: {"accuracy": {task: %}, "predictions": {task: str}, "eval_seconds": s, "scored": n}."""
+        example: {"accuracy": {task: %}, "predictions": {task: str}, "eval_seconds": s, "scored": n}, and
+        "examples_reused": how many inputs took a score from an earlier evaluation, where example_keys_for gave keys."""
         started = time.time()
-        result, predictions, scored = {}, {}, 0
+        result, predictions, scored, reused, keyed = {}, {}, 0, 0, False
         names = self.names if tasks is None else tasks
         total = sum(len(self.test[n]) for n in names)
         with tqdm(total=total, desc=f"eval after {row}", unit="ex", disable=not self.progress, leave=False) as bar:
@@ -271,19 +277,36 @@ class Evaluator:
                     result[name], predictions[name] = self.scores[(key, name)]
                     bar.update(len(self.test[name]))
                     continue
-                scorer = scorer_for(name)
-                with autocast(self.dtype, scorer.device):
-                    preds = predict(scorer, self.test[name], self.candidates[name], self.labels[name],
-                                    self.encoder, self.mode, self.batch_size, bar, self.share_prefix)
-                result[name] = percent_correct(preds, [ex.label_index for ex in self.test[name]])
+                examples = self.test[name]
+                keys = example_keys_for(name, [ex.prompt_ids for ex in examples]) \
+                    if example_keys_for is not None and self.share_prefix else None
+                todo = range(len(examples)) if keys is None else \
+                    [i for i, k in enumerate(keys) if (name, i, k) not in self.by_example]
+                fresh = []
+                if todo:
+                    scorer = scorer_for(name)
+                    with autocast(self.dtype, scorer.device):
+                        fresh = predict(scorer, [examples[i] for i in todo], self.candidates[name], self.labels[name],
+                                        self.encoder, self.mode, self.batch_size, bar, self.share_prefix)
+                    scored += 1
+                if keys is None:
+                    preds = fresh
+                else:
+                    keyed = True
+                    self.by_example.update({(name, i, keys[i]): p for i, p in zip(todo, fresh)})
+                    preds = [self.by_example[(name, i, k)] for i, k in enumerate(keys)]
+                    reused += len(examples) - len(todo)
+                    bar.update(len(examples) - len(todo))
+                result[name] = percent_correct(preds, [ex.label_index for ex in examples])
                 predictions[name] = encode_labels(preds)
-                scored += 1
                 if key is not None:
                     self.scores[(key, name)] = (result[name], predictions[name])
         seconds = round(time.time() - started, 2)
         if self.log is not None:
-            self.log("evaluation", after=row, accuracy=result, seconds=seconds)
+            self.log("evaluation", after=row, accuracy=result, seconds=seconds,
+                     **({"examples_reused": reused} if keyed else {}))
         if self.progress:
             tqdm.write(f"after {row:>14}: " + "  ".join(f"{n}={result[n]:.1f}" for n in names), file=sys.stderr)
         # scored: the cells this call computed (the rest came from the score cache): what its seconds paid for
-        return {"accuracy": result, "predictions": predictions, "eval_seconds": seconds, "scored": scored}
+        return {"accuracy": result, "predictions": predictions, "eval_seconds": seconds, "scored": scored,
+                **({"examples_reused": reused} if keyed else {})}

@@ -306,7 +306,7 @@ def _run_stream(cfg: BenchConfig, run: RunDir, method_cls, settings: dict, names
         method.after_task(ctx, own)
         run.log("task_end", task=row, **fit_stats, trained_on=len(examples))
         needed = None if cfg.matrix == "full" or method_cls.JOINT else metrics_mod.needed_cells(names, k + 1)
-        entry = evaluator.evaluate(row, method.scorer, method.evaluation_key, needed)
+        entry = evaluator.evaluate(row, method.scorer, method.evaluation_key, needed, method.example_keys)
         entry.update(train_seconds=fit_stats["seconds"], steps=fit_stats["steps"], trained_on=len(examples))
         rows[row] = entry
         clock.mark(entry)

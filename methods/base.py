@@ -204,6 +204,12 @@ class Method:
         reuses scores for equal keys); None means evaluate again."""
         return None
 
+    def example_keys(self, task_name: str, prompts: list[tuple[int, ...]]) -> list | None:
+        """For a method whose test-time model differs per input (CRAFT: each input's group), a hashable key per
+        test prompt naming the model that scores it, unchanged while that model is: the evaluator, caches on,
+        scores again only the prompts of a task whose key is new. None: no reuse per input."""
+        return None
+
     # --- state (resume after the last finished task) --------------------------------------------
     def state_dict(self) -> dict:
         # what the method trains, not whatever the loader left requires_grad (the whole backbone, for zero_shot)

@@ -204,6 +204,7 @@ class CRAFT(Method):
         self.task_group: dict[str, int] = {}
         self.current: InterventionSet | None = None
         self._route_cache: dict = {}
+        self._routing_counted: str | None = None   # the task whose test routing example_keys counted last
         # The frozen backbone over every prompt's unedited head, computed once (edits at the start: no such head).
         self.backbone = BackboneCache(self.model, int(self.settings["last_positions"]), self.tokenizer.pad_token_id,
                                       self.cache_mb) \
@@ -443,7 +444,27 @@ class CRAFT(Method):
 
     # ---- test time ----------------------------------------------------------------------------------
     def scorer(self, task_name):
-        return CraftScorer(self, task_name)
+        # example_keys counted this task's routing over all its inputs; the scorer then scores only some of them
+        counted, self._routing_counted = self._routing_counted == task_name, None
+        return CraftScorer(self, task_name, count_routing=not counted)
+
+    def example_keys(self, task_name, prompts):
+        """An input's score depends on its group's edit alone (the backbone is frozen; edits act per row), and a
+        group's edit changes only when a task joins it (after_task): the key is (group, how many tasks it holds).
+        Counts where the task's inputs went, as the scorer does when it scores them all."""
+        if not self.groups:
+            return ["backbone"] * len(prompts)
+        if self.settings["test_routing"] == "task_id":
+            gid = self.task_group.get(task_name, -1)
+            rows = [gid] * len(prompts)
+        else:
+            rows = self.route_prompts(list(prompts)).tolist()
+            counts: dict = {}
+            for g in rows:
+                counts[str(g)] = counts.get(str(g), 0) + 1
+            self.diagnostics.setdefault("test_routing", {})[task_name] = counts
+            self._routing_counted = task_name
+        return [(g, len(self.groups[g].tasks)) if g >= 0 else "backbone" for g in rows]
 
     def route_inputs(self, ids, mask, pos, prefix=None) -> torch.Tensor:
         """Group index per row: the nearest group by KL(input's backbone distribution || group signature).
@@ -538,11 +559,12 @@ class CraftScorer(CausalLMScorer):
     frozen backbone's under every group (causal attention: no earlier position sees an edited one) and is
     encoded once, plainly; the evaluator leaves each prompt at least last_positions tokens of its own."""
 
-    def __init__(self, method: CRAFT, task_name: str):
+    def __init__(self, method: CRAFT, task_name: str, count_routing: bool = True):
         super().__init__(method.model)
         self.m = method
         self.task_name = task_name
-        self.fresh = True
+        self.fresh = count_routing   # False: CRAFT.example_keys counted this evaluation's routing already
+        self.count_routing = count_routing
         self.min_own_tokens = int(method.settings["last_positions"])
         self.prefix = None
         self.own_encoding = method.backbone is not None   # the evaluator then calls encode_prompts
@@ -554,6 +576,8 @@ class CraftScorer(CausalLMScorer):
             return torch.full((self.batch_size,), m.task_group.get(self.task_name, -1), dtype=torch.long,
                               device=self.device)
         rows = route()
+        if not self.count_routing:
+            return rows
         # Where this task's inputs went, in the latest evaluation (cumulative over its batches).
         counts = m.diagnostics.setdefault("test_routing", {}).setdefault(self.task_name, {})
         if self.fresh:
