@@ -277,18 +277,17 @@ class Evaluator:
                     result[name], predictions[name] = self.scores[(key, name)]
                     bar.update(len(self.test[name]))
                     continue
-                examples = self.test[name]
-                keys = example_keys_for(name, [ex.prompt_ids for ex in examples]) \
-                    if example_keys_for is not None and self.share_prefix else None
-                todo = range(len(examples)) if keys is None else \
-                    [i for i, k in enumerate(keys) if (name, i, k) not in self.by_example]
-                fresh = []
-                if todo:
-                    scorer = scorer_for(name)
-                    with autocast(self.dtype, scorer.device):
-                        fresh = predict(scorer, [examples[i] for i in todo], self.candidates[name], self.labels[name],
-                                        self.encoder, self.mode, self.batch_size, bar, self.share_prefix)
-                    scored += 1
+                examples, scorer = self.test[name], scorer_for(name)
+                with autocast(self.dtype, scorer.device):   # the keys may route inputs, as scoring would
+                    keys = example_keys_for(name, [ex.prompt_ids for ex in examples]) \
+                        if example_keys_for is not None and self.share_prefix else None
+                    todo = range(len(examples)) if keys is None else \
+                        [i for i, k in enumerate(keys) if (name, i, k) not in self.by_example]
+                    fresh = predict(scorer, [examples[i] for i in todo], self.candidates[name], self.labels[name],
+                                    self.encoder, self.mode, self.batch_size, bar, self.share_prefix) if todo else []
+                # a cell whose inputs all came from the per-input cache counts too: the sweep's cost model takes
+                # eval seconds per cell as the mean over a row's cells, reused inputs included
+                scored += 1
                 if keys is None:
                     preds = fresh
                 else:
@@ -307,6 +306,7 @@ class Evaluator:
                      **({"examples_reused": reused} if keyed else {}))
         if self.progress:
             tqdm.write(f"after {row:>14}: " + "  ".join(f"{n}={result[n]:.1f}" for n in names), file=sys.stderr)
-        # scored: the cells this call computed (the rest came from the score cache): what its seconds paid for
+        # scored: the cells this call evaluated (the rest came whole from the task-level score cache): what its
+        # seconds paid for
         return {"accuracy": result, "predictions": predictions, "eval_seconds": seconds, "scored": scored,
                 **({"examples_reused": reused} if keyed else {})}

@@ -444,14 +444,13 @@ class CRAFT(Method):
 
     # ---- test time ----------------------------------------------------------------------------------
     def scorer(self, task_name):
-        # example_keys counted this task's routing over all its inputs; the scorer then scores only some of them
-        counted, self._routing_counted = self._routing_counted == task_name, None
-        return CraftScorer(self, task_name, count_routing=not counted)
+        self._routing_counted = None   # until example_keys counts this evaluation's routing (then the scorer does not)
+        return CraftScorer(self, task_name)
 
     def example_keys(self, task_name, prompts):
         """An input's score depends on its group's edit alone (the backbone is frozen; edits act per row), and a
         group's edit changes only when a task joins it (after_task): the key is (group, how many tasks it holds).
-        Counts where the task's inputs went, as the scorer does when it scores them all."""
+        Counts where the task's inputs went (the scorer, given only those to score again, then counts none)."""
         if not self.groups:
             return ["backbone"] * len(prompts)
         if self.settings["test_routing"] == "task_id":
@@ -493,7 +492,7 @@ class CRAFT(Method):
         cached yet (default: through the backbone cache or whole prompts)."""
         missing = [i for i, k in enumerate(prompts) if k not in self._route_cache]
         if missing:
-            compute = backbone_logprobs or (lambda rows: self._answer_logprobs([prompts[i] for i in rows], None))
+            compute = backbone_logprobs or (lambda rows: self._batched_logprobs([prompts[i] for i in rows], None))
             for i, lp in zip(missing, compute(missing)):
                 self._route_cache[prompts[i]] = lp
         logp = torch.stack([self._route_cache[k] for k in prompts])
@@ -559,12 +558,11 @@ class CraftScorer(CausalLMScorer):
     frozen backbone's under every group (causal attention: no earlier position sees an edited one) and is
     encoded once, plainly; the evaluator leaves each prompt at least last_positions tokens of its own."""
 
-    def __init__(self, method: CRAFT, task_name: str, count_routing: bool = True):
+    def __init__(self, method: CRAFT, task_name: str):
         super().__init__(method.model)
         self.m = method
         self.task_name = task_name
-        self.fresh = count_routing   # False: CRAFT.example_keys counted this evaluation's routing already
-        self.count_routing = count_routing
+        self.fresh = True
         self.min_own_tokens = int(method.settings["last_positions"])
         self.prefix = None
         self.own_encoding = method.backbone is not None   # the evaluator then calls encode_prompts
@@ -576,7 +574,7 @@ class CraftScorer(CausalLMScorer):
             return torch.full((self.batch_size,), m.task_group.get(self.task_name, -1), dtype=torch.long,
                               device=self.device)
         rows = route()
-        if not self.count_routing:
+        if m._routing_counted == self.task_name:   # CRAFT.example_keys counted every input of this evaluation
             return rows
         # Where this task's inputs went, in the latest evaluation (cumulative over its batches).
         counts = m.diagnostics.setdefault("test_routing", {}).setdefault(self.task_name, {})

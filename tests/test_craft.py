@@ -48,29 +48,29 @@ def test_backbone_is_bit_identical_and_the_card_is_complete(tmp_path, tokenizer)
     assert "weight" in d["merge"]["bbc"] and "kl_after" in d["merge"]["bbc"]
 
 
-@pytest.mark.parametrize("test_routing", ["task_id", "kl"])
-def test_evaluation_scores_again_only_the_inputs_whose_group_changed(tmp_path, tokenizer, test_routing):
-    # A group per task: a later stage leaves the earlier tasks' groups as they were, so inputs scored under them
-    # keep their scores; under task ids a task not trained yet is scored on the backbone, which never changes.
-    # The matrix is --cache off's (every input scored again), and the routing counts cover every input.
+@pytest.mark.parametrize("routing,test_routing", [("per_task", "task_id"), ("single", "task_id"), ("per_task", "kl")])
+def test_evaluation_scores_again_only_the_inputs_whose_group_changed(tmp_path, tokenizer, routing, test_routing):
+    # An input is scored again only where its group took a task since (or it is routed elsewhere): a group per
+    # task leaves the earlier tasks' groups as they were; one group for all changes under every input at every
+    # stage; under task ids a task not trained yet is scored on the backbone, which never changes. Every row's
+    # predictions are --cache off's (every input scored again), and the routing counts cover every input.
     def go(name, cache):
         model = tiny_model(tokenizer, seed=0)
         cfg = BenchConfig(method="craft", order=ORDER, seed=2, train_per_task=8, test_per_task=6, model="tiny-llama",
                           out=str(tmp_path / name), max_input_tokens=16, progress=False, cache=cache, matrix="full",
                           method_args={"lr": "0.05", "min_steps": "1", "probe_size": "4", "anchors_per_task": "4",
-                                       "routing": "per_task", "test_routing": test_routing})
-        return run_bench(cfg, model_and_tokenizer=(model, tokenizer))
+                                       "routing": routing, "test_routing": test_routing})
+        out = run_bench(cfg, model_and_tokenizer=(model, tokenizer))
+        return out, json.load(open(os.path.join(out, "status.json")))["rows"]
 
-    on, off = go("on", "on"), go("off", "off")
-    rows = json.load(open(os.path.join(on, "status.json")))["rows"]
+    (on, rows), (_, rows_off) = go("on", "on"), go("off", "off")
     reused = [rows[t].get("examples_reused") for t in ORDER.split(",")]
-    if test_routing == "task_id":   # 6 test inputs a task: the two others' after the first stage
-        assert reused == [0, 12, 12]
+    if test_routing == "task_id":   # 6 test inputs a task
+        assert reused == ([0, 12, 12] if routing == "per_task" else [0, 6, 0])
     else:                           # each input goes to its nearest group: those not drawn to the new one stay
         assert reused[0] == 0 and reused[2] > 0
-    assert "examples_reused" not in json.load(open(os.path.join(off, "status.json")))["rows"]["bbc"]
-    matrix = [open(os.path.join(out, "matrix.csv")).read() for out in (on, off)]
-    assert matrix[0] == matrix[1]
+    assert "examples_reused" not in rows_off["bbc"]
+    assert {r: row["predictions"] for r, row in rows.items()} == {r: row["predictions"] for r, row in rows_off.items()}
     if test_routing == "kl":
         counts = json.load(open(os.path.join(on, "method.json")))["diagnostics"]["test_routing"]
         assert {t: sum(c.values()) for t, c in counts.items()} == {t: 6 for t in ORDER.split(",")}
