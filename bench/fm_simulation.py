@@ -1,5 +1,5 @@
-"""How often the verdict would say "craft forgets less" where neither method forgets: a simulation of the paired
-ΔFM and ΔBWT intervals (docs/results.md#intervals) on streams of T tasks.
+"""How often the verdict would say "craft forgets less" where neither method forgets (and, with --forget, where the
+other one does): a simulation of the paired ΔFM and ΔBWT intervals (docs/results.md#intervals) on streams of T tasks.
 
 Neither method forgets: every task's true accuracy is `--accuracy` at every stage. One method's answers barely move
 after a task (each stage redraws `--stable` of them, as craft's edits of a finished group barely move), the other's
@@ -21,14 +21,15 @@ import numpy as np
 from harness import stats
 
 
-def stream(rng, tasks: int, n: int, accuracy: float, redraw: float) -> dict:
-    """task -> [stages, n] 0/1 answers, each stage from the task's own on redrawing `redraw` of them."""
+def stream(rng, tasks: int, n: int, accuracy: float, redraw: float, forget: float = 0.0) -> dict:
+    """task -> [stages, n] 0/1 answers, each stage from the task's own on redrawing `redraw` of them; a redrawn
+    answer after the task is right with probability accuracy - forget (true forgetting, where forget > 0)."""
     correct = {}
     for i in range(tasks):
         answers, rows = rng.random(n) < accuracy, np.full((tasks, n), np.nan)
         for stage in range(i, tasks):
             if stage > i:
-                answers = np.where(rng.random(n) < redraw, rng.random(n) < accuracy, answers)
+                answers = np.where(rng.random(n) < redraw, rng.random(n) < accuracy - forget, answers)
             rows[stage] = answers
         rows[:i] = rows[i]   # R[l][i] for l < i: read by neither FM nor BWT
         correct[f"t{i}"] = rows
@@ -37,8 +38,8 @@ def stream(rng, tasks: int, n: int, accuracy: float, redraw: float) -> dict:
 
 def experiment(rng, args) -> dict[str, bool]:
     names = [f"t{i}" for i in range(args.tasks)]
-    scores = [stats.ExampleScores(names, names, stream(rng, args.tasks, args.examples, args.accuracy, redraw))
-              for redraw in (args.stable, args.noisy)]
+    scores = [stats.ExampleScores(names, names, stream(rng, args.tasks, args.examples, args.accuracy, redraw, forget))
+              for redraw, forget in ((args.stable, 0.0), (args.noisy, args.forget))]
     samples = [s.metric_samples(args.resamples) for s in scores]
     points = [s.metric_points() for s in scores]
     d_fm = stats.metric_interval(samples[0]["FM"] - samples[1]["FM"], "FM", points[0]["FM"] - points[1]["FM"])
@@ -65,12 +66,17 @@ def main(argv=None) -> int:
     parser.add_argument("--accuracy", type=float, default=0.7)
     parser.add_argument("--stable", type=float, default=0.02, help="share of answers redrawn a stage, stable method")
     parser.add_argument("--noisy", type=float, default=0.3, help="share of answers redrawn a stage, noisy method")
+    parser.add_argument("--forget", type=float, default=0.0,
+                        help="true forgetting of the noisy method: its redrawn answers on past tasks are right with "
+                             "probability accuracy - forget (0: neither forgets; > 0: the claims' power)")
     parser.add_argument("--experiments", type=int, default=200)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args(argv)
     counts = simulate(args)
-    print(f"{args.tasks} tasks, {args.examples} examples each, no forgetting; answers redrawn a stage: stable "
+    truth = "no forgetting" if not args.forget else \
+        f"the noisy method forgets (redrawn answers {args.forget:g} less right)"
+    print(f"{args.tasks} tasks, {args.examples} examples each, {truth}; answers redrawn a stage: stable "
           f"{args.stable:g}, noisy {args.noisy:g}; {args.experiments} experiments (seed {args.seed}):")
     for claim, k in counts.items():
         print(f"  {claim:<20} {k:4d} of {args.experiments} ({100 * k / args.experiments:.1f}%)")

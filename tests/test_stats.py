@@ -234,11 +234,15 @@ def test_on_a_long_stream_fm_alone_calls_the_steadier_method_better_and_bwt_besi
 
     from conftest import bench_script
     args = Namespace(tasks=15, examples=100, accuracy=0.7, stable=0.02, noisy=0.3, experiments=60, resamples=500,
-                     seed=11)
-    counts = bench_script("fm_simulation").simulate(args)
+                     seed=11, forget=0.0)
+    simulate = bench_script("fm_simulation").simulate
+    counts = simulate(args)
     assert counts["ΔFM < 0"] >= 6                # 10% or more of 60 (expected about 14)
     assert counts["both (the verdict)"] <= 5     # under 10% (expected about 2)
     assert counts["ΔFM > 0"] <= 2
+    # where the noisy method does forget (about 8 points of BWT), the pair finds it as often as FM alone
+    args.forget, args.experiments = 0.1, 20
+    assert simulate(args)["both (the verdict)"] >= 17
 
 
 def test_metric_points_are_the_matrixs_metrics():
