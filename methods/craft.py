@@ -458,12 +458,17 @@ class CRAFT(Method):
             rows = [gid] * len(prompts)
         else:
             rows = self.route_prompts(list(prompts)).tolist()
-            counts: dict = {}
-            for g in rows:
-                counts[str(g)] = counts.get(str(g), 0) + 1
-            self.diagnostics.setdefault("test_routing", {})[task_name] = counts
+            self.count_test_routing(task_name, rows, restart=True)
             self._routing_counted = task_name
         return [(g, len(self.groups[g].tasks)) if g >= 0 else "backbone" for g in rows]
+
+    def count_test_routing(self, task_name: str, rows: list[int], restart: bool) -> None:
+        """Where a task's test inputs went in its latest evaluation (restart: the first of its batches)."""
+        counts = self.diagnostics.setdefault("test_routing", {}).setdefault(task_name, {})
+        if restart:
+            counts.clear()
+        for g in rows:
+            counts[str(g)] = counts.get(str(g), 0) + 1
 
     def route_inputs(self, ids, mask, pos, prefix=None) -> torch.Tensor:
         """Group index per row: the nearest group by KL(input's backbone distribution || group signature).
@@ -574,15 +579,9 @@ class CraftScorer(CausalLMScorer):
             return torch.full((self.batch_size,), m.task_group.get(self.task_name, -1), dtype=torch.long,
                               device=self.device)
         rows = route()
-        if m._routing_counted == self.task_name:   # CRAFT.example_keys counted every input of this evaluation
-            return rows
-        # Where this task's inputs went, in the latest evaluation (cumulative over its batches).
-        counts = m.diagnostics.setdefault("test_routing", {}).setdefault(self.task_name, {})
-        if self.fresh:
-            counts.clear()
+        if m._routing_counted != self.task_name:   # else CRAFT.example_keys counted every input of this evaluation
+            m.count_test_routing(self.task_name, rows.tolist(), restart=self.fresh)
             self.fresh = False
-        for g in rows.tolist():
-            counts[str(g)] = counts.get(str(g), 0) + 1
         return rows
 
     def encode_prompts(self, prompts: list[tuple[int, ...]], pad_id: int):
