@@ -156,7 +156,7 @@ def _discard_unstarted(out: str, made_from: str | None) -> None:
         return
     # only the backbone's row (a method's setup failed): nothing trained is lost, its scores are cached
     if not status or status["state"] != "running" or set(status.get("rows") or {}) - {"base"} \
-            or status.get("checkpoint"):
+            or status.get("checkpoint") or status.get("partial"):
         return
     for name in RUN_FILES:
         if os.path.isfile(os.path.join(out, name)):
@@ -389,11 +389,13 @@ def cmd_compare(a) -> int:
 def cmd_list(a) -> int:
     import tasks
     from methods import broken_modules, discover
-    print("Methods (what each keeps and whether it uses the task id, under its default settings):")
+    print("Methods (what each keeps and whether it uses the task id, under its default settings; "
+          "mid-task: a killed run resumes inside a task, --checkpoint-minutes):")
     for name, cls in discover().items():
         defaults = cls.resolve_settings({})
         tid = "uses task id at test" if cls.uses_task_id_at_test(defaults) else "no task id at test"
-        print(f"  {name:<12} {cls.DESCRIPTION} [{tid}]\n  {'':<12} keeps: {cls.keeps(defaults)}")
+        mid = "; resumes mid-task" if cls.RESUMES_MID_TASK else ""
+        print(f"  {name:<12} {cls.DESCRIPTION} [{tid}{mid}]\n  {'':<12} keeps: {cls.keeps(defaults)}")
     for where, error in broken_modules().items():
         print(f"  {where} could not be imported: {error}")
     print("\nTasks:")

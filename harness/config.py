@@ -54,6 +54,16 @@ def non_negative_int(raw: str) -> int:
     return _whole_number(raw, 0, "0 or a positive whole number")
 
 
+def non_negative_number(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = None
+    if value is None or not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive number, got {raw!r}")
+    return value
+
+
 def option(default=None, *, role: str, help: str, commands=(BENCH, SWEEP), flag: str | None = "", type=None,
            choices=None, metavar=None, env: str | None = None, default_factory=None):
     """A config field. flag "" = derived from the name (--train-per-task); None = not a command-line option."""
@@ -109,6 +119,11 @@ class BenchConfig:
     cache_mb: int = option(6144, role=ENVIRONMENT, type=positive_int,
                            help="memory a method may fill with caches of frozen computations (CRAFT: the backbone's "
                                 "keys/values of seen prompts, about 2.4 MB a prompt beside one prefix a task)")
+    # environment: a resumed task's steps, weights and losses are those of an uninterrupted one (tests/test_resume.py)
+    checkpoint_minutes: float = option(10.0, role=ENVIRONMENT, type=non_negative_number, metavar="MIN",
+                                     help="within a task's training, save its state every MIN minutes, so a killed "
+                                          "run resumes mid-task (the methods `list` marks `resumes mid-task`); 0: save "
+                                          "only after each task")
     allow_download: bool = option(False, role=ENVIRONMENT, help="let transformers fetch a model from the hub")
     out: str | None = option(None, role=ENVIRONMENT, commands=(BENCH,),
                              help="run directory (default runs/<method>-<order>-s<seed>)")

@@ -1,5 +1,6 @@
-"""A run directory: config.json, log.jsonl, status.json (progress, for resuming), checkpoint.pt (method state
-after the last finished task), and at the end matrix.csv, metrics.json, method.json. A run is finished
+"""A run directory: config.json, log.jsonl, status.json (progress, for resuming), checkpoint-K.pt (method state
+after the last finished task), partial-K.pt (mid-task: where task K's training stood at its last save, for
+methods that resume there), and at the end matrix.csv, metrics.json, method.json. A run is finished
 exactly when status.json says so; that file is written last, and every write is atomic."""
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from harness.config import recorded_value, resume_keys
 RUN_FILES = ("config.json", "status.json", "log.jsonl", "matrix.csv", "metrics.json", "method.json")
 TMP_PREFIX = ".tmp-"
 CHECKPOINT = re.compile(r"checkpoint-\d+\.pt")   # save_checkpoint's names
+PARTIAL = re.compile(r"partial-\d+\.pt")         # save_partial's names
 
 
 # flock's errors on a filesystem that cannot lock a directory: the run goes ahead without the lock.
@@ -173,8 +175,11 @@ class RunDir:
             raise UsageError(f"{path} is corrupt ({e}); remove the run directory to start over") from None
         checkpoint = status.get("checkpoint") if isinstance(status, dict) else None
         a_file_here = checkpoint is None or isinstance(checkpoint, str) and os.path.basename(checkpoint) == checkpoint
+        partial = status.get("partial") if isinstance(status, dict) else None
+        partial_here = partial is None or isinstance(partial, dict) and isinstance(partial.get("file"), str) \
+            and os.path.basename(partial["file"]) == partial["file"]
         if not isinstance(status, dict) or status.get("state") not in ("running", "finished") \
-                or not isinstance(status.get("rows", {}), dict) or not a_file_here:
+                or not isinstance(status.get("rows", {}), dict) or not a_file_here or not partial_here:
             raise UsageError(f"{path} is corrupt (not a run's status: a state running or finished, rows, a checkpoint "
                              "file name); remove the run directory to start over")
         return status
@@ -256,7 +261,8 @@ class RunDir:
                     raise UsageError(f"output directory {self.path} holds an unfinished run made on other test data "
                                      f"({', '.join(other_data)}: another --data-dir?); pass the data it was made "
                                      "with, --overwrite, or another --out")
-                self._clear_interrupted_writes(keep=status.get("checkpoint"))
+                self._clear_interrupted_writes(keep=status.get("checkpoint"),
+                                               keep_partial=(status.get("partial") or {}).get("file"))
                 return status
         return self._create(config)
 
@@ -282,15 +288,17 @@ class RunDir:
             return False
         return isinstance(config, dict) and all(k in config for k in ("method", "order", "seed", "tasks"))
 
-    def _clear_interrupted_writes(self, keep: str | None = None) -> None:
+    def _clear_interrupted_writes(self, keep: str | None = None, keep_partial: str | None = None) -> None:
         """Remove the temporary files of writes a kill interrupted (atomic_write's), and on a resume the checkpoints
-        its status no longer names (one killed between naming its successor and being deleted: save_checkpoint):
-        with the lock held, no write of this run is under way."""
+        its status no longer names (one killed between naming its successor and being deleted: save_checkpoint)
+        and the mid-task saves it does not name (their task finished, or they were written and never named): with
+        the lock held, no write of this run is under way."""
         if not os.path.isdir(self.path):
             return
         for name in os.listdir(self.path):
             stale_checkpoint = keep is not None and CHECKPOINT.fullmatch(name) and name != keep
-            if (name.startswith(TMP_PREFIX) or stale_checkpoint) and os.path.isfile(self.file(name)):
+            stale_partial = PARTIAL.fullmatch(name) and name != keep_partial
+            if (name.startswith(TMP_PREFIX) or stale_checkpoint or stale_partial) and os.path.isfile(self.file(name)):
                 os.unlink(self.file(name))
 
     def _check_resumable(self, status: dict) -> None:
@@ -309,10 +317,37 @@ class RunDir:
         torch.save(state, buf)
         atomic_write(self.file(name), buf.getvalue())
         old = status.get("checkpoint")
+        partial = (status.pop("partial", None) or {}).get("file")   # its task is finished: its save has served
         status["checkpoint"] = name
         self.save_status(status)
-        if old and old != name and os.path.exists(self.file(old)):
-            os.unlink(self.file(old))
+        for stale in (old if old != name else None, partial):
+            if stale and os.path.exists(self.file(stale)):
+                os.unlink(self.file(stale))
+
+    def save_partial(self, status: dict, index: int, state: dict) -> None:
+        """Where task `index`'s training stands (training.MidTask), under one name per task, each save replacing
+        the last; then the status names it. The status's step is for people: a resume reads the file's."""
+        name = f"partial-{index}.pt"
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write(self.file(name), buf.getvalue())
+        status["partial"] = {"file": name, "task_index": index, "step": state.get("step")}
+        self.save_status(status)
+
+    def load_partial(self, index: int, map_location=None) -> dict | None:
+        """Task `index`'s mid-task save, or None when there is none (or it is of another task). An unreadable one
+        (which atomic writes should never leave) is reported and dropped: the task trains from its start."""
+        partial = (self.status() or {}).get("partial") or {}
+        if partial.get("task_index") != index or not os.path.isfile(self.file(partial.get("file", ""))):
+            return None
+        path = self.file(partial["file"])
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as e:   # as load_checkpoint: torch raises anything from a damaged file
+            print(f"warning: {path} is unreadable ({type(e).__name__}); training its task from the start",
+                  file=sys.stderr)
+            self.log("partial_unreadable", file=partial["file"], error=type(e).__name__)
+            return None
 
     def load_checkpoint(self, map_location=None) -> dict:
         status = self.status() or {}

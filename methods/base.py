@@ -65,6 +65,10 @@ class Method:
     # Training may encode a batch's shared prompt prefix once (core.loss.collate). Off for a method whose
     # training forward edits prompt positions by index, which a split prompt would shift.
     SHARES_TRAIN_PREFIX: bool = True
+    # state_dict() holds all that a task's training changes from step to step (nothing tracked by after_step or
+    # training_loss besides the trained weights, the optimizer and the random streams): the runner may then save
+    # a task's training mid-way and resume it there (harness.training.MidTask). A tested promise: tests/test_resume.
+    RESUMES_MID_TASK: bool = False
     # Settings added after runs were recorded, each with the value those runs behaved as: a record without the key
     # ran with it. Adding a setting then leaves the method's earlier runs current (not stale to a sweep, resumable,
     # in one table with the new ones) as long as its default is that value.

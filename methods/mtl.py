@@ -10,6 +10,7 @@ class MTL(LoRAMethod):
     KEEPS = "every task's training data, all at once (joint training)"
     JOINT = True
     BOUND = True
+    RESUMES_MID_TASK = True   # its one LoRA's weights are all its training changes
     # An upper bound trains as the learner it bounds does: seq_lora's passes (its default and former ones), over
     # the union, so it takes as many steps as seq_lora over the whole stream.
     SETTINGS, FORMER_DEFAULTS = seq_lora_budget()

@@ -5,6 +5,7 @@ class SeqLoRA(LoRAMethod):
     """One LoRA (r=8, alpha=32, dropout 0.1 on q_proj, v_proj) trained through the whole stream."""
     NAME = "seq_lora"
     DESCRIPTION = "sequential fine-tuning of one LoRA adapter through the stream (the forgetting baseline)"
+    RESUMES_MID_TASK = True   # its one LoRA's weights are all its training changes
     # until 2026-12-02: one pass over each task's examples
     FORMER_DEFAULTS = {"one-epoch defaults": {"epochs": 1}}
     SETTINGS = {

@@ -22,7 +22,7 @@ def non_default(f: dataclasses.Field):
         return next(c for c in f.metadata["choices"] if c != f.default)
     if f.metadata["type"] is probes.parse:   # names from a list, like choices
         return probes.NAMES[-1]
-    if f.type in ("int", "int | None") or isinstance(f.default, int):
+    if f.type in ("int", "int | None", "float") or isinstance(f.default, (int, float)):
         return (f.default or 0) + 3
     return f"/x/{f.name}"
 
