@@ -18,7 +18,8 @@ from harness.tables import Run, check_one_setup, index_runs, load_runs, protocol
 
 METRICS = ("AA", "FM")
 # Fields whose difference between the folders says what was compared (paths say nothing about the numbers).
-SHOWN_FIELDS = tuple(n for n in names(SETUP, ENVIRONMENT) if n not in ("out", "data_dir", "base_cache"))
+SHOWN_FIELDS = tuple(n for n in names(SETUP, ENVIRONMENT)
+                     if n not in ("out", "data_dir", "base_cache", "checkpoint_minutes"))
 ALL = "all methods"
 
 

@@ -181,7 +181,7 @@ class RunDir:
         if not isinstance(status, dict) or status.get("state") not in ("running", "finished") \
                 or not isinstance(status.get("rows", {}), dict) or not a_file_here or not partial_here:
             raise UsageError(f"{path} is corrupt (not a run's status: a state running or finished, rows, a checkpoint "
-                             "file name); remove the run directory to start over")
+                             "file name, a mid-task save's file name); remove the run directory to start over")
         return status
 
     def read_json(self, name: str) -> dict:
@@ -317,12 +317,12 @@ class RunDir:
         torch.save(state, buf)
         atomic_write(self.file(name), buf.getvalue())
         old = status.get("checkpoint")
-        partial = (status.pop("partial", None) or {}).get("file")   # its task is finished: its save has served
+        status.pop("partial", None)   # its task is finished: its mid-task save has served
         status["checkpoint"] = name
         self.save_status(status)
-        for stale in (old if old != name else None, partial):
-            if stale and os.path.exists(self.file(stale)):
-                os.unlink(self.file(stale))
+        if old and old != name and os.path.exists(self.file(old)):
+            os.unlink(self.file(old))
+        self._remove_partials()
 
     def save_partial(self, status: dict, index: int, state: dict) -> None:
         """Where task `index`'s training stands (training.MidTask), under one name per task, each save replacing
@@ -333,6 +333,17 @@ class RunDir:
         atomic_write(self.file(name), buf.getvalue())
         status["partial"] = {"file": name, "task_index": index, "step": state.get("step")}
         self.save_status(status)
+
+    def drop_partial(self, status: dict) -> None:
+        """Forget the mid-task save (its task will train from the start), in the status and on disk."""
+        status.pop("partial", None)
+        self.save_status(status)
+        self._remove_partials()
+
+    def _remove_partials(self) -> None:
+        for name in os.listdir(self.path):
+            if PARTIAL.fullmatch(name) and os.path.isfile(self.file(name)):
+                os.unlink(self.file(name))
 
     def load_partial(self, index: int, map_location=None) -> dict | None:
         """Task `index`'s mid-task save, or None when there is none (or it is of another task). An unreadable one

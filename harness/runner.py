@@ -175,7 +175,7 @@ def _open_run(cfg: BenchConfig, run: RunDir, record: dict) -> dict:
         # A record kept without its weights (results/runs is committed, checkpoints are not): the trained
         # stages cannot be continued, so they are trained again; the per-stage seeds make them the same.
         dropped = [r for r in status["rows"] if r != "base"]
-        status.pop("partial", None)   # a task's mid-way save continues the stages before it, now retrained
+        run.drop_partial(status)   # a task's mid-way save continues the stages before it, now retrained
         _say(f"{run.path}: {status['checkpoint']} is missing; training its {len(dropped)} finished stage(s) again",
              cfg.progress)
         run.log("checkpoint_missing", checkpoint=status["checkpoint"], retrained=dropped)
@@ -207,7 +207,9 @@ def _mid_task(cfg: BenchConfig, run: RunDir, status: dict, clock: RunClock, inde
     of it. Each save keeps the run clock's reading, where a resume's clock starts (RunClock)."""
     if not cfg.checkpoint_minutes or not method.RESUMES_MID_TASK:
         return None
-    saved = run.load_partial(index, map_location=method.device)
+    # onto the CPU: the random streams' states must stay there; the weights and the optimizer's moments are copied
+    # onto the parameters' device as they load
+    saved = run.load_partial(index, map_location="cpu")
     if saved:
         clock.before = max(clock.before, saved["kept_at"])   # this sitting's own time so far still counts
         _say(f"resuming {run.path}'s task {index + 1} at step {saved['step']}", cfg.progress)

@@ -23,13 +23,13 @@ class MidTask:
     order runs for hours) then survives a kill. The runner makes it; harness.rundir keeps the file."""
     saved: dict | None                # what an interrupted session saved of this task's training, or None
     save: Callable[[dict], None]
-    every_seconds: float              # 0: after every step (tests)
+    every_seconds: float              # the least time between two saves (tests: about 0, a save every step)
 
 
-def rng_state() -> dict:
-    """Every random stream a training step may draw from (LoRA dropout draws from torch's)."""
+def rng_state(device: torch.device) -> dict:
+    """Every random stream a training step on `device` may draw from (LoRA dropout draws from torch's)."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
+    if device.type == "cuda":   # only there: asking elsewhere would start a CUDA context in a CPU run
         state["cuda"] = torch.cuda.get_rng_state_all()
     try:
         import numpy as np
@@ -40,10 +40,10 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())   # generator states are CPU byte tensors, wherever a load put them
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     if "numpy" in state:
         import numpy as np
         np.random.set_state(state["numpy"])
@@ -60,7 +60,16 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
     optimizer step, then method.after_step(task, step) (where a method updates and records what it tracks), then
     method.should_stop(task, step), which only reads."""
     settings = method.settings
+    device = device_of(method.model)
+    share = share_prefix and method.SHARES_TRAIN_PREFIX
+    # the same float path the save was made on (--cache and --device are not compared on a resume): else the
+    # task's training would mix two paths while its record names one, so it starts over
+    path = {"shared_prefix": share, "device": device.type}
     saved = mid_task.saved if mid_task else None
+    if saved and saved.get("path") != path:
+        if log is not None:
+            log("task_restarted", task=task.name, reason=f"saved on {saved.get('path')}, now {path}")
+        saved = None
     if saved:   # first, so that the optimizer holds the parameters as loaded
         method.load_state_dict(saved["method"])
     params = [p for p in method.trainable_parameters() if p.requires_grad]
@@ -83,8 +92,6 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
             log("task_resumed", task=task.name, step=step)
     last_save = time.monotonic()
     bar = tqdm(total=total, initial=step, desc=f"train {task.name}", unit="step", disable=not progress, leave=False)
-    device = device_of(method.model)
-    share = share_prefix and method.SHARES_TRAIN_PREFIX
     method.model.train()
     try:
         for epoch in range(saved["epoch"] if saved else 0, epochs):
@@ -116,10 +123,11 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
                         **{k: round(float(v), 6) for k, v in parts.items()})
                 if method.should_stop(task, step):
                     break
-                if mid_task and step < total and time.monotonic() - last_save >= mid_task.every_seconds:
+                if mid_task and time.monotonic() - last_save >= mid_task.every_seconds:
                     mid_task.save({"step": step, "epoch": epoch, "order": order, "order_rng": rng.getstate(),
-                                   "rng": rng_state(), "method": method.state_dict(), "optimizer": opt.state_dict(),
-                                   "recent": recent[-10:], "seconds": earlier_seconds + time.time() - started})
+                                   "rng": rng_state(device), "method": method.state_dict(), "path": path,
+                                   "optimizer": opt.state_dict(), "recent": recent[-10:],
+                                   "seconds": earlier_seconds + time.time() - started})
                     last_save = time.monotonic()
             else:
                 continue
