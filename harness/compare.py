@@ -13,7 +13,7 @@ import numpy as np
 from core.errors import UsageError
 from harness import stats
 from harness.config import ENVIRONMENT, SETUP, names, recorded_value
-from harness.rundir import RunDir
+from harness.rundir import RunDir, other_test_examples
 from harness.tables import Run, check_one_setup, index_runs, load_runs, protocol_text, sort_labels
 
 METRICS = ("AA", "FM")
@@ -63,10 +63,8 @@ def _final_predictions(run: Run) -> dict[str, str]:
 def _check_same_examples(a: Run, b: Run) -> None:
     for task in a.tasks:
         da, db = ((r.config.get("data") or {}).get(task) or {} for r in (a, b))
-        # a run recorded before per-example predictions keeps no gold labels: then the sizes must agree at least
-        # (and the pair has no interval over examples)
-        same = da.get("gold") == db.get("gold") if "gold" in da and "gold" in db else da.get("test") == db.get("test")
-        if not da or not same:
+        # by what both records keep (an old record: its sizes at least; then the pair has no interval over examples)
+        if not da or other_test_examples({task: da}, {task: db}):
             raise UsageError(f"{a.path} and {b.path} were not scored on the same recorded test examples of {task}: "
                              "a paired comparison needs the same examples (same sizes, split and data)")
 

@@ -146,14 +146,19 @@ def matrix_csv(R: pd.DataFrame) -> str:
     return R.to_csv(float_format="%.2f", lineterminator="\n")
 
 
+# What a run's config.json keeps of a task's test examples (runner.data_record), each compared where both records
+# hold it: their number, label set, gold labels in order, and a hash of their texts and labels (since 2026-12-05:
+# two data folders can agree on every gold label and differ in the texts).
+EXAMPLE_KEYS = ("test", "labels", "gold", "test_fingerprint")
+
+
 def other_test_examples(recorded: dict | None, now: dict | None) -> list[str]:
-    """The tasks whose test examples differ between a run's record and the data at hand, by what the record keeps of
-    them (their number, label set and gold labels in order; a record too old to keep gold labels is not compared
-    on them)."""
+    """The tasks whose test examples differ between a run's record and the data at hand (or another run's record),
+    by what both records keep of them (EXAMPLE_KEYS; a record too old to keep one is not compared on it)."""
     recorded = recorded if isinstance(recorded, dict) else {}
     now = now if isinstance(now, dict) else {}
     return [task for task, was in recorded.items() if isinstance(was, dict) and isinstance(now.get(task), dict) and any(
-        key in was and key in now[task] and was[key] != now[task][key] for key in ("test", "labels", "gold"))]
+        key in was and key in now[task] and was[key] != now[task][key] for key in EXAMPLE_KEYS)]
 
 
 class RunDir:

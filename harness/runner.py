@@ -157,7 +157,8 @@ def data_record(data) -> dict:
     """config.json's `data`: what each task actually had (sizes, source, labels, the test examples' gold labels),
     which a resume compares with the data at hand (rundir.other_test_examples; a sweep, before any cell runs)."""
     return {d.name: {"train": len(d.train), "test": len(d.test), "full": d.sizes_full, "source": d.source,
-                     "dropped": d.dropped, "labels": list(d.labels), "gold": gold_labels(d)} for d in data}
+                     "dropped": d.dropped, "labels": list(d.labels), "gold": gold_labels(d),
+                     "test_fingerprint": data_fingerprint(d)} for d in data}
 
 
 def _record(cfg: BenchConfig, out: str, names: list[str], data, settings: dict) -> dict:

@@ -21,7 +21,7 @@ from harness import stats
 from harness.config import (FIELDS, SETUP, device_kind, former_defaults_named, label_args, moved_settings, names,
                             recorded_value, reproducing_args, setup_of, spell_options, spell_setting)
 from harness.config import ran_defaults as config_ran_defaults
-from harness.rundir import RunDir, atomic_write
+from harness.rundir import EXAMPLE_KEYS, RunDir, atomic_write, other_test_examples
 
 MISSING = "–"
 # Blocks of orders shown side by side, as in O-LoRA's Table 1; other orders get a block each.
@@ -173,7 +173,29 @@ def check_one_setup(runs: list[Run]) -> tuple:
     # row; on the same stream and seed, which run would speak for it?
     index_runs(runs, "label", lambda a, b: f"{a.path} and {b.path} ran the same settings ({a.label}) on order "
                f"{a.order}, seed {a.seed}: move one out of the runs folder")
+    check_same_examples(runs)
     return runs[0].setup
+
+
+def check_same_examples(runs: list[Run]) -> None:
+    """Under one protocol, every run scored each task on the same test examples, as far as the records tell
+    (rundir.EXAMPLE_KEYS): the paired intervals draw the same examples for both runs of a pair, and a setup's
+    sizes alone do not pin the examples down (two data folders of one task at one size). A sweep refuses a cell
+    of other data; runs gathered from several machines into one folder are checked here."""
+    kinds: dict[tuple, list[tuple[dict, Run]]] = {}   # (protocol, task) -> each distinct record and a run of it
+    for r in runs:
+        for task, record in (r.config.get("data") or {}).items():
+            if not isinstance(record, dict):
+                continue
+            kept = {k: record[k] for k in EXAMPLE_KEYS if k in record}   # the data's path and source may differ
+            seen = kinds.setdefault((r.protocol, task), [])
+            for other, first in seen:
+                if other_test_examples({task: other}, {task: kept}):
+                    raise UsageError(f"{first.path} and {r.path} scored {task} on different test examples (another "
+                                     "data folder?); runs of one table must share them: move one out of the runs "
+                                     "folder")
+            if all(other != kept for other, _ in seen):
+                seen.append((kept, r))
 
 
 def index_runs(runs: list[Run], name: str, clash) -> dict[tuple, Run]:

@@ -134,6 +134,8 @@ def test_a_resume_deletes_the_checkpoint_a_kill_orphaned_and_keeps_the_one_its_s
 def test_a_resume_on_other_test_data_is_refused_with_the_run_untouched(tmp_path, tokenizer, monkeypatch):
     # Rows scored on one data folder must not be finished on another (a sweep resumed with another CL_DATA_DIR).
     from harness.rundir import other_test_examples
+    from harness.runner import data_fingerprint
+    from tasks import load_task
     kill_during_second_task(tmp_path, "data", tokenizer, monkeypatch)
     record = json.load(open(tmp_path / "data" / "config.json"))
     gold = record["data"]["bbc"]["gold"]
@@ -143,6 +145,10 @@ def test_a_resume_on_other_test_data_is_refused_with_the_run_untouched(tmp_path,
     with pytest.raises(UsageError, match=r"made on other test data \(bbc: another --data-dir\?\)"):
         run(tmp_path, "data", tokenizer)
     assert {n: open(tmp_path / "data" / n, "rb").read() for n in os.listdir(tmp_path / "data")} == before
+    # the texts count too: two data folders can agree on every gold label (config.json keeps a hash of them)
+    assert record["data"]["bbc"]["test_fingerprint"] == data_fingerprint(load_task("bbc", None, 8, 6, 3, "test"))
+    assert other_test_examples({"a": {"gold": "01", "test_fingerprint": "f0"}},
+                               {"a": {"gold": "01", "test_fingerprint": "f1"}}) == ["a"]
     # a record too old to keep gold labels is compared on what it keeps
     assert other_test_examples({"a": {"test": 4}}, {"a": {"test": 4, "gold": "0101"}}) == []
     assert other_test_examples({"a": {"test": 4}}, {"a": {"test": 5, "gold": "01010"}}) == ["a"]

@@ -18,11 +18,13 @@ TASKS = ["a", "b"]
 
 
 def make_run(root, label, method, order, seed, rows, args=None, params=100, bound=False, finished=True,
-             general=None, model="tiny-llama", settings=None, machine=None, n_test=None, protocol=None, steps=None):
+             general=None, model="tiny-llama", settings=None, machine=None, n_test=None, protocol=None, steps=None,
+             test_size=None):
     """rows: {"base": [..], "a": [..], "b": [..]} accuracies over TASKS. steps: optimizer steps per task, as
     the method card's timing records them (none recorded without). n_test: also record per-example
     predictions of n_test examples a task (gold label 0 for all; the first k examples right, k from the
-    accuracy), so that runs share their right examples as far as their accuracies allow."""
+    accuracy), so that runs share their right examples as far as their accuracies allow. test_size: the test
+    examples a run recorded before predictions scored (default n_test, else 4): a table's runs share them."""
     path = os.path.join(root, label, order, f"seed{seed}")
     os.makedirs(path)
     lines = ["after," + ",".join(TASKS)] + [f"{r}," + ",".join(f"{v:.2f}" for v in vals) for r, vals in rows.items()]
@@ -32,7 +34,8 @@ def make_run(root, label, method, order, seed, rows, args=None, params=100, boun
         "method": method, "method_args": args or {}, "order": order, "seed": seed, "tasks": TASKS,
         "model": model, "train_per_task": 8, "test_per_task": 4, "eval": "rank", "dtype": "fp32",
         "max_input_tokens": 16, "eval_batch_size": 16, "created": f"2026-11-2{seed}T10:00:00",
-        "data": {t: {"train": 8, "test": n_test or 4, **({"gold": "0" * n_test} if n_test else {})} for t in TASKS},
+        "data": {t: {"train": 8, "test": test_size or n_test or 4, **({"gold": "0" * n_test} if n_test else {})}
+                 for t in TASKS},
         "packages": {"torch": "2.13.0"}, "settings": settings or settings_of(method, args or {}),
         **({"machine": machine} if machine else {}), **(protocol or {})})
     write_json(os.path.join(path, "method.json"), {
@@ -406,7 +409,7 @@ def test_cells_of_runs_with_predictions_carry_intervals_and_the_others_say_why_n
     for seed in (1, 2):
         make_run(root, "craft", "craft", "1", seed, seq(90.0, 90.0, first_a=90.0), n_test=20)
         make_run(root, "seq_lora", "seq_lora", "1", seed, seq(50.0, 50.0), n_test=20)
-    make_run(root, "replay", "replay", "1", 1, seq(60.0, 70.0))     # recorded before predictions
+    make_run(root, "replay", "replay", "1", 1, seq(60.0, 70.0), test_size=20)     # recorded before predictions
     out = str(tmp_path / "results")
     write_tables(root, out, figures=False)
     main = open(os.path.join(out, "main.md")).read()
@@ -437,7 +440,7 @@ def test_a_column_of_one_order_pools_the_seeds_spread_over_the_blocks_orders(tmp
         make_run(root, "craft", "craft", "offline1", seed, seq(final_a, 80.0), n_test=40)
     write_tables(root, out, figures=False)
     assert [numbers(c) for c in cells_of(os.path.join(out, "main.md"), "craft")[:2]] == [first, second]
-    make_run(root, "craft", "craft", "2", 3, seq(60.0, 80.0))            # recorded before predictions
+    make_run(root, "craft", "craft", "2", 3, seq(60.0, 80.0), test_size=40)   # recorded before predictions
     write_tables(root, out, figures=False)
     cells = cells_of(os.path.join(out, "main.md"), "craft")
     assert numbers(cells[0]) == first
@@ -462,7 +465,7 @@ def test_forgetting_cells_carry_intervals_that_cover_the_planted_values(tmp_path
     make_run(root, "craft", "craft", "1", 1, seq(80.0, 80.0), n_test=20)
     make_run(root, "craft", "craft", "1", 2, seq(40.0, 80.0), n_test=20)
     make_run(root, "replay", "replay", "1", 1, seq(70.0, 70.0), n_test=20)
-    make_run(root, "replay", "replay", "1", 2, seq(60.0, 70.0))      # recorded before predictions
+    make_run(root, "replay", "replay", "1", 2, seq(60.0, 70.0), test_size=20)   # recorded before predictions
     out = str(tmp_path / "results")
     write_tables(root, out, figures=False)
     bwt, fm, fwt = (numbers(c) for c in cells_of(os.path.join(out, "forgetting.md"), "seq_lora")[:3])
@@ -1462,3 +1465,26 @@ def test_the_code_line_names_each_sittings_commit(tmp_path):
     assert code_line(runs) == ("- Code: `aaaaaaaaaa` (3 runs), `bbbbbbbbbb` (1 run); 1 run resumed across commits; "
                                "1 made with uncommitted changes to the code; 3 with no commit recorded (made before "
                                "that record, or outside a git checkout).")
+
+
+
+def test_runs_that_scored_a_task_on_other_test_examples_are_refused_by_what_their_records_keep(tmp_path):
+    # The paired intervals draw the same examples for both runs of a pair: runs gathered from two data folders
+    # (a GPU session's, a CPU's) must have scored the same ones, not only as many.
+    root, out = str(tmp_path / "runs"), str(tmp_path / "results")
+    planted_pairs(root)
+
+    def record(label, seed, **data):
+        path = os.path.join(root, label, "1", f"seed{seed}", "config.json")
+        config = json.load(open(path))
+        for task in TASKS:
+            config["data"][task].update(data)
+        write_json(path, config)
+    record("craft", 1, test_fingerprint="aa", source="/gpu/CL_Benchmark")
+    record("seq_lora", 1, test_fingerprint="aa", source="/cpu/CL_Benchmark")   # the same texts, another folder
+    write_tables(root, out, figures=False)   # the others keep no hash (older records): their gold labels agree
+    record("o_lora", 2, test_fingerprint="bb")
+    with pytest.raises(UsageError, match=r"craft/1/seed1 and .*o_lora/1/seed2 scored a on different test examples"):
+        write_tables(root, out, figures=False)
+    record("o_lora", 2, test_fingerprint="aa")
+    write_tables(root, out, figures=False)

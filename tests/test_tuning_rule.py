@@ -22,7 +22,7 @@ def stream(root, args, finals, seeds=(1, 2, 3), first_a=80.0, n_test=N_TEST):
     for seed in seeds:
         for order in ORDERS:
             make_run(root, folder, "seq_lora", order, seed, seq(*finals[seed], first_a=first_a), args=args,
-                     n_test=n_test)
+                     n_test=n_test, test_size=N_TEST)   # without predictions: the same examples, no gold kept
 
 
 @pytest.fixture(scope="module")
