@@ -64,7 +64,8 @@ def _check_same_examples(a: Run, b: Run) -> None:
     for task in a.tasks:
         da, db = ((r.config.get("data") or {}).get(task) or {} for r in (a, b))
         # by what both records keep (an old record: its sizes at least; then the pair has no interval over examples)
-        if not da or other_test_examples({task: da}, {task: db}):
+        kept = all(isinstance(d, dict) and "test" in d for d in (da, db))
+        if not kept or other_test_examples({task: da}, {task: db}):
             raise UsageError(f"{a.path} and {b.path} were not scored on the same recorded test examples of {task}: "
                              "a paired comparison needs the same examples (same sizes, split and data)")
 

@@ -147,8 +147,8 @@ def matrix_csv(R: pd.DataFrame) -> str:
 
 
 # What a run's config.json keeps of a task's test examples (runner.data_record), each compared where both records
-# hold it: their number, label set, gold labels in order, and a hash of their texts and labels (since 2026-12-05:
-# two data folders can agree on every gold label and differ in the texts).
+# hold it: their number, label set, gold labels in order, and a hash of their texts and labels (kept since commit
+# 329c0d7: two data folders can agree on every gold label and differ in the texts).
 EXAMPLE_KEYS = ("test", "labels", "gold", "test_fingerprint")
 
 

@@ -89,7 +89,9 @@ def seed_everything(seed: int) -> None:
 
 
 def data_fingerprint(data) -> str:
-    """A short hash of a task's test examples, so cached backbone scores are never shared between data sets."""
+    """A short hash of a task's test examples (label and text, in test order): it keys the cached backbone scores
+    and is kept in config.json (`test_fingerprint`), where resumes and tables compare it; changing what it hashes
+    would make every unfinished run refuse to resume and split tables of runs made before and after."""
     digest = hashlib.sha1()
     for ex in data.test:
         digest.update(f"{ex.label}\t{ex.text}\n".encode())
@@ -154,8 +156,8 @@ def load_order_data(cfg: BenchConfig) -> list:
 
 
 def data_record(data) -> dict:
-    """config.json's `data`: what each task actually had (sizes, source, labels, the test examples' gold labels),
-    which a resume compares with the data at hand (rundir.other_test_examples; a sweep, before any cell runs)."""
+    """config.json's `data`: what each task actually had (sizes, source, labels, the test examples' gold labels
+    and hash), which a resume compares with the data at hand (rundir.other_test_examples; a sweep, before any cell runs)."""
     return {d.name: {"train": len(d.train), "test": len(d.test), "full": d.sizes_full, "source": d.source,
                      "dropped": d.dropped, "labels": list(d.labels), "gold": gold_labels(d),
                      "test_fingerprint": data_fingerprint(d)} for d in data}

@@ -171,3 +171,31 @@ def test_pair_by_label_pairs_the_same_settings_spelled_two_ways(tmp_path, capsys
     assert main(["compare", a, b, "--pair-by", "label"]) == 0
     assert "| seq_lora | 4 | 1, 2 | 1, 2 | 65.00 | 70.00 | +5.00 [" in capsys.readouterr().out
     assert main(["compare", a, b, "--pair-by", "method"]) == 2
+
+
+def test_pairs_whose_examples_hash_apart_or_whose_record_is_missing_are_refused(tmp_path):
+    # the same sizes and gold labels, other texts (two data folders): config.json's hash tells them apart; and a
+    # record that keeps nothing of a task's examples pairs with nothing
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    grid(a, {("craft", "1", 1): (60.0, 70.0)})
+    grid(b, {("craft", "1", 1): (60.0, 70.0)})
+
+    def edit(root, change):
+        path = os.path.join(root, "craft", "1", "seed1", "config.json")
+        config = json.load(open(path))
+        change(config["data"])
+        write_json(path, config)
+    edit(a, lambda data: data["a"].update(test_fingerprint="aa"))
+    edit(b, lambda data: data["a"].update(test_fingerprint="aa"))
+    assert compare(a, b)["rows"]["craft"]["pairs"] == 1
+    edit(b, lambda data: data["a"].update(test_fingerprint="bb"))
+    with pytest.raises(UsageError, match="same recorded test examples of a"):
+        compare(a, b)
+    for missing in (lambda data: data.pop("b"), lambda data: data["b"].clear()):
+        shutil.rmtree(b)
+        grid(b, {("craft", "1", 1): (60.0, 70.0)})
+        edit(b, missing)
+        with pytest.raises(UsageError, match="same recorded test examples of b"):
+            compare(a, b)
+        with pytest.raises(UsageError, match="same recorded test examples of b"):
+            compare(b, a)
