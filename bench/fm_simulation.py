@@ -10,6 +10,9 @@ above 0, and both (the verdict's unqualified "forgets less": FM's claim that BWT
 stream of one seed (the grid's seed 1: the interval is the examples' spread alone).
 
     python bench/fm_simulation.py --tasks 15 --experiments 200
+
+`--coverage`: one method alone (the --noisy one; --forget 0), how often its own 95% intervals cover the true
+value 0 of FM (percentile and reflected, the tables') and of BWT, where nothing is forgotten (nominal 95%).
 """
 from __future__ import annotations
 
@@ -49,12 +52,22 @@ def experiment(rng, args) -> dict[str, bool]:
             "ΔFM > 0": stats.above_zero(d_fm)}
 
 
+def coverage(rng, args) -> dict[str, bool]:
+    """One method's intervals, nothing forgotten: does each cover the true 0?"""
+    names = [f"t{i}" for i in range(args.tasks)]
+    scores = stats.ExampleScores(names, names, stream(rng, args.tasks, args.examples, args.accuracy, args.noisy))
+    percentile = stats.interval(scores.metric_samples(args.resamples)["FM"])
+    intervals = stats.run_intervals(scores, args.resamples)   # as the tables give them: FM's reflected
+    return {f"{name} covers 0": lo <= 0 <= hi for name, (lo, hi) in
+            (("FM, percentile", percentile), ("FM, reflected", intervals["FM"]), ("BWT", intervals["BWT"]))}
+
+
 def simulate(args) -> dict[str, int]:
-    """claim -> in how many of args.experiments it was made."""
+    """claim -> in how many of args.experiments it was made (--coverage: how many intervals covered 0)."""
     rng = np.random.default_rng(args.seed)
     counts: dict[str, int] = {}
     for _ in range(args.experiments):
-        for claim, made in experiment(rng, args).items():
+        for claim, made in (coverage if getattr(args, "coverage", False) else experiment)(rng, args).items():
             counts[claim] = counts.get(claim, 0) + made
     return counts
 
@@ -72,14 +85,22 @@ def main(argv=None) -> int:
     parser.add_argument("--experiments", type=int, default=200)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--coverage", action="store_true",
+                        help="one method (--noisy), nothing forgotten: how often its FM and BWT intervals cover 0")
     args = parser.parse_args(argv)
+    if args.coverage and args.forget:
+        parser.error("--coverage measures where nothing is forgotten: leave out --forget")
     counts = simulate(args)
-    truth = "no forgetting" if not args.forget else \
-        f"the noisy method forgets (redrawn answers {args.forget:g} less right)"
-    print(f"{args.tasks} tasks, {args.examples} examples each, {truth}; answers redrawn a stage: stable "
-          f"{args.stable:g}, noisy {args.noisy:g}; {args.experiments} experiments (seed {args.seed}):")
+    if args.coverage:
+        print(f"{args.tasks} tasks, {args.examples} examples each, nothing forgotten, {args.noisy:g} of the answers "
+              f"redrawn a stage; {args.experiments} experiments (seed {args.seed}), nominal 95%:")
+    else:
+        truth = "no forgetting" if not args.forget else \
+            f"the noisy method forgets (redrawn answers {args.forget:g} less right)"
+        print(f"{args.tasks} tasks, {args.examples} examples each, {truth}; answers redrawn a stage: stable "
+              f"{args.stable:g}, noisy {args.noisy:g}; {args.experiments} experiments (seed {args.seed}):")
     for claim, k in counts.items():
-        print(f"  {claim:<20} {k:4d} of {args.experiments} ({100 * k / args.experiments:.1f}%)")
+        print(f"  {claim:<24} {k:4d} of {args.experiments} ({100 * k / args.experiments:.1f}%)")
     return 0
 
 
