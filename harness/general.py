@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections import defaultdict
 from contextlib import contextmanager
 from functools import partial
@@ -173,6 +174,7 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
     from harness.prompting import PromptEncoder
     from harness.rundir import RunDir, write_json
     from methods import get_method
+    started = time.monotonic()
     run = RunDir(run_path)
     status = run.status()
     if not status or status.get("state") != "finished":
@@ -216,7 +218,8 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
                   skipped_in_stream=[n for n in requested if n not in names],
                   measured_with="lm-eval simple_evaluate, multiple_choice, 0-shot: each example's answer is the "
                                 "option of highest log-likelihood (lm-eval's acc); balanced accuracy = mean "
-                                "per-class recall")
+                                "per-class recall",
+                  seconds=round(time.monotonic() - started, 1))   # what the probe cost (a sweep's estimate reads it)
     write_json(run.file("general.json"), result)
     return result
 

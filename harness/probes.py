@@ -42,6 +42,21 @@ def is_measured(path: str, name: str) -> bool:
     return general.measured_as(path, general.GENERAL_TASKS, general.DEFAULT_PER_TASK)
 
 
+def recorded_seconds(path: str, name: str) -> float | None:
+    """What the probe took on this run, as its record keeps it; None where it is not measured, or was measured
+    before records kept their time (2026-12-05 night)."""
+    import json
+    import os
+
+    from harness.protocols import RECORD
+    try:
+        with open(os.path.join(path, "general.json" if name == "general" else RECORD)) as f:
+            seconds = json.load(f).get("seconds")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(seconds) if isinstance(seconds, (int, float)) else None
+
+
 def missing(path: str, probes: str | None) -> list[str]:
     return [n for n in names_of(probes) if not is_measured(path, n)]
 

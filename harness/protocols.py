@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -141,7 +142,10 @@ def measured(path: str, again: bool = False, progress: bool = False, unloadable:
     run = RunDir(path)
     if not again and is_measured(path):
         return run.read_json(RECORD)
-    result = {**measure(path, progress, unloadable, device), "stamp": _stamp(run)}
+    started = time.monotonic()
+    result = measure(path, progress, unloadable, device)
+    # what the probe cost (a sweep's estimate reads it), and what it measured
+    result.update(seconds=round(time.monotonic() - started, 1), stamp=_stamp(run))
     write_json(run.file(RECORD), result)
     return result
 

@@ -354,6 +354,10 @@ class CostModel:
     moved: int = 0                       # finished runs made with settings that have moved since, left out
     elsewhere: int = 0                   # finished runs on another kind of device (a GPU's seconds are not a CPU's)
     ran_as: dict[str, str] = field(default_factory=dict)   # settings_key of what runs ran -> a label they are under
+    # probe -> label -> median seconds of the probe on the label's runs, and over every label's (a label none of whose
+    # runs recorded it costs that)
+    probe: dict[str, dict[str, float]] = field(default_factory=dict)
+    probe_any: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def read(cls, runs: str | list[str], like: BenchConfig | None = None) -> "CostModel":
@@ -362,6 +366,7 @@ class CostModel:
         train: dict[str, dict[str, list[float]]] = {}
         per_cell: dict[str, list[float]] = {}
         base: list[float] = []
+        probe: dict[str, dict[str, list[float]]] = {}
         count = skipped = moved = elsewhere = 0
         ran_as: dict[str, str] = {}
         folders = distinct_folders([runs] if isinstance(runs, str) else runs)
@@ -396,9 +401,17 @@ class CostModel:
                 train.setdefault(label, {}).setdefault(task, []).append(seconds)
             per_cell.setdefault(label, []).extend(found["per_cell"])
             base.extend(found["base"])
+            for name in probes.NAMES:
+                seconds = probes.recorded_seconds(path, name)
+                if seconds is not None:
+                    probe.setdefault(name, {}).setdefault(label, []).append(seconds)
         return cls({lab: {task: statistics.median(v) for task, v in tasks_.items()} for lab, tasks_ in train.items()},
                    {lab: statistics.median(v) if v else 0.0 for lab, v in per_cell.items()},
-                   statistics.median(base) if base else None, count, skipped, moved, elsewhere, ran_as)
+                   statistics.median(base) if base else None, count, skipped, moved, elsewhere, ran_as,
+                   {name: {lab: statistics.median(v) for lab, v in by_label.items()}
+                    for name, by_label in probe.items()},
+                   {name: statistics.median([s for v in by_label.values() for s in v])
+                    for name, by_label in probe.items()})
 
     def costed_as(self, cell: Cell) -> str | None:
         """The label whose runs cost the cell: its own, else one whose runs ran the cell's settings, else its
@@ -419,7 +432,8 @@ class CostModel:
         """The cell's remaining seconds at these medians, its base row left out (see dry_run_lines); None: no
         finished run of its method spec here. A task the spec has no record of costs the spec's median task; a
         method whose cost grows along the stream (replay's memory) is underestimated on orders longer than
-        those it ran."""
+        those it ran. The probes it lacks cost their median on the spec's runs, else on every run's; a probe no
+        run recorded costs nothing here (dry_run_lines says so)."""
         import tasks
         from harness.metrics import needed_cells
         from methods import get_method
@@ -437,6 +451,8 @@ class CostModel:
                 continue
             cells = len(needed_cells(names, k)) if cell.config.matrix == "needed" and not joint else len(names)
             seconds += trained.get(task, typical) + (0 if joint and k < len(names) else cells) * self.per_cell[label]
+        for name in probes.missing(cell.out, cell.config.probes):
+            seconds += self.probe.get(name, {}).get(label, self.probe_any.get(name, 0.0))
         return seconds
 
 
@@ -537,8 +553,13 @@ def dry_run_lines(runs: str, cells: list[Cell], costs_from: list[str] | None = N
                     "their label runs today)")
     if unknown:
         summary += f"; not estimated (no finished run in {source}): {', '.join(unknown)}"
-    if any(cell.config.probes for cell in cells):
-        summary += "; the probes' time (--probes) is not in these costs"
+    asked = {name for cell, _ in left for name in probes.names_of(cell.config.probes)}
+    untimed = sorted(asked - set(model.probe_any))
+    if untimed:
+        summary += (f"; the time of the probe(s) {', '.join(untimed)} (--probes) is not in these costs: no finished "
+                    "run there recorded it")
+    elif asked:
+        summary += "; each cell's probes at their median time on its method's runs (else on every run's)"
     lost = probes_lost(cells)
     if lost:
         summary += "; " + probes_lost_note(lost)

@@ -272,6 +272,45 @@ def _finished_run(path, stages, rows, setup=None):
         json.dump({"model": "tiny-llama", "settings": settings, **(setup or {})}, f)
 
 
+def test_dry_run_adds_the_probes_a_cell_lacks_at_the_medians_their_records_keep(tmp_path, capsys):
+    from harness.sweep import CostModel
+    runs = str(tmp_path / "runs")
+    two = {"bbc": 1, "hutto_amazon": 1}
+    stages = {"base": {"train_seconds": None, "eval_seconds": 4.0}, "bbc": {"train_seconds": 10.0, "eval_seconds": 6.0},
+              "hutto_amazon": {"train_seconds": 30.0, "eval_seconds": 6.0}}
+    rows = {"base": {"accuracy": two, "reused": []}, "bbc": {"accuracy": two}, "hutto_amazon": {"accuracy": two}}
+    for seed, general, generation in ((1, 30.0, 12.0), (2, 50.0, None)):   # seed 2's protocols.json predates it
+        path = os.path.join(runs, "seq_lora", ORDER, f"seed{seed}")
+        _finished_run(path, stages, rows)
+        with open(os.path.join(path, "general.json"), "w") as f:
+            json.dump({"seconds": general}, f)
+        with open(os.path.join(path, "protocols.json"), "w") as f:
+            json.dump({"stamp": {}, **({"seconds": generation} if generation else {})}, f)
+    _finished_run(os.path.join(runs, "mtl", ORDER, "seed1"), {"all": {"train_seconds": 40.0, "eval_seconds": 5.0}},
+                  {"base": {"accuracy": two, "reused": ["bbc", "hutto_amazon"]}, "all": {"accuracy": two}})
+    like = BenchConfig(model="tiny-llama", probes="general,generation")
+    model = CostModel.read(runs, like)
+    assert model.probe == {"general": {"seq_lora": 40.0}, "generation": {"seq_lora": 12.0}}
+    seq, mtl = plan(runs, ["seq_lora", "mtl"], ["bbc+hutto_amazon+trec"], ["1"], like)
+    plain = plan(runs, ["seq_lora"], ["bbc+hutto_amazon+trec"], ["1"], BenchConfig(model="tiny-llama"))[0]
+    # the probes' medians on seq_lora's own runs; mtl has none of its own and costs every run's
+    assert model.seconds_left(seq) == pytest.approx(model.seconds_left(plain) + 40.0 + 12.0)
+    assert model.seconds_left(mtl) == pytest.approx(3 * 20 + 3 * 2.5 + 40.0 + 12.0)
+    assert main(["sweep", "--methods", "seq_lora", "--orders", ORDER, "--seeds", "3", "--runs", runs, "--model",
+                 "tiny-llama", "--probes", "general,generation", "--dry-run"]) == 0
+    assert "each cell's probes at their median time" in capsys.readouterr().out
+    # a finished cell that lacks only its probes costs them alone, and one probe no run timed is named, not costed
+    finished = os.path.join(runs, "seq_lora", ORDER, "seed1")
+    os.remove(os.path.join(finished, "protocols.json"))
+    cell = plan(runs, ["seq_lora"], [ORDER], ["1"], BenchConfig(model="tiny-llama", probes="generation"))[0]
+    assert cell.out == finished and model.seconds_left(cell) == pytest.approx(12.0)
+    for seed in (1, 2):
+        os.remove(os.path.join(runs, "seq_lora", ORDER, f"seed{seed}", "general.json"))
+    assert main(["sweep", "--methods", "mtl", "--orders", ORDER, "--seeds", "2", "--runs", runs, "--model",
+                 "tiny-llama", "--probes", "general", "--dry-run"]) == 0
+    assert "the time of the probe(s) general (--probes) is not in these costs" in capsys.readouterr().out
+
+
 def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, capsys):
     from harness.sweep import CostModel, grid_costs
     runs = str(tmp_path / "runs")
