@@ -42,19 +42,31 @@ def is_measured(path: str, name: str) -> bool:
     return general.measured_as(path, general.GENERAL_TASKS, general.DEFAULT_PER_TASK)
 
 
-def recorded_seconds(path: str, name: str) -> float | None:
-    """What the probe took on this run, as its record keeps it; None where it is not measured, or was measured
-    before records kept their time (2026-12-05 night)."""
+def recorded_seconds_per_task(path: str, name: str) -> float | None:
+    """What the probe took on this run per task it measured (general: each held-out task; generation: each of
+    the run's tasks), as its record keeps it; None where this probe is not measured (a `general --tasks` record is
+    another measurement), or was measured before records kept their time (commit 9df5a28)."""
     import json
     import os
 
     from harness.protocols import RECORD
+    if not is_measured(path, name):
+        return None
     try:
         with open(os.path.join(path, "general.json" if name == "general" else RECORD)) as f:
-            seconds = json.load(f).get("seconds")
-    except (OSError, ValueError, AttributeError):
+            record = json.load(f)
+        seconds, measured = record.get("seconds"), len(record.get("tasks") or {})
+    except (OSError, ValueError, AttributeError, TypeError):
         return None
-    return float(seconds) if isinstance(seconds, (int, float)) else None
+    return float(seconds) / measured if isinstance(seconds, (int, float)) and measured else None
+
+
+def tasks_measured(name: str, order_tasks: list[str]) -> int:
+    """How many tasks the probe measures on a run of these tasks (its cost scales with them)."""
+    if name == "generation":
+        return len(order_tasks)
+    from harness import general
+    return len(general.held_out(general.GENERAL_TASKS, order_tasks))
 
 
 def missing(path: str, probes: str | None) -> list[str]:

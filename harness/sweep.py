@@ -354,8 +354,8 @@ class CostModel:
     moved: int = 0                       # finished runs made with settings that have moved since, left out
     elsewhere: int = 0                   # finished runs on another kind of device (a GPU's seconds are not a CPU's)
     ran_as: dict[str, str] = field(default_factory=dict)   # settings_key of what runs ran -> a label they are under
-    # probe -> label -> median seconds of the probe on the label's runs, and over every label's (a label none of whose
-    # runs recorded it costs that)
+    # probe -> label -> median seconds a measured task of the probe on the label's runs, and over every label's (a
+    # label none of whose runs recorded it costs that); a cell's probe costs it times the tasks it will measure
     probe: dict[str, dict[str, float]] = field(default_factory=dict)
     probe_any: dict[str, float] = field(default_factory=dict)
 
@@ -402,7 +402,7 @@ class CostModel:
             per_cell.setdefault(label, []).extend(found["per_cell"])
             base.extend(found["base"])
             for name in probes.NAMES:
-                seconds = probes.recorded_seconds(path, name)
+                seconds = probes.recorded_seconds_per_task(path, name)
                 if seconds is not None:
                     probe.setdefault(name, {}).setdefault(label, []).append(seconds)
         return cls({lab: {task: statistics.median(v) for task, v in tasks_.items()} for lab, tasks_ in train.items()},
@@ -451,8 +451,12 @@ class CostModel:
                 continue
             cells = len(needed_cells(names, k)) if cell.config.matrix == "needed" and not joint else len(names)
             seconds += trained.get(task, typical) + (0 if joint and k < len(names) else cells) * self.per_cell[label]
-        for name in probes.missing(cell.out, cell.config.probes):
-            seconds += self.probe.get(name, {}).get(label, self.probe_any.get(name, 0.0))
+        # a cell that starts over measures every probe again, whatever the old run's folder keeps
+        starts_over = cell_state(cell) in ("new", "stale", "other setup", "corrupt")
+        lacking = probes.names_of(cell.config.probes) if starts_over else probes.missing(cell.out, cell.config.probes)
+        for name in lacking:
+            per_task = self.probe.get(name, {}).get(label, self.probe_any.get(name, 0.0))
+            seconds += per_task * probes.tasks_measured(name, names)
         return seconds
 
 

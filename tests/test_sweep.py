@@ -279,23 +279,33 @@ def test_dry_run_adds_the_probes_a_cell_lacks_at_the_medians_their_records_keep(
     stages = {"base": {"train_seconds": None, "eval_seconds": 4.0}, "bbc": {"train_seconds": 10.0, "eval_seconds": 6.0},
               "hutto_amazon": {"train_seconds": 30.0, "eval_seconds": 6.0}}
     rows = {"base": {"accuracy": two, "reused": []}, "bbc": {"accuracy": two}, "hutto_amazon": {"accuracy": two}}
-    for seed, general, generation in ((1, 30.0, 12.0), (2, 50.0, None)):   # seed 2's protocols.json predates it
+    from harness.general import GENERAL_TASKS
+    from harness.protocols import _stamp
+    from harness.rundir import RunDir
+    # general's time is kept per held-out task (7 here), generation's per stream task (2): seed 1 30 s and 12 s,
+    # seed 2 50 s (its protocols.json predates the time), seed 4 900 s for a `general --tasks sms_spam` record,
+    # which is another measurement than the probe's and is left out
+    for seed, general, generation, asked in ((1, 30.0, 12.0, GENERAL_TASKS), (2, 50.0, None, GENERAL_TASKS),
+                                             (4, 900.0, None, ("sms_spam",))):
         path = os.path.join(runs, "seq_lora", ORDER, f"seed{seed}")
         _finished_run(path, stages, rows)
         with open(os.path.join(path, "general.json"), "w") as f:
-            json.dump({"seconds": general}, f)
+            json.dump({"seconds": general, "requested": list(asked), "per_task": 50,
+                       "tasks": {t: {} for t in asked}}, f)
         with open(os.path.join(path, "protocols.json"), "w") as f:
-            json.dump({"stamp": {}, **({"seconds": generation} if generation else {})}, f)
+            json.dump({"stamp": _stamp(RunDir(path)), "tasks": {t: {} for t in two},
+                       **({"seconds": generation} if generation else {})}, f)
     _finished_run(os.path.join(runs, "mtl", ORDER, "seed1"), {"all": {"train_seconds": 40.0, "eval_seconds": 5.0}},
                   {"base": {"accuracy": two, "reused": ["bbc", "hutto_amazon"]}, "all": {"accuracy": two}})
     like = BenchConfig(model="tiny-llama", probes="general,generation")
     model = CostModel.read(runs, like)
-    assert model.probe == {"general": {"seq_lora": 40.0}, "generation": {"seq_lora": 12.0}}
+    assert model.probe == {"general": {"seq_lora": pytest.approx(40.0 / 7)}, "generation": {"seq_lora": 6.0}}
     seq, mtl = plan(runs, ["seq_lora", "mtl"], ["bbc+hutto_amazon+trec"], ["1"], like)
     plain = plan(runs, ["seq_lora"], ["bbc+hutto_amazon+trec"], ["1"], BenchConfig(model="tiny-llama"))[0]
-    # the probes' medians on seq_lora's own runs; mtl has none of its own and costs every run's
-    assert model.seconds_left(seq) == pytest.approx(model.seconds_left(plain) + 40.0 + 12.0)
-    assert model.seconds_left(mtl) == pytest.approx(3 * 20 + 3 * 2.5 + 40.0 + 12.0)
+    # the probes' medians on seq_lora's own runs, times the tasks they measure (7 held out, 3 in the stream); mtl
+    # has none of its own and costs every run's
+    assert model.seconds_left(seq) == pytest.approx(model.seconds_left(plain) + 40.0 + 3 * 6.0)
+    assert model.seconds_left(mtl) == pytest.approx(3 * 20 + 3 * 2.5 + 40.0 + 3 * 6.0)
     assert main(["sweep", "--methods", "seq_lora", "--orders", ORDER, "--seeds", "3", "--runs", runs, "--model",
                  "tiny-llama", "--probes", "general,generation", "--dry-run"]) == 0
     assert "each cell's probes at their median time" in capsys.readouterr().out
@@ -303,8 +313,8 @@ def test_dry_run_adds_the_probes_a_cell_lacks_at_the_medians_their_records_keep(
     finished = os.path.join(runs, "seq_lora", ORDER, "seed1")
     os.remove(os.path.join(finished, "protocols.json"))
     cell = plan(runs, ["seq_lora"], [ORDER], ["1"], BenchConfig(model="tiny-llama", probes="generation"))[0]
-    assert cell.out == finished and model.seconds_left(cell) == pytest.approx(12.0)
-    for seed in (1, 2):
+    assert cell.out == finished and model.seconds_left(cell) == pytest.approx(2 * 6.0)
+    for seed in (1, 2, 4):
         os.remove(os.path.join(runs, "seq_lora", ORDER, f"seed{seed}", "general.json"))
     assert main(["sweep", "--methods", "mtl", "--orders", ORDER, "--seeds", "2", "--runs", runs, "--model",
                  "tiny-llama", "--probes", "general", "--dry-run"]) == 0
