@@ -157,7 +157,8 @@ def load_order_data(cfg: BenchConfig) -> list:
 
 def data_record(data) -> dict:
     """config.json's `data`: what each task actually had (sizes, source, labels, the test examples' gold labels
-    and hash), which a resume compares with the data at hand (rundir.other_test_examples; a sweep, before any cell runs)."""
+    and hash), which a resume compares with the data at hand (rundir.other_test_examples; a sweep, before any
+    cell runs)."""
     return {d.name: {"train": len(d.train), "test": len(d.test), "full": d.sizes_full, "source": d.source,
                      "dropped": d.dropped, "labels": list(d.labels), "gold": gold_labels(d),
                      "test_fingerprint": data_fingerprint(d)} for d in data}
@@ -212,14 +213,14 @@ def _mid_task(cfg: BenchConfig, run: RunDir, status: dict, clock: RunClock, inde
         return None
     # onto the CPU: the random streams' states must stay there; the weights and the optimizer's moments are copied
     # onto the parameters' device as they load
-    saved = run.load_partial(index, map_location="cpu")
-    if saved:
+    def resumed(saved: dict) -> None:   # (not where fit starts the task over: the earlier sitting's work is lost)
         clock.before = max(clock.before, saved["kept_at"])   # this sitting's own time so far still counts
         _say(f"resuming {run.path}'s task {index + 1} at step {saved['step']}", cfg.progress)
 
     def save(state: dict) -> None:
         run.save_partial(status, index, {**state, "kept_at": round(clock.elapsed(), 2)})
-    return MidTask(saved=saved, save=save, every_seconds=60.0 * cfg.checkpoint_minutes)
+    return MidTask(saved=run.load_partial(index, map_location="cpu"), save=save,
+                   every_seconds=60.0 * cfg.checkpoint_minutes, resumed=resumed)
 
 
 def _write_results(run: RunDir, method, rows: dict, names: list[str], status: dict, wall_seconds: float) -> None:

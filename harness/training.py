@@ -24,6 +24,7 @@ class MidTask:
     saved: dict | None                # what an interrupted session saved of this task's training, or None
     save: Callable[[dict], None]
     every_seconds: float              # the least time between two saves (tests: about 0, a save every step)
+    resumed: Callable[[dict], None] | None = None   # called with `saved` when training resumes from it
 
 
 def rng_state(device: torch.device) -> dict:
@@ -71,6 +72,8 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
             log("task_restarted", task=task.name, reason=f"saved on {saved.get('path')}, now {path}")
         saved = None
     if saved:   # first, so that the optimizer holds the parameters as loaded
+        if mid_task.resumed:
+            mid_task.resumed(saved)
         method.load_state_dict(saved["method"])
     params = [p for p in method.trainable_parameters() if p.requires_grad]
     if not params or not examples:
