@@ -74,7 +74,7 @@ def coverage(rng, args) -> dict[str, bool]:
 
 
 def simulate(args) -> dict[str, int]:
-    """claim -> in how many of args.experiments it was made (--coverage: how many intervals covered 0)."""
+    """claim -> in how many of args.experiments it was made (--coverage: how many intervals covered the truth)."""
     rng = np.random.default_rng(args.seed)
     counts: dict[str, int] = {}
     for _ in range(args.experiments):
@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--coverage", action="store_true",
-                        help="one method (--noisy), nothing forgotten: how often its FM and BWT intervals cover 0")
+                        help="one method (--noisy): how often its FM and BWT intervals cover their true values "
+                             "(0 unless --forget)")
     args = parser.parse_args(argv)
     counts = simulate(args)
     if args.coverage:

@@ -121,9 +121,9 @@ class BenchConfig:
                                 "keys/values of seen prompts, about 2.4 MB a prompt beside one prefix a task)")
     # environment: a resumed task's steps, weights and losses are those of an uninterrupted one (tests/test_resume.py)
     checkpoint_minutes: float = option(10.0, role=ENVIRONMENT, type=non_negative_number, metavar="MIN",
-                                     help="within a task's training, save its state every MIN minutes, so a killed "
-                                          "run resumes mid-task (the methods `list` marks `resumes mid-task`); 0: save "
-                                          "only after each task")
+                                       help="within a task's training, save its state every MIN minutes, so a "
+                                            "killed run resumes mid-task (the methods `list` marks `resumes "
+                                            "mid-task`); 0: no saves inside a task (one already there still resumes)")
     allow_download: bool = option(False, role=ENVIRONMENT, help="let transformers fetch a model from the hub")
     out: str | None = option(None, role=ENVIRONMENT, commands=(BENCH,),
                              help="run directory (default runs/<method>-<order>-s<seed>)")

@@ -125,8 +125,9 @@ def _say(msg: str, progress: bool = True) -> None:
 
 
 class RunClock:
-    """The wall seconds a run has cost: each saved stage keeps the clock's reading (its row's `kept_at`), and a
-    resumed run starts from the last stage it kept, so neither the hours it lay interrupted nor the work a
+    """The wall seconds a run has cost: each saved stage keeps the clock's reading (its row's `kept_at`; a mid-task
+    save keeps it too, where a resume from it moves the clock: runner._mid_task), and a resumed run starts from the
+    last stage it kept, so neither the hours it lay interrupted nor the work a
     resume redid (after the last save, or stages whose weights were missing) count twice."""
 
     def __init__(self, status: dict, run: RunDir):
@@ -209,18 +210,19 @@ def _measure_backbone(cfg: BenchConfig, model, data, evaluator: Evaluator) -> di
 def _mid_task(cfg: BenchConfig, run: RunDir, status: dict, clock: RunClock, index: int, method) -> MidTask | None:
     """Saving task `index`'s training mid-way, for a method that allows it, and what an interrupted session saved
     of it. Each save keeps the run clock's reading, where a resume's clock starts (RunClock)."""
-    if not cfg.checkpoint_minutes or not method.RESUMES_MID_TASK:
+    if not method.RESUMES_MID_TASK:
         return None
-    # onto the CPU: the random streams' states must stay there; the weights and the optimizer's moments are copied
-    # onto the parameters' device as they load
+
     def resumed(saved: dict) -> None:   # (not where fit starts the task over: the earlier sitting's work is lost)
         clock.before = max(clock.before, saved["kept_at"])   # this sitting's own time so far still counts
         _say(f"resuming {run.path}'s task {index + 1} at step {saved['step']}", cfg.progress)
 
     def save(state: dict) -> None:
         run.save_partial(status, index, {**state, "kept_at": round(clock.elapsed(), 2)})
-    return MidTask(saved=run.load_partial(index, map_location="cpu"), save=save,
-                   every_seconds=60.0 * cfg.checkpoint_minutes, resumed=resumed)
+    # onto the CPU: the random streams' states must stay there; the weights and the optimizer's moments are copied
+    # onto the parameters' device as they load. --checkpoint-minutes 0 writes no save but still resumes one.
+    return MidTask(saved=run.load_partial(index, map_location="cpu"), save=save, resumed=resumed,
+                   every_seconds=60.0 * cfg.checkpoint_minutes if cfg.checkpoint_minutes else float("inf"))
 
 
 def _write_results(run: RunDir, method, rows: dict, names: list[str], status: dict, wall_seconds: float) -> None:

@@ -559,11 +559,12 @@ def dry_run_lines(runs: str, cells: list[Cell], costs_from: list[str] | None = N
         summary += f"; not estimated (no finished run in {source}): {', '.join(unknown)}"
     asked = {name for cell, _ in left for name in probes.names_of(cell.config.probes)}
     untimed = sorted(asked - set(model.probe_any))
+    if asked - set(untimed):
+        summary += (f"; the probe(s) {', '.join(sorted(asked - set(untimed)))} at their median time a task on each "
+                    "method's runs (else on every run's)")
     if untimed:
         summary += (f"; the time of the probe(s) {', '.join(untimed)} (--probes) is not in these costs: no finished "
                     "run there recorded it")
-    elif asked:
-        summary += "; each cell's probes at their median time on its method's runs (else on every run's)"
     lost = probes_lost(cells)
     if lost:
         summary += "; " + probes_lost_note(lost)

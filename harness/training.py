@@ -2,6 +2,7 @@
 progress; a method changes what is trained on, the loss, and what happens after each step."""
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from dataclasses import dataclass
@@ -23,31 +24,26 @@ class MidTask:
     order runs for hours) then survives a kill. The runner makes it; harness.rundir keeps the file."""
     saved: dict | None                # what an interrupted session saved of this task's training, or None
     save: Callable[[dict], None]
-    every_seconds: float              # the least time between two saves (tests: about 0, a save every step)
-    resumed: Callable[[dict], None] | None = None   # called with `saved` when training resumes from it
+    every_seconds: float              # the least time between two saves (inf: none; tests: about 0, every step)
+    resumed: Callable[[dict], None]   # called with `saved` when training resumes from it
 
 
 def rng_state(device: torch.device) -> dict:
     """Every random stream a training step on `device` may draw from (LoRA dropout draws from torch's)."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if device.type == "cuda":   # only there: asking elsewhere would start a CUDA context in a CPU run
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    try:
-        import numpy as np
-        state["numpy"] = np.random.get_state()
-    except ImportError:
-        pass
+    import numpy as np
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if device.type == "cuda":   # only its own GPU's: another sitting may see other GPUs; none in a CPU run
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
+    import numpy as np
     torch.set_rng_state(state["torch"].cpu())   # generator states are CPU byte tensors, wherever a load put them
     random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
     if "cuda" in state:
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    if "numpy" in state:
-        import numpy as np
-        np.random.set_state(state["numpy"])
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32", log=None, pad_id: int,
@@ -65,15 +61,17 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
     share = share_prefix and method.SHARES_TRAIN_PREFIX
     # the same float path the save was made on (--cache and --device are not compared on a resume): else the
     # task's training would mix two paths while its record names one, so it starts over
-    path = {"shared_prefix": share, "device": device.type}
+    # and on the same training examples (the saved batch order indexes them; another data folder of the same sizes
+    # would silently continue on other examples)
+    path = {"shared_prefix": share, "device": device.type,
+            "examples": hashlib.sha1(repr([(e.prompt_ids, e.answer_ids) for e in examples]).encode()).hexdigest()}
     saved = mid_task.saved if mid_task else None
     if saved and saved.get("path") != path:
         if log is not None:
             log("task_restarted", task=task.name, reason=f"saved on {saved.get('path')}, now {path}")
         saved = None
     if saved:   # first, so that the optimizer holds the parameters as loaded
-        if mid_task.resumed:
-            mid_task.resumed(saved)
+        mid_task.resumed(saved)
         method.load_state_dict(saved["method"])
     params = [p for p in method.trainable_parameters() if p.requires_grad]
     if not params or not examples:
@@ -88,7 +86,7 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
     started, step, recent, earlier_seconds = time.time(), 0, [], 0.0
     if saved:
         opt.load_state_dict(saved["optimizer"])
-        set_rng_state(saved["rng"])
+        set_rng_state(saved["rng"], device)
         rng.setstate(saved["order_rng"])
         step, recent, earlier_seconds = saved["step"], list(saved["recent"]), saved["seconds"]
         if log is not None:

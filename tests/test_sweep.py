@@ -308,7 +308,7 @@ def test_dry_run_adds_the_probes_a_cell_lacks_at_the_medians_their_records_keep(
     assert model.seconds_left(mtl) == pytest.approx(3 * 20 + 3 * 2.5 + 40.0 + 3 * 6.0)
     assert main(["sweep", "--methods", "seq_lora", "--orders", ORDER, "--seeds", "3", "--runs", runs, "--model",
                  "tiny-llama", "--probes", "general,generation", "--dry-run"]) == 0
-    assert "each cell's probes at their median time" in capsys.readouterr().out
+    assert "the probe(s) general, generation at their median time a task" in capsys.readouterr().out
     # a finished cell that lacks only its probes costs them alone, and one probe no run timed is named, not costed
     finished = os.path.join(runs, "seq_lora", ORDER, "seed1")
     os.remove(os.path.join(finished, "protocols.json"))

@@ -1467,7 +1467,6 @@ def test_the_code_line_names_each_sittings_commit(tmp_path):
                                "that record, or outside a git checkout).")
 
 
-
 def test_runs_that_scored_a_task_on_other_test_examples_are_refused_by_what_their_records_keep(tmp_path):
     # The paired intervals draw the same examples for both runs of a pair: runs gathered from two data folders
     # (a GPU session's, a CPU's) must have scored the same ones, not only as many.
