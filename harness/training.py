@@ -64,7 +64,8 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
     # and on the same training examples (the saved batch order indexes them; another data folder of the same sizes
     # would silently continue on other examples)
     path = {"shared_prefix": share, "device": device.type,
-            "examples": hashlib.sha1(repr([(e.prompt_ids, e.answer_ids) for e in examples]).encode()).hexdigest()}
+            "examples": hashlib.sha1(repr([(e.prompt_ids, e.answer_ids) for e in examples]).encode()).hexdigest()
+            } if mid_task else None
     saved = mid_task.saved if mid_task else None
     if saved and saved.get("path") != path:
         if log is not None:
