@@ -302,9 +302,9 @@ class RunDir:
             return
         for name in os.listdir(self.path):
             stale_checkpoint = keep is not None and CHECKPOINT.fullmatch(name) and name != keep
-            stale_partial = PARTIAL.fullmatch(name) and name != keep_partial
-            if (name.startswith(TMP_PREFIX) or stale_checkpoint or stale_partial) and os.path.isfile(self.file(name)):
+            if (name.startswith(TMP_PREFIX) or stale_checkpoint) and os.path.isfile(self.file(name)):
                 os.unlink(self.file(name))
+        self._remove_partials(keep=keep_partial)
 
     def _check_resumable(self, status: dict) -> None:
         """What the runner reads of an unfinished run's status, checked before it loads a model on it."""
@@ -318,9 +318,7 @@ class RunDir:
         """The method's state after stage `index`, under a fresh name; then the status points at it. A crash
         at any moment leaves a status whose checkpoint matches its rows."""
         name = f"checkpoint-{index}.pt"
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write(self.file(name), buf.getvalue())
+        self._save_torch(name, state)
         old = status.get("checkpoint")
         status.pop("partial", None)   # its task is finished: its mid-task save has served
         status["checkpoint"] = name
@@ -333,22 +331,25 @@ class RunDir:
         """Where task `index`'s training stands (training.MidTask), under one name per task, each save replacing
         the last; then the status names it. The status's step is for people: a resume reads the file's."""
         name = f"partial-{index}.pt"
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write(self.file(name), buf.getvalue())
+        self._save_torch(name, state)
         status["partial"] = {"file": name, "task_index": index, "step": state.get("step")}
         self.save_status(status)
 
     def drop_partial(self, status: dict) -> None:
-        """Forget the mid-task save (its task will train from the start), in the status and on disk."""
+        """Forget the mid-task save (its task will train from the start), on disk and in `status`, which the
+        caller saves (a status naming a missing save is read as none: load_partial)."""
         status.pop("partial", None)
-        self.save_status(status)
         self._remove_partials()
 
-    def _remove_partials(self) -> None:
+    def _remove_partials(self, keep: str | None = None) -> None:
         for name in os.listdir(self.path):
-            if PARTIAL.fullmatch(name) and os.path.isfile(self.file(name)):
+            if PARTIAL.fullmatch(name) and name != keep and os.path.isfile(self.file(name)):
                 os.unlink(self.file(name))
+
+    def _save_torch(self, name: str, state: dict) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write(self.file(name), buf.getvalue())
 
     def load_partial(self, index: int, map_location=None) -> dict | None:
         """Task `index`'s mid-task save, or None when there is none (or it is of another task). An unreadable one

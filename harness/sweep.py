@@ -428,7 +428,7 @@ class CostModel:
         """A label whose finished runs ran `method` with exactly these settings."""
         return self.ran_as.get(settings_key(method, settings)) if settings else None
 
-    def seconds_left(self, cell: Cell) -> float | None:
+    def seconds_left(self, cell: Cell, state: str | None = None) -> float | None:
         """The cell's remaining seconds at these medians, its base row left out (see dry_run_lines); None: no
         finished run of its method spec here. A task the spec has no record of costs the spec's median task; a
         method whose cost grows along the stream (replay's memory) is underestimated on orders longer than
@@ -442,7 +442,8 @@ class CostModel:
             return None
         trained = self.train.get(label, {})   # none: a method that trains nothing (zero_shot)
         names = tasks.get_order(cell.config.order)
-        done = _stages_kept(cell)
+        state = state or cell_state(cell)   # grid_costs has it already: one read of the cell's records
+        done = _stages_kept(cell, state)
         typical = statistics.median(trained.values()) if trained else 0.0
         joint = get_method(cell.method.name).JOINT   # trains once on every task, then scores one row
         seconds = 0.0
@@ -452,8 +453,8 @@ class CostModel:
             cells = len(needed_cells(names, k)) if cell.config.matrix == "needed" and not joint else len(names)
             seconds += trained.get(task, typical) + (0 if joint and k < len(names) else cells) * self.per_cell[label]
         # a cell that starts over measures every probe again, whatever the old run's folder keeps
-        starts_over = cell_state(cell) in ("new", "stale", "other setup", "corrupt")
-        lacking = probes.names_of(cell.config.probes) if starts_over else probes.missing(cell.out, cell.config.probes)
+        lacking = probes.names_of(cell.config.probes) if state in STARTS_OVER else \
+            probes.missing(cell.out, cell.config.probes)
         for name in lacking:
             per_task = self.probe.get(name, {}).get(label, self.probe_any.get(name, 0.0))
             seconds += per_task * probes.tasks_measured(name, names)
@@ -483,11 +484,14 @@ def _stage_costs(stages: dict, rows: dict) -> dict:
     return found
 
 
-def _stages_kept(cell: Cell) -> set[str]:
-    """The stages a rerun of the cell keeps: those its status records, unless the runner would redo them: a stale
-    cell starts over, and a run whose checkpoint file is gone trains every stage again (its base row stays)."""
-    state = cell_state(cell)
-    if state in ("new", "stale", "other setup", "corrupt"):
+STARTS_OVER = ("new", "stale", "other setup", "corrupt")   # cell states whose rerun keeps nothing of the folder
+
+
+def _stages_kept(cell: Cell, state: str) -> set[str]:
+    """The stages a rerun of the cell (in `state`) keeps: those its status records, unless the runner would redo
+    them: a stale cell starts over, and a run whose checkpoint file is gone trains every stage again (its base row
+    stays)."""
+    if state in STARTS_OVER:
         return set()
     status = RunDir(cell.out).status() or {}
     rows = set(status.get("rows", {}))
@@ -523,7 +527,7 @@ def grid_costs(runs: str, cells: list[Cell], costs_from: list[str] | None = None
     costs = []
     for cell in cells:
         state = cell_state(cell)
-        seconds = None if state == "finished" else model.seconds_left(cell)
+        seconds = None if state == "finished" else model.seconds_left(cell, state)
         if seconds is not None:
             mine = [t for t in tasks.get_order(cell.config.order) if t in base_left]
             base_left -= set(mine)
