@@ -8,7 +8,6 @@ import copy
 import os
 import string
 import sys
-import time
 
 import torch
 from tqdm.auto import tqdm
@@ -16,6 +15,7 @@ from tqdm.auto import tqdm
 from core.data import Encoded
 from core.loss import MIN_SHARED_PREFIX
 from core.scoring import Scorer, left_pad
+from harness import clock
 from harness.models import autocast
 from harness.stats import NO_ANSWER_INDEX, encode_labels, percent_correct
 
@@ -266,7 +266,7 @@ class Evaluator:
         """Accuracy on the stream's tasks (or `tasks`) after stage `row`, and the predicted label of every test
         example: {"accuracy": {task: %}, "predictions": {task: str}, "eval_seconds": s, "scored": n}, and
         "examples_reused": how many inputs took a score from an earlier evaluation, where example_keys_for gave keys."""
-        started = time.time()
+        started = clock.now()
         result, predictions, scored, reused, keyed = {}, {}, 0, 0, False
         names = self.names if tasks is None else tasks
         total = sum(len(self.test[n]) for n in names)
@@ -300,7 +300,7 @@ class Evaluator:
                 predictions[name] = encode_labels(preds)
                 if key is not None:
                     self.scores[(key, name)] = (result[name], predictions[name])
-        seconds = round(time.time() - started, 2)
+        seconds = round(clock.now() - started, 2)
         if self.log is not None:
             self.log("evaluation", after=row, accuracy=result, seconds=seconds,
                      **({"examples_reused": reused} if keyed else {}))

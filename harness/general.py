@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import tempfile
-import time
 from collections import defaultdict
 from contextlib import contextmanager
 from functools import partial
@@ -26,7 +25,7 @@ from lm_eval.api.model import LM
 
 from core.errors import UsageError
 from core.scoring import CausalLMScorer
-from harness import stats
+from harness import clock, stats
 from harness.config import device_kind, recorded_value
 from harness.evaluation import candidate_logprobs
 
@@ -174,7 +173,7 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
     from harness.prompting import PromptEncoder
     from harness.rundir import RunDir, write_json
     from methods import get_method
-    started = time.monotonic()
+    started = clock.now()
     run = RunDir(run_path)
     status = run.status()
     if not status or status.get("state") != "finished":
@@ -219,7 +218,7 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
                   measured_with="lm-eval simple_evaluate, multiple_choice, 0-shot: each example's answer is the "
                                 "option of highest log-likelihood (lm-eval's acc); balanced accuracy = mean "
                                 "per-class recall",
-                  seconds=round(time.monotonic() - started, 1))   # what the probe cost (a sweep's estimate reads it)
+                  seconds=round(clock.now() - started, 1))   # what the probe cost (a sweep's estimate reads it)
     write_json(run.file("general.json"), result)
     return result
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import numpy as np
 
 import tasks
 from core.errors import UsageError
+from harness import clock
 from harness.config import recorded_value
 from harness.evaluation import Evaluator, generate_predictions, normalize_answer, predict
 from harness.models import autocast, load_model
@@ -142,10 +142,10 @@ def measured(path: str, again: bool = False, progress: bool = False, unloadable:
     run = RunDir(path)
     if not again and is_measured(path):
         return run.read_json(RECORD)
-    started = time.monotonic()
+    started = clock.now()
     result = measure(path, progress, unloadable, device)
     # what the probe cost (a sweep's estimate reads it), and what it measured
-    result.update(seconds=round(time.monotonic() - started, 1), stamp=_stamp(run))
+    result.update(seconds=round(clock.now() - started, 1), stamp=_stamp(run))
     write_json(run.file(RECORD), result)
     return result
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 import tasks as task_registry
 from core.data import TaskContext
 from core.scoring import CausalLMScorer
+from harness import clock as process_clock
 from harness import config
 from harness import metrics as metrics_mod
 from harness.config import BenchConfig
@@ -125,13 +126,13 @@ def _say(msg: str, progress: bool = True) -> None:
 
 
 class RunClock:
-    """The wall seconds a run has cost: each saved stage keeps the clock's reading (its row's `kept_at`; a mid-task
+    """The wall seconds a run has cost, less the spans its process lay stopped (harness.clock): each saved stage keeps the clock's reading (its row's `kept_at`; a mid-task
     save keeps it too, where a resume from it moves the clock: runner._mid_task), and a resumed run starts from the
     last stage it kept, so neither the hours it lay interrupted nor the work a
     resume redid (after the last save, or stages whose weights were missing) count twice."""
 
     def __init__(self, status: dict, run: RunDir):
-        self.session_start = time.monotonic()
+        self.session_start = process_clock.now()
         rows = status.get("rows", {})
         kept = [row["kept_at"] for row in rows.values() if "kept_at" in row]
         if kept or not rows:
@@ -143,7 +144,7 @@ class RunClock:
             self.before = max(own, 0.0 if dropped else kept_seconds(events))
 
     def elapsed(self) -> float:
-        return self.before + (time.monotonic() - self.session_start)
+        return self.before + (process_clock.now() - self.session_start)
 
     def mark(self, row: dict) -> None:
         row["kept_at"] = round(self.elapsed(), 2)
@@ -238,6 +239,8 @@ def _write_results(run: RunDir, method, rows: dict, names: list[str], status: di
     card["timing"] = {"wall_seconds": round(wall_seconds, 1),
                       "train_seconds": round(sum(rows[r].get("train_seconds", 0) for r in order_rows), 2),
                       "eval_seconds": round(sum(rows[r]["eval_seconds"] for r in order_rows), 2),
+                      # seconds left out as stops (harness.clock); a method.json without it counts them in
+                      "stopped_seconds": round(sum(rows[r].get("stopped_seconds", 0) for r in order_rows), 1),
                       "per_stage": {r: {k: rows[r].get(k) for k in ("train_seconds", "eval_seconds", "steps")}
                                     for r in order_rows}}
     write_json(run.file("method.json"), card)
@@ -285,14 +288,14 @@ def _run_stream(cfg: BenchConfig, run: RunDir, method_cls, settings: dict, names
     # each sitting's code: config.json keeps the first one's, and a resumed run may span a commit
     run.log("run_start", resumed=bool(rows), method=cfg.method, order=cfg.order, seed=cfg.seed, code=record["code"])
 
-    t0 = time.time()
+    t0 = process_clock.now()
     model, tok = model_and_tokenizer or load_model(cfg.model, cfg.device, cfg.allow_download)
     encoder = PromptEncoder(tok, cfg.max_input_tokens)
     run.add_to_config(prompt=encoder.describe())
     train = {d.name: encoder.encode(d, "train") for d in data}
     evaluator = Evaluator(encoder, {d.name: d for d in data}, cfg.eval, cfg.eval_batch_size, cfg.dtype,
                           progress=cfg.progress, log=run.log, share_prefix=cfg.cache == "on")
-    run.log("model_loaded", seconds=round(time.time() - t0, 2), model=cfg.model)
+    run.log("model_loaded", seconds=round(process_clock.now() - t0, 2), model=cfg.model)
 
     seed_everything(cfg.seed)
     if "base" not in rows:
@@ -323,6 +326,7 @@ def _run_stream(cfg: BenchConfig, run: RunDir, method_cls, settings: dict, names
         ctx = TaskContext(index=k, name=row, tasks=list(stage), labels={n: evaluator.labels[n] for n in stage})
         own = [ex for n in stage for ex in train[n]]
         run.log("task_start", task=row, index=k, train_examples=len(own))
+        stopped_before = process_clock.stopped()
         method.before_task(ctx, own)
         examples = method.training_examples(ctx, own)
         fit_stats = fit(method, ctx, examples, seed=cfg.seed * 1000 + k, dtype=cfg.dtype, pad_id=tok.pad_token_id,
@@ -332,7 +336,8 @@ def _run_stream(cfg: BenchConfig, run: RunDir, method_cls, settings: dict, names
         run.log("task_end", task=row, **fit_stats, trained_on=len(examples))
         needed = None if cfg.matrix == "full" or method_cls.JOINT else metrics_mod.needed_cells(names, k + 1)
         entry = evaluator.evaluate(row, method.scorer, method.evaluation_key, needed, method.example_keys)
-        entry.update(train_seconds=fit_stats["seconds"], steps=fit_stats["steps"], trained_on=len(examples))
+        entry.update(train_seconds=fit_stats["seconds"], steps=fit_stats["steps"], trained_on=len(examples),
+                     stopped_seconds=round(process_clock.stopped() - stopped_before, 1))   # left out of the seconds
         rows[row] = entry
         clock.mark(entry)
         run.save_checkpoint(status, k, method.state_dict())

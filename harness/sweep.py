@@ -341,7 +341,8 @@ def distinct_folders(folders: list[str]) -> list[str]:
 class CostModel:
     """What finished runs in a sweep's folder took, per method spec (its folder label): the median training
     seconds per task (a joint stage's time shared by its tasks) and the median evaluation seconds per cell it
-    scored. Wall times, so they include whatever else the machine ran then; medians damp that. Not modelled:
+    scored. Wall times, so they include whatever else the machine ran then (less a run's stops since 2026-12-06:
+    harness.clock); medians damp that. Not modelled:
     a task's label count (rank scoring of a 14-label task costs more per cell than a 2-label one's).
     A run made before one of its settings moved (a default tuned since) is not what its label runs today: it is
     left out, and a cell is costed by a label whose runs ran the cell's settings where its own has none (the

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from core.data import Encoded
 from core.device import device_of
 from core.loss import collate
+from harness import clock
 from harness.models import autocast
 
 
@@ -48,10 +49,10 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32", log=None, pad_id: int,
         progress: bool = True, share_prefix: bool = False, mid_task: MidTask | None = None) -> dict:
-    """Train `method` on `examples` for one stage; returns step count, final loss and wall time. share_prefix:
-    each batch's shared prompt prefix is encoded once (core.loss.collate), where the method allows it. mid_task:
-    save the training's state every `every_seconds` and start from `saved`, which then gives the same steps, the
-    same weights and the same losses as a session that was never interrupted.
+    """Train `method` on `examples` for one stage; returns step count, final loss and seconds (wall time less
+    stops: harness.clock). share_prefix: each batch's shared prompt prefix is encoded once (core.loss.collate),
+    where the method allows it. mid_task: save the training's state every `every_seconds` and start from `saved`,
+    which then gives the same steps, the same weights and the same losses as a session never interrupted.
 
     Every step: the learning rate method.learning_rate(task, step), method.training_loss, backward, clipping, the
     optimizer step, then method.after_step(task, step) (where a method updates and records what it tracks), then
@@ -84,7 +85,7 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
     rng = random.Random(f"{seed}:fit:{task.name}")
     steps_per_epoch = (len(examples) + batch_size - 1) // batch_size
     total = steps_per_epoch * epochs
-    started, step, recent, earlier_seconds = time.time(), 0, [], 0.0
+    started, step, recent, earlier_seconds = clock.now(), 0, [], 0.0
     if saved:
         opt.load_state_dict(saved["optimizer"])
         set_rng_state(saved["rng"], device)
@@ -129,7 +130,7 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
                     mid_task.save({"step": step, "epoch": epoch, "order": order, "order_rng": rng.getstate(),
                                    "rng": rng_state(device), "method": method.state_dict(), "path": path,
                                    "optimizer": opt.state_dict(), "recent": recent[-10:],
-                                   "seconds": earlier_seconds + time.time() - started})
+                                   "seconds": earlier_seconds + clock.now() - started})
                     last_save = time.monotonic()
             else:
                 continue
@@ -137,6 +138,6 @@ def fit(method, task, examples: list[Encoded], *, seed: int, dtype: str = "fp32"
     finally:
         bar.close()
         method.model.eval()
-    return {"steps": step, "seconds": round(earlier_seconds + time.time() - started, 2),
+    return {"steps": step, "seconds": round(earlier_seconds + clock.now() - started, 2),
             "final_loss": round(sum(recent[-10:]) / max(1, len(recent[-10:])), 5),
             "shared_prefix": share}   # in the log's task_end: which training path made the run (docs/cli.md#caches)

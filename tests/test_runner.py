@@ -258,6 +258,31 @@ def test_a_resumed_runs_wall_time_leaves_out_the_hours_it_lay_interrupted(tmp_pa
     assert timing["train_seconds"] + timing["eval_seconds"] <= timing["wall_seconds"] < 600
 
 
+def test_a_stop_inside_a_stage_is_left_out_of_its_seconds_and_recorded(tmp_path, tokenizer, monkeypatch):
+    """A queue paused with SIGSTOP mid-task (harness.clock) must not charge the pause to the stage's seconds."""
+    from harness import clock
+    offset = [0.0]
+    monkeypatch.setattr(clock, "CLOCK", clock.ActiveClock(monotonic=lambda: time.monotonic() + offset[0]))
+    cls = discover()["seq_lora"]
+    original = cls.after_step
+
+    def held_once(self, task, step):   # the process lies stopped for 1,000 s after the second task's first step
+        if task.index == 1 and step == 1:
+            offset[0] += 1000.0
+        return original(self, task, step)
+
+    monkeypatch.setattr(cls, "after_step", held_once)
+    out, _ = run(tmp_path, "held", tokenizer)
+    rows = json.load(open(os.path.join(out, "status.json")))["rows"]
+    timing = json.load(open(os.path.join(out, "method.json")))["timing"]
+    second = list(rows)[2]
+    # the stop as seen: the gap less one tick, where the gap also holds up to a tick of running since the last read
+    assert 1000 - clock.TICK - 0.1 <= rows[second]["stopped_seconds"] <= 1000.1
+    assert rows[list(rows)[1]]["stopped_seconds"] == 0.0
+    assert rows[second]["train_seconds"] < 600 and timing["wall_seconds"] < 600
+    assert timing["stopped_seconds"] == rows[second]["stopped_seconds"]
+
+
 def test_stages_trained_again_for_missing_weights_are_counted_once(tmp_path, tokenizer):
     split, _ = run(tmp_path, "split", tokenizer, stop_after_task=1)
     status = json.load(open(os.path.join(split, "status.json")))
