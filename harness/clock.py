@@ -4,9 +4,10 @@ A run held with SIGSTOP (a shared machine's queue paused while something else is
 otherwise charge the pause to the stage it fell in: its train or eval seconds, the cost table and the sweep's
 estimates (a paused stage of order 4 read 281 s for 75 steps of about 1 s, 196 of them between two steps). No library measures wall time less
 stopped spans (CPU-time clocks count every thread's work, not elapsed time), so a daemon thread wakes every `tick`
-seconds, and a gap of more than `stop_gap` seconds between two readings of the clock (nothing in the process ran:
-a loaded machine still schedules a thread within that) counts, less one tick, as stopped. A stop shorter than
-`stop_gap` is not noticed; neither is time the machine gave to other processes (that is still wall time)."""
+seconds, and a gap of more than `stop_gap` seconds between two readings of the clock in which the process used
+less CPU time than half the gap (nothing in it ran: a loaded machine still schedules a thread within that; a call
+that held the interpreter's lock so long would have used the CPU) counts, less one tick, as stopped. A stop
+shorter than `stop_gap` is not noticed; neither is time the machine gave to other processes (that is wall time)."""
 from __future__ import annotations
 
 import os
@@ -18,11 +19,13 @@ STOP_GAP = 10.0   # a gap longer than this between two readings was a stop
 
 
 class ActiveClock:
-    def __init__(self, tick: float = TICK, stop_gap: float = STOP_GAP, monotonic=time.monotonic):
+    def __init__(self, tick: float = TICK, stop_gap: float = STOP_GAP, monotonic=time.monotonic,
+                 cpu=time.process_time):
         self.tick, self.stop_gap = tick, stop_gap
         self._monotonic = monotonic   # bound once: a test that shifts time.monotonic must not read as a stop
+        self._cpu = cpu               # the process's CPU seconds, every thread's
         self._lock = threading.Lock()
-        self._last = monotonic()
+        self._last, self._last_cpu = monotonic(), cpu()
         self.stopped = 0.0            # seconds counted as stopped so far
         self._watcher: threading.Thread | None = None
         self._pid = None
@@ -34,11 +37,11 @@ class ActiveClock:
 
     def _read(self) -> float:
         with self._lock:
-            now = self._monotonic()
+            now, cpu = self._monotonic(), self._cpu()
             gap = now - self._last
-            if gap > self.stop_gap:
+            if gap > self.stop_gap and cpu - self._last_cpu < gap / 2:
                 self.stopped += gap - self.tick
-            self._last = max(self._last, now)
+            self._last, self._last_cpu = max(self._last, now), cpu
             return self._last - self.stopped
 
     def _watch(self) -> None:
@@ -46,7 +49,7 @@ class ActiveClock:
         if self._watcher is not None and self._pid == os.getpid() and self._watcher.is_alive():
             return
         with self._lock:
-            self._last = self._monotonic()   # nothing watched the time before: none of it counts as stopped
+            self._last, self._last_cpu = self._monotonic(), self._cpu()   # before the watcher: no stop counted
             self._pid = os.getpid()
             self._watcher = threading.Thread(target=self._loop, name="active-clock", daemon=True)
             self._watcher.start()
@@ -58,7 +61,7 @@ class ActiveClock:
 
 
 CLOCK = ActiveClock()
-# a forked child (a sweep's worker) starts its own watcher, and must not inherit a lock its parent's watcher held
+# a forked child starts its own watcher, and must not inherit a lock its parent's watcher held
 os.register_at_fork(after_in_child=lambda: CLOCK.__dict__.update(_lock=threading.Lock(), _watcher=None))
 
 

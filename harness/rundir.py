@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from core.errors import UsageError
+from harness.clock import STOP_GAP
 from harness.config import recorded_value, resume_keys
 
 RUN_FILES = ("config.json", "status.json", "log.jsonl", "matrix.csv", "metrics.json", "method.json")
@@ -138,6 +139,36 @@ def kept_seconds(events: list[dict]) -> float:
         elif event.get("event") in ("evaluation", "run_end") and start is not None:
             last_saved = event["t"]
     return total
+
+
+STOP_FACTOR = 20   # a gap between two logged steps this many times the stage's median step (and STOP_GAP) was a stop
+
+
+def stops_between_steps(events: list[dict]) -> dict[str, float]:
+    """Per stage, the seconds a run made before harness.clock lay stopped inside its training, read from its log:
+    a gap between two consecutive steps of over STOP_GAP beyond the stage's median gap and over STOP_FACTOR times it
+    counts, less that median (a step slowed by a busy machine is wall time and stays). Only the steps the stage's
+    recorded seconds cover: a task started again drops its earlier steps, a resume mid-task those after its save,
+    and steps of two sittings never pair."""
+    gaps: dict[str, list[tuple[int, float]]] = {}   # stage -> (step, seconds since the step before)
+    previous = None
+    for event in events:
+        kind, stage = event.get("event"), event.get("task")
+        if kind == "step" and previous is not None and previous.get("task") == stage \
+                and event.get("step") == previous.get("step", 0) + 1:
+            gaps.setdefault(stage, []).append((event["step"], event["t"] - previous["t"]))
+        elif kind == "task_start":
+            gaps[stage] = []
+        elif kind == "task_resumed":
+            gaps[stage] = [(step, gap) for step, gap in gaps.get(stage, []) if step <= event.get("step", 0)]
+        previous = event if kind == "step" else None
+    stops = {}
+    for stage, found in gaps.items():
+        if found:
+            typical = float(pd.Series([gap for _, gap in found]).median())
+            stops[stage] = sum(gap - typical for _, gap in found
+                               if gap - typical > STOP_GAP and gap > STOP_FACTOR * typical)
+    return stops
 
 
 def matrix_csv(R: pd.DataFrame) -> str:
@@ -385,6 +416,30 @@ class RunDir:
 
     def save_status(self, status: dict) -> None:
         write_json(self.file("status.json"), status)
+
+    def timing(self) -> dict:
+        """method.json's timing, less the spans the run lay stopped: a stage recorded under harness.clock (its
+        `stopped_seconds`) left them out already; an earlier one is cut by the stops its log shows between two
+        training steps (stops_between_steps; `stops_from_log` then says so). A stop inside such a stage's
+        evaluation stays in: evaluation logs no steps."""
+        timing = self.read_json("method.json")["timing"]
+        stages = {name: dict(stage) for name, stage in timing.get("per_stage", {}).items()}
+        older = [name for name, stage in stages.items()
+                 if stage.get("stopped_seconds") is None and stage.get("train_seconds") is not None]
+        stops = stops_between_steps(self.events()) if older else {}
+        left_out = 0.0
+        for name in older:
+            cut = min(stops.get(name, 0.0), stages[name]["train_seconds"])
+            if cut > 0:
+                stages[name].update(train_seconds=round(stages[name]["train_seconds"] - cut, 2),
+                                    stopped_seconds=round(cut, 1))
+                left_out += cut
+        if not left_out:
+            return timing
+        return {**timing, "per_stage": stages, "stops_from_log": True,
+                "stopped_seconds": round(timing.get("stopped_seconds", 0.0) + left_out, 1),
+                "train_seconds": round(timing["train_seconds"] - left_out, 2),
+                "wall_seconds": round(max(timing["wall_seconds"] - left_out, 0.0), 1)}
 
     def events(self) -> list[dict]:
         """log.jsonl's events, in order; a torn last line (a crash mid-append) is skipped."""

@@ -239,9 +239,11 @@ def _write_results(run: RunDir, method, rows: dict, names: list[str], status: di
     card["timing"] = {"wall_seconds": round(wall_seconds, 1),
                       "train_seconds": round(sum(rows[r].get("train_seconds", 0) for r in order_rows), 2),
                       "eval_seconds": round(sum(rows[r]["eval_seconds"] for r in order_rows), 2),
-                      # seconds left out as stops (harness.clock); a method.json without it counts them in
+                      # seconds of stops left out of the stages' train and eval seconds (harness.clock); a stage
+                      # without it (a run begun before the clock) counts its stops in
                       "stopped_seconds": round(sum(rows[r].get("stopped_seconds", 0) for r in order_rows), 1),
-                      "per_stage": {r: {k: rows[r].get(k) for k in ("train_seconds", "eval_seconds", "steps")}
+                      "per_stage": {r: {k: rows[r].get(k) for k in ("train_seconds", "eval_seconds", "steps",
+                                                                    "stopped_seconds")}
                                     for r in order_rows}}
     write_json(run.file("method.json"), card)
     status.update(state="finished", finished=time.time())
@@ -299,7 +301,9 @@ def _run_stream(cfg: BenchConfig, run: RunDir, method_cls, settings: dict, names
 
     seed_everything(cfg.seed)
     if "base" not in rows:
+        stopped_before = process_clock.stopped()
         rows["base"] = _measure_backbone(cfg, model, data, evaluator)
+        rows["base"]["stopped_seconds"] = round(process_clock.stopped() - stopped_before, 1)
         status["rows"] = rows
         clock.mark(rows["base"])
         run.save_status(status)

@@ -341,8 +341,8 @@ def distinct_folders(folders: list[str]) -> list[str]:
 class CostModel:
     """What finished runs in a sweep's folder took, per method spec (its folder label): the median training
     seconds per task (a joint stage's time shared by its tasks) and the median evaluation seconds per cell it
-    scored. Wall times, so they include whatever else the machine ran then (less a run's stops since 2026-12-06:
-    harness.clock); medians damp that. Not modelled:
+    scored. Wall times, so they include whatever else the machine ran then (less the spans a run lay stopped:
+    RunDir.timing); medians damp that. Not modelled:
     a task's label count (rank scoring of a 14-label task costs more per cell than a 2-label one's).
     A run made before one of its settings moved (a default tuned since) is not what its label runs today: it is
     left out, and a cell is costed by a label whose runs ran the cell's settings where its own has none (the
@@ -391,7 +391,7 @@ class CostModel:
                 if recorded.get("method") and config.moved_settings(recorded):
                     moved += 1
                     continue
-                found = _stage_costs(run.read_json("method.json")["timing"]["per_stage"], status["rows"])
+                found = _stage_costs(run.timing()["per_stage"], status["rows"])   # less the stops seen
             except (UsageError, KeyError, TypeError, AttributeError, ValueError, ZeroDivisionError):
                 continue   # a damaged record costs nothing: it is left out
             count += 1

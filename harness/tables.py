@@ -133,6 +133,7 @@ def load_runs(root: str) -> tuple[list[Run], list[str]]:
             unfinished.append(folder)
             continue
         config, card = run.read_json("config.json"), run.read_json("method.json")
+        card["timing"] = run.timing()   # its seconds less the spans the run lay stopped
         matrix = metrics_mod.read_matrix(run.file("matrix.csv"))
         general = run.read_json("general.json") if os.path.isfile(run.file("general.json")) else None
         try:
@@ -921,9 +922,9 @@ def cost_table(frame: pd.DataFrame) -> Table:
     notes = ["params kept = parameters stored beside the frozen backbone at the end of the stream, the most over "
              "the row's runs (it can vary: CRAFT keeps one intervention per group); kept per task = that over the "
              "number of tasks, mean over runs. Seconds are median [min–max] over runs (wall includes model loading); "
-             "the range spans the orders' different tasks and any run slowed by a busy machine (or, before "
-             "2026-12-06, paused: a run since leaves out the spans its process lay stopped, harness.clock). "
-             "train s/step = a "
+             "the range spans the orders' different tasks and any run slowed by a busy machine. They leave out the "
+             "spans a run lay stopped (harness.clock; a run made before 2026-12-06, the stops its log shows "
+             "between two training steps: one inside its evaluation stays in). train s/step = a "
              "run's training loop time over its optimizer steps (what a step costs with everything it does: "
              "replayed rows, CRAFT's anchor KL; not the work between tasks, such as CRAFT's routing and merge); "
              f"{MISSING} = no step taken.",

@@ -252,7 +252,8 @@ def test_a_resumed_runs_wall_time_leaves_out_the_hours_it_lay_interrupted(tmp_pa
         json.dump(status, open(status_path, "w"))
     real_time, real_monotonic = time.time, time.monotonic
     monkeypatch.setattr(time, "time", lambda: real_time() + 50_000)   # resumed 14 hours later
-    monkeypatch.setattr(time, "monotonic", lambda: real_monotonic() + 50_000)
+    from harness import clock   # the resuming process's clock reads 14 hours on, and saw no stop
+    monkeypatch.setattr(clock, "CLOCK", clock.ActiveClock(monotonic=lambda: real_monotonic() + 50_000))
     run(tmp_path, "split", tokenizer)
     timing = json.load(open(os.path.join(split, "method.json")))["timing"]
     assert timing["train_seconds"] + timing["eval_seconds"] <= timing["wall_seconds"] < 600
