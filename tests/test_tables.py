@@ -634,6 +634,18 @@ def test_which_pairs_cross_kernel_sets_and_which_cannot_be_told():
                          "kernel sets cannot be told.")
 
 
+def test_a_bound_below_its_learner_within_noise_is_not_blamed_on_short_training():
+    from harness.tables import Summary, bound_check
+    within = bound_check("Offline orders", "mtl", "replay", "joint training", Summary(-1.0, None, (-4.26, 2.5), 1))
+    beyond = bound_check("Offline orders", "mtl", "replay", "joint training", Summary(-6.0, None, (-9.0, -2.5), 1))
+    for line in (within, beyond):
+        assert line.startswith("**Check failed** (Offline orders): mtl (joint training) is below replay (")
+        assert line.endswith("so these numbers do not rank methods.")
+    assert "(within noise)" in within and "may reach its bound on these tasks, or training be too short" in within
+    assert "(beyond noise)" in beyond and "does not give the bound its edge" in beyond
+    assert "training is too short" not in within + beyond
+
+
 def test_a_failed_sanity_check_is_stated_under_the_tables_and_in_the_readme(tmp_path):
     root = str(tmp_path / "runs")
     for seed in (1, 2):
