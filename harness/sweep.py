@@ -341,7 +341,7 @@ def distinct_folders(folders: list[str]) -> list[str]:
 class CostModel:
     """What finished runs in a sweep's folder took, per method spec (its folder label): the median training
     seconds per task (a joint stage's time shared by its tasks) and the median evaluation seconds per cell it
-    scored. Wall times, so they include whatever else the machine ran then (less the spans a run lay stopped:
+    scored (per trained row where its rows leave cells to the score cache: per_row). Wall times, so they include whatever else the machine ran then (less the spans a run lay stopped:
     RunDir.timing); medians damp that. Not modelled:
     a task's label count (rank scoring of a 14-label task costs more per cell than a 2-label one's).
     A run made before one of its settings moved (a default tuned since) is not what its label runs today: it is
@@ -359,6 +359,10 @@ class CostModel:
     # label none of whose runs recorded it costs that); a cell's probe costs it times the tasks it will measure
     probe: dict[str, dict[str, float]] = field(default_factory=dict)
     probe_any: dict[str, float] = field(default_factory=dict)
+    # label -> median evaluation seconds per trained row: what a row costs a method that names its test-time model
+    # (Method.evaluation_key: per_task's earlier cells keep their scores, so a row scores about one cell however
+    # long the order), which is costed per row, not per needed cell
+    per_row: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def read(cls, runs: str | list[str], like: BenchConfig | None = None) -> "CostModel":
@@ -368,6 +372,7 @@ class CostModel:
         per_cell: dict[str, list[float]] = {}
         base: list[float] = []
         probe: dict[str, dict[str, list[float]]] = {}
+        per_row: dict[str, list[float]] = {}
         count = skipped = moved = elsewhere = 0
         ran_as: dict[str, str] = {}
         folders = distinct_folders([runs] if isinstance(runs, str) else runs)
@@ -401,6 +406,7 @@ class CostModel:
             for task, seconds in found["train"]:
                 train.setdefault(label, {}).setdefault(task, []).append(seconds)
             per_cell.setdefault(label, []).extend(found["per_cell"])
+            per_row.setdefault(label, []).extend(found["per_row"])
             base.extend(found["base"])
             for name in probes.NAMES:
                 seconds = probes.recorded_seconds_per_task(path, name)
@@ -412,7 +418,8 @@ class CostModel:
                    {name: {lab: statistics.median(v) for lab, v in by_label.items()}
                     for name, by_label in probe.items()},
                    {name: statistics.median([s for v in by_label.values() for s in v])
-                    for name, by_label in probe.items()})
+                    for name, by_label in probe.items()},
+                   {lab: statistics.median(v) for lab, v in per_row.items() if v})
 
     def costed_as(self, cell: Cell) -> str | None:
         """The label whose runs cost the cell: its own, else one whose runs ran the cell's settings, else its
@@ -438,6 +445,7 @@ class CostModel:
         import tasks
         from harness.metrics import needed_cells
         from methods import get_method
+        from methods.base import Method
         label = self.costed_as(cell)
         if label is None:
             return None
@@ -446,13 +454,16 @@ class CostModel:
         state = state or cell_state(cell)   # grid_costs has it already: one read of the cell's records
         done = _stages_kept(cell, state)
         typical = statistics.median(trained.values()) if trained else 0.0
-        joint = get_method(cell.method.name).JOINT   # trains once on every task, then scores one row
+        method = get_method(cell.method.name)
+        joint = method.JOINT   # trains once on every task, then scores one row
+        keyed = method.evaluation_key is not Method.evaluation_key   # earlier cells keep their scores (per_row)
         seconds = 0.0
         for k, task in enumerate(names, start=1):
             if task in done or joint and "all" in done:
                 continue
             cells = len(needed_cells(names, k)) if cell.config.matrix == "needed" and not joint else len(names)
-            seconds += trained.get(task, typical) + (0 if joint and k < len(names) else cells) * self.per_cell[label]
+            evaluation = self.per_row[label] if keyed and label in self.per_row else cells * self.per_cell[label]
+            seconds += trained.get(task, typical) + (0 if joint and k < len(names) else evaluation)
         # a cell that starts over measures every probe again, whatever the old run's folder keeps
         lacking = probes.names_of(cell.config.probes) if state in STARTS_OVER else \
             probes.missing(cell.out, cell.config.probes)
@@ -469,10 +480,10 @@ def settings_key(method: str, settings: dict) -> str:
 
 def _stage_costs(stages: dict, rows: dict) -> dict:
     """One finished run's costs: (task, training seconds) pairs, evaluation seconds per scored cell of its
-    trained rows and of its base row. A row records the cells it scored (`scored`); one made before that
-    field counts every cell it holds, less those the base-cache supplied."""
+    trained rows and of its base row, and per trained row. A row records the cells it scored (`scored`); one made
+    before that field counts every cell it holds, less those the base-cache supplied."""
     tasks_here = list(rows["base"]["accuracy"])
-    found = {"train": [], "per_cell": [], "base": []}
+    found = {"train": [], "per_cell": [], "base": [], "per_row": []}
     for stage, t in stages.items():
         seconds = t.get("train_seconds")
         if seconds is not None:   # a joint stage ('all') trains on every task at once
@@ -482,6 +493,8 @@ def _stage_costs(stages: dict, rows: dict) -> dict:
         scored = row.get("scored", len(row.get("accuracy", {})) - len(row.get("reused") or []))
         if scored > 0:
             found["base" if stage == "base" else "per_cell"].append(float(t.get("eval_seconds") or 0.0) / scored)
+        if stage != "base" and row.get("accuracy"):
+            found["per_row"].append(float(t.get("eval_seconds") or 0.0))
     return found
 
 

@@ -321,6 +321,34 @@ def test_dry_run_adds_the_probes_a_cell_lacks_at_the_medians_their_records_keep(
     assert "the time of the probe(s) general (--probes) is not in these costs" in capsys.readouterr().out
 
 
+def test_a_method_whose_earlier_cells_keep_their_scores_is_costed_per_row(tmp_path):
+    # per_task: a task's adapter is frozen once trained, so each row scores about one new cell (its own task) and
+    # takes its earlier cells from the score cache; costed per needed cell, a 15-task order would read 9 times
+    # its evaluation
+    from harness.sweep import CostModel
+    runs = str(tmp_path / "runs")
+    two = {"bbc": 1, "hutto_amazon": 1}
+    _finished_run(os.path.join(runs, "per_task", ORDER, "seed1"),
+                  {"base": {"train_seconds": None, "eval_seconds": 0.0},
+                   "bbc": {"train_seconds": 10.0, "eval_seconds": 3.0},
+                   "hutto_amazon": {"train_seconds": 30.0, "eval_seconds": 5.0}},
+                  {"base": {"accuracy": two, "reused": ["bbc", "hutto_amazon"]}, "bbc": {"accuracy": two, "scored": 1},
+                   "hutto_amazon": {"accuracy": two, "scored": 1}})
+    for seed, seconds in ((1, 3.0), (2, 5.0)):   # seq_lora scores every cell it holds
+        _finished_run(os.path.join(runs, "seq_lora", ORDER, f"seed{seed}"),
+                      {"base": {"train_seconds": None, "eval_seconds": 0.0},
+                       "bbc": {"train_seconds": 10.0, "eval_seconds": 2 * seconds},
+                       "hutto_amazon": {"train_seconds": 30.0, "eval_seconds": 2 * seconds}},
+                      {"base": {"accuracy": two, "reused": ["bbc", "hutto_amazon"]}, "bbc": {"accuracy": two},
+                       "hutto_amazon": {"accuracy": two}})
+    like = BenchConfig(model="tiny-llama", matrix="needed")
+    model = CostModel.read(runs, like)
+    assert model.per_row["per_task"] == 4.0 and model.per_cell["per_task"] == 4.0
+    per_task, seq = plan(runs, ["per_task", "seq_lora"], ["bbc+hutto_amazon+trec"], ["1"], like)
+    assert model.seconds_left(per_task) == pytest.approx(10 + 30 + 20 + 3 * 4.0)          # 3 rows at 4 s
+    assert model.seconds_left(seq) == pytest.approx(10 + 30 + 20 + (2 + 3 + 3) * 4.0)    # 8 needed cells at 4 s
+
+
 def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, capsys):
     from harness.sweep import CostModel, grid_costs
     runs = str(tmp_path / "runs")
