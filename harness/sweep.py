@@ -363,6 +363,7 @@ class CostModel:
     # (Method.evaluation_key: per_task's earlier cells keep their scores, so a row scores about one cell however
     # long the order), which is costed per row, not per needed cell
     per_row: dict[str, float] = field(default_factory=dict)
+    steps: dict[str, dict[str, float]] = field(default_factory=dict)   # label -> stage -> median optimizer steps
 
     @classmethod
     def read(cls, runs: str | list[str], like: BenchConfig | None = None) -> "CostModel":
@@ -373,6 +374,7 @@ class CostModel:
         base: list[float] = []
         probe: dict[str, dict[str, list[float]]] = {}
         per_row: dict[str, list[float]] = {}
+        steps: dict[str, dict[str, list[float]]] = {}
         count = skipped = moved = elsewhere = 0
         ran_as: dict[str, str] = {}
         folders = distinct_folders([runs] if isinstance(runs, str) else runs)
@@ -407,6 +409,8 @@ class CostModel:
                 train.setdefault(label, {}).setdefault(task, []).append(seconds)
             per_cell.setdefault(label, []).extend(found["per_cell"])
             per_row.setdefault(label, []).extend(found["per_row"])
+            for stage, n in found["steps"]:
+                steps.setdefault(label, {}).setdefault(stage, []).append(n)
             base.extend(found["base"])
             for name in probes.NAMES:
                 seconds = probes.recorded_seconds_per_task(path, name)
@@ -419,7 +423,9 @@ class CostModel:
                     for name, by_label in probe.items()},
                    {name: statistics.median([s for v in by_label.values() for s in v])
                     for name, by_label in probe.items()},
-                   {lab: statistics.median(v) for lab, v in per_row.items() if v})
+                   {lab: statistics.median(v) for lab, v in per_row.items() if v},
+                   {lab: {stage: statistics.median(v) for stage, v in by_stage.items()}
+                    for lab, by_stage in steps.items()})
 
     def costed_as(self, cell: Cell) -> str | None:
         """The label whose runs cost the cell: its own, else one whose runs ran the cell's settings, else its
@@ -432,13 +438,24 @@ class CostModel:
         defaults = self.ran_by(name, config.resolved_settings(name, {}))   # resolved only when the rest failed
         return defaults if defaults in self.per_cell else None
 
+    def share_left(self, label: str, stage: str, index: int, saved: tuple[int, int] | None) -> float:
+        """What is left of stage `index`'s training (named `stage`: a task, or 'all' for a joint one) when a
+        mid-task save at (index, step) will resume it: the share of the label's median steps for that stage (else
+        for any of its stages) not yet taken."""
+        if saved is None or saved[0] != index:
+            return 1.0
+        by_stage = self.steps.get(label, {})
+        total = by_stage.get(stage) or (statistics.median(by_stage.values()) if by_stage else None)
+        return max(0.0, 1.0 - saved[1] / total) if total else 1.0
+
     def ran_by(self, method: str, settings: dict | None) -> str | None:
         """A label whose finished runs ran `method` with exactly these settings."""
         return self.ran_as.get(settings_key(method, settings)) if settings else None
 
     def seconds_left(self, cell: Cell, state: str | None = None) -> float | None:
         """The cell's remaining seconds at these medians, its base row left out (see dry_run_lines); None: no
-        finished run of its method spec here. A task the spec has no record of costs the spec's median task; a
+        finished run of its method spec here. A stage a mid-task save will resume costs the share of its median
+        steps left (share_left). A task the spec has no record of costs the spec's median task; a
         method whose cost grows along the stream (replay's memory) is underestimated on orders longer than
         those it ran. The probes it lacks cost their median on the spec's runs, else on every run's; a probe no
         run recorded costs nothing here (dry_run_lines says so)."""
@@ -453,6 +470,7 @@ class CostModel:
         names = tasks.get_order(cell.config.order)
         state = state or cell_state(cell)   # grid_costs has it already: one read of the cell's records
         done = _stages_kept(cell, state)
+        saved = _saved_mid_task(cell, state, done)   # (stage index, step) a resume starts the next stage from
         typical = statistics.median(trained.values()) if trained else 0.0
         method = get_method(cell.method.name)
         joint = method.JOINT   # trains once on every task, then scores one row
@@ -463,7 +481,9 @@ class CostModel:
                 continue
             cells = len(needed_cells(names, k)) if cell.config.matrix == "needed" and not joint else len(names)
             evaluation = self.per_row[label] if keyed and label in self.per_row else cells * self.per_cell[label]
-            seconds += trained.get(task, typical) + (0 if joint and k < len(names) else evaluation)
+            seconds += trained.get(task, typical) * self.share_left(label, "all" if joint else task, 0 if joint
+                                                                    else k - 1, saved)
+            seconds += 0 if joint and k < len(names) else evaluation
         # a cell that starts over measures every probe again, whatever the old run's folder keeps
         lacking = probes.names_of(cell.config.probes) if state in STARTS_OVER else \
             probes.missing(cell.out, cell.config.probes)
@@ -483,12 +503,14 @@ def _stage_costs(stages: dict, rows: dict) -> dict:
     trained rows and of its base row, and per trained row. A row records the cells it scored (`scored`); one made
     before that field counts every cell it holds, less those the base-cache supplied."""
     tasks_here = list(rows["base"]["accuracy"])
-    found = {"train": [], "per_cell": [], "base": [], "per_row": []}
+    found = {"train": [], "per_cell": [], "base": [], "per_row": [], "steps": []}
     for stage, t in stages.items():
         seconds = t.get("train_seconds")
         if seconds is not None:   # a joint stage ('all') trains on every task at once
             share = [stage] if stage in tasks_here else tasks_here
             found["train"] += [(task, float(seconds) / len(share)) for task in share]
+            if t.get("steps"):
+                found["steps"].append((stage, float(t["steps"])))
         row = rows.get(stage) or {}
         scored = row.get("scored", len(row.get("accuracy", {})) - len(row.get("reused") or []))
         if scored > 0:
@@ -499,6 +521,20 @@ def _stage_costs(stages: dict, rows: dict) -> dict:
 
 
 STARTS_OVER = ("new", "stale", "other setup", "corrupt")   # cell states whose rerun keeps nothing of the folder
+
+
+def _saved_mid_task(cell: Cell, state: str, kept: set[str]) -> tuple[int, int] | None:
+    """(stage index, step) of the mid-task save a rerun of the cell resumes (RunDir.save_partial): the stage
+    after those it keeps, its file present; None where there is none."""
+    if state in STARTS_OVER:
+        return None
+    run = RunDir(cell.out)
+    partial = (run.status() or {}).get("partial") or {}
+    index, step = partial.get("task_index"), partial.get("step")
+    if not isinstance(index, int) or not isinstance(step, int) or index != len(kept - {"base"}) or \
+            not os.path.isfile(run.file(partial.get("file", ""))):
+        return None
+    return index, step
 
 
 def _stages_kept(cell: Cell, state: str) -> set[str]:

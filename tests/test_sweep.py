@@ -349,6 +349,42 @@ def test_a_method_whose_earlier_cells_keep_their_scores_is_costed_per_row(tmp_pa
     assert model.seconds_left(seq) == pytest.approx(10 + 30 + 20 + (2 + 3 + 3) * 4.0)    # 8 needed cells at 4 s
 
 
+def test_a_cell_that_resumes_mid_task_is_charged_the_steps_left(tmp_path):
+    # mtl's one stage of a 15-task order runs for hours: a session that stopped it after a mid-task save
+    # (RunDir.save_partial) leaves only the rest of its steps to pay for
+    from harness.sweep import CostModel
+    runs = str(tmp_path / "runs")
+    two = {"bbc": 1, "hutto_amazon": 1}
+    for label, stages, rows in (
+            ("seq_lora", {"bbc": 10.0, "hutto_amazon": 30.0}, ("bbc", "hutto_amazon")),
+            ("mtl", {"all": 40.0}, ("all",))):
+        _finished_run(os.path.join(runs, label, ORDER, "seed1"),
+                      {"base": {"train_seconds": None, "eval_seconds": 0.0},
+                       **{stage: {"train_seconds": seconds, "eval_seconds": 2.0, "steps": 8}
+                          for stage, seconds in stages.items()}},
+                      {"base": {"accuracy": two, "reused": ["bbc", "hutto_amazon"]},
+                       **{row: {"accuracy": two} for row in rows}})
+    like = BenchConfig(model="tiny-llama", matrix="needed")
+    model = CostModel.read(runs, like)
+    seq, mtl = plan(runs, ["seq_lora", "mtl"], [ORDER], ["2"], like)
+    assert (model.seconds_left(seq), model.seconds_left(mtl)) == (pytest.approx(44.0), pytest.approx(42.0))
+    for cell, rows, index in ((seq, ("base", "bbc"), 1), (mtl, ("base",), 0)):
+        os.makedirs(cell.out)
+        open(os.path.join(cell.out, "c.pt"), "w").close()
+        partial = {"file": f"partial-{index}.pt", "task_index": index, "step": 6}
+        with open(os.path.join(cell.out, "status.json"), "w") as f:
+            json.dump({"state": "running", "rows": {row: {"accuracy": two} for row in rows}, "checkpoint": "c.pt",
+                       "partial": partial}, f)
+    # without its file, a save resumes nothing
+    assert model.seconds_left(seq, "partial") == pytest.approx(30 + 2 * 1.0)
+    assert model.seconds_left(mtl, "partial") == pytest.approx(40 + 2 * 1.0)
+    for cell, index in ((seq, 1), (mtl, 0)):
+        open(os.path.join(cell.out, f"partial-{index}.pt"), "w").close()
+    # 6 of the stage's 8 steps taken: a quarter of its training left, and its evaluation
+    assert model.seconds_left(seq, "partial") == pytest.approx(30 / 4 + 2 * 1.0)
+    assert model.seconds_left(mtl, "partial") == pytest.approx(40 / 4 + 2 * 1.0)
+
+
 def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, capsys):
     from harness.sweep import CostModel, grid_costs
     runs = str(tmp_path / "runs")
