@@ -7,7 +7,8 @@ stopped spans (CPU-time clocks count every thread's work, not elapsed time), so 
 seconds, and a gap of more than `stop_gap` seconds between two readings of the clock in which the process used
 less CPU time than half the gap (nothing in it ran: a loaded machine still schedules a thread within that; a call
 that held the interpreter's lock so long would have used the CPU) counts, less one tick, as stopped. A stop
-shorter than `stop_gap` is not noticed; neither is time the machine gave to other processes (that is wall time)."""
+shorter than `stop_gap` is not noticed, nor one not much longer with many threads busy as it began (their CPU time
+in the gap reads as work); neither is time the machine gave to other processes (that is wall time)."""
 from __future__ import annotations
 
 import os

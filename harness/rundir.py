@@ -148,19 +148,23 @@ def stops_between_steps(events: list[dict]) -> dict[str, float]:
     """Per stage, the seconds a run made before harness.clock lay stopped inside its training, read from its log:
     a gap between two consecutive steps of over STOP_GAP beyond the stage's median gap and over STOP_FACTOR times it
     counts, less that median (a step slowed by a busy machine is wall time and stays). Only the steps the stage's
-    recorded seconds cover: a task started again drops its earlier steps, a resume mid-task those after its save,
-    and steps of two sittings never pair."""
+    recorded seconds cover: a task started again drops its earlier steps, a resume mid-task keeps those up to its
+    save (the runner logs task_start, then fit task_resumed), and steps of two sittings never pair."""
     gaps: dict[str, list[tuple[int, float]]] = {}   # stage -> (step, seconds since the step before)
+    aside: dict[str, list[tuple[int, float]]] = {}  # a restarted stage's earlier steps, until it resumes or steps
     previous = None
     for event in events:
         kind, stage = event.get("event"), event.get("task")
-        if kind == "step" and previous is not None and previous.get("task") == stage \
-                and event.get("step") == previous.get("step", 0) + 1:
-            gaps.setdefault(stage, []).append((event["step"], event["t"] - previous["t"]))
+        if kind == "step":
+            aside.pop(stage, None)   # trained from its start: the earlier sitting's steps are not in its seconds
+            if previous is not None and previous.get("task") == stage \
+                    and event.get("step") == previous.get("step", 0) + 1:
+                gaps.setdefault(stage, []).append((event["step"], event["t"] - previous["t"]))
         elif kind == "task_start":
-            gaps[stage] = []
+            aside[stage], gaps[stage] = gaps.get(stage, []), []
         elif kind == "task_resumed":
-            gaps[stage] = [(step, gap) for step, gap in gaps.get(stage, []) if step <= event.get("step", 0)]
+            earlier = aside.pop(stage, gaps.get(stage, []))
+            gaps[stage] = [(step, gap) for step, gap in earlier if step <= event.get("step", 0)]
         previous = event if kind == "step" else None
     stops = {}
     for stage, found in gaps.items():

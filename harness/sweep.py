@@ -363,7 +363,8 @@ class CostModel:
     # (Method.evaluation_key: per_task's earlier cells keep their scores, so a row scores about one cell however
     # long the order), which is costed per row, not per needed cell
     per_row: dict[str, float] = field(default_factory=dict)
-    steps: dict[str, dict[str, float]] = field(default_factory=dict)   # label -> stage -> median optimizer steps
+    # label -> task -> median optimizer steps (a joint stage's shared by its tasks, as its seconds are)
+    steps: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, runs: str | list[str], like: BenchConfig | None = None) -> "CostModel":
@@ -409,8 +410,8 @@ class CostModel:
                 train.setdefault(label, {}).setdefault(task, []).append(seconds)
             per_cell.setdefault(label, []).extend(found["per_cell"])
             per_row.setdefault(label, []).extend(found["per_row"])
-            for stage, n in found["steps"]:
-                steps.setdefault(label, {}).setdefault(stage, []).append(n)
+            for task, n in found["steps"]:
+                steps.setdefault(label, {}).setdefault(task, []).append(n)
             base.extend(found["base"])
             for name in probes.NAMES:
                 seconds = probes.recorded_seconds_per_task(path, name)
@@ -424,8 +425,8 @@ class CostModel:
                    {name: statistics.median([s for v in by_label.values() for s in v])
                     for name, by_label in probe.items()},
                    {lab: statistics.median(v) for lab, v in per_row.items() if v},
-                   {lab: {stage: statistics.median(v) for stage, v in by_stage.items()}
-                    for lab, by_stage in steps.items()})
+                   {lab: {task: statistics.median(v) for task, v in by_task.items()}
+                    for lab, by_task in steps.items()})
 
     def costed_as(self, cell: Cell) -> str | None:
         """The label whose runs cost the cell: its own, else one whose runs ran the cell's settings, else its
@@ -438,14 +439,17 @@ class CostModel:
         defaults = self.ran_by(name, config.resolved_settings(name, {}))   # resolved only when the rest failed
         return defaults if defaults in self.per_cell else None
 
-    def share_left(self, label: str, stage: str, index: int, saved: tuple[int, int] | None) -> float:
-        """What is left of stage `index`'s training (named `stage`: a task, or 'all' for a joint one) when a
-        mid-task save at (index, step) will resume it: the share of the label's median steps for that stage (else
-        for any of its stages) not yet taken."""
+    def share_left(self, label: str, stage: list[str], index: int, saved: tuple[int, int] | None) -> float:
+        """What is left of stage `index`'s training (its tasks `stage`: one, or every task of a joint one) when a
+        mid-task save at (index, step) will resume it: the share of its steps not yet taken, its steps being the
+        label's median steps of each of its tasks (of its median task, for a task it never trained) summed."""
         if saved is None or saved[0] != index:
             return 1.0
-        by_stage = self.steps.get(label, {})
-        total = by_stage.get(stage) or (statistics.median(by_stage.values()) if by_stage else None)
+        by_task = self.steps.get(label, {})
+        if not by_task:
+            return 1.0
+        typical = statistics.median(by_task.values())
+        total = sum(by_task.get(task, typical) for task in stage)
         return max(0.0, 1.0 - saved[1] / total) if total else 1.0
 
     def ran_by(self, method: str, settings: dict | None) -> str | None:
@@ -475,14 +479,17 @@ class CostModel:
         method = get_method(cell.method.name)
         joint = method.JOINT   # trains once on every task, then scores one row
         keyed = method.evaluation_key is not Method.evaluation_key   # earlier cells keep their scores (per_row)
-        seconds = 0.0
+        seconds, resumed = 0.0, bool(done - {"base"})
         for k, task in enumerate(names, start=1):
             if task in done or joint and "all" in done:
                 continue
             cells = len(needed_cells(names, k)) if cell.config.matrix == "needed" and not joint else len(names)
             evaluation = self.per_row[label] if keyed and label in self.per_row else cells * self.per_cell[label]
-            seconds += trained.get(task, typical) * self.share_left(label, "all" if joint else task, 0 if joint
-                                                                    else k - 1, saved)
+            if keyed and label in self.per_row and resumed:   # a resumed run keeps no earlier row's scores: its
+                evaluation += (k - 1) * self.per_cell[label]  # first row scores the earlier tasks' cells again
+                resumed = False
+            seconds += trained.get(task, typical) * self.share_left(label, names if joint else [task],
+                                                                    0 if joint else k - 1, saved)
             seconds += 0 if joint and k < len(names) else evaluation
         # a cell that starts over measures every probe again, whatever the old run's folder keeps
         lacking = probes.names_of(cell.config.probes) if state in STARTS_OVER else \
@@ -510,7 +517,7 @@ def _stage_costs(stages: dict, rows: dict) -> dict:
             share = [stage] if stage in tasks_here else tasks_here
             found["train"] += [(task, float(seconds) / len(share)) for task in share]
             if t.get("steps"):
-                found["steps"].append((stage, float(t["steps"])))
+                found["steps"] += [(task, float(t["steps"]) / len(share)) for task in share]
         row = rows.get(stage) or {}
         scored = row.get("scored", len(row.get("accuracy", {})) - len(row.get("reused") or []))
         if scored > 0:

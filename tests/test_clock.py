@@ -93,12 +93,15 @@ def test_only_the_steps_a_stages_seconds_cover_count():
     from harness.rundir import stops_between_steps
     killed = steps("a", [0, 1, 2, 300, 301])                        # a sitting killed after a hold; task redone
     again = steps("a", [1000, 1001, 1002, 1003, 1004])
-    resumed = steps("b", [2000, 2001, 2002, 2500, 2501], first=1)   # a hold after step 3, then the kill
-    after_save = steps("b", [3000, 3001, 3002], first=3)            # resumed from a save at step 2: 3 onward redone
+    # b: a 500 s hold before its mid-task save at step 6 (the save's seconds carry it: it counts), one of 400 s
+    # after it (steps 7-8, redone after the kill: not in the stage's seconds)
+    saved = steps("b", [2000, 2001, 2002, 2502, 2503, 2504, 2505, 2905])
+    after_save = steps("b", [3000, 3001, 3002, 3003], first=7)
     events = ([{"event": "task_start", "task": "a"}] + killed + [{"event": "run_start"},
-              {"event": "task_start", "task": "a"}] + again + [{"event": "task_start", "task": "b"}] + resumed +
-              [{"event": "run_start"}, {"event": "task_resumed", "task": "b", "step": 2}] + after_save)
-    assert stops_between_steps(events) == {"a": 0, "b": 0}
+              {"event": "task_start", "task": "a"}] + again + [{"event": "task_start", "task": "b"}] + saved +
+              [{"event": "run_start"}, {"event": "task_start", "task": "b"},   # the runner's order on a resume
+               {"event": "task_resumed", "task": "b", "step": 6}] + after_save)
+    assert stops_between_steps(events) == {"a": 0, "b": 499.0}
 
 
 def test_a_runs_timing_leaves_out_the_stops_once(tmp_path):

@@ -262,8 +262,11 @@ def test_a_resumed_runs_wall_time_leaves_out_the_hours_it_lay_interrupted(tmp_pa
 def test_a_stop_inside_a_stage_is_left_out_of_its_seconds_and_recorded(tmp_path, tokenizer, monkeypatch):
     """A queue paused with SIGSTOP mid-task (harness.clock) must not charge the pause to the stage's seconds."""
     from harness import clock
-    offset = [0.0]
-    monkeypatch.setattr(clock, "CLOCK", clock.ActiveClock(monotonic=lambda: time.monotonic() + offset[0]))
+    offset, real_time, real_monotonic = [0.0], time.time, time.monotonic
+    # every clock jumps, as in a real stop: a duration taken from any other than harness.clock would hold the stop
+    monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
+    monkeypatch.setattr(time, "monotonic", lambda: real_monotonic() + offset[0])
+    monkeypatch.setattr(clock, "CLOCK", clock.ActiveClock(monotonic=lambda: real_monotonic() + offset[0]))
     cls = discover()["seq_lora"]
     original = cls.after_step
 

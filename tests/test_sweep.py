@@ -347,6 +347,14 @@ def test_a_method_whose_earlier_cells_keep_their_scores_is_costed_per_row(tmp_pa
     per_task, seq = plan(runs, ["per_task", "seq_lora"], ["bbc+hutto_amazon+trec"], ["1"], like)
     assert model.seconds_left(per_task) == pytest.approx(10 + 30 + 20 + 3 * 4.0)          # 3 rows at 4 s
     assert model.seconds_left(seq) == pytest.approx(10 + 30 + 20 + (2 + 3 + 3) * 4.0)    # 8 needed cells at 4 s
+    # resumed after its first task: the runner keeps no earlier row's scores, so its next row scores bbc's cell
+    # again (at the per-cell rate) beside its own
+    os.makedirs(per_task.out)
+    open(os.path.join(per_task.out, "c.pt"), "w").close()
+    with open(os.path.join(per_task.out, "status.json"), "w") as f:
+        json.dump({"state": "running", "rows": {"base": {"accuracy": two}, "bbc": {"accuracy": two}},
+                   "checkpoint": "c.pt"}, f)
+    assert model.seconds_left(per_task, "partial") == pytest.approx(30 + 20 + 2 * 4.0 + 1 * 4.0)
 
 
 def test_a_cell_that_resumes_mid_task_is_charged_the_steps_left(tmp_path):
@@ -383,6 +391,15 @@ def test_a_cell_that_resumes_mid_task_is_charged_the_steps_left(tmp_path):
     # 6 of the stage's 8 steps taken: a quarter of its training left, and its evaluation
     assert model.seconds_left(seq, "partial") == pytest.approx(30 / 4 + 2 * 1.0)
     assert model.seconds_left(mtl, "partial") == pytest.approx(40 / 4 + 2 * 1.0)
+    # a joint stage's steps grow with its tasks (4 a task here): on a 3-task order 8 steps taken leave a third
+    longer, = plan(runs, ["mtl"], ["bbc+hutto_amazon+trec"], ["2"], like)
+    os.makedirs(longer.out)
+    open(os.path.join(longer.out, "c.pt"), "w").close()
+    open(os.path.join(longer.out, "partial-0.pt"), "w").close()
+    with open(os.path.join(longer.out, "status.json"), "w") as f:
+        json.dump({"state": "running", "rows": {"base": {"accuracy": two}}, "checkpoint": "c.pt",
+                   "partial": {"file": "partial-0.pt", "task_index": 0, "step": 8}}, f)
+    assert model.seconds_left(longer, "partial") == pytest.approx(3 * 20 / 3 + 3 * 1.0)
 
 
 def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, capsys):
