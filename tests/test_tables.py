@@ -644,6 +644,13 @@ def test_a_bound_below_its_learner_within_noise_is_not_blamed_on_short_training(
     assert "(within noise)" in within and "may reach its bound on these tasks, or training be too short" in within
     assert "(beyond noise)" in beyond and "does not give the bound its edge" in beyond
     assert "training is too short" not in within + beyond
+    # a pass is read on the mean too: one whose interval reaches 0 says so
+    close = bound_check("Offline orders", "mtl", "replay", "joint training", Summary(2.0, None, (-0.75, 4.75), 1))
+    clear = bound_check("Offline orders", "mtl", "replay", "joint training", Summary(3.0, None, (0.25, 6.0), 1))
+    assert close.startswith("Check passed (Offline orders): mtl (joint training) is at or above replay (within "
+                            "noise): AA of mtl minus replay: +2.00 [-0.75, 4.75].")
+    assert "within noise" not in clear and clear.startswith("Check passed (Offline orders): mtl (joint training) is "
+                                                            "at or above replay: AA")
 
 
 def test_a_failed_sanity_check_is_stated_under_the_tables_and_in_the_readme(tmp_path):
