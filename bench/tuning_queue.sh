@@ -180,7 +180,7 @@ craft_cells grid-stage2 GRID_LONG=craft
 grid grid-stage1 'GRID_FIRST=$(BOUNDS)' GRID_SEEDS=1
 OPEN=$(undecided)
 if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 5j: the long orders' baselines wait on these learning rates: $OPEN"
-else for m in o_lora replay seq_lora; do grid grid-stage2 GRID_LONG=$m; done; fi
+else for m in replay seq_lora o_lora; do grid grid-stage2 GRID_LONG=$m; done; fi   # the strongest first (2026-12-06)
 # 5i. (added 2026-12-05 morning) i_lora's learning rate, the screen 5b-5c gave seq_lora, replay and o_lora: i_lora
 #     is the baseline closest to craft on orders 1-3 of the test grid (seed 1: ΔAA +3.17 [-0.42, 6.83]) and trains
 #     seq_lora's lr by reference, never tried. Its defaults spelled (i_lora:epochs=3) so they land beside the
@@ -190,6 +190,12 @@ ILRS="i_lora:epochs=3:lr=0.0003,i_lora:epochs=3:lr=0.003"
 LRS5B=$LRS
 LRS="$LRS,$ILRS"
 rule_seeds 5i offline1,offline2 "$ILRS" i_lora:epochs=3
+# 5i'. (added 2026-12-06) i_lora's seed 1 of orders 4-6 once its learning rate is decided: on seed 1 it is the
+#      baseline level with craft on orders 1-3 and the offline orders, and orders 4-6 had none of its cells before
+#      make grid's stage 4 (after stage 3's 180 cells); ahead of stage 1's seeds 2-3, so that every block of the
+#      verdict has every baseline on seed 1 first (about 9 h at the i_lora cells' medians, 2.9 h a cell)
+if [ -z "$(undecided "$ILRS")" ]; then grid grid-stage2 GRID_LONG=i_lora
+else echo "== $(date -u +%FT%T) 5i': i_lora's orders 4-6 wait on its learning rate"; fi
 # 5c'''. (added 2026-12-04, when every learning rate of 5b was decided, none moving) the rest of the grid's stage 1:
 #        the strongest baselines beside craft on orders 1-3 and the offline orders, three seeds (the cells that
 #        decide the verdict there, about 31 h), ahead of the validation runs of 5d-6, none of which it needs.
