@@ -165,9 +165,9 @@ craft_cells() {   # craft_cells TARGET VAR=value: craft's grid cells, unless its
 }
 craft_cells grid-stage1 GRID_FIRST=craft
 # 5j. (added 2026-12-05 noon) the long orders' first cells (orders 4-6, seed 1; make grid's stage 2 of the methods
-#     named): craft, then o_lora (the paper's LoRA-based reference, about 1.1 h a cell), replay (the strongest
-#     baseline so far, about 4.7 h a cell on this CPU) and seq_lora, ahead of i_lora's screen and stage 1's later
-#     seeds. Orders 4-6 are where tasks share output spaces and CRAFT's grouping acts, and the verdict has no cell
+#     named): craft, then (since 2026-12-06, the strongest first) replay (the strongest of the three so far, about
+#     4.7 h a cell by one contended CPU record, nearer 2 h), seq_lora (the forgetting check's reference) and o_lora
+#     (the paper's LoRA-based reference, about 1.1 h a cell), ahead of i_lora's screen and stage 1's later seeds. Orders 4-6 are where tasks share output spaces and CRAFT's grouping acts, and the verdict has no cell
 #     there yet; at some 3 h of queue a session, stage 1's seeds 2-3 (about 20 h) would keep them out for weeks.
 #     About 1.3 h for craft's three cells and 14 h for the baselines' nine by the validation runs' medians (the
 #     test cells' wall times say nearer 2.5 h and 25 h). The baselines' learning rates are decided.
@@ -194,8 +194,9 @@ rule_seeds 5i offline1,offline2 "$ILRS" i_lora:epochs=3
 #      baseline level with craft on orders 1-3 and the offline orders, and orders 4-6 had none of its cells before
 #      make grid's stage 4 (after stage 3's 180 cells); ahead of stage 1's seeds 2-3, so that every block of the
 #      verdict has every baseline on seed 1 first (about 9 h at the i_lora cells' medians, 2.9 h a cell)
-if [ -z "$(undecided "$ILRS")" ]; then grid grid-stage2 GRID_LONG=i_lora
-else echo "== $(date -u +%FT%T) 5i': i_lora's orders 4-6 wait on its learning rate"; fi
+IOPEN=$(undecided "$ILRS")   # read once: step 5c''' below reuses it (nothing between changes the tuning folder)
+if [ -z "$IOPEN" ]; then grid grid-stage2 GRID_LONG=i_lora
+else echo "== $(date -u +%FT%T) 5i': i_lora's orders 4-6 wait on these learning rates: $IOPEN"; fi
 # 5c'''. (added 2026-12-04, when every learning rate of 5b was decided, none moving) the rest of the grid's stage 1:
 #        the strongest baselines beside craft on orders 1-3 and the offline orders, three seeds (the cells that
 #        decide the verdict there, about 31 h), ahead of the validation runs of 5d-6, none of which it needs.
@@ -203,7 +204,6 @@ else echo "== $(date -u +%FT%T) 5i': i_lora's orders 4-6 wait on its learning ra
 #        the others go on: craft on its budget (5k), i_lora on its learning rate (5i). '$(GRID_BASELINES)' is
 #        expanded by make (stage 1's methods less craft and i_lora, named in one place).
 OPEN=$(undecided "$LRS5B")
-IOPEN=$(undecided "$ILRS")
 if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 5c''': the grid waits on these learning rates: $OPEN"
 else
     FIRST='$(GRID_BASELINES)'
