@@ -341,12 +341,13 @@ def distinct_folders(folders: list[str]) -> list[str]:
 class CostModel:
     """What finished runs in a sweep's folder took, per method spec (its folder label): the median training
     seconds per task (a joint stage's time shared by its tasks) and the median evaluation seconds per cell it
-    scored (per trained row where its rows leave cells to the score cache: per_row). Wall times, so they include whatever else the machine ran then (less the spans a run lay stopped:
-    RunDir.timing); medians damp that. Not modelled:
-    a task's label count (rank scoring of a 14-label task costs more per cell than a 2-label one's).
-    A run made before one of its settings moved (a default tuned since) is not what its label runs today: it is
-    left out, and a cell is costed by a label whose runs ran the cell's settings where its own has none (the
-    grid's `craft` by a tuning folder's `craft+epochs=3+...` once that became the default)."""
+    scored (per trained row for a method whose earlier cells keep their scores: per_row). Wall times, so they
+    include whatever else the machine ran then (less the spans a run lay stopped: RunDir.timing); medians damp
+    that, but not where a label has one run (the dry run names those). Not modelled: a task's label count (rank
+    scoring of a 14-label task costs more per cell than a 2-label one's). A run made before one of its settings
+    moved (a default tuned since) is not what its label runs today: it is left out, and a cell is costed by a
+    label whose runs ran the cell's settings where its own has none (the grid's `craft` by a tuning folder's
+    `craft+epochs=3+...` once that became the default)."""
     train: dict[str, dict[str, float]]   # label -> task -> median training seconds
     per_cell: dict[str, float]           # label -> median evaluation seconds per scored cell (0: never scores)
     base_per_cell: float | None          # the untouched backbone's row, seconds per scored cell
@@ -365,6 +366,7 @@ class CostModel:
     per_row: dict[str, float] = field(default_factory=dict)
     # label -> task -> median optimizer steps (a joint stage's shared by its tasks, as its seconds are)
     steps: dict[str, dict[str, float]] = field(default_factory=dict)
+    runs_of: dict[str, int] = field(default_factory=dict)   # label -> finished runs its medians are over
 
     @classmethod
     def read(cls, runs: str | list[str], like: BenchConfig | None = None) -> "CostModel":
@@ -376,6 +378,7 @@ class CostModel:
         probe: dict[str, dict[str, list[float]]] = {}
         per_row: dict[str, list[float]] = {}
         steps: dict[str, dict[str, list[float]]] = {}
+        runs_of: dict[str, int] = {}
         count = skipped = moved = elsewhere = 0
         ran_as: dict[str, str] = {}
         folders = distinct_folders([runs] if isinstance(runs, str) else runs)
@@ -403,6 +406,7 @@ class CostModel:
             except (UsageError, KeyError, TypeError, AttributeError, ValueError, ZeroDivisionError):
                 continue   # a damaged record costs nothing: it is left out
             count += 1
+            runs_of[label] = runs_of.get(label, 0) + 1
             ran = config.recorded_value(recorded, "settings")
             if recorded.get("method") and isinstance(ran, dict):
                 ran_as.setdefault(settings_key(recorded["method"], ran), label)
@@ -426,7 +430,7 @@ class CostModel:
                     for name, by_label in probe.items()},
                    {lab: statistics.median(v) for lab, v in per_row.items() if v},
                    {lab: {task: statistics.median(v) for task, v in by_task.items()}
-                    for lab, by_task in steps.items()})
+                    for lab, by_task in steps.items()}, runs_of)
 
     def costed_as(self, cell: Cell) -> str | None:
         """The label whose runs cost the cell: its own, else one whose runs ran the cell's settings, else its
@@ -639,6 +643,11 @@ def dry_run_lines(runs: str, cells: list[Cell], costs_from: list[str] | None = N
         summary += f"; costed by a folder whose runs ran the same settings: {', '.join(same)}"
     if defaults:   # a variant's settings may cost more or less than its defaults (more layers, a longer epoch)
         summary += f"; costed at its method's defaults, as no current run of it finished: {', '.join(defaults)}"
+    # one run's wall times are no median: a busy machine then (contention is wall time) moves every cell costed by it
+    single = sorted({costed[cell.out] for cell, seconds in left
+                     if seconds and model.runs_of.get(costed[cell.out]) == 1})
+    if single:
+        summary += f"; costed by one finished run alone, whatever else the machine ran then: {', '.join(single)}"
     guessed: dict[str, set[str]] = {}   # method label -> its tasks no run of it trained
     for cell, seconds in left:
         trained = model.train.get(costed.get(cell.out) or cell.method.label)

@@ -461,6 +461,9 @@ def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, ca
     assert out[-1].startswith("left: 5 of 8 run(s), about 3 min one after another, at the medians of the 3 finished")
     assert ("1 finished run(s) there with another setup left out; not estimated (no finished run "
             f"in {runs}): replay; ") in out[-1]
+    # seq_lora's and mtl's medians each rest on one finished run (zero_shot's cells cost nothing): said, as a busy
+    # machine then would move every cell they cost
+    assert "; costed by one finished run alone, whatever else the machine ran then: mtl, seq_lora;" in out[-1]
     assert out[-1].endswith("costed at the method's median task, as no run of that method there trained them "
                             "(label counts and prompt lengths are not modelled): seq_lora: trec; mtl: trec")
     # a variant with no finished run of its own is costed at its method's defaults, and the summary says so
