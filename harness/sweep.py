@@ -477,8 +477,9 @@ class CostModel:
         trained = self.train.get(label, {})   # none: a method that trains nothing (zero_shot)
         names = tasks.get_order(cell.config.order)
         state = state or cell_state(cell)   # grid_costs has it already: one read of the cell's records
-        done = _stages_kept(cell, state)
-        saved = _saved_mid_task(cell, state, done)   # (stage index, step) a resume starts the next stage from
+        status = {} if state in STARTS_OVER else RunDir(cell.out).status() or {}   # read once for both below
+        done = _stages_kept(cell, state, status)
+        saved = _saved_mid_task(cell, state, done, status)   # (stage index, step) a resume starts the next stage from
         typical = statistics.median(trained.values()) if trained else 0.0
         method = get_method(cell.method.name)
         joint = method.JOINT   # trains once on every task, then scores one row
@@ -534,13 +535,13 @@ def _stage_costs(stages: dict, rows: dict) -> dict:
 STARTS_OVER = ("new", "stale", "other setup", "corrupt")   # cell states whose rerun keeps nothing of the folder
 
 
-def _saved_mid_task(cell: Cell, state: str, kept: set[str]) -> tuple[int, int] | None:
+def _saved_mid_task(cell: Cell, state: str, kept: set[str], status: dict) -> tuple[int, int] | None:
     """(stage index, step) of the mid-task save a rerun of the cell resumes (RunDir.save_partial): the stage
     after those it keeps, its file present; None where there is none."""
     if state in STARTS_OVER:
         return None
     run = RunDir(cell.out)
-    partial = (run.status() or {}).get("partial") or {}
+    partial = status.get("partial") or {}
     index, step = partial.get("task_index"), partial.get("step")
     if not isinstance(index, int) or not isinstance(step, int) or index != len(kept - {"base"}) or \
             not os.path.isfile(run.file(partial.get("file", ""))):
@@ -548,13 +549,12 @@ def _saved_mid_task(cell: Cell, state: str, kept: set[str]) -> tuple[int, int] |
     return index, step
 
 
-def _stages_kept(cell: Cell, state: str) -> set[str]:
+def _stages_kept(cell: Cell, state: str, status: dict) -> set[str]:
     """The stages a rerun of the cell (in `state`) keeps: those its status records, unless the runner would redo
     them: a stale cell starts over, and a run whose checkpoint file is gone trains every stage again (its base row
-    stays)."""
+    stays). `status`: the cell's status.json, as read."""
     if state in STARTS_OVER:
         return set()
-    status = RunDir(cell.out).status() or {}
     rows = set(status.get("rows", {}))
     if status.get("checkpoint") and not RunDir(cell.out).has_checkpoint():
         return rows & {"base"}
