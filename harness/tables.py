@@ -606,7 +606,9 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
         for lab, (pairs, deltas) in compared.items():
             add_paired_cells(cells, lab, pairs, ("ΔAA ↑", "ΔFM ↓"), deltas)
             mixes.setdefault(lab, {})[title] = kernel_mix(pairs)
-        family[title] = len(holm_family(compared))
+        made, planned = len(holm_family(compared)), planned_family(baselines)
+        if made:   # a block without a comparison that has an interval has no family
+            family[title] = str(planned) if made == planned else f"{planned} ({made} made so far)"
         for heading, values in cells.items():
             columns[(title, heading)] = pd.Series(values, dtype=object)
     others = {title: t for title, t in targets.items() if t != target}   # blocks judged on another row of it
@@ -717,21 +719,28 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
                             "machines' difference too (rounding; on a GPU also its own random draws)." if mix.k else "")
                          + caveat)
         if holm_family(compared):
-            lines.append(holm_line(title, compared) + caveat.replace("the two", "these methods"))
+            lines.append(holm_line(title, compared, planned_family(baselines))
+                         + caveat.replace("the two", "these methods"))
     return lines
 
 
-def holm_line(title: str, compared: dict) -> str:
+def holm_line(title: str, compared: dict, planned: int = 0) -> str:
     """The block's count of significant differences (*) that Holm's correction keeps (**, compare_block), and those
-    it does not: claimed together, the block's lines hold at 5% family-wise error only where marked **."""
+    it does not: claimed together, the block's lines hold at 5% family-wise error only where marked **. `planned`:
+    the family's size where it holds comparisons not made yet (apply_holm)."""
     family = holm_family(compared)
     significant = [(lab, m, d) for lab, m, d, _, _ in family if stats.excludes_zero(d.bounds)]
     lost = [f"Δ{m} against {lab}" for lab, m, d in significant if not d.holm]
-    baselines = len({lab for lab, *_ in family})
-    metrics = " and ".join(f"Δ{m}" for m in HOLM_METRICS if any(entry[1] == m for entry in family))
-    head = (f"{title}, all lines together: Holm's correction over the block's {len(family)} "
-            f"comparison{'s' * (len(family) > 1)} ({metrics} against {baselines} baseline{'s' * (baselines > 1)}, "
-            "family-wise error 5%" + ("; ΔFM's with ΔBWT bearing it out) " if "ΔFM" in metrics else ") "))
+    size = max(planned, len(family))
+    baselines = len({lab for lab, *_ in family}) if size == len(family) else size // len(HOLM_METRICS)
+    metrics = " and ".join(f"Δ{m}" for m in HOLM_METRICS
+                           if size > len(family) or any(entry[1] == m for entry in family))
+    head = (f"{title}, all lines together: Holm's correction over the block's {size} "
+            f"comparison{'s' * (size > 1)} ({metrics} against {baselines} baseline{'s' * (baselines > 1)}, "
+            "family-wise error 5%"
+            + (f"; {len(family)} made so far, the {size - len(family)} others counted at p = 1"
+               if size > len(family) else "")
+            + ("; ΔFM's with ΔBWT bearing it out) " if "ΔFM" in metrics else ") "))
     if not significant:
         return head + "has nothing to keep: no difference is significant on its own."
     n = len(significant)
@@ -995,8 +1004,8 @@ def add_paired_cells(cells: dict, label: str, pairs: dict, headings: tuple[str, 
 HOLM_METRICS = ("AA", "FM")
 HOLM_NOTE = ("also significant under Holm's correction over the block's ΔAA and ΔFM against every baseline "
              "(family-wise error 5%; a ΔFM only where ΔBWT, which FM's noise bias does not lift, bears it out, at "
-             "the larger of their p; p = twice the share of the interval's resamples beyond 0; comparisons a "
-             "block:")
+             "the larger of their p; p = twice the share of the interval's resamples beyond 0; a comparison not made "
+             "yet counts at p = 1, so the whole grid's correction cannot take a ** back; comparisons a block:")
 
 
 def compare_block(runs: list[Run], target: str, baselines: list[str], members: list[str]) -> dict:
@@ -1008,16 +1017,27 @@ def compare_block(runs: list[Run], target: str, baselines: list[str], members: l
         pairs = most_pairs(runs, target, lab, members)
         if pairs:
             compared[lab] = (pairs, {m: summarize(pairs, m) for m in ("AA", "FM", "BWT")})
-    apply_holm(compared)
+    apply_holm(compared, planned_family(baselines))
     return compared
 
 
-def apply_holm(compared: dict) -> None:
+def planned_family(baselines: list[str]) -> int:
+    """The size of a block's Holm family: ΔAA and ΔFM against every baseline of the tables, run in the block or not."""
+    return len(HOLM_METRICS) * len(baselines)
+
+
+def apply_holm(compared: dict, planned: int = 0) -> None:
     """Sets Summary.holm on every difference of holm_family(compared): rejected by Holm's correction over the
-    family's p-values and its claim stands on its own (never more than the intervals themselves say)."""
+    family's p-values and its claim stands on its own (never more than the intervals themselves say). The family
+    is padded to `planned` comparisons at p = 1 (those of a partial grid not made yet, or made without intervals):
+    with its size fixed, Holm's correction never takes back a rejection when a padded p is replaced by any real
+    one (one below a rejected p is itself below that p's threshold), so a block's ** does not wait on the rest of
+    the grid to be final with respect to the correction (the p's themselves move as seeds land)."""
     family = holm_family(compared)
-    for (_, _, d, _, stands), rejected in zip(family, stats.holm([p for _, _, _, p, _ in family])):
-        d.holm = rejected and stands
+    p_values = [p for _, _, _, p, _ in family]
+    rejected = stats.holm(p_values + [1.0] * max(0, planned - len(p_values)))
+    for (_, _, d, _, stands), rejected_here in zip(family, rejected):
+        d.holm = rejected_here and stands
 
 
 def holm_family(compared: dict) -> list[tuple[str, str, Summary, float, bool]]:

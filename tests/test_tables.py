@@ -1506,3 +1506,34 @@ def test_runs_that_scored_a_task_on_other_test_examples_are_refused_by_what_thei
         write_tables(root, out, figures=False)
     record("o_lora", 2, test_fingerprint="aa")
     write_tables(root, out, figures=False)
+
+
+def test_a_partial_grids_family_counts_the_comparisons_not_made_yet_at_p_1():
+    """A block where some baselines have not run yet is corrected over its planned family, not the comparisons made
+    so far: a p that the two made ones' family (threshold 0.05/2) would reject, the planned 10's (0.05/10) does not;
+    and replacing the padding by real p's, however small, never takes a rejection back."""
+    from harness.tables import Summary, apply_holm, holm_line
+
+    def delta(p, bounds):
+        return Summary(mean=sum(bounds) / 2, std=None, bounds=bounds, values=1, p=p)
+
+    def compared(p_fm):
+        return {"replay": ({}, {"AA": delta(0.001, (2.5, 8.5)), "FM": delta(p_fm, (-10.8, -4.8)),
+                                "BWT": delta(0.001, (2.3, 9.5))})}
+    alone = compared(0.02)
+    apply_holm(alone)   # the two made alone: 0.02 <= 0.05/1 after .001 falls
+    assert alone["replay"][1]["FM"].holm is True
+    partial = compared(0.02)
+    apply_holm(partial, 10)   # planned 10: .001 <= .005 falls, .02 > .05/9 stands
+    assert [partial["replay"][1][m].holm for m in ("AA", "FM")] == [True, False]
+    assert holm_line("Orders 4-6", partial, 10) == (
+        "Orders 4-6, all lines together: Holm's correction over the block's 10 comparisons (ΔAA and ΔFM against 5 "
+        "baselines, family-wise error 5%; 2 made so far, the 8 others counted at p = 1; ΔFM's with ΔBWT bearing it "
+        "out) keeps 1 of the 2 significant differences (**); not ΔFM against replay.")
+    whole = compared(0.004)
+    apply_holm(whole, 10)
+    assert [whole["replay"][1][m].holm for m in ("AA", "FM")] == [True, True]
+    for p in (0.0001, 0.003, 0.2):   # a baseline landing later, at any p, keeps what the partial family rejected
+        later = {**compared(0.004), "o_lora": ({}, {"AA": delta(p, (1.0, 2.0)), "FM": None, "BWT": None})}
+        apply_holm(later, 10)
+        assert [later["replay"][1][m].holm for m in ("AA", "FM")] == [True, True]
