@@ -608,7 +608,7 @@ def paired_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> 
             mixes.setdefault(lab, {})[title] = kernel_mix(pairs)
         made, planned = len(holm_family(compared)), planned_family(baselines)
         if made:   # a block without a comparison that has an interval has no family
-            family[title] = str(planned) if made == planned else f"{planned} ({made} made so far)"
+            family[title] = str(planned) if made == planned else f"{planned} ({made} made here)"
         for heading, values in cells.items():
             columns[(title, heading)] = pd.Series(values, dtype=object)
     others = {title: t for title, t in targets.items() if t != target}   # blocks judged on another row of it
@@ -738,8 +738,8 @@ def holm_line(title: str, compared: dict, planned: int = 0) -> str:
     head = (f"{title}, all lines together: Holm's correction over the block's {size} "
             f"comparison{'s' * (size > 1)} ({metrics} against {baselines} baseline{'s' * (baselines > 1)}, "
             "family-wise error 5%"
-            + (f"; {len(family)} made so far, the {size - len(family)} others counted at p = 1"
-               if size > len(family) else "")
+            + (f"; {len(family)} made here, the {size - len(family)} other{'s' * (size - len(family) > 1)} counted "
+               "at p = 1" if size > len(family) else "")
             + ("; ΔFM's with ΔBWT bearing it out) " if "ΔFM" in metrics else ") "))
     if not significant:
         return head + "has nothing to keep: no difference is significant on its own."
@@ -1004,8 +1004,9 @@ def add_paired_cells(cells: dict, label: str, pairs: dict, headings: tuple[str, 
 HOLM_METRICS = ("AA", "FM")
 HOLM_NOTE = ("also significant under Holm's correction over the block's ΔAA and ΔFM against every baseline "
              "(family-wise error 5%; a ΔFM only where ΔBWT, which FM's noise bias does not lift, bears it out, at "
-             "the larger of their p; p = twice the share of the interval's resamples beyond 0; a comparison not made "
-             "yet counts at p = 1, so the whole grid's correction cannot take a ** back; comparisons a block:")
+             "the larger of their p; p = twice the share of the interval's resamples beyond 0; a baseline of the folder "
+             "not compared in a block, or compared without an interval, counts there at p = 1, so every block is "
+             "corrected over the same family, which each new baseline enlarges by 2; comparisons a block:")
 
 
 def compare_block(runs: list[Run], target: str, baselines: list[str], members: list[str]) -> dict:
@@ -1022,17 +1023,18 @@ def compare_block(runs: list[Run], target: str, baselines: list[str], members: l
 
 
 def planned_family(baselines: list[str]) -> int:
-    """The size of a block's Holm family: ΔAA and ΔFM against every baseline of the tables, run in the block or not."""
+    """The size of every block's Holm family: ΔAA and ΔFM against each baseline in the folder so far, whether it ran
+    in the block or not (the grid's later baselines enlarge it as they land)."""
     return len(HOLM_METRICS) * len(baselines)
 
 
 def apply_holm(compared: dict, planned: int = 0) -> None:
     """Sets Summary.holm on every difference of holm_family(compared): rejected by Holm's correction over the
     family's p-values and its claim stands on its own (never more than the intervals themselves say). The family
-    is padded to `planned` comparisons at p = 1 (those of a partial grid not made yet, or made without intervals):
-    with its size fixed, Holm's correction never takes back a rejection when a padded p is replaced by any real
-    one (one below a rejected p is itself below that p's threshold), so a block's ** does not wait on the rest of
-    the grid to be final with respect to the correction (the p's themselves move as seeds land)."""
+    is padded to `planned` comparisons at p = 1 (baselines not compared in this block, or compared without
+    intervals), so a block with fewer baselines run is not corrected more leniently than the others. While the
+    family's size stays, replacing a padded p by any real one never takes a rejection back (a p that sorts below
+    a rejected one is below that one's threshold too); a new baseline enlarges the family and can."""
     family = holm_family(compared)
     p_values = [p for _, _, _, p, _ in family]
     rejected = stats.holm(p_values + [1.0] * max(0, planned - len(p_values)))

@@ -1509,8 +1509,8 @@ def test_runs_that_scored_a_task_on_other_test_examples_are_refused_by_what_thei
 
 
 def test_a_partial_grids_family_counts_the_comparisons_not_made_yet_at_p_1():
-    """A block where some baselines have not run yet is corrected over its planned family, not the comparisons made
-    so far: a p that the two made ones' family (threshold 0.05/2) would reject, the planned 10's (0.05/10) does not;
+    """A block where some baselines have not run yet is corrected over the folder's family, not the comparisons made
+    there: a p that the two made ones' family (threshold 0.05/2) would reject, the planned 10's (0.05/10) does not;
     and replacing the padding by real p's, however small, never takes a rejection back."""
     from harness.tables import Summary, apply_holm, holm_line
 
@@ -1528,7 +1528,7 @@ def test_a_partial_grids_family_counts_the_comparisons_not_made_yet_at_p_1():
     assert [partial["replay"][1][m].holm for m in ("AA", "FM")] == [True, False]
     assert holm_line("Orders 4-6", partial, 10) == (
         "Orders 4-6, all lines together: Holm's correction over the block's 10 comparisons (ΔAA and ΔFM against 5 "
-        "baselines, family-wise error 5%; 2 made so far, the 8 others counted at p = 1; ΔFM's with ΔBWT bearing it "
+        "baselines, family-wise error 5%; 2 made here, the 8 others counted at p = 1; ΔFM's with ΔBWT bearing it "
         "out) keeps 1 of the 2 significant differences (**); not ΔFM against replay.")
     whole = compared(0.004)
     apply_holm(whole, 10)
@@ -1537,3 +1537,19 @@ def test_a_partial_grids_family_counts_the_comparisons_not_made_yet_at_p_1():
         later = {**compared(0.004), "o_lora": ({}, {"AA": delta(p, (1.0, 2.0)), "FM": None, "BWT": None})}
         apply_holm(later, 10)
         assert [later["replay"][1][m].holm for m in ("AA", "FM")] == [True, True]
+
+
+def test_every_block_is_corrected_over_the_folders_baselines_in_the_table_and_the_verdict(tmp_path):
+    # replay ran on offline1 alone, where craft did not: it is still one of the folder's baselines, so orders 1-3,
+    # where only seq_lora is compared, are corrected over 4 comparisons, 2 of them made there
+    root = str(tmp_path / "runs")
+    make_run(root, "craft", "craft", "1", 1, seq(80.0, 90.0), n_test=20)
+    make_run(root, "seq_lora", "seq_lora", "1", 1, seq(30.0, 90.0), n_test=20)
+    make_run(root, "replay", "replay", "offline1", 1, seq(70.0, 90.0), n_test=20)
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    assert "comparisons a block: Orders 1-3: 4 (2 made here))" in open(os.path.join(out, "paired.md")).read()
+    line = next(ln for ln in open(os.path.join(out, "README.md")).read().splitlines()
+                if ln.startswith("- Orders 1-3, all lines together"))
+    assert "over the block's 4 comparisons (ΔAA and ΔFM against 2 baselines, family-wise error 5%; 2 made here, " \
+        "the 2 others counted at p = 1;" in line, line
