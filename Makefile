@@ -87,8 +87,10 @@ GRID_FIRST = $(GRID_CORE),i_lora
 # Stage 2 also runs O-LoRA as its reference ran the long orders (schedule=long: lambda1 by position, lambda2 by
 # task; docs/methods.md), beside o_lora at the orders 1-3 values that every order's o_lora row uses; and, since
 # 2026-12-06, i_lora's seed 1 (its stage-4 cells, moved ahead as stage 1 moved its others): on seed 1 it is level
-# with craft on orders 1-3 and the offline orders, so the verdict on orders 4-6 needs it before stage 3.
-GRID_LONG = $(GRID_CORE),i_lora,o_lora:schedule=long
+# with craft on orders 1-3 and the offline orders, so the verdict on orders 4-6 needs it before stage 3; and, since
+# 2026-12-06, the bounds' seed 1 (their stage-4 cells): without per_task and mtl there the block's sanity checks
+# (per_task above seq_lora, mtl above replay) cannot be made, and its verdict lines would say so until stage 4.
+GRID_LONG = $(GRID_CORE),i_lora,o_lora:schedule=long,$(BOUNDS)
 # Each run's general ability, and on the 4-task orders its generated answers, are measured right after it finishes
 # (--probes, docs/cli.md): they need its weights, which are not committed, and the grid spans many sessions. The
 # steps after the stages measure what a kill left over (where the weights are here) and write the reports.

@@ -181,6 +181,11 @@ grid grid-stage1 'GRID_FIRST=$(BOUNDS)' GRID_SEEDS=1
 OPEN=$(undecided)
 if [ -n "$OPEN" ]; then echo "== $(date -u +%FT%T) 5j: the long orders' baselines wait on these learning rates: $OPEN"
 else for m in replay seq_lora o_lora; do grid grid-stage2 GRID_LONG=$m; done; fi   # the strongest first (2026-12-06)
+# 5m. (added 2026-12-06) the bounds' seed 1 of orders 4-6 (make grid's stage 4 otherwise): the block's sanity
+#     checks need per_task and mtl beside seq_lora and replay, or every verdict line on orders 4-6 says a check
+#     could not be made. About 8 h (per_task about 65 min a cell, mtl about 1.7 h, zero_shot only evaluates); they
+#     take seq_lora's decided settings by reference, so they wait on nothing.
+grid grid-stage2 'GRID_LONG=$(BOUNDS)'
 # 5i. (added 2026-12-05 morning) i_lora's learning rate, the screen 5b-5c gave seq_lora, replay and o_lora: i_lora
 #     is the baseline closest to craft on orders 1-3 of the test grid (seed 1: ΔAA +3.17 [-0.42, 6.83]) and trains
 #     seq_lora's lr by reference, never tried. Its defaults spelled (i_lora:epochs=3) so they land beside the
