@@ -168,7 +168,7 @@ craft_cells grid-stage1 GRID_FIRST=craft
 #     named): craft, then (since 2026-12-06, the strongest first) replay (the strongest of the three so far, about
 #     4.7 h a cell by one contended CPU record, nearer 2 h), seq_lora (the forgetting check's reference) and o_lora
 #     (the paper's LoRA-based reference, about 1.1 h a cell), ahead of i_lora's screen and stage 1's later seeds. Orders 4-6 are where tasks share output spaces and CRAFT's grouping acts, and the verdict has no cell
-#     there yet; at some 3 h of queue a session, stage 1's seeds 2-3 (about 20 h) would keep them out for weeks.
+#     there yet; at some 3 h of queue a session, stage 1's seeds 2-3 (about 31 h) would keep them out for weeks.
 #     About 1.3 h for craft's three cells and 14 h for the baselines' nine by the validation runs' medians (the
 #     test cells' wall times say nearer 2.5 h and 25 h). The baselines' learning rates are decided.
 craft_cells grid-stage2 GRID_LONG=craft
@@ -184,7 +184,7 @@ else for m in replay seq_lora o_lora; do grid grid-stage2 GRID_LONG=$m; done; fi
 # 5m. (added 2026-12-06) the bounds' seed 1 of orders 4-6 (make grid's stage 4 otherwise): the block's sanity
 #     checks need per_task and mtl beside seq_lora and replay, or every verdict line on orders 4-6 says a check
 #     could not be made. About 8 h (per_task about 65 min a cell, mtl about 1.7 h, zero_shot only evaluates); they
-#     take seq_lora's decided settings by reference, so they wait on nothing.
+#     take seq_lora's epochs by reference and the LoRA learning rate, 1e-3 like it, so they wait on nothing.
 grid grid-stage2 'GRID_LONG=$(BOUNDS)'
 # 5i. (added 2026-12-05 morning) i_lora's learning rate, the screen 5b-5c gave seq_lora, replay and o_lora: i_lora
 #     is the baseline closest to craft on orders 1-3 of the test grid (seed 1: ΔAA +3.17 [-0.42, 6.83]) and trains
