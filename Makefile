@@ -98,6 +98,10 @@ PROBES_SHORT = --probes general,generation
 PROBES_LONG = --probes general
 # --dry-run and --print-commands only look: the measuring and writing steps after the sweeps are left out.
 GRID_LOOKS = $(filter --dry-run --print-commands,$(ARGS))
+# A look at the whole grid names each cell once: a stage leaves out the cells an earlier one listed (i_lora's and
+# the bounds' cells sit in two stages), through a scratch file outside the results (the name made once per make).
+GRID_LISTED := $(if $(GRID_LOOKS),$(shell mktemp -u "$${TMPDIR:-/tmp}/grid-cells.XXXXXX"))
+GRID_ONCE = $(if $(GRID_LOOKS),--earlier-cells $(GRID_LISTED))
 
 # The generation reports (bench/protocols.py: rank against generation, craft minus each method under both), of the
 # methods the grid runs on orders 1-3 and the offline orders: named, so that a former default's rows (craft's
@@ -122,11 +126,12 @@ GRID_STAGE2 = $(GRID) --methods $(GRID_LONG) --orders 4,5,6 --seeds 1 $(PROBES_L
 
 grid: $(STAMP)
 	$(if $(GRID_LOOKS),,@mkdir -p $(GRID_RUNS)/logs && rm -f $(GRID_FAILED))
-	$(GRID_STAGE1) || echo "stage 1 (sweep exit $$?)" >> $(GRID_FAILED)
-	$(GRID_STAGE2) || echo "stage 2 (sweep exit $$?)" >> $(GRID_FAILED)
-	$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS) --orders 1,2,3,offline1,offline2,offline3 --seeds 1,2,3 $(PROBES_SHORT) || echo "stage 3 (sweep exit $$?)" >> $(GRID_FAILED)
-	$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS),$(CRAFT_ABLATIONS) --orders 4,5,6 --seeds 1 $(PROBES_LONG) || echo "stage 4 (sweep exit $$?)" >> $(GRID_FAILED)
-	$(GRID) --methods $(GRID_CORE) --orders 4,5,6 --seeds 2,3 $(PROBES_LONG) || echo "stage 5 (sweep exit $$?)" >> $(GRID_FAILED)
+	$(GRID_STAGE1) $(GRID_ONCE) || echo "stage 1 (sweep exit $$?)" >> $(GRID_FAILED)
+	$(GRID_STAGE2) $(GRID_ONCE) || echo "stage 2 (sweep exit $$?)" >> $(GRID_FAILED)
+	$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS) --orders 1,2,3,offline1,offline2,offline3 --seeds 1,2,3 $(PROBES_SHORT) $(GRID_ONCE) || echo "stage 3 (sweep exit $$?)" >> $(GRID_FAILED)
+	$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS),$(CRAFT_ABLATIONS) --orders 4,5,6 --seeds 1 $(PROBES_LONG) $(GRID_ONCE) || echo "stage 4 (sweep exit $$?)" >> $(GRID_FAILED)
+	$(GRID) --methods $(GRID_CORE) --orders 4,5,6 --seeds 2,3 $(PROBES_LONG) $(GRID_ONCE) || echo "stage 5 (sweep exit $$?)" >> $(GRID_FAILED)
+	$(if $(GRID_LOOKS),@rm -f $(GRID_LISTED))
 	$(if $(GRID_LOOKS),,$(call gen_report,$(GRID_RUNS),[123],orders1-3,$(GEN_METHODS)) \
 		|| echo "generation report, orders 1-3 (exit $$?)" >> $(GRID_FAILED))
 	$(if $(GRID_LOOKS),,$(call gen_report,$(GRID_RUNS),offline[123],offline,$(GEN_METHODS)) \

@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--print-commands", action="store_true",
                    help="print one shell command per unfinished cell (for another scheduler, e.g. a Slurm array), "
                         "run nothing")
+    s.add_argument("--earlier-cells", metavar="FILE",
+                   help="--dry-run, --print-commands: leave out the run folders listed in FILE (one a line, by an "
+                        "earlier step of the same plan) and add those listed here, so a plan of several sweeps that "
+                        "name a cell twice costs and prints it once (make grid's looks use it)")
     s.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: subprocesses here (--jobs); ray: one Ray task per cell (default local)")
     s.add_argument("--address", help="ray: the cluster to join (default: start a local Ray instance)")
@@ -284,14 +288,23 @@ def cmd_sweep(a) -> int:
     for folder in costs_from or []:
         if not os.path.isdir(folder):
             raise UsageError(f"--costs-from {folder} is not a folder")
+    if a.earlier_cells and not (a.dry_run or a.print_commands):
+        raise UsageError("--earlier-cells goes with --dry-run or --print-commands")
+    earlier = sweep.listed_earlier(a.earlier_cells) if a.earlier_cells else set()
+    own = [c for c in cells if os.path.abspath(c.out) not in earlier]
     if a.dry_run:
-        print("\n".join(sweep.dry_run_lines(a.runs, cells, costs_from)))
-        return 0
-    if a.print_commands:   # what the local engine would run, in its order
+        if len(own) < len(cells):
+            print(f"{len(cells) - len(own)} run(s) left out here: an earlier step of this plan lists them "
+                  f"({a.earlier_cells})")
+        print("\n".join(sweep.dry_run_lines(a.runs, own, costs_from)))
+    elif a.print_commands:   # what the local engine would run, in its order
         sweep.check_cells(a.runs, cells)
         env = sweep.cell_env(sweep.local_threads(a.jobs))
-        for cell in sweep.pending(cells):
+        for cell in sweep.pending(own):
             print(sweep.shell_command(cell, env))
+    if a.earlier_cells:
+        sweep.add_listed(a.earlier_cells, own)
+    if a.dry_run or a.print_commands:
         return 0
     ray = None
     if a.engine == "ray":

@@ -307,6 +307,20 @@ def pending(cells: list[Cell]) -> list[Cell]:
     return [c for c in cells if cell_state(c) != "finished"]
 
 
+def listed_earlier(path: str) -> set[str]:
+    """The run folders an earlier step of the same plan listed (`--earlier-cells`: a grid whose stages name a cell
+    twice, as make grid's do, costs and prints it once); none where the file is not there yet."""
+    if not os.path.exists(path):
+        return set()
+    with open(path, encoding="utf-8") as f:
+        return {line.rstrip("\n") for line in f if line.strip()}
+
+
+def add_listed(path: str, cells: list[Cell]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.writelines(os.path.abspath(c.out) + "\n" for c in cells)
+
+
 def probes_lost(cells: list[Cell]) -> list[Cell]:
     """Finished cells that lack a probe asked for and whose weights are not here (a session ended between the run
     and its probes, or the run was made elsewhere): nothing here can measure them."""

@@ -660,3 +660,38 @@ def test_settings_spelled_another_way_run_into_the_folder_that_already_holds_the
         os.path.join("seq_lora+lr=3e-3", "offline1", "seed1")]      # no folder holds it yet: as given
     assert cells[0].config.method_args == {"lr": "0.0003"} and cells[0].settings["lr"] == 0.0003
     assert "has the settings of seq_lora+lr=0.0003/" in capsys.readouterr().err
+
+
+def test_a_plan_of_several_sweeps_costs_and_prints_a_cell_twice_named_once(tmp_path, capsys):
+    """make grid's looks: stage 3 names i_lora's cells that stage 1 named; with --earlier-cells the second sweep
+    leaves out what the first listed (its cost and its command), so the plan's sums count each cell once."""
+    runs, listed = str(tmp_path / "runs"), str(tmp_path / "listed.txt")
+    two = {"bbc": 1, "hutto_amazon": 1}
+    _finished_run(os.path.join(runs, "seq_lora", ORDER, "seed1"),
+                  {"base": {"train_seconds": None, "eval_seconds": 4.0},
+                   "bbc": {"train_seconds": 10.0, "eval_seconds": 6.0},
+                   "hutto_amazon": {"train_seconds": 30.0, "eval_seconds": 6.0}},
+                  {"base": {"accuracy": two, "reused": []}, "bbc": {"accuracy": two}, "hutto_amazon": {"accuracy": two}})
+    common = ["--orders", ORDER, "--runs", runs, "--matrix", "needed", "--model", "tiny-llama"]
+
+    def look(methods, seeds, *how):
+        capsys.readouterr()
+        assert main(["sweep", "--methods", methods, "--seeds", seeds, *common, *how, "--earlier-cells", listed]) == 0
+        return capsys.readouterr().out.splitlines()
+
+    first = look("seq_lora", "1,2", "--dry-run")   # seed 1 finished, seed 2 left
+    assert first[-1].startswith("left: 1 of 2 run(s)")
+    second = look("seq_lora", "2,3", "--dry-run")   # seed 2 was the first step's: left out, not costed again
+    assert second[0] == f"1 run(s) left out here: an earlier step of this plan lists them ({listed})"
+    assert not any(line.endswith(os.path.join("seq_lora", ORDER, "seed2")) for line in second)
+    assert second[-1].startswith("left: 1 of 1 run(s)")
+    assert sorted(open(listed).read().split()) == sorted(
+        os.path.abspath(os.path.join(runs, "seq_lora", ORDER, f"seed{s}")) for s in (1, 2, 3))
+    # commands: none for a cell an earlier step listed
+    os.remove(listed)
+    assert len(look("seq_lora", "2", "--print-commands")) == 1
+    printed = look("seq_lora", "2,3", "--print-commands")   # seed 2 printed by the step before: seed 3 alone
+    assert len(printed) == 1 and "seed3" in printed[0] and "seed2" not in printed[0]
+    capsys.readouterr()
+    assert main(["sweep", "--methods", "seq_lora", "--seeds", "1", *common, "--earlier-cells", listed]) == 2
+    assert "--earlier-cells goes with --dry-run or --print-commands" in capsys.readouterr().err
