@@ -116,7 +116,8 @@ gen_report = runs=$$(ls -d $(1)/*/$(2)/seed*$(if $(5),/protocols.json) 2>/dev/nu
 		--out $(patsubst %/runs,%,$(1))/protocols-$(3).md
 
 # Each step that did not finish is noted here and named at the end (exit 1), after the tables of what did.
-GRID_FAILED = $(if $(GRID_LOOKS),/dev/null,$(GRID_RUNS)/logs/grid-unfinished.txt)
+# (a look's failures go to a scratch file beside GRID_LISTED, so that a stage that failed to look fails make too)
+GRID_FAILED = $(if $(GRID_LOOKS),$(GRID_LISTED).failed,$(GRID_RUNS)/logs/grid-unfinished.txt)
 # Stage 1: the methods the verdict needs first, everywhere they run three seeds (GRID_SEEDS: fewer, for a pass
 # that finishes one seed of every method before the next seed starts).
 GRID_SEEDS = 1,2,3
@@ -132,6 +133,8 @@ grid: $(STAMP)
 	$(GRID) --methods $(LEARNERS_MORE),$(BOUNDS),$(CRAFT_ABLATIONS) --orders 4,5,6 --seeds 1 $(PROBES_LONG) $(GRID_ONCE) || echo "stage 4 (sweep exit $$?)" >> $(GRID_FAILED)
 	$(GRID) --methods $(GRID_CORE) --orders 4,5,6 --seeds 2,3 $(PROBES_LONG) $(GRID_ONCE) || echo "stage 5 (sweep exit $$?)" >> $(GRID_FAILED)
 	$(if $(GRID_LOOKS),@rm -f $(GRID_LISTED))
+	$(if $(GRID_LOOKS),@if [ -s $(GRID_FAILED) ]; then echo "make grid $(GRID_LOOKS): these stages failed (above):" >&2; \
+		cat $(GRID_FAILED) >&2; rm -f $(GRID_FAILED); exit 1; fi)
 	$(if $(GRID_LOOKS),,$(call gen_report,$(GRID_RUNS),[123],orders1-3,$(GEN_METHODS)) \
 		|| echo "generation report, orders 1-3 (exit $$?)" >> $(GRID_FAILED))
 	$(if $(GRID_LOOKS),,$(call gen_report,$(GRID_RUNS),offline[123],offline,$(GEN_METHODS)) \

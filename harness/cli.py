@@ -290,6 +290,9 @@ def cmd_sweep(a) -> int:
             raise UsageError(f"--costs-from {folder} is not a folder")
     if a.earlier_cells and not (a.dry_run or a.print_commands):
         raise UsageError("--earlier-cells goes with --dry-run or --print-commands")
+    if a.earlier_cells and (os.path.isdir(a.earlier_cells)
+                            or not os.path.isdir(os.path.dirname(os.path.abspath(a.earlier_cells)))):
+        raise UsageError(f"--earlier-cells {a.earlier_cells}: a file is needed, in a folder that exists")
     earlier = sweep.listed_earlier(a.earlier_cells) if a.earlier_cells else set()
     own = [c for c in cells if os.path.abspath(c.out) not in earlier]
     if a.dry_run:

@@ -692,6 +692,12 @@ def test_a_plan_of_several_sweeps_costs_and_prints_a_cell_twice_named_once(tmp_p
     assert len(look("seq_lora", "2", "--print-commands")) == 1
     printed = look("seq_lora", "2,3", "--print-commands")   # seed 2 printed by the step before: seed 3 alone
     assert len(printed) == 1 and "seed3" in printed[0] and "seed2" not in printed[0]
+    before = open(listed).read()
     capsys.readouterr()
     assert main(["sweep", "--methods", "seq_lora", "--seeds", "1", *common, "--earlier-cells", listed]) == 2
     assert "--earlier-cells goes with --dry-run or --print-commands" in capsys.readouterr().err
+    for bad in (str(tmp_path), str(tmp_path / "nowhere" / "listed.txt")):   # a folder; a file in no folder
+        assert main(["sweep", "--methods", "seq_lora", "--seeds", "1", *common, "--dry-run",
+                     "--earlier-cells", bad]) == 2
+        assert "a file is needed, in a folder that exists" in capsys.readouterr().err
+    assert open(listed).read() == before and not os.path.exists(tmp_path / "nowhere")
