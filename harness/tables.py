@@ -1004,9 +1004,9 @@ def add_paired_cells(cells: dict, label: str, pairs: dict, headings: tuple[str, 
 HOLM_METRICS = ("AA", "FM")
 HOLM_NOTE = ("also significant under Holm's correction over the block's ΔAA and ΔFM against every baseline "
              "(family-wise error 5%; a ΔFM only where ΔBWT, which FM's noise bias does not lift, bears it out, at "
-             "the larger of their p; p = twice the share of the interval's resamples beyond 0; a baseline of the folder "
-             "not compared in a block, or compared without an interval, counts there at p = 1, so every block is "
-             "corrected over the same family, which each new baseline enlarges by 2; comparisons a block:")
+             "the larger of their p; p = twice the share of the interval's resamples beyond 0; a baseline of the "
+             "folder not compared in a block, or compared without an interval, counts there at p = 1, so every block "
+             "is corrected over the same family, which each new baseline enlarges by 2; comparisons a block:")
 
 
 def compare_block(runs: list[Run], target: str, baselines: list[str], members: list[str]) -> dict:

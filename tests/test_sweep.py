@@ -671,7 +671,8 @@ def test_a_plan_of_several_sweeps_costs_and_prints_a_cell_twice_named_once(tmp_p
                   {"base": {"train_seconds": None, "eval_seconds": 4.0},
                    "bbc": {"train_seconds": 10.0, "eval_seconds": 6.0},
                    "hutto_amazon": {"train_seconds": 30.0, "eval_seconds": 6.0}},
-                  {"base": {"accuracy": two, "reused": []}, "bbc": {"accuracy": two}, "hutto_amazon": {"accuracy": two}})
+                  {"base": {"accuracy": two, "reused": []}, "bbc": {"accuracy": two},
+                   "hutto_amazon": {"accuracy": two}})
     common = ["--orders", ORDER, "--runs", runs, "--matrix", "needed", "--model", "tiny-llama"]
 
     def look(methods, seeds, *how):
