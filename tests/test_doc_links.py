@@ -1,0 +1,55 @@
+"""Relative links in the README, docs/ and the results' READMEs lead somewhere: the file exists and, for a
+#fragment into a markdown file, one of its headings has that GitHub anchor (text moves between these files, and
+a dangling link is silent)."""
+import functools
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the committed results' READMEs too: make tables writes them, and their prefaces are written by hand
+PAGES = ["README.md", "results/README.md", "results/test/README.md", "results/val/tuning/README.md"] + sorted(
+    os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md"))
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+@functools.lru_cache(maxsize=None)
+def anchors(path: str) -> frozenset[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped but for '-' and '_', spaces to '-'."""
+    text = re.sub(r"```.*?```", "", open(path, encoding="utf-8").read(), flags=re.S)
+    slugs = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", text, flags=re.M):
+        base = slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        n = 0
+        while slug in slugs:   # repeated headings get -1, -2, ...
+            n += 1
+            slug = f"{base}-{n}"
+        slugs.add(slug)
+    return frozenset(slugs)
+
+
+def links(page: str):
+    text = re.sub(r"```.*?```", "", open(os.path.join(ROOT, page), encoding="utf-8").read(), flags=re.S)
+    for target in LINK.findall(text):
+        if not re.match(r"[a-z]+:", target):   # http:, https:, mailto: are not checked
+            yield target
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_relative_links_resolve(page):
+    broken = []
+    for target in links(page):
+        path, _, fragment = target.partition("#")
+        file = os.path.normpath(os.path.join(ROOT, os.path.dirname(page), path)) if path else os.path.join(ROOT, page)
+        if not os.path.exists(file):
+            broken.append(target)
+        elif fragment and file.endswith(".md") and fragment not in anchors(file):
+            broken.append(target)
+    assert not broken, f"{page}: {broken}"
+
+
+def test_the_check_finds_a_dangling_anchor(tmp_path):
+    page = tmp_path / "a.md"
+    page.write_text("# A title\n## Intervals (95%)\n## Intervals (95%)\n")
+    assert anchors(str(page)) == {"a-title", "intervals-95", "intervals-95-1"}
