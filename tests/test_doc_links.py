@@ -20,6 +20,7 @@ def anchors(path: str) -> frozenset[str]:
     text = re.sub(r"```.*?```", "", open(path, encoding="utf-8").read(), flags=re.S)
     slugs = set()
     for heading in re.findall(r"^#{1,6} +(.+?) *#*$", text, flags=re.M):
+        heading = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)   # a link in a heading: its text
         base = slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
         n = 0
         while slug in slugs:   # repeated headings get -1, -2, ...
@@ -30,6 +31,7 @@ def anchors(path: str) -> frozenset[str]:
 
 
 def links(page: str):
+    """Inline link and image targets outside code fences (no reference-style links are used here)."""
     text = re.sub(r"```.*?```", "", open(os.path.join(ROOT, page), encoding="utf-8").read(), flags=re.S)
     for target in LINK.findall(text):
         if not re.match(r"[a-z]+:", target):   # http:, https:, mailto: are not checked
@@ -49,7 +51,9 @@ def test_relative_links_resolve(page):
     assert not broken, f"{page}: {broken}"
 
 
-def test_the_check_finds_a_dangling_anchor(tmp_path):
+def test_the_check_reads_anchors_and_links_as_github_does(tmp_path):
     page = tmp_path / "a.md"
-    page.write_text("# A title\n## Intervals (95%)\n## Intervals (95%)\n")
-    assert anchors(str(page)) == {"a-title", "intervals-95", "intervals-95-1"}
+    page.write_text("# A title\n## Intervals (95%)\n## Intervals (95%)\n## The grid ([test/](test/README.md))\n"
+                    "See [x](b.md#a-title), ![fig](f.png) and [site](https://example.org).\n```\n[not](c.md)\n```\n")
+    assert anchors(str(page)) == {"a-title", "intervals-95", "intervals-95-1", "the-grid-test"}
+    assert [t for t in links(str(page)) if "test/" not in t] == ["b.md#a-title", "f.png"]
