@@ -473,16 +473,20 @@ class Table:
     columns: dict    # (group, heading) -> formatted cell per label, None where nothing ran; group "" = none
     sections: list[tuple[str | None, list[str]]]    # (title, its labels), in row order
     notes: list[str]
+    row_heading: str = "Method"
+    shown: dict | None = None   # label -> the name its row shows, where one name recurs in several sections
 
     def rows(self) -> list[tuple[str | None, list[list[str]]]]:
         labels = [label for _, labels in self.sections for label in labels]
         body = pd.DataFrame(self.columns, index=labels).fillna(MISSING)
-        return [(title, [[label, *body.loc[label]] for label in labels]) for title, labels in self.sections]
+        shown = self.shown or {}
+        return [(title, [[shown.get(label, label), *body.loc[label]] for label in labels])
+                for title, labels in self.sections]
 
     def markdown(self) -> str:
         # One header row in Markdown: a heading that repeats across groups carries its group's title.
         count = Counter(h for _, h in self.columns)
-        head = ["Method"] + [f"{g}: {h}" if count[h] > 1 and g else h for g, h in self.columns]
+        head = [self.row_heading] + [f"{g}: {h}" if count[h] > 1 and g else h for g, h in self.columns]
         lines = [f"### {self.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for section, rows in self.rows():
             if section:
@@ -506,7 +510,7 @@ class Table:
                     rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
                 start += n
             lines += [" & ".join(cells) + r" \\", " ".join(rules)]
-        lines.append(" & ".join(["Method"] + [latex_text(h) for _, h in self.columns]) + r" \\")
+        lines.append(" & ".join([latex_text(self.row_heading)] + [latex_text(h) for _, h in self.columns]) + r" \\")
         lines.append(r"\midrule")
         for i, (section, rows) in enumerate(self.rows()):
             if i:
@@ -886,6 +890,82 @@ def robustness_table(runs: list[Run], frame: pd.DataFrame) -> Table:
                   "accuracy R[T][i] of task i; AOPD = mean_i OPD_i, MOPD = max_i OPD_i (lower = more robust). Per seed, "
                   "so that a method with more seeds does not look more robust for having averaged its noise away. "
                   f"{MISSING} = no seed ran every order of the block."])
+
+
+def majority_share(run: Run, task: str) -> tuple[float, int] | None:
+    """The share (%) of the task's most frequent gold label among the run's test examples, and their number; None
+    where the run kept no gold labels (runs made before per-example predictions)."""
+    gold = ((run.config.get("data") or {}).get(task) or {}).get("gold")
+    if not gold:
+        return None
+    labels = stats.decode_labels(gold)
+    return 100.0 * np.bincount(labels).max() / len(labels), len(labels)
+
+
+def accuracy_after_training(run: Run, task: str) -> float | None:
+    """R[t][t]: the task's accuracy right after the stage that trained it (joint training's one row)."""
+    trained = metrics_mod.trained_rows(run.matrix)
+    if task not in trained.columns:
+        return None
+    row = task if task in trained.index else trained.index[-1] if len(trained) == 1 else None
+    return None if row is None or pd.isna(trained.loc[row, task]) else float(trained.loc[row, task])
+
+
+def above_majority(accuracy: float, majority: tuple[float, int]) -> bool:
+    """accuracy above the majority class's share beyond the test examples' noise: one-sided binomial test at
+    2.5% of that many right answers out of the examples, against the share."""
+    from scipy.stats import binomtest   # only here: scipy's import is slow and no other table needs it
+    share, n = majority
+    return binomtest(round(accuracy * n / 100), n, share / 100, alternative="greater").pvalue < 0.025
+
+
+def learned_table(runs: list[Run], frame: pd.DataFrame) -> Table:
+    """Each task's accuracy right after training on it (LA's terms) for each method, beside its majority class's
+    share and the backbone's score: a task no method lifts above its majority class adds noise about chance to
+    AA, BWT and FM, and no difference between methods."""
+    labels = sort_labels(main_labels(frame) - set(frame.label[frame.method == "zero_shot"]))
+    columns: dict = {("", "majority class"): {}, ("", "backbone"): {}, **{("", lab): {} for lab in labels}}
+    sections, shown, unlearned = [], {}, []
+    for title, members in blocks_for(set(frame.order)):
+        block = [r for r in runs if r.order in members]
+        tasks = list(dict.fromkeys(t for r in sorted(block, key=lambda r: order_rank(r.order)) for t in r.tasks))
+        keys = {t: f"{title}: {t}" for t in tasks}
+        shown.update({key: t for t, key in keys.items()})
+        sections.append((title, list(keys.values())))
+        flat = []
+        for t, key in keys.items():
+            mine = [r for r in block if t in r.tasks]
+            majority = next((m for m in (majority_share(r, t) for r in mine) if m), None)
+            base = [float(r.matrix.loc[metrics_mod.BASE_ROW, t]) for r in mine
+                    if metrics_mod.BASE_ROW in r.matrix.index]
+            if majority:
+                columns[("", "majority class")][key] = f"{majority[0]:.1f}"
+            if base:
+                columns[("", "backbone")][key] = f"{np.mean(base):.1f}"
+            learned = False
+            for lab in labels:
+                values = [v for v in (accuracy_after_training(r, t) for r in mine if r.label == lab) if v is not None]
+                if values:
+                    mean = float(np.mean(values))
+                    above = majority is not None and above_majority(mean, majority)
+                    learned |= above
+                    columns[("", lab)][key] = f"{mean:.1f}" + (" *" if above else "")
+            if majority and not learned:
+                flat.append(t)
+        if flat:
+            unlearned.append(f"{title}: no method here is above the majority class beyond noise on {len(flat)} of "
+                             f"{len(tasks)} tasks ({', '.join(flat)}); their terms in AA, BWT and FM are noise near "
+                             "chance, and the differences between methods come from the other tasks.")
+    notes = ["Accuracy (%) on each task right after the stage that trained it (R[t][t], LA's terms; joint training's "
+             "one row), mean over the method's runs of the block's orders and seeds; majority class = the share of "
+             "the task's most frequent label among its test examples (what answering that label always scores); "
+             "backbone = the untrained model's score (the base row). * = above the majority class beyond the test "
+             "examples' noise (one-sided binomial test at 2.5%: a mean over runs is tested as one run's, since the "
+             f"runs share their test examples). {MISSING} = not recorded (runs made before gold labels were kept) "
+             "or no run of the method here.", *unlearned]
+    return Table("learned", "Tasks learned: accuracy right after training on each task, against its majority class",
+                 {k: pd.Series(v, dtype=object) for k, v in columns.items()}, sections, notes, row_heading="Task",
+                 shown=shown)
 
 
 def timed_runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, str, list[str]]:
@@ -1291,8 +1371,8 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
 def all_tables(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> tuple[list[Table], list[str]]:
     """The tables of one protocol's runs, and the sanity checks, which every table states under it."""
     tables = [main_table(runs, frame, title_note), forgetting_table(runs, frame, title_note),
-              paired_table(runs, frame, title_note), robustness_table(runs, frame), cost_table(frame),
-              ablation_table(runs, frame)]
+              paired_table(runs, frame, title_note), robustness_table(runs, frame), learned_table(runs, frame),
+              cost_table(frame), ablation_table(runs, frame)]
     checks = sanity_checks(runs, frame)
     tables = [t for t in tables if t is not None]
     for t in tables:
@@ -1337,7 +1417,7 @@ def write_tables(root: str, out: str, figures: bool = True) -> dict:
     return {"runs": len(runs), "unfinished": unfinished, "files": written + ["README.md"]}
 
 
-TABLE_NAMES = ("main", "forgetting", "paired", "robustness", "cost", "ablations")
+TABLE_NAMES = ("main", "forgetting", "paired", "robustness", "learned", "cost", "ablations")
 
 
 def remove_stale_tables(out: str, written: list[str]) -> None:

@@ -1553,3 +1553,33 @@ def test_every_block_is_corrected_over_the_folders_baselines_in_the_table_and_th
                 if ln.startswith("- Orders 1-3, all lines together"))
     assert "over the block's 4 comparisons (ΔAA and ΔFM against 2 baselines, family-wise error 5%; 2 made here, " \
         "the 2 others counted at p = 1;" in line, line
+
+
+def test_tasks_learned_marks_accuracy_above_the_majority_class_beyond_noise(tmp_path):
+    """Task a's test labels are 70% one class (14 of 20), b's half and half. Right after training on a, seq_lora
+    scores 75 (15 of 20: P(X >= 15 | 20, 0.7) = 0.42 by hand, within noise) and craft 100 (0.7^20 = 0.0008,
+    above); on b both score 95 (19 of 20 against 0.5). A second block where no method clears a's share names a."""
+    from math import comb
+    tail = lambda k, n, p: sum(comb(n, j) * p ** j * (1 - p) ** (n - j) for j in range(k, n + 1))   # noqa: E731
+    assert tail(15, 20, 0.7) > 0.025 > tail(20, 20, 0.7) and tail(19, 20, 0.5) < 0.025
+    root = str(tmp_path / "runs")
+    gold = {"a": "0" * 14 + "1" * 6, "b": "01" * 10}
+    for label, order, after_a in [("seq_lora", "1", 75.0), ("craft", "1", 100.0),
+                                  ("seq_lora", "offline1", 60.0), ("craft", "offline1", 75.0)]:
+        path = make_run(root, label, label, order, 1, {"base": [70.0, 50.0], "a": [after_a, 45.0], "b": [50.0, 95.0]})
+        config = json.load(open(os.path.join(path, "config.json")))
+        for t in TASKS:
+            config["data"][t].update(test=20, gold=gold[t])
+        write_json(os.path.join(path, "config.json"), config)
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    md = open(os.path.join(out, "learned.md")).read()
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in md.splitlines() if ln.startswith("| ")]
+    assert rows[0] == ["Task", "majority class", "backbone", "seq_lora", "craft"]
+    block = {r[0]: r[1:] for r in rows[rows.index(["*Orders 1-3*"] + [""] * 4) + 1:][:2]}
+    assert block == {"a": ["70.0", "70.0", "75.0", "100.0 *"], "b": ["50.0", "50.0", "95.0 *", "95.0 *"]}
+    offline = {r[0]: r[1:] for r in rows[rows.index(["*Offline orders*"] + [""] * 4) + 1:][:2]}
+    assert offline["a"] == ["70.0", "70.0", "60.0", "75.0"]
+    assert ("Offline orders: no method here is above the majority class beyond noise on 1 of 2 tasks (a)" in md
+            and "Orders 1-3: no method" not in md)
+    assert r"Task & majority class & backbone & seq\_lora & craft" in open(os.path.join(out, "learned.tex")).read()
