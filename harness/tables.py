@@ -921,8 +921,8 @@ def above_majority(accuracy: float, majority: tuple[float, int]) -> bool:
 
 def learned_table(runs: list[Run], frame: pd.DataFrame) -> Table:
     """Each task's accuracy right after training on it (LA's terms) for each method, beside its majority class's
-    share and the backbone's score: a task no method lifts above its majority class adds noise about chance to
-    AA, BWT and FM, and no difference between methods."""
+    share and the backbone's score: a task no method lifts above its majority class at these sizes cannot tell
+    methods apart by what they learn on it, only by what they lose of its majority-class answers."""
     labels = sort_labels(main_labels(frame) - set(frame.label[frame.method == "zero_shot"]))
     columns: dict = {("", "majority class"): {}, ("", "backbone"): {}, **{("", lab): {} for lab in labels}}
     sections, shown, unlearned = [], {}, []
@@ -935,6 +935,7 @@ def learned_table(runs: list[Run], frame: pd.DataFrame) -> Table:
         flat = []
         for t, key in keys.items():
             mine = [r for r in block if t in r.tasks]
+            # the runs of one folder share their test examples (check_same_examples), so any run's gold will do
             majority = next((m for m in (majority_share(r, t) for r in mine) if m), None)
             base = [float(r.matrix.loc[metrics_mod.BASE_ROW, t]) for r in mine
                     if metrics_mod.BASE_ROW in r.matrix.index]
@@ -942,28 +943,31 @@ def learned_table(runs: list[Run], frame: pd.DataFrame) -> Table:
                 columns[("", "majority class")][key] = f"{majority[0]:.1f}"
             if base:
                 columns[("", "backbone")][key] = f"{np.mean(base):.1f}"
-            learned = False
+            measured = learned = False
             for lab in labels:
                 values = [v for v in (accuracy_after_training(r, t) for r in mine if r.label == lab) if v is not None]
                 if values:
                     mean = float(np.mean(values))
                     above = majority is not None and above_majority(mean, majority)
-                    learned |= above
-                    columns[("", lab)][key] = f"{mean:.1f}" + (" *" if above else "")
-            if majority and not learned:
+                    measured, learned = True, learned or above
+                    columns[("", lab)][key] = f"{mean:.1f}{' *' if above else ''} ({len(values)})"
+            if majority and measured and not learned:
                 flat.append(t)
         if flat:
-            unlearned.append(f"{title}: no method here is above the majority class beyond noise on {len(flat)} of "
-                             f"{len(tasks)} tasks ({', '.join(flat)}); their terms in AA, BWT and FM are noise near "
-                             "chance, and the differences between methods come from the other tasks.")
+            unlearned.append(f"{title}: on {len(flat)} of its {len(tasks)} tasks ({', '.join(flat)}) no method's "
+                             "accuracy right after training is above the majority class beyond noise: at these sizes "
+                             "none is shown to learn them, and what separates methods on them is how later training "
+                             "moves their answers, not what was learned.")
     notes = ["Accuracy (%) on each task right after the stage that trained it (R[t][t], LA's terms; joint training's "
-             "one row), mean over the method's runs of the block's orders and seeds; majority class = the share of "
-             "the task's most frequent label among its test examples (what answering that label always scores); "
-             "backbone = the untrained model's score (the base row). * = above the majority class beyond the test "
-             "examples' noise (one-sided binomial test at 2.5%: a mean over runs is tested as one run's, since the "
-             f"runs share their test examples). {MISSING} = not recorded (runs made before gold labels were kept) "
-             "or no run of the method here.", *unlearned]
-    return Table("learned", "Tasks learned: accuracy right after training on each task, against its majority class",
+             "one row, at the end of its training), mean over the method's runs of the block's orders and seeds, "
+             "their number in brackets; majority class = the share of the task's most frequent label among its test "
+             "examples (what answering that label always scores); backbone = the untrained model's score (the base "
+             "row). * = above the majority class beyond the test examples' noise (one-sided binomial test at 2.5%: a "
+             "mean over runs is tested as one run's, since the runs share their test examples); above the majority "
+             "is not above the backbone, which on some tasks already is. "
+             f"{MISSING} = not recorded (runs made before gold labels were kept) or no run of the method here.",
+             *unlearned]
+    return Table("learned", "Accuracy right after training on each task, against its majority class",
                  {k: pd.Series(v, dtype=object) for k, v in columns.items()}, sections, notes, row_heading="Task",
                  shown=shown)
 
