@@ -1555,6 +1555,16 @@ def test_every_block_is_corrected_over_the_folders_baselines_in_the_table_and_th
         "the 2 others counted at p = 1;" in line, line
 
 
+def tables_with_gold(paths: list[str], gold: dict, root: str, out: str) -> None:
+    """Give each run's record these gold labels of 100 test examples a task (no predictions), then the tables."""
+    for path in paths:
+        config = json.load(open(os.path.join(path, "config.json")))
+        for t in TASKS:
+            config["data"][t].update(test=100, gold=gold[t])
+        write_json(os.path.join(path, "config.json"), config)
+    write_tables(root, out, figures=False)
+
+
 def test_accuracy_after_training_is_marked_above_the_majority_class_beyond_noise(tmp_path):
     """100 test examples a task: a's labels 70% class 0, b's 50% class 10 (code 'a'), the rest classes 0 and 1.
     Right after training, by hand (one-sided binomial tails): a at 75 is within noise of 70 (P = 0.16), craft's
@@ -1576,13 +1586,7 @@ def test_accuracy_after_training_is_marked_above_the_majority_class_beyond_noise
             make_run(root, "craft+merge=false", "craft", "1", 1, stream(99.0, 99.0), args={"merge": "false"}),
             make_run(root, "seq_lora", "seq_lora", "offline1", 1, stream(60.0, 95.0)),
             make_run(root, "craft", "craft", "offline1", 1, stream(75.0, 95.0))]
-    for path in made:
-        config = json.load(open(os.path.join(path, "config.json")))
-        for t in TASKS:
-            config["data"][t].update(test=100, gold=gold[t])
-        write_json(os.path.join(path, "config.json"), config)
-    out = str(tmp_path / "results")
-    write_tables(root, out, figures=False)
+    tables_with_gold(made, gold, root, out := str(tmp_path / "results"))
     md = open(os.path.join(out, "learned.md")).read()
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in md.splitlines() if ln.startswith("| ")]
     assert rows[0] == ["Task", "majority class", "backbone", "seq_lora", "craft", "mtl"]
@@ -1595,3 +1599,49 @@ def test_accuracy_after_training_is_marked_above_the_majority_class_beyond_noise
     assert "Offline orders: on 1 of its 2 tasks (a) no method's accuracy" in md and "Orders 1-3: on" not in md
     tex = open(os.path.join(out, "learned.tex")).read()
     assert r"Task & majority class & backbone & seq\_lora & craft & mtl" in tex
+
+
+def test_a_run_read_on_some_tasks_gives_their_aa_and_bwt_and_resamples(tmp_path):
+    """on_tasks: AA over S = mean_{i in S} R[T][i], BWT over S = mean_{i in S, i < T} (R[T][i] - R[i][i]); its
+    resamples are the run's own, read on the same cells."""
+    from harness.tables import on_tasks
+    root = str(tmp_path / "runs")
+    make_run(root, "seq_lora", "seq_lora", "1", 1, {"base": [50.0, 40.0], "a": [90.0, 45.0], "b": [70.0, 80.0]},
+             n_test=20)
+    run = load_runs(root)[0][0]
+    on_a, on_b = on_tasks(run, {"a"}), on_tasks(run, {"b"})
+    assert on_a.metrics == {"AA": 70.0, "BWT": -20.0} and on_b.metrics == {"AA": 80.0, "BWT": None}
+    resampled = run.scores.resampled()   # [resamples, base + 2 rows, 2 tasks]
+    assert np.allclose(on_a.samples("AA"), resampled[:, 2, 0])
+    assert np.allclose(on_a.samples("BWT"), resampled[:, 2, 0] - resampled[:, 1, 0])
+    assert on_b.samples("BWT") is None and on_tasks(run, {"c"}) is None
+    assert run.metrics["AA"] == 75.0   # the run itself is untouched
+
+
+def test_the_secondary_reading_pairs_craft_on_the_tasks_per_task_learns(tmp_path):
+    """per_task is above a's majority class (95 against 70 of 100 examples) and not b's (52 against 50), so on
+    orders 4-6 the reading keeps a: craft ends a at 85 after 90, seq_lora at 60 after 88, so ΔAA = 85 - 60 = +25
+    and ΔBWT = (85 - 90) - (60 - 88) = +23 on both orders. Offline, where per_task learns both, it shows nothing."""
+    root = str(tmp_path / "runs")
+    gold = {"a": "0" * 70 + "1" * 30, "b": "a" * 50 + "0" * 50}
+    made = []
+    for order in ("4", "5", "offline1"):
+        both = order == "offline1"
+        made += [make_run(root, "craft", "craft", order, 1,
+                          {"base": [70.0, 50.0], "a": [90.0, 45.0], "b": [85.0, 95.0]}),
+                 make_run(root, "seq_lora", "seq_lora", order, 1,
+                          {"base": [70.0, 50.0], "a": [88.0, 45.0], "b": [60.0, 95.0]}),
+                 make_run(root, "per_task", "per_task", order, 1,
+                          {"base": [70.0, 50.0], "a": [95.0, 50.0], "b": [95.0, 90.0 if both else 52.0]}, bound=True)]
+    tables_with_gold(made, gold, root, out := str(tmp_path / "results"))
+    md = open(os.path.join(out, "learned_paired.md")).read()
+    head, _, seq_row = [ln for ln in md.splitlines() if ln.startswith("|")][:3]
+    assert [c.strip() for c in head.strip("|").split("|")] == [
+        "Method", *(f"Orders 4-6, 1 of 2 tasks: {h}" for h in ("ΔAA ↑", "ΔBWT ↑", "pairs"))]
+    assert [c.strip() for c in seq_row.strip("|").split("|")] == ["seq_lora", "+25.00", "+23.00", "2 × 1"]
+    assert "Tasks kept: Orders 4-6: a (by per_task)." in md and "Offline" not in md.split("\n\n")[0]
+    assert "One seed (pairs n × 1: seq_lora)" in md
+    # no block where per_task leaves a task out: no table at all
+    shutil.rmtree(os.path.join(root, "per_task", "4")), shutil.rmtree(os.path.join(root, "per_task", "5"))
+    write_tables(root, out, figures=False)
+    assert not os.path.exists(os.path.join(out, "learned_paired.md"))
