@@ -1617,22 +1617,33 @@ def test_a_run_read_on_some_tasks_gives_their_aa_and_bwt_and_resamples(tmp_path)
     assert on_b.samples("BWT") is None and on_tasks(run, {"c"}) is None
     assert run.metrics["AA"] == 75.0   # the run itself is untouched
 
+    # three tasks in another order: S = the first and the last; BWT's mean is over S's tasks before the last alone
+    path = make_run(root, "craft", "craft", "2", 1, {"base": [0.0, 0.0]})
+    with open(os.path.join(path, "matrix.csv"), "w") as f:
+        f.write("after,b,c,a\nbase,10.00,20.00,30.00\nb,80.00,30.00,40.00\nc,70.00,90.00,40.00\na,60.00,85.00,95.00\n")
+    config = json.load(open(os.path.join(path, "config.json")))
+    config.update(tasks=["b", "c", "a"], data={t: {"train": 8, "test": 4} for t in "bca"})
+    write_json(os.path.join(path, "config.json"), config)
+    permuted = next(r for r in load_runs(root)[0] if r.order == "2")
+    assert on_tasks(permuted, {"a", "b"}).metrics == {"AA": 77.5, "BWT": -20.0}   # (60 + 95) / 2; 60 - 80
+    assert on_tasks(permuted, {"c", "a"}).metrics == {"AA": 90.0, "BWT": -5.0}    # (85 + 95) / 2; 85 - 90
+
 
 def test_the_secondary_reading_pairs_craft_on_the_tasks_per_task_learns(tmp_path):
     """per_task is above a's majority class (95 against 70 of 100 examples) and not b's (52 against 50), so on
     orders 4-6 the reading keeps a: craft ends a at 85 after 90, seq_lora at 60 after 88, so ΔAA = 85 - 60 = +25
-    and ΔBWT = (85 - 90) - (60 - 88) = +23 on both orders. Offline, where per_task learns both, it shows nothing."""
+    and ΔBWT = (85 - 90) - (60 - 88) = +23 on both orders. The offline block holds the same runs, but the reading
+    was fixed for orders 4-6 alone: nothing there."""
     root = str(tmp_path / "runs")
     gold = {"a": "0" * 70 + "1" * 30, "b": "a" * 50 + "0" * 50}
     made = []
     for order in ("4", "5", "offline1"):
-        both = order == "offline1"
         made += [make_run(root, "craft", "craft", order, 1,
                           {"base": [70.0, 50.0], "a": [90.0, 45.0], "b": [85.0, 95.0]}),
                  make_run(root, "seq_lora", "seq_lora", order, 1,
                           {"base": [70.0, 50.0], "a": [88.0, 45.0], "b": [60.0, 95.0]}),
                  make_run(root, "per_task", "per_task", order, 1,
-                          {"base": [70.0, 50.0], "a": [95.0, 50.0], "b": [95.0, 90.0 if both else 52.0]}, bound=True)]
+                          {"base": [70.0, 50.0], "a": [95.0, 50.0], "b": [95.0, 52.0]}, bound=True)]
     tables_with_gold(made, gold, root, out := str(tmp_path / "results"))
     md = open(os.path.join(out, "learned_paired.md")).read()
     head, _, seq_row = [ln for ln in md.splitlines() if ln.startswith("|")][:3]
