@@ -725,6 +725,13 @@ def verdict(runs: list[Run], frame: pd.DataFrame, checks: list[str]) -> list[str
         if holm_family(compared):
             lines.append(holm_line(title, compared, planned_family(baselines))
                          + caveat.replace("the two", "these methods"))
+        block = [r for r in runs if r.order in members]
+        flat, tasks = unlearned_tasks(block, trained_labels(frame))
+        if flat:
+            lines.append(f"{title}: on {len(flat)} of its {tasks} tasks ({', '.join(flat)}) no method here is above "
+                         "the majority class right after training (the learned table): at these sizes none is shown "
+                         "to learn them, so on them the methods differ only in how later training moves their "
+                         "answers." + caveat.replace("the two", "these methods"))
     return lines
 
 
@@ -924,6 +931,21 @@ def after_training(runs: list[Run], label: str, task: str) -> list[float]:
     return [v for v in (accuracy_after_training(r, task) for r in runs if r.label == label) if v is not None]
 
 
+def trained_labels(frame: pd.DataFrame) -> list[str]:
+    """Each method's row (main_label) but zero_shot's, which trains nothing: the learned table's columns."""
+    return sort_labels(main_labels(frame) - set(frame.label[frame.method == "zero_shot"]))
+
+
+def unlearned_tasks(runs: list[Run], labels: list[str]) -> tuple[list[str], int]:
+    """The tasks of `runs` (a block's) that some of `labels` trained and none lifted above the majority class
+    beyond noise right after training (the learned table's rule), and how many tasks the runs hold."""
+    tasks = list(dict.fromkeys(t for r in sorted(runs, key=lambda r: order_rank(r.order)) for t in r.tasks))
+    learned = {t for lab in labels for t in learned_by(runs, lab)}
+    measured = {t for t in tasks if any(after_training(runs, lab, t) for lab in labels)}
+    known = {t for t in tasks if any(majority_share(r, t) for r in runs if t in r.tasks)}
+    return [t for t in tasks if t in measured & known and t not in learned], len(tasks)
+
+
 def learned_by(runs: list[Run], label: str) -> list[str]:
     """The tasks (in the order the runs first hold them) on which label's mean accuracy right after training is
     above the majority class beyond noise: the learned table's *."""
@@ -1012,7 +1034,7 @@ def learned_table(runs: list[Run], frame: pd.DataFrame) -> Table:
     """Each task's accuracy right after training on it (LA's terms) for each method, beside its majority class's
     share and the backbone's score: a task no method lifts above its majority class at these sizes cannot tell
     methods apart by what they learn on it, only by what they lose of its majority-class answers."""
-    labels = sort_labels(main_labels(frame) - set(frame.label[frame.method == "zero_shot"]))
+    labels = trained_labels(frame)
     columns: dict = {("", "majority class"): {}, ("", "backbone"): {}, **{("", lab): {} for lab in labels}}
     sections, shown, unlearned = [], {}, []
     for title, members in blocks_for(set(frame.order)):
@@ -1021,7 +1043,6 @@ def learned_table(runs: list[Run], frame: pd.DataFrame) -> Table:
         keys = {t: f"{title}: {t}" for t in tasks}
         shown.update({key: t for t, key in keys.items()})
         sections.append((title, list(keys.values())))
-        flat = []
         for t, key in keys.items():
             mine = [r for r in block if t in r.tasks]
             # the runs of one folder share their test examples (check_same_examples), so any run's gold will do
@@ -1032,16 +1053,13 @@ def learned_table(runs: list[Run], frame: pd.DataFrame) -> Table:
                 columns[("", "majority class")][key] = f"{majority[0]:.1f}"
             if base:
                 columns[("", "backbone")][key] = f"{np.mean(base):.1f}"
-            measured = learned = False
             for lab in labels:
                 values = after_training(mine, lab, t)
                 if values:
                     mean = float(np.mean(values))
                     above = majority is not None and above_majority(mean, majority)
-                    measured, learned = True, learned or above
                     columns[("", lab)][key] = f"{mean:.1f}{' *' if above else ''} ({len(values)})"
-            if majority and measured and not learned:
-                flat.append(t)
+        flat, _ = unlearned_tasks(block, labels)
         if flat:
             unlearned.append(f"{title}: on {len(flat)} of its {len(tasks)} tasks ({', '.join(flat)}) no method's "
                              "accuracy right after training is above the majority class beyond noise: at these sizes "

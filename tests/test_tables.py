@@ -1597,6 +1597,9 @@ def test_accuracy_after_training_is_marked_above_the_majority_class_beyond_noise
     assert offline == {"a": ["70.0", "70.0", "60.0 (1)", "75.0 (1)", "–"],
                        "b": ["50.0", "50.0", "95.0 * (1)", "95.0 * (1)", "–"]}
     assert "Offline orders: on 1 of its 2 tasks (a) no method's accuracy" in md and "Orders 1-3: on" not in md
+    readme = open(os.path.join(out, "README.md")).read()   # the verdict says it too, for that block alone
+    assert "- Offline orders: on 1 of its 2 tasks (a) no method here is above the majority class" in readme
+    assert "- Orders 1-3: on" not in readme
     tex = open(os.path.join(out, "learned.tex")).read()
     assert r"Task & majority class & backbone & seq\_lora & craft & mtl" in tex
 
