@@ -9,7 +9,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the committed results' READMEs too: make tables writes them, and their prefaces are written by hand
-PAGES = ["README.md", "results/README.md", "results/test/README.md", "results/val/tuning/README.md"] + sorted(
+PAGES = ["README.md", "results/README.md", "results/test/README.md", "results/val/README.md",
+         "results/val/tuning/README.md"] + sorted(
     os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md"))
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
