@@ -908,6 +908,12 @@ def majority_share(run: Run, task: str) -> tuple[float, int] | None:
     return 100.0 * np.bincount(labels).max() / len(labels), len(labels)
 
 
+def block_majority(runs: list[Run], task: str) -> tuple[float, int] | None:
+    """majority_share of the first of `runs` that kept gold labels for `task`: the runs of one folder share their
+    test examples (check_same_examples), so any such run's will do."""
+    return next((m for m in (majority_share(r, task) for r in runs if task in r.tasks) if m), None)
+
+
 def accuracy_after_training(run: Run, task: str) -> float | None:
     """R[t][t]: the task's accuracy right after the stage that trained it (joint training's one row)."""
     trained = metrics_mod.trained_rows(run.matrix)
@@ -948,7 +954,7 @@ def unlearned_tasks(runs: list[Run], labels: list[str]) -> tuple[list[str], int]
     learned = {t for lab in labels for t in learned_by(runs, lab)}
     measured = {t for t in tasks if any(after_training(runs, lab, t) for lab in labels)}
     # a task of one class in its test examples (a 100% majority) cannot be learned above it: not named
-    known = {t for t in tasks if any(m and m[0] < 100 for m in (majority_share(r, t) for r in runs if t in r.tasks))}
+    known = {t for t in tasks if (m := block_majority(runs, t)) and m[0] < 100}
     return [t for t in tasks if t in measured & known and t not in learned], len(tasks)
 
 
@@ -958,7 +964,7 @@ def learned_by(runs: list[Run], label: str) -> list[str]:
     learned = []
     for t in dict.fromkeys(t for r in sorted(runs, key=lambda r: order_rank(r.order)) for t in r.tasks):
         values = after_training(runs, label, t)
-        majority = next((m for m in (majority_share(r, t) for r in runs if t in r.tasks) if m), None)
+        majority = block_majority(runs, t)
         if values and majority and above_majority(float(np.mean(values)), majority):
             learned.append(t)
     return learned
@@ -1057,8 +1063,7 @@ def learned_table(runs: list[Run], frame: pd.DataFrame) -> Table:
         sections.append((title, list(keys.values())))
         for t, key in keys.items():
             mine = [r for r in block if t in r.tasks]
-            # the runs of one folder share their test examples (check_same_examples), so any run's gold will do
-            majority = next((m for m in (majority_share(r, t) for r in mine) if m), None)
+            majority = block_majority(mine, t)
             base = [float(r.matrix.loc[metrics_mod.BASE_ROW, t]) for r in mine
                     if metrics_mod.BASE_ROW in r.matrix.index]
             if majority:
