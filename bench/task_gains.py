@@ -1,0 +1,105 @@
+"""What each task learned, run against run: each task's accuracy right after training on it (R[t][t]) in every
+given run, whether it is above the task's majority class (the learned table's test), and each run minus the first,
+paired on the same evaluation examples (the tables' shared resamples, so a difference's interval is the examples'
+spread alone). For runs of one stream made under two setups (training sizes, epochs), where `harness compare`
+pairs whole folders by method and gives AA and FM only.
+
+    python bench/task_gains.py results/val/train_size/200/runs/per_task/*/seed1 \\
+        results/val/train_size/1000/runs/per_task/*/seed1 results/val/train_size/1000/runs/per_task+epochs=1/*/seed1
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from core.errors import UsageError  # noqa: E402
+from harness import stats  # noqa: E402
+from harness.tables import Run, above_majority, load_runs, majority_share  # noqa: E402
+
+
+def load_run(path: str) -> Run:
+    runs, _ = load_runs(path)
+    runs = [r for r in runs if os.path.normpath(r.path) == os.path.normpath(path)]
+    if not runs:
+        raise UsageError(f"{path} is not a finished run")
+    if runs[0].scores is None:
+        raise UsageError(f"{path} kept no per-example predictions (made before they were kept)")
+    return runs[0]
+
+
+def after_training_correct(run: Run, task: str) -> np.ndarray:
+    """1/0 per evaluation example of `task` in the row right after the stage that trained it (joint training's one
+    row)."""
+    rows = [r for r in run.scores.rows if r != "base"]
+    row = task if task in rows else rows[-1] if len(rows) == 1 else None
+    if row is None:
+        raise UsageError(f"{run.path} has no row for the stage that trained {task}")
+    correct = run.scores.correct[task][run.scores.rows.index(row)]
+    if np.isnan(correct).any():
+        raise UsageError(f"{run.path} did not evaluate {task} right after training on it")
+    return correct
+
+
+def task_gains(runs: list[Run]) -> list[dict]:
+    """Per task of the first run: its majority share, each run's accuracy and above-majority flag, and each later
+    run minus the first with its 95% interval over the shared examples."""
+    first = runs[0]
+    out = []
+    for task in first.tasks:
+        for r in runs[1:]:
+            if task not in r.tasks:
+                raise UsageError(f"{r.path} did not train {task}")
+            if (r.config["data"][task].get("test_fingerprint") != first.config["data"][task].get("test_fingerprint")):
+                raise UsageError(f"{r.path} and {first.path} scored {task} on different examples: nothing to pair")
+        majority = majority_share(first, task)
+        correct = [after_training_correct(r, task) for r in runs]
+        n = len(correct[0])
+        weights = stats.example_weights(task, n).astype(float)
+        accuracy = [100.0 * c.mean() for c in correct]
+        gains = []
+        for c in correct[1:]:
+            diff = c - correct[0]
+            gains.append((100.0 * diff.mean(), stats.interval(100.0 * (weights @ diff) / n)))
+        out.append({"task": task, "majority": majority[0], "examples": n, "accuracy": accuracy,
+                    "above": [above_majority(a, majority) for a in accuracy], "gains": gains})
+    return out
+
+
+def markdown(runs: list[Run], rows: list[dict]) -> str:
+    names = [f"run {k + 1}" for k in range(len(runs))]
+    head = ["task", "majority", *names, *(f"{x} - run 1" for x in names[1:])]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [f"{a:.1f}{' *' if up else ''}" for a, up in zip(row["accuracy"], row["above"])]
+        cells += [f"{g:+.1f} [{lo:.1f}, {hi:.1f}]" for g, (lo, hi) in row["gains"]]
+        lines.append(f"| {row['task']} | {row['majority']:.1f} | " + " | ".join(cells) + " |")
+    lines += [""] + [f"{name}: {r.path} ({r.label}, {r.config['train_per_task']} training examples a task)"
+                     for name, r in zip(names, runs)]
+    lines.append("Accuracy (%) right after training on the task; * = above its majority class (one-sided binomial "
+                 "test at 2.5%, as the learned table); a difference's [lo, hi] is a 95% bootstrap interval over the "
+                 f"evaluation examples ({stats.RESAMPLES} resamples, the same draws for every run).")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="finished run directories of one stream; the first is the reference")
+    a = parser.parse_args(argv)
+    try:
+        if len(a.runs) < 2:
+            raise UsageError("give at least two run directories")
+        runs = [load_run(p) for p in a.runs]
+        print(markdown(runs, task_gains(runs)), end="")
+    except UsageError as e:
+        print(f"task_gains.py: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""bench/task_gains.py: each task's accuracy right after training, against its majority class and paired across
+runs, on planted records."""
+import json
+import os
+import sys
+
+import pytest
+
+from core.errors import UsageError
+from tests.conftest import ROOT
+from tests.test_tables import make_run
+
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import task_gains  # noqa: E402
+
+N = 100
+GOLD = "01" * (N // 2)          # two balanced classes: the majority class scores 50%
+
+
+def answers(right: int) -> str:
+    """Predictions right on the first `right` examples, wrong on the rest."""
+    return "".join(g if i < right else str(1 - int(g)) for i, g in enumerate(GOLD))
+
+
+def plant(root, label, rows, fingerprint="same"):
+    """A run of tasks a, b whose rows hold `right` examples of N each (accuracy = right, in %)."""
+    path = make_run(root, label, "per_task", "a+b", 1, {r: [float(v) for v in vals] for r, vals in rows.items()},
+                    n_test=N, bound=True)
+    config_file, status_file = os.path.join(path, "config.json"), os.path.join(path, "status.json")
+    config, status = (json.load(open(f)) for f in (config_file, status_file))
+    for task in ("a", "b"):
+        config["data"][task].update(gold=GOLD, test_fingerprint=fingerprint)
+    for row, vals in rows.items():
+        status["rows"][row]["predictions"] = {t: answers(v) for t, v in zip(("a", "b"), vals)}
+    json.dump(config, open(config_file, "w"))
+    json.dump(status, open(status_file, "w"))
+    return path
+
+
+def test_a_planted_gain_is_found_and_an_identical_run_shows_none(tmp_path):
+    # after b, a has moved (40 and 70): the reading must take a's own row, right after a
+    small = plant(str(tmp_path / "200"), "per_task", {"base": [50, 50], "a": [50, 50], "b": [40, 52]})
+    large = plant(str(tmp_path / "1000"), "per_task", {"base": [50, 50], "a": [80, 50], "b": [70, 52]})
+    rows = task_gains.task_gains([task_gains.load_run(p) for p in (small, small, large)])
+    a, b = rows
+    assert a["majority"] == 50.0 and a["examples"] == N
+    assert a["accuracy"] == [50.0, 50.0, 80.0] and a["above"] == [False, False, True]   # 80/100 against 50%
+    (same, same_ci), (gain, gain_ci) = a["gains"]
+    assert same == 0.0 and same_ci == (0.0, 0.0)                   # a run against itself: no spread at all
+    assert gain == pytest.approx(30.0) and 20.0 < gain_ci[0] < 30.0 < gain_ci[1] < 40.0
+    # b was scored right after its own stage (row b: 52), not in a's row (50)
+    assert b["accuracy"] == [52.0, 52.0, 52.0] and b["above"] == [False] * 3
+
+
+def test_runs_scored_on_other_examples_or_unfinished_are_refused(tmp_path, capsys):
+    one = plant(str(tmp_path / "x"), "per_task", {"base": [50, 50], "a": [50, 50], "b": [50, 52]})
+    other = plant(str(tmp_path / "y"), "per_task", {"base": [50, 50], "a": [60, 50], "b": [60, 52]},
+                  fingerprint="another draw")
+    with pytest.raises(UsageError, match="different examples"):
+        task_gains.task_gains([task_gains.load_run(p) for p in (one, other)])
+    assert task_gains.main([one, str(tmp_path / "nothing")]) == 2
+    assert task_gains.main([one]) == 2
+    assert "at least two" in capsys.readouterr().err
