@@ -19,7 +19,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.errors import UsageError  # noqa: E402
 from harness import stats  # noqa: E402
-from harness.tables import Run, above_majority, load_runs, majority_share  # noqa: E402
+from harness.config import recorded_value  # noqa: E402
+from harness.rundir import other_test_examples  # noqa: E402
+from harness.tables import Run, above_majority, load_runs, majority_share, trained_row  # noqa: E402
+
+# What two runs must share to be read task by task against each other: the stream, the model, how and on which
+# split they were scored (the examples themselves are checked task by task: rundir.other_test_examples).
+SHARED = ("order", "model", "eval", "eval_split")
 
 
 def load_run(path: str) -> Run:
@@ -35,28 +41,36 @@ def load_run(path: str) -> Run:
 def after_training_correct(run: Run, task: str) -> np.ndarray:
     """1/0 per evaluation example of `task` in the row right after the stage that trained it (joint training's one
     row)."""
-    rows = [r for r in run.scores.rows if r != "base"]
-    row = task if task in rows else rows[-1] if len(rows) == 1 else None
+    row = trained_row(run, task)
     if row is None:
         raise UsageError(f"{run.path} has no row for the stage that trained {task}")
-    correct = run.scores.correct[task][run.scores.rows.index(row)]
+    correct = run.scores.correct[task][run.scores.rows.index(str(row))]
     if np.isnan(correct).any():
         raise UsageError(f"{run.path} did not evaluate {task} right after training on it")
     return correct
+
+
+def check_pairable(first: Run, other: Run) -> None:
+    for key in SHARED:
+        mine, theirs = recorded_value(first.config, key), recorded_value(other.config, key)
+        if mine != theirs:
+            raise UsageError(f"{other.path} has {key} {theirs!r} and {first.path} {mine!r}: nothing to pair")
+    differ = other_test_examples(first.config.get("data"), other.config.get("data"))
+    if differ:
+        raise UsageError(f"{other.path} and {first.path} scored {differ[0]} on different examples: nothing to pair")
 
 
 def task_gains(runs: list[Run]) -> list[dict]:
     """Per task of the first run: its majority share, each run's accuracy and above-majority flag, and each later
     run minus the first with its 95% interval over the shared examples."""
     first = runs[0]
+    for r in runs[1:]:
+        check_pairable(first, r)
     out = []
     for task in first.tasks:
-        for r in runs[1:]:
-            if task not in r.tasks:
-                raise UsageError(f"{r.path} did not train {task}")
-            if (r.config["data"][task].get("test_fingerprint") != first.config["data"][task].get("test_fingerprint")):
-                raise UsageError(f"{r.path} and {first.path} scored {task} on different examples: nothing to pair")
         majority = majority_share(first, task)
+        if majority is None:
+            raise UsageError(f"{first.path} kept no gold labels for {task}")
         correct = [after_training_correct(r, task) for r in runs]
         n = len(correct[0])
         weights = stats.example_weights(task, n).astype(float)
@@ -78,8 +92,8 @@ def markdown(runs: list[Run], rows: list[dict]) -> str:
         cells = [f"{a:.1f}{' *' if up else ''}" for a, up in zip(row["accuracy"], row["above"])]
         cells += [f"{g:+.1f} [{lo:.1f}, {hi:.1f}]" for g, (lo, hi) in row["gains"]]
         lines.append(f"| {row['task']} | {row['majority']:.1f} | " + " | ".join(cells) + " |")
-    lines += [""] + [f"{name}: {r.path} ({r.label}, {r.config['train_per_task']} training examples a task)"
-                     for name, r in zip(names, runs)]
+    lines += [""] + [f"{name}: {r.path} ({r.label}, {recorded_value(r.config, 'train_per_task')} training examples "
+                     "a task)" for name, r in zip(names, runs)]
     lines.append("Accuracy (%) right after training on the task; * = above its majority class (one-sided binomial "
                  "test at 2.5%, as the learned table); a difference's [lo, hi] is a 95% bootstrap interval over the "
                  f"evaluation examples ({stats.RESAMPLES} resamples, the same draws for every run).")

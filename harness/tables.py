@@ -914,13 +914,18 @@ def block_majority(runs: list[Run], task: str) -> tuple[float, int] | None:
     return next((m for m in (majority_share(r, task) for r in runs if task in r.tasks) if m), None)
 
 
-def accuracy_after_training(run: Run, task: str) -> float | None:
-    """R[t][t]: the task's accuracy right after the stage that trained it (joint training's one row)."""
+def trained_row(run: Run, task: str) -> str | None:
+    """The matrix row right after the stage that trained `task` (joint training's one row); None if none did."""
     trained = metrics_mod.trained_rows(run.matrix)
     if task not in trained.columns:
         return None
-    row = task if task in trained.index else trained.index[-1] if len(trained) == 1 else None
-    return None if row is None or pd.isna(trained.loc[row, task]) else float(trained.loc[row, task])
+    return task if task in trained.index else trained.index[-1] if len(trained) == 1 else None
+
+
+def accuracy_after_training(run: Run, task: str) -> float | None:
+    """R[t][t]: the task's accuracy right after the stage that trained it (joint training's one row)."""
+    row = trained_row(run, task)
+    return None if row is None or pd.isna(run.matrix.loc[row, task]) else float(run.matrix.loc[row, task])
 
 
 def above_majority(accuracy: float, majority: tuple[float, int]) -> bool:

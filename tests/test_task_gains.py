@@ -22,9 +22,9 @@ def answers(right: int) -> str:
     return "".join(g if i < right else str(1 - int(g)) for i, g in enumerate(GOLD))
 
 
-def plant(root, label, rows, fingerprint="same"):
+def plant(root, label, rows, fingerprint="same", method="per_task", order="a+b"):
     """A run of tasks a, b whose rows hold `right` examples of N each (accuracy = right, in %)."""
-    path = make_run(root, label, "per_task", "a+b", 1, {r: [float(v) for v in vals] for r, vals in rows.items()},
+    path = make_run(root, label, method, order, 1, {r: [float(v) for v in vals] for r, vals in rows.items()},
                     n_test=N, bound=True)
     config_file, status_file = os.path.join(path, "config.json"), os.path.join(path, "status.json")
     config, status = (json.load(open(f)) for f in (config_file, status_file))
@@ -52,12 +52,25 @@ def test_a_planted_gain_is_found_and_an_identical_run_shows_none(tmp_path):
     assert b["accuracy"] == [52.0, 52.0, 52.0] and b["above"] == [False] * 3
 
 
+def test_joint_training_is_read_in_its_one_row_and_main_prints_the_table(tmp_path, capsys):
+    stream = plant(str(tmp_path / "s"), "per_task", {"base": [50, 50], "a": [50, 50], "b": [40, 52]})
+    joint = plant(str(tmp_path / "j"), "mtl", {"base": [50, 50], "all": [70, 60]}, method="mtl")
+    assert task_gains.main([stream, joint]) == 0
+    out = capsys.readouterr().out
+    assert "| a | 50.0 | 50.0 | 70.0 * | +20.0 [" in out       # a: 70/100 against 50%, 20 more than a's own row
+    assert "| b | 50.0 | 52.0 | 60.0 | +8.0 [" in out          # 60/100 is not above 50% at 2.5%
+    assert "run 2: " + joint in out
+
+
 def test_runs_scored_on_other_examples_or_unfinished_are_refused(tmp_path, capsys):
     one = plant(str(tmp_path / "x"), "per_task", {"base": [50, 50], "a": [50, 50], "b": [50, 52]})
     other = plant(str(tmp_path / "y"), "per_task", {"base": [50, 50], "a": [60, 50], "b": [60, 52]},
                   fingerprint="another draw")
     with pytest.raises(UsageError, match="different examples"):
         task_gains.task_gains([task_gains.load_run(p) for p in (one, other)])
+    elsewhere = plant(str(tmp_path / "z"), "per_task", {"base": [50, 50], "a": [60, 50], "b": [60, 52]}, order="2")
+    with pytest.raises(UsageError, match="has order '2'"):   # another stream: its own row a is not this a
+        task_gains.task_gains([task_gains.load_run(p) for p in (one, elsewhere)])
     assert task_gains.main([one, str(tmp_path / "nothing")]) == 2
     assert task_gains.main([one]) == 2
     assert "at least two" in capsys.readouterr().err
