@@ -21,7 +21,7 @@ from core.errors import UsageError
 from harness import probes
 from harness.evaluation import EVAL_MODES
 from harness.models import DEFAULT_MODEL, DTYPES
-from harness.prompting import DEFAULT_MAX_INPUT_TOKENS
+from harness.prompting import DEFAULT_MAX_INPUT_TOKENS, TRUNCATIONS
 from tasks import DEFAULT_ORDER, EVAL_SPLITS
 
 IDENTITY, SETUP, ENVIRONMENT, VOLATILE = "identity", "setup", "environment", "volatile"
@@ -100,6 +100,9 @@ class BenchConfig:
     dtype: str = option("fp32", role=SETUP, choices=DTYPES, help="bf16 = autocast on the device (CPU or CUDA)")
     max_input_tokens: int = option(DEFAULT_MAX_INPUT_TOKENS, role=SETUP, type=positive_int,
                                    help="inputs are truncated to this many tokens")
+    truncate: str = option("head", role=SETUP, choices=TRUNCATIONS,
+                           help="how a long input is cut: head (its first tokens) or fields (where head would drop "
+                                "a line's start, every line cut to a common length: MultiRC keeps its question)")
     # setup, not environment: batching changes padding, and with it float sums and a near-tie prediction
     eval_batch_size: int = option(16, role=SETUP, type=positive_int, help="test examples per forward pass")
     device: str = option("cpu", role=ENVIRONMENT, help="torch device: cpu, cuda or cuda:N")
@@ -357,7 +360,9 @@ def backbone_cache_key(cfg: BenchConfig, task: str, test_fingerprint: str) -> st
     to rounding) and --cache off (whole prompts); keys made on the CPU with caches on stay as they were."""
     path = [f"device={device_kind(cfg.device)}"] if device_kind(cfg.device) != "cpu" else []
     path += ["cache=off"] if cfg.cache == "off" else []
-    return "|".join([task, test_fingerprint] + [str(getattr(cfg, name)) for name in names(SETUP)] + path)
+    path += [f"truncate={cfg.truncate}"] if cfg.truncate != "head" else []   # keys made before the option stay
+    return "|".join([task, test_fingerprint] + [str(getattr(cfg, name)) for name in names(SETUP) if name != "truncate"]
+                    + path)
 
 
 def check(cfg: BenchConfig) -> None:

@@ -192,8 +192,10 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
     data_dir = config.get("data_dir") if config.get("data_dir") and os.path.isdir(config["data_dir"]) else None
     device = device or config.get("device", "cpu")
     model, tok = load_model(config["model"], device)
-    encoder = PromptEncoder(tok, config["max_input_tokens"])
-    key = (config["model"], config["max_input_tokens"], tuple(names), per_task, device)
+    truncate = recorded_value(config, "truncate")
+    encoder = PromptEncoder(tok, config["max_input_tokens"], truncate)
+    key = (config["model"], config["max_input_tokens"], tuple(names), per_task, device) + \
+        ((truncate,) if truncate != "head" else ())   # keys made before the option stay as they were
     cache = before_cache if before_cache is not None else {}
     entries = _shared_keys(key, names, per_task, data_dir) if shared else None
     if key not in cache and shared:
@@ -234,8 +236,9 @@ def _shared_keys(key: tuple, names, per_task: int, data_dir: str | None) -> dict
     device type."""
     import tasks as task_registry
     from harness.runner import data_fingerprint
-    model, max_tokens, _, _, device = key
-    common = [",".join(names), str(model), str(max_tokens), str(per_task), device_kind(device), f"v{SHARED_VERSION}"]
+    model, max_tokens, _, _, device, *truncate = key   # truncate: (mode,) where it is not head
+    common = [",".join(names), str(model), str(max_tokens), str(per_task), device_kind(device), f"v{SHARED_VERSION}",
+              *truncate]
     return {n: "|".join(["general", n, data_fingerprint(task_registry.load_task(n, data_dir, 1, per_task, 0)),
                          *common]) for n in names}
 

@@ -92,7 +92,7 @@ def measure(path: str, progress: bool = False, unloadable: dict | None = None, d
             unloadable[key] = str(e)
     if key in unloadable:
         raise UsageError(f"{path}: {unloadable[key]}")
-    encoder = PromptEncoder(tok, config["max_input_tokens"])
+    encoder = PromptEncoder(tok, config["max_input_tokens"], recorded_value(config, "truncate"))
     batch, dtype = recorded_value(config, "eval_batch_size"), recorded_value(config, "dtype")
     evaluator = Evaluator(encoder, data, "generate", batch, dtype, progress=False)
     method = method_cls(model, tok, recorded_value(config, "settings"), config["seed"],

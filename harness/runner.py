@@ -292,7 +292,7 @@ def _run_stream(cfg: BenchConfig, run: RunDir, method_cls, settings: dict, names
 
     t0 = process_clock.now()
     model, tok = model_and_tokenizer or load_model(cfg.model, cfg.device, cfg.allow_download)
-    encoder = PromptEncoder(tok, cfg.max_input_tokens)
+    encoder = PromptEncoder(tok, cfg.max_input_tokens, cfg.truncate)
     run.add_to_config(prompt=encoder.describe())
     train = {d.name: encoder.encode(d, "train") for d in data}
     evaluator = Evaluator(encoder, {d.name: d for d in data}, cfg.eval, cfg.eval_batch_size, cfg.dtype,

@@ -337,7 +337,7 @@ def probes_lost_note(lost: list[Cell]) -> str:
 
 # The setup fields that decide what a run costs: a record made with other sizes, model or protocol says nothing
 # about this grid's cells (the split does not change the cost).
-COST_SETUP = tuple(n for n in config.names(config.SETUP) if n != "eval_split")
+COST_SETUP = tuple(n for n in config.names(config.SETUP) if n not in ("eval_split", "truncate"))
 
 
 def distinct_folders(folders: list[str]) -> list[str]:

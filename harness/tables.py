@@ -1787,7 +1787,8 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
     lines += ["## Where these numbers come from", "",
              f"- Model: `{s['model']}`; evaluation " +
              " and ".join(f"`{protocol_text(p)}`" for p in by_protocol(runs)) + f", `{s['dtype']}`, inputs cut to "
-             f"{s['max_input_tokens']} tokens.",
+             f"{s['max_input_tokens']} tokens" +
+             (f" (`--truncate {s['truncate']}`)" if s["truncate"] != "head" else "") + ".",
              f"- Per task: {s['train_per_task']} training and {s['test_per_task']} evaluation examples (stratified "
              "by label, from the split the evaluation line names; the same subsample for every seed). Actual sizes: " +
              ", ".join(f"{t} {a}/{b}" for t, (a, b) in sorted(data.items())) + ".",

@@ -87,8 +87,13 @@ def test_backbone_cache_key_follows_the_setup_and_the_test_rows_not_the_seed_or_
     keys = {config.backbone_cache_key(dataclasses.replace(cfg, **change), "t", data_fingerprint(data("x", "y")))
             for change in ({}, {"device": "cuda"}, {"device": "cuda:1"}, {"cache": "off"}, {"device": "cpu"})}
     assert len(keys) == 3 and key in keys
+    # keys of base-cache.json files written before these fields entered stay valid: --truncate enters where it is
+    # not head, the cut every earlier run made
     assert key == "|".join(["t", data_fingerprint(data("x", "y"))] + [str(getattr(cfg, n)) for n in config.names(
-        config.SETUP)])   # keys of base-cache.json files written before this field entered stay valid
+        config.SETUP) if n != "truncate"])
+    assert key != config.backbone_cache_key(dataclasses.replace(cfg, truncate="fields"), "t",
+                                            data_fingerprint(data("x", "y")))
+    assert config.recorded_value({}, "truncate") == "head"   # a record made before the option cut the head
 
 
 def test_docs_list_every_option():

@@ -236,3 +236,38 @@ def test_cache_off_and_models_that_cannot_pack_score_one_copy_per_candidate(tiny
     assert set(masks) == {2}    # --cache off: every cache off, packing too
     model.config.sliding_window = 4   # a custom mask would override the window
     assert not CausalLMScorer(model).packs_candidates
+
+
+def _ntokens(tokenizer, text):
+    return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def test_fields_truncation_keeps_every_line_where_head_drops_the_question(tokenizer):
+    """MultiRC's shape: a long paragraph, then the question and the candidate answer. A head cut loses both; the
+    fields cut keeps each line's start within the same budget, and leaves short inputs alone."""
+    paragraph = "paragraph: " + " ".join(f"Sentence {i} says the ball rolled {i} metres." for i in range(40))
+    text = f"{paragraph}\nquestion: How far did the ball roll in sentence 3?\ncandidate answer: 3 metres"
+    head, fields = PromptEncoder(tokenizer, 40, "head"), PromptEncoder(tokenizer, 40, "fields")
+    cut_head, cut_fields = head._truncate(text), fields._truncate(text)
+    assert "question:" not in cut_head and "candidate answer" not in cut_head
+    lines = cut_fields.split("\n")
+    assert lines[0].startswith("paragraph: Sentence 0") and lines[0].endswith(" ...")
+    assert lines[1:] == text.split("\n")[1:]    # the short lines whole
+    assert _ntokens(tokenizer, cut_fields) <= _ntokens(tokenizer, cut_head) + 1
+    short = "sentence 1: a cat sat.\nsentence 2: a cat is sitting."
+    assert fields._truncate(short) == head._truncate(short) == short
+
+
+def test_fields_truncation_is_the_head_cut_where_that_keeps_every_line(tokenizer):
+    """dbpedia's shape (a title, then the long text, which the head cut ends inside): the two modes give the same
+    prompt, so the tasks whose last line is the long one keep their prompts; several long lines share the budget."""
+    text = "Title: The Ball\nText: " + " ".join(f"It rolled {i} metres on day {i}." for i in range(50)) + "\n"
+    head, fields = PromptEncoder(tokenizer, 24, "head"), PromptEncoder(tokenizer, 24, "fields")
+    assert fields._truncate(text) == head._truncate(text)
+    two = "sentence 1: " + "one two three " * 30 + "\nsentence 2: " + "four five six " * 30
+    lines = fields._truncate(two).split("\n")
+    assert [line.split(":")[0] for line in lines] == ["sentence 1", "sentence 2"]
+    assert all(line.endswith(" ...") for line in lines)
+    assert abs(_ntokens(tokenizer, lines[0]) - _ntokens(tokenizer, lines[1])) <= 2   # a common length
+    with pytest.raises(ValueError, match="unknown truncation"):
+        PromptEncoder(tokenizer, 24, "tail")
