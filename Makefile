@@ -23,7 +23,7 @@ SEEDS ?= 1,2
 RUNS ?= results/runs
 # make tables: each folder's tables from its runs/ (the committed ones by default; RESULT_DIRS=DIR for another)
 RESULT_DIRS ?= $(patsubst %/runs,%,$(wildcard results/runs results/test/runs results/val/runs results/val/tuning/runs \
-	results/val/train_size/*/runs))
+	results/val/train_size/*/runs results/val/truncation/runs))
 JOBS ?= 1
 # make test: pytest-xdist workers (conftest gives each its share of the cores; TEST_JOBS=1 runs in one process)
 TEST_JOBS ?= 2

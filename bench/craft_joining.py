@@ -26,7 +26,7 @@ import tasks  # noqa: E402
 from core.data import TaskContext  # noqa: E402
 from harness.config import BenchConfig  # noqa: E402
 from harness.models import configure_offline, load_model, set_threads  # noqa: E402
-from harness.prompting import PromptEncoder  # noqa: E402
+from harness.prompting import TRUNCATIONS, PromptEncoder  # noqa: E402
 from harness.rundir import write_report  # noqa: E402
 from harness.runner import seed_everything  # noqa: E402
 from harness.training import fit  # noqa: E402
@@ -114,6 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=os.environ.get(tasks.DATA_ENV))
     p.add_argument("--model", default=BenchConfig.model)
     p.add_argument("--max-input-tokens", type=int, default=BenchConfig.max_input_tokens)
+    p.add_argument("--truncate", default=BenchConfig.truncate, choices=TRUNCATIONS)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a craft setting (repeatable)")
     p.add_argument("--out", help="markdown report (default: stdout)")
     a = p.parse_args(argv)
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
     configure_offline()
     set_threads()
     model, tok = load_model(a.model)
-    encoder = PromptEncoder(tok, a.max_input_tokens)
+    encoder = PromptEncoder(tok, a.max_input_tokens, a.truncate)
     train = {n: encoder.encode(tasks.load_task(n, a.data_dir, a.train_per_task, BenchConfig.test_per_task, a.seed,
                                                a.eval_split), "train") for n in dict.fromkeys(stream)}
     seed_everything(a.seed)   # as the runner, before the method is made

@@ -271,3 +271,9 @@ def test_fields_truncation_is_the_head_cut_where_that_keeps_every_line(tokenizer
     assert abs(_ntokens(tokenizer, lines[0]) - _ntokens(tokenizer, lines[1])) <= 2   # a common length
     with pytest.raises(ValueError, match="unknown truncation"):
         PromptEncoder(tokenizer, 24, "tail")
+
+
+def test_fields_truncation_falls_back_to_the_head_cut_where_the_lines_outnumber_the_budget(tokenizer):
+    text = "\n".join(f"line {i}: " + "word " * 30 for i in range(12))
+    head, fields = PromptEncoder(tokenizer, 8, "head"), PromptEncoder(tokenizer, 8, "fields")
+    assert fields._truncate(text) == head._truncate(text)
