@@ -6,6 +6,8 @@ pairs whole folders by method and gives AA and FM only.
 
     python bench/task_gains.py results/val/train_size/200/runs/per_task/*/seed1 \\
         results/val/train_size/1000/runs/per_task/*/seed1 results/val/train_size/1000/runs/per_task+epochs=1/*/seed1
+    python bench/task_gains.py --pool MultiRC,RTE,MNLI results/val/train_size/200/runs/per_task/*/seed1 \\
+        results/val/truncation/runs/per_task/*/seed1     # and the difference over those tasks' examples together
 """
 from __future__ import annotations
 
@@ -80,11 +82,25 @@ def task_gains(runs: list[Run]) -> list[dict]:
             diff = c - correct[0]
             gains.append((100.0 * diff.mean(), stats.interval(100.0 * (weights @ diff) / n)))
         out.append({"task": task, "majority": majority[0], "examples": n, "accuracy": accuracy,
-                    "above": [above_majority(a, majority) for a in accuracy], "gains": gains})
+                    "above": [above_majority(a, majority) for a in accuracy], "gains": gains,
+                    "diffs": [c - correct[0] for c in correct[1:]], "weights": weights})
     return out
 
 
-def markdown(runs: list[Run], rows: list[dict]) -> str:
+def pooled_gains(rows: list[dict], tasks: list[str]) -> list[tuple[float, tuple[float, float]]]:
+    """Each later run minus the first over the named tasks' examples together (each example counts once), with its
+    95% interval: every task's examples resampled within the task, by the same draws as its own row."""
+    unknown = [t for t in tasks if t not in {r["task"] for r in rows}]
+    if unknown:
+        raise UsageError(f"--pool names {', '.join(unknown)}, not a task of the runs' stream")
+    chosen = [r for r in rows if r["task"] in tasks]
+    total = sum(r["examples"] for r in chosen)
+    return [(100.0 * sum(r["diffs"][k].sum() for r in chosen) / total,
+             stats.interval(100.0 * sum(r["weights"] @ r["diffs"][k] for r in chosen) / total))
+            for k in range(len(chosen[0]["diffs"]))]
+
+
+def markdown(runs: list[Run], rows: list[dict], pool: list[str] | None = None) -> str:
     names = [f"run {k + 1}" for k in range(len(runs))]
     head = ["task", "majority", *names, *(f"{x} - run 1" for x in names[1:])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -92,6 +108,11 @@ def markdown(runs: list[Run], rows: list[dict]) -> str:
         cells = [f"{a:.1f}{' *' if up else ''}" for a, up in zip(row["accuracy"], row["above"])]
         cells += [f"{g:+.1f} [{lo:.1f}, {hi:.1f}]" for g, (lo, hi) in row["gains"]]
         lines.append(f"| {row['task']} | {row['majority']:.1f} | " + " | ".join(cells) + " |")
+    if pool:
+        name = f"{'+'.join(pool)} ({sum(r['examples'] for r in rows if r['task'] in pool)} examples)"
+        cells = [name, "-", *["-"] * len(runs), *(f"{g:+.1f} [{lo:.1f}, {hi:.1f}]" for g, (lo, hi) in
+                                                    pooled_gains(rows, pool))]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"{name}: {r.path} ({r.label}, {recorded_value(r.config, 'train_per_task')} training examples "
                      "a task)" for name, r in zip(names, runs)]
     lines.append("Accuracy (%) right after training on the task; * = above its majority class (one-sided binomial "
@@ -103,12 +124,13 @@ def markdown(runs: list[Run], rows: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="finished run directories of one stream; the first is the reference")
+    parser.add_argument("--pool", help="tasks (comma-separated) whose examples also give one difference together")
     a = parser.parse_args(argv)
     try:
         if len(a.runs) < 2:
             raise UsageError("give at least two run directories")
         runs = [load_run(p) for p in a.runs]
-        print(markdown(runs, task_gains(runs)), end="")
+        print(markdown(runs, task_gains(runs), a.pool.split(",") if a.pool else None), end="")
     except UsageError as e:
         print(f"task_gains.py: {e}", file=sys.stderr)
         return 2

@@ -74,3 +74,18 @@ def test_runs_scored_on_other_examples_or_unfinished_are_refused(tmp_path, capsy
     assert task_gains.main([one, str(tmp_path / "nothing")]) == 2
     assert task_gains.main([one]) == 2
     assert "at least two" in capsys.readouterr().err
+
+
+def test_a_pooled_difference_counts_each_example_once_and_names_unknown_tasks(tmp_path, capsys):
+    one = plant(str(tmp_path / "x"), "per_task", {"base": [50, 50], "a": [50, 50], "b": [40, 52]})
+    two = plant(str(tmp_path / "y"), "per_task", {"base": [50, 50], "a": [80, 50], "b": [70, 42]})
+    rows = task_gains.task_gains([task_gains.load_run(p) for p in (one, two)])
+    (alone, alone_ci), = task_gains.pooled_gains(rows, ["a"])
+    assert (alone, alone_ci) == rows[0]["gains"][0]                # one task pooled: its own row
+    (both, both_ci), = task_gains.pooled_gains(rows, ["a", "b"])
+    assert both == pytest.approx((30.0 - 10.0) / 2)                # +30 on a's 100 examples, -10 on b's 100
+    assert both_ci[0] < both < both_ci[1]
+    assert task_gains.main(["--pool", "a,b", one, two]) == 0
+    assert "| a+b (200 examples) | - | - | - | +10.0 [" in capsys.readouterr().out
+    assert task_gains.main(["--pool", "a,c", one, two]) == 2
+    assert "--pool names c" in capsys.readouterr().err
