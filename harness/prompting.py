@@ -65,6 +65,21 @@ class PromptEncoder:
             return head + " ..."
         return self._cut_fields(text) or head + " ..."
 
+    def drops_a_field(self, text: str) -> bool:
+        """Whether this encoder's cut leaves a line of the input without its start (a head cut ending before the
+        last line: MultiRC's question and answer; a fields cut only where the lines outnumber the budget)."""
+        ids = self.tok(text, add_special_tokens=False).input_ids
+        if len(ids) <= self.max_input_tokens:
+            return False
+        if self._keeps_every_line(text, self.tok.decode(ids[: self.max_input_tokens])):
+            return False
+        return self.truncate == "head" or self._cut_fields(text) is None
+
+    def fields_dropped(self, data: TaskData) -> dict:
+        """{split: [inputs that lose a line's start, inputs]} over the task's training and scored examples."""
+        return {split: [sum(self.drops_a_field(ex.text) for ex in getattr(data, split)), len(getattr(data, split))]
+                for split in ("train", "test")}
+
     @staticmethod
     def _keeps_every_line(text: str, head: str) -> bool:
         """Whether the head cut keeps the start of the input's last non-empty line (so of every line)."""

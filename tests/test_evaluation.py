@@ -277,3 +277,12 @@ def test_fields_truncation_falls_back_to_the_head_cut_where_the_lines_outnumber_
     text = "\n".join(f"line {i}: " + "word " * 30 for i in range(12))
     head, fields = PromptEncoder(tokenizer, 8, "head"), PromptEncoder(tokenizer, 8, "fields")
     assert fields._truncate(text) == head._truncate(text)
+
+
+def test_inputs_that_lose_a_line_are_counted_under_each_cut(tokenizer):
+    long_first = "paragraph: " + "the ball rolled far. " * 30 + "\nquestion: did it roll?"
+    long_last = "question: did it roll?\nparagraph: " + "the ball rolled far. " * 30
+    rows = [Example(t, "yes") for t in (long_first, long_last, "question: did it roll?")]
+    task = TaskData("t", "Answer it.", ("yes", "no"), rows, rows[:1], {}, {})
+    assert PromptEncoder(tokenizer, 32, "head").fields_dropped(task) == {"train": [1, 3], "test": [1, 1]}
+    assert PromptEncoder(tokenizer, 32, "fields").fields_dropped(task) == {"train": [0, 3], "test": [0, 1]}

@@ -59,6 +59,10 @@ def test_two_task_stream_writes_a_complete_run_directory(tmp_path, tokenizer):
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert cfg["seed"] == 3 and cfg["packages"]["torch"] and cfg["tasks"] == ["bbc", "hutto_amazon"]
     assert cfg["machine"]["threads"] == torch.get_num_threads() and cfg["machine"]["torch_cpu_capability"]
+    # how many inputs the cut left without a line's start, over every example the run had
+    lost = cfg["prompt"]["inputs_losing_a_line"]
+    assert {task: [split[1] for split in counts.values()] for task, counts in lost.items()} \
+        == {task: [cfg["data"][task]["train"], cfg["data"][task]["test"]] for task in cfg["tasks"]}
     card = json.load(open(os.path.join(out, "method.json")))
     assert card["name"] == "seq_lora" and card["trainable_parameters"] > 0
     assert card["uses_task_id_at_test"] is False and "keeps_from_past_tasks" in card
