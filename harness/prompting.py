@@ -9,10 +9,11 @@ from tasks.base import TaskData
 
 DEFAULT_MAX_INPUT_TOKENS = 64   # measured: bbc prompts 194 -> 130 tokens, a training step 6.8 s -> 3.5 s
 # How an input longer than max_input_tokens is cut. head: its first tokens (the default since the start; on
-# orders 4-6 it drops MultiRC's question and answer from every example, CB's hypothesis from 62%: docs/protocol.md).
+# orders 4-6 it drops MultiRC's question and answer from every example, CB's hypothesis from 70%: docs/protocol.md).
 # fields: where head would drop a line's start (O-LoRA's inputs are `field: text` lines), every line is cut to a
 # common length instead, the long ones first, so each field keeps its start; elsewhere the same text as head.
 TRUNCATIONS = ("head", "fields")
+FIELD_LABEL_CHARS = 40   # a line's `field:` label (`sentence 2:`, `candidate answer:`) ends within its first chars
 # Llama 3's template writes today's date into every prompt unless given one: a fixed date (the template's own
 # example) keeps prompts, and so results, the same on every day
 TEMPLATE_DATE = "26 Jul 2024"
@@ -82,10 +83,18 @@ class PromptEncoder:
 
     @staticmethod
     def _keeps_every_line(text: str, head: str) -> bool:
-        """Whether the head cut keeps the start of the input's last non-empty line (so of every line)."""
-        starts = [i for i, line in enumerate(text.split("\n")) if line.strip()]
+        """Whether the head cut keeps the start of the input's last non-empty line (so of every line): some of its
+        text beyond its `field:` label, as `sentence 2:` alone says nothing of the hypothesis."""
+        lines = text.split("\n")
+        starts = [i for i, line in enumerate(lines) if line.strip()]
         kept = head.split("\n")
-        return not starts or len(kept) > starts[-1] + 1 or (len(kept) == starts[-1] + 1 and bool(kept[-1].strip()))
+        if not starts or len(kept) > starts[-1] + 1:
+            return True
+        if len(kept) < starts[-1] + 1:
+            return False
+        last = lines[starts[-1]]
+        label = last[: last.index(":") + 1] if ":" in last[:FIELD_LABEL_CHARS] else ""
+        return len(kept[-1].strip()) > len(label.strip())
 
     def _cut_fields(self, text: str) -> str | None:
         """Every line cut to its first `cap` tokens, the largest cap that fits the budget beside the newlines (a

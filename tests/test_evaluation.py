@@ -286,3 +286,14 @@ def test_inputs_that_lose_a_line_are_counted_under_each_cut(tokenizer):
     task = TaskData("t", "Answer it.", ("yes", "no"), rows, rows[:1], {}, {})
     assert PromptEncoder(tokenizer, 32, "head").fields_dropped(task) == {"train": [1, 3], "test": [1, 1]}
     assert PromptEncoder(tokenizer, 32, "fields").fields_dropped(task) == {"train": [0, 3], "test": [0, 1]}
+
+
+def test_a_line_cut_right_after_its_label_counts_as_lost(tokenizer):
+    """RTE's shape where the head cut ends inside `sentence 2:`: the label alone says nothing of the hypothesis."""
+    first = "sentence 1: " + "the ball rolled far " * 4
+    budget = len(tokenizer(first + "\nsentence", add_special_tokens=False).input_ids)
+    text = first + "\nsentence 2: the ball stopped."
+    head, fields = PromptEncoder(tokenizer, budget, "head"), PromptEncoder(tokenizer, budget, "fields")
+    assert head._truncate(text).split("\n")[1].startswith("sentence") and "stopped" not in head._truncate(text)
+    assert head.drops_a_field(text) and not fields.drops_a_field(text)
+    assert fields._truncate(text).split("\n")[1].startswith("sentence 2: the")
