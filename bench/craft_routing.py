@@ -22,7 +22,7 @@ import torch  # noqa: E402
 import tasks  # noqa: E402
 from harness.config import BenchConfig  # noqa: E402
 from harness.models import configure_offline, load_model, set_threads  # noqa: E402
-from harness.prompting import PromptEncoder  # noqa: E402
+from harness.prompting import TRUNCATIONS, PromptEncoder  # noqa: E402
 from harness.rundir import atomic_write  # noqa: E402
 from methods import get_method  # noqa: E402
 from methods.craft import Group, kl  # noqa: E402
@@ -53,12 +53,14 @@ def main():
     p.add_argument("--train-per-task", type=int, default=BenchConfig.train_per_task)
     p.add_argument("--data-dir", default=os.environ.get(tasks.DATA_ENV))
     p.add_argument("--model", default=BenchConfig.model)
+    p.add_argument("--max-input-tokens", type=int, default=BenchConfig.max_input_tokens)
+    p.add_argument("--truncate", default=BenchConfig.truncate, choices=TRUNCATIONS)
     p.add_argument("--out", help="markdown report (default: stdout)")
     a = p.parse_args()
     configure_offline()
     set_threads()
     model, tok = load_model(a.model)
-    encoder = PromptEncoder(tok)
+    encoder = PromptEncoder(tok, a.max_input_tokens, a.truncate)
     craft = get_method("craft")(model, tok, {}, seed=a.seed)
     craft.setup()
     probe_size = int(craft.settings["probe_size"])
