@@ -296,11 +296,13 @@ def _run_stream(cfg: BenchConfig, run: RunDir, method_cls, settings: dict, names
     dropped = {d.name: encoder.fields_dropped(d) for d in data}
     run.add_to_config(prompt={**encoder.describe(), "inputs_losing_a_line": dropped})
     for name, counts in dropped.items():
-        if counts["test"][0]:   # a task whose question never reaches the model measures a label prior: said even
-            # under --quiet and in a sweep's cells (their stderr goes to the cell's log)
+        if counts["test"][0]:   # a task whose question never reaches the model measures a label prior: in the log
+            # of every run (a sweep's cells run --quiet), on stderr where progress is shown
+            run.log("inputs_losing_a_line", task=name, scored=counts["test"], trained=counts["train"],
+                    max_input_tokens=cfg.max_input_tokens, truncate=cfg.truncate)
             hint = " (--truncate fields keeps each line's start)" if cfg.truncate == "head" else ""
-            print(f"warning: {name}: {counts['test'][0]} of {counts['test'][1]} scored inputs lose a line's start to "
-                  f"the {cfg.max_input_tokens}-token cut{hint}", file=sys.stderr)
+            _say(f"warning: {name}: {counts['test'][0]} of {counts['test'][1]} scored inputs lose a line's start to "
+                 f"the {cfg.max_input_tokens}-token cut{hint}", cfg.progress)
     train = {d.name: encoder.encode(d, "train") for d in data}
     evaluator = Evaluator(encoder, {d.name: d for d in data}, cfg.eval, cfg.eval_batch_size, cfg.dtype,
                           progress=cfg.progress, log=run.log, share_prefix=cfg.cache == "on")

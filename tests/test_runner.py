@@ -364,3 +364,15 @@ def test_a_run_killed_before_its_first_status_starts_afresh_and_loses_its_torn_w
     with pytest.raises(Exception, match="not empty and holds no run"):
         run(tmp_path, "other", tokenizer)
     assert (other / "config.json").read_text() == "{}"
+
+
+def test_inputs_a_short_cut_leaves_without_a_line_are_recorded_and_logged(tmp_path, tokenizer):
+    """At 8 tokens bbc's inputs lose their later lines to a head cut, and none under fields."""
+    out, _ = run(tmp_path, "head", tokenizer, max_input_tokens=8, stop_after_task=0)
+    lost = json.load(open(os.path.join(out, "config.json")))["prompt"]["inputs_losing_a_line"]
+    logged = {e["task"]: e["scored"] for e in map(json.loads, open(os.path.join(out, "log.jsonl")))
+              if e["event"] == "inputs_losing_a_line"}
+    assert lost["bbc"]["test"][0] > 0 and logged == {t: c["test"] for t, c in lost.items() if c["test"][0]}
+    out, _ = run(tmp_path, "fields", tokenizer, max_input_tokens=8, stop_after_task=0, truncate="fields")
+    assert all(c["test"][0] == 0 for c in json.load(open(os.path.join(out, "config.json")))["prompt"][
+        "inputs_losing_a_line"].values())
