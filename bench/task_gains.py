@@ -114,7 +114,7 @@ def markdown(runs: list[Run], rows: list[dict], pool: list[str] | None = None) -
                                                     pooled_gains(rows, pool))]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"{name}: {r.path} ({r.label}, {recorded_value(r.config, 'train_per_task')} training examples "
-                     "a task)" for name, r in zip(names, runs)]
+                     f"a task, {recorded_value(r.config, 'truncate')} cuts)" for name, r in zip(names, runs)]
     lines.append("Accuracy (%) right after training on the task; * = above its majority class (one-sided binomial "
                  "test at 2.5%, as the learned table); a difference's [lo, hi] is a 95% bootstrap interval over the "
                  f"evaluation examples ({stats.RESAMPLES} resamples, the same draws for every run).")
@@ -130,7 +130,8 @@ def main(argv=None) -> int:
         if len(a.runs) < 2:
             raise UsageError("give at least two run directories")
         runs = [load_run(p) for p in a.runs]
-        print(markdown(runs, task_gains(runs), a.pool.split(",") if a.pool else None), end="")
+        pool = [t.strip() for t in a.pool.split(",") if t.strip()] if a.pool else None
+        print(markdown(runs, task_gains(runs), pool), end="")
     except UsageError as e:
         print(f"task_gains.py: {e}", file=sys.stderr)
         return 2

@@ -85,7 +85,7 @@ def test_a_pooled_difference_counts_each_example_once_and_names_unknown_tasks(tm
     (both, both_ci), = task_gains.pooled_gains(rows, ["a", "b"])
     assert both == pytest.approx((30.0 - 10.0) / 2)                # +30 on a's 100 examples, -10 on b's 100
     assert both_ci[0] < both < both_ci[1]
-    assert task_gains.main(["--pool", "a,b", one, two]) == 0
+    assert task_gains.main(["--pool", "a, b", one, two]) == 0
     assert "| a+b (200 examples) | - | - | - | +10.0 [" in capsys.readouterr().out
     assert task_gains.main(["--pool", "a,c", one, two]) == 2
     assert "--pool names c" in capsys.readouterr().err
