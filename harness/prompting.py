@@ -3,6 +3,7 @@ the label text followed by the end-of-turn token. Chat models get the prompt thr
 from __future__ import annotations
 
 import hashlib
+import re
 
 from core.data import Encoded
 from tasks.base import TaskData
@@ -13,7 +14,7 @@ DEFAULT_MAX_INPUT_TOKENS = 64   # measured: bbc prompts 194 -> 130 tokens, a tra
 # fields: where head would drop a line's start (O-LoRA's inputs are `field: text` lines), every line is cut to a
 # common length instead, the long ones first, so each field keeps its start; elsewhere the same text as head.
 TRUNCATIONS = ("head", "fields")
-FIELD_LABEL_CHARS = 40   # a line's `field:` label (`sentence 2:`, `candidate answer:`) ends within its first chars
+FIELD_LABEL = re.compile(r"\s*[A-Za-z][\w ]{0,38}:")   # a line's `field:` label: `sentence 2:`, `candidate answer:`
 # Llama 3's template writes today's date into every prompt unless given one: a fixed date (the template's own
 # example) keeps prompts, and so results, the same on every day
 TEMPLATE_DATE = "26 Jul 2024"
@@ -88,13 +89,12 @@ class PromptEncoder:
         lines = text.split("\n")
         starts = [i for i, line in enumerate(lines) if line.strip()]
         kept = head.split("\n")
-        if not starts or len(kept) > starts[-1] + 1:
-            return True
+        if not starts or starts[-1] == starts[0] or len(kept) > starts[-1] + 1:
+            return True   # one non-empty line: a head cut always keeps its start
         if len(kept) < starts[-1] + 1:
             return False
-        last = lines[starts[-1]]
-        label = last[: last.index(":") + 1] if ":" in last[:FIELD_LABEL_CHARS] else ""
-        return len(kept[-1].strip()) > len(label.strip())
+        label = FIELD_LABEL.match(lines[starts[-1]])
+        return len(kept[-1].strip()) > (len(label.group(0).strip()) if label else 0)
 
     def _cut_fields(self, text: str) -> str | None:
         """Every line cut to its first `cap` tokens, the largest cap that fits the budget beside the newlines (a

@@ -293,8 +293,11 @@ def _run_stream(cfg: BenchConfig, run: RunDir, method_cls, settings: dict, names
     t0 = process_clock.now()
     model, tok = model_and_tokenizer or load_model(cfg.model, cfg.device, cfg.allow_download)
     encoder = PromptEncoder(tok, cfg.max_input_tokens, cfg.truncate)
-    dropped = {d.name: encoder.fields_dropped(d) for d in data}
-    run.add_to_config(prompt={**encoder.describe(), "inputs_losing_a_line": dropped})
+    # counted on the run's first sitting; a resumed run keeps that record (as config.json keeps its first code)
+    kept = run.read_json("config.json").get("prompt", {})
+    dropped = {d.name: encoder.fields_dropped(d) for d in data} if not rows else {}
+    lost = {"inputs_losing_a_line": dropped or kept.get("inputs_losing_a_line")}
+    run.add_to_config(prompt={**encoder.describe(), **({} if lost["inputs_losing_a_line"] is None else lost)})
     for name, counts in dropped.items():
         if counts["test"][0]:   # a task whose question never reaches the model measures a label prior: in the log
             # of every run (a sweep's cells run --quiet), on stderr where progress is shown
