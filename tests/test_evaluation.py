@@ -297,3 +297,16 @@ def test_a_line_cut_right_after_its_label_counts_as_lost(tokenizer):
     assert head._truncate(text).split("\n")[1].startswith("sentence") and "stopped" not in head._truncate(text)
     assert head.drops_a_field(text) and not fields.drops_a_field(text)
     assert fields._truncate(text).split("\n")[1].startswith("sentence 2: the")
+
+
+def test_a_colon_in_a_sentence_is_no_field_label(tokenizer):
+    """Only a `field:` label at a line's start is discounted: a one-line input keeps its start under any cut, and a
+    last line cut inside a sentence that merely holds a colon still counts as kept."""
+    enc = PromptEncoder(tokenizer, 6, "head")
+    assert not enc.drops_a_field("Note: " + "this film was long and slow " * 10)
+    first = "sentence 1: " + "the ball rolled far " * 4
+    budget = len(tokenizer(first + "\nI liked", add_special_tokens=False).input_ids)
+    text = first + "\nI liked it a lot. Note: the end was weak."
+    assert not PromptEncoder(tokenizer, budget, "head").drops_a_field(text)
+    fields, head = PromptEncoder(tokenizer, budget, "fields"), PromptEncoder(tokenizer, budget)
+    assert fields._truncate(text) == head._truncate(text)
