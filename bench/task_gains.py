@@ -77,13 +77,11 @@ def task_gains(runs: list[Run]) -> list[dict]:
         n = len(correct[0])
         weights = stats.example_weights(task, n).astype(float)
         accuracy = [100.0 * c.mean() for c in correct]
-        gains = []
-        for c in correct[1:]:
-            diff = c - correct[0]
-            gains.append((100.0 * diff.mean(), stats.interval(100.0 * (weights @ diff) / n)))
+        diffs = [c - correct[0] for c in correct[1:]]
+        gains = [(100.0 * d.mean(), stats.interval(100.0 * (weights @ d) / n)) for d in diffs]
         out.append({"task": task, "majority": majority[0], "examples": n, "accuracy": accuracy,
                     "above": [above_majority(a, majority) for a in accuracy], "gains": gains,
-                    "diffs": [c - correct[0] for c in correct[1:]], "weights": weights})
+                    "diffs": diffs, "weights": weights})
     return out
 
 

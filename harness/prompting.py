@@ -58,24 +58,24 @@ class PromptEncoder:
                 "end_of_answer": self.tok.convert_ids_to_tokens(self.end_id),
                 "max_input_tokens": self.max_input_tokens}
 
-    def _truncate(self, text: str) -> str:
+    def _cut(self, text: str) -> tuple[str, bool]:
+        """The input as this encoder's cut gives it, and whether a line lost its start to it (a head cut ending
+        before the last line: MultiRC's question and answer; a fields cut only where the lines outnumber the
+        budget)."""
         ids = self.tok(text, add_special_tokens=False).input_ids
         if len(ids) <= self.max_input_tokens:
-            return text
+            return text, False
         head = self.tok.decode(ids[: self.max_input_tokens])
-        if self.truncate == "head" or self._keeps_every_line(text, head):
-            return head + " ..."
-        return self._cut_fields(text) or head + " ..."
+        if self._keeps_every_line(text, head):
+            return head + " ...", False
+        fields = self._cut_fields(text) if self.truncate == "fields" else None
+        return (head + " ...", True) if fields is None else (fields, False)
+
+    def _truncate(self, text: str) -> str:
+        return self._cut(text)[0]
 
     def drops_a_field(self, text: str) -> bool:
-        """Whether this encoder's cut leaves a line of the input without its start (a head cut ending before the
-        last line: MultiRC's question and answer; a fields cut only where the lines outnumber the budget)."""
-        ids = self.tok(text, add_special_tokens=False).input_ids
-        if len(ids) <= self.max_input_tokens:
-            return False
-        if self._keeps_every_line(text, self.tok.decode(ids[: self.max_input_tokens])):
-            return False
-        return self.truncate == "head" or self._cut_fields(text) is None
+        return self._cut(text)[1]
 
     def fields_dropped(self, data: TaskData) -> dict:
         """{split: [inputs that lose a line's start, inputs]} over the task's training and scored examples."""
