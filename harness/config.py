@@ -360,8 +360,8 @@ def backbone_cache_key(cfg: BenchConfig, task: str, test_fingerprint: str) -> st
     to rounding) and --cache off (whole prompts); keys made on the CPU with caches on stay as they were."""
     path = [f"device={device_kind(cfg.device)}"] if device_kind(cfg.device) != "cpu" else []
     path += ["cache=off"] if cfg.cache == "off" else []
-    # keys made before the option stay. The key does not follow the code: a change to what the fields cut gives must
-    # respell its entry here (5a5dae3 changed it without; the one folder with fields entries had them removed by hand)
+    # keys made before the option stay. The key does not follow the prompt code; each entry carries the fingerprint
+    # of the inputs it scored, which does (runner._measure_backbone scores a stale entry again)
     path += [f"truncate={cfg.truncate}"] if cfg.truncate != "head" else []
     return "|".join([task, test_fingerprint] + [str(getattr(cfg, name)) for name in names(SETUP) if name != "truncate"]
                     + path)

@@ -5,6 +5,7 @@ The prompt is encoded once per example; every candidate label is scored from the
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import string
 import sys
@@ -257,6 +258,15 @@ class Evaluator:
         self.labels = {name: task.labels for name, task in tasks.items()}
         self.progress, self.log = progress, log
         self.scores: dict = {}   # (evaluation key, task) -> (accuracy, predictions as stats.encode_labels)
+
+    def inputs_fingerprint(self, task: str) -> str:
+        """A short hash of what this evaluator scores on `task`: every test prompt's token ids, the label
+        candidates' and the gold indices. Unlike the test rows' fingerprint it follows the prompt code: a change to
+        the template or the cut changes it."""
+        digest = hashlib.sha1(repr((self.mode, self.candidates[task])).encode())
+        for ex in self.test[task]:
+            digest.update(repr((ex.prompt_ids, ex.label_index)).encode())
+        return digest.hexdigest()[:16]
 
     def remember(self, key, task: str, accuracy: float, predictions: str) -> None:
         self.scores[(key, task)] = (accuracy, predictions)

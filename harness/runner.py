@@ -190,20 +190,30 @@ def _open_run(cfg: BenchConfig, run: RunDir, record: dict) -> dict:
     return status
 
 
-def _measure_backbone(cfg: BenchConfig, model, data, evaluator: Evaluator) -> dict:
+def _measure_backbone(cfg: BenchConfig, model, data, evaluator: Evaluator, run: RunDir) -> dict:
     """The base row. The untouched backbone scores the same in every run of a setup; a sweep shares its
-    scores in one file (cfg.base_cache), keyed by harness.config.backbone_cache_key, each entry its accuracy and
-    predictions. An entry from before predictions were kept (a bare accuracy) is scored again, so that every
-    base row carries its predictions."""
+    scores in one file (cfg.base_cache), keyed by harness.config.backbone_cache_key, each entry its accuracy,
+    predictions and the fingerprint of the inputs it scored (Evaluator.inputs_fingerprint). An entry is reused
+    only where its inputs are today's: one made by other prompt code (a template or a cut changed since) is
+    scored again and replaced, an entry from before fingerprints were kept is taken as today's and gets one, and
+    one from before predictions were kept (a bare accuracy) is scored again, so every base row carries them."""
     shared = read_base_cache(cfg.base_cache)
     keys = {d.name: config.backbone_cache_key(cfg, d.name, data_fingerprint(d)) for d in data}
-    reused = {name for name, key in keys.items() if isinstance(shared.get(key), dict)}
+    inputs = {name: evaluator.inputs_fingerprint(name) for name in keys}
+    kept = {name: shared.get(key) for name, key in keys.items()}
+    stale = sorted(name for name, e in kept.items() if isinstance(e, dict) and e.get("inputs", inputs[name])
+                   != inputs[name])
+    reused = {name for name, e in kept.items() if isinstance(e, dict) and name not in stale}
+    if stale:
+        _say(f"{run.path}: the shared base scores of {', '.join(stale)} were made from other prompts than "
+             "today's; scoring them again", cfg.progress)
+        run.log("base_cache_stale", tasks=stale)
     for name in reused:
-        evaluator.remember("backbone", name, shared[keys[name]]["accuracy"], shared[keys[name]]["predictions"])
+        evaluator.remember("backbone", name, kept[name]["accuracy"], kept[name]["predictions"])
     row = evaluator.evaluate("base", lambda n: CausalLMScorer(model), lambda n: "backbone")
     row["reused"] = sorted(reused)
     if cfg.base_cache:
-        write_base_cache(cfg.base_cache, {keys[n]: {"accuracy": row["accuracy"][n],
+        write_base_cache(cfg.base_cache, {keys[n]: {"accuracy": row["accuracy"][n], "inputs": inputs[n],
                                                     "predictions": row["predictions"][n]} for n in keys})
     return row
 
@@ -314,7 +324,7 @@ def _run_stream(cfg: BenchConfig, run: RunDir, method_cls, settings: dict, names
     seed_everything(cfg.seed)
     if "base" not in rows:
         stopped_before = process_clock.stopped()
-        rows["base"] = _measure_backbone(cfg, model, data, evaluator)
+        rows["base"] = _measure_backbone(cfg, model, data, evaluator, run)
         rows["base"]["stopped_seconds"] = round(process_clock.stopped() - stopped_before, 1)
         status["rows"] = rows
         clock.mark(rows["base"])

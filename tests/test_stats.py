@@ -37,12 +37,35 @@ def test_predictions_recompute_every_stored_accuracy(tmp_path, tokenizer, mode):
     assert all(len(p) == 6 for row in status["rows"].values() for p in row["predictions"].values())
     # the shared backbone cache keeps the base row's predictions: a run that reuses it records the same ones
     cache = json.load(open(tmp_path / "base.json"))
-    assert all(set(entry) == {"accuracy", "predictions"} for entry in cache.values())
+    assert all(set(entry) == {"accuracy", "inputs", "predictions"} for entry in cache.values())
     again, _ = run(tmp_path, "again", tokenizer, eval=mode, order="bbc,hutto_amazon,trec",
                    base_cache=str(tmp_path / "base.json"))
     rows = json.load(open(os.path.join(again, "status.json")))["rows"]
     assert rows["base"]["reused"] == ["bbc", "hutto_amazon", "trec"]
     assert rows["base"]["predictions"] == status["rows"]["base"]["predictions"]
+
+
+def test_a_shared_base_score_made_from_other_prompts_is_scored_again(tmp_path, tokenizer, monkeypatch):
+    from harness.prompting import PromptEncoder
+    cache_file, order = tmp_path / "base.json", "bbc,hutto_amazon"
+    run(tmp_path, "first", tokenizer, order=order, base_cache=str(cache_file))
+    first = json.load(open(cache_file))
+    original = PromptEncoder.prompt_ids
+    with monkeypatch.context() as m:   # the prompt code changes (a token more), the key does not
+        m.setattr(PromptEncoder, "prompt_ids", lambda self, task, text: (7,) + tuple(original(self, task, text)))
+        changed, _ = run(tmp_path, "changed", tokenizer, order=order, base_cache=str(cache_file))
+    assert json.load(open(os.path.join(changed, "status.json")))["rows"]["base"]["reused"] == []
+    events = [json.loads(line) for line in open(os.path.join(changed, "log.jsonl"))]
+    assert [e["tasks"] for e in events if e["event"] == "base_cache_stale"] == [["bbc", "hutto_amazon"]]
+    second = json.load(open(cache_file))
+    assert set(second) == set(first) and all(second[k]["inputs"] != first[k]["inputs"] for k in first)
+    # an entry from before fingerprints is taken as made by today's prompts, and gets today's fingerprint
+    stripped = {k: {f: v for f, v in e.items() if f != "inputs"} for k, e in second.items()}
+    cache_file.write_text(json.dumps(stripped))
+    legacy, _ = run(tmp_path, "legacy", tokenizer, order=order, base_cache=str(cache_file))
+    assert json.load(open(os.path.join(legacy, "status.json")))["rows"]["base"]["reused"] == ["bbc", "hutto_amazon"]
+    assert {k: e["inputs"] for k, e in json.load(open(cache_file)).items()} == {k: e["inputs"] for k, e in
+                                                                               first.items()}
 
 
 def test_a_resumed_run_keeps_the_predictions_of_its_finished_rows(tmp_path, tokenizer, monkeypatch):
