@@ -21,6 +21,9 @@ from harness.models import autocast
 from harness.stats import NO_ANSWER_INDEX, encode_labels, percent_correct
 
 EVAL_MODES = ("rank", "generate")
+# Raise when how an input's answer is scored changes (candidate_logprobs, the packing, normalize_answer): the
+# backbone's shared base scores made before are then scored again (Evaluator.inputs_fingerprint).
+SCORING_VERSION = 1
 
 
 
@@ -261,9 +264,9 @@ class Evaluator:
 
     def inputs_fingerprint(self, task: str) -> str:
         """A short hash of what this evaluator scores on `task`: every test prompt's token ids, the label
-        candidates' and the gold indices. Unlike the test rows' fingerprint it follows the prompt code: a change to
-        the template or the cut changes it."""
-        digest = hashlib.sha1(repr((self.mode, self.candidates[task])).encode())
+        candidates' and the gold indices, and the scoring code's version. Unlike the test rows' fingerprint it
+        follows the prompt code: a change to the template, the cut or the tokenizer changes it."""
+        digest = hashlib.sha1(repr((SCORING_VERSION, self.mode, self.candidates[task])).encode())
         for ex in self.test[task]:
             digest.update(repr((ex.prompt_ids, ex.label_index)).encode())
         return digest.hexdigest()[:16]

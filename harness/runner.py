@@ -195,8 +195,10 @@ def _measure_backbone(cfg: BenchConfig, model, data, evaluator: Evaluator, run: 
     scores in one file (cfg.base_cache), keyed by harness.config.backbone_cache_key, each entry its accuracy,
     predictions and the fingerprint of the inputs it scored (Evaluator.inputs_fingerprint). An entry is reused
     only where its inputs are today's: one made by other prompt code (a template or a cut changed since) is
-    scored again and replaced, an entry from before fingerprints were kept is taken as today's and gets one, and
-    one from before predictions were kept (a bare accuracy) is scored again, so every base row carries them."""
+    scored again and replaced. An entry from before fingerprints were kept is taken as today's and gets one
+    (the committed entries' prompts are today's; scoring them again on another CPU could move a base row that
+    earlier cells of the sweep share). One from before predictions were kept (a bare accuracy) is scored again,
+    so every base row carries them."""
     shared = read_base_cache(cfg.base_cache)
     keys = {d.name: config.backbone_cache_key(cfg, d.name, data_fingerprint(d)) for d in data}
     inputs = {name: evaluator.inputs_fingerprint(name) for name in keys}

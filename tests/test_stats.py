@@ -45,16 +45,18 @@ def test_predictions_recompute_every_stored_accuracy(tmp_path, tokenizer, mode):
     assert rows["base"]["predictions"] == status["rows"]["base"]["predictions"]
 
 
-def test_a_shared_base_score_made_from_other_prompts_is_scored_again(tmp_path, tokenizer, monkeypatch):
+@pytest.mark.parametrize("part", ["prompt_ids", "answer_ids"])
+def test_a_shared_base_score_made_from_other_prompts_is_scored_again(tmp_path, tokenizer, monkeypatch, part):
     from harness.prompting import PromptEncoder
     cache_file, order = tmp_path / "base.json", "bbc,hutto_amazon"
     run(tmp_path, "first", tokenizer, order=order, base_cache=str(cache_file))
     first = json.load(open(cache_file))
-    original = PromptEncoder.prompt_ids
-    with monkeypatch.context() as m:   # the prompt code changes (a token more), the key does not
-        m.setattr(PromptEncoder, "prompt_ids", lambda self, task, text: (7,) + tuple(original(self, task, text)))
+    original = getattr(PromptEncoder, part)
+    with monkeypatch.context() as m:   # the prompts or the label candidates change (a token more), the key does not
+        m.setattr(PromptEncoder, part, lambda self, *a: (7,) + tuple(original(self, *a)))
         changed, _ = run(tmp_path, "changed", tokenizer, order=order, base_cache=str(cache_file))
-    assert json.load(open(os.path.join(changed, "status.json")))["rows"]["base"]["reused"] == []
+    base = json.load(open(os.path.join(changed, "status.json")))["rows"]["base"]
+    assert base["reused"] == [] and base["scored"] == 2
     events = [json.loads(line) for line in open(os.path.join(changed, "log.jsonl"))]
     assert [e["tasks"] for e in events if e["event"] == "base_cache_stale"] == [["bbc", "hutto_amazon"]]
     second = json.load(open(cache_file))
@@ -63,7 +65,8 @@ def test_a_shared_base_score_made_from_other_prompts_is_scored_again(tmp_path, t
     stripped = {k: {f: v for f, v in e.items() if f != "inputs"} for k, e in second.items()}
     cache_file.write_text(json.dumps(stripped))
     legacy, _ = run(tmp_path, "legacy", tokenizer, order=order, base_cache=str(cache_file))
-    assert json.load(open(os.path.join(legacy, "status.json")))["rows"]["base"]["reused"] == ["bbc", "hutto_amazon"]
+    base = json.load(open(os.path.join(legacy, "status.json")))["rows"]["base"]
+    assert base["reused"] == ["bbc", "hutto_amazon"] and base["scored"] == 0
     assert {k: e["inputs"] for k, e in json.load(open(cache_file)).items()} == {k: e["inputs"] for k, e in
                                                                                first.items()}
 
