@@ -103,8 +103,9 @@ def read_json_file(path: str, what: str = "") -> dict:
 
 def check_base_cache(path: str) -> None:
     """The untouched backbone's shared scores (--base-cache; a sweep's <runs>/base-cache.json): absent, empty, or a
-    JSON object whose entries are {"accuracy", "predictions", "inputs"} ("inputs" since 2026-12-06; or a bare accuracy, written before predictions were
-    kept: scored again). Anything else is refused before a run starts, not silently replaced."""
+    JSON object whose entries are {"accuracy", "predictions", "inputs"} ("inputs" since 2026-12-06), or a bare
+    accuracy (written before predictions were kept: scored again). Anything else is refused before a run starts,
+    not silently replaced."""
     if not path.strip():
         raise UsageError("--base-cache is empty")
     if os.path.isdir(path):
