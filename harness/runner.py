@@ -202,10 +202,9 @@ def _measure_backbone(cfg: BenchConfig, model, data, evaluator: Evaluator, run: 
     shared = read_base_cache(cfg.base_cache)
     keys = {d.name: config.backbone_cache_key(cfg, d.name, data_fingerprint(d)) for d in data}
     inputs = {name: evaluator.inputs_fingerprint(name) for name in keys}
-    kept = {name: shared.get(key) for name, key in keys.items()}
-    stale = sorted(name for name, e in kept.items() if isinstance(e, dict) and e.get("inputs", inputs[name])
-                   != inputs[name])
-    reused = {name for name, e in kept.items() if isinstance(e, dict) and name not in stale}
+    kept = {name: shared[key] for name, key in keys.items() if isinstance(shared.get(key), dict)}
+    stale = sorted(name for name, e in kept.items() if e.get("inputs", inputs[name]) != inputs[name])
+    reused = set(kept) - set(stale)
     if stale:
         _say(f"{run.path}: the shared base scores of {', '.join(stale)} were made from other prompts than "
              "today's; scoring them again", cfg.progress)
