@@ -11,13 +11,16 @@ stream, before the stream (the backbone) and after it (the backbone with the met
   gets a paired bootstrap interval over the examples (harness/stats.py)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 from collections import defaultdict
 from contextlib import contextmanager
 from functools import partial
+from importlib.metadata import version
 
 import numpy as np
 
@@ -84,19 +87,31 @@ class MethodLM(LM):
         raise NotImplementedError("MethodLM scores multiple-choice tasks only")
 
 
+def task_rows(name: str, per_task: int, encoder, data_dir: str | None = None) -> list[dict]:
+    """A held-out task's lm-eval documents: each test example's prompt, its options and the gold option."""
+    import tasks as task_registry
+    data = task_registry.load_task(name, data_dir, 1, per_task, 0)
+    return [{"prompt": encoder.prompt_string(data, ex.text),
+             "choices": [encoder.answer_string(lab) + encoder.tok.eos_token for lab in data.labels],
+             "label": data.labels.index(ex.label)} for ex in data.test]
+
+
+def inputs_fingerprint(rows: list[dict]) -> str:
+    """What a held-out task's answers were scored from: its documents as lm-eval reads them and lm-eval's version
+    (which turns them into requests). A kept "before" answer made from other prompts (a template or a cut changed
+    since) is scored again, as the runner's base rows are (runner._measure_backbone)."""
+    text = json.dumps({"lm_eval": version("lm_eval"), "documents": rows}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
 def build_tasks(names, per_task: int, encoder, folder: str, data_dir: str | None = None) -> list[dict]:
     """lm-eval task configs (dicts) over JSONL files written to `folder` from the local task data."""
-    import tasks as task_registry
     configs = []
     for name in names:
-        data = task_registry.load_task(name, data_dir, 1, per_task, 0)
         path = os.path.join(folder, f"{name}.jsonl")
         with open(path, "w") as f:
-            for ex in data.test:
-                f.write(json.dumps({"prompt": encoder.prompt_string(data, ex.text),
-                                    "choices": [encoder.answer_string(lab) + encoder.tok.eos_token
-                                                for lab in data.labels],
-                                    "label": data.labels.index(ex.label)}) + "\n")
+            for row in task_rows(name, per_task, encoder, data_dir):
+                f.write(json.dumps(row) + "\n")
         configs.append({
             "task": TASK_PREFIX + name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": path}},
             "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "prompt",
@@ -198,15 +213,20 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
         ((truncate,) if truncate != "head" else ())   # keys made before the option stay as they were
     cache = before_cache if before_cache is not None else {}
     entries = _shared_keys(key, names, per_task, data_dir) if shared else None
+    inputs = {n: inputs_fingerprint(task_rows(n, per_task, encoder, data_dir)) for n in names} if shared else None
     if key not in cache and shared:
-        kept = read_shared_before(shared, entries)
+        kept, stale = read_shared_before(shared, entries, inputs)
         if kept is not None:
             cache[key] = kept
+            write_shared_before(shared, entries, kept, inputs)   # an entry from before fingerprints gets one
+        elif stale and progress:
+            print(f"{run_path}: the shared backbone answers of {', '.join(stale)} were made from other prompts than "
+                  "today's; scoring them again", file=sys.stderr)
     if key not in cache:   # the backbone before any training: the same for every run of a setup
         backbone = CausalLMScorer(model)
         cache[key] = evaluate(lambda task: backbone, tok, encoder, names, per_task, data_dir)
         if shared:
-            write_shared_before(shared, entries, cache[key])
+            write_shared_before(shared, entries, cache[key], inputs)
     before = cache[key]
     cache_mb = config.get("cache_mb", 0) if config.get("cache", "on") == "on" else 0   # the run's own budget
     settings = recorded_value(config, "settings")   # a setting added since the run: the value it behaved as
@@ -226,6 +246,7 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
 
 
 # Raise when evaluate() or MethodLM changes how answers are scored: kept "before" answers are then scored again.
+# (Changed prompts need no raise: each entry keeps its inputs' fingerprint, inputs_fingerprint.)
 SHARED_VERSION = 1
 
 
@@ -243,22 +264,29 @@ def _shared_keys(key: tuple, names, per_task: int, data_dir: str | None) -> dict
                          *common]) for n in names}
 
 
-def read_shared_before(path: str, entries: dict) -> dict | None:
-    """The backbone's answers kept under `entries` (task -> key) in a base-cache file, or None if any is missing."""
+def read_shared_before(path: str, entries: dict, inputs: dict) -> tuple[dict | None, list[str]]:
+    """The backbone's answers kept under `entries` (task -> key) in a base-cache file, or None if any is missing
+    or was made from other inputs than `inputs` (task -> inputs_fingerprint; lm-eval scores the set together, so
+    one stale task means scoring them all); with the names of the stale ones. An entry from before fingerprints
+    were kept is taken as today's, as the runner takes its base rows."""
     from harness.runner import read_base_cache
     cache = read_base_cache(path)
     kept = {n: cache.get(k) for n, k in entries.items()}
     if not all(isinstance(e, dict) and isinstance(e.get("gold"), str) for e in kept.values()):
-        return None
-    return {n: (stats.decode_labels(e["gold"]), stats.decode_labels(e["predictions"])) for n, e in kept.items()}
+        return None, []
+    stale = sorted(n for n, e in kept.items() if e.get("inputs", inputs[n]) != inputs[n])
+    if stale:
+        return None, stale
+    return {n: (stats.decode_labels(e["gold"]), stats.decode_labels(e["predictions"])) for n, e in kept.items()}, []
 
 
-def write_shared_before(path: str, entries: dict, before: dict) -> None:
-    """Entries as the runner's base rows are kept (accuracy, predictions; here the gold labels too)."""
+def write_shared_before(path: str, entries: dict, before: dict, inputs: dict) -> None:
+    """Entries as the runner's base rows are kept (accuracy, predictions, the inputs' fingerprint; here the gold
+    labels too)."""
     from harness.runner import write_base_cache
     write_base_cache(path, {k: {"accuracy": stats.percent_correct(before[n][1], before[n][0]),
                                 "predictions": stats.encode_labels(before[n][1]),
-                                "gold": stats.encode_labels(before[n][0])}
+                                "gold": stats.encode_labels(before[n][0]), "inputs": inputs[n]}
                             for n, k in entries.items()})
 
 

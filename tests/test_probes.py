@@ -9,6 +9,7 @@ import pytest
 
 from harness import general, probes, protocols
 from harness.cli import main
+from harness.prompting import PromptEncoder
 from harness.rundir import check_base_cache
 from harness.sweep import cell_state, plan
 from tests.conftest import sweep_setup
@@ -33,7 +34,7 @@ def without_stamp(record):
 
 
 def test_a_run_measures_its_probes_and_a_rerun_measures_only_those_it_lacks(tmp_path, small_general, capsys,
-                                                                            monkeypatch):
+                                                                            monkeypatch, tokenizer):
     out, shared = str(tmp_path / "run"), str(tmp_path / "base-cache.json")
     assert main(["bench", *TINY, "--probes", "generation,general", "--out", out, "--base-cache", shared]) == 0
     said = capsys.readouterr().out
@@ -53,6 +54,28 @@ def test_a_run_measures_its_probes_and_a_rerun_measures_only_those_it_lacks(tmp_
     monkeypatch.setattr(general, "evaluate", lambda *a, **k: calls.append(1) or real_evaluate(*a, **k))
     again = general.run_general(out, ("sms_spam",), 6, shared=shared)
     assert len(calls) == 1 and without_stamp(again) == without_stamp(kept)
+    # each kept answer set carries the fingerprint of the prompts it was scored from ...
+    cache = json.load(open(shared))
+    (entry,) = [k for k in cache if k.startswith("general|")]
+    assert cache[entry]["inputs"] == general.inputs_fingerprint(
+        general.task_rows("sms_spam", 6, PromptEncoder(tokenizer, 8)))
+    # ... an entry from before fingerprints were kept is taken as today's and gets one ...
+    json.dump({**cache, entry: {k: v for k, v in cache[entry].items() if k != "inputs"}}, open(shared, "w"))
+    calls.clear()
+    assert without_stamp(general.run_general(out, ("sms_spam",), 6, shared=shared)) == without_stamp(kept)
+    assert len(calls) == 1 and json.load(open(shared)) == cache
+    # ... and one made from other prompts (a template changed since) is scored again and replaced
+    real_prompt = PromptEncoder.prompt_string
+    monkeypatch.setattr(PromptEncoder, "prompt_string", lambda self, *a: "Answer. " + real_prompt(self, *a))
+    calls.clear()
+    capsys.readouterr()
+    general.run_general(out, ("sms_spam",), 6, shared=shared)
+    assert len(calls) == 2 and "made from other prompts than today's" in capsys.readouterr().err
+    assert json.load(open(shared))[entry]["inputs"] != cache[entry]["inputs"]
+    monkeypatch.setattr(PromptEncoder, "prompt_string", real_prompt)
+    calls.clear()
+    general.run_general(out, ("sms_spam",), 6, shared=shared)   # today's prompts again: scored again once more
+    assert len(calls) == 2 and json.load(open(shared)) == cache
     # a general.json of other held-out tasks (`general --tasks ...`) is not the probe's
     json.dump({**kept, "requested": ["hutto_movie"]}, open(str(tmp_path / "other.json"), "w"))
     os.replace(os.path.join(out, "general.json"), str(tmp_path / "kept.json"))
