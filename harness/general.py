@@ -41,6 +41,16 @@ DEFAULT_PER_TASK = 50
 TASK_PREFIX = "clh_general_"
 
 
+# How lm-eval turns a held-out document into requests (the task configs and the inputs' fingerprint both read it).
+TASK_FORMAT = {"output_type": "multiple_choice", "doc_to_text": "prompt", "doc_to_choice": "choices",
+               "doc_to_target": "label", "target_delimiter": ""}
+
+
+def token_ids(tok, text: str) -> tuple[int, ...]:
+    """A request's context or option as MethodLM scores it."""
+    return tuple(tok(text, add_special_tokens=False).input_ids)
+
+
 class MethodLM(LM):
     """lm-eval model over a method's test-time scorer. Only log-likelihood requests (multiple choice)."""
 
@@ -49,9 +59,6 @@ class MethodLM(LM):
         self.scorer_for = scorer_for      # task name -> Scorer
         self.tok = tokenizer
         self.batch_size = batch_size
-
-    def _ids(self, text: str) -> tuple[int, ...]:
-        return tuple(self.tok(text, add_special_tokens=False).input_ids)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         results: list = [None] * len(requests)
@@ -68,10 +75,10 @@ class MethodLM(LM):
                 groups[tuple(sorted({c for _, c in items}))].append((context, items))
             scorer = self.scorer_for(task)
             for options, members in groups.items():
-                candidates = [self._ids(c) for c in options]
+                candidates = [token_ids(self.tok, c) for c in options]
                 if any(not c for c in candidates):
                     raise ValueError("empty continuation")
-                prompts = [self._ids(ctx) or (self.tok.eos_token_id,) for ctx, _ in members]
+                prompts = [token_ids(self.tok, ctx) or (self.tok.eos_token_id,) for ctx, _ in members]
                 scores, greedy = candidate_logprobs(scorer, prompts, candidates, self.tok.pad_token_id,
                                                     self.batch_size)
                 col = {c: k for k, c in enumerate(options)}
@@ -96,11 +103,15 @@ def task_rows(name: str, per_task: int, encoder, data_dir: str | None = None) ->
              "label": data.labels.index(ex.label)} for ex in data.test]
 
 
-def inputs_fingerprint(rows: list[dict]) -> str:
-    """What a held-out task's answers were scored from: its documents as lm-eval reads them and lm-eval's version
-    (which turns them into requests). A kept "before" answer made from other prompts (a template or a cut changed
-    since) is scored again, as the runner's base rows are (runner._measure_backbone)."""
-    text = json.dumps({"lm_eval": version("lm_eval"), "documents": rows}, sort_keys=True)
+def inputs_fingerprint(rows: list[dict], tok) -> str:
+    """What a held-out task's answers are scored from: its documents (task_rows) as MethodLM scores them (token
+    ids of prompt and options; the gold option), how lm-eval turns them into requests (TASK_FORMAT) and lm-eval's
+    version (which does it; an upgrade scores the backbone's answers again, once a setup, about 40 s). A kept
+    "before" answer made from other inputs (a template or a cut changed since) is scored again, as the runner's
+    base rows are (runner._measure_backbone)."""
+    documents = [[token_ids(tok, r["prompt"]), [token_ids(tok, c) for c in r["choices"]], r["label"]] for r in rows]
+    text = json.dumps({"lm_eval": version("lm_eval"), "format": TASK_FORMAT, "documents": documents},
+                      sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()
 
 
@@ -114,8 +125,7 @@ def build_tasks(names, per_task: int, encoder, folder: str, data_dir: str | None
                 f.write(json.dumps(row) + "\n")
         configs.append({
             "task": TASK_PREFIX + name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": path}},
-            "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "prompt",
-            "doc_to_choice": "choices", "doc_to_target": "label", "target_delimiter": "",
+            "test_split": "test", **TASK_FORMAT,
             "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
         })
     return configs
@@ -212,20 +222,24 @@ def run_general(run_path: str, names=GENERAL_TASKS, per_task: int = DEFAULT_PER_
     key = (config["model"], config["max_input_tokens"], tuple(names), per_task, device) + \
         ((truncate,) if truncate != "head" else ())   # keys made before the option stay as they were
     cache = before_cache if before_cache is not None else {}
-    entries = _shared_keys(key, names, per_task, data_dir) if shared else None
-    inputs = {n: inputs_fingerprint(task_rows(n, per_task, encoder, data_dir)) for n in names} if shared else None
+    entries = inputs = None
     if key not in cache and shared:
-        kept, stale = read_shared_before(shared, entries, inputs)
+        entries = _shared_keys(key, names, per_task, data_dir)
+        inputs = {n: inputs_fingerprint(task_rows(n, per_task, encoder, data_dir), tok) for n in names}
+        kept, stale, unmarked = read_shared_before(shared, entries, inputs)
         if kept is not None:
             cache[key] = kept
-            write_shared_before(shared, entries, kept, inputs)   # an entry from before fingerprints gets one
-        elif stale and progress:
-            print(f"{run_path}: the shared backbone answers of {', '.join(stale)} were made from other prompts than "
-                  "today's; scoring them again", file=sys.stderr)
+            if unmarked:   # entries from before fingerprints were kept get theirs
+                write_shared_before(shared, entries, kept, inputs)
+        elif stale:
+            run.log("general_base_stale", tasks=stale)
+            if progress:
+                print(f"{run_path}: the shared backbone answers of {', '.join(stale)} were made from other inputs "
+                      "than today's; scoring them again", file=sys.stderr)
     if key not in cache:   # the backbone before any training: the same for every run of a setup
         backbone = CausalLMScorer(model)
         cache[key] = evaluate(lambda task: backbone, tok, encoder, names, per_task, data_dir)
-        if shared:
+        if entries:
             write_shared_before(shared, entries, cache[key], inputs)
     before = cache[key]
     cache_mb = config.get("cache_mb", 0) if config.get("cache", "on") == "on" else 0   # the run's own budget
@@ -264,20 +278,21 @@ def _shared_keys(key: tuple, names, per_task: int, data_dir: str | None) -> dict
                          *common]) for n in names}
 
 
-def read_shared_before(path: str, entries: dict, inputs: dict) -> tuple[dict | None, list[str]]:
+def read_shared_before(path: str, entries: dict, inputs: dict) -> tuple[dict | None, list[str], list[str]]:
     """The backbone's answers kept under `entries` (task -> key) in a base-cache file, or None if any is missing
     or was made from other inputs than `inputs` (task -> inputs_fingerprint; lm-eval scores the set together, so
-    one stale task means scoring them all); with the names of the stale ones. An entry from before fingerprints
-    were kept is taken as today's, as the runner takes its base rows."""
+    one stale task means scoring them all); then the stale tasks, and those kept without a fingerprint (from before
+    fingerprints were kept: taken as today's, as the runner takes its base rows)."""
     from harness.runner import read_base_cache
     cache = read_base_cache(path)
     kept = {n: cache.get(k) for n, k in entries.items()}
     if not all(isinstance(e, dict) and isinstance(e.get("gold"), str) for e in kept.values()):
-        return None, []
+        return None, [], []
     stale = sorted(n for n, e in kept.items() if e.get("inputs", inputs[n]) != inputs[n])
     if stale:
-        return None, stale
-    return {n: (stats.decode_labels(e["gold"]), stats.decode_labels(e["predictions"])) for n, e in kept.items()}, []
+        return None, stale, []
+    answers = {n: (stats.decode_labels(e["gold"]), stats.decode_labels(e["predictions"])) for n, e in kept.items()}
+    return answers, [], sorted(n for n, e in kept.items() if "inputs" not in e)
 
 
 def write_shared_before(path: str, entries: dict, before: dict, inputs: dict) -> None:

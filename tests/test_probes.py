@@ -10,7 +10,7 @@ import pytest
 from harness import general, probes, protocols
 from harness.cli import main
 from harness.prompting import PromptEncoder
-from harness.rundir import check_base_cache
+from harness.rundir import RunDir, check_base_cache
 from harness.sweep import cell_state, plan
 from tests.conftest import sweep_setup
 
@@ -54,28 +54,43 @@ def test_a_run_measures_its_probes_and_a_rerun_measures_only_those_it_lacks(tmp_
     monkeypatch.setattr(general, "evaluate", lambda *a, **k: calls.append(1) or real_evaluate(*a, **k))
     again = general.run_general(out, ("sms_spam",), 6, shared=shared)
     assert len(calls) == 1 and without_stamp(again) == without_stamp(kept)
-    # each kept answer set carries the fingerprint of the prompts it was scored from ...
+    # each kept answer set carries the fingerprint of the inputs it was scored from ...
     cache = json.load(open(shared))
     (entry,) = [k for k in cache if k.startswith("general|")]
     assert cache[entry]["inputs"] == general.inputs_fingerprint(
-        general.task_rows("sms_spam", 6, PromptEncoder(tokenizer, 8)))
+        general.task_rows("sms_spam", 6, PromptEncoder(tokenizer, 8)), tokenizer)
     # ... an entry from before fingerprints were kept is taken as today's and gets one ...
     json.dump({**cache, entry: {k: v for k, v in cache[entry].items() if k != "inputs"}}, open(shared, "w"))
     calls.clear()
     assert without_stamp(general.run_general(out, ("sms_spam",), 6, shared=shared)) == without_stamp(kept)
     assert len(calls) == 1 and json.load(open(shared)) == cache
-    # ... and one made from other prompts (a template changed since) is scored again and replaced
+    written = os.stat(shared).st_mtime_ns
+    general.run_general(out, ("sms_spam",), 6, shared=shared)   # a plain reuse leaves the shared file alone
+    assert os.stat(shared).st_mtime_ns == written
+    # ... and one made from other prompts (a template changed since) is scored again and replaced, said on stderr
+    # and in the run's log; with two held-out tasks, one stale task has the set scored again (lm-eval scores it
+    # together), and only that task's fingerprint moves
+    both = ("sms_spam", "hutto_movie")
+    general.run_general(out, both, 6, shared=shared)
+    pair = json.load(open(shared))
     real_prompt = PromptEncoder.prompt_string
-    monkeypatch.setattr(PromptEncoder, "prompt_string", lambda self, *a: "Answer. " + real_prompt(self, *a))
+    monkeypatch.setattr(PromptEncoder, "prompt_string",
+                        lambda self, data, text: ("Answer. " if data.name == "hutto_movie" else "")
+                        + real_prompt(self, data, text))
     calls.clear()
     capsys.readouterr()
-    general.run_general(out, ("sms_spam",), 6, shared=shared)
-    assert len(calls) == 2 and "made from other prompts than today's" in capsys.readouterr().err
-    assert json.load(open(shared))[entry]["inputs"] != cache[entry]["inputs"]
+    general.run_general(out, both, 6, shared=shared)
+    assert len(calls) == 2 and "answers of hutto_movie were made from other inputs" in capsys.readouterr().err
+    assert RunDir(out).events()[-1] | {"t": 0} == {"t": 0, "event": "general_base_stale", "tasks": ["hutto_movie"]}
+    (hutto,) = [k for k in pair if k.startswith("general|hutto_movie|")]
+    assert {k for k, e in json.load(open(shared)).items() if e != pair[k]} == {hutto}
+    assert json.load(open(shared))[hutto]["inputs"] != pair[hutto]["inputs"]
     monkeypatch.setattr(PromptEncoder, "prompt_string", real_prompt)
     calls.clear()
-    general.run_general(out, ("sms_spam",), 6, shared=shared)   # today's prompts again: scored again once more
-    assert len(calls) == 2 and json.load(open(shared)) == cache
+    general.run_general(out, both, 6, shared=shared, progress=False)   # today's prompts again: scored again, quietly
+    assert len(calls) == 2 and "other inputs" not in capsys.readouterr().err
+    assert RunDir(out).events()[-1]["event"] == "general_base_stale" and json.load(open(shared)) == pair
+    assert without_stamp(general.run_general(out, ("sms_spam",), 6, shared=shared)) == without_stamp(kept)
     # a general.json of other held-out tasks (`general --tasks ...`) is not the probe's
     json.dump({**kept, "requested": ["hutto_movie"]}, open(str(tmp_path / "other.json"), "w"))
     os.replace(os.path.join(out, "general.json"), str(tmp_path / "kept.json"))
