@@ -579,33 +579,42 @@ def hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
 
-def _base_scored(runs: str) -> set[str]:
-    """Tasks whose untouched-backbone score a folder's base-cache holds (its keys start with the task's name)."""
+def _base_scored(runs: str) -> set[tuple[str, str]]:
+    """(task, setup) of each untouched-backbone score a folder's base-cache holds: its keys are task|test
+    examples' fingerprint|setup (config.backbone_cache_key). Whether an entry's prompts are today's is not
+    checked here (that needs the tokenizer): a stale one counts as scored, though its cell scores it again."""
     try:
         with open(os.path.join(runs, "base-cache.json")) as f:
-            return {key.split("|", 1)[0] for key in json.load(f)}
-    except (OSError, ValueError, AttributeError):
+            keys = list(json.load(f))
+    except (OSError, ValueError, TypeError):
         return set()
+    return {(parts[0], "|".join(parts[2:])) for parts in (key.split("|") for key in keys)}
+
+
+def _base_setup(cfg: BenchConfig, task: str) -> tuple[str, str]:
+    """A cell's base-cache entry for a task, as _base_scored reads keys (the fingerprint left out)."""
+    parts = config.backbone_cache_key(cfg, task, "").split("|")
+    return parts[0], "|".join(parts[2:])
 
 
 def grid_costs(runs: str, cells: list[Cell], costs_from: list[str] | None = None):
     """(the cost model, [(cell, state, seconds left or None)]) at the medians of the runs this folder (or the
     folders `costs_from` names, pooled) has finished with the grid's setup. The base row is charged once per task
-    the folder's base-cache lacks, to the first cell left that needs it (the sweep's runs share it)."""
+    and setup the folder's base-cache lacks, to the first cell left that needs it (the sweep's runs share it)."""
     import tasks
     model = CostModel.read(costs_from or runs, cells[0].config if cells else None)
     if costs_from and not model.runs:
         raise UsageError(f"--costs-from {','.join(costs_from)}: no finished run with this grid's setup there (a "
                          "sweep's --runs folder holds <method>/<order>/seed<n>/ run directories)")
     base_left = set() if model.base_per_cell is None else \
-        {t for c in cells for t in tasks.get_order(c.config.order)} - _base_scored(runs)
+        {_base_setup(c.config, t) for c in cells for t in tasks.get_order(c.config.order)} - _base_scored(runs)
     costs = []
     for cell in cells:
         state = cell_state(cell)
         seconds = None if state == "finished" else model.seconds_left(cell, state)
         if seconds is not None:
-            mine = [t for t in tasks.get_order(cell.config.order) if t in base_left]
-            base_left -= set(mine)
+            mine = {_base_setup(cell.config, t) for t in tasks.get_order(cell.config.order)} & base_left
+            base_left -= mine
             seconds += len(mine) * model.base_per_cell if mine else 0.0
         costs.append((cell, state, seconds))
     return model, costs

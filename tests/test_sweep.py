@@ -1,4 +1,5 @@
 """The sweep: skips finished runs, resumes an unfinished one after its last finished task, runs the rest."""
+import dataclasses
 import json
 import os
 import signal
@@ -444,10 +445,14 @@ def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, ca
     assert model.seconds_left(seq) == pytest.approx(10 + 30 + 20 + (2 + 3 + 3) * 5.5)
     open(os.path.join(seq.out, "c.pt"), "w").close()
     assert model.seconds_left(seq) == pytest.approx(30 + 20 + (3 + 3) * 5.5)
-    # The grid: the backbone's row is charged once per task the folder's base-cache lacks (bbc is in it), to the
-    # first cell left that needs it: hutto_amazon and trec to seq_lora on the longer order.
+    # The grid: the backbone's row is charged once per task and setup the folder's base-cache lacks (bbc is in it;
+    # hutto_amazon only at other sizes, which do not count), to the first cell left that needs it: hutto_amazon
+    # and trec to seq_lora on the longer order.
+    other_sizes = dataclasses.replace(like, test_per_task=7)
     with open(os.path.join(runs, "base-cache.json"), "w") as f:
-        json.dump({"bbc|fingerprint|setup": {"accuracy": 0.0, "predictions": "0"}}, f)
+        json.dump({config.backbone_cache_key(like, "bbc", "fingerprint"): {"accuracy": 0.0, "predictions": "0"},
+                   config.backbone_cache_key(other_sizes, "hutto_amazon", "fingerprint"): {"accuracy": 0.0,
+                                                                                            "predictions": "0"}}, f)
     cells = plan(runs, ["seq_lora", "mtl", "zero_shot"], [ORDER, longer], ["1"], like)
     _, costs = grid_costs(runs, cells)
     assert [(state, seconds) for _, state, seconds in costs] == [
