@@ -591,6 +591,13 @@ def _base_scored(runs: str) -> set[tuple[str, str]]:
     return {(parts[0], "|".join(parts[2:])) for parts in (key.split("|") for key in keys)}
 
 
+def _scores_base(cell: Cell, state: str) -> bool:
+    """Whether running the cell scores the backbone's row: not where its status keeps one (a resumed run; a
+    finished one that lacks only a probe)."""
+    status = {} if state in STARTS_OVER else RunDir(cell.out).status() or {}
+    return "base" not in _stages_kept(cell, state, status)
+
+
 def _base_setup(cfg: BenchConfig, task: str) -> tuple[str, str]:
     """A cell's base-cache entry for a task, as _base_scored reads keys (the fingerprint left out)."""
     parts = config.backbone_cache_key(cfg, task, "").split("|")
@@ -600,7 +607,8 @@ def _base_setup(cfg: BenchConfig, task: str) -> tuple[str, str]:
 def grid_costs(runs: str, cells: list[Cell], costs_from: list[str] | None = None):
     """(the cost model, [(cell, state, seconds left or None)]) at the medians of the runs this folder (or the
     folders `costs_from` names, pooled) has finished with the grid's setup. The base row is charged once per task
-    and setup the folder's base-cache lacks, to the first cell left that needs it (the sweep's runs share it)."""
+    and setup the folder's base-cache lacks, to the first cell left that will score it (the sweep's runs share
+    it)."""
     import tasks
     model = CostModel.read(costs_from or runs, cells[0].config if cells else None)
     if costs_from and not model.runs:
@@ -612,7 +620,7 @@ def grid_costs(runs: str, cells: list[Cell], costs_from: list[str] | None = None
     for cell in cells:
         state = cell_state(cell)
         seconds = None if state == "finished" else model.seconds_left(cell, state)
-        if seconds is not None:
+        if seconds is not None and _scores_base(cell, state):
             mine = {_base_setup(cell.config, t) for t in tasks.get_order(cell.config.order)} & base_left
             base_left -= mine
             seconds += len(mine) * model.base_per_cell if mine else 0.0

@@ -446,8 +446,8 @@ def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, ca
     open(os.path.join(seq.out, "c.pt"), "w").close()
     assert model.seconds_left(seq) == pytest.approx(30 + 20 + (3 + 3) * 5.5)
     # The grid: the backbone's row is charged once per task and setup the folder's base-cache lacks (bbc is in it;
-    # hutto_amazon only at other sizes, which do not count), to the first cell left that needs it: hutto_amazon
-    # and trec to seq_lora on the longer order.
+    # hutto_amazon only at other sizes, which do not count), to the first cell left that will score it: not
+    # seq_lora on the longer order, whose status keeps its base row, but mtl there (hutto_amazon and trec).
     other_sizes = dataclasses.replace(like, test_per_task=7)
     with open(os.path.join(runs, "base-cache.json"), "w") as f:
         json.dump({config.backbone_cache_key(like, "bbc", "fingerprint"): {"accuracy": 0.0, "predictions": "0"},
@@ -456,13 +456,13 @@ def test_dry_run_costs_what_is_left_at_the_medians_of_finished_runs(tmp_path, ca
     cells = plan(runs, ["seq_lora", "mtl", "zero_shot"], [ORDER, longer], ["1"], like)
     _, costs = grid_costs(runs, cells)
     assert [(state, seconds) for _, state, seconds in costs] == [
-        ("finished", None), ("finished", None), ("finished", None), ("partial", pytest.approx(83 + 2 * 2.0)),
-        ("new", pytest.approx(67.5)), ("new", 0.0)]
+        ("finished", None), ("finished", None), ("finished", None), ("partial", pytest.approx(83)),
+        ("new", pytest.approx(67.5 + 2 * 2.0)), ("new", 0.0)]
     assert main(["sweep", "--methods", "seq_lora,mtl,zero_shot,replay", "--orders", f"{ORDER},{longer}",
                  "--seeds", "1", "--runs", runs, "--matrix", "needed", "--model", "tiny-llama", "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("finished") and out[4].startswith(" partial") and out[4].endswith("~1 min")
-    # 87 + 67.5 + 0 s; replay has no record to go by
+    # 83 + 71.5 + 0 s; replay has no record to go by
     assert out[-1].startswith("left: 5 of 8 run(s), about 3 min one after another, at the medians of the 3 finished")
     assert ("1 finished run(s) there with another setup left out; not estimated (no finished run "
             f"in {runs}): replay; ") in out[-1]
