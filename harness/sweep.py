@@ -588,7 +588,13 @@ def _base_scored(runs: str) -> set[tuple[str, str]]:
             keys = list(json.load(f))
     except (OSError, ValueError, TypeError):
         return set()
-    return {(parts[0], "|".join(parts[2:])) for parts in (key.split("|") for key in keys)}
+    return {_task_and_setup(key) for key in keys}
+
+
+def _task_and_setup(key: str) -> tuple[str, str]:
+    """A base-cache key less its test examples' fingerprint: task|fingerprint|setup -> (task, setup)."""
+    task, _, rest = key.partition("|")
+    return task, rest.partition("|")[2]
 
 
 def _scores_base(cell: Cell, state: str) -> bool:
@@ -600,8 +606,7 @@ def _scores_base(cell: Cell, state: str) -> bool:
 
 def _base_setup(cfg: BenchConfig, task: str) -> tuple[str, str]:
     """A cell's base-cache entry for a task, as _base_scored reads keys (the fingerprint left out)."""
-    parts = config.backbone_cache_key(cfg, task, "").split("|")
-    return parts[0], "|".join(parts[2:])
+    return _task_and_setup(config.backbone_cache_key(cfg, task, ""))
 
 
 def grid_costs(runs: str, cells: list[Cell], costs_from: list[str] | None = None):
