@@ -21,9 +21,10 @@ METHODS ?= zero_shot,seq_lora,replay,inc_lora,o_lora,i_lora,craft,per_task,mtl
 ORDERS ?= offline1,offline2,offline3
 SEEDS ?= 1,2
 RUNS ?= results/runs
-# make tables: each folder's tables from its runs/ (the committed ones by default; RESULT_DIRS=DIR for another)
-RESULT_DIRS ?= $(patsubst %/runs,%,$(wildcard results/runs results/test/runs results/val/runs results/val/tuning/runs \
-	results/val/train_size/*/runs results/val/truncation/runs))
+# make tables: each folder's tables from its runs/ (the committed ones by default; RESULT_DIRS=DIR for another);
+# results/ last: its preface quotes results/test's paired table as the rebuild before it left it
+RESULT_DIRS ?= $(patsubst %/runs,%,$(wildcard results/test/runs results/val/runs results/val/tuning/runs \
+	results/val/train_size/*/runs results/val/truncation/runs results/runs))
 JOBS ?= 1
 # make test: pytest-xdist workers (conftest gives each its share of the cores; TEST_JOBS=1 runs in one process)
 TEST_JOBS ?= 2

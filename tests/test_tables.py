@@ -1395,6 +1395,38 @@ def test_a_folders_preface_opens_its_readme_and_survives_a_rebuild(runs, tmp_pat
         assert readme.index("do not edit by hand") < readme.index("These runs check") < readme.index("## Where")
 
 
+def test_a_preface_quotes_another_folders_table_as_it_is_now_and_a_missing_one_stops_the_rebuild(runs, tmp_path):
+    out = str(tmp_path / "results")
+    os.makedirs(os.path.join(out, "test"))
+    quoted = os.path.join(out, "test", "paired.md")
+    with open(os.path.join(out, "preface.md"), "w") as f:
+        f.write("Where the verdict stands:\n\n<!-- table from test/paired.md -->\n\nRead it by block.\n")
+
+    def table(delta):
+        with open(quoted, "w") as f:
+            f.write(f"### craft against each baseline\n\n| Method | ΔAA |\n|---|---|\n| quoted_baseline | {delta} |"
+                    "\n\nA quoted note line.\n\n| second | table |\n|---|---|\n")
+
+    for delta in ("+13.58 [9.33, 17.59] **", "+1.00 [-2.00, 4.00]"):   # each rebuild copies the table as it is
+        table(delta)
+        write_tables(runs, out, figures=False)
+        readme = open(os.path.join(out, "README.md")).read()
+        copied = f"| Method | ΔAA |\n|---|---|\n| quoted_baseline | {delta} |"
+        assert f"<!-- table from test/paired.md -->\n\n{copied}\n\nRead it by block." in readme
+        assert readme.count("| quoted_baseline |") == 1   # the first table only, without the note under it
+        assert "A quoted note line" not in readme and "| second |" not in readme
+        assert "but for the table it quotes from `test/paired.md`, copied in by each rebuild" in readme
+    os.unlink(quoted)
+    written = {name: os.stat(os.path.join(out, name)).st_mtime_ns for name in os.listdir(out) if "." in name}
+    with pytest.raises(UsageError, match="test/paired.md, which is not there"):
+        write_tables(runs, out, figures=False)
+    assert {name: os.stat(os.path.join(out, name)).st_mtime_ns for name in written} == written   # nothing rewritten
+    with open(quoted, "w") as f:
+        f.write("no table yet\n")
+    with pytest.raises(UsageError, match="holds no Markdown table"):
+        write_tables(runs, out, figures=False)
+
+
 def test_order_dispersion_is_taken_per_seed_so_more_seeds_do_not_average_noise_away(tmp_path):
     root = str(tmp_path / "runs")
     # seed 1: task a 80 on order 1, 60 on order 2; seed 2 the other way round. Seed means are level (70, 70:
