@@ -11,7 +11,7 @@ import pytest
 from core.errors import UsageError
 from harness import stats
 from harness.rundir import write_json
-from harness.tables import load_runs, order_dispersion, write_tables
+from harness.tables import load_runs, order_dispersion, read_preface, write_tables
 from tests.conftest import ROOT
 
 TASKS = ["a", "b"]
@@ -1425,6 +1425,18 @@ def test_a_preface_quotes_another_folders_table_as_it_is_now_and_a_missing_one_s
         f.write("no table yet\n")
     with pytest.raises(UsageError, match="holds no Markdown table"):
         write_tables(runs, out, figures=False)
+    table("+2.00 [0.50, 3.50]")
+    preface = os.path.join(out, "preface.md")
+    # a marker in a code fence is shown, not expanded; a paragraph right under a marker is kept apart from the rows
+    with open(preface, "w") as f:
+        f.write("```\n<!-- table from test/missing.md -->\n```\n<!-- table from test/paired.md -->\nRead it.\n")
+    assert read_preface(out) == ("```\n<!-- table from test/missing.md -->\n```\n<!-- table from test/paired.md -->\n"
+                                 "\n| Method | ΔAA |\n|---|---|\n| quoted_baseline | +2.00 [0.50, 3.50] |\n\nRead it.")
+    for typo in ("<!--table from test/paired.md -->", "<!-- table from test/paired.md -->.", "  <!-- table from x -->"):
+        with open(preface, "w") as f:
+            f.write(f"Intro.\n\n{typo}\n")
+        with pytest.raises(UsageError, match="preface.md:3: a table marker reads exactly"):
+            write_tables(runs, out, figures=False)
 
 
 def test_order_dispersion_is_taken_per_seed_so_more_seeds_do_not_average_noise_away(tmp_path):
