@@ -1737,7 +1737,12 @@ def read_preface(out: str) -> str | None:
     for n, line in enumerate(lines):
         expanded.append(line)
         if n in tables:   # blank lines around the rows: the comment ends its HTML block; a next line would join
-            expanded += [""] + first_table(os.path.join(out, tables[n]), path) + \
+            quoted = os.path.join(out, tables[n])
+            if os.path.dirname(os.path.abspath(quoted)) == os.path.abspath(out) and \
+                    os.path.basename(quoted).split("-")[0].split(".")[0] in TABLE_NAMES:
+                raise UsageError(f"{path}:{n + 1}: quotes {tables[n]}, a table this rebuild rewrites (the copy would "
+                                 "be the previous build's): quote another folder's table")
+            expanded += [""] + first_table(quoted, path) + \
                 ([""] if n + 1 < len(lines) and lines[n + 1].strip() else [])
     return "\n".join(expanded)
 

@@ -1432,6 +1432,10 @@ def test_a_preface_quotes_another_folders_table_as_it_is_now_and_a_missing_one_s
         f.write("```\n<!-- table from test/missing.md -->\n```\n<!-- table from test/paired.md -->\nRead it.\n")
     assert read_preface(out) == ("```\n<!-- table from test/missing.md -->\n```\n<!-- table from test/paired.md -->\n"
                                  "\n| Method | ΔAA |\n|---|---|\n| quoted_baseline | +2.00 [0.50, 3.50] |\n\nRead it.")
+    with open(preface, "w") as f:   # its own folder's table would be copied as the previous build left it
+        f.write("Intro.\n\n<!-- table from paired.md -->\n")
+    with pytest.raises(UsageError, match="preface.md:3: quotes paired.md, a table this rebuild rewrites"):
+        write_tables(runs, out, figures=False)
     for typo in ("<!--table from test/paired.md -->", "<!-- table from test/paired.md -->.", "  <!-- table from x -->"):
         with open(preface, "w") as f:
             f.write(f"Intro.\n\n{typo}\n")
