@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shlex
+import time
 from collections import Counter
 from dataclasses import dataclass, replace
 
@@ -52,6 +53,7 @@ class Run:
     card: dict
     config: dict
     general: dict | None = None
+    finished: str = ""   # when the run finished, UTC (status.json's clock), "" where it was not recorded
     scores: stats.ExampleScores | None = None   # None: recorded before per-example predictions were kept
     _samples: dict | None = None
     _general_samples: np.ndarray | None = None
@@ -119,6 +121,13 @@ def label_method(label: str) -> str:
     return label.split(" [")[0].split(" (")[0]
 
 
+def utc_text(epoch_seconds) -> str:
+    """A status.json time as config.json's "created" reads (in UTC, so every machine prints the same)."""
+    if not isinstance(epoch_seconds, (int, float)):
+        return ""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_seconds))
+
+
 def load_runs(root: str) -> tuple[list[Run], list[str]]:
     """Every finished run under root, and the paths of unfinished ones."""
     if not os.path.isdir(root):
@@ -143,6 +152,7 @@ def load_runs(root: str) -> tuple[list[Run], list[str]]:
                 label=method_label(config["method"], label_args(config)), order=str(config["order"]),
                 seed=int(config["seed"]), tasks=list(config["tasks"]), setup=setup_of(config), matrix=matrix,
                 metrics=metrics_mod.compute(matrix), card=card, config=config, general=general,
+                finished=utc_text(status.get("finished")),
                 scores=stats.example_scores(config, status, matrix, folder)))
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(f"{run.file('config.json')} is corrupt: {e!r}") from None
@@ -1827,7 +1837,8 @@ def former_names_line(runs: list[Run]) -> str | None:
 def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks: dict, verdicts: dict,
                    preface: str | None = None) -> str:
     s = dict(zip(SETUP_KEYS, setup))
-    created = sorted(r.config.get("created", "") for r in runs)
+    started = min((r.config.get("created", "") for r in runs), default="")
+    finished = max((r.finished for r in runs), default="")
     data = {}
     for r in runs:
         for task, sizes in r.config.get("data", {}).items():
@@ -1864,7 +1875,8 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
              ", ".join(f"{t} {a}/{b}" for t, (a, b) in sorted(data.items())) + ".",
              f"- {len(runs)} finished runs: methods {', '.join(sort_labels({r.label for r in runs}))}; orders "
              f"{', '.join(sorted({r.order for r in runs}))}; seeds {', '.join(map(str, sorted({r.seed for r in runs})))}.",
-             f"- Run dates: {created[0]} to {created[-1]}. Packages: {packages_line(runs)}.",
+             f"- Run dates (UTC): from {started} (the first run's start) to {finished or '?'} (the last one's finish"
+             f"{'' if all(r.finished for r in runs) else '; ? = a run whose finish time was not recorded'}). Packages: {packages_line(runs)}.",
              f"- Cost: {sum(r.card['timing']['wall_seconds'] for r in runs) / 3600:.2f} hours of run wall time in all "
              f"(training {sum(r.card['timing']['train_seconds'] for r in runs) / 3600:.2f} h, evaluation "
              f"{sum(r.card['timing']['eval_seconds'] for r in runs) / 3600:.2f} h; wall time less the spans a run lay "

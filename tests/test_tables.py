@@ -1,9 +1,11 @@
 """Tables from hand-made run directories with known matrices: every number checked by hand."""
+import calendar
 import glob
 import json
 import os
 import re
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -116,6 +118,28 @@ def test_main_table_numbers_match_hand_computation(runs, tmp_path):
     tex = open(os.path.join(out, "main.tex")).read()
     assert r"\toprule" in tex and r"\bottomrule" in tex and r"seq\_lora & 75.00 $\pm$ 0.00 & 60.00 & -- & --" in tex
     assert r"\multicolumn{4}{c}{Orders 1-3}" in tex
+
+
+def test_the_readmes_run_dates_span_the_first_start_to_the_last_finish(tmp_path):
+    """A run that started first may finish last: the range ends at the latest finish (status.json's clock, in
+    UTC), not at the latest start."""
+    root = str(tmp_path / "runs")
+    long_run = make_run(root, "seq_lora", "seq_lora", "1", 1, seq(60.0, 90.0))     # created 2026-11-21T10:00
+    short_run = make_run(root, "seq_lora", "seq_lora", "1", 2, seq(70.0, 80.0))    # created 2026-11-22T10:00
+    for path, finished in ((long_run, "2026-11-23T05:06:07"), (short_run, "2026-11-22T11:00:00")):
+        status = json.load(open(os.path.join(path, "status.json")))
+        epoch = calendar.timegm(time.strptime(finished, "%Y-%m-%dT%H:%M:%S"))
+        write_json(os.path.join(path, "status.json"), {**status, "finished": epoch})
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    readme = open(os.path.join(out, "README.md")).read()
+    assert "Run dates (UTC): from 2026-11-21T10:00:00 (the first run's start) to 2026-11-23T05:06:07 " \
+           "(the last one's finish)." in readme
+    os.remove(os.path.join(out, "README.md"))
+    write_json(os.path.join(short_run, "status.json"), {"state": "finished", "rows": {}})   # no finish recorded
+    write_tables(root, out, figures=False)
+    assert "to 2026-11-23T05:06:07 (the last one's finish; ? = a run whose finish time was not recorded)" in \
+        open(os.path.join(out, "README.md")).read()
 
 
 def test_forgetting_robustness_and_ablation_tables(runs, tmp_path):
