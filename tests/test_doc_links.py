@@ -7,6 +7,8 @@ import re
 
 import pytest
 
+from harness.tables import heading_anchors
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the committed results' READMEs too: make tables writes them, and their prefaces are written by hand
 PAGES = ["README.md", "results/README.md", "results/test/README.md", "results/val/README.md",
@@ -17,18 +19,8 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 @functools.lru_cache(maxsize=None)
 def anchors(path: str) -> frozenset[str]:
-    """GitHub's heading anchors: lower case, punctuation dropped but for '-' and '_', spaces to '-'."""
-    text = re.sub(r"```.*?```", "", open(path, encoding="utf-8").read(), flags=re.S)
-    slugs = set()
-    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", text, flags=re.M):
-        heading = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)   # a link in a heading: its text
-        base = slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
-        n = 0
-        while slug in slugs:   # repeated headings get -1, -2, ...
-            n += 1
-            slug = f"{base}-{n}"
-        slugs.add(slug)
-    return frozenset(slugs)
+    """GitHub's heading anchors, by the rule the results' table markers use too (harness.tables)."""
+    return frozenset(slug for _, slug in heading_anchors(open(path, encoding="utf-8").read().splitlines()))
 
 
 def links(page: str):

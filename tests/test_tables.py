@@ -1467,6 +1467,30 @@ def test_a_preface_quotes_another_folders_table_as_it_is_now_and_a_missing_one_s
             write_tables(runs, out, figures=False)
 
 
+def test_a_table_marker_with_an_anchor_quotes_the_first_table_under_that_heading(runs, tmp_path):
+    """PATH#anchor holds the quote to one section, so a generator that puts another table first does not swap it."""
+    out = str(tmp_path / "results")
+    os.makedirs(os.path.join(out, "test"))
+    with open(os.path.join(out, "test", "paired.md"), "w") as f:
+        f.write("### Cost (per run)\n\n| cost | 1 |\n|---|---|\n\n### craft against each baseline, paired\n\n"
+                "A line.\n\n| Method | ΔAA |\n|---|---|\n| o_lora | +7.70 |\n\n### Later\n\n| later | 2 |\n|---|---|\n"
+                "\n### Empty\n\nNo table here.\n\n### Cost (per run)\n\n| cost again | 3 |\n|---|---|\n")
+    preface = os.path.join(out, "preface.md")
+    for anchor_, rows in (("craft-against-each-baseline-paired", "| Method | ΔAA |\n|---|---|\n| o_lora | +7.70 |"),
+                          ("cost-per-run", "| cost | 1 |\n|---|---|"), ("cost-per-run-1", "| cost again | 3 |\n|---|---|")):
+        marker = f"<!-- table from test/paired.md#{anchor_} -->"
+        with open(preface, "w") as f:
+            f.write(f"Intro.\n\n{marker}\n")
+        assert read_preface(out) == f"Intro.\n\n{marker}\n\n{rows}"
+    write_tables(runs, out, figures=False)
+    assert "quotes from `test/paired.md#cost-per-run-1`" in open(os.path.join(out, "README.md")).read()
+    for anchor_, message in (("missing", "no such heading"), ("empty", "holds no Markdown table in that section")):
+        with open(preface, "w") as f:
+            f.write(f"Intro.\n\n<!-- table from test/paired.md#{anchor_} -->\n")
+        with pytest.raises(UsageError, match=message):
+            read_preface(out)
+
+
 def test_order_dispersion_is_taken_per_seed_so_more_seeds_do_not_average_noise_away(tmp_path):
     root = str(tmp_path / "runs")
     # seed 1: task a 80 on order 1, 60 on order 2; seed 2 the other way round. Seed means are level (70, 70:
