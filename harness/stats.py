@@ -313,16 +313,30 @@ def over_runs(samples: np.ndarray, strata, within=POINTS, of=None) -> np.ndarray
     if not counted:
         raise ValueError(f"no run of stratum {of!r}")
     mean = samples.mean(0) if of is None else samples[[i for i, k in enumerate(strata) if k == of]].mean(0)
-    keys = sorted(set(strata), key=str)
     df = seed_degrees(strata)
     if df < 1:
         return mean
-    residual = np.zeros(resamples)
-    for key in keys:
-        rows = samples[[i for i, k in enumerate(strata) if k == key]]
-        residual += ((rows - rows.mean(0)) ** 2).sum(0)
-    se = np.sqrt(residual / df / counted)
+    se = np.sqrt(residual_squares(samples, strata) / df / counted)
     return np.clip(mean + se * t_draws(df, resamples), *within)
+
+
+def residual_squares(samples: np.ndarray, strata) -> np.ndarray:
+    """The runs' squared deviations from their stratum's (order's) mean, summed over runs: [runs, ...] -> [...]."""
+    strata = list(strata)
+    total = np.zeros(samples.shape[1:])
+    for key in sorted(set(strata), key=str):   # a fixed order: float sums must not follow the hash seed
+        rows = samples[[i for i, k in enumerate(strata) if k == key]]
+        total += ((rows - rows.mean(0)) ** 2).sum(0)
+    return total
+
+
+def seed_spread(values, strata) -> tuple[float | None, int]:
+    """The runs' standard deviation about their order's mean, pooled over orders, and its degrees of freedom (runs
+    less orders): the seed spread from which over_runs takes its standard error. None below one degree."""
+    df = seed_degrees(strata)
+    if df < 1:
+        return None, df
+    return float(np.sqrt(residual_squares(np.asarray(values, dtype=float), strata) / df)), df
 
 
 def over_seeds(samples: np.ndarray, counts=None) -> np.ndarray:

@@ -909,6 +909,41 @@ def robustness_table(runs: list[Run], frame: pd.DataFrame) -> Table:
                   f"{MISSING} = no seed ran every order of the block."])
 
 
+SPREAD_METRICS = ("AA", "FM", "BWT")
+
+
+def seed_spread_table(frame: pd.DataFrame) -> Table | None:
+    """How far a method's runs move from seed to seed: per block, the runs' standard deviation about their order's
+    mean, pooled over the block's orders (stats.seed_spread); None where no order ran on two seeds."""
+    columns, degrees = {}, set()
+    for title, members in blocks_for(set(frame.order)):
+        cells: dict[str, dict] = {metric: {} for metric in SPREAD_METRICS + ("df",)}
+        for label, runs in frame[frame.order.isin(members)].groupby("label"):
+            for metric in SPREAD_METRICS:
+                ran = runs[runs[metric].notna()]
+                sd, df = stats.seed_spread(ran[metric], ran.order)
+                if sd is not None:
+                    cells[metric][label] = f"{sd:.2f}"
+                if sd is not None and metric == "AA":
+                    cells["df"][label] = str(df)
+                    degrees.add(df)
+        if cells["df"]:
+            for key, values in cells.items():
+                columns[(title, f"{key} sd" if key != "df" else "df")] = pd.Series(values, dtype=object)
+    if not columns:
+        return None
+    from scipy.special import chdtri   # here: scipy is slow to import and only the tables need it
+    ranges = "; ".join(f"df {df}: {np.sqrt(df / chdtri(df, 0.025)):.2f} to {np.sqrt(df / chdtri(df, 0.975)):.2f} "
+                       "times" for df in sorted(degrees))
+    return Table("seeds", "Seed spread within an order", columns, sections_of(frame),
+                 ["sd = the runs' standard deviation about their order's mean, pooled over the block's orders (how far "
+                  "a seed moves a run, an order's own level left out), on df = runs - orders degrees of freedom: "
+                  "the spread from which every interval over seeds here takes its standard error (stats.over_runs). "
+                  f"{MISSING} = no order of the block ran on two seeds. Itself uncertain at a few degrees of freedom: "
+                  f"under normal seed noise the true spread lies, with 95% confidence, between ({ranges}) the sd "
+                  "shown (chi-square)."])
+
+
 def majority_share(run: Run, task: str) -> tuple[float, int] | None:
     """The share (%) of the task's most frequent gold label among the run's test examples, and their number; None
     where the run kept no gold labels (runs made before per-example predictions)."""
@@ -1513,7 +1548,8 @@ def ablation_table(runs: list[Run], frame: pd.DataFrame, references=("seq_lora",
 def all_tables(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> tuple[list[Table], list[str]]:
     """The tables of one protocol's runs, and the sanity checks, which every table states under it."""
     tables = [main_table(runs, frame, title_note), forgetting_table(runs, frame, title_note),
-              paired_table(runs, frame, title_note), robustness_table(runs, frame), learned_table(runs, frame),
+              paired_table(runs, frame, title_note), robustness_table(runs, frame), seed_spread_table(frame),
+              learned_table(runs, frame),
               learned_paired_table(runs, frame), cost_table(frame), ablation_table(runs, frame)]
     checks = sanity_checks(runs, frame)
     tables = [t for t in tables if t is not None]
@@ -1561,7 +1597,7 @@ def write_tables(root: str, out: str, figures: bool = True) -> dict:
     return {"runs": len(runs), "unfinished": unfinished, "files": written + ["README.md"]}
 
 
-TABLE_NAMES = ("main", "forgetting", "paired", "robustness", "learned", "learned_paired", "cost", "ablations")
+TABLE_NAMES = ("main", "forgetting", "paired", "robustness", "seeds", "learned", "learned_paired", "cost", "ablations")
 
 
 def remove_stale_tables(out: str, written: list[str]) -> None:

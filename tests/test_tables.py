@@ -1491,6 +1491,29 @@ def test_a_table_marker_with_an_anchor_quotes_the_first_table_under_that_heading
             read_preface(out)
 
 
+def test_the_seed_spread_is_the_runs_deviation_about_their_orders_mean_pooled_over_the_block(tmp_path):
+    root = str(tmp_path / "runs")
+    # order 1: AA 75, 80, 85 (final a 60, 70, 80; b 90); order 2: AA 70, 80. Squares about each order's mean:
+    # 50 + 50 over 5 runs - 2 orders = 3 degrees of freedom: sd = sqrt(100 / 3) = 5.77. FM = 80 - final a:
+    # 20, 10, 0 and 30, 10: squares 200 + 200, sd = sqrt(400 / 3) = 11.55; BWT = -FM, the same spread.
+    for order, finals in (("1", (60.0, 70.0, 80.0)), ("2", (50.0, 70.0))):
+        for seed, final_a in enumerate(finals, 1):
+            make_run(root, "craft", "craft", order, seed, seq(final_a, 90.0))
+    make_run(root, "seq_lora", "seq_lora", "1", 1, seq(60.0, 90.0))   # one seed an order: no spread to measure
+    make_run(root, "seq_lora", "seq_lora", "2", 1, seq(60.0, 90.0))
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    md = open(os.path.join(out, "seeds.md")).read()
+    assert "| Method | AA sd | FM sd | BWT sd | df |" in md
+    assert "| craft | 5.77 | 11.55 | 11.55 | 3 |" in md and "| seq_lora | – | – | – | – |" in md
+    # chi-square: sqrt(3 / 9.348) = 0.57 and sqrt(3 / 0.2158) = 3.73
+    assert "between (df 3: 0.57 to 3.73 times) the sd shown" in md
+    shutil.rmtree(root)
+    make_run(root, "craft", "craft", "1", 1, seq(60.0, 90.0))   # no order on two seeds: no table, the old one gone
+    write_tables(root, out, figures=False)
+    assert not os.path.exists(os.path.join(out, "seeds.md")) and not os.path.exists(os.path.join(out, "seeds.tex"))
+
+
 def test_order_dispersion_is_taken_per_seed_so_more_seeds_do_not_average_noise_away(tmp_path):
     root = str(tmp_path / "runs")
     # seed 1: task a 80 on order 1, 60 on order 2; seed 2 the other way round. Seed means are level (70, 70:
