@@ -53,7 +53,8 @@ class Run:
     card: dict
     config: dict
     general: dict | None = None
-    finished: str = ""   # when the run finished, UTC (status.json's clock), "" where it was not recorded
+    started: str = ""    # when the run first started and when it finished, UTC (status.json's clock; a run without
+    finished: str = ""   # a start there: config.json's created, in its machine's local time), "" where not recorded
     scores: stats.ExampleScores | None = None   # None: recorded before per-example predictions were kept
     _samples: dict | None = None
     _general_samples: np.ndarray | None = None
@@ -122,7 +123,8 @@ def label_method(label: str) -> str:
 
 
 def utc_text(epoch_seconds) -> str:
-    """A status.json time as config.json's "created" reads (in UTC, so every machine prints the same)."""
+    """A status.json time (seconds since the epoch) as config.json's "created" reads, in UTC, so every machine
+    prints the same (created is the run machine's local time)."""
     if not isinstance(epoch_seconds, (int, float)):
         return ""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_seconds))
@@ -152,6 +154,7 @@ def load_runs(root: str) -> tuple[list[Run], list[str]]:
                 label=method_label(config["method"], label_args(config)), order=str(config["order"]),
                 seed=int(config["seed"]), tasks=list(config["tasks"]), setup=setup_of(config), matrix=matrix,
                 metrics=metrics_mod.compute(matrix), card=card, config=config, general=general,
+                started=utc_text(status.get("started")) or config.get("created", ""),
                 finished=utc_text(status.get("finished")),
                 scores=stats.example_scores(config, status, matrix, folder)))
         except (KeyError, TypeError, ValueError) as e:
@@ -937,8 +940,11 @@ def seed_spread_table(frame: pd.DataFrame) -> Table | None:
                        "times" for df in sorted(degrees))
     return Table("seeds", "Seed spread within an order", columns, sections_of(frame),
                  ["sd = the runs' standard deviation about their order's mean, pooled over the block's orders (how far "
-                  "a seed moves a run, an order's own level left out), on df = runs - orders degrees of freedom: "
-                  "the spread from which every interval over seeds here takes its standard error (stats.over_runs). "
+                  "a seed moves a run, an order's own level left out), on df = runs - orders degrees of freedom (of "
+                  "the runs with an AA; FM's and BWT's over the runs that have one, which joint training lacks). It "
+                  "is the seed spread the t intervals over a block's runs are built from (stats.over_runs, as in the "
+                  "forgetting table); the paired table pools the differences between the two methods' runs instead, "
+                  "and the main table's block average takes only the seeds that ran every order. "
                   f"{MISSING} = no order of the block ran on two seeds. Itself uncertain at a few degrees of freedom: "
                   f"under normal seed noise the true spread lies, with 95% confidence, between ({ranges}) the sd "
                   "shown (chi-square)."])
@@ -1905,8 +1911,9 @@ def former_names_line(runs: list[Run]) -> str | None:
 def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks: dict, verdicts: dict,
                    preface: str | None = None) -> str:
     s = dict(zip(SETUP_KEYS, setup))
-    started = min((r.config.get("created", "") for r in runs), default="")
-    finished = max((r.finished for r in runs), default="")
+    started = min((r.started for r in runs if r.started), default="?")
+    finished = max((r.finished for r in runs if r.finished), default="?")
+    unrecorded = sum(not r.finished for r in runs)
     data = {}
     for r in runs:
         for task, sizes in r.config.get("data", {}).items():
@@ -1943,8 +1950,8 @@ def results_readme(runs, unfinished, setup, root, out, sweeps, tables_md, checks
              ", ".join(f"{t} {a}/{b}" for t, (a, b) in sorted(data.items())) + ".",
              f"- {len(runs)} finished runs: methods {', '.join(sort_labels({r.label for r in runs}))}; orders "
              f"{', '.join(sorted({r.order for r in runs}))}; seeds {', '.join(map(str, sorted({r.seed for r in runs})))}.",
-             f"- Run dates (UTC): from {started} (the first run's start) to {finished or '?'} (the last one's finish"
-             f"{'' if all(r.finished for r in runs) else '; ? = a run whose finish time was not recorded'}). Packages: {packages_line(runs)}.",
+             f"- Run dates (UTC): from {started} (the first run's start) to {finished} (the last one's finish"
+             f"{f'; {unrecorded} run(s) recorded no finish time' if unrecorded else ''}). Packages: {packages_line(runs)}.",
              f"- Cost: {sum(r.card['timing']['wall_seconds'] for r in runs) / 3600:.2f} hours of run wall time in all "
              f"(training {sum(r.card['timing']['train_seconds'] for r in runs) / 3600:.2f} h, evaluation "
              f"{sum(r.card['timing']['eval_seconds'] for r in runs) / 3600:.2f} h; wall time less the spans a run lay "

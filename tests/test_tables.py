@@ -120,25 +120,32 @@ def test_main_table_numbers_match_hand_computation(runs, tmp_path):
     assert r"\multicolumn{4}{c}{Orders 1-3}" in tex
 
 
-def test_the_readmes_run_dates_span_the_first_start_to_the_last_finish(tmp_path):
-    """A run that started first may finish last: the range ends at the latest finish (status.json's clock, in
-    UTC), not at the latest start."""
+def test_the_readmes_run_dates_span_the_first_start_to_the_last_finish_in_utc(tmp_path, monkeypatch):
+    """A run that started first may finish last: the range ends at the latest finish, not the latest start. Both
+    come from status.json's clock, printed in UTC whatever the zone of the machine that makes the tables."""
     root = str(tmp_path / "runs")
-    long_run = make_run(root, "seq_lora", "seq_lora", "1", 1, seq(60.0, 90.0))     # created 2026-11-21T10:00
-    short_run = make_run(root, "seq_lora", "seq_lora", "1", 2, seq(70.0, 80.0))    # created 2026-11-22T10:00
-    for path, finished in ((long_run, "2026-11-23T05:06:07"), (short_run, "2026-11-22T11:00:00")):
+    long_run = make_run(root, "seq_lora", "seq_lora", "1", 1, seq(60.0, 90.0))
+    short_run = make_run(root, "seq_lora", "seq_lora", "1", 2, seq(70.0, 80.0))
+    epoch = lambda text: calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))   # noqa: E731
+    for path, started, finished in ((long_run, "2026-11-21T09:00:00", "2026-11-23T05:06:07"),
+                                    (short_run, "2026-11-22T10:00:00", "2026-11-22T11:00:00")):
         status = json.load(open(os.path.join(path, "status.json")))
-        epoch = calendar.timegm(time.strptime(finished, "%Y-%m-%dT%H:%M:%S"))
-        write_json(os.path.join(path, "status.json"), {**status, "finished": epoch})
-    out = str(tmp_path / "results")
-    write_tables(root, out, figures=False)
+        write_json(os.path.join(path, "status.json"), {**status, "started": epoch(started), "finished": epoch(finished)})
+    monkeypatch.setenv("TZ", "Asia/Tokyo")   # UTC+9: a local-time reading would print 18:00 and 14:06
+    time.tzset()
+    try:
+        out = str(tmp_path / "results")
+        write_tables(root, out, figures=False)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
     readme = open(os.path.join(out, "README.md")).read()
-    assert "Run dates (UTC): from 2026-11-21T10:00:00 (the first run's start) to 2026-11-23T05:06:07 " \
+    assert "Run dates (UTC): from 2026-11-21T09:00:00 (the first run's start) to 2026-11-23T05:06:07 " \
            "(the last one's finish)." in readme
     os.remove(os.path.join(out, "README.md"))
-    write_json(os.path.join(short_run, "status.json"), {"state": "finished", "rows": {}})   # no finish recorded
-    write_tables(root, out, figures=False)
-    assert "to 2026-11-23T05:06:07 (the last one's finish; ? = a run whose finish time was not recorded)" in \
+    write_json(os.path.join(short_run, "status.json"), {"state": "finished", "rows": {}})   # nothing recorded:
+    write_tables(root, out, figures=False)                                                 # created stands in
+    assert "to 2026-11-23T05:06:07 (the last one's finish; 1 run(s) recorded no finish time)" in \
         open(os.path.join(out, "README.md")).read()
 
 
@@ -1501,13 +1508,18 @@ def test_the_seed_spread_is_the_runs_deviation_about_their_orders_mean_pooled_ov
             make_run(root, "craft", "craft", order, seed, seq(final_a, 90.0))
     make_run(root, "seq_lora", "seq_lora", "1", 1, seq(60.0, 90.0))   # one seed an order: no spread to measure
     make_run(root, "seq_lora", "seq_lora", "2", 1, seq(60.0, 90.0))
+    # joint training has an AA but no FM or BWT: AA 60 and 70 on one order, sd sqrt(50 / 1) = 7.07
+    make_run(root, "mtl", "mtl", "1", 1, {"base": [50.0, 40.0], "all": [70.0, 50.0]}, bound=True)
+    make_run(root, "mtl", "mtl", "1", 2, {"base": [50.0, 40.0], "all": [80.0, 60.0]}, bound=True)
     out = str(tmp_path / "results")
     write_tables(root, out, figures=False)
     md = open(os.path.join(out, "seeds.md")).read()
     assert "| Method | AA sd | FM sd | BWT sd | df |" in md
     assert "| craft | 5.77 | 11.55 | 11.55 | 3 |" in md and "| seq_lora | – | – | – | – |" in md
+    assert "| mtl | 7.07 | – | – | 1 |" in md
     # chi-square: sqrt(3 / 9.348) = 0.57 and sqrt(3 / 0.2158) = 3.73
-    assert "between (df 3: 0.57 to 3.73 times) the sd shown" in md
+    # chi-square, df 1: sqrt(1 / 5.024) = 0.45 and sqrt(1 / 0.000982) = 31.91
+    assert "between (df 1: 0.45 to 31.91 times; df 3: 0.57 to 3.73 times) the sd shown" in md
     shutil.rmtree(root)
     make_run(root, "craft", "craft", "1", 1, seq(60.0, 90.0))   # no order on two seeds: no table, the old one gone
     write_tables(root, out, figures=False)
