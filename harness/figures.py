@@ -197,8 +197,9 @@ def aa_vs_kept(runs, block: str, orders: list[str], folder: str, suffix: str = "
     """One block of orders: each method's AA (mean over its runs in the block, 95% interval as in the forgetting
     table) against the parameters it keeps beside the backbone at the end of the stream, and the Pareto front of
     the continual learners (bounds excluded: they need the task id or train jointly)."""
-    from harness.tables import over_runs   # the tables' mean-over-runs interval (tables imports this module lazily)
+    from harness.tables import over_runs, partial_rows   # the tables' (tables imports this module lazily)
     mine_all = [r for r in runs if r.order in orders]
+    short = partial_rows(mine_all)
     if not mine_all:
         return []
     labels = sorted({r.label for r in mine_all})
@@ -217,7 +218,8 @@ def aa_vs_kept(runs, block: str, orders: list[str], folder: str, suffix: str = "
         err = None if summary.bounds is None else [[summary.mean - summary.bounds[0]], [summary.bounds[1] - summary.mean]]
         ax.errorbar([params], [summary.mean], yerr=err, fmt="s" if bound else "o", color=colours[label],
                     mfc="none" if bound else colours[label], elinewidth=0.8, capsize=2)
-        points.append((label, params, summary.mean))
+        # a row over only some of the block's orders is not comparable with a whole one: its label says which
+        points.append((f"{label} ({', '.join(short[label])} only)" if label in short else label, params, summary.mean))
         if not bound:
             learners.append(points[-1])
     front = pareto_front(learners)

@@ -477,7 +477,7 @@ def latex_text(text: str) -> str:
     return (text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%")
             .replace("&", r"\&").replace("#", r"\#").replace(" ± ", r" $\pm$ ").replace(MISSING, "--")
             .replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$").replace("Δ", r"$\Delta$")
-            .replace("†", r"$\dagger$"))
+            .replace("†", r"$\dagger$").replace("‡", r"$\ddagger$"))
 
 
 @dataclass
@@ -851,25 +851,51 @@ def general_cell(runs: list[Run]) -> str | None:
     return None if cell is None else cell.text() + ("" if balanced else OLD_GENERAL)
 
 
+PARTIAL_MARK = "‡"
+
+
+def partial_rows(block: list[Run]) -> dict[str, list[str]]:
+    """label -> the orders it ran, for each label that misses one of the block's orders another label ran (an order
+    no run reached leaves every row alike)."""
+    ran: dict[str, set] = {}
+    for r in block:
+        ran.setdefault(r.label, set()).add(r.order)
+    present = {r.order for r in block}
+    return {lab: sorted(orders, key=order_rank) for lab, orders in ran.items() if orders != present}
+
+
 def forgetting_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> Table:
     measured = frame.general_change.notna()
     headings = {"BWT": "BWT ↑", "FM": "FM ↓", "FWT": "FWT ↑", "LA": "LA ↑"}
-    columns, alone = {}, {}
+    columns, alone, partial = {}, {}, []
     labels = set(frame.label)
     for title, members in blocks_for(set(frame.order)):
         block = [r for r in runs if r.order in members]
+        short = partial_rows(block)
+        partial += [f"{lab} ({title}: {', '.join(ran)})" for lab, ran in sorted(short.items())]
+
+        def mark(lab, text, short=short):
+            return f"{text} {PARTIAL_MARK}" if lab in short else text
+
         for metric, heading in headings.items():
             cells = {lab: over_runs([r for r in block if r.label == lab], lambda r: r.metrics[metric],
                                     lambda r: r.samples(metric), value_range(metric), metric=metric)
                      for lab in labels}
-            columns[(title, heading)] = pd.Series({lab: c.text() for lab, c in cells.items() if c}, dtype=object)
+            columns[(title, heading)] = pd.Series({lab: mark(lab, c.text()) for lab, c in cells.items() if c},
+                                                  dtype=object)
             note_examples_only(alone, title, cells)
         if measured.any():
             cells = {lab: general_cell([r for r in block if r.label == lab]) for lab in labels}
-            columns[(title, "GEN Δ")] = pd.Series({lab: c for lab, c in cells.items() if c}, dtype=object)
+            columns[(title, "GEN Δ")] = pd.Series({lab: mark(lab, c) for lab, c in cells.items() if c}, dtype=object)
     notes = [f"{m} = {metrics_mod.METRICS[m].description}." for m in headings]
     notes.append(f"Mean over every run (orders x seeds) of the block, with {BOOTSTRAP_NOTE} Without an interval: "
                  "± std over those runs.")
+    if partial:
+        notes.append(f"{PARTIAL_MARK} = the row has run only some of the block's orders that other rows ran (those "
+                     "named), so its mean is "
+                     "over other orders than a whole row's and the two are not comparable (the main table leaves its "
+                     "block average out; the paired table compares two rows on the orders both ran): " +
+                     "; ".join(partial) + ".")
     notes += [n for n in (examples_only_note(alone), missing_predictions_note(runs)) if n]
     if measured.any():
         counts = frame.groupby(["seed", "order"]).general_change.agg(["count", "size"])

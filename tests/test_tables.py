@@ -158,8 +158,14 @@ def test_forgetting_robustness_and_ablation_tables(runs, tmp_path):
     # FWT = R[a][b] - base[b] = 45 - 40 = 5 for every run. GEN change: -2, -4 (runs without general.json skipped),
     # in plain accuracy: these general.json files name no metric, as those written before balanced accuracy (†)
     # LA = (R[a][a] + R[b][b]) / 2 = (80 + final_b) / 2: 85, 80, 75 -> mean 80, std 5
-    assert row[1:6] == ["-20.00 ± 10.00", "20.00 ± 10.00", "5.00 ± 0.00", "80.00 ± 5.00", "-3.00 ± 1.41 †"]
+    # seq_lora ran orders 1 and 2 of the block, not 3: each cell is marked, and the note names the orders it ran
+    assert row[1:6] == ["-20.00 ± 10.00 ‡", "20.00 ± 10.00 ‡", "5.00 ± 0.00 ‡", "80.00 ± 5.00 ‡", "-3.00 ± 1.41 † ‡"]
     assert "†: plain accuracy, not balanced: 2 of those general.json files" in md
+    assert "‡ = the row has run only some of the block's orders that other rows ran (those named)" in md
+    assert ": craft [merge=false] (Orders 1-3: 1); seq_lora (Orders 1-3: 1, 2); zero_shot (Orders 1-3: 1)." in md
+    craft_row = next(ln for ln in md.splitlines() if ln.startswith("| craft |"))
+    assert "‡" not in craft_row                          # it ran all three orders
+    assert r"$\ddagger$" in open(os.path.join(out, "forgetting.tex")).read()
     rob = open(os.path.join(out, "robustness.md")).read()
     row = [c.strip() for c in next(ln for ln in rob.splitlines() if ln.startswith("| craft |")).strip("|").split("|")]
     # final accuracies: a: 80, 70, 75 -> OPD 10; b: 80, 60, 85 -> OPD 25. AOPD 17.5, MOPD 25.
@@ -329,6 +335,17 @@ def test_metrics_no_run_could_compute_are_missing_not_an_error(tmp_path):
     write_tables(root, out, figures=False)
     assert cells_of(os.path.join(out, "main.md"), "mtl") == ["67.50 ± 3.54", "–", "–", "–"]
     assert cells_of(os.path.join(out, "forgetting.md"), "mtl") == ["–", "–", "–", "–"]
+
+
+def test_the_pareto_figure_names_the_orders_of_a_row_that_ran_only_some(runs, tmp_path, monkeypatch):
+    from harness import figures
+    placed = []
+    monkeypatch.setattr(figures, "place_labels", lambda fig, ax, points: placed.extend(points) or {})
+    finished, _ = load_runs(runs)
+    figures.aa_vs_kept(finished, "Orders 1-3", ["1", "2", "3"], str(tmp_path / "figures"))
+    labels = {label for label, _, _ in placed}
+    # craft ran orders 1-3; seq_lora 1 and 2; the ablation and zero_shot order 1 (o_lora's run is unfinished)
+    assert labels == {"craft", "seq_lora (1, 2 only)", "craft [merge=false] (1 only)", "zero_shot (1 only)"}
 
 
 def test_mixed_setups_are_refused_and_figures_are_written(runs, tmp_path):
@@ -504,8 +521,9 @@ def test_forgetting_cells_carry_intervals_that_cover_the_planted_values(tmp_path
         assert mean == planted and lo <= planted <= hi and hi - lo > 0
     mean, lo, hi = numbers(cells_of(os.path.join(out, "forgetting.md"), "craft")[1])      # FM
     assert mean == 20.0 and lo <= 20.0 <= hi
-    # a cell with a run that kept no predictions falls back to mean ± std over the runs
-    assert cells_of(os.path.join(out, "forgetting.md"), "replay")[:2] == ["-15.00 ± 7.07", "15.00 ± 7.07"]
+    # a cell with a run that kept no predictions falls back to mean ± std over the runs; replay ran order 1 of
+    # the two orders seq_lora ran: marked
+    assert cells_of(os.path.join(out, "forgetting.md"), "replay")[:2] == ["-15.00 ± 7.07 ‡", "15.00 ± 7.07 ‡"]
     md = open(os.path.join(out, "forgetting.md")).read()
     assert "Student's t over the runs' spread about their order's mean" in md and "GEN Δ" not in md
 
