@@ -218,9 +218,12 @@ def aa_vs_kept(runs, block: str, orders: list[str], folder: str, suffix: str = "
         err = None if summary.bounds is None else [[summary.mean - summary.bounds[0]], [summary.bounds[1] - summary.mean]]
         ax.errorbar([params], [summary.mean], yerr=err, fmt="s" if bound else "o", color=colours[label],
                     mfc="none" if bound else colours[label], elinewidth=0.8, capsize=2)
-        # a row over only some of the block's orders is not comparable with a whole one: its label says which
-        points.append((f"{label} ({', '.join(short[label])} only)" if label in short else label, params, summary.mean))
-        if not bound:
+        # a row over only some of the block's orders (or over uneven seeds) is not comparable with an even one:
+        # its label says which
+        uneven = label in short and any("×" in order for order in short[label])
+        points.append((f"{label} ({', '.join(short[label])}{'' if uneven else ' only'})" if label in short else label,
+                       params, summary.mean))
+        if not bound and label not in short:   # a row over other orders is no point of the block's front
             learners.append(points[-1])
     front = pareto_front(learners)
     if len(front) > 1:

@@ -855,13 +855,19 @@ PARTIAL_MARK = "‡"
 
 
 def partial_rows(block: list[Run]) -> dict[str, list[str]]:
-    """label -> the orders it ran, for each label that misses one of the block's orders another label ran (an order
-    no run reached leaves every row alike)."""
-    ran: dict[str, set] = {}
+    """label -> its orders (each with its run count where those differ), for each label whose runs do not weigh
+    the block's orders alike: it misses one that another label ran (an order no run reached leaves every row alike),
+    or ran some of them on more seeds than others, so its mean over runs leans toward those."""
+    ran: dict[str, Counter] = {}
     for r in block:
-        ran.setdefault(r.label, set()).add(r.order)
+        ran.setdefault(r.label, Counter())[r.order] += 1
     present = {r.order for r in block}
-    return {lab: sorted(orders, key=order_rank) for lab, orders in ran.items() if orders != present}
+    out = {}
+    for lab, counts in ran.items():
+        if set(counts) != present or len(set(counts.values())) > 1:
+            even = len(set(counts.values())) == 1
+            out[lab] = [o if even else f"{o} ×{counts[o]}" for o in sorted(counts, key=order_rank)]
+    return out
 
 
 def forgetting_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> Table:
@@ -891,11 +897,11 @@ def forgetting_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "")
     notes.append(f"Mean over every run (orders x seeds) of the block, with {BOOTSTRAP_NOTE} Without an interval: "
                  "± std over those runs.")
     if partial:
-        notes.append(f"{PARTIAL_MARK} = the row has run only some of the block's orders that other rows ran (those "
-                     "named), so its mean is "
-                     "over other orders than a whole row's and the two are not comparable (the main table leaves its "
-                     "block average out; the paired table compares two rows on the orders both ran): " +
-                     "; ".join(partial) + ".")
+        notes.append(f"{PARTIAL_MARK} = the row's runs do not weigh the block's orders alike: it ran only some of the "
+                     "orders that other rows ran, or some on more seeds (×runs) than others, so its mean over runs is "
+                     "over other orders, or other weights, than an even row's and the two are not comparable (the "
+                     "main table's block average takes only the seeds that ran every order; the paired table "
+                     f"compares {PAIRED_TARGET} with each row on the orders and seeds both ran): " + "; ".join(partial) + ".")
     notes += [n for n in (examples_only_note(alone), missing_predictions_note(runs)) if n]
     if measured.any():
         counts = frame.groupby(["seed", "order"]).general_change.agg(["count", "size"])

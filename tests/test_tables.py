@@ -161,8 +161,9 @@ def test_forgetting_robustness_and_ablation_tables(runs, tmp_path):
     # seq_lora ran orders 1 and 2 of the block, not 3: each cell is marked, and the note names the orders it ran
     assert row[1:6] == ["-20.00 ± 10.00 ‡", "20.00 ± 10.00 ‡", "5.00 ± 0.00 ‡", "80.00 ± 5.00 ‡", "-3.00 ± 1.41 † ‡"]
     assert "†: plain accuracy, not balanced: 2 of those general.json files" in md
-    assert "‡ = the row has run only some of the block's orders that other rows ran (those named)" in md
-    assert ": craft [merge=false] (Orders 1-3: 1); seq_lora (Orders 1-3: 1, 2); zero_shot (Orders 1-3: 1)." in md
+    assert "‡ = the row's runs do not weigh the block's orders alike" in md
+    # seq_lora: order 1 on two seeds, order 2 on one (its mean leans to order 1), no order 3
+    assert ": craft [merge=false] (Orders 1-3: 1); seq_lora (Orders 1-3: 1 ×2, 2 ×1); zero_shot (Orders 1-3: 1)." in md
     craft_row = next(ln for ln in md.splitlines() if ln.startswith("| craft |"))
     assert "‡" not in craft_row                          # it ran all three orders
     assert r"$\ddagger$" in open(os.path.join(out, "forgetting.tex")).read()
@@ -339,13 +340,16 @@ def test_metrics_no_run_could_compute_are_missing_not_an_error(tmp_path):
 
 def test_the_pareto_figure_names_the_orders_of_a_row_that_ran_only_some(runs, tmp_path, monkeypatch):
     from harness import figures
-    placed = []
+    placed, fronts = [], []
     monkeypatch.setattr(figures, "place_labels", lambda fig, ax, points: placed.extend(points) or {})
+    monkeypatch.setattr(figures, "pareto_front", lambda points: fronts.append(points) or points)
     finished, _ = load_runs(runs)
     figures.aa_vs_kept(finished, "Orders 1-3", ["1", "2", "3"], str(tmp_path / "figures"))
     labels = {label for label, _, _ in placed}
-    # craft ran orders 1-3; seq_lora 1 and 2; the ablation and zero_shot order 1 (o_lora's run is unfinished)
-    assert labels == {"craft", "seq_lora (1, 2 only)", "craft [merge=false] (1 only)", "zero_shot (1 only)"}
+    # craft ran orders 1-3 once each; seq_lora order 1 twice and 2 once; the ablation and zero_shot order 1
+    # (o_lora's run is unfinished)
+    assert labels == {"craft", "seq_lora (1 ×2, 2 ×1)", "craft [merge=false] (1 only)", "zero_shot (1 only)"}
+    assert [[label for label, _, _ in front] for front in fronts] == [["craft"]]   # no uneven row, no bound
 
 
 def test_mixed_setups_are_refused_and_figures_are_written(runs, tmp_path):
