@@ -844,11 +844,16 @@ OLD_GENERAL = " †"   # marks a GEN Δ in plain accuracy (general.json files wr
 def general_cell(runs: list[Run]) -> str | None:
     """GEN Δ of one label and block: balanced accuracy where any run has it (never averaged with plain
     accuracy); otherwise the plain accuracy of older general.json files, marked as such."""
-    measured = [r for r in runs if r.general]
-    balanced = [r for r in measured if r.general_metric == stats.BALANCED]
-    chosen = balanced or measured
+    chosen = general_runs(runs)
     cell = over_runs(chosen, lambda r: r.general["change"], lambda r: r.general_samples())
+    balanced = any(r.general_metric == stats.BALANCED for r in chosen)
     return None if cell is None else cell.text() + ("" if balanced else OLD_GENERAL)
+
+
+def general_runs(runs: list[Run]) -> list[Run]:
+    """The runs a GEN Δ cell averages: those with a general.json, the balanced ones only where any is."""
+    measured = [r for r in runs if r.general]
+    return [r for r in measured if r.general_metric == stats.BALANCED] or measured
 
 
 PARTIAL_MARK = "‡"
@@ -891,8 +896,13 @@ def forgetting_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "")
                                                   dtype=object)
             note_examples_only(alone, title, cells)
         if measured.any():
+            # its own runs: a row may have measured general ability on fewer orders than it ran
+            gen_short = partial_rows([r for lab in labels for r in general_runs([r for r in block if r.label == lab])])
+            partial += [f"{lab} ({title}, GEN Δ: {', '.join(ran)})" for lab, ran in sorted(gen_short.items())
+                        if ran != short.get(lab)]
             cells = {lab: general_cell([r for r in block if r.label == lab]) for lab in labels}
-            columns[(title, "GEN Δ")] = pd.Series({lab: mark(lab, c) for lab, c in cells.items() if c}, dtype=object)
+            columns[(title, "GEN Δ")] = pd.Series({lab: f"{c} {PARTIAL_MARK}" if lab in gen_short else c
+                                                   for lab, c in cells.items() if c}, dtype=object)
     notes = [f"{m} = {metrics_mod.METRICS[m].description}." for m in headings]
     notes.append(f"Mean over every run (orders x seeds) of the block, with {BOOTSTRAP_NOTE} Without an interval: "
                  "± std over those runs.")

@@ -158,8 +158,9 @@ def test_forgetting_robustness_and_ablation_tables(runs, tmp_path):
     # FWT = R[a][b] - base[b] = 45 - 40 = 5 for every run. GEN change: -2, -4 (runs without general.json skipped),
     # in plain accuracy: these general.json files name no metric, as those written before balanced accuracy (†)
     # LA = (R[a][a] + R[b][b]) / 2 = (80 + final_b) / 2: 85, 80, 75 -> mean 80, std 5
-    # seq_lora ran orders 1 and 2 of the block, not 3: each cell is marked, and the note names the orders it ran
-    assert row[1:6] == ["-20.00 ± 10.00 ‡", "20.00 ± 10.00 ‡", "5.00 ± 0.00 ‡", "80.00 ± 5.00 ‡", "-3.00 ± 1.41 † ‡"]
+    # seq_lora ran orders 1 and 2 of the block, not 3: each cell is marked, and the note names the orders it ran;
+    # not GEN Δ, which no other row measured (its two runs on order 1 are the column's only ones)
+    assert row[1:6] == ["-20.00 ± 10.00 ‡", "20.00 ± 10.00 ‡", "5.00 ± 0.00 ‡", "80.00 ± 5.00 ‡", "-3.00 ± 1.41 †"]
     assert "†: plain accuracy, not balanced: 2 of those general.json files" in md
     assert "‡ = the row's runs do not weigh the block's orders alike" in md
     # seq_lora: order 1 on two seeds, order 2 on one (its mean leans to order 1), no order 3
@@ -350,6 +351,20 @@ def test_the_pareto_figure_names_the_orders_of_a_row_that_ran_only_some(runs, tm
     # (o_lora's run is unfinished)
     assert labels == {"craft", "seq_lora (1 ×2, 2 ×1)", "craft [merge=false] (1 only)", "zero_shot (1 only)"}
     assert [[label for label, _, _ in front] for front in fronts] == [["craft"]]   # no uneven row, no bound
+
+
+def test_a_gen_delta_over_fewer_orders_than_its_row_is_marked(tmp_path):
+    root = str(tmp_path / "runs")
+    for order in ("1", "2"):   # both rows ran both orders; craft measured general ability on order 1 only
+        make_run(root, "seq_lora", "seq_lora", order, 1, seq(60.0, 90.0), general=-2.0)
+        make_run(root, "craft", "craft", order, 1, seq(80.0, 80.0), general=4.0 if order == "1" else None)
+    out = str(tmp_path / "results")
+    write_tables(root, out, figures=False)
+    path = os.path.join(out, "forgetting.md")
+    # only GEN Δ is uneven: its runs cover order 1 of the two that seq_lora's cover
+    assert cells_of(path, "craft")[:5] == ["0.00 ± 0.00", "0.00 ± 0.00", "5.00 ± 0.00", "80.00 ± 0.00", "4.00 † ‡"]
+    assert cells_of(path, "seq_lora")[4] == "-2.00 ± 0.00 †"
+    assert ": craft (Orders 1-3, GEN Δ: 1)." in open(path).read()
 
 
 def test_mixed_setups_are_refused_and_figures_are_written(runs, tmp_path):
