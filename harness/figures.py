@@ -197,11 +197,11 @@ def aa_vs_kept(runs, block: str, orders: list[str], folder: str, suffix: str = "
     """One block of orders: each method's AA (mean over its runs in the block, 95% interval as in the forgetting
     table) against the parameters it keeps beside the backbone at the end of the stream, and the Pareto front of
     the continual learners (bounds excluded: they need the task id or train jointly)."""
-    from harness.tables import over_runs, partial_rows   # the tables' (tables imports this module lazily)
+    from harness.tables import evenly, orders_text, over_runs, partial_rows   # tables imports this module lazily
     mine_all = [r for r in runs if r.order in orders]
-    short = partial_rows(mine_all)
     if not mine_all:
         return []
+    short = partial_rows(mine_all)
     labels = sorted({r.label for r in mine_all})
     # taller with many rows (a tuning folder's variants): each label needs its line of height
     fig, ax = plt.subplots(figsize=(6.4, max(4.4, 1.6 + 0.16 * len(labels))))
@@ -220,9 +220,9 @@ def aa_vs_kept(runs, block: str, orders: list[str], folder: str, suffix: str = "
                     mfc="none" if bound else colours[label], elinewidth=0.8, capsize=2)
         # a row over only some of the block's orders (or over uneven seeds) is not comparable with an even one:
         # its label says which
-        uneven = label in short and any("×" in order for order in short[label])
-        points.append((f"{label} ({', '.join(short[label])}{'' if uneven else ' only'})" if label in short else label,
-                       params, summary.mean))
+        shown = label if label not in short else \
+            f"{label} ({orders_text(short[label])}{' only' if evenly(short[label]) else ''})"
+        points.append((shown, params, summary.mean))
         if not bound and label not in short:   # a row over other orders is no point of the block's front
             learners.append(points[-1])
     front = pareto_front(learners)

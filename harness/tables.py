@@ -859,20 +859,24 @@ def general_runs(runs: list[Run]) -> list[Run]:
 PARTIAL_MARK = "‡"
 
 
-def partial_rows(block: list[Run]) -> dict[str, list[str]]:
-    """label -> its orders (each with its run count where those differ), for each label whose runs do not weigh
-    the block's orders alike: it misses one that another label ran (an order no run reached leaves every row alike),
-    or ran some of them on more seeds than others, so its mean over runs leans toward those."""
+def partial_rows(block: list[Run]) -> dict[str, Counter]:
+    """label -> its runs per order, for each label whose runs do not weigh the block's orders alike: it misses one
+    that another label ran (an order no run reached leaves every row alike), or ran some of them on more seeds than
+    others, so its mean over runs leans toward those."""
     ran: dict[str, Counter] = {}
     for r in block:
         ran.setdefault(r.label, Counter())[r.order] += 1
     present = {r.order for r in block}
-    out = {}
-    for lab, counts in ran.items():
-        if set(counts) != present or len(set(counts.values())) > 1:
-            even = len(set(counts.values())) == 1
-            out[lab] = [o if even else f"{o} ×{counts[o]}" for o in sorted(counts, key=order_rank)]
-    return out
+    return {lab: counts for lab, counts in ran.items() if set(counts) != present or not evenly(counts)}
+
+
+def evenly(counts: Counter) -> bool:
+    return len(set(counts.values())) == 1
+
+
+def orders_text(counts: Counter) -> str:
+    """"1, 2", or with the runs of each where they differ, "1 ×3, 2 ×2"."""
+    return ", ".join(o if evenly(counts) else f"{o} ×{counts[o]}" for o in sorted(counts, key=order_rank))
 
 
 def forgetting_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "") -> Table:
@@ -882,25 +886,26 @@ def forgetting_table(runs: list[Run], frame: pd.DataFrame, title_note: str = "")
     labels = set(frame.label)
     for title, members in blocks_for(set(frame.order)):
         block = [r for r in runs if r.order in members]
+        mine = {lab: [r for r in block if r.label == lab] for lab in labels}
         short = partial_rows(block)
-        partial += [f"{lab} ({title}: {', '.join(ran)})" for lab, ran in sorted(short.items())]
+        partial += [f"{lab} ({title}: {orders_text(ran)})" for lab, ran in sorted(short.items())]
 
         def mark(lab, text, short=short):
             return f"{text} {PARTIAL_MARK}" if lab in short else text
 
         for metric, heading in headings.items():
-            cells = {lab: over_runs([r for r in block if r.label == lab], lambda r: r.metrics[metric],
-                                    lambda r: r.samples(metric), value_range(metric), metric=metric)
+            cells = {lab: over_runs(mine[lab], lambda r: r.metrics[metric], lambda r: r.samples(metric),
+                                    value_range(metric), metric=metric)
                      for lab in labels}
             columns[(title, heading)] = pd.Series({lab: mark(lab, c.text()) for lab, c in cells.items() if c},
                                                   dtype=object)
             note_examples_only(alone, title, cells)
         if measured.any():
             # its own runs: a row may have measured general ability on fewer orders than it ran
-            gen_short = partial_rows([r for lab in labels for r in general_runs([r for r in block if r.label == lab])])
-            partial += [f"{lab} ({title}, GEN Δ: {', '.join(ran)})" for lab, ran in sorted(gen_short.items())
+            gen_short = partial_rows([r for lab in labels for r in general_runs(mine[lab])])
+            partial += [f"{lab} ({title}, GEN Δ: {orders_text(ran)})" for lab, ran in sorted(gen_short.items())
                         if ran != short.get(lab)]
-            cells = {lab: general_cell([r for r in block if r.label == lab]) for lab in labels}
+            cells = {lab: general_cell(mine[lab]) for lab in labels}
             columns[(title, "GEN Δ")] = pd.Series({lab: f"{c} {PARTIAL_MARK}" if lab in gen_short else c
                                                    for lab, c in cells.items() if c}, dtype=object)
     notes = [f"{m} = {metrics_mod.METRICS[m].description}." for m in headings]
